@@ -1,0 +1,59 @@
+// Package subjects names every NATS subject, stream and bucket of the system
+// in one place, under a configurable prefix (default "callout").
+package subjects
+
+import "strings"
+
+// DefaultPrefix is the subject prefix when none is configured.
+const DefaultPrefix = "callout"
+
+// Names derives all names from one prefix.
+type Names struct{ Prefix string }
+
+// New returns the names under prefix ("" means DefaultPrefix).
+func New(prefix string) Names {
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	return Names{Prefix: prefix}
+}
+
+// Verify is the MTA-facing request subject.
+func (n Names) Verify() string { return n.Prefix + ".verify" }
+
+// Probe is the job subject for one target (kvkey.Target).
+func (n Names) Probe(target string) string { return n.Prefix + ".probe." + target }
+
+// ProbeAll matches every job subject.
+func (n Names) ProbeAll() string { return n.Prefix + ".probe.>" }
+
+// ProbeStream is the work-queue stream holding probe jobs.
+func (n Names) ProbeStream() string { return strings.ToUpper(n.Prefix) + "_PROBES" }
+
+// ProbeConsumer is the durable consumer all probers share.
+func (n Names) ProbeConsumer() string { return "probers" }
+
+// Verdict is the subject of a verdict; key is its cache key (kvkey), for an
+// address without the sender: addr.<domain>.<local>.
+func (n Names) Verdict(key string) string { return n.Prefix + ".verdict." + key }
+
+// VerdictAll matches every verdict subject.
+func (n Names) VerdictAll() string { return n.Prefix + ".verdict.>" }
+
+// VerdictStream keeps verdicts until the cachekeeper has stored them.
+func (n Names) VerdictStream() string { return strings.ToUpper(n.Prefix) + "_VERDICTS" }
+
+// VerdictConsumer is the durable consumer all cachekeepers share.
+func (n Names) VerdictConsumer() string { return "cachekeepers" }
+
+// CacheLookup is the cache's request subject.
+func (n Names) CacheLookup() string { return n.Prefix + ".cache.lookup" }
+
+// Flush is the control subject every cachekeeper listens on.
+func (n Names) Flush() string { return n.Prefix + ".control.flush" }
+
+// CacheBucket is the KV bucket of verdicts.
+func (n Names) CacheBucket() string { return n.Prefix + "_cache" }
+
+// DomainsBucket is the KV bucket of per-domain policy.
+func (n Names) DomainsBucket() string { return n.Prefix + "_domains" }

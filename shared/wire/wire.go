@@ -1,0 +1,252 @@
+// Package wire holds the messages the services exchange, encoded as msgpack
+// with a version field. Decoding never panics: garbage or an unknown
+// version is an error.
+package wire
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/callout-mail/callout/shared/verdict"
+)
+
+// Version is the wire version this code speaks.
+const Version = 1
+
+// MaxMessage bounds any message before it is decoded.
+const MaxMessage = 64 << 10
+
+var (
+	ErrEmpty      = errors.New("empty message")
+	ErrTooLarge   = errors.New("message too large")
+	ErrGarbage    = errors.New("undecodable message")
+	ErrVersion    = errors.New("unsupported message version")
+	ErrMissing    = errors.New("required field missing")
+	ContentType   = "Content-Type"
+	JSONMediaType = "application/json"
+)
+
+// Message is any wire message.
+type Message interface {
+	version() int
+	validate() error
+}
+
+// VerifyRequest asks whether mail for (or from) Address should be accepted.
+type VerifyRequest struct {
+	V             int             `msgpack:"v" json:"v,omitempty"`
+	Address       string          `msgpack:"address" json:"address"`
+	Purpose       verdict.Purpose `msgpack:"purpose,omitempty" json:"purpose,omitempty"`               // recipient (default) or sender
+	ClientAddress string          `msgpack:"client_address,omitempty" json:"client_address,omitempty"` // the SMTP client's IP, for the dictionary-attack brake
+	TimeoutMS     int             `msgpack:"timeout_ms,omitempty" json:"timeout_ms,omitempty"`         // the caller's deadline; capped by the service
+}
+
+// VerifyReply is the decision for the MTA with the verdict behind it.
+type VerifyReply struct {
+	V        int              `msgpack:"v" json:"v"`
+	Decision verdict.Decision `msgpack:"decision" json:"decision"`
+	Verdict  *verdict.Verdict `msgpack:"verdict,omitempty" json:"verdict,omitempty"`
+	Error    string           `msgpack:"error,omitempty" json:"error,omitempty"`
+}
+
+// ProbeJob asks a prober to call out for one address.
+type ProbeJob struct {
+	V           int             `msgpack:"v"`
+	Address     string          `msgpack:"address"`
+	Purpose     verdict.Purpose `msgpack:"purpose"`
+	SkipRandom  bool            `msgpack:"skip_random,omitempty"` // the domain is known not to be a catch-all
+	RequestedAt time.Time       `msgpack:"requested_at"`
+}
+
+// LookupRequest asks the cache what it knows about Address. Senders lists the
+// probe senders whose results count, in order ("" is the null sender).
+type LookupRequest struct {
+	V       int      `msgpack:"v"`
+	Address string   `msgpack:"address"`
+	Senders []string `msgpack:"senders,omitempty"`
+}
+
+// LookupReply answers a LookupRequest. Verdict is the answer that applies
+// (the address's own entry or a domain fact); CatchAll is the domain's
+// catch-all fact when known, so a miss can skip the random-address check.
+type LookupReply struct {
+	V        int              `msgpack:"v"`
+	Hit      bool             `msgpack:"hit"`
+	Verdict  *verdict.Verdict `msgpack:"verdict,omitempty"`
+	CatchAll *verdict.Verdict `msgpack:"catch_all,omitempty"`
+}
+
+// Flush scopes.
+const (
+	ScopeAll     = "all"
+	ScopeDomain  = "domain"
+	ScopeAddress = "address"
+)
+
+// FlushCommand removes cache entries. Only limits it to valid or invalid entries.
+type FlushCommand struct {
+	V       int            `msgpack:"v" json:"v,omitempty"`
+	Scope   string         `msgpack:"scope" json:"scope"`
+	Domain  string         `msgpack:"domain,omitempty" json:"domain,omitempty"`
+	Address string         `msgpack:"address,omitempty" json:"address,omitempty"`
+	Only    verdict.Status `msgpack:"only,omitempty" json:"only,omitempty"`
+}
+
+// FlushReply tells how many entries one cachekeeper removed.
+type FlushReply struct {
+	V       int    `msgpack:"v" json:"v"`
+	Removed uint64 `msgpack:"removed" json:"removed"`
+	Error   string `msgpack:"error,omitempty" json:"error,omitempty"`
+}
+
+func (m *VerifyRequest) version() int { return m.V }
+func (m *VerifyReply) version() int   { return m.V }
+func (m *ProbeJob) version() int      { return m.V }
+func (m *LookupRequest) version() int { return m.V }
+func (m *LookupReply) version() int   { return m.V }
+func (m *FlushCommand) version() int  { return m.V }
+func (m *FlushReply) version() int    { return m.V }
+func (m *verdictMsg) version() int    { return m.V }
+
+func required(name, v string) error {
+	if v == "" {
+		return fmt.Errorf("%w: %s", ErrMissing, name)
+	}
+	return nil
+}
+
+func (m *VerifyRequest) validate() error {
+	switch m.Purpose {
+	case "", verdict.Recipient, verdict.Sender:
+	default:
+		return fmt.Errorf("%w: purpose %q", ErrGarbage, m.Purpose)
+	}
+	return required("address", m.Address)
+}
+func (m *VerifyReply) validate() error   { return nil }
+func (m *ProbeJob) validate() error      { return required("address", m.Address) }
+func (m *LookupRequest) validate() error { return required("address", m.Address) }
+func (m *LookupReply) validate() error   { return nil }
+func (m *FlushReply) validate() error    { return nil }
+func (m *FlushCommand) validate() error {
+	switch m.Scope {
+	case ScopeAll:
+	case ScopeDomain:
+		if err := required("domain", m.Domain); err != nil {
+			return err
+		}
+	case ScopeAddress:
+		if err := required("address", m.Address); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("%w: scope %q (want all, domain or address)", ErrGarbage, m.Scope)
+	}
+	switch m.Only {
+	case "", verdict.Valid, verdict.Invalid:
+	default:
+		return fmt.Errorf("%w: only %q (want valid or invalid)", ErrGarbage, m.Only)
+	}
+	return nil
+}
+
+// verdictMsg carries a verdict with its version.
+type verdictMsg struct {
+	V       int `msgpack:"v"`
+	Verdict verdict.Verdict
+}
+
+func (m *verdictMsg) validate() error {
+	if m.Verdict.Domain == "" || m.Verdict.Status == "" {
+		return fmt.Errorf("%w: verdict domain and status", ErrMissing)
+	}
+	return nil
+}
+
+// Encode marshals m with the current version.
+func Encode(m Message) ([]byte, error) {
+	setVersion(m)
+	return msgpack.Marshal(m)
+}
+
+func setVersion(m Message) {
+	switch t := m.(type) {
+	case *VerifyRequest:
+		t.V = Version
+	case *VerifyReply:
+		t.V = Version
+	case *ProbeJob:
+		t.V = Version
+	case *LookupRequest:
+		t.V = Version
+	case *LookupReply:
+		t.V = Version
+	case *FlushCommand:
+		t.V = Version
+	case *FlushReply:
+		t.V = Version
+	case *verdictMsg:
+		t.V = Version
+	}
+}
+
+// Decode unmarshals data into m and checks its version and required fields.
+func Decode(data []byte, m Message) (err error) {
+	if len(data) == 0 {
+		return ErrEmpty
+	}
+	if len(data) > MaxMessage {
+		return fmt.Errorf("%w: %d bytes", ErrTooLarge, len(data))
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: %v", ErrGarbage, r)
+		}
+	}()
+	if err := msgpack.Unmarshal(data, m); err != nil {
+		return fmt.Errorf("%w: %v", ErrGarbage, err)
+	}
+	if v := m.version(); v != Version {
+		return fmt.Errorf("%w: %d (this side speaks %d)", ErrVersion, v, Version)
+	}
+	return m.validate()
+}
+
+// DecodeJSON is Decode for the JSON form people type; a missing version
+// means the current one.
+func DecodeJSON(data []byte, m Message) error {
+	if len(data) == 0 {
+		return ErrEmpty
+	}
+	if len(data) > MaxMessage {
+		return fmt.Errorf("%w: %d bytes", ErrTooLarge, len(data))
+	}
+	if err := json.Unmarshal(data, m); err != nil {
+		return fmt.Errorf("%w: %v", ErrGarbage, err)
+	}
+	if m.version() == 0 {
+		setVersion(m)
+	}
+	if v := m.version(); v != Version {
+		return fmt.Errorf("%w: %d (this side speaks %d)", ErrVersion, v, Version)
+	}
+	return m.validate()
+}
+
+// EncodeVerdict and DecodeVerdict carry a verdict on its own.
+func EncodeVerdict(v verdict.Verdict) ([]byte, error) {
+	return Encode(&verdictMsg{Verdict: v})
+}
+
+// DecodeVerdict decodes what EncodeVerdict made.
+func DecodeVerdict(data []byte) (verdict.Verdict, error) {
+	var m verdictMsg
+	if err := Decode(data, &m); err != nil {
+		return verdict.Verdict{}, err
+	}
+	return m.Verdict, nil
+}

@@ -1,0 +1,105 @@
+package wire
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/callout-mail/callout/shared/verdict"
+)
+
+func TestRoundTrip(t *testing.T) {
+	now := time.Now().UTC().Truncate(time.Millisecond)
+	req := &VerifyRequest{Address: "a@example.org", Purpose: verdict.Sender, ClientAddress: "192.0.2.1"}
+	b, err := Encode(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got VerifyRequest
+	if err := Decode(b, &got); err != nil || got != *req || got.V != Version {
+		t.Fatalf("round trip: %+v %v", got, err)
+	}
+	v := verdict.Verdict{Kind: verdict.KindAddress, Address: "a@example.org", Domain: "example.org", Status: verdict.Invalid, Code: 550, Enhanced: "5.1.1", Text: "no", CheckedAt: now, Source: verdict.SourceProbe}
+	vb, err := EncodeVerdict(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gv, err := DecodeVerdict(vb)
+	if err != nil || !gv.CheckedAt.Equal(now) || gv.Status != v.Status || gv.Text != "no" {
+		t.Fatalf("verdict round trip: %+v %v", gv, err)
+	}
+}
+
+func TestDecodeRefuses(t *testing.T) {
+	old, _ := msgpack.Marshal(map[string]any{"v": 99, "address": "a@b.org"})
+	noAddr, _ := Encode(&VerifyRequest{})
+	big := make([]byte, MaxMessage+1)
+	tests := []struct {
+		name string
+		data []byte
+		want error
+	}{
+		{"empty", nil, ErrEmpty},
+		{"garbage", []byte("\xc1\xff\x00garbage"), ErrGarbage},
+		{"json sent as msgpack", []byte(`{"address":"a@b.org"}`), ErrGarbage},
+		{"truncated", []byte{0x82, 0xa1, 'v'}, ErrGarbage},
+		{"array not map", []byte{0x93, 1, 2, 3}, ErrGarbage},
+		{"unknown version", old, ErrVersion},
+		{"missing address", noAddr, ErrMissing},
+		{"too large", big, ErrTooLarge},
+	}
+	for _, tt := range tests {
+		var r VerifyRequest
+		if err := Decode(tt.data, &r); !errors.Is(err, tt.want) {
+			t.Errorf("%s: error %v, want %v", tt.name, err, tt.want)
+		}
+	}
+}
+
+func TestDecodeJSON(t *testing.T) {
+	var r VerifyRequest
+	if err := DecodeJSON([]byte(`{"address":"alice@example.org"}`), &r); err != nil || r.Address != "alice@example.org" || r.V != Version {
+		t.Fatalf("DecodeJSON = %+v %v", r, err)
+	}
+	if err := DecodeJSON([]byte(`{"address":`), &r); !errors.Is(err, ErrGarbage) {
+		t.Fatalf("bad JSON: %v", err)
+	}
+	if err := DecodeJSON([]byte(`{"address":"a@b.org","purpose":"x"}`), &r); !errors.Is(err, ErrGarbage) {
+		t.Fatalf("bad purpose: %v", err)
+	}
+}
+
+func TestFlushValidation(t *testing.T) {
+	for _, tt := range []struct {
+		c  FlushCommand
+		ok bool
+	}{
+		{FlushCommand{Scope: ScopeAll}, true},
+		{FlushCommand{Scope: ScopeDomain, Domain: "example.org", Only: verdict.Invalid}, true},
+		{FlushCommand{Scope: ScopeDomain}, false},
+		{FlushCommand{Scope: ScopeAddress}, false},
+		{FlushCommand{Scope: "everything"}, false},
+		{FlushCommand{Scope: ScopeAll, Only: verdict.TempFail}, false},
+	} {
+		b, _ := Encode(&tt.c)
+		var got FlushCommand
+		if err := Decode(b, &got); (err == nil) != tt.ok {
+			t.Errorf("%+v: error %v", tt.c, err)
+		}
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	b, _ := Encode(&VerifyRequest{Address: "a@b.org"})
+	f.Add(b)
+	f.Add([]byte{0xde, 0xff, 0xff})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var r VerifyRequest
+		_ = Decode(data, &r)
+		var j ProbeJob
+		_ = Decode(data, &j)
+		_, _ = DecodeVerdict(data)
+	})
+}
