@@ -1,0 +1,382 @@
+// Package callout carries out one address verification against a list of
+// destination hosts: the catch-all check with a stable random local part,
+// the real RCPT, sender fallback, failover between hosts, all within one
+// time budget and behind each host's breaker and limits.
+package callout
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base32"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/callout-mail/callout/services/prober/classify"
+	"github.com/callout-mail/callout/services/prober/destination"
+	"github.com/callout-mail/callout/services/prober/smtpprobe"
+	"github.com/callout-mail/callout/shared/address"
+	"github.com/callout-mail/callout/shared/kvkey"
+	"github.com/callout-mail/callout/shared/verdict"
+)
+
+// Reasons for verdicts that come from the dialogue rather than a RCPT reply.
+const (
+	ReasonConnect            = "connect_failed"
+	ReasonTimeout            = "timeout"
+	ReasonProtocol           = "protocol_error"
+	ReasonBreakerOpen        = "breaker_open"
+	ReasonRefusedBanner      = "refused_at_banner"
+	ReasonRefusedHelo        = "refused_at_helo"
+	ReasonNullSenderRejected = "null_sender_rejected"
+	ReasonSenderRejected     = "sender_rejected"
+	ReasonDeferred           = "deferred"
+	ReasonRandomAccepted     = "random_accepted"
+	ReasonRandomRefused      = "random_refused"
+	ReasonRandomDeferred     = "random_deferred"
+	ReasonNoDestination      = "no_destination"
+)
+
+// Config is the verifier's settings.
+type Config struct {
+	SMTP            smtpprobe.Config
+	DialogueTimeout time.Duration // one host, connect to QUIT
+	Budget          time.Duration // all hosts of one callout
+	RandomSecret    []byte        // derives each domain's random local part
+}
+
+// Verifier runs callouts.
+type Verifier struct {
+	cfg  Config
+	pool *destination.Pool
+	now  func() time.Time
+}
+
+// New returns a verifier using pool for per-host state.
+func New(cfg Config, pool *destination.Pool) *Verifier {
+	if cfg.DialogueTimeout == 0 {
+		cfg.DialogueTimeout = 60 * time.Second
+	}
+	if cfg.Budget == 0 {
+		cfg.Budget = 120 * time.Second
+	}
+	return &Verifier{cfg: cfg, pool: pool, now: time.Now}
+}
+
+// Target is one callout to make.
+type Target struct {
+	Address        address.Address
+	Hosts          []string // host:port in preference order
+	Sender         string   // MAIL FROM; "" is <>
+	FallbackSender string   // used when the sender is refused
+	SkipRandom     bool     // the domain is known not to be a catch-all
+}
+
+// Result is the address verdict and the domain facts learnt on the way.
+type Result struct {
+	Address verdict.Verdict
+	Facts   []verdict.Verdict
+	Rcpts   int  // RCPT commands sent
+	Reused  bool // whether an open connection served it
+}
+
+// RandomLocal is the catch-all probe local part of domain: it looks random
+// but stays the same for a domain, so a greylister sees it again.
+func RandomLocal(secret []byte, domain string) string {
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte(domain))
+	s := base32.StdEncoding.EncodeToString(m.Sum(nil)[:10])
+	return "x" + strings.ToLower(s)
+}
+
+// Verify runs the callout. It always returns a verdict; it never returns
+// Invalid unless a destination said 5xx "user unknown" to this address.
+func (v *Verifier) Verify(ctx context.Context, t Target) Result {
+	ctx, cancel := context.WithTimeout(ctx, v.cfg.Budget)
+	defer cancel()
+	res := v.fail(t, "", verdict.TempFail, ReasonNoDestination, smtpprobe.Reply{})
+	for _, host := range t.Hosts {
+		if ctx.Err() != nil {
+			break
+		}
+		r, next := v.onHost(ctx, host, t)
+		res = r
+		if !next {
+			break
+		}
+	}
+	return res
+}
+
+// onHost runs the dialogue on one host; next says whether the next host
+// should be tried.
+func (v *Verifier) onHost(ctx context.Context, host string, t Target) (Result, bool) {
+	d := v.pool.Get(host)
+	release, err := d.Acquire(ctx)
+	if err != nil {
+		return v.fail(t, host, verdict.TempFail, ReasonTimeout, smtpprobe.Reply{}), false
+	}
+	defer release()
+	var res Result
+	var next bool
+	err = d.Do(func() error {
+		var unhealthy bool
+		res, next, unhealthy = v.dialogue(ctx, d, host, t)
+		if unhealthy {
+			return destination.ErrUnhealthy
+		}
+		return nil
+	})
+	if errors.Is(err, destination.ErrOpen) {
+		return v.fail(t, host, verdict.TempFail, ReasonBreakerOpen, smtpprobe.Reply{}), true
+	}
+	return res, next
+}
+
+// session is one connection in use.
+type session struct {
+	c     *smtpprobe.Conn
+	rcpts int
+}
+
+// open returns a connection ready for MAIL FROM: an idle one, or a new one
+// past banner and EHLO. On failure it returns the result to report.
+func (v *Verifier) open(ctx context.Context, d *destination.Dest, host string, t Target, reuse bool) (*session, *Result, bool, bool) {
+	if reuse {
+		if c, n := d.TakeIdle(); c != nil {
+			return &session{c: c, rcpts: n}, nil, false, false
+		}
+	}
+	c, banner, err := smtpprobe.Dial(ctx, host, v.cfg.SMTP)
+	if err != nil {
+		r, unhealthy := v.failErr(t, host, err)
+		return nil, &r, true, unhealthy
+	}
+	if c == nil {
+		return nil, v.refusedReply(t, host, banner, ReasonRefusedBanner), true, banner.Code == 421
+	}
+	rep, err := c.Hello(ctx)
+	if err != nil {
+		c.Close()
+		r, unhealthy := v.failErr(t, host, err)
+		return nil, &r, true, unhealthy
+	}
+	if rep.Class() != 2 {
+		c.Quit(ctx)
+		return nil, v.refusedReply(t, host, rep, ReasonRefusedHelo), true, rep.Code == 421
+	}
+	return &session{c: c}, nil, false, false
+}
+
+// refusedReply is the result of a non-2xx banner or HELO: 4xx is
+// temporary; 5xx means this host refuses us, a domain fact.
+func (v *Verifier) refusedReply(t Target, host string, rep smtpprobe.Reply, reason string) *Result {
+	if rep.Class() == 4 {
+		r := v.fail(t, host, verdict.TempFail, ReasonDeferred, rep)
+		return &r
+	}
+	r := v.fail(t, host, verdict.Unverifiable, reason, rep)
+	r.Facts = append(r.Facts, v.fact(t, host, kvkey.FactAccess, verdict.Unverifiable, reason, rep))
+	return &r
+}
+
+func (v *Verifier) dialogue(ctx context.Context, d *destination.Dest, host string, t Target) (res Result, next, unhealthy bool) {
+	ctx, cancel := context.WithTimeout(ctx, v.cfg.DialogueTimeout)
+	defer cancel()
+	s, fail, next, unhealthy := v.open(ctx, d, host, t, d.ReuseEnabled())
+	if fail != nil {
+		return *fail, next, unhealthy
+	}
+	reused := s.rcpts > 0
+	res, next, unhealthy, keep := v.transaction(ctx, d, host, t, s)
+	if !keep && reused && s.c.Broken() && res.Address.Status == verdict.TempFail && res.Rcpts == 0 {
+		// The idle connection had died under us: one fresh try.
+		s, fail, next, unhealthy = v.open(ctx, d, host, t, false)
+		if fail != nil {
+			return *fail, next, unhealthy
+		}
+		res, next, unhealthy, keep = v.transaction(ctx, d, host, t, s)
+		reused = false
+	}
+	res.Reused = reused
+	v.finish(ctx, d, s, keep)
+	return res, next, unhealthy
+}
+
+// finish returns the connection to the pool after RSET, or closes it.
+func (v *Verifier) finish(ctx context.Context, d *destination.Dest, s *session, keep bool) {
+	if s.c.Broken() {
+		s.c.Close()
+		return
+	}
+	if keep && d.ReuseEnabled() {
+		if s.c.Reset(ctx) {
+			d.PutIdle(ctx, s.c, s.rcpts)
+			return
+		}
+		d.DisableReuse()
+		s.c.Close()
+		return
+	}
+	s.c.Quit(ctx)
+}
+
+// mail sends MAIL FROM with the sender, falling back to FallbackSender when
+// refused. It returns the sender in use, or a result to report.
+func (v *Verifier) mail(ctx context.Context, d *destination.Dest, host string, t Target, s *session) (string, *Result, []verdict.Verdict, bool) {
+	var facts []verdict.Verdict
+	sender := t.Sender
+	for {
+		rep, err := s.c.Mail(ctx, sender)
+		if err != nil {
+			r, unhealthy := v.failErr(t, host, err)
+			return "", &r, facts, unhealthy
+		}
+		switch rep.Class() {
+		case 2:
+			return sender, nil, facts, false
+		case 4:
+			r := v.fail(t, host, verdict.TempFail, ReasonDeferred, rep)
+			return "", &r, facts, rep.Code == 421
+		}
+		reason := ReasonSenderRejected
+		if sender == "" {
+			reason = ReasonNullSenderRejected
+		}
+		f := v.fact(t, host, kvkey.FactAccess, verdict.Unverifiable, reason, rep)
+		f.Sender = sender
+		facts = append(facts, f)
+		if t.FallbackSender == "" || sender == t.FallbackSender {
+			r := v.fail(t, host, verdict.Unverifiable, reason, rep)
+			r.Address.Sender = sender
+			return "", &r, facts, false
+		}
+		sender = t.FallbackSender
+		if !s.c.Reset(ctx) {
+			s.c.Close()
+			ns, fail, _, unhealthy := v.open(ctx, d, host, t, false)
+			if fail != nil {
+				return "", fail, facts, unhealthy
+			}
+			*s = *ns
+		}
+	}
+}
+
+// transaction runs MAIL FROM, the catch-all check and the real RCPT on s.
+// keep says whether the connection is fit for reuse.
+func (v *Verifier) transaction(ctx context.Context, d *destination.Dest, host string, t Target, s *session) (res Result, next, unhealthy, keep bool) {
+	sender, fail, facts, unhealthy := v.mail(ctx, d, host, t, s)
+	if fail != nil {
+		fail.Facts = append(fail.Facts, facts...)
+		return *fail, false, unhealthy, false
+	}
+	rcpts := 0
+	if !t.SkipRandom {
+		random := RandomLocal(v.cfg.RandomSecret, t.Address.Domain) + "@" + t.Address.Domain
+		rep, err := s.c.Rcpt(ctx, random)
+		rcpts++
+		s.rcpts++
+		if err != nil {
+			r, unhealthy := v.failErr(t, host, err)
+			r.Rcpts = rcpts
+			return r, false, unhealthy, false
+		}
+		c := classify.Rcpt(rep)
+		switch c.Status {
+		case verdict.Valid:
+			r := v.result(t, host, sender, verdict.CatchAll, ReasonRandomAccepted, rep)
+			r.Facts = append(facts, v.fact(t, host, kvkey.FactCatchAll, verdict.CatchAll, ReasonRandomAccepted, rep))
+			r.Rcpts = rcpts
+			return r, false, false, true
+		case verdict.Invalid:
+			facts = append(facts, v.fact(t, host, kvkey.FactCatchAll, verdict.NotCatchAll, ReasonRandomRefused, rep))
+		case verdict.TempFail:
+			// A 4xx on the random address says nothing about the domain.
+			r := v.result(t, host, sender, verdict.TempFail, ReasonRandomDeferred, rep)
+			r.Facts, r.Rcpts = facts, rcpts
+			return r, false, rep.Code == 421, false
+		default:
+			r := v.result(t, host, sender, c.Status, c.Reason, rep)
+			r.Facts, r.Rcpts = facts, rcpts
+			return r, false, false, false
+		}
+		// Some servers take one recipient per transaction, some drop the
+		// connection after an unknown one: RSET, or reconnect.
+		if !s.c.Reset(ctx) {
+			s.c.Close()
+			d.DisableReuse()
+			ns, fail, _, unhealthy := v.open(ctx, d, host, t, false)
+			if fail != nil {
+				fail.Facts = append(fail.Facts, facts...)
+				fail.Rcpts = rcpts
+				return *fail, false, unhealthy, false
+			}
+			*s = *ns
+		}
+		if rep, err := s.c.Mail(ctx, sender); err != nil || rep.Class() != 2 {
+			var r Result
+			if err != nil {
+				r, unhealthy = v.failErr(t, host, err)
+			} else {
+				r = v.fail(t, host, verdict.TempFail, ReasonDeferred, rep)
+			}
+			r.Facts, r.Rcpts = facts, rcpts
+			return r, false, unhealthy, false
+		}
+	}
+	rep, err := s.c.Rcpt(ctx, t.Address.String())
+	rcpts++
+	s.rcpts++
+	if err != nil {
+		r, unhealthy := v.failErr(t, host, err)
+		r.Facts, r.Rcpts = facts, rcpts
+		return r, false, unhealthy, false
+	}
+	c := classify.Rcpt(rep)
+	r := v.result(t, host, sender, c.Status, c.Reason, rep)
+	r.Facts, r.Rcpts = facts, rcpts
+	return r, false, rep.Code == 421, rep.Code != 421
+}
+
+func (v *Verifier) result(t Target, host, sender string, st verdict.Status, reason string, rep smtpprobe.Reply) Result {
+	r := v.fail(t, host, st, reason, rep)
+	r.Address.Sender = sender
+	return r
+}
+
+func (v *Verifier) fail(t Target, host string, st verdict.Status, reason string, rep smtpprobe.Reply) Result {
+	return Result{Address: verdict.Verdict{
+		Kind: verdict.KindAddress, Address: t.Address.String(), Domain: t.Address.Domain,
+		Sender: t.Sender, Status: st, Reason: reason,
+		Code: rep.Code, Enhanced: rep.Enhanced, Text: verdict.CleanText(rep.Text()),
+		Host: host, CheckedAt: v.now(), Source: verdict.SourceProbe,
+	}}
+}
+
+func (v *Verifier) fact(t Target, host, fact string, st verdict.Status, reason string, rep smtpprobe.Reply) verdict.Verdict {
+	return verdict.Verdict{
+		Kind: verdict.KindDomain, Domain: t.Address.Domain, Fact: fact, Sender: t.Sender,
+		Status: st, Reason: reason, Code: rep.Code, Enhanced: rep.Enhanced,
+		Text: verdict.CleanText(rep.Text()), Host: host, CheckedAt: v.now(), Source: verdict.SourceProbe,
+	}
+}
+
+// failErr turns a network or protocol error into a tempfail; timeouts and
+// refused connections count against the breaker.
+func (v *Verifier) failErr(t Target, host string, err error) (Result, bool) {
+	var se *smtpprobe.Error
+	reason, unhealthy := ReasonProtocol, false
+	if errors.As(err, &se) {
+		switch {
+		case se.Timeout():
+			reason, unhealthy = ReasonTimeout, true
+		case se.Stage == smtpprobe.StageConnect:
+			reason, unhealthy = ReasonConnect, true
+		}
+	}
+	r := v.fail(t, host, verdict.TempFail, reason, smtpprobe.Reply{})
+	r.Address.Text = verdict.CleanText(err.Error())
+	return r, unhealthy
+}

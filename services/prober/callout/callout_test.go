@@ -1,0 +1,376 @@
+package callout
+
+import (
+	"context"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/callout-mail/callout/services/prober/destination"
+	"github.com/callout-mail/callout/services/prober/smtpprobe"
+	"github.com/callout-mail/callout/shared/address"
+	"github.com/callout-mail/callout/shared/kvkey"
+	"github.com/callout-mail/callout/shared/smtptest"
+	"github.com/callout-mail/callout/shared/verdict"
+)
+
+var secret = []byte("test-secret")
+
+func server(t *testing.T, cfg smtptest.Config) *smtptest.Server {
+	t.Helper()
+	s, err := smtptest.Start("127.0.0.1:0", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+func verifier(dcfg destination.Config) *Verifier {
+	if dcfg.MaxConns == 0 {
+		dcfg.MaxConns = 2
+	}
+	if dcfg.Rate == 0 {
+		dcfg.Rate = 1000
+	}
+	return New(Config{
+		SMTP:         smtpprobe.Config{ConnectTimeout: time.Second, BannerTimeout: time.Second, CommandTimeout: time.Second, HeloName: "verifier.test"},
+		RandomSecret: secret,
+	}, destination.NewPool(dcfg, nil))
+}
+
+func addr(t *testing.T, s string) address.Address {
+	t.Helper()
+	a, err := address.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func fact(r Result, name string) *verdict.Verdict {
+	for i := range r.Facts {
+		if r.Facts[i].Fact == name {
+			return &r.Facts[i]
+		}
+	}
+	return nil
+}
+
+// deadHost is a loopback address where nothing listens.
+func deadHost(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := ln.Addr().String()
+	ln.Close()
+	return a
+}
+
+func TestVerify(t *testing.T) {
+	boxes := []string{"alice@example.org", "bob@example.org"}
+	tests := []struct {
+		name      string
+		cfg       smtptest.Config
+		target    Target
+		status    verdict.Status
+		reason    string
+		catchAll  verdict.Status // "" when no catch-all fact is expected
+		access    string         // reason of the access fact, "" when none
+		rcpts     int
+		sender    string
+		wantCode  int
+		wantEnhcd string
+	}{
+		{name: "valid", cfg: smtptest.Config{Mailboxes: boxes},
+			target: Target{Address: address.Address{Local: "alice", Domain: "example.org"}},
+			status: verdict.Valid, reason: "accepted", catchAll: verdict.NotCatchAll, rcpts: 2, wantCode: 250},
+		{name: "invalid", cfg: smtptest.Config{Mailboxes: boxes},
+			target: Target{Address: address.Address{Local: "nobody", Domain: "example.org"}},
+			status: verdict.Invalid, reason: "user_unknown", catchAll: verdict.NotCatchAll, rcpts: 2, wantCode: 550, wantEnhcd: "5.1.1"},
+		{name: "catch-all: no real RCPT", cfg: smtptest.Config{CatchAll: []string{"example.org"}},
+			target: Target{Address: address.Address{Local: "anyone", Domain: "example.org"}},
+			status: verdict.CatchAll, reason: ReasonRandomAccepted, catchAll: verdict.CatchAll, rcpts: 1, wantCode: 250},
+		{name: "known not catch-all skips the random check", cfg: smtptest.Config{Mailboxes: boxes},
+			target: Target{Address: address.Address{Local: "alice", Domain: "example.org"}, SkipRandom: true},
+			status: verdict.Valid, reason: "accepted", rcpts: 1, wantCode: 250},
+		{name: "greylisted random: tempfail, no domain fact", cfg: smtptest.Config{Rcpt: smtptest.Greylist(smtptest.Mailboxes(boxes, nil))},
+			target: Target{Address: address.Address{Local: "alice", Domain: "example.org"}},
+			status: verdict.TempFail, reason: ReasonRandomDeferred, rcpts: 1, wantCode: 450},
+		{name: "null sender refused", cfg: smtptest.Config{Mailboxes: boxes, Mail: func(f string) string {
+			if f == "" {
+				return "550 5.7.1 null sender not accepted here"
+			}
+			return "250 ok"
+		}},
+			target: Target{Address: address.Address{Local: "alice", Domain: "example.org"}},
+			status: verdict.Unverifiable, reason: ReasonNullSenderRejected, access: ReasonNullSenderRejected, rcpts: 0, wantCode: 550},
+		{name: "null sender refused, fallback sender used", cfg: smtptest.Config{Mailboxes: boxes, Mail: func(f string) string {
+			if f == "" {
+				return "550 5.7.1 null sender not accepted here"
+			}
+			return "250 ok"
+		}},
+			target: Target{Address: address.Address{Local: "alice", Domain: "example.org"}, FallbackSender: "verify@gw.test"},
+			status: verdict.Valid, reason: "accepted", catchAll: verdict.NotCatchAll, access: ReasonNullSenderRejected, rcpts: 2, sender: "verify@gw.test", wantCode: 250},
+		{name: "5.7.1 block is unverifiable", cfg: smtptest.Config{Rcpt: func(_, _ string) string {
+			return "550 5.7.1 Service unavailable; client host blocked using zen.spamhaus.org"
+		}},
+			target: Target{Address: address.Address{Local: "alice", Domain: "example.org"}},
+			status: verdict.Unverifiable, reason: "policy", rcpts: 1, wantCode: 550, wantEnhcd: "5.7.1"},
+		{name: "554 banner is a domain fact", cfg: smtptest.Config{Banner: "554 5.7.1 go away"},
+			target: Target{Address: address.Address{Local: "alice", Domain: "example.org"}},
+			status: verdict.Unverifiable, reason: ReasonRefusedBanner, access: ReasonRefusedBanner, rcpts: 0, wantCode: 554},
+		{name: "421 banner is temporary", cfg: smtptest.Config{Banner: "421 4.3.2 busy"},
+			target: Target{Address: address.Address{Local: "alice", Domain: "example.org"}},
+			status: verdict.TempFail, reason: ReasonDeferred, rcpts: 0, wantCode: 421},
+		{name: "EHLO and HELO refused", cfg: smtptest.Config{EHLO: "550 5.7.1 not you", HELO: "550 5.7.1 not you either"},
+			target: Target{Address: address.Address{Local: "alice", Domain: "example.org"}},
+			status: verdict.Unverifiable, reason: ReasonRefusedHelo, access: ReasonRefusedHelo, rcpts: 0},
+		{name: "server drops the connection after an unknown recipient", cfg: smtptest.Config{Mailboxes: boxes, DropAfterUnknown: true},
+			target: Target{Address: address.Address{Local: "alice", Domain: "example.org"}},
+			status: verdict.Valid, reason: "accepted", catchAll: verdict.NotCatchAll, rcpts: 2, wantCode: 250},
+		{name: "one recipient per transaction", cfg: smtptest.Config{Mailboxes: boxes, OneRcptPerMail: true},
+			target: Target{Address: address.Address{Local: "bob", Domain: "example.org"}},
+			status: verdict.Valid, reason: "accepted", catchAll: verdict.NotCatchAll, rcpts: 2, wantCode: 250},
+		{name: "252 cannot verify", cfg: smtptest.Config{Rcpt: func(_, to string) string {
+			if to == "alice@example.org" {
+				return "252 2.1.5 Cannot VRFY user"
+			}
+			return "550 5.1.1 unknown"
+		}},
+			target: Target{Address: address.Address{Local: "alice", Domain: "example.org"}},
+			status: verdict.Unverifiable, reason: "cannot_verify", catchAll: verdict.NotCatchAll, rcpts: 2, wantCode: 252},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := server(t, tt.cfg)
+			v := verifier(destination.Config{})
+			tt.target.Hosts = []string{s.Addr()}
+			r := v.Verify(context.Background(), tt.target)
+			a := r.Address
+			if a.Status != tt.status || a.Reason != tt.reason {
+				t.Fatalf("verdict %s/%s (%d %s %q), want %s/%s", a.Status, a.Reason, a.Code, a.Enhanced, a.Text, tt.status, tt.reason)
+			}
+			if tt.wantCode != 0 && a.Code != tt.wantCode || a.Enhanced != tt.wantEnhcd && tt.wantEnhcd != "" {
+				t.Errorf("code %d %s, want %d %s", a.Code, a.Enhanced, tt.wantCode, tt.wantEnhcd)
+			}
+			if a.Sender != tt.sender {
+				t.Errorf("sender %q, want %q", a.Sender, tt.sender)
+			}
+			if a.Host != s.Addr() || a.Source != verdict.SourceProbe || a.CheckedAt.IsZero() || a.Address != tt.target.Address.String() {
+				t.Errorf("verdict metadata: %+v", a)
+			}
+			f := fact(r, kvkey.FactCatchAll)
+			switch {
+			case tt.catchAll == "" && f != nil:
+				t.Errorf("unexpected catch-all fact %s", f.Status)
+			case tt.catchAll != "" && (f == nil || f.Status != tt.catchAll || f.Kind != verdict.KindDomain):
+				t.Errorf("catch-all fact %+v, want %s", f, tt.catchAll)
+			}
+			acc := fact(r, kvkey.FactAccess)
+			switch {
+			case tt.access == "" && acc != nil:
+				t.Errorf("unexpected access fact %+v", acc)
+			case tt.access != "" && (acc == nil || acc.Reason != tt.access || acc.Status != verdict.Unverifiable):
+				t.Errorf("access fact %+v, want %s", acc, tt.access)
+			}
+			if s.Rcpts() != tt.rcpts || r.Rcpts != tt.rcpts {
+				t.Errorf("server saw %d RCPTs, result says %d, want %d", s.Rcpts(), r.Rcpts, tt.rcpts)
+			}
+		})
+	}
+}
+
+func TestRandomLocalIsStablePerDomain(t *testing.T) {
+	a, b := RandomLocal(secret, "example.org"), RandomLocal(secret, "example.org")
+	if a != b {
+		t.Fatal("random local part changes between calls")
+	}
+	if a == RandomLocal(secret, "example.net") || a == RandomLocal([]byte("other"), "example.org") {
+		t.Fatal("random local part does not depend on domain and secret")
+	}
+	if _, err := address.Parse(a + "@example.org"); err != nil {
+		t.Fatalf("random local part %q is not a valid address: %v", a, err)
+	}
+}
+
+// A greylister that defers a new (sender, recipient) pair lets the second
+// callout through, because the random local part is the same.
+func TestGreylistPassesOnRetry(t *testing.T) {
+	s := server(t, smtptest.Config{Rcpt: smtptest.Greylist(smtptest.Mailboxes([]string{"alice@example.org"}, nil))})
+	v := verifier(destination.Config{})
+	target := Target{Address: addr(t, "alice@example.org"), Hosts: []string{s.Addr()}}
+	if r := v.Verify(context.Background(), target); r.Address.Status != verdict.TempFail {
+		t.Fatalf("first callout: %s", r.Address.Status)
+	}
+	if r := v.Verify(context.Background(), target); r.Address.Status != verdict.TempFail {
+		t.Fatalf("second callout (real address now greylisted): %s", r.Address.Status)
+	}
+	if r := v.Verify(context.Background(), target); r.Address.Status != verdict.Valid {
+		t.Fatalf("third callout: %s %s", r.Address.Status, r.Address.Text)
+	}
+}
+
+func TestFailover(t *testing.T) {
+	good := server(t, smtptest.Config{Mailboxes: []string{"alice@example.org"}})
+	refusing := server(t, smtptest.Config{Banner: "554 5.7.1 no"})
+	busy := server(t, smtptest.Config{Banner: "421 4.3.2 busy"})
+	v := verifier(destination.Config{})
+	r := v.Verify(context.Background(), Target{Address: addr(t, "alice@example.org"), Hosts: []string{deadHost(t), refusing.Addr(), busy.Addr(), good.Addr()}})
+	if r.Address.Status != verdict.Valid || r.Address.Host != good.Addr() {
+		t.Fatalf("failover: %+v", r.Address)
+	}
+	if fact(r, kvkey.FactAccess) != nil {
+		t.Fatal("a refusing host that was passed over left a domain fact")
+	}
+}
+
+func TestTimeoutIsTempfail(t *testing.T) {
+	s := server(t, smtptest.Config{Mailboxes: []string{"alice@example.org"}, Delay: 3 * time.Second})
+	v := New(Config{SMTP: smtpprobe.Config{BannerTimeout: 200 * time.Millisecond}, RandomSecret: secret}, destination.NewPool(destination.Config{Rate: 1000}, nil))
+	r := v.Verify(context.Background(), Target{Address: addr(t, "alice@example.org"), Hosts: []string{s.Addr()}})
+	if r.Address.Status != verdict.TempFail || r.Address.Reason != ReasonTimeout {
+		t.Fatalf("slow server: %+v", r.Address)
+	}
+}
+
+func TestBudgetBoundsAllHosts(t *testing.T) {
+	slow := server(t, smtptest.Config{Delay: 3 * time.Second})
+	v := New(Config{SMTP: smtpprobe.Config{BannerTimeout: time.Minute}, Budget: 300 * time.Millisecond, RandomSecret: secret},
+		destination.NewPool(destination.Config{Rate: 1000, MaxConns: 4}, nil))
+	done := make(chan Result, 1)
+	go func() {
+		done <- v.Verify(context.Background(), Target{Address: addr(t, "a@example.org"), Hosts: []string{slow.Addr(), slow.Addr(), slow.Addr()}})
+	}()
+	select {
+	case r := <-done:
+		if r.Address.Status != verdict.TempFail {
+			t.Fatalf("status %s", r.Address.Status)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("budget did not bound the callout")
+	}
+}
+
+func TestBreaker(t *testing.T) {
+	dead := deadHost(t)
+	v := verifier(destination.Config{BreakerFailures: 2, BreakerOpen: 200 * time.Millisecond})
+	target := Target{Address: addr(t, "alice@example.org"), Hosts: []string{dead}}
+	for i := 0; i < 2; i++ {
+		if r := v.Verify(context.Background(), target); r.Address.Reason != ReasonConnect {
+			t.Fatalf("attempt %d: %s", i, r.Address.Reason)
+		}
+	}
+	if r := v.Verify(context.Background(), target); r.Address.Reason != ReasonBreakerOpen || r.Address.Status != verdict.TempFail {
+		t.Fatalf("breaker not open: %+v", r.Address)
+	}
+	// The destination comes back on the same port: after the open period the
+	// half-open trial goes through and closes the breaker.
+	s, err := smtptest.Start(dead, smtptest.Config{Mailboxes: []string{"alice@example.org"}})
+	if err != nil {
+		t.Skipf("port %s taken again: %v", dead, err)
+	}
+	defer s.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r := v.Verify(context.Background(), target)
+		if r.Address.Status == verdict.Valid {
+			break
+		}
+		if r.Address.Reason != ReasonBreakerOpen || time.Now().After(deadline) {
+			t.Fatalf("after recovery: %+v", r.Address)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	conns := s.Conns()
+	if conns != 1 {
+		t.Fatalf("half-open trial used %d connections", conns)
+	}
+}
+
+// A 5xx user unknown counts as a success for the breaker.
+func TestUserUnknownKeepsBreakerClosed(t *testing.T) {
+	s := server(t, smtptest.Config{})
+	v := verifier(destination.Config{BreakerFailures: 1})
+	for i := 0; i < 3; i++ {
+		r := v.Verify(context.Background(), Target{Address: addr(t, "x@example.org"), Hosts: []string{s.Addr()}})
+		if r.Address.Status != verdict.Invalid {
+			t.Fatalf("attempt %d: %s %s", i, r.Address.Status, r.Address.Reason)
+		}
+	}
+}
+
+func TestConnectionReuse(t *testing.T) {
+	s := server(t, smtptest.Config{Mailboxes: []string{"a@example.org", "b@example.org", "c@example.org"}})
+	v := verifier(destination.Config{ReuseMaxRcpts: 10, IdleTimeout: time.Minute})
+	var reused int
+	for _, a := range []string{"a@example.org", "b@example.org", "c@example.org", "d@example.org"} {
+		r := v.Verify(context.Background(), Target{Address: addr(t, a), Hosts: []string{s.Addr()}, SkipRandom: true})
+		if r.Reused {
+			reused++
+		}
+	}
+	if s.Conns() != 1 || reused != 3 {
+		t.Fatalf("%d connections, %d reused; want 1 and 3", s.Conns(), reused)
+	}
+	// A connection that has served its share of RCPTs is closed.
+	v2 := verifier(destination.Config{ReuseMaxRcpts: 2, IdleTimeout: time.Minute})
+	s2 := server(t, smtptest.Config{Mailboxes: []string{"a@example.org"}})
+	for i := 0; i < 4; i++ {
+		v2.Verify(context.Background(), Target{Address: addr(t, "a@example.org"), Hosts: []string{s2.Addr()}, SkipRandom: true})
+	}
+	if s2.Conns() != 2 {
+		t.Fatalf("RCPT cap: %d connections, want 2", s2.Conns())
+	}
+}
+
+func TestFailedRsetTurnsReuseOff(t *testing.T) {
+	s := server(t, smtptest.Config{Mailboxes: []string{"a@example.org"}, Rset: "502 5.5.1 no RSET"})
+	v := verifier(destination.Config{ReuseMaxRcpts: 10, IdleTimeout: time.Minute})
+	for i := 0; i < 3; i++ {
+		if r := v.Verify(context.Background(), Target{Address: addr(t, "a@example.org"), Hosts: []string{s.Addr()}, SkipRandom: true}); r.Address.Status != verdict.Valid {
+			t.Fatalf("attempt %d: %s", i, r.Address.Status)
+		}
+	}
+	if s.Conns() != 3 {
+		t.Fatalf("%d connections, want 3 (no reuse)", s.Conns())
+	}
+}
+
+func TestPerDestinationConcurrency(t *testing.T) {
+	s := server(t, smtptest.Config{Mailboxes: []string{"a@example.org"}, Delay: 20 * time.Millisecond})
+	v := verifier(destination.Config{MaxConns: 2})
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if r := v.Verify(context.Background(), Target{Address: addr(t, "a@example.org"), Hosts: []string{s.Addr()}, SkipRandom: true}); r.Address.Status != verdict.Valid {
+				t.Errorf("status %s", r.Address.Status)
+			}
+		}()
+	}
+	wg.Wait()
+	if s.Peak() > 2 {
+		t.Fatalf("%d connections at once, limit 2", s.Peak())
+	}
+	if s.Conns() != 8 {
+		t.Fatalf("%d connections, want 8: no job dropped", s.Conns())
+	}
+}
+
+func TestRateLimit(t *testing.T) {
+	s := server(t, smtptest.Config{Mailboxes: []string{"a@example.org"}})
+	v := verifier(destination.Config{MaxConns: 1, Rate: 5})
+	start := time.Now()
+	for i := 0; i < 4; i++ {
+		v.Verify(context.Background(), Target{Address: addr(t, "a@example.org"), Hosts: []string{s.Addr()}, SkipRandom: true})
+	}
+	// 4 callouts at 5/s with a burst of 1 take at least 3 intervals.
+	if el := time.Since(start); el < 550*time.Millisecond {
+		t.Fatalf("4 callouts at 5/s took %v", el)
+	}
+}

@@ -1,0 +1,137 @@
+// Package classify turns an SMTP reply to RCPT TO into what it says about
+// the mailbox. Only a definite "user unknown" becomes Invalid: anything that
+// may mean "you are refused" is Unverifiable, anything temporary TempFail.
+package classify
+
+import (
+	"strings"
+
+	"github.com/callout-mail/callout/services/prober/smtpprobe"
+	"github.com/callout-mail/callout/shared/verdict"
+)
+
+// Reasons recorded in verdicts.
+const (
+	ReasonAccepted        = "accepted"
+	ReasonCannotVerify    = "cannot_verify"
+	ReasonUserUnknown     = "user_unknown"
+	ReasonMailboxDisabled = "mailbox_disabled"
+	ReasonOverQuota       = "over_quota"
+	ReasonPolicy          = "policy"
+	ReasonProtocol        = "protocol"
+	ReasonTemporary       = "temporary"
+	ReasonUnexpected      = "unexpected_reply"
+)
+
+// Result is the classification of one RCPT reply.
+type Result struct {
+	Status verdict.Status
+	Reason string
+}
+
+// Texts that mean the destination refuses us, not the address. They win over
+// a user-unknown code: a verifier that took "listed at Spamhaus" for "no such
+// user" rejected real mail.
+var policyWords = []string{
+	"block", "blacklist", "blocklist", "denylist", "spamhaus", "spamcop", "barracuda",
+	"not permitted", "not allowed", "policy", "rbl", "dnsbl", "reputation", "spam",
+	"banned", "relay", "authenticat", "spf", "dmarc", "dkim", "ptr", "reverse dns",
+	"rdns", "rate limit", "too many", "sender", "helo", "client host", "your ip",
+	"listed", "abuse", "prohibited", "unauthorized", "unauthorised",
+}
+
+// Texts that say the mailbox does not exist.
+var unknownWords = []string{
+	"user unknown", "unknown user", "no such user", "no such mailbox", "no such recipient",
+	"does not exist", "doesn't exist", "not exist", "unknown recipient", "recipient unknown",
+	"mailbox not found", "recipient not found", "user not found", "address not found",
+	"invalid recipient", "invalid mailbox", "no mailbox", "mailbox unavailable",
+	"unknown local part", "address unknown", "unrouteable address", "no longer available",
+	"user doesn't", "account does not", "not a valid recipient", "unknown address",
+}
+
+func has(text string, words []string) bool {
+	for _, w := range words {
+		if strings.Contains(text, w) {
+			return true
+		}
+	}
+	return false
+}
+
+// Rcpt classifies the reply to RCPT TO.
+func Rcpt(r smtpprobe.Reply) Result {
+	text := strings.ToLower(r.Text())
+	subject, detail := enhancedParts(r.Enhanced)
+	switch r.Class() {
+	case 2:
+		if r.Code == 250 || r.Code == 251 {
+			return Result{verdict.Valid, ReasonAccepted}
+		}
+		return Result{verdict.Unverifiable, ReasonCannotVerify} // 252 and other 2xx
+	case 3:
+		return Result{verdict.TempFail, ReasonUnexpected}
+	case 4:
+		// Over quota: the mailbox exists. 452 4.5.3 (too many recipients) does not say so.
+		if subject == 2 && detail == 2 || r.Enhanced == "" && r.Code == 452 && has(text, []string{"quota", "mailbox full", "mailbox is full", "insufficient"}) {
+			return Result{verdict.Valid, ReasonOverQuota}
+		}
+		return Result{verdict.TempFail, ReasonTemporary}
+	case 5:
+		return permanent(r, text)
+	}
+	return Result{verdict.TempFail, ReasonUnexpected}
+}
+
+func permanent(r smtpprobe.Reply, text string) Result {
+	if r.Code == 500 || r.Code == 501 || r.Code == 502 || r.Code == 503 || r.Code == 504 {
+		return Result{verdict.Unverifiable, ReasonProtocol}
+	}
+	switch {
+	case r.Enhanced == "5.2.2":
+		return Result{verdict.Valid, ReasonOverQuota}
+	case r.Enhanced == "5.4.1" && strings.Contains(text, "recipient address rejected: access denied"):
+		// Microsoft 365 directory-based edge blocking: the mailbox is not in the directory.
+		return Result{verdict.Invalid, ReasonUserUnknown}
+	}
+	if has(text, policyWords) {
+		return Result{verdict.Unverifiable, ReasonPolicy}
+	}
+	switch {
+	case r.Enhanced == "5.1.1" || r.Enhanced == "5.1.10" || r.Enhanced == "5.1.6":
+		return Result{verdict.Invalid, ReasonUserUnknown}
+	case r.Enhanced == "5.2.1":
+		return Result{verdict.Invalid, ReasonMailboxDisabled}
+	case r.Enhanced == "5.5.0" && strings.Contains(text, "mailbox unavailable"):
+		// outlook.com: "Requested action not taken: mailbox unavailable".
+		return Result{verdict.Invalid, ReasonUserUnknown}
+	case r.Enhanced == "5.0.0" && has(text, unknownWords):
+		return Result{verdict.Invalid, ReasonUserUnknown}
+	case r.Enhanced == "" && r.Code >= 550 && r.Code <= 553 && has(text, unknownWords):
+		return Result{verdict.Invalid, ReasonUserUnknown}
+	}
+	// 5.7.x, 5.1.7/5.1.8, 5.3.x, 5.4.x, 5.5.x and bare codes say nothing about the mailbox.
+	return Result{verdict.Unverifiable, ReasonPolicy}
+}
+
+func enhancedParts(e string) (subject, detail int) {
+	if e == "" {
+		return -1, -1
+	}
+	parts := strings.SplitN(e, ".", 3)
+	if len(parts) != 3 {
+		return -1, -1
+	}
+	return atoi(parts[1]), atoi(parts[2])
+}
+
+func atoi(s string) int {
+	n := 0
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return -1
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n
+}

@@ -1,0 +1,274 @@
+package smtpprobe
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"time"
+)
+
+// Stage names a step of the dialogue.
+type Stage string
+
+const (
+	StageConnect  Stage = "connect"
+	StageBanner   Stage = "banner"
+	StageEHLO     Stage = "ehlo"
+	StageHELO     Stage = "helo"
+	StageSTARTTLS Stage = "starttls"
+	StageMail     Stage = "mail"
+	StageRcpt     Stage = "rcpt"
+	StageRset     Stage = "rset"
+	StageQuit     Stage = "quit"
+)
+
+// Error is a failure at one stage: a network error, a timeout or a broken
+// reply. A well-formed reply, whatever its code, is not an Error.
+type Error struct {
+	Stage Stage
+	Host  string
+	Err   error
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("smtp %s %s: %v", e.Host, e.Stage, e.Err) }
+func (e *Error) Unwrap() error { return e.Err }
+
+// Timeout reports whether the error is a timeout.
+func (e *Error) Timeout() bool {
+	var ne net.Error
+	return errors.Is(e.Err, context.DeadlineExceeded) || errors.As(e.Err, &ne) && ne.Timeout()
+}
+
+// Config holds the client's settings.
+type Config struct {
+	HeloName       string
+	ConnectTimeout time.Duration
+	BannerTimeout  time.Duration
+	CommandTimeout time.Duration
+	QuitTimeout    time.Duration
+	StartTLS       bool // use STARTTLS when offered
+	TLSVerify      bool // verify the server's certificate
+	Limits         Limits
+	Dialer         *net.Dialer
+}
+
+func (c *Config) defaults() {
+	if c.HeloName == "" {
+		c.HeloName = "localhost"
+	}
+	if c.ConnectTimeout == 0 {
+		c.ConnectTimeout = 10 * time.Second
+	}
+	if c.BannerTimeout == 0 {
+		c.BannerTimeout = 30 * time.Second
+	}
+	if c.CommandTimeout == 0 {
+		c.CommandTimeout = 30 * time.Second
+	}
+	if c.QuitTimeout == 0 {
+		c.QuitTimeout = time.Second
+	}
+	if c.Limits.MaxLine == 0 {
+		c.Limits = DefaultLimits
+	}
+	if c.Dialer == nil {
+		c.Dialer = &net.Dialer{}
+	}
+}
+
+// Conn is one SMTP connection after the greeting.
+type Conn struct {
+	cfg    Config
+	host   string
+	nc     net.Conn
+	r      *bufio.Reader
+	ext    map[string]string
+	tls    bool
+	broken bool // a timeout or protocol error: no more commands, no QUIT
+}
+
+// Dial connects to host (host:port) and reads the banner. A banner that is
+// not 2xx is returned as the reply with a nil error; the connection is then
+// closed.
+func Dial(ctx context.Context, host string, cfg Config) (*Conn, Reply, error) {
+	cfg.defaults()
+	dctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
+	nc, err := cfg.Dialer.DialContext(dctx, "tcp", host)
+	cancel()
+	if err != nil {
+		return nil, Reply{}, &Error{Stage: StageConnect, Host: host, Err: err}
+	}
+	c := &Conn{cfg: cfg, host: host, nc: nc}
+	c.r = bufio.NewReaderSize(nc, cfg.Limits.MaxLine)
+	rep, err := c.read(ctx, StageBanner, cfg.BannerTimeout)
+	if err != nil {
+		c.Close()
+		return nil, rep, err
+	}
+	if rep.Class() != 2 {
+		c.Quit(ctx)
+		return nil, rep, nil
+	}
+	return c, rep, nil
+}
+
+// Host is the host:port this connection goes to.
+func (c *Conn) Host() string { return c.host }
+
+// TLS reports whether STARTTLS succeeded.
+func (c *Conn) TLS() bool { return c.tls }
+
+// Broken reports whether the connection may no longer be used.
+func (c *Conn) Broken() bool { return c.broken }
+
+func (c *Conn) read(ctx context.Context, st Stage, timeout time.Duration) (Reply, error) {
+	deadline := time.Now().Add(timeout)
+	ctxDeadline := false
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline, ctxDeadline = d, true
+	}
+	_ = c.nc.SetReadDeadline(deadline)
+	// A cancelled context interrupts a blocked read.
+	stop := context.AfterFunc(ctx, func() { _ = c.nc.SetReadDeadline(time.Now()) })
+	defer stop()
+	rep, err := readReply(c.r, c.cfg.Limits)
+	if err != nil {
+		c.broken = true
+		if errors.Is(err, io.EOF) {
+			err = fmt.Errorf("connection closed: %w", err)
+		}
+		var ne net.Error
+		if cerr := ctx.Err(); cerr != nil {
+			err = fmt.Errorf("%w: %v", cerr, err)
+		} else if ctxDeadline && errors.As(err, &ne) && ne.Timeout() {
+			err = fmt.Errorf("%w: %v", context.DeadlineExceeded, err)
+		}
+		return rep, &Error{Stage: st, Host: c.host, Err: err}
+	}
+	return rep, nil
+}
+
+// Cmd sends one command line (without CRLF) and reads the reply.
+func (c *Conn) Cmd(ctx context.Context, st Stage, line string) (Reply, error) {
+	if c.broken {
+		return Reply{}, &Error{Stage: st, Host: c.host, Err: errors.New("connection is broken")}
+	}
+	if strings.ContainsAny(line, "\r\n\x00") {
+		// Addresses are checked before they get here; this is the last guard.
+		return Reply{}, &Error{Stage: st, Host: c.host, Err: errors.New("refusing to send a command with CR, LF or NUL")}
+	}
+	deadline := time.Now().Add(c.cfg.CommandTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	_ = c.nc.SetWriteDeadline(deadline)
+	if _, err := io.WriteString(c.nc, line+"\r\n"); err != nil {
+		c.broken = true
+		return Reply{}, &Error{Stage: st, Host: c.host, Err: err}
+	}
+	return c.read(ctx, st, c.cfg.CommandTimeout)
+}
+
+// Hello sends EHLO, falling back to HELO when EHLO is refused, and then
+// STARTTLS when offered and enabled. A refusal comes back as the reply.
+func (c *Conn) Hello(ctx context.Context) (Reply, error) {
+	rep, err := c.Cmd(ctx, StageEHLO, "EHLO "+c.cfg.HeloName)
+	if err != nil {
+		return rep, err
+	}
+	if rep.Class() != 2 {
+		if rep.Class() == 4 {
+			return rep, nil
+		}
+		rep, err = c.Cmd(ctx, StageHELO, "HELO "+c.cfg.HeloName)
+		c.ext = map[string]string{}
+		return rep, err
+	}
+	c.ext = parseExtensions(rep)
+	if _, ok := c.ext["STARTTLS"]; ok && c.cfg.StartTLS && !c.tls {
+		return c.startTLS(ctx)
+	}
+	return rep, nil
+}
+
+func parseExtensions(rep Reply) map[string]string {
+	ext := map[string]string{}
+	for _, l := range rep.Lines[1:] {
+		k, v, _ := strings.Cut(l, " ")
+		ext[strings.ToUpper(k)] = v
+	}
+	return ext
+}
+
+// Has reports whether the server announced an EHLO extension.
+func (c *Conn) Has(ext string) bool { _, ok := c.ext[ext]; return ok }
+
+func (c *Conn) startTLS(ctx context.Context) (Reply, error) {
+	rep, err := c.Cmd(ctx, StageSTARTTLS, "STARTTLS")
+	if err != nil {
+		return rep, err
+	}
+	if rep.Class() != 2 {
+		// Opportunistic: carry on in clear after a refusal, as MTAs do.
+		c.ext = nil
+		return c.Hello(ctx)
+	}
+	host, _, _ := net.SplitHostPort(c.host)
+	tc := tls.Client(c.nc, &tls.Config{ServerName: host, InsecureSkipVerify: !c.cfg.TLSVerify, MinVersion: tls.VersionTLS12}) //nolint:gosec // opportunistic by default, a setting
+	hctx, cancel := context.WithTimeout(ctx, c.cfg.CommandTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		c.broken = true
+		return Reply{}, &Error{Stage: StageSTARTTLS, Host: c.host, Err: fmt.Errorf("tls: %w", err)}
+	}
+	c.nc = tc
+	c.r = bufio.NewReaderSize(tc, c.cfg.Limits.MaxLine)
+	c.tls = true
+	return c.Hello(ctx)
+}
+
+// Mail sends MAIL FROM with sender ("" for the null sender). No SIZE=:
+// a size refusal must never become a cached fact about an address.
+func (c *Conn) Mail(ctx context.Context, sender string) (Reply, error) {
+	return c.Cmd(ctx, StageMail, "MAIL FROM:<"+sender+">")
+}
+
+// Rcpt sends RCPT TO for one address.
+func (c *Conn) Rcpt(ctx context.Context, addr string) (Reply, error) {
+	return c.Cmd(ctx, StageRcpt, "RCPT TO:<"+addr+">")
+}
+
+// Reset sends RSET; it reports whether the server took it.
+func (c *Conn) Reset(ctx context.Context) bool {
+	rep, err := c.Cmd(ctx, StageRset, "RSET")
+	if err != nil || rep.Class() != 2 {
+		c.broken = true
+		return false
+	}
+	return true
+}
+
+// Quit says goodbye, waiting briefly for the answer, and closes. After a
+// timeout or a protocol error it just closes.
+func (c *Conn) Quit(ctx context.Context) {
+	if !c.broken {
+		_ = c.nc.SetWriteDeadline(time.Now().Add(c.cfg.QuitTimeout))
+		if _, err := io.WriteString(c.nc, "QUIT\r\n"); err == nil {
+			qctx, cancel := context.WithTimeout(ctx, c.cfg.QuitTimeout)
+			_, _ = c.read(qctx, StageQuit, c.cfg.QuitTimeout)
+			cancel()
+		}
+	}
+	c.Close()
+}
+
+// Close drops the connection.
+func (c *Conn) Close() {
+	c.broken = true
+	_ = c.nc.Close()
+}

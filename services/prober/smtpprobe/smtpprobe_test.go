@@ -1,0 +1,199 @@
+package smtpprobe
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/callout-mail/callout/shared/smtptest"
+)
+
+func TestReadReply(t *testing.T) {
+	tests := []struct {
+		raw      string
+		code     int
+		enhanced string
+		text     string
+		err      error
+	}{
+		{"250 OK\r\n", 250, "", "OK", nil},
+		{"250-mx.test\r\n250-PIPELINING\r\n250 SIZE 100\r\n", 250, "", "mx.test PIPELINING SIZE 100", nil},
+		{"550 5.1.1 <a@b>: User unknown\r\n", 550, "5.1.1", "<a@b>: User unknown", nil},
+		{"550-5.7.1 line one\r\n550 5.7.1 line two\r\n", 550, "5.7.1", "line one line two", nil},
+		{"550 4.1.1 class mismatch\r\n", 550, "", "4.1.1 class mismatch", nil},
+		{"550 5.01.001 padded\r\n", 550, "5.1.1", "padded", nil},
+		{"220\r\n", 220, "", "", nil},
+		{"250 no CR\n", 250, "", "no CR", nil},
+		{"999 what\r\n", 0, "", "", ErrMalformed},
+		{"abc def\r\n", 0, "", "", ErrMalformed},
+		{"099 low\r\n", 0, "", "", ErrMalformed},
+		{"25\r\n", 0, "", "", ErrMalformed},
+		{"250x nope\r\n", 0, "", "", ErrMalformed},
+		{"250-one\r\n550 two\r\n", 0, "", "", ErrMalformed},
+		{strings.Repeat("250-x\r\n", 100) + "250 end\r\n", 0, "", "", ErrTooMany},
+		{"250 " + strings.Repeat("x", 5000) + "\r\n", 0, "", "", ErrLineLong},
+	}
+	for _, tt := range tests {
+		r, err := readReply(bufio.NewReaderSize(strings.NewReader(tt.raw), DefaultLimits.MaxLine), DefaultLimits)
+		if tt.err != nil {
+			if !errors.Is(err, tt.err) {
+				t.Errorf("%q: error %v, want %v", tt.raw, err, tt.err)
+			}
+			continue
+		}
+		if err != nil || r.Code != tt.code || r.Enhanced != tt.enhanced || r.Text() != tt.text {
+			t.Errorf("%q: got %d %q %q %v", tt.raw, r.Code, r.Enhanced, r.Text(), err)
+		}
+	}
+	big := strings.Repeat("250-"+strings.Repeat("y", 1000)+"\r\n", 30) + "250 end\r\n"
+	if _, err := readReply(bufio.NewReaderSize(strings.NewReader(big), DefaultLimits.MaxLine), DefaultLimits); !errors.Is(err, ErrTooBig) {
+		t.Errorf("30 KB reply: %v, want ErrTooBig", err)
+	}
+}
+
+func hostile(t *testing.T, raw func(net.Conn)) string {
+	t.Helper()
+	s, err := smtptest.Start("127.0.0.1:0", smtptest.Config{Raw: raw})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s.Addr()
+}
+
+// A hostile server cannot hang or bloat the client: every case ends within
+// the configured timeouts with an error.
+func TestHostileServers(t *testing.T) {
+	cfg := Config{BannerTimeout: 300 * time.Millisecond, CommandTimeout: 300 * time.Millisecond, ConnectTimeout: time.Second}
+	tests := []struct {
+		name string
+		raw  func(net.Conn)
+		want error
+	}{
+		{"silent", func(c net.Conn) { drain(c) }, nil},
+		{"one byte a second", func(c net.Conn) {
+			for _, b := range []byte("220 slow banner\r\n") {
+				if _, err := c.Write([]byte{b}); err != nil {
+					return
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		}, nil},
+		{"endless continuation", func(c net.Conn) {
+			for {
+				if _, err := c.Write([]byte("220-more\r\n")); err != nil {
+					return
+				}
+			}
+		}, ErrTooMany},
+		{"10 MB line", func(c net.Conn) {
+			buf := []byte("220 " + strings.Repeat("x", 1<<20))
+			for i := 0; i < 10; i++ {
+				if _, err := c.Write(buf); err != nil {
+					return
+				}
+			}
+		}, ErrLineLong},
+		{"bad code", func(c net.Conn) { c.Write([]byte("999 hello\r\n")); drain(c) }, ErrMalformed},
+		{"letters", func(c net.Conn) { c.Write([]byte("abc hello\r\n")); drain(c) }, ErrMalformed},
+		{"closes", func(c net.Conn) {}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			addr := hostile(t, tt.raw)
+			start := time.Now()
+			c, _, err := Dial(context.Background(), addr, cfg)
+			if err == nil {
+				c.Close()
+				t.Fatal("Dial succeeded against a hostile server")
+			}
+			var se *Error
+			if !errors.As(err, &se) || se.Stage != StageBanner {
+				t.Fatalf("error %v is not a banner-stage *Error", err)
+			}
+			if tt.want != nil && !errors.Is(err, tt.want) {
+				t.Fatalf("error %v, want %v", err, tt.want)
+			}
+			if el := time.Since(start); el > 5*time.Second {
+				t.Fatalf("took %v", el)
+			}
+		})
+	}
+}
+
+func TestSlowCommandTimesOut(t *testing.T) {
+	addr := hostile(t, func(c net.Conn) {
+		c.Write([]byte("220 hi\r\n"))
+		drain(c)
+	})
+	c, _, err := Dial(context.Background(), addr, Config{CommandTimeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, err = c.Hello(context.Background())
+	var se *Error
+	if !errors.As(err, &se) || !se.Timeout() || se.Stage != StageEHLO {
+		t.Fatalf("EHLO against a silent server: %v", err)
+	}
+	if !c.Broken() {
+		t.Fatal("connection not marked broken after a timeout")
+	}
+}
+
+func TestContextCancelInterruptsRead(t *testing.T) {
+	addr := hostile(t, func(c net.Conn) { drain(c) })
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	_, _, err := Dial(ctx, addr, Config{BannerTimeout: time.Minute})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("error %v, want deadline exceeded", err)
+	}
+}
+
+func TestRefusesInjection(t *testing.T) {
+	s, err := smtptest.Start("127.0.0.1:0", smtptest.Config{Mailboxes: []string{"a@example.org"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	c, _, err := Dial(context.Background(), s.Addr(), Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Hello(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Rcpt(context.Background(), "a@example.org>\r\nDATA"); err == nil {
+		t.Fatal("a command with CRLF was sent")
+	}
+	if s.Rcpts() != 0 {
+		t.Fatalf("server saw %d RCPTs", s.Rcpts())
+	}
+}
+
+func TestEHLOFallsBackToHELO(t *testing.T) {
+	s, err := smtptest.Start("127.0.0.1:0", smtptest.Config{EHLO: "502 5.5.2 no EHLO here"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	c, _, err := Dial(context.Background(), s.Addr(), Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	rep, err := c.Hello(context.Background())
+	if err != nil || rep.Code != 250 {
+		t.Fatalf("HELO fallback: %v %v", rep, err)
+	}
+}
+
+// drain reads until the client or the server's Close ends the connection.
+func drain(c net.Conn) { _, _ = io.Copy(io.Discard, c) }
