@@ -1,0 +1,65 @@
+// Package probe is the prober service: workers pull probe jobs from the
+// JetStream work queue, run the callout and publish the verdicts.
+package probe
+
+import (
+	"errors"
+	"os"
+	"time"
+
+	"github.com/callout-mail/callout/shared/natsconn"
+)
+
+// Config is the prober's settings, from CALLOUT_PROBER_* variables.
+type Config struct {
+	NATS            natsconn.Config `envconfig:"NATS"`
+	Workers         int             `default:"16" desc:"concurrent callouts per instance"`
+	HeloName        string          `envconfig:"HELO_NAME" desc:"name sent in EHLO/HELO (default: the host name)"`
+	ConnectTimeout  time.Duration   `envconfig:"CONNECT_TIMEOUT" default:"10s" desc:"TCP connect timeout"`
+	BannerTimeout   time.Duration   `envconfig:"BANNER_TIMEOUT" default:"30s" desc:"wait for the greeting"`
+	CommandTimeout  time.Duration   `envconfig:"COMMAND_TIMEOUT" default:"30s" desc:"wait for each reply"`
+	DialogueTimeout time.Duration   `envconfig:"DIALOGUE_TIMEOUT" default:"60s" desc:"one host, connect to QUIT"`
+	Budget          time.Duration   `default:"120s" desc:"all hosts of one callout"`
+	StartTLS        bool            `envconfig:"STARTTLS" default:"true" desc:"use STARTTLS when offered"`
+	TLSVerify       bool            `envconfig:"TLS_VERIFY" default:"false" desc:"verify destination certificates"`
+	MaxReplyLine    int             `envconfig:"MAX_REPLY_LINE" default:"2048" desc:"longest reply line accepted (bytes)"`
+	MaxReplyLines   int             `envconfig:"MAX_REPLY_LINES" default:"64" desc:"most lines in one reply"`
+	MaxReplyBytes   int             `envconfig:"MAX_REPLY_BYTES" default:"16384" desc:"largest reply accepted (bytes)"`
+	MaxConns        int             `envconfig:"MAX_CONNS" default:"2" desc:"connections at once per destination host"`
+	Rate            float64         `default:"10" desc:"callouts per second per destination host"`
+	BreakerFailures uint32          `envconfig:"BREAKER_FAILURES" default:"5" desc:"consecutive failures (refused, timeout, 421) that open a host's breaker"`
+	BreakerOpen     time.Duration   `envconfig:"BREAKER_OPEN" default:"30s" desc:"how long a breaker stays open before one trial callout"`
+	ReuseMaxRcpts   int             `envconfig:"REUSE_MAX_RCPTS" default:"20" desc:"RCPTs on one connection before it is closed (0: no reuse)"`
+	IdleTimeout     time.Duration   `envconfig:"IDLE_TIMEOUT" default:"10s" desc:"how long an idle connection is kept for reuse"`
+	RandomSecret    string          `envconfig:"RANDOM_SECRET" desc:"secret that derives each domain's catch-all probe local part (set it, the same on every instance)"`
+	Sender          string          `desc:"MAIL FROM for domains without a policy sender (default <>)"`
+	FallbackSender  string          `envconfig:"FALLBACK_SENDER" desc:"MAIL FROM when the sender is refused (default none)"`
+	DNSServer       string          `envconfig:"DNS_SERVER" desc:"DNS server host:port for MX lookups (default: the system resolver)"`
+	MXPort          int             `envconfig:"MX_PORT" default:"25" desc:"SMTP port of hosts found by MX lookup"`
+	AckWait         time.Duration   `envconfig:"ACK_WAIT" default:"30s" desc:"job redelivered if not acked or heartbeated in this time"`
+	MaxDeliver      int             `envconfig:"MAX_DELIVER" default:"4" desc:"deliveries of a job before a final tempfail verdict"`
+	Replicas        int             `default:"1" desc:"JetStream replicas of streams and buckets"`
+	MetricsAddr     string          `envconfig:"METRICS_ADDR" default:"127.0.0.1:9102" desc:"Prometheus /metrics listen address (empty: off)"`
+}
+
+// Validate checks values envconfig cannot.
+func (c *Config) Validate() error {
+	switch {
+	case c.Workers < 1:
+		return errors.New("CALLOUT_PROBER_WORKERS must be at least 1")
+	case c.MaxConns < 1:
+		return errors.New("CALLOUT_PROBER_MAX_CONNS must be at least 1")
+	case c.Rate <= 0:
+		return errors.New("CALLOUT_PROBER_RATE must be positive")
+	case c.MaxDeliver < 1:
+		return errors.New("CALLOUT_PROBER_MAX_DELIVER must be at least 1")
+	case c.AckWait < time.Second:
+		return errors.New("CALLOUT_PROBER_ACK_WAIT must be at least 1s")
+	case c.MaxReplyLine < 512 || c.MaxReplyLines < 1 || c.MaxReplyBytes < c.MaxReplyLine:
+		return errors.New("CALLOUT_PROBER_MAX_REPLY_*: line >= 512, lines >= 1, bytes >= line")
+	}
+	if c.HeloName == "" {
+		c.HeloName, _ = os.Hostname()
+	}
+	return nil
+}

@@ -1,0 +1,46 @@
+package probe
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sony/gobreaker/v2"
+
+	"github.com/callout-mail/callout/services/prober/destination"
+)
+
+type metrics struct {
+	callouts    *prometheus.CounterVec
+	duration    prometheus.Histogram
+	connections *prometheus.CounterVec
+	inFlight    prometheus.Gauge
+	jobs        *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer, pool *destination.Pool) *metrics {
+	m := &metrics{
+		callouts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "callout_prober_callouts_total", Help: "Callouts by result status.",
+		}, []string{"result"}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "callout_prober_dialogue_seconds", Help: "Duration of one callout, all hosts.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120},
+		}),
+		connections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "callout_prober_connections_total", Help: "SMTP connections used, opened or reused.",
+		}, []string{"kind"}),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "callout_prober_jobs_in_flight", Help: "Jobs being worked on.",
+		}),
+		jobs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "callout_prober_jobs_total", Help: "Jobs by outcome: done, garbage, gave_up, requeued.",
+		}, []string{"outcome"}),
+	}
+	reg.MustRegister(m.callouts, m.duration, m.connections, m.inFlight, m.jobs)
+	// Breaker state as a count of destinations per state: bounded cardinality.
+	for _, st := range []gobreaker.State{gobreaker.StateClosed, gobreaker.StateHalfOpen, gobreaker.StateOpen} {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "callout_prober_breakers", Help: "Destination hosts by breaker state.",
+			ConstLabels: prometheus.Labels{"state": st.String()},
+		}, func() float64 { return float64(pool.States()[st]) }))
+	}
+	return m
+}

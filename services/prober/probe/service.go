@@ -1,0 +1,307 @@
+package probe
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sony/gobreaker/v2"
+
+	"github.com/callout-mail/callout/services/prober/callout"
+	"github.com/callout-mail/callout/services/prober/destination"
+	"github.com/callout-mail/callout/services/prober/resolve"
+	"github.com/callout-mail/callout/services/prober/smtpprobe"
+	"github.com/callout-mail/callout/shared/address"
+	"github.com/callout-mail/callout/shared/domains"
+	"github.com/callout-mail/callout/shared/kvkey"
+	"github.com/callout-mail/callout/shared/streams"
+	"github.com/callout-mail/callout/shared/subjects"
+	"github.com/callout-mail/callout/shared/verdict"
+	"github.com/callout-mail/callout/shared/wire"
+)
+
+// Reasons for verdicts the service itself gives.
+const (
+	ReasonGaveUp  = "gave_up"
+	ReasonNoMail  = "domain_accepts_no_mail"
+	ReasonDNS     = "dns_temporary"
+	ReasonNoRoute = "no_route"
+)
+
+// Service is one prober instance.
+type Service struct {
+	cfg      Config
+	log      *slog.Logger
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	names    subjects.Names
+	pool     *destination.Pool
+	verifier *callout.Verifier
+	resolver *resolve.Resolver
+	domains  *domains.Table
+	m        *metrics
+}
+
+// New builds a prober on an open NATS connection. reg receives its metrics.
+func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger) (*Service, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	secret := []byte(cfg.RandomSecret)
+	if len(secret) == 0 {
+		secret = make([]byte, 32)
+		_, _ = rand.Read(secret)
+		log.Warn("CALLOUT_PROBER_RANDOM_SECRET is not set: the catch-all probe address changes at each start and differs between instances")
+	}
+	s := &Service{cfg: cfg, log: log, nc: nc, js: js, names: subjects.New(cfg.NATS.Prefix)}
+	s.pool = destination.NewPool(destination.Config{
+		MaxConns: cfg.MaxConns, Rate: cfg.Rate, BreakerFailures: cfg.BreakerFailures, BreakerOpen: cfg.BreakerOpen,
+		ReuseMaxRcpts: cfg.ReuseMaxRcpts, IdleTimeout: cfg.IdleTimeout,
+	}, func(host string, from, to gobreaker.State) {
+		log.Warn("destination breaker", "host", host, "from", from.String(), "to", to.String())
+	})
+	s.verifier = callout.New(callout.Config{
+		SMTP: smtpprobe.Config{
+			HeloName: cfg.HeloName, ConnectTimeout: cfg.ConnectTimeout, BannerTimeout: cfg.BannerTimeout,
+			CommandTimeout: cfg.CommandTimeout, StartTLS: cfg.StartTLS, TLSVerify: cfg.TLSVerify,
+			Limits: smtpprobe.Limits{MaxLine: cfg.MaxReplyLine, MaxLines: cfg.MaxReplyLines, MaxBytes: cfg.MaxReplyBytes},
+		},
+		DialogueTimeout: cfg.DialogueTimeout, Budget: cfg.Budget, RandomSecret: secret,
+	}, s.pool)
+	s.resolver = resolve.New(cfg.DNSServer, cfg.MXPort)
+	s.m = newMetrics(reg, s.pool)
+	return s, nil
+}
+
+// Run serves jobs until ctx ends, then lets the callouts in flight finish
+// (or hands their jobs back) and returns.
+func (s *Service) Run(ctx context.Context) error {
+	if _, err := streams.Probes(ctx, s.js, s.names, s.cfg.Replicas); err != nil {
+		return err
+	}
+	if _, err := streams.Verdicts(ctx, s.js, s.names, s.cfg.Replicas); err != nil {
+		return err
+	}
+	kv, err := domains.Bucket(ctx, s.js, s.names.DomainsBucket(), s.cfg.Replicas)
+	if err != nil {
+		return err
+	}
+	if s.domains, err = domains.Watch(ctx, kv, s.log); err != nil {
+		return err
+	}
+	cons, err := s.js.CreateOrUpdateConsumer(ctx, s.names.ProbeStream(), jetstream.ConsumerConfig{
+		Durable:     s.names.ProbeConsumer(),
+		Description: "probers share this consumer",
+		AckPolicy:   jetstream.AckExplicitPolicy,
+		AckWait:     s.cfg.AckWait,
+		// The server redelivers without limit; the prober gives up itself after
+		// MaxDeliver, with a final verdict, so no job is left stuck.
+		MaxDeliver:    -1,
+		MaxAckPending: 10000,
+	})
+	if err != nil {
+		return fmt.Errorf("consumer %s: %w", s.names.ProbeConsumer(), err)
+	}
+	s.log.Info("prober running", "workers", s.cfg.Workers, "stream", s.names.ProbeStream())
+	go s.sweep(ctx)
+	var wg sync.WaitGroup
+	for i := 0; i < s.cfg.Workers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.worker(ctx, cons)
+		}()
+	}
+	wg.Wait()
+	cctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	s.pool.Close(cctx)
+	cancel()
+	return nil
+}
+
+func (s *Service) sweep(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.pool.Sweep(ctx, time.Hour)
+		}
+	}
+}
+
+// worker pulls one job at a time: nothing waits in a local buffer while its
+// AckWait runs.
+func (s *Service) worker(ctx context.Context, cons jetstream.Consumer) {
+	for ctx.Err() == nil {
+		batch, err := cons.Fetch(1, jetstream.FetchMaxWait(2*time.Second))
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.Debug("fetch", "err", err)
+				select {
+				case <-ctx.Done():
+				case <-time.After(250 * time.Millisecond):
+				}
+			}
+			continue
+		}
+		for msg := range batch.Messages() {
+			s.handle(ctx, msg)
+		}
+	}
+}
+
+func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
+	s.m.inFlight.Inc()
+	defer s.m.inFlight.Dec()
+	var job wire.ProbeJob
+	if err := wire.Decode(msg.Data(), &job); err != nil {
+		s.log.Error("probe job refused", "subject", msg.Subject(), "err", err)
+		s.m.jobs.WithLabelValues("garbage").Inc()
+		_ = msg.Term()
+		return
+	}
+	addr, err := address.Parse(job.Address)
+	if err != nil {
+		s.log.Error("probe job refused", "subject", msg.Subject(), "err", err)
+		s.m.jobs.WithLabelValues("garbage").Inc()
+		_ = msg.Term()
+		return
+	}
+	md, err := msg.Metadata()
+	if err == nil && int(md.NumDelivered) > s.cfg.MaxDeliver {
+		// Earlier deliveries died mid-callout: answer rather than retry forever.
+		v := verdict.Verdict{Kind: verdict.KindAddress, Address: addr.String(), Domain: addr.Domain, Status: verdict.TempFail,
+			Reason: ReasonGaveUp, Text: fmt.Sprintf("no result after %d deliveries", md.NumDelivered-1), CheckedAt: time.Now(), Source: verdict.SourceProbe}
+		s.finish(ctx, msg, callout.Result{Address: v}, "gave_up")
+		return
+	}
+	// Heartbeat so a long dialogue is not redelivered to another prober.
+	hbCtx, stopHB := context.WithCancel(ctx)
+	go func() {
+		t := time.NewTicker(max(s.cfg.AckWait/3, 200*time.Millisecond))
+		defer t.Stop()
+		for {
+			select {
+			case <-hbCtx.Done():
+				return
+			case <-t.C:
+				_ = msg.InProgress()
+			}
+		}
+	}()
+	start := time.Now()
+	res := s.probe(ctx, job, addr)
+	stopHB()
+	if ctx.Err() != nil {
+		// Shutting down: the result is an artefact of the cancellation.
+		_ = msg.Nak()
+		s.m.jobs.WithLabelValues("requeued").Inc()
+		return
+	}
+	el := time.Since(start)
+	s.m.duration.Observe(el.Seconds())
+	s.m.callouts.WithLabelValues(string(res.Address.Status)).Inc()
+	if res.Address.Host != "" && res.Rcpts > 0 {
+		kind := "opened"
+		if res.Reused {
+			kind = "reused"
+		}
+		s.m.connections.WithLabelValues(kind).Inc()
+	}
+	a := res.Address
+	s.log.Info("callout", "address", a.Address, "purpose", job.Purpose, "host", a.Host, "result", a.Status, "reason", a.Reason,
+		"code", a.Code, "enhanced", a.Enhanced, "text", a.Text, "rcpts", res.Rcpts, "reused", res.Reused, "duration", el.Round(time.Millisecond))
+	s.finish(ctx, msg, res, "done")
+}
+
+// finish publishes the domain facts, then the address verdict, and only then
+// acks the job: a prober killed before the ack leaves the job to another.
+func (s *Service) finish(ctx context.Context, msg jetstream.Msg, res callout.Result, outcome string) {
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	for _, f := range res.Facts {
+		if err := s.publish(pctx, s.names.Verdict(kvkey.Domain(f.Domain, f.Fact)), f); err != nil {
+			s.requeue(msg, err)
+			return
+		}
+	}
+	a := res.Address
+	local, _, _ := cutLocal(a.Address, a.Domain)
+	if err := s.publish(pctx, s.names.Verdict("addr."+kvkey.Target(a.Domain, local)), a); err != nil {
+		s.requeue(msg, err)
+		return
+	}
+	if err := msg.DoubleAck(pctx); err != nil {
+		s.log.Warn("job ack failed; it will be redelivered", "subject", msg.Subject(), "err", err)
+	}
+	s.m.jobs.WithLabelValues(outcome).Inc()
+}
+
+func (s *Service) requeue(msg jetstream.Msg, err error) {
+	s.log.Error("verdict publish failed; job handed back", "subject", msg.Subject(), "err", err)
+	_ = msg.NakWithDelay(time.Second)
+	s.m.jobs.WithLabelValues("requeued").Inc()
+}
+
+func (s *Service) publish(ctx context.Context, subject string, v verdict.Verdict) error {
+	b, err := wire.EncodeVerdict(v)
+	if err != nil {
+		return err
+	}
+	_, err = s.js.Publish(ctx, subject, b)
+	return err
+}
+
+func cutLocal(addr, domain string) (string, string, bool) {
+	if len(addr) > len(domain)+1 && addr[len(addr)-len(domain)-1] == '@' {
+		return addr[:len(addr)-len(domain)-1], domain, true
+	}
+	return addr, domain, false
+}
+
+// probe finds the hosts and runs the callout.
+func (s *Service) probe(ctx context.Context, job wire.ProbeJob, addr address.Address) callout.Result {
+	pol, known := s.domains.Lookup(addr.Domain)
+	target := callout.Target{Address: addr, SkipRandom: job.SkipRandom, Sender: s.cfg.Sender, FallbackSender: s.cfg.FallbackSender}
+	if known && job.Purpose != verdict.Sender {
+		if pol.Sender != "" {
+			target.Sender = pol.Sender
+		}
+		if pol.FallbackSender != "" {
+			target.FallbackSender = pol.FallbackSender
+		}
+	}
+	if known && job.Purpose != verdict.Sender && !pol.UsesMX() {
+		target.Hosts = pol.Route
+	} else {
+		hosts, err := s.resolver.MX(ctx, addr.Domain)
+		if err != nil {
+			return s.dnsResult(addr, err)
+		}
+		target.Hosts = hosts
+	}
+	return s.verifier.Verify(ctx, target)
+}
+
+func (s *Service) dnsResult(addr address.Address, err error) callout.Result {
+	v := verdict.Verdict{Kind: verdict.KindAddress, Address: addr.String(), Domain: addr.Domain,
+		Text: verdict.CleanText(err.Error()), CheckedAt: time.Now(), Source: verdict.SourceProbe}
+	if errors.Is(err, resolve.ErrNoMail) {
+		// RFC 7505: 556 5.1.10 for a null MX; a domain that does not exist is 5.1.2.
+		v.Status, v.Reason, v.Code, v.Enhanced = verdict.Invalid, ReasonNoMail, 550, "5.1.2"
+	} else {
+		v.Status, v.Reason = verdict.TempFail, ReasonDNS
+	}
+	return callout.Result{Address: v}
+}

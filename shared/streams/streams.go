@@ -1,0 +1,70 @@
+// Package streams defines the JetStream streams the services share. Each
+// service ensures the streams it uses; the definitions are identical, so
+// whichever starts first creates them.
+package streams
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/callout-mail/callout/shared/subjects"
+)
+
+// ProbeMaxAge drops a job nobody finished, so its subject takes new jobs again.
+const ProbeMaxAge = 15 * time.Minute
+
+// VerdictMaxAge bounds how long verdicts wait for a cachekeeper.
+const VerdictMaxAge = 24 * time.Hour
+
+// Probes ensures the work queue of probe jobs: one subject per target, at
+// most one job per subject, a second publish refused (error 10077) while
+// the first is pending. That is what coalesces callouts across instances.
+func Probes(ctx context.Context, js jetstream.JetStream, n subjects.Names, replicas int) (jetstream.Stream, error) {
+	s, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:                 n.ProbeStream(),
+		Description:          "callout probe jobs, one per target address",
+		Subjects:             []string{n.ProbeAll()},
+		Retention:            jetstream.WorkQueuePolicy,
+		MaxMsgsPerSubject:    1,
+		Discard:              jetstream.DiscardNew,
+		DiscardNewPerSubject: true,
+		MaxAge:               ProbeMaxAge,
+		Storage:              jetstream.FileStorage,
+		Replicas:             max(replicas, 1),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: %w", n.ProbeStream(), err)
+	}
+	return s, nil
+}
+
+// Verdicts ensures the stream that keeps verdicts until a cachekeeper has
+// stored them, so none is lost while no cachekeeper runs.
+func Verdicts(ctx context.Context, js jetstream.JetStream, n subjects.Names, replicas int) (jetstream.Stream, error) {
+	s, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        n.VerdictStream(),
+		Description: "callout verdicts waiting to be cached",
+		Subjects:    []string{n.VerdictAll()},
+		Retention:   jetstream.WorkQueuePolicy,
+		MaxAge:      VerdictMaxAge,
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(replicas, 1),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: %w", n.VerdictStream(), err)
+	}
+	return s, nil
+}
+
+// JobPending reports whether a publish failed because a job for the same
+// target is already queued or in flight (error 10077, "maximum messages per
+// subject exceeded").
+func JobPending(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == 10077 && strings.Contains(apiErr.Description, "per subject")
+}
