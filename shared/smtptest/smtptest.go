@@ -40,17 +40,17 @@ type Config struct {
 
 // Server is a running scripted server.
 type Server struct {
-	cfg   Config
-	ln    net.Listener
-	wg    sync.WaitGroup
+	cfg    Config
+	ln     net.Listener
+	wg     sync.WaitGroup
 	conns  atomic.Int64
 	rcpts  atomic.Int64
 	active atomic.Int64
 	peak   atomic.Int64
-	mu    sync.Mutex
-	log   map[string]int // RCPT count per address
-	open  map[net.Conn]struct{}
-	done  chan struct{}
+	mu     sync.Mutex
+	log    map[string]int // RCPT count per address
+	open   map[net.Conn]struct{}
+	done   chan struct{}
 }
 
 // Start listens on addr (e.g. "127.0.0.1:0").

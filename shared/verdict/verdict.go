@@ -171,3 +171,16 @@ func Decide(v Verdict, p Policy) Decision {
 	// NotCatchAll is a domain fact, never an answer; unknown statuses defer.
 	return deferred
 }
+
+// Reasons that more than one service interprets.
+const (
+	ReasonNullSenderRejected = "null_sender_rejected" // domain fact: MAIL FROM:<> refused
+	ReasonSenderRejected     = "sender_rejected"      // domain fact: the configured sender refused
+	ReasonMailboxDisabled    = "mailbox_disabled"     // 5.2.1: invalid, cached for a shorter time
+)
+
+// SenderSpecific reports whether a domain fact concerns only the sender it
+// was learnt with, so that another sender may still get through.
+func SenderSpecific(v Verdict) bool {
+	return v.Reason == ReasonNullSenderRejected || v.Reason == ReasonSenderRejected
+}

@@ -29,8 +29,8 @@ const (
 	ReasonBreakerOpen        = "breaker_open"
 	ReasonRefusedBanner      = "refused_at_banner"
 	ReasonRefusedHelo        = "refused_at_helo"
-	ReasonNullSenderRejected = "null_sender_rejected"
-	ReasonSenderRejected     = "sender_rejected"
+	ReasonNullSenderRejected = verdict.ReasonNullSenderRejected
+	ReasonSenderRejected     = verdict.ReasonSenderRejected
 	ReasonDeferred           = "deferred"
 	ReasonRandomAccepted     = "random_accepted"
 	ReasonRandomRefused      = "random_refused"

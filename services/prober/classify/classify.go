@@ -15,7 +15,7 @@ const (
 	ReasonAccepted        = "accepted"
 	ReasonCannotVerify    = "cannot_verify"
 	ReasonUserUnknown     = "user_unknown"
-	ReasonMailboxDisabled = "mailbox_disabled"
+	ReasonMailboxDisabled = verdict.ReasonMailboxDisabled
 	ReasonOverQuota       = "over_quota"
 	ReasonPolicy          = "policy"
 	ReasonProtocol        = "protocol"

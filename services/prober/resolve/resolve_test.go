@@ -58,8 +58,8 @@ func rr(t *testing.T, s string) dns.RR {
 
 func TestMX(t *testing.T) {
 	addr := startDNS(t, map[string][]dns.RR{
-		"mx.example.": {rr(t, "mx.example. 60 IN MX 20 b.mx.example."), rr(t, "mx.example. 60 IN MX 10 a.mx.example.")},
-		"plain.example.": {rr(t, "plain.example. 60 IN A 127.0.0.1")},
+		"mx.example.":     {rr(t, "mx.example. 60 IN MX 20 b.mx.example."), rr(t, "mx.example. 60 IN MX 10 a.mx.example.")},
+		"plain.example.":  {rr(t, "plain.example. 60 IN A 127.0.0.1")},
 		"nullmx.example.": {rr(t, "nullmx.example. 60 IN MX 0 .")},
 	})
 	r := New(addr, 2525)

@@ -1,0 +1,366 @@
+// Package cache stores verdicts in one JetStream KV bucket with a TTL per
+// class of verdict, answers lookups, and flushes by subject purge.
+//
+// One bucket, per-message TTLs: the bucket's MaxAge is the longest class
+// (valid, 96 h by default), LimitMarkerTTL is on, History is 1, and every
+// entry is written with its own TTL. One Get serves a lookup, where a bucket
+// per class would need one Get per class.
+package cache
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/callout-mail/callout/shared/address"
+	"github.com/callout-mail/callout/shared/kvkey"
+	"github.com/callout-mail/callout/shared/verdict"
+	"github.com/callout-mail/callout/shared/wire"
+)
+
+// TTLs is how long each class of verdict is kept. Zero means not cached.
+type TTLs struct {
+	Valid        time.Duration // the mailbox exists
+	Invalid      time.Duration // user unknown
+	Disabled     time.Duration // 5.2.1 mailbox disabled: accounts come back
+	CatchAll     time.Duration // domain fact: random address accepted
+	NotCatchAll  time.Duration // domain fact: random address refused
+	Unverifiable time.Duration // the destination refuses us (address or domain)
+	TempFail     time.Duration // 4xx, timeouts
+}
+
+// DefaultTTLs are the classic gateway figures.
+var DefaultTTLs = TTLs{
+	Valid: 96 * time.Hour, Invalid: 2 * time.Hour, Disabled: 30 * time.Minute,
+	CatchAll: 96 * time.Hour, NotCatchAll: 2 * time.Hour, Unverifiable: 2 * time.Hour,
+}
+
+// For returns the TTL of v, zero when v is not stored.
+func (t TTLs) For(v verdict.Verdict) time.Duration {
+	if v.Kind == verdict.KindDomain {
+		switch v.Status {
+		case verdict.CatchAll:
+			return t.CatchAll
+		case verdict.NotCatchAll:
+			return t.NotCatchAll
+		case verdict.Unverifiable:
+			return t.Unverifiable
+		}
+		return 0
+	}
+	switch v.Status {
+	case verdict.Valid:
+		return t.Valid
+	case verdict.Invalid:
+		if !verdict.Definite(v) {
+			return 0
+		}
+		if v.Reason == verdict.ReasonMailboxDisabled {
+			return t.Disabled
+		}
+		return t.Invalid
+	case verdict.Unverifiable:
+		return t.Unverifiable
+	case verdict.TempFail:
+		return t.TempFail
+	}
+	// catch_all address verdicts are covered by the domain fact.
+	return 0
+}
+
+func (t TTLs) longest() time.Duration {
+	return max(t.Valid, t.Invalid, t.Disabled, t.CatchAll, t.NotCatchAll, t.Unverifiable, t.TempFail, time.Second)
+}
+
+// Store is the cache bucket.
+type Store struct {
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	kv     jetstream.KeyValue
+	stream jetstream.Stream
+	bucket string
+	ttls   TTLs
+	now    func() time.Time
+}
+
+// Open creates or updates the bucket and returns the store.
+func Open(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, bucket string, replicas int, ttls TTLs) (*Store, error) {
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:         bucket,
+		Description:    "callout verdicts (msgpack), keys addr.<domain>.<local>[.<sender>] and domain.<domain>.<fact>",
+		History:        1,
+		TTL:            ttls.longest(),
+		LimitMarkerTTL: time.Minute,
+		Storage:        jetstream.FileStorage,
+		Replicas:       max(replicas, 1),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cache bucket %s: %w", bucket, err)
+	}
+	st, err := js.Stream(ctx, "KV_"+bucket)
+	if err != nil {
+		return nil, fmt.Errorf("cache bucket stream: %w", err)
+	}
+	return &Store{nc: nc, js: js, kv: kv, stream: st, bucket: bucket, ttls: ttls, now: time.Now}, nil
+}
+
+// KeyOf returns the KV key a verdict is stored under.
+func KeyOf(v verdict.Verdict) (string, error) {
+	if v.Kind == verdict.KindDomain {
+		if v.Fact != kvkey.FactCatchAll && v.Fact != kvkey.FactAccess {
+			return "", fmt.Errorf("unknown domain fact %q", v.Fact)
+		}
+		return kvkey.Domain(v.Domain, v.Fact), nil
+	}
+	a, err := address.Parse(v.Address)
+	if err != nil {
+		return "", err
+	}
+	return kvkey.Address(a.Domain, a.Local, v.Sender), nil
+}
+
+// Outcome of a Put.
+type Outcome string
+
+const (
+	Written     Outcome = "written"
+	NotCached   Outcome = "not_cached"   // this class is not stored
+	Older       Outcome = "older"        // a newer verdict is already there
+	KeptValid   Outcome = "kept_valid"   // a tempfail/unverifiable does not replace a valid entry
+	AlreadyGone Outcome = "already_gone" // its TTL ran out before it arrived
+)
+
+// ErrConflict means the entry kept changing under concurrent writers.
+var ErrConflict = errors.New("cache entry changed concurrently")
+
+// Put stores v unless a newer verdict is there, or v is a failure that must
+// not replace a valid entry (optimistic positives, as in Postfix).
+func (s *Store) Put(ctx context.Context, v verdict.Verdict) (Outcome, error) {
+	ttl := s.ttls.For(v)
+	if ttl <= 0 {
+		return NotCached, nil
+	}
+	key, err := KeyOf(v)
+	if err != nil {
+		return "", err
+	}
+	if v.CheckedAt.IsZero() {
+		v.CheckedAt = s.now()
+	}
+	v.ExpiresAt = v.CheckedAt.Add(ttl)
+	v.Source = verdict.SourceProbe
+	left := v.ExpiresAt.Sub(s.now())
+	if left <= 0 {
+		return AlreadyGone, nil
+	}
+	// The server counts TTLs in whole seconds, at least one; lookups check
+	// expires_at themselves, so rounding up never serves a stale entry.
+	msgTTL := max((left + time.Second - 1).Truncate(time.Second), time.Second)
+	data, err := wire.EncodeVerdict(v)
+	if err != nil {
+		return "", err
+	}
+	subject := "$KV." + s.bucket + "." + key
+	for attempt := 0; attempt < 8; attempt++ {
+		var last uint64
+		cur, err := s.stream.GetLastMsgForSubject(ctx, subject)
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+		case err != nil:
+			return "", fmt.Errorf("read %s: %w", key, err)
+		default:
+			last = cur.Sequence
+			if old, ok := s.live(cur); ok {
+				if !old.CheckedAt.Before(v.CheckedAt) {
+					return Older, nil
+				}
+				if old.Status == verdict.Valid && (v.Status == verdict.TempFail || v.Status == verdict.Unverifiable) {
+					return KeptValid, nil
+				}
+			}
+		}
+		_, err = s.js.PublishMsg(ctx, &nats.Msg{Subject: subject, Data: data},
+			jetstream.WithMsgTTL(msgTTL), jetstream.WithExpectLastSequencePerSubject(last))
+		if err == nil {
+			return Written, nil
+		}
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+			continue
+		}
+		return "", fmt.Errorf("write %s: %w", key, err)
+	}
+	return "", ErrConflict
+}
+
+// live decodes a stored message, reporting false for delete and expiry
+// markers, garbage and entries past their time.
+func (s *Store) live(m *jetstream.RawStreamMsg) (verdict.Verdict, bool) {
+	if m.Header.Get("KV-Operation") != "" || m.Header.Get("Nats-Marker-Reason") != "" || len(m.Data) == 0 {
+		return verdict.Verdict{}, false
+	}
+	v, err := wire.DecodeVerdict(m.Data)
+	if err != nil || !v.ExpiresAt.After(s.now()) {
+		return verdict.Verdict{}, false
+	}
+	return v, true
+}
+
+// get returns the live entry under key.
+func (s *Store) get(ctx context.Context, key string) (verdict.Verdict, bool, error) {
+	e, err := s.kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return verdict.Verdict{}, false, nil
+	}
+	if err != nil {
+		return verdict.Verdict{}, false, err
+	}
+	v, err := wire.DecodeVerdict(e.Value())
+	// An entry past its time is never served, even if the server has not
+	// removed it yet.
+	if err != nil || !v.ExpiresAt.After(s.now()) {
+		return verdict.Verdict{}, false, nil
+	}
+	v.Source = verdict.SourceCache
+	return v, true, nil
+}
+
+// Lookup returns what applies to addr: its own entry for one of the senders,
+// else the domain's catch-all fact, else a domain access fact that covers
+// the senders. CatchAll carries the domain's catch-all fact on a miss.
+func (s *Store) Lookup(ctx context.Context, addr address.Address, senders []string) (wire.LookupReply, error) {
+	if len(senders) == 0 {
+		senders = []string{""}
+	}
+	for _, snd := range senders {
+		v, ok, err := s.get(ctx, kvkey.Address(addr.Domain, addr.Local, snd))
+		if err != nil {
+			return wire.LookupReply{}, err
+		}
+		if ok {
+			return wire.LookupReply{Hit: true, Verdict: &v}, nil
+		}
+	}
+	ca, caOK, err := s.get(ctx, kvkey.Domain(addr.Domain, kvkey.FactCatchAll))
+	if err != nil {
+		return wire.LookupReply{}, err
+	}
+	if caOK && ca.Status == verdict.CatchAll {
+		v := ca
+		v.Kind, v.Address, v.Fact = verdict.KindAddress, addr.String(), ""
+		return wire.LookupReply{Hit: true, Verdict: &v, CatchAll: &ca}, nil
+	}
+	acc, accOK, err := s.get(ctx, kvkey.Domain(addr.Domain, kvkey.FactAccess))
+	if err != nil {
+		return wire.LookupReply{}, err
+	}
+	// A refused sender does not cover a fallback sender still to be tried.
+	if accOK && (!verdict.SenderSpecific(acc) || acc.Sender == senders[len(senders)-1]) {
+		v := acc
+		v.Kind, v.Address, v.Fact = verdict.KindAddress, addr.String(), ""
+		return wire.LookupReply{Hit: true, Verdict: &v}, nil
+	}
+	r := wire.LookupReply{}
+	if caOK {
+		r.CatchAll = &ca
+	}
+	return r, nil
+}
+
+// Flush removes entries in the command's scope and returns how many.
+func (s *Store) Flush(ctx context.Context, c wire.FlushCommand) (uint64, error) {
+	var filters []string
+	switch c.Scope {
+	case wire.ScopeAll:
+		filters = []string{">"}
+	case wire.ScopeDomain:
+		d, err := address.NormalizeDomain(c.Domain)
+		if err != nil {
+			return 0, err
+		}
+		filters = kvkey.DomainFilters(d)
+		if c.Only != "" {
+			filters = filters[:1] // status filters apply to addresses
+		}
+	case wire.ScopeAddress:
+		a, err := address.Parse(c.Address)
+		if err != nil {
+			return 0, err
+		}
+		k := kvkey.Address(a.Domain, a.Local, "")
+		filters = []string{k, k + ".*"}
+	default:
+		return 0, fmt.Errorf("unknown flush scope %q", c.Scope)
+	}
+	var removed uint64
+	if c.Only == "" {
+		for _, f := range filters {
+			n, err := s.purge(ctx, "$KV."+s.bucket+"."+f)
+			removed += n
+			if err != nil {
+				return removed, err
+			}
+		}
+		return removed, nil
+	}
+	// Only valid or only invalid: entries must be read to know their status.
+	lister, err := s.kv.ListKeysFiltered(ctx, filters...)
+	if err != nil {
+		return 0, err
+	}
+	var keys []string
+	for k := range lister.Keys() {
+		keys = append(keys, k)
+	}
+	for _, k := range keys {
+		v, ok, err := s.get(ctx, k)
+		if err != nil {
+			return removed, err
+		}
+		if !ok || v.Status != c.Only {
+			continue
+		}
+		n, err := s.purge(ctx, "$KV."+s.bucket+"."+k)
+		removed += n
+		if err != nil {
+			return removed, err
+		}
+	}
+	return removed, nil
+}
+
+// purge removes every message on subject (a filter) with one API call and
+// returns the count; it leaves no markers behind.
+func (s *Store) purge(ctx context.Context, filter string) (uint64, error) {
+	req, _ := json.Marshal(map[string]string{"filter": filter})
+	msg, err := s.nc.RequestWithContext(ctx, "$JS.API.STREAM.PURGE.KV_"+s.bucket, req)
+	if err != nil {
+		return 0, fmt.Errorf("purge %s: %w", filter, err)
+	}
+	var resp struct {
+		Success bool                `json:"success"`
+		Purged  uint64              `json:"purged"`
+		Error   *jetstream.APIError `json:"error"`
+	}
+	if err := json.Unmarshal(msg.Data, &resp); err != nil {
+		return 0, fmt.Errorf("purge %s: %w", filter, err)
+	}
+	if resp.Error != nil {
+		return 0, fmt.Errorf("purge %s: %w", filter, resp.Error)
+	}
+	return resp.Purged, nil
+}
+
+// Stats returns the number of live messages and bytes in the bucket.
+func (s *Store) Stats(ctx context.Context) (msgs, bytes uint64, err error) {
+	info, err := s.stream.Info(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	return info.State.Msgs, info.State.Bytes, nil
+}

@@ -1,0 +1,300 @@
+package cache
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/callout-mail/callout/shared/address"
+	"github.com/callout-mail/callout/shared/kvkey"
+	"github.com/callout-mail/callout/shared/natstest"
+	"github.com/callout-mail/callout/shared/verdict"
+	"github.com/callout-mail/callout/shared/wire"
+)
+
+func open(t *testing.T, ttls TTLs) *Store {
+	t.Helper()
+	ns := natstest.Start(t)
+	nc := ns.Connect(t)
+	js, _ := jetstream.New(nc)
+	s, err := Open(context.Background(), nc, js, "callout_cache", 1, ttls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func addrVerdict(a string, st verdict.Status, code int, at time.Time) verdict.Verdict {
+	p, _ := address.Parse(a)
+	return verdict.Verdict{Kind: verdict.KindAddress, Address: p.String(), Domain: p.Domain, Status: st, Code: code, CheckedAt: at, Source: verdict.SourceProbe, Text: "destination said so"}
+}
+
+func domainFact(d, fact string, st verdict.Status, reason string, at time.Time) verdict.Verdict {
+	return verdict.Verdict{Kind: verdict.KindDomain, Domain: d, Fact: fact, Status: st, Reason: reason, CheckedAt: at, Source: verdict.SourceProbe}
+}
+
+func put(t *testing.T, s *Store, v verdict.Verdict, want Outcome) {
+	t.Helper()
+	out, err := s.Put(context.Background(), v)
+	if err != nil || out != want {
+		t.Fatalf("Put(%s %s) = %s, %v; want %s", v.Address+v.Fact, v.Status, out, err, want)
+	}
+}
+
+func lookup(t *testing.T, s *Store, a string, senders ...string) wire.LookupReply {
+	t.Helper()
+	p, err := address.Parse(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.Lookup(context.Background(), p, senders)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestTTLClasses(t *testing.T) {
+	d := DefaultTTLs
+	tests := []struct {
+		v    verdict.Verdict
+		want time.Duration
+	}{
+		{addrVerdict("a@x.org", verdict.Valid, 250, time.Now()), 96 * time.Hour},
+		{addrVerdict("a@x.org", verdict.Invalid, 550, time.Now()), 2 * time.Hour},
+		{addrVerdict("a@x.org", verdict.Invalid, 0, time.Now()), 0}, // not definite: never cached as invalid
+		{func() verdict.Verdict {
+			v := addrVerdict("a@x.org", verdict.Invalid, 550, time.Now())
+			v.Reason = verdict.ReasonMailboxDisabled
+			return v
+		}(), 30 * time.Minute},
+		{addrVerdict("a@x.org", verdict.TempFail, 451, time.Now()), 0},
+		{addrVerdict("a@x.org", verdict.Unverifiable, 550, time.Now()), 2 * time.Hour},
+		{addrVerdict("a@x.org", verdict.CatchAll, 250, time.Now()), 0},
+		{domainFact("x.org", kvkey.FactCatchAll, verdict.CatchAll, "", time.Now()), 96 * time.Hour},
+		{domainFact("x.org", kvkey.FactCatchAll, verdict.NotCatchAll, "", time.Now()), 2 * time.Hour},
+		{domainFact("x.org", kvkey.FactAccess, verdict.Unverifiable, "", time.Now()), 2 * time.Hour},
+	}
+	for _, tt := range tests {
+		if got := d.For(tt.v); got != tt.want {
+			t.Errorf("%s %s %s: TTL %v, want %v", tt.v.Kind, tt.v.Status, tt.v.Reason, got, tt.want)
+		}
+	}
+}
+
+func TestStoreAndLookup(t *testing.T) {
+	s := open(t, DefaultTTLs)
+	now := time.Now()
+	put(t, s, addrVerdict("alice@example.org", verdict.Valid, 250, now), Written)
+	put(t, s, addrVerdict("ghost@example.org", verdict.Invalid, 550, now), Written)
+	put(t, s, addrVerdict("slow@example.org", verdict.TempFail, 451, now), NotCached)
+
+	r := lookup(t, s, "alice@example.org")
+	if !r.Hit || r.Verdict.Status != verdict.Valid || r.Verdict.Source != verdict.SourceCache || r.Verdict.Text != "destination said so" {
+		t.Fatalf("alice: %+v", r.Verdict)
+	}
+	if r.Verdict.ExpiresAt.Sub(r.Verdict.CheckedAt) != 96*time.Hour {
+		t.Fatalf("expires_at %v checked_at %v", r.Verdict.ExpiresAt, r.Verdict.CheckedAt)
+	}
+	if r := lookup(t, s, "ghost@example.org"); !r.Hit || r.Verdict.Status != verdict.Invalid {
+		t.Fatalf("ghost: %+v", r)
+	}
+	if r := lookup(t, s, "slow@example.org"); r.Hit {
+		t.Fatalf("tempfail was cached: %+v", r.Verdict)
+	}
+	// The keys read naturally.
+	keys, err := s.kv.ListKeys(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for k := range keys.Keys() {
+		got[k] = true
+	}
+	if !got["addr.example/org.alice"] || !got["addr.example/org.ghost"] || len(got) != 2 {
+		t.Fatalf("keys %v", got)
+	}
+}
+
+func TestDomainFacts(t *testing.T) {
+	s := open(t, DefaultTTLs)
+	now := time.Now()
+	put(t, s, domainFact("catchall.example", kvkey.FactCatchAll, verdict.CatchAll, "random_accepted", now), Written)
+	r := lookup(t, s, "anyone@catchall.example")
+	if !r.Hit || r.Verdict.Status != verdict.CatchAll || r.Verdict.Address != "anyone@catchall.example" || r.Verdict.Kind != verdict.KindAddress {
+		t.Fatalf("catch-all: %+v", r)
+	}
+	put(t, s, domainFact("strict.example", kvkey.FactCatchAll, verdict.NotCatchAll, "random_refused", now), Written)
+	r = lookup(t, s, "x@strict.example")
+	if r.Hit || r.CatchAll == nil || r.CatchAll.Status != verdict.NotCatchAll {
+		t.Fatalf("not catch-all should be a miss carrying the fact: %+v", r)
+	}
+	// Banner refusal covers every sender; a refused null sender does not
+	// cover a fallback sender still to be tried.
+	put(t, s, domainFact("blocked.example", kvkey.FactAccess, verdict.Unverifiable, "refused_at_banner", now), Written)
+	if r := lookup(t, s, "x@blocked.example", "", "verify@gw.test"); !r.Hit || r.Verdict.Status != verdict.Unverifiable {
+		t.Fatalf("banner refusal: %+v", r)
+	}
+	put(t, s, domainFact("nonull.example", kvkey.FactAccess, verdict.Unverifiable, verdict.ReasonNullSenderRejected, now), Written)
+	if r := lookup(t, s, "x@nonull.example"); !r.Hit {
+		t.Fatal("null sender refused, no fallback: should be a hit")
+	}
+	if r := lookup(t, s, "x@nonull.example", "", "verify@gw.test"); r.Hit {
+		t.Fatal("null sender refused must not stop the fallback sender")
+	}
+	// An address's own entry wins over domain facts, with the sender it was
+	// learnt with.
+	v := addrVerdict("x@nonull.example", verdict.Valid, 250, now)
+	v.Sender = "verify@gw.test"
+	put(t, s, v, Written)
+	if r := lookup(t, s, "x@nonull.example", "", "verify@gw.test"); !r.Hit || r.Verdict.Status != verdict.Valid {
+		t.Fatalf("fallback sender entry: %+v", r)
+	}
+	if r := lookup(t, s, "x@nonull.example"); r.Verdict == nil || r.Verdict.Status != verdict.Unverifiable {
+		t.Fatalf("null-sender lookup must not see the fallback sender's entry: %+v", r)
+	}
+}
+
+func TestOrdering(t *testing.T) {
+	s := open(t, DefaultTTLs)
+	t0 := time.Now().Add(-time.Minute)
+	put(t, s, addrVerdict("a@example.org", verdict.Invalid, 550, t0.Add(10*time.Second)), Written)
+	// A redelivered older verdict never overwrites a newer one.
+	put(t, s, addrVerdict("a@example.org", verdict.Valid, 250, t0), Older)
+	if r := lookup(t, s, "a@example.org"); r.Verdict.Status != verdict.Invalid {
+		t.Fatalf("older verdict overwrote: %+v", r.Verdict)
+	}
+	put(t, s, addrVerdict("a@example.org", verdict.Valid, 250, t0.Add(20*time.Second)), Written)
+	// Optimistic positives: a later failure does not replace valid...
+	put(t, s, addrVerdict("a@example.org", verdict.Unverifiable, 550, t0.Add(30*time.Second)), KeptValid)
+	s.ttls.TempFail = time.Minute
+	put(t, s, addrVerdict("a@example.org", verdict.TempFail, 451, t0.Add(31*time.Second)), KeptValid)
+	if r := lookup(t, s, "a@example.org"); r.Verdict.Status != verdict.Valid {
+		t.Fatalf("failure overwrote valid: %+v", r.Verdict)
+	}
+	// ...but a definite invalid does.
+	put(t, s, addrVerdict("a@example.org", verdict.Invalid, 550, t0.Add(40*time.Second)), Written)
+	if r := lookup(t, s, "a@example.org"); r.Verdict.Status != verdict.Invalid {
+		t.Fatalf("invalid did not replace valid: %+v", r.Verdict)
+	}
+	// A verdict whose TTL ran out on the way is not stored.
+	put(t, s, addrVerdict("b@example.org", verdict.Invalid, 550, time.Now().Add(-3*time.Hour)), AlreadyGone)
+}
+
+func TestTTLExpiry(t *testing.T) {
+	s := open(t, TTLs{Valid: 3 * time.Second, Invalid: time.Second, NotCatchAll: time.Second, CatchAll: 3 * time.Second})
+	now := time.Now()
+	put(t, s, addrVerdict("short@example.org", verdict.Invalid, 550, now), Written)
+	put(t, s, addrVerdict("long@example.org", verdict.Valid, 250, now), Written)
+	put(t, s, domainFact("example.org", kvkey.FactCatchAll, verdict.NotCatchAll, "", now), Written)
+	if r := lookup(t, s, "short@example.org"); !r.Hit {
+		t.Fatal("fresh entry missing")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for lookup(t, s, "short@example.org").Hit {
+		if time.Now().After(deadline) {
+			t.Fatal("entry served past its TTL")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if time.Since(now) < time.Second {
+		t.Fatal("entry gone before its TTL")
+	}
+	if r := lookup(t, s, "long@example.org"); !r.Hit {
+		t.Fatal("the longer class expired with the shorter one")
+	}
+	if r := lookup(t, s, "x@example.org"); r.CatchAll != nil {
+		t.Fatal("domain fact served past its TTL")
+	}
+	// The server removes the message itself too, not only our check.
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		_, err := s.kv.Get(context.Background(), "addr.example/org.short")
+		if err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("server kept the expired message")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// After expiry a new verdict can be written again (expiry markers are handled).
+	put(t, s, addrVerdict("short@example.org", verdict.Valid, 250, time.Now()), Written)
+}
+
+func TestFlush(t *testing.T) {
+	s := open(t, DefaultTTLs)
+	fill := func() {
+		now := time.Now()
+		for _, a := range []string{"a@one.example", "b@one.example", "c@two.example"} {
+			put(t, s, addrVerdict(a, verdict.Valid, 250, now), Written)
+		}
+		for _, a := range []string{"x@one.example", "y@two.example"} {
+			put(t, s, addrVerdict(a, verdict.Invalid, 550, now), Written)
+		}
+		v := addrVerdict("a@one.example", verdict.Valid, 250, now)
+		v.Sender = "verify@gw.test"
+		put(t, s, v, Written)
+		put(t, s, domainFact("one.example", kvkey.FactCatchAll, verdict.NotCatchAll, "", now), Written)
+		put(t, s, domainFact("two.example", kvkey.FactCatchAll, verdict.NotCatchAll, "", now), Written)
+	}
+	count := func() uint64 {
+		n, _, err := s.Stats(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	tests := []struct {
+		cmd     wire.FlushCommand
+		removed uint64
+		gone    []string
+		kept    []string
+	}{
+		{wire.FlushCommand{Scope: wire.ScopeAddress, Address: "a@one.example"}, 2, []string{"a@one.example"}, []string{"b@one.example", "x@one.example"}},
+		{wire.FlushCommand{Scope: wire.ScopeDomain, Domain: "ONE.example"}, 5, []string{"a@one.example", "b@one.example", "x@one.example"}, []string{"c@two.example", "y@two.example"}},
+		{wire.FlushCommand{Scope: wire.ScopeDomain, Domain: "one.example", Only: verdict.Invalid}, 1, []string{"x@one.example"}, []string{"a@one.example", "b@one.example", "y@two.example"}},
+		{wire.FlushCommand{Scope: wire.ScopeAll, Only: verdict.Valid}, 4, []string{"a@one.example", "b@one.example", "c@two.example"}, []string{"x@one.example", "y@two.example"}},
+		{wire.FlushCommand{Scope: wire.ScopeAll}, 8, []string{"a@one.example", "x@one.example", "y@two.example"}, nil},
+	}
+	for _, tt := range tests {
+		if _, err := s.Flush(context.Background(), wire.FlushCommand{Scope: wire.ScopeAll}); err != nil {
+			t.Fatal(err)
+		}
+		fill()
+		before := count()
+		n, err := s.Flush(context.Background(), tt.cmd)
+		if err != nil || n != tt.removed {
+			t.Fatalf("%+v: removed %d, %v; want %d", tt.cmd, n, err, tt.removed)
+		}
+		if count() != before-n {
+			t.Fatalf("%+v: bucket went from %d to %d", tt.cmd, before, count())
+		}
+		for _, a := range tt.gone {
+			if r := lookup(t, s, a); r.Hit && r.Verdict.Kind == verdict.KindAddress && r.Verdict.Status != verdict.CatchAll {
+				if (tt.cmd.Only == "" || r.Verdict.Status == tt.cmd.Only) && r.Verdict.Source == verdict.SourceCache {
+					t.Errorf("%+v: %s still cached", tt.cmd, a)
+				}
+			}
+		}
+		for _, a := range tt.kept {
+			if r := lookup(t, s, a); !r.Hit {
+				t.Errorf("%+v: %s flushed too", tt.cmd, a)
+			}
+		}
+		if tt.cmd.Scope == wire.ScopeDomain && tt.cmd.Only == "" {
+			if r := lookup(t, s, "new@one.example"); r.CatchAll != nil {
+				t.Errorf("domain flush left the domain's facts")
+			}
+		}
+	}
+	// Flushing is idempotent.
+	if n, err := s.Flush(context.Background(), wire.FlushCommand{Scope: wire.ScopeAll}); err != nil || n != 0 {
+		t.Fatalf("second flush removed %d, %v", n, err)
+	}
+	if _, err := s.Flush(context.Background(), wire.FlushCommand{Scope: wire.ScopeAddress, Address: "not an address"}); err == nil {
+		t.Fatal("bad address flushed")
+	}
+}

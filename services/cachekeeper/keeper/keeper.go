@@ -1,0 +1,291 @@
+// Package keeper is the cachekeeper service: it stores verdicts from the
+// verdict stream, answers lookups and applies flush commands.
+package keeper
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/callout-mail/callout/services/cachekeeper/cache"
+	"github.com/callout-mail/callout/shared/address"
+	"github.com/callout-mail/callout/shared/kvkey"
+	"github.com/callout-mail/callout/shared/natsconn"
+	"github.com/callout-mail/callout/shared/streams"
+	"github.com/callout-mail/callout/shared/subjects"
+	"github.com/callout-mail/callout/shared/verdict"
+	"github.com/callout-mail/callout/shared/wire"
+)
+
+// Version of the micro service.
+const Version = "1.0.0"
+
+// Config is the cachekeeper's settings, from CALLOUT_CACHEKEEPER_* variables.
+type Config struct {
+	NATS            natsconn.Config `envconfig:"NATS"`
+	Replicas        int             `default:"1" desc:"replicas of the cache bucket and streams (3 in a cluster)"`
+	TTLValid        time.Duration   `envconfig:"TTL_VALID" default:"96h" desc:"how long an existing mailbox is cached"`
+	TTLInvalid      time.Duration   `envconfig:"TTL_INVALID" default:"2h" desc:"how long a user-unknown is cached"`
+	TTLDisabled     time.Duration   `envconfig:"TTL_DISABLED" default:"30m" desc:"how long a disabled mailbox (5.2.1) is cached"`
+	TTLCatchAll     time.Duration   `envconfig:"TTL_CATCH_ALL" default:"96h" desc:"how long a catch-all domain fact is cached"`
+	TTLNotCatchAll  time.Duration   `envconfig:"TTL_NOT_CATCH_ALL" default:"2h" desc:"how long a not-catch-all domain fact is cached"`
+	TTLUnverifiable time.Duration   `envconfig:"TTL_UNVERIFIABLE" default:"2h" desc:"how long a refusal of us (null sender refused, blocked) is cached"`
+	TTLTempfail     time.Duration   `envconfig:"TTL_TEMPFAIL" default:"0s" desc:"how long a temporary failure is cached (0: never)"`
+	RefreshAge      time.Duration   `envconfig:"REFRESH_AGE" default:"48h" desc:"a valid entry older than this is re-probed in the background when looked up (0: off)"`
+	Workers         int             `default:"64" desc:"lookups served at once"`
+	StoreWorkers    int             `envconfig:"STORE_WORKERS" default:"8" desc:"verdicts written at once"`
+	MetricsAddr     string          `envconfig:"METRICS_ADDR" default:"127.0.0.1:9103" desc:"Prometheus /metrics listen address (empty: off)"`
+}
+
+// Validate checks values envconfig cannot.
+func (c *Config) Validate() error {
+	if c.Workers < 1 || c.StoreWorkers < 1 {
+		return errors.New("CALLOUT_CACHEKEEPER_WORKERS and _STORE_WORKERS must be at least 1")
+	}
+	for _, d := range []time.Duration{c.TTLValid, c.TTLInvalid, c.TTLDisabled, c.TTLCatchAll, c.TTLNotCatchAll, c.TTLUnverifiable, c.TTLTempfail} {
+		if d < 0 || (d > 0 && d < time.Second) {
+			return errors.New("CALLOUT_CACHEKEEPER_TTL_*: a TTL is 0 (not cached) or at least 1s")
+		}
+	}
+	return nil
+}
+
+// TTLs returns the cache TTL classes.
+func (c Config) TTLs() cache.TTLs {
+	return cache.TTLs{Valid: c.TTLValid, Invalid: c.TTLInvalid, Disabled: c.TTLDisabled, CatchAll: c.TTLCatchAll,
+		NotCatchAll: c.TTLNotCatchAll, Unverifiable: c.TTLUnverifiable, TempFail: c.TTLTempfail}
+}
+
+// Service is one cachekeeper instance.
+type Service struct {
+	cfg     Config
+	log     *slog.Logger
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	names   subjects.Names
+	store   *cache.Store
+	m       *metrics
+	mu      sync.Mutex
+	refresh map[string]time.Time // key -> last background re-probe
+}
+
+// New builds a cachekeeper on an open connection.
+func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger) (*Service, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	return &Service{cfg: cfg, log: log, nc: nc, js: js, names: subjects.New(cfg.NATS.Prefix), m: newMetrics(reg), refresh: map[string]time.Time{}}, nil
+}
+
+// Run serves until ctx ends.
+func (s *Service) Run(ctx context.Context) error {
+	var err error
+	if s.store, err = cache.Open(ctx, s.nc, s.js, s.names.CacheBucket(), s.cfg.Replicas, s.cfg.TTLs()); err != nil {
+		return err
+	}
+	if _, err := streams.Verdicts(ctx, s.js, s.names, s.cfg.Replicas); err != nil {
+		return err
+	}
+	if _, err := streams.Probes(ctx, s.js, s.names, s.cfg.Replicas); err != nil {
+		return err
+	}
+	cons, err := s.js.CreateOrUpdateConsumer(ctx, s.names.VerdictStream(), jetstream.ConsumerConfig{
+		Durable:     s.names.VerdictConsumer(),
+		Description: "cachekeepers share this consumer",
+		AckPolicy:   jetstream.AckExplicitPolicy,
+		AckWait:     30 * time.Second,
+		MaxDeliver:  -1,
+	})
+	if err != nil {
+		return fmt.Errorf("consumer %s: %w", s.names.VerdictConsumer(), err)
+	}
+	sem := make(chan struct{}, s.cfg.StoreWorkers)
+	var wg sync.WaitGroup
+	cc, err := cons.Consume(func(msg jetstream.Msg) {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			s.store1(ctx, msg)
+		}()
+	}, jetstream.PullMaxMessages(4*s.cfg.StoreWorkers))
+	if err != nil {
+		return fmt.Errorf("consume verdicts: %w", err)
+	}
+	svc, err := s.serve(ctx)
+	if err != nil {
+		cc.Stop()
+		return err
+	}
+	s.log.Info("cachekeeper running", "bucket", s.names.CacheBucket(), "lookup", s.names.CacheLookup(), "flush", s.names.Flush())
+	<-ctx.Done()
+	_ = svc.Stop()
+	cc.Stop()
+	wg.Wait()
+	return nil
+}
+
+func (s *Service) store1(ctx context.Context, msg jetstream.Msg) {
+	v, err := wire.DecodeVerdict(msg.Data())
+	if err != nil {
+		s.log.Error("verdict refused", "subject", msg.Subject(), "err", err)
+		s.m.written.WithLabelValues("garbage").Inc()
+		_ = msg.Term()
+		return
+	}
+	out, err := s.store.Put(ctx, v)
+	if err != nil {
+		if errors.Is(err, cache.ErrConflict) || ctx.Err() != nil || errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
+			_ = msg.NakWithDelay(time.Second)
+			return
+		}
+		s.log.Error("verdict not stored", "subject", msg.Subject(), "err", err)
+		s.m.written.WithLabelValues("error").Inc()
+		_ = msg.Term()
+		return
+	}
+	s.m.written.WithLabelValues(string(out)).Inc()
+	s.log.Debug("verdict", "subject", msg.Subject(), "status", v.Status, "outcome", out)
+	_ = msg.Ack()
+}
+
+func (s *Service) serve(ctx context.Context) (micro.Service, error) {
+	svc, err := micro.AddService(s.nc, micro.Config{
+		Name: "callout-cache", Version: Version, Description: "callout verdict cache",
+		QueueGroup: "callout-cache",
+	})
+	if err != nil {
+		return nil, err
+	}
+	sem := make(chan struct{}, s.cfg.Workers)
+	if err := svc.AddEndpoint("lookup", micro.HandlerFunc(func(r micro.Request) {
+		// A micro handler runs serially: hand each request to a bounded pool.
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem }()
+			s.lookup(ctx, r)
+		}()
+	}), micro.WithEndpointSubject(s.names.CacheLookup())); err != nil {
+		return nil, err
+	}
+	// Every instance must apply a flush: no queue group.
+	if err := svc.AddEndpoint("flush", micro.HandlerFunc(func(r micro.Request) { s.flush(ctx, r) }),
+		micro.WithEndpointSubject(s.names.Flush()), micro.WithEndpointQueueGroupDisabled()); err != nil {
+		return nil, err
+	}
+	return svc, nil
+}
+
+func (s *Service) lookup(ctx context.Context, r micro.Request) {
+	var req wire.LookupRequest
+	if err := wire.Decode(r.Data(), &req); err != nil {
+		s.m.lookups.WithLabelValues("error").Inc()
+		_ = r.Error("400", err.Error(), nil)
+		return
+	}
+	a, err := address.Parse(req.Address)
+	if err != nil {
+		s.m.lookups.WithLabelValues("error").Inc()
+		_ = r.Error("400", err.Error(), nil)
+		return
+	}
+	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	rep, err := s.store.Lookup(lctx, a, req.Senders)
+	if err != nil {
+		s.m.lookups.WithLabelValues("error").Inc()
+		_ = r.Error("503", err.Error(), nil)
+		return
+	}
+	kind := "miss"
+	if rep.Hit {
+		kind = string(rep.Verdict.Status)
+		s.maybeRefresh(ctx, a, *rep.Verdict)
+	}
+	s.m.lookups.WithLabelValues(kind).Inc()
+	b, err := wire.Encode(&rep)
+	if err != nil {
+		_ = r.Error("500", err.Error(), nil)
+		return
+	}
+	_ = r.Respond(b)
+}
+
+// maybeRefresh re-probes an old valid entry in the background, at most once
+// per key per refresh period; the answer still comes from the cache.
+func (s *Service) maybeRefresh(ctx context.Context, a address.Address, v verdict.Verdict) {
+	if s.cfg.RefreshAge <= 0 || v.Status != verdict.Valid || v.Kind != verdict.KindAddress || time.Since(v.CheckedAt) < s.cfg.RefreshAge {
+		return
+	}
+	key := kvkey.Address(a.Domain, a.Local, v.Sender)
+	now := time.Now()
+	s.mu.Lock()
+	if last, ok := s.refresh[key]; ok && now.Sub(last) < s.cfg.RefreshAge {
+		s.mu.Unlock()
+		return
+	}
+	if len(s.refresh) > 100000 {
+		s.refresh = map[string]time.Time{} // bound the memory; a few extra re-probes at worst
+	}
+	s.refresh[key] = now
+	s.mu.Unlock()
+	job := wire.ProbeJob{Address: a.String(), Purpose: verdict.Recipient, SkipRandom: true, RequestedAt: now}
+	b, err := wire.Encode(&job)
+	if err != nil {
+		return
+	}
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := s.js.Publish(pctx, s.names.Probe(kvkey.Target(a.Domain, a.Local)), b); err != nil && !streams.JobPending(err) {
+		s.log.Warn("refresh job not queued", "address", a.String(), "err", err)
+		return
+	}
+	s.m.refreshes.Inc()
+}
+
+func (s *Service) flush(ctx context.Context, r micro.Request) {
+	var cmd wire.FlushCommand
+	isJSON := r.Headers().Get(wire.ContentType) == wire.JSONMediaType
+	var err error
+	if isJSON {
+		err = wire.DecodeJSON(r.Data(), &cmd)
+	} else {
+		err = wire.Decode(r.Data(), &cmd)
+	}
+	if err != nil {
+		s.log.Error("flush refused", "err", err)
+		_ = r.Error("400", err.Error(), nil)
+		return
+	}
+	fctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	start := time.Now()
+	n, err := s.store.Flush(fctx, cmd)
+	rep := wire.FlushReply{Removed: n}
+	if err != nil {
+		rep.Error = err.Error()
+		s.log.Error("flush failed", "scope", cmd.Scope, "err", err)
+	}
+	s.m.flushes.WithLabelValues(cmd.Scope).Inc()
+	s.m.removed.Add(float64(n))
+	s.log.Info("flush", "scope", cmd.Scope, "domain", cmd.Domain, "address", cmd.Address, "only", cmd.Only, "removed", n, "took", time.Since(start).Round(time.Microsecond))
+	var b []byte
+	if isJSON {
+		b, err = jsonReply(&rep)
+	} else {
+		b, err = wire.Encode(&rep)
+	}
+	if err != nil {
+		return
+	}
+	_ = r.Respond(b)
+}

@@ -1,0 +1,245 @@
+package keeper
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/callout-mail/callout/shared/kvkey"
+	"github.com/callout-mail/callout/shared/natstest"
+	"github.com/callout-mail/callout/shared/streams"
+	"github.com/callout-mail/callout/shared/subjects"
+	"github.com/callout-mail/callout/shared/verdict"
+	"github.com/callout-mail/callout/shared/wire"
+)
+
+func testConfig() Config {
+	return Config{Replicas: 1, TTLValid: 96 * time.Hour, TTLInvalid: 2 * time.Hour, TTLDisabled: 30 * time.Minute,
+		TTLCatchAll: 96 * time.Hour, TTLNotCatchAll: 2 * time.Hour, TTLUnverifiable: 2 * time.Hour,
+		RefreshAge: 48 * time.Hour, Workers: 8, StoreWorkers: 4}
+}
+
+func start(t *testing.T, ns *natstest.Server, cfg Config) (stop func()) {
+	t.Helper()
+	nc := ns.Connect(t)
+	svc, err := New(cfg, nc, prometheus.NewRegistry(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := svc.Run(ctx); err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	// Ready when the lookup endpoint answers.
+	waitFor(t, func() bool {
+		_, err := nc.Request(subjects.New("").CacheLookup(), []byte("ping"), 200*time.Millisecond)
+		return err == nil
+	})
+	stopped := false
+	stop = func() {
+		if !stopped {
+			stopped = true
+			cancel()
+			<-done
+			nc.Close()
+		}
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+func publishVerdict(t *testing.T, js jetstream.JetStream, v verdict.Verdict) {
+	t.Helper()
+	n := subjects.New("")
+	b, err := wire.EncodeVerdict(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subj := n.Verdict("addr." + kvkey.Target(v.Domain, v.Address[:len(v.Address)-len(v.Domain)-1]))
+	if v.Kind == verdict.KindDomain {
+		subj = n.Verdict(kvkey.Domain(v.Domain, v.Fact))
+	}
+	if _, err := js.Publish(context.Background(), subj, b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func lookup(t *testing.T, nc *nats.Conn, addr string) wire.LookupReply {
+	t.Helper()
+	b, _ := wire.Encode(&wire.LookupRequest{Address: addr})
+	m, err := nc.Request(subjects.New("").CacheLookup(), b, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := m.Header.Get(micro.ErrorHeader); e != "" {
+		t.Fatalf("lookup error %s", e)
+	}
+	var r wire.LookupReply
+	if err := wire.Decode(m.Data, &r); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func valid(a, d string, at time.Time) verdict.Verdict {
+	return verdict.Verdict{Kind: verdict.KindAddress, Address: a, Domain: d, Status: verdict.Valid, Code: 250, CheckedAt: at, Source: verdict.SourceProbe}
+}
+
+// Verdicts published while no cachekeeper runs are stored when one starts.
+func TestRestartLosesNothing(t *testing.T) {
+	ns := natstest.Start(t)
+	nc := ns.Connect(t)
+	js, _ := jetstream.New(nc)
+	ctx := context.Background()
+	if _, err := streams.Verdicts(ctx, js, subjects.New(""), 1); err != nil {
+		t.Fatal(err)
+	}
+	stop := start(t, ns, testConfig())
+	publishVerdict(t, js, valid("a@example.org", "example.org", time.Now()))
+	waitFor(t, func() bool { return lookup(t, nc, "a@example.org").Hit })
+	stop()
+	for _, l := range []string{"b", "c", "d"} {
+		publishVerdict(t, js, valid(l+"@example.org", "example.org", time.Now()))
+	}
+	start(t, ns, testConfig())
+	waitFor(t, func() bool {
+		return lookup(t, nc, "b@example.org").Hit && lookup(t, nc, "c@example.org").Hit && lookup(t, nc, "d@example.org").Hit
+	})
+}
+
+func TestLookupGarbage(t *testing.T) {
+	ns := natstest.Start(t)
+	nc := ns.Connect(t)
+	start(t, ns, testConfig())
+	for _, data := range [][]byte{[]byte("\xc1\xc1"), []byte(`{"address":"x"}`), nil} {
+		m, err := nc.Request(subjects.New("").CacheLookup(), data, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Header.Get(micro.ErrorCodeHeader) != "400" || m.Header.Get(micro.ErrorHeader) == "" {
+			t.Fatalf("garbage %q: headers %v", data, m.Header)
+		}
+	}
+	b, _ := wire.Encode(&wire.LookupRequest{Address: "bad\r\naddress@x.org"})
+	m, err := nc.Request(subjects.New("").CacheLookup(), b, 5*time.Second)
+	if err != nil || m.Header.Get(micro.ErrorCodeHeader) != "400" {
+		t.Fatalf("bad address: %v %v", m, err)
+	}
+	// Still serving.
+	if r := lookup(t, nc, "nobody@example.org"); r.Hit {
+		t.Fatal("hit on an empty cache")
+	}
+}
+
+// Every instance applies a flush; a request gets the count.
+func TestFlushControl(t *testing.T) {
+	ns := natstest.Start(t)
+	nc := ns.Connect(t)
+	js, _ := jetstream.New(nc)
+	start(t, ns, testConfig())
+	start(t, ns, testConfig())
+	now := time.Now()
+	for _, l := range []string{"a", "b", "c"} {
+		publishVerdict(t, js, valid(l+"@example.org", "example.org", now))
+	}
+	waitFor(t, func() bool { return lookup(t, nc, "c@example.org").Hit && lookup(t, nc, "a@example.org").Hit && lookup(t, nc, "b@example.org").Hit })
+
+	// Broadcast: both instances answer.
+	inbox := nats.NewInbox()
+	sub, _ := nc.SubscribeSync(inbox)
+	b, _ := wire.Encode(&wire.FlushCommand{Scope: wire.ScopeAddress, Address: "a@example.org"})
+	if err := nc.PublishRequest(subjects.New("").Flush(), inbox, b); err != nil {
+		t.Fatal(err)
+	}
+	var total uint64
+	for i := 0; i < 2; i++ {
+		m, err := sub.NextMsg(5 * time.Second)
+		if err != nil {
+			t.Fatalf("answer %d: %v", i, err)
+		}
+		var r wire.FlushReply
+		if err := wire.Decode(m.Data, &r); err != nil || r.Error != "" {
+			t.Fatalf("reply %v %+v", err, r)
+		}
+		total += r.Removed
+	}
+	if total != 1 {
+		t.Fatalf("removed %d in all, want 1", total)
+	}
+	if lookup(t, nc, "a@example.org").Hit || !lookup(t, nc, "b@example.org").Hit {
+		t.Fatal("address flush scope wrong")
+	}
+	// JSON for people, as `nats req` sends it.
+	msg := nats.NewMsg(subjects.New("").Flush())
+	msg.Header.Set("Content-Type", "application/json")
+	msg.Data = []byte(`{"scope":"all"}`)
+	m, err := nc.RequestMsg(msg, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var jr wire.FlushReply
+	if err := json.Unmarshal(m.Data, &jr); err != nil {
+		t.Fatalf("JSON reply %q: %v", m.Data, err)
+	}
+	waitFor(t, func() bool { return !lookup(t, nc, "b@example.org").Hit && !lookup(t, nc, "c@example.org").Hit })
+	// A bad command gets an error and changes nothing.
+	msg.Data = []byte(`{"scope":"everything"}`)
+	m, err = nc.RequestMsg(msg, 5*time.Second)
+	if err != nil || m.Header.Get(micro.ErrorCodeHeader) != "400" {
+		t.Fatalf("bad flush: %v %v", m, err)
+	}
+}
+
+func TestRefreshAhead(t *testing.T) {
+	ns := natstest.Start(t)
+	nc := ns.Connect(t)
+	js, _ := jetstream.New(nc)
+	cfg := testConfig()
+	cfg.RefreshAge = time.Hour
+	start(t, ns, cfg)
+	n := subjects.New("")
+	jobs, _ := nc.SubscribeSync(n.ProbeAll())
+	publishVerdict(t, js, valid("old@example.org", "example.org", time.Now().Add(-2*time.Hour)))
+	publishVerdict(t, js, valid("new@example.org", "example.org", time.Now()))
+	waitFor(t, func() bool { return lookup(t, nc, "old@example.org").Hit && lookup(t, nc, "new@example.org").Hit })
+	for i := 0; i < 3; i++ {
+		if r := lookup(t, nc, "old@example.org"); !r.Hit || r.Verdict.Status != verdict.Valid {
+			t.Fatal("old entry not served from cache")
+		}
+	}
+	m, err := jobs.NextMsg(5 * time.Second)
+	if err != nil {
+		t.Fatal("no refresh job")
+	}
+	var job wire.ProbeJob
+	if err := wire.Decode(m.Data, &job); err != nil || job.Address != "old@example.org" {
+		t.Fatalf("job %+v %v", job, err)
+	}
+	// One job per refresh period, and none for the fresh entry.
+	if m, err := jobs.NextMsg(300 * time.Millisecond); err == nil {
+		t.Fatalf("second refresh job: %s", m.Subject)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in time")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
