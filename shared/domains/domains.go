@@ -133,6 +133,7 @@ func (p Policy) Decision(purpose verdict.Purpose) verdict.Policy {
 type Table struct {
 	mu       sync.RWMutex
 	policies map[string]Policy
+	senders  map[string]bool // every probe sender of every policy, lower-case
 }
 
 // NewTable returns a table holding the given policies (for tests and tools).
@@ -141,6 +142,7 @@ func NewTable(p map[string]Policy) *Table {
 	for d, pol := range p {
 		t.policies[d] = pol
 	}
+	t.indexSenders()
 	return t
 }
 
@@ -156,13 +158,35 @@ func (t *Table) Lookup(domain string) (Policy, bool) {
 func (t *Table) Set(domain string, p Policy) {
 	t.mu.Lock()
 	t.policies[domain] = p
+	t.indexSenders()
 	t.mu.Unlock()
 }
 
 func (t *Table) remove(domain string) {
 	t.mu.Lock()
 	delete(t.policies, domain)
+	t.indexSenders()
 	t.mu.Unlock()
+}
+
+// indexSenders rebuilds the probe-sender set; policies change rarely.
+func (t *Table) indexSenders() {
+	t.senders = map[string]bool{}
+	for _, p := range t.policies {
+		for _, s := range []string{p.Sender, p.FallbackSender} {
+			if s != "" {
+				t.senders[strings.ToLower(s)] = true
+			}
+		}
+	}
+}
+
+// IsProbeSender reports whether addr is a sender some policy probes with:
+// such an address is never verified itself, or callouts would loop.
+func (t *Table) IsProbeSender(addr string) bool {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return t.senders[strings.ToLower(addr)]
 }
 
 // Bucket opens (creating if needed) the policy bucket.

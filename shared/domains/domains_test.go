@@ -93,3 +93,14 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+func TestIsProbeSender(t *testing.T) {
+	tab := NewTable(map[string]Policy{"a.example": {Sender: "verify@gw.example", FallbackSender: "pm@gw.example"}})
+	if !tab.IsProbeSender("Verify@gw.example") || !tab.IsProbeSender("pm@gw.example") || tab.IsProbeSender("x@gw.example") {
+		t.Fatal("probe senders not recognized")
+	}
+	tab.Set("a.example", Policy{})
+	if tab.IsProbeSender("verify@gw.example") {
+		t.Fatal("stale probe sender")
+	}
+}

@@ -51,6 +51,7 @@ type Server struct {
 	log    map[string]int // RCPT count per address
 	open   map[net.Conn]struct{}
 	done   chan struct{}
+	once   sync.Once
 }
 
 // Start listens on addr (e.g. "127.0.0.1:0").
@@ -111,13 +112,15 @@ func (s *Server) RcptsFor(addr string) int {
 
 // Close stops the server and drops every connection.
 func (s *Server) Close() {
-	close(s.done)
-	s.ln.Close()
-	s.mu.Lock()
-	for c := range s.open {
-		c.Close()
-	}
-	s.mu.Unlock()
+	s.once.Do(func() {
+		close(s.done)
+		s.ln.Close()
+		s.mu.Lock()
+		for c := range s.open {
+			c.Close()
+		}
+		s.mu.Unlock()
+	})
 	s.wg.Wait()
 }
 

@@ -289,3 +289,9 @@ func (s *Service) flush(ctx context.Context, r micro.Request) {
 	}
 	_ = r.Respond(b)
 }
+
+// NATSConfig is the connection part of the settings.
+func (c *Config) NATSConfig() natsconn.Config { return c.NATS }
+
+// MetricsListen is the metrics listen address.
+func (c *Config) MetricsListen() string { return c.MetricsAddr }

@@ -154,7 +154,9 @@ func TestFlushControl(t *testing.T) {
 	for _, l := range []string{"a", "b", "c"} {
 		publishVerdict(t, js, valid(l+"@example.org", "example.org", now))
 	}
-	waitFor(t, func() bool { return lookup(t, nc, "c@example.org").Hit && lookup(t, nc, "a@example.org").Hit && lookup(t, nc, "b@example.org").Hit })
+	waitFor(t, func() bool {
+		return lookup(t, nc, "c@example.org").Hit && lookup(t, nc, "a@example.org").Hit && lookup(t, nc, "b@example.org").Hit
+	})
 
 	// Broadcast: both instances answer.
 	inbox := nats.NewInbox()

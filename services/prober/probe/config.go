@@ -32,8 +32,6 @@ type Config struct {
 	ReuseMaxRcpts   int             `envconfig:"REUSE_MAX_RCPTS" default:"20" desc:"RCPTs on one connection before it is closed (0: no reuse)"`
 	IdleTimeout     time.Duration   `envconfig:"IDLE_TIMEOUT" default:"10s" desc:"how long an idle connection is kept for reuse"`
 	RandomSecret    string          `envconfig:"RANDOM_SECRET" desc:"secret that derives each domain's catch-all probe local part (set it, the same on every instance)"`
-	Sender          string          `desc:"MAIL FROM for domains without a policy sender (default <>)"`
-	FallbackSender  string          `envconfig:"FALLBACK_SENDER" desc:"MAIL FROM when the sender is refused (default none)"`
 	DNSServer       string          `envconfig:"DNS_SERVER" desc:"DNS server host:port for MX lookups (default: the system resolver)"`
 	MXPort          int             `envconfig:"MX_PORT" default:"25" desc:"SMTP port of hosts found by MX lookup"`
 	AckWait         time.Duration   `envconfig:"ACK_WAIT" default:"30s" desc:"job redelivered if not acked or heartbeated in this time"`
@@ -63,3 +61,9 @@ func (c *Config) Validate() error {
 	}
 	return nil
 }
+
+// NATSConfig is the connection part of the settings.
+func (c *Config) NATSConfig() natsconn.Config { return c.NATS }
+
+// MetricsListen is the metrics listen address.
+func (c *Config) MetricsListen() string { return c.MetricsAddr }

@@ -273,14 +273,11 @@ func cutLocal(addr, domain string) (string, string, bool) {
 // probe finds the hosts and runs the callout.
 func (s *Service) probe(ctx context.Context, job wire.ProbeJob, addr address.Address) callout.Result {
 	pol, known := s.domains.Lookup(addr.Domain)
-	target := callout.Target{Address: addr, SkipRandom: job.SkipRandom, Sender: s.cfg.Sender, FallbackSender: s.cfg.FallbackSender}
-	if known && job.Purpose != verdict.Sender {
-		if pol.Sender != "" {
-			target.Sender = pol.Sender
-		}
-		if pol.FallbackSender != "" {
-			target.FallbackSender = pol.FallbackSender
-		}
+	// The senders come from the domain's policy only, so that ingest looks
+	// up exactly the cache keys the results are stored under.
+	target := callout.Target{Address: addr, SkipRandom: job.SkipRandom}
+	if known {
+		target.Sender, target.FallbackSender = pol.Sender, pol.FallbackSender
 	}
 	if known && job.Purpose != verdict.Sender && !pol.UsesMX() {
 		target.Hosts = pol.Route

@@ -1,0 +1,34 @@
+package verify
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	requests  *prometheus.CounterVec
+	latency   prometheus.Histogram
+	coalesced prometheus.Counter
+	deadlines prometheus.Counter
+	braked    prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "callout_ingest_requests_total", Help: "Verify requests by action and verdict source (cache, probe, static, error).",
+		}, []string{"action", "source"}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "callout_ingest_request_seconds", Help: "Time to answer a verify request.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 25},
+		}),
+		coalesced: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "callout_ingest_coalesced_total", Help: "Requests that joined a callout already under way in this instance.",
+		}),
+		deadlines: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "callout_ingest_deadlines_total", Help: "Requests answered with a defer because no verdict came in time.",
+		}),
+		braked: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "callout_ingest_braked_total", Help: "Unknown recipients deferred by the dictionary-attack brake.",
+		}),
+	}
+	reg.MustRegister(m.requests, m.latency, m.coalesced, m.deadlines, m.braked)
+	return m
+}

@@ -1,0 +1,413 @@
+package verify
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/callout-mail/callout/services/ingest/brake"
+	"github.com/callout-mail/callout/services/ingest/policyd"
+	"github.com/callout-mail/callout/shared/address"
+	"github.com/callout-mail/callout/shared/domains"
+	"github.com/callout-mail/callout/shared/kvkey"
+	"github.com/callout-mail/callout/shared/streams"
+	"github.com/callout-mail/callout/shared/subjects"
+	"github.com/callout-mail/callout/shared/verdict"
+	"github.com/callout-mail/callout/shared/wire"
+)
+
+// Version of the micro service.
+const Version = "1.0.0"
+
+// Reasons the ingest gives itself.
+const (
+	ReasonProbeSender = "probe_sender"
+	ReasonPolicyOff   = "policy_off"
+	ReasonListed      = "listed"
+	ReasonNotListed   = "not_listed"
+	ReasonNotServed   = "not_served"
+	ReasonBraked      = "too_many_unknown_recipients"
+	ReasonDeadline    = "deadline"
+	ReasonQueue       = "queue_unavailable"
+	ReasonSyntax      = "syntax"
+)
+
+// Service is one ingest instance.
+type Service struct {
+	cfg     Config
+	log     *slog.Logger
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	names   subjects.Names
+	domains *domains.Table
+	brake   *brake.Brake
+	m       *metrics
+	extra   map[string]bool // configured probe senders
+	mu      sync.Mutex
+	flights map[string]*flight
+	ready   chan struct{}
+}
+
+// flight is one pending callout that any number of requests wait for.
+type flight struct {
+	done chan struct{}
+	v    verdict.Verdict
+	err  error
+}
+
+// New builds an ingest on an open connection.
+func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger) (*Service, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	s := &Service{cfg: cfg, log: log, nc: nc, js: js, names: subjects.New(cfg.NATS.Prefix),
+		brake: brake.New(cfg.BrakeLimit, cfg.BrakeWindow), m: newMetrics(reg),
+		extra: map[string]bool{}, flights: map[string]*flight{}, ready: make(chan struct{})}
+	for _, p := range cfg.ProbeSenders {
+		s.extra[strings.ToLower(strings.TrimSpace(p))] = true
+	}
+	return s, nil
+}
+
+// Ready is closed once the service answers requests.
+func (s *Service) Ready() <-chan struct{} { return s.ready }
+
+// Run serves until ctx ends.
+func (s *Service) Run(ctx context.Context) error {
+	if _, err := streams.Probes(ctx, s.js, s.names, s.cfg.Replicas); err != nil {
+		return err
+	}
+	kv, err := domains.Bucket(ctx, s.js, s.names.DomainsBucket(), s.cfg.Replicas)
+	if err != nil {
+		return err
+	}
+	if s.domains, err = domains.Watch(ctx, kv, s.log); err != nil {
+		return err
+	}
+	svc, err := micro.AddService(s.nc, micro.Config{
+		Name: "callout-ingest", Version: Version, Description: "verify e-mail addresses at their destination",
+		QueueGroup: "callout-ingest",
+	})
+	if err != nil {
+		return err
+	}
+	sem := make(chan struct{}, s.cfg.Workers)
+	err = svc.AddEndpoint("verify", micro.HandlerFunc(func(r micro.Request) {
+		// micro calls handlers one at a time: hand each request to a bounded pool.
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem }()
+			s.serveNATS(ctx, r)
+		}()
+	}), micro.WithEndpointSubject(s.names.Verify()))
+	if err != nil {
+		return err
+	}
+	s.log.Info("ingest running", "subject", s.names.Verify())
+	close(s.ready)
+	<-ctx.Done()
+	return svc.Stop()
+}
+
+func (s *Service) serveNATS(ctx context.Context, r micro.Request) {
+	isJSON := r.Headers().Get(wire.ContentType) == wire.JSONMediaType
+	var req wire.VerifyRequest
+	var err error
+	if isJSON {
+		err = wire.DecodeJSON(r.Data(), &req)
+	} else {
+		err = wire.Decode(r.Data(), &req)
+	}
+	if err != nil {
+		s.m.requests.WithLabelValues(string(verdict.Defer), "error").Inc()
+		rep := wire.VerifyReply{Decision: verdict.Decision{Action: verdict.Defer, Code: 451, Enhanced: "4.3.5", Text: "Verify request not understood"}, Error: err.Error()}
+		b, _ := encodeReply(&rep, isJSON)
+		_ = r.Error("400", err.Error(), b)
+		return
+	}
+	rep := s.Verify(ctx, req)
+	b, err := encodeReply(&rep, isJSON)
+	if err != nil {
+		_ = r.Error("500", err.Error(), nil)
+		return
+	}
+	_ = r.Respond(b)
+}
+
+func encodeReply(rep *wire.VerifyReply, isJSON bool) ([]byte, error) {
+	if isJSON {
+		rep.V = wire.Version
+		return json.Marshal(rep)
+	}
+	return wire.Encode(rep)
+}
+
+// Verify answers one request before its deadline. It never rejects unless
+// the destination said "user unknown" (or the operator's list says so).
+func (s *Service) Verify(ctx context.Context, req wire.VerifyRequest) wire.VerifyReply {
+	start := time.Now()
+	timeout := s.cfg.Timeout
+	if req.TimeoutMS > 0 {
+		timeout = time.Duration(req.TimeoutMS) * time.Millisecond
+	}
+	timeout = min(timeout, s.cfg.MaxTimeout)
+	// Answer a little before the caller gives up.
+	ctx, cancel := context.WithTimeout(ctx, max(timeout-timeout/20, timeout-250*time.Millisecond))
+	defer cancel()
+	purpose := req.Purpose
+	if purpose == "" {
+		purpose = verdict.Recipient
+	}
+	v, pol := s.find(ctx, req, purpose)
+	d := s.decide(v, pol, req)
+	if d.Action == verdict.Reject && purpose == verdict.Recipient && v.Status == verdict.Invalid {
+		s.brake.Invalid(req.ClientAddress)
+	}
+	el := time.Since(start)
+	s.m.requests.WithLabelValues(string(d.Action), string(v.Source)).Inc()
+	s.m.latency.Observe(el.Seconds())
+	s.log.Info("verify", "address", v.Address, "purpose", purpose, "client", req.ClientAddress, "action", d.Action,
+		"code", d.Code, "status", v.Status, "reason", v.Reason, "source", v.Source, "host", v.Host, "dest_code", v.Code,
+		"dest_text", v.Text, "took", el.Round(time.Microsecond))
+	if !s.cfg.ReplyDetails {
+		v.Host, v.Text = "", ""
+	}
+	return wire.VerifyReply{Decision: d, Verdict: &v}
+}
+
+// decide applies the policy and the configured texts.
+func (s *Service) decide(v verdict.Verdict, pol verdict.Policy, req wire.VerifyRequest) verdict.Decision {
+	if v.Reason == ReasonBraked && v.Status == verdict.TempFail {
+		return verdict.Decision{Action: verdict.Defer, Code: 450, Enhanced: "4.7.1", Text: "<" + v.Address + ">: Too many unknown recipients, try again later"}
+	}
+	d := verdict.Decide(v, pol)
+	text := ""
+	switch d.Action {
+	case verdict.Reject:
+		if v.Status == verdict.Invalid {
+			text = s.cfg.RejectText
+		}
+	case verdict.Defer:
+		text = s.cfg.DeferText
+	}
+	if text != "" {
+		d.Text = strings.ReplaceAll(text, "{address}", "<"+v.Address+">")
+	}
+	return d
+}
+
+func base(a address.Address, raw string) verdict.Verdict {
+	addr := raw
+	if a.Domain != "" {
+		addr = a.String()
+	}
+	return verdict.Verdict{Kind: verdict.KindAddress, Address: addr, Domain: a.Domain, CheckedAt: time.Now(), Source: verdict.SourceStatic}
+}
+
+// find returns the verdict that answers the request and the policy to apply.
+func (s *Service) find(ctx context.Context, req wire.VerifyRequest, purpose verdict.Purpose) (verdict.Verdict, verdict.Policy) {
+	a, err := address.Parse(req.Address)
+	if err != nil {
+		v := base(address.Address{}, verdict.CleanText(req.Address))
+		v.Status, v.Reason, v.Text = verdict.Malformed, ReasonSyntax, err.Error()
+		return v, verdict.Policy{Purpose: purpose}
+	}
+	v := base(a, "")
+	if s.extra[strings.ToLower(a.String())] || s.domains.IsProbeSender(a.String()) {
+		v.Status, v.Reason = verdict.Skipped, ReasonProbeSender
+		return v, verdict.Policy{Purpose: purpose}
+	}
+	pol, known := s.domains.Lookup(a.Domain)
+	dpol := pol.Decision(purpose)
+	if purpose == verdict.Sender {
+		dpol.OnTempfail, dpol.OnUnverifiable = s.cfg.SenderOnTempfail, s.cfg.SenderOnUnverifiable
+	} else {
+		switch {
+		case !known && s.cfg.UnknownDomains == "reject":
+			v.Status, v.Reason = verdict.RelayDenied, ReasonNotServed
+			return v, dpol
+		case pol.EffectiveMode() == domains.ModeOff:
+			v.Status, v.Reason = verdict.Skipped, ReasonPolicyOff
+			return v, dpol
+		case pol.EffectiveMode() == domains.ModeStatic:
+			if pol.Listed(a.Local) {
+				v.Status, v.Reason = verdict.Valid, ReasonListed
+			} else {
+				v.Status, v.Reason = verdict.Invalid, ReasonNotListed
+			}
+			return v, dpol
+		}
+	}
+	senders := pol.Senders()
+	if !known {
+		senders = []string{""}
+	}
+	look, err := s.lookup(ctx, a, senders)
+	if err != nil {
+		s.log.Warn("cache lookup failed; treating as a miss", "address", a.String(), "err", err)
+	}
+	if look.Hit {
+		return *look.Verdict, dpol
+	}
+	if purpose == verdict.Recipient && s.brake.Braked(req.ClientAddress) {
+		s.m.braked.Inc()
+		v.Status, v.Reason = verdict.TempFail, ReasonBraked
+		return v, dpol
+	}
+	skipRandom := look.CatchAll != nil && look.CatchAll.Status == verdict.NotCatchAll
+	return s.await(ctx, a, purpose, skipRandom), dpol
+}
+
+func (s *Service) lookup(ctx context.Context, a address.Address, senders []string) (wire.LookupReply, error) {
+	b, err := wire.Encode(&wire.LookupRequest{Address: a.String(), Senders: senders})
+	if err != nil {
+		return wire.LookupReply{}, err
+	}
+	lctx, cancel := context.WithTimeout(ctx, s.cfg.LookupTimeout)
+	defer cancel()
+	m, err := s.nc.RequestWithContext(lctx, s.names.CacheLookup(), b)
+	if err != nil {
+		return wire.LookupReply{}, err
+	}
+	if e := m.Header.Get(micro.ErrorHeader); e != "" {
+		return wire.LookupReply{}, fmt.Errorf("cache: %s", e)
+	}
+	var r wire.LookupReply
+	if err := wire.Decode(m.Data, &r); err != nil {
+		return wire.LookupReply{}, err
+	}
+	if r.Hit && r.Verdict == nil {
+		return wire.LookupReply{}, errors.New("cache: hit without verdict")
+	}
+	return r, nil
+}
+
+// await joins or starts the flight for a, and waits for its verdict until
+// ctx ends; then the answer is a tempfail, never a reject.
+func (s *Service) await(ctx context.Context, a address.Address, purpose verdict.Purpose, skipRandom bool) verdict.Verdict {
+	key := kvkey.Target(a.Domain, a.Local)
+	s.mu.Lock()
+	f, ok := s.flights[key]
+	if !ok {
+		f = &flight{done: make(chan struct{})}
+		s.flights[key] = f
+		go s.fly(key, f, wire.ProbeJob{Address: a.String(), Purpose: purpose, SkipRandom: skipRandom, RequestedAt: time.Now()})
+	} else {
+		s.m.coalesced.Inc()
+	}
+	s.mu.Unlock()
+	v := base(a, "")
+	select {
+	case <-f.done:
+		if f.err != nil {
+			v.Status, v.Reason, v.Text = verdict.TempFail, ReasonQueue, f.err.Error()
+			return v
+		}
+		return f.v
+	case <-ctx.Done():
+		s.m.deadlines.Inc()
+		v.Status, v.Reason = verdict.TempFail, ReasonDeadline
+		return v
+	}
+}
+
+// fly subscribes to the verdict subject, queues the job (a refusal because
+// one is already pending is fine: its verdict comes on the same subject) and
+// waits for the verdict at most MaxTimeout.
+func (s *Service) fly(key string, f *flight, job wire.ProbeJob) {
+	defer func() {
+		s.mu.Lock()
+		delete(s.flights, key)
+		s.mu.Unlock()
+		close(f.done)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.MaxTimeout)
+	defer cancel()
+	ch := make(chan *nats.Msg, 4)
+	sub, err := s.nc.ChanSubscribe(s.names.Verdict("addr."+key), ch)
+	if err != nil {
+		f.err = fmt.Errorf("subscribe: %w", err)
+		return
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	b, err := wire.Encode(&job)
+	if err != nil {
+		f.err = err
+		return
+	}
+	if _, err := s.js.Publish(ctx, s.names.Probe(key), b); err != nil && !streams.JobPending(err) {
+		f.err = fmt.Errorf("queue job: %w", err)
+		return
+	}
+	for {
+		select {
+		case m := <-ch:
+			v, err := wire.DecodeVerdict(m.Data)
+			if err != nil {
+				s.log.Error("verdict refused", "subject", m.Subject, "err", err)
+				continue
+			}
+			f.v = v
+			return
+		case <-ctx.Done():
+			f.err = errors.New("no verdict in time")
+			return
+		}
+	}
+}
+
+// withPolicy runs the Postfix policy listener beside the NATS service.
+type withPolicy struct {
+	*Service
+	srv  *policyd.Server
+	addr string
+}
+
+// NewWithPolicy builds the ingest with its Postfix policy listener (when
+// PolicyAddr is set).
+func NewWithPolicy(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger) (*withPolicy, error) {
+	s, err := New(cfg, nc, reg, log)
+	if err != nil {
+		return nil, err
+	}
+	w := &withPolicy{Service: s, addr: cfg.PolicyAddr}
+	if cfg.PolicyAddr != "" {
+		w.srv = policyd.New(policyd.Config{
+			Senders: cfg.PolicySenders, MalformedDefer: cfg.PolicyMalformed == "defer", DeferIfPermit: cfg.PolicyDeferIfPermit,
+			MaxConns: cfg.PolicyMaxConns, IdleTimeout: cfg.PolicyIdleTimeout, Timeout: cfg.Timeout,
+		}, s.Verify, log)
+	}
+	return w, nil
+}
+
+// Run serves NATS and the policy listener until ctx ends.
+func (w *withPolicy) Run(ctx context.Context) error {
+	if w.srv == nil {
+		return w.Service.Run(ctx)
+	}
+	ln, err := net.Listen("tcp", w.addr)
+	if err != nil {
+		return fmt.Errorf("policy listener: %w", err)
+	}
+	w.log.Info("postfix policy listener", "addr", ln.Addr().String())
+	errc := make(chan error, 1)
+	go func() { errc <- w.srv.Serve(ctx, ln) }()
+	err = w.Service.Run(ctx)
+	ln.Close()
+	if perr := <-errc; err == nil {
+		err = perr
+	}
+	return err
+}

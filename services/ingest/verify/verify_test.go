@@ -1,0 +1,383 @@
+package verify
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/callout-mail/callout/services/cachekeeper/keeper"
+	"github.com/callout-mail/callout/services/prober/probe"
+	"github.com/callout-mail/callout/shared/domains"
+	"github.com/callout-mail/callout/shared/natstest"
+	"github.com/callout-mail/callout/shared/smtptest"
+	"github.com/callout-mail/callout/shared/subjects"
+	"github.com/callout-mail/callout/shared/verdict"
+	"github.com/callout-mail/callout/shared/wire"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func ingestConfig() Config {
+	return Config{Timeout: 10 * time.Second, MaxTimeout: 10 * time.Second, LookupTimeout: time.Second, Workers: 512, Replicas: 1,
+		UnknownDomains: "reject", SenderOnTempfail: verdict.Accept, SenderOnUnverifiable: verdict.Accept,
+		BrakeLimit: 50, BrakeWindow: 10 * time.Minute}
+}
+
+func proberConfig() probe.Config {
+	return probe.Config{Workers: 8, HeloName: "verifier.test", ConnectTimeout: time.Second, BannerTimeout: 5 * time.Second,
+		CommandTimeout: 5 * time.Second, DialogueTimeout: 10 * time.Second, Budget: 20 * time.Second,
+		MaxReplyLine: 2048, MaxReplyLines: 64, MaxReplyBytes: 16384, MaxConns: 2, Rate: 1000,
+		BreakerFailures: 5, BreakerOpen: time.Second, ReuseMaxRcpts: 20, IdleTimeout: time.Second,
+		RandomSecret: "s", AckWait: 5 * time.Second, MaxDeliver: 4, Replicas: 1}
+}
+
+func keeperConfig() keeper.Config {
+	return keeper.Config{Replicas: 1, TTLValid: 96 * time.Hour, TTLInvalid: 2 * time.Hour, TTLDisabled: 30 * time.Minute,
+		TTLCatchAll: 96 * time.Hour, TTLNotCatchAll: 2 * time.Hour, TTLUnverifiable: 2 * time.Hour, Workers: 64, StoreWorkers: 4}
+}
+
+type system struct {
+	ns     *natstest.Server
+	nc     *nats.Conn
+	ingest *Service
+	kv     jetstream.KeyValue
+}
+
+type runner interface{ Run(context.Context) error }
+
+func run(t *testing.T, r runner) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := r.Run(ctx); err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+// startSystem runs ingest, one prober and one cachekeeper on an embedded server.
+func startSystem(t *testing.T, icfg Config) *system {
+	t.Helper()
+	ns := natstest.Start(t)
+	sys := &system{ns: ns, nc: ns.Connect(t)}
+	js, _ := jetstream.New(sys.nc)
+	var err error
+	if sys.kv, err = domains.Bucket(context.Background(), js, subjects.New("").DomainsBucket(), 1); err != nil {
+		t.Fatal(err)
+	}
+	k, err := keeper.New(keeperConfig(), ns.Connect(t), prometheus.NewRegistry(), quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, k)
+	p, err := probe.New(proberConfig(), ns.Connect(t), prometheus.NewRegistry(), quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, p)
+	sys.ingest, err = New(icfg, ns.Connect(t), prometheus.NewRegistry(), quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, sys.ingest)
+	<-sys.ingest.Ready()
+	// The cache answers before tests start.
+	waitFor(t, func() bool {
+		_, err := sys.nc.Request(subjects.New("").CacheLookup(), []byte("x"), 200*time.Millisecond)
+		return err == nil
+	})
+	return sys
+}
+
+func (s *system) policy(t *testing.T, domain string, p domains.Policy) {
+	t.Helper()
+	if err := domains.Put(context.Background(), s.kv, domain, p); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool {
+		got, ok := s.ingest.domains.Lookup(domain)
+		return ok && got.EffectiveMode() == p.EffectiveMode() && len(got.Route) == len(p.Route)
+	})
+}
+
+// verify asks over NATS, as an MTA would.
+func (s *system) verify(t *testing.T, req wire.VerifyRequest) wire.VerifyReply {
+	t.Helper()
+	b, _ := wire.Encode(&req)
+	m, err := s.nc.Request(subjects.New("").Verify(), b, 15*time.Second)
+	if err != nil {
+		t.Fatalf("verify %s: %v", req.Address, err)
+	}
+	var rep wire.VerifyReply
+	if err := wire.Decode(m.Data, &rep); err != nil {
+		t.Fatalf("reply: %v", err)
+	}
+	return rep
+}
+
+func rcpt(a string) wire.VerifyRequest {
+	return wire.VerifyRequest{Address: a, Purpose: verdict.Recipient, ClientAddress: "192.0.2.10"}
+}
+
+func expect(t *testing.T, rep wire.VerifyReply, action verdict.Action, code int, source verdict.Source) {
+	t.Helper()
+	if rep.Decision.Action != action || rep.Decision.Code != code || (source != "" && rep.Verdict.Source != source) {
+		t.Fatalf("got %s %d (%s, %s/%s), want %s %d from %s", rep.Decision.Action, rep.Decision.Code, rep.Verdict.Source, rep.Verdict.Status, rep.Verdict.Reason, action, code, source)
+	}
+}
+
+func destination(t *testing.T, cfg smtptest.Config) *smtptest.Server {
+	s, err := smtptest.Start("127.0.0.1:0", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+func TestPaths(t *testing.T) {
+	sys := startSystem(t, ingestConfig())
+	dest := destination(t, smtptest.Config{Mailboxes: []string{"alice@example.org"}, CatchAll: []string{"catchall.example"}})
+	sys.policy(t, "example.org", domains.Policy{Route: []string{dest.Addr()}})
+	sys.policy(t, "catchall.example", domains.Policy{Route: []string{dest.Addr()}})
+	sys.policy(t, "static.example", domains.Policy{Mode: domains.ModeStatic, Mailboxes: []string{"listed"}})
+	sys.policy(t, "off.example", domains.Policy{Mode: domains.ModeOff})
+
+	t.Run("valid, then from cache", func(t *testing.T) {
+		expect(t, sys.verify(t, rcpt("alice@example.org")), verdict.Accept, 250, verdict.SourceProbe)
+		before := dest.Rcpts()
+		waitFor(t, func() bool { return sys.verify(t, rcpt("alice@example.org")).Verdict.Source == verdict.SourceCache })
+		if dest.Rcpts() != before {
+			t.Fatal("a cached address was probed again")
+		}
+	})
+	t.Run("invalid, then from cache", func(t *testing.T) {
+		rep := sys.verify(t, rcpt("nobody@example.org"))
+		expect(t, rep, verdict.Reject, 550, verdict.SourceProbe)
+		if rep.Decision.Enhanced != "5.1.1" || rep.Decision.Text != "<nobody@example.org>: Recipient address rejected: User unknown" {
+			t.Fatalf("decision %+v", rep.Decision)
+		}
+		if rep.Verdict.Host != "" || rep.Verdict.Text != "" {
+			t.Fatal("reply reveals the destination")
+		}
+		waitFor(t, func() bool { return sys.verify(t, rcpt("nobody@example.org")).Verdict.Source == verdict.SourceCache })
+	})
+	t.Run("known not catch-all: no second random RCPT", func(t *testing.T) {
+		rand := dest.Rcpts()
+		expect(t, sys.verify(t, rcpt("other@example.org")), verdict.Reject, 550, verdict.SourceProbe)
+		if n := dest.Rcpts() - rand; n != 1 {
+			t.Fatalf("%d RCPTs, want 1 (domain known not to be catch-all)", n)
+		}
+	})
+	t.Run("catch-all short-cut", func(t *testing.T) {
+		expect(t, sys.verify(t, rcpt("first@catchall.example")), verdict.Accept, 250, verdict.SourceProbe)
+		before := dest.Rcpts()
+		// Once the domain fact is stored, other addresses are answered without a job.
+		waitFor(t, func() bool {
+			return sys.verify(t, rcpt("second@catchall.example")).Verdict.Source == verdict.SourceCache
+		})
+		rep := sys.verify(t, rcpt("third@catchall.example"))
+		expect(t, rep, verdict.Accept, 250, verdict.SourceCache)
+		if rep.Verdict.Status != verdict.CatchAll {
+			t.Fatalf("status %s", rep.Verdict.Status)
+		}
+		if n := dest.Rcpts() - before; n > 1 {
+			t.Fatalf("%d RCPTs for a known catch-all domain", n)
+		}
+	})
+	t.Run("static", func(t *testing.T) {
+		expect(t, sys.verify(t, rcpt("listed@static.example")), verdict.Accept, 250, verdict.SourceStatic)
+		expect(t, sys.verify(t, rcpt("unlisted@static.example")), verdict.Reject, 550, verdict.SourceStatic)
+	})
+	t.Run("off", func(t *testing.T) {
+		rep := sys.verify(t, rcpt("anyone@off.example"))
+		expect(t, rep, verdict.Accept, 250, verdict.SourceStatic)
+		if rep.Verdict.Status != verdict.Skipped {
+			t.Fatalf("status %s", rep.Verdict.Status)
+		}
+	})
+	t.Run("unknown domain", func(t *testing.T) {
+		rep := sys.verify(t, rcpt("x@elsewhere.example"))
+		expect(t, rep, verdict.Reject, 550, verdict.SourceStatic)
+		if rep.Decision.Enhanced != "5.7.1" {
+			t.Fatalf("decision %+v", rep.Decision)
+		}
+	})
+	t.Run("malformed address", func(t *testing.T) {
+		for _, a := range []string{"not-an-address", "a@b.example>\r\nDATA", "<>"} {
+			rep := sys.verify(t, rcpt(a))
+			if rep.Decision.Code != 501 || rep.Decision.Enhanced != "5.1.3" {
+				t.Fatalf("%q: %+v", a, rep.Decision)
+			}
+		}
+	})
+	t.Run("garbage request", func(t *testing.T) {
+		m, err := sys.nc.Request(subjects.New("").Verify(), []byte("\xc1\xc1garbage"), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Header.Get(micro.ErrorCodeHeader) != "400" {
+			t.Fatalf("headers %v", m.Header)
+		}
+		var rep wire.VerifyReply
+		if err := wire.Decode(m.Data, &rep); err != nil || rep.Decision.Action != verdict.Defer {
+			t.Fatalf("garbage answer %+v %v", rep, err)
+		}
+	})
+	t.Run("JSON", func(t *testing.T) {
+		msg := nats.NewMsg(subjects.New("").Verify())
+		msg.Header.Set("Content-Type", "application/json")
+		msg.Data = []byte(`{"address":"alice@example.org"}`)
+		m, err := sys.nc.RequestMsg(msg, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rep wire.VerifyReply
+		if err := json.Unmarshal(m.Data, &rep); err != nil || rep.Decision.Action != verdict.Accept {
+			t.Fatalf("JSON reply %s: %v", m.Data, err)
+		}
+	})
+	t.Run("probe sender is never verified", func(t *testing.T) {
+		sys.policy(t, "withsender.example", domains.Policy{Route: []string{dest.Addr()}, Sender: "verify@example.org"})
+		before := dest.Rcpts()
+		rep := sys.verify(t, rcpt("verify@example.org"))
+		if rep.Decision.Action != verdict.Accept || rep.Verdict.Reason != ReasonProbeSender || dest.Rcpts() != before {
+			t.Fatalf("probe sender verified: %+v", rep.Verdict)
+		}
+	})
+}
+
+// 200 concurrent asks for one new address make exactly one RCPT.
+func TestCoalescing(t *testing.T) {
+	sys := startSystem(t, ingestConfig())
+	dest := destination(t, smtptest.Config{Mailboxes: []string{"burst@example.org"}, Delay: 50 * time.Millisecond})
+	sys.policy(t, "example.org", domains.Policy{Route: []string{dest.Addr()}})
+	var wg sync.WaitGroup
+	for i := 0; i < 200; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b, _ := wire.Encode(&wire.VerifyRequest{Address: "burst@example.org"})
+			m, err := sys.nc.Request(subjects.New("").Verify(), b, 15*time.Second)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			var rep wire.VerifyReply
+			if err := wire.Decode(m.Data, &rep); err != nil || rep.Decision.Action != verdict.Accept {
+				t.Errorf("reply %+v %v", rep.Decision, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := dest.RcptsFor("burst@example.org"); n != 1 {
+		t.Fatalf("%d RCPTs for the address, want 1", n)
+	}
+}
+
+func TestDeadlineDefers(t *testing.T) {
+	cfg := ingestConfig()
+	cfg.Timeout = 500 * time.Millisecond
+	sys := startSystem(t, cfg)
+	// A tarpit: the banner comes after 5 s.
+	dest := destination(t, smtptest.Config{Mailboxes: []string{"a@example.org"}, Delay: 5 * time.Second})
+	sys.policy(t, "example.org", domains.Policy{Route: []string{dest.Addr()}})
+	rep := sys.verify(t, rcpt("nobody@example.org"))
+	expect(t, rep, verdict.Defer, 450, "")
+	if rep.Decision.Enhanced != "4.4.3" || rep.Verdict.Reason != ReasonDeadline {
+		t.Fatalf("deadline answer %+v %+v", rep.Decision, rep.Verdict)
+	}
+	// The request's own shorter deadline is honoured.
+	req := rcpt("other@example.org")
+	req.TimeoutMS = 200
+	start := time.Now()
+	expect(t, sys.verify(t, req), verdict.Defer, 450, "")
+	if time.Since(start) > 2*time.Second {
+		t.Fatal("request deadline not honoured")
+	}
+}
+
+// Greylisting, a 5.7.1 block and a refused null sender never reject.
+func TestNeverRejectOnDoubt(t *testing.T) {
+	sys := startSystem(t, ingestConfig())
+	grey := destination(t, smtptest.Config{Rcpt: smtptest.Greylist(smtptest.Mailboxes(nil, nil))})
+	block := destination(t, smtptest.Config{Rcpt: func(_, _ string) string { return "550 5.7.1 Client host blocked using zen.spamhaus.org" }})
+	nonull := destination(t, smtptest.Config{Mail: func(f string) string {
+		if f == "" {
+			return "550 5.7.1 null sender refused"
+		}
+		return "250 ok"
+	}})
+	sys.policy(t, "grey.example", domains.Policy{Route: []string{grey.Addr()}})
+	sys.policy(t, "block.example", domains.Policy{Route: []string{block.Addr()}})
+	sys.policy(t, "strict.example", domains.Policy{Route: []string{block.Addr()}, OnUnverifiable: verdict.Defer})
+	sys.policy(t, "nonull.example", domains.Policy{Route: []string{nonull.Addr()}})
+	expect(t, sys.verify(t, rcpt("x@grey.example")), verdict.Defer, 450, verdict.SourceProbe)
+	expect(t, sys.verify(t, rcpt("x@block.example")), verdict.Accept, 250, verdict.SourceProbe)
+	expect(t, sys.verify(t, rcpt("x@strict.example")), verdict.Defer, 450, verdict.SourceProbe)
+	expect(t, sys.verify(t, rcpt("x@nonull.example")), verdict.Accept, 250, verdict.SourceProbe)
+	// The refusal is cached as a domain fact: the next address makes no callout.
+	before := nonull.Conns()
+	waitFor(t, func() bool { return sys.verify(t, rcpt("y@nonull.example")).Verdict.Source == verdict.SourceCache })
+	if nonull.Conns() > before+1 {
+		t.Fatalf("%d more connections to a destination that refuses us", nonull.Conns()-before)
+	}
+}
+
+func TestDestinationDown(t *testing.T) {
+	sys := startSystem(t, ingestConfig())
+	dest := destination(t, smtptest.Config{Mailboxes: []string{"known@example.org"}})
+	sys.policy(t, "example.org", domains.Policy{Route: []string{dest.Addr()}})
+	expect(t, sys.verify(t, rcpt("known@example.org")), verdict.Accept, 250, verdict.SourceProbe)
+	waitFor(t, func() bool { return sys.verify(t, rcpt("known@example.org")).Verdict.Source == verdict.SourceCache })
+	dest.Close()
+	// Known recipients are still accepted; unknown ones deferred.
+	expect(t, sys.verify(t, rcpt("known@example.org")), verdict.Accept, 250, verdict.SourceCache)
+	expect(t, sys.verify(t, rcpt("new@example.org")), verdict.Defer, 450, verdict.SourceProbe)
+}
+
+func TestDictionaryBrake(t *testing.T) {
+	cfg := ingestConfig()
+	cfg.BrakeLimit = 3
+	sys := startSystem(t, cfg)
+	dest := destination(t, smtptest.Config{Mailboxes: []string{"real@example.org"}})
+	sys.policy(t, "example.org", domains.Policy{Route: []string{dest.Addr()}})
+	for i, l := range []string{"a", "b", "c"} {
+		if rep := sys.verify(t, rcpt(l+"@example.org")); rep.Decision.Action != verdict.Reject {
+			t.Fatalf("attempt %d: %+v", i, rep.Decision)
+		}
+	}
+	before := dest.Rcpts()
+	rep := sys.verify(t, rcpt("d@example.org"))
+	if rep.Decision.Action != verdict.Defer || rep.Decision.Enhanced != "4.7.1" || dest.Rcpts() != before {
+		t.Fatalf("braked client: %+v, %d new RCPTs", rep.Decision, dest.Rcpts()-before)
+	}
+	// Another client is not braked.
+	other := rcpt("d@example.org")
+	other.ClientAddress = "192.0.2.99"
+	if rep := sys.verify(t, other); rep.Decision.Action != verdict.Reject {
+		t.Fatalf("other client: %+v", rep.Decision)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in time")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

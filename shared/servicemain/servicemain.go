@@ -1,0 +1,75 @@
+// Package servicemain is what every service's main does: load settings
+// from the environment, connect to NATS, serve metrics, run the service
+// until SIGINT or SIGTERM, then drain.
+package servicemain
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/callout-mail/callout/shared/config"
+	"github.com/callout-mail/callout/shared/metricshttp"
+	"github.com/callout-mail/callout/shared/natsconn"
+)
+
+// Settings is what servicemain needs of a service's configuration.
+type Settings interface {
+	NATSConfig() natsconn.Config
+	MetricsListen() string
+}
+
+// Service runs until its context ends.
+type Service interface {
+	Run(ctx context.Context) error
+}
+
+// Build makes the service from its settings and connection.
+type Build func(nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger) (Service, error)
+
+// Main runs a service and exits: 2 for bad settings, 1 when it fails.
+func Main(name, envPrefix, about string, cfg Settings, build Build) {
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("service", name)
+	if len(os.Args) > 1 && (os.Args[1] == "-h" || os.Args[1] == "--help") {
+		fmt.Printf("%s: %s\n\nSettings (environment variables):\n", name, about)
+		_ = config.Usage(os.Stdout, envPrefix, cfg)
+		return
+	}
+	if err := config.Load(envPrefix, cfg); err != nil {
+		log.Error("bad configuration", "err", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, name, cfg, build, log); err != nil {
+		log.Error(name+" stopped", "err", err)
+		os.Exit(1)
+	}
+	log.Info(name + " stopped")
+}
+
+func run(ctx context.Context, name string, cfg Settings, build Build, log *slog.Logger) error {
+	nc, err := natsconn.Connect(ctx, cfg.NATSConfig(), "callout-"+name, log)
+	if err != nil {
+		return err
+	}
+	defer natsconn.Drain(nc, 5*time.Second)
+	reg := metricshttp.NewRegistry()
+	svc, err := build(nc, reg, log)
+	if err != nil {
+		return err
+	}
+	if addr, err := metricshttp.Serve(ctx, cfg.MetricsListen(), reg, log); err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	} else if addr != "" {
+		log.Info("metrics", "addr", addr)
+	}
+	return svc.Run(ctx)
+}
