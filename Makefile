@@ -1,0 +1,62 @@
+# callout: build, run and test. Needs only Go; every tool is installed into
+# ./bin at a pinned version through `go install`.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+
+NATS_SERVER_VERSION := v2.15.2
+STATICCHECK_VERSION := v0.8.2
+BIN := $(CURDIR)/bin
+MODULES := shared services/prober services/cachekeeper services/ingest tools e2e
+SERVICES := prober cachekeeper ingest
+FUZZTIME ?= 30s
+export GOFLAGS := -buildvcs=false
+
+.PHONY: all build run test vet staticcheck unit e2e fuzz bench clean tools
+
+all: build
+
+$(BIN)/nats-server:
+	GOBIN=$(BIN) go install github.com/nats-io/nats-server/v2@$(NATS_SERVER_VERSION)
+
+$(BIN)/staticcheck:
+	GOBIN=$(BIN) go install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+tools: $(BIN)/nats-server $(BIN)/staticcheck
+
+build:
+	@mkdir -p $(BIN)
+	cd services/prober && go build -o $(BIN)/prober ./cmd/prober
+	cd services/cachekeeper && go build -o $(BIN)/cachekeeper ./cmd/cachekeeper
+	cd services/ingest && go build -o $(BIN)/ingest ./cmd/ingest
+	cd tools && go build -o $(BIN)/calloutctl ./calloutctl && go build -o $(BIN)/devrun ./devrun
+
+## run: everything on loopback with a demo destination; Ctrl-C stops it.
+run: build $(BIN)/nats-server
+	$(BIN)/devrun -bin $(BIN) -dir ./var
+
+## test: vet, staticcheck, unit tests with -race, the e2e suite, the address fuzz target.
+test: vet staticcheck unit e2e fuzz
+
+vet:
+	for m in $(MODULES); do (cd $$m && go vet ./...); done
+
+staticcheck: $(BIN)/staticcheck
+	for m in $(MODULES); do (cd $$m && $(BIN)/staticcheck ./...); done
+
+unit:
+	for m in shared services/prober services/cachekeeper services/ingest tools; do (cd $$m && go test -race -count=1 -timeout 10m ./...); done
+
+e2e: build $(BIN)/nats-server
+	cd e2e && CALLOUT_BIN=$(BIN) go test -count=1 -timeout 12m $(if $(RUN),-run '$(RUN)' -v,) ./...
+
+fuzz:
+	cd shared && go test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./address/
+
+## bench: the performance figures (table on stdout, JSON in bench/results.json).
+bench: build $(BIN)/nats-server
+	@mkdir -p bench
+	cd e2e && CALLOUT_BIN=$(BIN) go run ./cmd/bench -out ../bench/results.json
+
+clean:
+	rm -rf $(BIN) ./var

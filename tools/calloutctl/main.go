@@ -1,0 +1,373 @@
+// Command calloutctl is the operator's tool: verify and look up addresses,
+// flush the cache, inspect its entries and edit domain policy.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/callout-mail/callout/shared/address"
+	"github.com/callout-mail/callout/shared/domains"
+	"github.com/callout-mail/callout/shared/kvkey"
+	"github.com/callout-mail/callout/shared/subjects"
+	"github.com/callout-mail/callout/shared/verdict"
+	"github.com/callout-mail/callout/shared/wire"
+)
+
+const usage = `calloutctl: operate a callout system.
+
+Usage:
+  calloutctl [connection flags] verify ADDRESS [-sender] [-client IP] [-timeout 25s]
+  calloutctl [connection flags] lookup ADDRESS
+  calloutctl [connection flags] flush (-all | -domain D | -address A) [-only invalid|valid]
+  calloutctl [connection flags] inspect [-domain D] [-keys]
+  calloutctl [connection flags] domain set DOMAIN [-mode callout|off|static] [-route host:port,...|mx]
+                                   [-mailboxes a,b] [-on-tempfail defer|accept] [-on-unverifiable accept|defer]
+                                   [-sender ADDR] [-fallback-sender ADDR]
+  calloutctl [connection flags] domain (get DOMAIN | rm DOMAIN | ls)
+
+Connection flags (or CALLOUT_NATS_URL, CALLOUT_NATS_USER, CALLOUT_NATS_PASSWORD, CALLOUT_NATS_INBOX_PREFIX, CALLOUT_PREFIX):
+`
+
+type app struct {
+	nc    *nats.Conn
+	js    jetstream.JetStream
+	names subjects.Names
+	out   io.Writer
+}
+
+func main() {
+	if err := run(context.Background(), os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "calloutctl:", err)
+		os.Exit(1)
+	}
+}
+
+func env(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func run(ctx context.Context, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("calloutctl", flag.ContinueOnError)
+	url := fs.String("server", env("CALLOUT_NATS_URL", nats.DefaultURL), "NATS server URLs")
+	user := fs.String("user", env("CALLOUT_NATS_USER", ""), "NATS user")
+	pass := fs.String("password", env("CALLOUT_NATS_PASSWORD", ""), "NATS password")
+	inbox := fs.String("inbox-prefix", env("CALLOUT_NATS_INBOX_PREFIX", ""), "reply inbox prefix (the admin role's is _INBOX_admin)")
+	prefix := fs.String("prefix", env("CALLOUT_PREFIX", subjects.DefaultPrefix), "subject prefix")
+	fs.Usage = func() { fmt.Fprint(fs.Output(), usage); fs.PrintDefaults() }
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return errors.New("no command")
+	}
+	opts := []nats.Option{nats.Name("calloutctl"), nats.Timeout(5 * time.Second)}
+	if *user != "" {
+		opts = append(opts, nats.UserInfo(*user, *pass))
+	}
+	if *inbox != "" {
+		opts = append(opts, nats.CustomInboxPrefix(*inbox))
+	}
+	nc, err := nats.Connect(*url, opts...)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	a := &app{nc: nc, js: js, names: subjects.New(*prefix), out: out}
+	cmd, rest := fs.Arg(0), fs.Args()[1:]
+	switch cmd {
+	case "verify":
+		return a.verify(ctx, rest)
+	case "lookup":
+		return a.lookup(ctx, rest)
+	case "flush":
+		return a.flush(ctx, rest)
+	case "inspect":
+		return a.inspect(ctx, rest)
+	case "domain":
+		return a.domain(ctx, rest)
+	}
+	return fmt.Errorf("unknown command %q", cmd)
+}
+
+// parseMixed parses flags that may come before or after the positional arguments.
+func parseMixed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		if fs.NArg() == 0 {
+			return pos, nil
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+}
+
+func (a *app) printJSON(v any) error {
+	enc := json.NewEncoder(a.out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func (a *app) verify(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("verify", flag.ContinueOnError)
+	sender := fs.Bool("sender", false, "verify as a sender (callback verification)")
+	client := fs.String("client", "", "SMTP client address, for the dictionary-attack brake")
+	timeout := fs.Duration("timeout", 25*time.Second, "deadline")
+	pos, err := parseMixed(fs, args)
+	if err != nil || len(pos) != 1 {
+		return errors.New("usage: verify ADDRESS [-sender] [-client IP] [-timeout 25s]")
+	}
+	req := wire.VerifyRequest{Address: pos[0], Purpose: verdict.Recipient, ClientAddress: *client, TimeoutMS: int(timeout.Milliseconds())}
+	if *sender {
+		req.Purpose = verdict.Sender
+	}
+	b, err := wire.Encode(&req)
+	if err != nil {
+		return err
+	}
+	rctx, cancel := context.WithTimeout(ctx, *timeout+2*time.Second)
+	defer cancel()
+	m, err := a.nc.RequestWithContext(rctx, a.names.Verify(), b)
+	if err != nil {
+		return fmt.Errorf("verify: %w", err)
+	}
+	var rep wire.VerifyReply
+	if err := wire.Decode(m.Data, &rep); err != nil {
+		return err
+	}
+	fmt.Fprintf(a.out, "%s: %s\n", rep.Decision.Action, rep.Decision)
+	return a.printJSON(rep.Verdict)
+}
+
+func (a *app) lookup(ctx context.Context, args []string) error {
+	if len(args) != 1 {
+		return errors.New("usage: lookup ADDRESS")
+	}
+	addr, err := address.Parse(args[0])
+	if err != nil {
+		return err
+	}
+	senders := []string{""}
+	if kv, err := a.js.KeyValue(ctx, a.names.DomainsBucket()); err == nil {
+		if e, err := kv.Get(ctx, addr.Domain); err == nil {
+			if p, err := domains.Parse(e.Value()); err == nil {
+				senders = p.Senders()
+			}
+		}
+	}
+	b, _ := wire.Encode(&wire.LookupRequest{Address: addr.String(), Senders: senders})
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	m, err := a.nc.RequestWithContext(rctx, a.names.CacheLookup(), b)
+	if err != nil {
+		return fmt.Errorf("lookup: %w", err)
+	}
+	if e := m.Header.Get(micro.ErrorHeader); e != "" {
+		return fmt.Errorf("lookup: %s", e)
+	}
+	var rep wire.LookupReply
+	if err := wire.Decode(m.Data, &rep); err != nil {
+		return err
+	}
+	if !rep.Hit {
+		fmt.Fprintln(a.out, "miss")
+		if rep.CatchAll != nil {
+			fmt.Fprintf(a.out, "domain fact: %s until %s\n", rep.CatchAll.Status, rep.CatchAll.ExpiresAt.Format(time.RFC3339))
+		}
+		return nil
+	}
+	fmt.Fprintln(a.out, "hit")
+	return a.printJSON(rep.Verdict)
+}
+
+func (a *app) flush(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("flush", flag.ContinueOnError)
+	all := fs.Bool("all", false, "flush everything")
+	dom := fs.String("domain", "", "flush one domain, its facts too")
+	addr := fs.String("address", "", "flush one address")
+	only := fs.String("only", "", "only invalid or only valid entries")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cmd := wire.FlushCommand{Only: verdict.Status(*only)}
+	switch {
+	case *all && *dom == "" && *addr == "":
+		cmd.Scope = wire.ScopeAll
+	case !*all && *dom != "" && *addr == "":
+		cmd.Scope, cmd.Domain = wire.ScopeDomain, *dom
+	case !*all && *dom == "" && *addr != "":
+		cmd.Scope, cmd.Address = wire.ScopeAddress, *addr
+	default:
+		return errors.New("usage: flush (-all | -domain D | -address A) [-only invalid|valid]")
+	}
+	b, err := wire.Encode(&cmd)
+	if err != nil {
+		return err
+	}
+	rctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	m, err := a.nc.RequestWithContext(rctx, a.names.Flush(), b)
+	if err != nil {
+		return fmt.Errorf("flush: %w", err)
+	}
+	if e := m.Header.Get(micro.ErrorHeader); e != "" {
+		return fmt.Errorf("flush: %s", e)
+	}
+	var rep wire.FlushReply
+	if err := wire.Decode(m.Data, &rep); err != nil {
+		return err
+	}
+	if rep.Error != "" {
+		return fmt.Errorf("flush: %s", rep.Error)
+	}
+	fmt.Fprintf(a.out, "removed %d entries\n", rep.Removed)
+	return nil
+}
+
+func (a *app) inspect(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("inspect", flag.ContinueOnError)
+	dom := fs.String("domain", "", "only this domain")
+	keysOnly := fs.Bool("keys", false, "keys only")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	kv, err := a.js.KeyValue(ctx, a.names.CacheBucket())
+	if err != nil {
+		return fmt.Errorf("cache bucket: %w", err)
+	}
+	filters := []string{">"}
+	if *dom != "" {
+		d, err := address.NormalizeDomain(*dom)
+		if err != nil {
+			return err
+		}
+		filters = kvkey.DomainFilters(d)
+	}
+	lister, err := kv.ListKeysFiltered(ctx, filters...)
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(a.out, 0, 4, 2, ' ', 0)
+	if !*keysOnly {
+		fmt.Fprintln(tw, "KEY\tSTATUS\tREASON\tCODE\tCHECKED\tEXPIRES\tTEXT")
+	}
+	for k := range lister.Keys() {
+		if *keysOnly {
+			fmt.Fprintln(tw, k)
+			continue
+		}
+		e, err := kv.Get(ctx, k)
+		if err != nil {
+			continue
+		}
+		v, err := wire.DecodeVerdict(e.Value())
+		if err != nil {
+			fmt.Fprintf(tw, "%s\t(undecodable: %v)\n", k, err)
+			continue
+		}
+		code := ""
+		if v.Code != 0 {
+			code = strings.TrimSpace(fmt.Sprintf("%d %s", v.Code, v.Enhanced))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k, v.Status, v.Reason, code,
+			v.CheckedAt.UTC().Format(time.RFC3339), v.ExpiresAt.UTC().Format(time.RFC3339), v.Text)
+	}
+	return tw.Flush()
+}
+
+func (a *app) domain(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		return errors.New("usage: domain set|get|rm|ls DOMAIN [flags]")
+	}
+	kv, err := domains.Bucket(ctx, a.js, a.names.DomainsBucket(), 1)
+	if err != nil {
+		return err
+	}
+	switch args[0] {
+	case "ls":
+		keys, err := kv.ListKeys(ctx)
+		if err != nil {
+			return err
+		}
+		for k := range keys.Keys() {
+			e, err := kv.Get(ctx, k)
+			if err != nil {
+				continue
+			}
+			fmt.Fprintf(a.out, "%s\t%s\n", k, e.Value())
+		}
+		return nil
+	case "get", "rm":
+		if len(args) != 2 {
+			return fmt.Errorf("usage: domain %s DOMAIN", args[0])
+		}
+		d, err := address.NormalizeDomain(args[1])
+		if err != nil {
+			return err
+		}
+		if args[0] == "rm" {
+			return kv.Delete(ctx, d)
+		}
+		e, err := kv.Get(ctx, d)
+		if err != nil {
+			return fmt.Errorf("%s: %w", d, err)
+		}
+		fmt.Fprintf(a.out, "%s\n", e.Value())
+		return nil
+	case "set":
+		fs := flag.NewFlagSet("domain set", flag.ContinueOnError)
+		mode := fs.String("mode", "callout", "callout, off or static")
+		route := fs.String("route", "", "host:port list in preference order, or mx")
+		boxes := fs.String("mailboxes", "", "static mode: local parts, comma-separated")
+		onTemp := fs.String("on-tempfail", "", "defer (default) or accept")
+		onUnv := fs.String("on-unverifiable", "", "accept (default) or defer")
+		sender := fs.String("sender", "", "probe MAIL FROM (default <>)")
+		fallback := fs.String("fallback-sender", "", "probe MAIL FROM when the sender is refused")
+		pos, err := parseMixed(fs, args[1:])
+		if err != nil || len(pos) != 1 {
+			return errors.New("usage: domain set DOMAIN [flags]")
+		}
+		p := domains.Policy{Mode: domains.Mode(*mode), Route: split(*route), Mailboxes: split(*boxes),
+			OnTempfail: verdict.Action(*onTemp), OnUnverifiable: verdict.Action(*onUnv), Sender: *sender, FallbackSender: *fallback}
+		if err := domains.Put(ctx, kv, pos[0], p); err != nil {
+			return err
+		}
+		b, _ := json.Marshal(p)
+		fmt.Fprintf(a.out, "%s\t%s\n", pos[0], b)
+		return nil
+	}
+	return fmt.Errorf("unknown domain command %q", args[0])
+}
+
+func split(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}

@@ -1,0 +1,145 @@
+// Command devrun is `make run`: it starts nats-server (deploy/nats/dev.conf),
+// a demo destination SMTP server, the cachekeeper, a prober and the ingest
+// on loopback, sets up demo domains, says how to try it, and stops it all
+// cleanly on Ctrl-C.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/callout-mail/callout/shared/domains"
+	"github.com/callout-mail/callout/shared/smtptest"
+	"github.com/callout-mail/callout/shared/subjects"
+	"github.com/callout-mail/callout/tools/stack"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "devrun:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	bin := flag.String("bin", "./bin", "where the binaries are")
+	dir := flag.String("dir", "./var", "state and logs")
+	smtpAddr := flag.String("smtp", "127.0.0.1:2525", "demo destination SMTP address")
+	flag.Parse()
+	if err := os.MkdirAll(*dir, 0o755); err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	var procs []*stack.Proc
+	defer func() {
+		for i := len(procs) - 1; i >= 0; i-- {
+			p := procs[i]
+			if err := p.Stop(10 * time.Second); err != nil {
+				fmt.Printf("%s: %v (log: %s)\n", p.Name, err, p.Log)
+			} else {
+				fmt.Printf("stopped %s\n", p.Name)
+			}
+		}
+	}()
+	ns, err := stack.Start(*dir, "nats-server", filepath.Join(*bin, "nats-server"), []string{"-c", "deploy/nats/dev.conf"}, nil)
+	if err != nil {
+		return err
+	}
+	procs = append(procs, ns)
+	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	if err := stack.WaitNATS(wctx, nats.DefaultURL); err != nil {
+		return err
+	}
+
+	demo, err := smtptest.Start(*smtpAddr, smtptest.Config{
+		Hostname:  "mx.demo.example",
+		Mailboxes: []string{"alice@demo.example", "bob@demo.example"},
+		CatchAll:  []string{"catchall.example"},
+	})
+	if err != nil {
+		return fmt.Errorf("demo SMTP server: %w", err)
+	}
+	defer demo.Close()
+
+	nc, err := nats.Connect(nats.DefaultURL)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	kv, err := domains.Bucket(wctx, js, subjects.New("").DomainsBucket(), 1)
+	if err != nil {
+		return err
+	}
+	for d, p := range map[string]domains.Policy{
+		"demo.example":     {Route: []string{*smtpAddr}},
+		"catchall.example": {Route: []string{*smtpAddr}},
+		"static.example":   {Mode: domains.ModeStatic, Mailboxes: []string{"alice", "bob"}},
+		"off.example":      {Mode: domains.ModeOff},
+	} {
+		if err := domains.Put(wctx, kv, d, p); err != nil {
+			return err
+		}
+	}
+
+	env := []string{"CALLOUT_PROBER_RANDOM_SECRET=dev-secret", "CALLOUT_PROBER_HELO_NAME=verifier.localhost"}
+	for _, name := range []string{"cachekeeper", "prober", "ingest"} {
+		p, err := stack.Start(*dir, name, filepath.Join(*bin, name), nil, env)
+		if err != nil {
+			return err
+		}
+		procs = append(procs, p)
+	}
+	for _, svc := range []string{"callout-cache", "callout-ingest"} {
+		if err := stack.WaitService(wctx, nc, svc); err != nil {
+			return fmt.Errorf("%w (logs in %s)", err, *dir)
+		}
+	}
+	fmt.Printf(`
+callout is running on loopback (logs in %s/*.log).
+
+  Demo destination %s: mailboxes alice@ and bob@demo.example; catchall.example takes anything.
+  Domains: demo.example and catchall.example (callout), static.example (alice, bob listed), off.example.
+
+Try it:
+  ./bin/calloutctl verify alice@demo.example      # accept (probe), then from cache
+  ./bin/calloutctl verify nobody@demo.example     # reject 550 5.1.1
+  ./bin/calloutctl verify x@catchall.example      # accept: catch-all
+  ./bin/calloutctl inspect                        # what the cache holds
+  ./bin/calloutctl flush -domain demo.example
+  nats req callout.verify '{"address":"bob@demo.example"}' -H Content-Type:application/json
+  nats kv ls callout_cache
+  Postfix policy: check_policy_service inet:127.0.0.1:10040
+
+Ctrl-C stops everything.
+`, *dir, *smtpAddr)
+
+	// Stop when asked, or when a child dies.
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			fmt.Println("\nstopping")
+			return nil
+		case <-t.C:
+			for _, p := range procs {
+				if p.Exited() {
+					return fmt.Errorf("%s exited; see %s", p.Name, p.Log)
+				}
+			}
+		}
+	}
+}
