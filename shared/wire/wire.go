@@ -60,6 +60,13 @@ type ProbeJob struct {
 	Purpose     verdict.Purpose `msgpack:"purpose"`
 	SkipRandom  bool            `msgpack:"skip_random,omitempty"` // the domain is known not to be a catch-all
 	RequestedAt time.Time       `msgpack:"requested_at"`
+	// Routed says the sender of the job decided where to call: Route (empty
+	// or ["mx"]: by MX) and the probe senders. Otherwise the prober uses
+	// its own view of the domain policy.
+	Routed         bool     `msgpack:"routed,omitempty"`
+	Route          []string `msgpack:"route,omitempty"`
+	Sender         string   `msgpack:"sender,omitempty"`
+	FallbackSender string   `msgpack:"fallback_sender,omitempty"`
 }
 
 // LookupRequest asks the cache what it knows about Address. Senders lists the

@@ -31,6 +31,11 @@ type Proc struct {
 // Start runs bin with args and env (added to the current environment),
 // logging to dir/name.log.
 func Start(dir, name, bin string, args, env []string) (*Proc, error) {
+	return StartIn("", dir, name, bin, args, env)
+}
+
+// StartIn is Start with the working directory workDir ("" for the current one).
+func StartIn(workDir, dir, name, bin string, args, env []string) (*Proc, error) {
 	log := filepath.Join(dir, name+".log")
 	f, err := os.OpenFile(log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -38,6 +43,7 @@ func Start(dir, name, bin string, args, env []string) (*Proc, error) {
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), env...)
+	cmd.Dir = workDir
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {

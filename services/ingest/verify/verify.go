@@ -266,8 +266,13 @@ func (s *Service) find(ctx context.Context, req wire.VerifyRequest, purpose verd
 		v.Status, v.Reason = verdict.TempFail, ReasonBraked
 		return v, dpol
 	}
-	skipRandom := look.CatchAll != nil && look.CatchAll.Status == verdict.NotCatchAll
-	return s.await(ctx, a, purpose, skipRandom), dpol
+	job := wire.ProbeJob{Address: a.String(), Purpose: purpose, RequestedAt: time.Now(),
+		SkipRandom: look.CatchAll != nil && look.CatchAll.Status == verdict.NotCatchAll,
+		Routed:     true, Sender: pol.Sender, FallbackSender: pol.FallbackSender}
+	if purpose == verdict.Recipient {
+		job.Route = pol.Route
+	}
+	return s.await(ctx, a, job), dpol
 }
 
 func (s *Service) lookup(ctx context.Context, a address.Address, senders []string) (wire.LookupReply, error) {
@@ -296,14 +301,14 @@ func (s *Service) lookup(ctx context.Context, a address.Address, senders []strin
 
 // await joins or starts the flight for a, and waits for its verdict until
 // ctx ends; then the answer is a tempfail, never a reject.
-func (s *Service) await(ctx context.Context, a address.Address, purpose verdict.Purpose, skipRandom bool) verdict.Verdict {
+func (s *Service) await(ctx context.Context, a address.Address, job wire.ProbeJob) verdict.Verdict {
 	key := kvkey.Target(a.Domain, a.Local)
 	s.mu.Lock()
 	f, ok := s.flights[key]
 	if !ok {
 		f = &flight{done: make(chan struct{})}
 		s.flights[key] = f
-		go s.fly(key, f, wire.ProbeJob{Address: a.String(), Purpose: purpose, SkipRandom: skipRandom, RequestedAt: time.Now()})
+		go s.fly(key, f, job)
 	} else {
 		s.m.coalesced.Inc()
 	}

@@ -270,17 +270,19 @@ func cutLocal(addr, domain string) (string, string, bool) {
 	return addr, domain, false
 }
 
-// probe finds the hosts and runs the callout.
+// probe finds the hosts and runs the callout. The ingest puts its routing
+// decision in the job; jobs without one (refresh jobs) use the policy table.
 func (s *Service) probe(ctx context.Context, job wire.ProbeJob, addr address.Address) callout.Result {
-	pol, known := s.domains.Lookup(addr.Domain)
-	// The senders come from the domain's policy only, so that ingest looks
-	// up exactly the cache keys the results are stored under.
-	target := callout.Target{Address: addr, SkipRandom: job.SkipRandom}
-	if known {
-		target.Sender, target.FallbackSender = pol.Sender, pol.FallbackSender
+	route, sender, fallback := job.Route, job.Sender, job.FallbackSender
+	if !job.Routed {
+		pol, known := s.domains.Lookup(addr.Domain)
+		if known {
+			route, sender, fallback = pol.Route, pol.Sender, pol.FallbackSender
+		}
 	}
-	if known && job.Purpose != verdict.Sender && !pol.UsesMX() {
-		target.Hosts = pol.Route
+	target := callout.Target{Address: addr, SkipRandom: job.SkipRandom, Sender: sender, FallbackSender: fallback}
+	if job.Purpose != verdict.Sender && !(domains.Policy{Route: route}).UsesMX() {
+		target.Hosts = route
 	} else {
 		hosts, err := s.resolver.MX(ctx, addr.Domain)
 		if err != nil {

@@ -1,0 +1,299 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/callout-mail/callout/shared/domains"
+	"github.com/callout-mail/callout/shared/smtptest"
+	"github.com/callout-mail/callout/shared/subjects"
+	"github.com/callout-mail/callout/shared/verdict"
+	"github.com/callout-mail/callout/shared/wire"
+	"github.com/callout-mail/callout/tools/stack"
+)
+
+// binDir holds nats-server and the service binaries.
+var binDir string
+
+func TestMain(m *testing.M) {
+	binDir = os.Getenv("CALLOUT_BIN")
+	cleanup := func() {}
+	if binDir == "" {
+		dir, err := os.MkdirTemp("", "callout-e2e-bin")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		cleanup = func() { os.RemoveAll(dir) }
+		if err := buildAll(dir); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e: build:", err)
+			cleanup()
+			os.Exit(1)
+		}
+		binDir = dir
+	}
+	code := m.Run()
+	cleanup()
+	os.Exit(code)
+}
+
+func buildAll(dir string) error {
+	builds := [][2]string{
+		{"../services/prober", "./cmd/prober"}, {"../services/cachekeeper", "./cmd/cachekeeper"},
+		{"../services/ingest", "./cmd/ingest"}, {".", "github.com/nats-io/nats-server/v2"},
+	}
+	for _, b := range builds {
+		out := filepath.Join(dir, filepath.Base(b[1]))
+		if strings.HasPrefix(b[1], "github.com") {
+			out = filepath.Join(dir, "nats-server")
+		}
+		cmd := exec.Command("go", "build", "-o", out, b[1])
+		cmd.Dir = b[0]
+		if o, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("%s: %v\n%s", b[1], err, o)
+		}
+	}
+	return nil
+}
+
+// system is one running callout system.
+type system struct {
+	t      *testing.T
+	dir    string
+	port   int
+	url    string
+	nats   *stack.Proc
+	procs  map[string][]*stack.Proc
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	env    map[string][]string
+	policy string // Postfix policy listener address
+	names  subjects.Names
+	syncs  int
+}
+
+// options change how a system starts.
+type options struct {
+	env map[string][]string // extra environment per service
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	p, err := stack.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// startNATS runs nats-server from deploy/nats/dev.conf on free ports.
+func (s *system) startNATS() {
+	t := s.t
+	if s.port == 0 {
+		s.port = freePort(t)
+	}
+	s.url = fmt.Sprintf("nats://127.0.0.1:%d", s.port)
+	conf, _ := filepath.Abs("../deploy/nats/dev.conf")
+	// Started in the test's directory, so the config's ./var store lands there.
+	p, err := stack.StartIn(s.dir, s.dir, "nats-server", filepath.Join(binDir, "nats-server"),
+		[]string{"-c", conf, "-p", strconv.Itoa(s.port), "-m", strconv.Itoa(freePort(t))}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.nats = p
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := stack.WaitNATS(ctx, s.url); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func newSystem(t *testing.T, o options) *system {
+	t.Helper()
+	s := &system{t: t, dir: t.TempDir(), procs: map[string][]*stack.Proc{}, env: o.env, names: subjects.New("")}
+	s.startNATS()
+	t.Cleanup(func() {
+		for _, name := range []string{"ingest", "prober", "cachekeeper"} {
+			for _, p := range s.procs[name] {
+				_ = p.Stop(10 * time.Second)
+			}
+		}
+		_ = s.nats.Stop(10 * time.Second)
+		if t.Failed() {
+			s.dumpLogs()
+		}
+	})
+	nc, err := nats.Connect(s.url, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	s.nc = nc
+	s.js, _ = jetstream.New(nc)
+	s.policy = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	s.start("cachekeeper")
+	s.start("prober")
+	s.start("ingest")
+	s.waitReady()
+	return s
+}
+
+func (s *system) dumpLogs() {
+	files, _ := filepath.Glob(filepath.Join(s.dir, "*.log"))
+	for _, f := range files {
+		b, _ := os.ReadFile(f)
+		lines := strings.Split(string(b), "\n")
+		if len(lines) > 40 {
+			lines = lines[len(lines)-40:]
+		}
+		s.t.Logf("--- %s (tail)\n%s", filepath.Base(f), strings.Join(lines, "\n"))
+	}
+}
+
+// start runs one more instance of a service, configured by environment only.
+func (s *system) start(name string) *stack.Proc {
+	s.t.Helper()
+	up := "CALLOUT_" + strings.ToUpper(name) + "_"
+	env := []string{up + "NATS_URL=" + s.url, up + "METRICS_ADDR="}
+	switch name {
+	case "prober":
+		env = append(env, up+"RANDOM_SECRET=e2e", up+"HELO_NAME=verifier.test", up+"ACK_WAIT=2s",
+			up+"CONNECT_TIMEOUT=1s", up+"BANNER_TIMEOUT=5s", up+"COMMAND_TIMEOUT=5s", up+"BREAKER_OPEN=2s", up+"BREAKER_FAILURES=3")
+	case "ingest":
+		env = append(env, up+"POLICY_ADDR="+s.policy, up+"TIMEOUT=10s", up+"MAX_TIMEOUT=15s")
+	}
+	env = append(env, s.env[name]...)
+	p, err := stack.Start(s.dir, fmt.Sprintf("%s-%d", name, len(s.procs[name])), filepath.Join(binDir, name), nil, env)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.procs[name] = append(s.procs[name], p)
+	return p
+}
+
+func (s *system) waitReady() {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, svc := range []string{"callout-cache", "callout-ingest"} {
+		if err := stack.WaitService(ctx, s.nc, svc); err != nil {
+			s.dumpLogs()
+			s.t.Fatal(err)
+		}
+	}
+	// The prober has created its consumer once it runs.
+	waitFor(s.t, 30*time.Second, func() bool {
+		_, err := s.js.Consumer(ctx, s.names.ProbeStream(), s.names.ProbeConsumer())
+		return err == nil
+	})
+}
+
+// setPolicy stores a domain policy and waits until the ingest uses it: it
+// then stores a static sentinel domain and waits for the ingest to answer
+// from it. KV watchers get changes in order, so the policy is in place too.
+func (s *system) setPolicy(domain string, p domains.Policy) {
+	s.t.Helper()
+	ctx := context.Background()
+	kv, err := domains.Bucket(ctx, s.js, s.names.DomainsBucket(), 1)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if err := domains.Put(ctx, kv, domain, p); err != nil {
+		s.t.Fatal(err)
+	}
+	s.syncs++
+	sentinel := fmt.Sprintf("sync-%d.test", s.syncs)
+	if err := domains.Put(ctx, kv, sentinel, domains.Policy{Mode: domains.ModeStatic, Mailboxes: []string{"ok"}}); err != nil {
+		s.t.Fatal(err)
+	}
+	waitFor(s.t, 10*time.Second, func() bool {
+		rep := s.verify("ok@" + sentinel)
+		return rep.Verdict != nil && rep.Verdict.Reason == "listed"
+	})
+}
+
+func (s *system) verify(addr string) wire.VerifyReply {
+	s.t.Helper()
+	return s.verifyReq(wire.VerifyRequest{Address: addr, ClientAddress: "192.0.2.1"})
+}
+
+func (s *system) verifyReq(req wire.VerifyRequest) wire.VerifyReply {
+	s.t.Helper()
+	b, _ := wire.Encode(&req)
+	m, err := s.nc.Request(s.names.Verify(), b, 20*time.Second)
+	if err != nil {
+		s.t.Fatalf("verify %s: %v", req.Address, err)
+	}
+	var rep wire.VerifyReply
+	if err := wire.Decode(m.Data, &rep); err != nil {
+		s.t.Fatalf("verify reply: %v", err)
+	}
+	return rep
+}
+
+func (s *system) flush(cmd wire.FlushCommand) uint64 {
+	s.t.Helper()
+	b, _ := wire.Encode(&cmd)
+	m, err := s.nc.Request(s.names.Flush(), b, 20*time.Second)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	var rep wire.FlushReply
+	if err := wire.Decode(m.Data, &rep); err != nil || rep.Error != "" {
+		s.t.Fatalf("flush: %v %s", err, rep.Error)
+	}
+	return rep.Removed
+}
+
+// cached waits until the cache answers for addr from its store.
+func (s *system) cached(addr string) wire.VerifyReply {
+	s.t.Helper()
+	var rep wire.VerifyReply
+	waitFor(s.t, 15*time.Second, func() bool {
+		rep = s.verify(addr)
+		return rep.Verdict != nil && rep.Verdict.Source == verdict.SourceCache
+	})
+	return rep
+}
+
+func must(t *testing.T, rep wire.VerifyReply, action verdict.Action, code int) {
+	t.Helper()
+	if rep.Decision.Action != action || rep.Decision.Code != code {
+		v := verdict.Verdict{}
+		if rep.Verdict != nil {
+			v = *rep.Verdict
+		}
+		t.Fatalf("got %s %d (%s/%s from %s), want %s %d", rep.Decision.Action, rep.Decision.Code, v.Status, v.Reason, v.Source, action, code)
+	}
+}
+
+func destination(t *testing.T, cfg smtptest.Config) *smtptest.Server {
+	t.Helper()
+	d, err := smtptest.Start("127.0.0.1:0", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.Close)
+	return d
+}
+
+func waitFor(t *testing.T, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in time")
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+}
