@@ -191,10 +191,13 @@ func (t *Table) IsProbeSender(addr string) bool {
 
 // Bucket opens (creating if needed) the policy bucket.
 func Bucket(ctx context.Context, js jetstream.JetStream, name string, replicas int) (jetstream.KeyValue, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket: name, History: 5, Replicas: max(replicas, 1),
 		Description: "callout per-domain policy (JSON)",
 	})
+	if errors.Is(err, jetstream.ErrBucketExists) {
+		kv, err = js.KeyValue(ctx, name)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("domain policy bucket %s: %w", name, err)
 	}

@@ -25,7 +25,7 @@ const VerdictMaxAge = 24 * time.Hour
 // most one job per subject, a second publish refused (error 10077) while
 // the first is pending. That is what coalesces callouts across instances.
 func Probes(ctx context.Context, js jetstream.JetStream, n subjects.Names, replicas int) (jetstream.Stream, error) {
-	s, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	return Ensure(ctx, js, jetstream.StreamConfig{
 		Name:                 n.ProbeStream(),
 		Description:          "callout probe jobs, one per target address",
 		Subjects:             []string{n.ProbeAll()},
@@ -37,16 +37,12 @@ func Probes(ctx context.Context, js jetstream.JetStream, n subjects.Names, repli
 		Storage:              jetstream.FileStorage,
 		Replicas:             max(replicas, 1),
 	})
-	if err != nil {
-		return nil, fmt.Errorf("stream %s: %w", n.ProbeStream(), err)
-	}
-	return s, nil
 }
 
 // Verdicts ensures the stream that keeps verdicts until a cachekeeper has
 // stored them, so none is lost while no cachekeeper runs.
 func Verdicts(ctx context.Context, js jetstream.JetStream, n subjects.Names, replicas int) (jetstream.Stream, error) {
-	s, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	return Ensure(ctx, js, jetstream.StreamConfig{
 		Name:        n.VerdictStream(),
 		Description: "callout verdicts waiting to be cached",
 		Subjects:    []string{n.VerdictAll()},
@@ -55,8 +51,30 @@ func Verdicts(ctx context.Context, js jetstream.JetStream, n subjects.Names, rep
 		Storage:     jetstream.FileStorage,
 		Replicas:    max(replicas, 1),
 	})
+}
+
+// Ensure creates the stream, or updates it when its settings differ. It
+// sends no update when nothing changed: services start together, and
+// concurrent no-op updates race with consumer creation in the server.
+func Ensure(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	s, err := js.CreateStream(ctx, cfg)
+	if err == nil {
+		return s, nil
+	}
+	if !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		return nil, fmt.Errorf("stream %s: %w", cfg.Name, err)
+	}
+	s, err = js.Stream(ctx, cfg.Name)
 	if err != nil {
-		return nil, fmt.Errorf("stream %s: %w", n.VerdictStream(), err)
+		return nil, fmt.Errorf("stream %s: %w", cfg.Name, err)
+	}
+	cur := s.CachedInfo().Config
+	if cur.MaxAge == cfg.MaxAge && cur.Replicas == cfg.Replicas && cur.MaxMsgsPerSubject == cfg.MaxMsgsPerSubject &&
+		cur.DiscardNewPerSubject == cfg.DiscardNewPerSubject && cur.Discard == cfg.Discard && cur.Description == cfg.Description {
+		return s, nil
+	}
+	if s, err = js.UpdateStream(ctx, cfg); err != nil {
+		return nil, fmt.Errorf("stream %s: %w", cfg.Name, err)
 	}
 	return s, nil
 }

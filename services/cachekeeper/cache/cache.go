@@ -90,7 +90,7 @@ type Store struct {
 
 // Open creates or updates the bucket and returns the store.
 func Open(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, bucket string, replicas int, ttls TTLs) (*Store, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	cfg := jetstream.KeyValueConfig{
 		Bucket:         bucket,
 		Description:    "callout verdicts (msgpack), keys addr.<domain>.<local>[.<sender>] and domain.<domain>.<fact>",
 		History:        1,
@@ -98,7 +98,18 @@ func Open(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, bucket str
 		LimitMarkerTTL: time.Minute,
 		Storage:        jetstream.FileStorage,
 		Replicas:       max(replicas, 1),
-	})
+	}
+	// Update only when the settings changed (a no-op update races with
+	// consumer creation in the server when services start together).
+	kv, err := js.CreateKeyValue(ctx, cfg)
+	if errors.Is(err, jetstream.ErrBucketExists) {
+		if kv, err = js.KeyValue(ctx, bucket); err == nil {
+			var st jetstream.KeyValueStatus
+			if st, err = kv.Status(ctx); err == nil && (st.TTL() != cfg.TTL || st.LimitMarkerTTL() != cfg.LimitMarkerTTL) {
+				kv, err = js.UpdateKeyValue(ctx, cfg)
+			}
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("cache bucket %s: %w", bucket, err)
 	}
