@@ -120,7 +120,7 @@ func (s *system) startNATS() {
 
 func newSystem(t *testing.T, o options) *system {
 	t.Helper()
-	s := &system{t: t, dir: t.TempDir(), procs: map[string][]*stack.Proc{}, env: o.env, names: subjects.New("")}
+	s := &system{t: t, dir: t.TempDir(), procs: map[string][]*stack.Proc{}, env: o.env, names: newNames()}
 	s.startNATS()
 	t.Cleanup(func() {
 		for _, name := range []string{"ingest", "prober", "cachekeeper"} {
@@ -297,3 +297,5 @@ func waitFor(t *testing.T, d time.Duration, cond func() bool) {
 		time.Sleep(25 * time.Millisecond)
 	}
 }
+
+func newNames() subjects.Names { return subjects.New("") }

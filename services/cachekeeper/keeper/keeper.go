@@ -17,6 +17,7 @@ import (
 
 	"github.com/callout-mail/callout/services/cachekeeper/cache"
 	"github.com/callout-mail/callout/shared/address"
+	"github.com/callout-mail/callout/shared/backoff"
 	"github.com/callout-mail/callout/shared/kvkey"
 	"github.com/callout-mail/callout/shared/natsconn"
 	"github.com/callout-mail/callout/shared/streams"
@@ -88,25 +89,33 @@ func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger)
 
 // Run serves until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
-	var err error
-	if s.store, err = cache.Open(ctx, s.nc, s.js, s.names.CacheBucket(), s.cfg.Replicas, s.cfg.TTLs()); err != nil {
-		return err
-	}
-	if _, err := streams.Verdicts(ctx, s.js, s.names, s.cfg.Replicas); err != nil {
-		return err
-	}
-	if _, err := streams.Probes(ctx, s.js, s.names, s.cfg.Replicas); err != nil {
-		return err
-	}
-	cons, err := s.js.CreateOrUpdateConsumer(ctx, s.names.VerdictStream(), jetstream.ConsumerConfig{
-		Durable:     s.names.VerdictConsumer(),
-		Description: "cachekeepers share this consumer",
-		AckPolicy:   jetstream.AckExplicitPolicy,
-		AckWait:     30 * time.Second,
-		MaxDeliver:  -1,
+	var cons jetstream.Consumer
+	err := backoff.Retry(ctx, s.log, "cachekeeper setup", 5*time.Second, func(ctx context.Context) error {
+		var err error
+		if s.store, err = cache.Open(ctx, s.nc, s.js, s.names.CacheBucket(), s.cfg.Replicas, s.cfg.TTLs()); err != nil {
+			return err
+		}
+		if _, err := streams.Verdicts(ctx, s.js, s.names, s.cfg.Replicas); err != nil {
+			return err
+		}
+		if _, err := streams.Probes(ctx, s.js, s.names, s.cfg.Replicas); err != nil {
+			return err
+		}
+		cons, err = s.js.CreateOrUpdateConsumer(ctx, s.names.VerdictStream(), jetstream.ConsumerConfig{
+			Durable:     s.names.VerdictConsumer(),
+			Description: "cachekeepers share this consumer",
+			AckPolicy:   jetstream.AckExplicitPolicy,
+			AckWait:     30 * time.Second,
+			MaxDeliver:  -1,
+			Replicas:    s.cfg.Replicas,
+		})
+		if err != nil {
+			return fmt.Errorf("consumer %s: %w", s.names.VerdictConsumer(), err)
+		}
+		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("consumer %s: %w", s.names.VerdictConsumer(), err)
+		return err
 	}
 	sem := make(chan struct{}, s.cfg.StoreWorkers)
 	var wg sync.WaitGroup

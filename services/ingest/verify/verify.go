@@ -19,6 +19,7 @@ import (
 	"github.com/callout-mail/callout/services/ingest/brake"
 	"github.com/callout-mail/callout/services/ingest/policyd"
 	"github.com/callout-mail/callout/shared/address"
+	"github.com/callout-mail/callout/shared/backoff"
 	"github.com/callout-mail/callout/shared/domains"
 	"github.com/callout-mail/callout/shared/kvkey"
 	"github.com/callout-mail/callout/shared/streams"
@@ -86,14 +87,18 @@ func (s *Service) Ready() <-chan struct{} { return s.ready }
 
 // Run serves until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
-	if _, err := streams.Probes(ctx, s.js, s.names, s.cfg.Replicas); err != nil {
+	err := backoff.Retry(ctx, s.log, "ingest setup", 5*time.Second, func(ctx context.Context) error {
+		if _, err := streams.Probes(ctx, s.js, s.names, s.cfg.Replicas); err != nil {
+			return err
+		}
+		kv, err := domains.Bucket(ctx, s.js, s.names.DomainsBucket(), s.cfg.Replicas)
+		if err != nil {
+			return err
+		}
+		s.domains, err = domains.Watch(ctx, kv, s.log)
 		return err
-	}
-	kv, err := domains.Bucket(ctx, s.js, s.names.DomainsBucket(), s.cfg.Replicas)
+	})
 	if err != nil {
-		return err
-	}
-	if s.domains, err = domains.Watch(ctx, kv, s.log); err != nil {
 		return err
 	}
 	svc, err := micro.AddService(s.nc, micro.Config{

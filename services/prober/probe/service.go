@@ -19,6 +19,7 @@ import (
 	"github.com/callout-mail/callout/services/prober/resolve"
 	"github.com/callout-mail/callout/services/prober/smtpprobe"
 	"github.com/callout-mail/callout/shared/address"
+	"github.com/callout-mail/callout/shared/backoff"
 	"github.com/callout-mail/callout/shared/domains"
 	"github.com/callout-mail/callout/shared/kvkey"
 	"github.com/callout-mail/callout/shared/streams"
@@ -84,31 +85,39 @@ func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger)
 // Run serves jobs until ctx ends, then lets the callouts in flight finish
 // (or hands their jobs back) and returns.
 func (s *Service) Run(ctx context.Context) error {
-	if _, err := streams.Probes(ctx, s.js, s.names, s.cfg.Replicas); err != nil {
-		return err
-	}
-	if _, err := streams.Verdicts(ctx, s.js, s.names, s.cfg.Replicas); err != nil {
-		return err
-	}
-	kv, err := domains.Bucket(ctx, s.js, s.names.DomainsBucket(), s.cfg.Replicas)
-	if err != nil {
-		return err
-	}
-	if s.domains, err = domains.Watch(ctx, kv, s.log); err != nil {
-		return err
-	}
-	cons, err := s.js.CreateOrUpdateConsumer(ctx, s.names.ProbeStream(), jetstream.ConsumerConfig{
-		Durable:     s.names.ProbeConsumer(),
-		Description: "probers share this consumer",
-		AckPolicy:   jetstream.AckExplicitPolicy,
-		AckWait:     s.cfg.AckWait,
-		// The server redelivers without limit; the prober gives up itself after
-		// MaxDeliver, with a final verdict, so no job is left stuck.
-		MaxDeliver:    -1,
-		MaxAckPending: 10000,
+	var cons jetstream.Consumer
+	err := backoff.Retry(ctx, s.log, "prober setup", 5*time.Second, func(ctx context.Context) error {
+		if _, err := streams.Probes(ctx, s.js, s.names, s.cfg.Replicas); err != nil {
+			return err
+		}
+		if _, err := streams.Verdicts(ctx, s.js, s.names, s.cfg.Replicas); err != nil {
+			return err
+		}
+		kv, err := domains.Bucket(ctx, s.js, s.names.DomainsBucket(), s.cfg.Replicas)
+		if err != nil {
+			return err
+		}
+		if s.domains, err = domains.Watch(ctx, kv, s.log); err != nil {
+			return err
+		}
+		cons, err = s.js.CreateOrUpdateConsumer(ctx, s.names.ProbeStream(), jetstream.ConsumerConfig{
+			Durable:     s.names.ProbeConsumer(),
+			Description: "probers share this consumer",
+			AckPolicy:   jetstream.AckExplicitPolicy,
+			AckWait:     s.cfg.AckWait,
+			// The server redelivers without limit; the prober gives up itself after
+			// MaxDeliver, with a final verdict, so no job is left stuck.
+			MaxDeliver:    -1,
+			MaxAckPending: 10000,
+			Replicas:      s.cfg.Replicas,
+		})
+		if err != nil {
+			return fmt.Errorf("consumer %s: %w", s.names.ProbeConsumer(), err)
+		}
+		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("consumer %s: %w", s.names.ProbeConsumer(), err)
+		return err
 	}
 	s.log.Info("prober running", "workers", s.cfg.Workers, "stream", s.names.ProbeStream())
 	go s.sweep(ctx)
