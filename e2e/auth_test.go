@@ -1,0 +1,185 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/callout-mail/callout/shared/domains"
+	"github.com/callout-mail/callout/shared/smtptest"
+	"github.com/callout-mail/callout/shared/verdict"
+	"github.com/callout-mail/callout/shared/wire"
+	"github.com/callout-mail/callout/tools/stack"
+)
+
+// roleConn connects as a role of deploy/nats/auth.conf and records the
+// permission violations the server reports.
+type roleConn struct {
+	*nats.Conn
+	mu         sync.Mutex
+	violations []string
+}
+
+func connectAs(t *testing.T, url, role string) *roleConn {
+	t.Helper()
+	rc := &roleConn{}
+	nc, err := nats.Connect(url, nats.UserInfo(role, role+"-dev-password"), nats.CustomInboxPrefix("_INBOX_"+role),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			rc.mu.Lock()
+			rc.violations = append(rc.violations, err.Error())
+			rc.mu.Unlock()
+		}))
+	if err != nil {
+		t.Fatalf("connect as %s: %v", role, err)
+	}
+	t.Cleanup(nc.Close)
+	rc.Conn = nc
+	return rc
+}
+
+// denied waits for the server to report a permission violation naming subject.
+func (rc *roleConn) denied(t *testing.T, what, subject string) {
+	t.Helper()
+	waitFor(t, 5*time.Second, func() bool {
+		rc.mu.Lock()
+		defer rc.mu.Unlock()
+		for _, v := range rc.violations {
+			if strings.Contains(v, "Permissions Violation") && strings.Contains(v, what) && strings.Contains(v, subject) {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+func TestAuthRoles(t *testing.T) {
+	dir := t.TempDir()
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	conf, _ := filepath.Abs("../deploy/nats/auth.conf")
+	ns, err := stack.StartIn(dir, dir, "nats-server", filepath.Join(binDir, "nats-server"),
+		[]string{"-c", conf, "-p", strconv.Itoa(port), "-m", strconv.Itoa(freePort(t))}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ns.Stop(10 * time.Second) })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := stack.WaitNATS(ctx, url, nats.UserInfo("admin", "admin-dev-password")); err != nil {
+		t.Fatal(err)
+	}
+	admin := connectAs(t, url, "admin")
+	js, _ := jetstream.New(admin.Conn)
+	s := &system{t: t, dir: dir, url: url, nats: ns, procs: map[string][]*stack.Proc{}, nc: admin.Conn, js: js, names: newNames(),
+		policy: fmt.Sprintf("127.0.0.1:%d", freePort(t)), env: map[string][]string{}}
+	for _, role := range []string{"ingest", "prober", "cachekeeper"} {
+		up := "CALLOUT_" + strings.ToUpper(role) + "_NATS_"
+		s.env[role] = []string{up + "USER=" + role, up + "PASSWORD=" + role + "-dev-password", up + "INBOX_PREFIX=_INBOX_" + role}
+	}
+	t.Cleanup(func() {
+		for _, name := range []string{"ingest", "prober", "cachekeeper"} {
+			for _, p := range s.procs[name] {
+				_ = p.Stop(10 * time.Second)
+			}
+		}
+		if t.Failed() {
+			s.dumpLogs()
+		}
+	})
+	// The admin creates the domain policy bucket and the policy.
+	dest := destination(t, smtptest.Config{Mailboxes: []string{"alice@example.org"}})
+	kv, err := domains.Bucket(ctx, js, s.names.DomainsBucket(), 1)
+	if err != nil {
+		t.Fatalf("admin creates the policy bucket: %v", err)
+	}
+	if err := domains.Put(ctx, kv, "example.org", domains.Policy{Route: []string{dest.Addr()}}); err != nil {
+		t.Fatalf("admin writes a policy: %v", err)
+	}
+	for _, n := range []string{"cachekeeper", "prober", "ingest"} {
+		s.start(n)
+	}
+	// The services run with least privilege: the whole flow works.
+	mta := connectAs(t, url, "mta")
+	ask := func(addr string) wire.VerifyReply {
+		b, _ := wire.Encode(&wire.VerifyRequest{Address: addr})
+		var rep wire.VerifyReply
+		waitFor(t, 30*time.Second, func() bool {
+			m, err := mta.Request(s.names.Verify(), b, 5*time.Second)
+			return err == nil && wire.Decode(m.Data, &rep) == nil
+		})
+		return rep
+	}
+
+	t.Run("mta", func(t *testing.T) {
+		rep := ask("alice@example.org") // allowed: ask (the prober called out, as its role)
+		if rep.Decision.Action != verdict.Accept || rep.Verdict.Source != verdict.SourceProbe {
+			t.Fatalf("verify as mta: %+v %+v", rep.Decision, rep.Verdict)
+		}
+		_ = mta.Publish(s.names.Flush(), []byte("x")) // denied: flush
+		mta.denied(t, "Publish", s.names.Flush())
+		_, _ = mta.SubscribeSync("_INBOX.>") // denied: other roles' replies
+		mta.denied(t, "Subscription", "_INBOX.>")
+	})
+	t.Run("cachekeeper", func(t *testing.T) {
+		// allowed: the cachekeeper stored the verdict and answers from it
+		waitFor(t, 15*time.Second, func() bool { return ask("alice@example.org").Verdict.Source == verdict.SourceCache })
+		ck := connectAs(t, url, "cachekeeper")
+		_ = ck.Publish(s.names.Verify(), []byte("x")) // denied: pose as an MTA
+		ck.denied(t, "Publish", s.names.Verify())
+	})
+	t.Run("ingest", func(t *testing.T) {
+		in := connectAs(t, url, "ingest")
+		if _, err := in.Request(s.names.CacheLookup(), []byte("x"), 5*time.Second); err != nil { // allowed: ask the cache
+			t.Fatalf("ingest lookup: %v", err)
+		}
+		_ = in.Publish(s.names.Flush(), []byte("x")) // denied: flush
+		in.denied(t, "Publish", s.names.Flush())
+	})
+	t.Run("prober", func(t *testing.T) {
+		pr := connectAs(t, url, "prober")
+		if err := pr.Publish(s.names.Verdict("addr.example/org.x"), []byte("x")); err != nil { // allowed: publish verdicts
+			t.Fatal(err)
+		}
+		_ = pr.Publish("$KV.callout_cache.addr.example/org.alice", []byte("x")) // denied: write the cache directly
+		pr.denied(t, "Publish", "$KV.callout_cache")
+	})
+	t.Run("admin", func(t *testing.T) {
+		b, _ := wire.Encode(&wire.FlushCommand{Scope: wire.ScopeAll}) // allowed: flush
+		m, err := admin.Request(s.names.Flush(), b, 5*time.Second)
+		if err != nil {
+			t.Fatalf("flush as admin: %v", err)
+		}
+		var rep wire.FlushReply
+		if err := wire.Decode(m.Data, &rep); err != nil || rep.Removed == 0 {
+			t.Fatalf("flush reply %+v %v", rep, err)
+		}
+		cache, err := js.KeyValue(ctx, s.names.CacheBucket()) // allowed: read the cache bucket
+		if err != nil {
+			t.Fatalf("admin opens the cache bucket: %v", err)
+		}
+		if _, err := cache.Status(ctx); err != nil {
+			t.Fatal(err)
+		}
+		_, _ = admin.SubscribeSync(s.names.Verify()) // denied: pose as the ingest
+		admin.denied(t, "Subscription", s.names.Verify())
+	})
+	// The services needed nothing they were not given.
+	for _, name := range []string{"ingest-0", "prober-0", "cachekeeper-0"} {
+		b, err := os.ReadFile(filepath.Join(dir, name+".log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(b), "Permissions Violation") || strings.Contains(string(b), "permissions violation") {
+			t.Errorf("%s hit a permission violation:\n%s", name, b)
+		}
+	}
+}
