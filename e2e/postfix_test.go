@@ -1,0 +1,193 @@
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"text/template"
+	"time"
+
+	"github.com/callout-mail/callout/shared/domains"
+)
+
+// needPostfix makes sure Postfix and swaks are installed, installing them
+// with apt-get when running as root; otherwise the test is skipped.
+func needPostfix(t *testing.T) {
+	t.Helper()
+	_, e1 := exec.LookPath("postfix")
+	_, e2 := exec.LookPath("swaks")
+	if e1 == nil && e2 == nil && os.Geteuid() == 0 {
+		return
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("the Postfix scenarios need root (Postfix runs its daemons as its own user)")
+	}
+	if _, err := exec.LookPath("apt-get"); err != nil {
+		t.Skip("postfix or swaks missing and no apt-get to install them")
+	}
+	install := func() error {
+		cmd := exec.Command("apt-get", "install", "-y", "-qq", "postfix", "swaks")
+		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	}
+	if err := install(); err != nil {
+		if out, err := exec.Command("apt-get", "update", "-qq").CombinedOutput(); err != nil {
+			t.Fatalf("apt-get update: %v %s", err, out)
+		}
+		if err := install(); err != nil {
+			t.Fatalf("apt-get install postfix swaks: %v", err)
+		}
+	}
+}
+
+// postfixInstance is one Postfix with its own config, queue and port.
+type postfixInstance struct {
+	dir  string
+	addr string
+}
+
+func startPostfix(t *testing.T, mainCf string, listen string, policy string, files map[string]string) *postfixInstance {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "callout-postfix-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Postfix wants its directories reachable by its own user.
+	_ = os.Chmod(dir, 0o755)
+	p := &postfixInstance{dir: dir, addr: listen}
+	data := map[string]string{"Dir": dir, "Listen": listen, "Policy": policy}
+	for src, dst := range map[string]string{mainCf: "main.cf", "master.cf": "master.cf"} {
+		tmpl, err := template.ParseFiles(filepath.Join("postfix", src))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b bytes.Buffer
+		if err := tmpl.Execute(&b, data); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, dst), b.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, d := range []string{"queue", "data", "vmail"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = os.Chown(filepath.Join(dir, "vmail"), 65534, 65534)
+	run := func(args ...string) error {
+		out, err := exec.Command("postfix", append([]string{"-c", dir}, args...)...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("postfix %v: %v %s (see %s/maillog)", args, err, out, dir)
+		}
+		return nil
+	}
+	_ = run("set-permissions", "create-missing") // warns about ownership of a test directory; harmless
+	if err := run("start"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = run("stop")
+		if t.Failed() {
+			if b, err := os.ReadFile(filepath.Join(dir, "maillog")); err == nil {
+				t.Logf("--- %s maillog\n%s", filepath.Base(dir), b)
+			}
+		}
+		os.RemoveAll(dir)
+	})
+	waitFor(t, 20*time.Second, func() bool {
+		c, err := net.DialTimeout("tcp", listen, 200*time.Millisecond)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	return p
+}
+
+// swaks sends one message through server and returns swaks' transcript.
+func swaks(t *testing.T, server, to string) string {
+	t.Helper()
+	out, _ := exec.Command("swaks", "--server", server, "--from", "sender@example.net", "--to", to,
+		"--helo", "client.example.net", "--timeout", "60", "--body", "callout e2e").CombinedOutput()
+	return string(out)
+}
+
+// finalReply is the server's answer to RCPT in a swaks transcript.
+func rcptReply(transcript string) string {
+	lines := strings.Split(transcript, "\n")
+	for i, l := range lines {
+		if strings.HasPrefix(l, " -> RCPT TO:") && i+1 < len(lines) {
+			return strings.TrimSpace(strings.TrimLeft(lines[i+1], "<~*- "))
+		}
+	}
+	return ""
+}
+
+// A real mail flow: swaks -> front-end Postfix (check_policy_service ->
+// ingest) -> destination Postfix.
+func TestPostfixFlow(t *testing.T) {
+	needPostfix(t)
+	destAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	deadAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	dest := startPostfix(t, "dest-main.cf", destAddr, "", map[string]string{
+		"vmailbox": "alice@dest.example alice/\nbob@dest.example bob/\n",
+	})
+	s := newSystem(t, options{env: map[string][]string{"ingest": {"CALLOUT_INGEST_TIMEOUT=8s"}}})
+	s.setPolicy("dest.example", domains.Policy{Route: []string{destAddr}})
+	s.setPolicy("down.example", domains.Policy{Route: []string{deadAddr}})
+	frontAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	startPostfix(t, "front-main.cf", frontAddr, s.policy, map[string]string{
+		"transport": fmt.Sprintf("dest.example smtp:[%s\ndown.example smtp:[%s\n", hostPort(destAddr), hostPort(deadAddr)),
+	})
+
+	t.Run("known mailbox accepted and delivered", func(t *testing.T) {
+		tr := swaks(t, frontAddr, "alice@dest.example")
+		if r := rcptReply(tr); !strings.HasPrefix(r, "250") {
+			t.Fatalf("RCPT answer %q\n%s", r, tr)
+		}
+		if !strings.Contains(tr, "queued as") {
+			t.Fatalf("message not queued:\n%s", tr)
+		}
+		// The front-end relays it to the destination, which delivers it.
+		waitFor(t, 60*time.Second, func() bool {
+			files, _ := filepath.Glob(filepath.Join(dest.dir, "vmail", "alice", "new", "*"))
+			return len(files) > 0
+		})
+	})
+	t.Run("unknown mailbox rejected with 550 5.1.1", func(t *testing.T) {
+		tr := swaks(t, frontAddr, "nobody@dest.example")
+		if r := rcptReply(tr); !strings.HasPrefix(r, "550 5.1.1") {
+			t.Fatalf("RCPT answer %q\n%s", r, tr)
+		}
+		if strings.Contains(tr, destAddr) {
+			t.Fatal("the answer reveals the destination")
+		}
+	})
+	t.Run("destination down gives 450", func(t *testing.T) {
+		tr := swaks(t, frontAddr, "someone@down.example")
+		if r := rcptReply(tr); !strings.HasPrefix(r, "450") {
+			t.Fatalf("RCPT answer %q\n%s", r, tr)
+		}
+	})
+}
+
+// hostPort turns 127.0.0.1:25 into 127.0.0.1]:25 for smtp:[host]:port.
+func hostPort(addr string) string {
+	h, p, _ := net.SplitHostPort(addr)
+	return h + "]:" + p
+}
