@@ -19,6 +19,7 @@ import (
 	"github.com/callout-mail/callout/shared/address"
 	"github.com/callout-mail/callout/shared/backoff"
 	"github.com/callout-mail/callout/shared/kvkey"
+	"github.com/callout-mail/callout/shared/microasync"
 	"github.com/callout-mail/callout/shared/natsconn"
 	"github.com/callout-mail/callout/shared/streams"
 	"github.com/callout-mail/callout/shared/subjects"
@@ -175,15 +176,9 @@ func (s *Service) serve(ctx context.Context) (micro.Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	sem := make(chan struct{}, s.cfg.Workers)
-	if err := svc.AddEndpoint("lookup", micro.HandlerFunc(func(r micro.Request) {
-		// A micro handler runs serially: hand each request to a bounded pool.
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem }()
-			s.lookup(ctx, r)
-		}()
-	}), micro.WithEndpointSubject(s.names.CacheLookup())); err != nil {
+	// A micro handler runs serially: lookups go to a bounded pool.
+	if err := svc.AddEndpoint("lookup", microasync.Handler(ctx, s.nc, s.cfg.Workers, s.lookup),
+		micro.WithEndpointSubject(s.names.CacheLookup())); err != nil {
 		return nil, err
 	}
 	// Every instance must apply a flush: no queue group.
@@ -194,7 +189,7 @@ func (s *Service) serve(ctx context.Context) (micro.Service, error) {
 	return svc, nil
 }
 
-func (s *Service) lookup(ctx context.Context, r micro.Request) {
+func (s *Service) lookup(ctx context.Context, r *microasync.Request) {
 	var req wire.LookupRequest
 	if err := wire.Decode(r.Data(), &req); err != nil {
 		s.m.lookups.WithLabelValues("error").Inc()

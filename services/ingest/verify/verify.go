@@ -22,6 +22,7 @@ import (
 	"github.com/callout-mail/callout/shared/backoff"
 	"github.com/callout-mail/callout/shared/domains"
 	"github.com/callout-mail/callout/shared/kvkey"
+	"github.com/callout-mail/callout/shared/microasync"
 	"github.com/callout-mail/callout/shared/streams"
 	"github.com/callout-mail/callout/shared/subjects"
 	"github.com/callout-mail/callout/shared/verdict"
@@ -108,15 +109,9 @@ func (s *Service) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	sem := make(chan struct{}, s.cfg.Workers)
-	err = svc.AddEndpoint("verify", micro.HandlerFunc(func(r micro.Request) {
-		// micro calls handlers one at a time: hand each request to a bounded pool.
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem }()
-			s.serveNATS(ctx, r)
-		}()
-	}), micro.WithEndpointSubject(s.names.Verify()))
+	// micro calls handlers one at a time: requests go to a bounded pool.
+	err = svc.AddEndpoint("verify", microasync.Handler(ctx, s.nc, s.cfg.Workers, s.serveNATS),
+		micro.WithEndpointSubject(s.names.Verify()))
 	if err != nil {
 		return err
 	}
@@ -126,8 +121,8 @@ func (s *Service) Run(ctx context.Context) error {
 	return svc.Stop()
 }
 
-func (s *Service) serveNATS(ctx context.Context, r micro.Request) {
-	isJSON := r.Headers().Get(wire.ContentType) == wire.JSONMediaType
+func (s *Service) serveNATS(ctx context.Context, r *microasync.Request) {
+	isJSON := r.Header(wire.ContentType) == wire.JSONMediaType
 	var req wire.VerifyRequest
 	var err error
 	if isJSON {

@@ -1,0 +1,60 @@
+// Package microasync serves a NATS micro endpoint from a bounded pool of
+// goroutines. A micro handler is called serially, and the library reads the
+// request's state after the handler returns; so answers from another
+// goroutine are published straight to the reply subject (with micro's error
+// headers for errors) instead of through the micro.Request.
+package microasync
+
+import (
+	"context"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+)
+
+// Request is what an async handler gets: the request data and a way to answer.
+type Request struct {
+	nc      *nats.Conn
+	subject string
+	reply   string
+	data    []byte
+	headers nats.Header
+}
+
+// Data is the request payload.
+func (r *Request) Data() []byte { return r.data }
+
+// Header returns one request header.
+func (r *Request) Header(k string) string { return r.headers.Get(k) }
+
+// Respond answers with data.
+func (r *Request) Respond(data []byte) error {
+	if r.reply == "" {
+		return nil
+	}
+	return r.nc.PublishMsg(&nats.Msg{Subject: r.reply, Data: data})
+}
+
+// Error answers with micro's error headers and optional data.
+func (r *Request) Error(code, description string, data []byte) error {
+	if r.reply == "" {
+		return nil
+	}
+	return r.nc.PublishMsg(&nats.Msg{Subject: r.reply, Data: data, Header: nats.Header{
+		micro.ErrorHeader: []string{description}, micro.ErrorCodeHeader: []string{code},
+	}})
+}
+
+// Handler returns a micro handler that runs fn for each request on its own
+// goroutine, at most limit at once; beyond that it waits (NATS buffers).
+func Handler(ctx context.Context, nc *nats.Conn, limit int, fn func(context.Context, *Request)) micro.Handler {
+	sem := make(chan struct{}, limit)
+	return micro.HandlerFunc(func(r micro.Request) {
+		req := &Request{nc: nc, subject: r.Subject(), reply: r.Reply(), data: r.Data(), headers: nats.Header(r.Headers())}
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem }()
+			fn(ctx, req)
+		}()
+	})
+}

@@ -1,0 +1,58 @@
+package microasync
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/callout-mail/callout/shared/natstest"
+)
+
+// Concurrent answers and errors, under -race.
+func TestHandler(t *testing.T) {
+	ns := natstest.Start(t)
+	nc := ns.Connect(t)
+	svc, err := micro.AddService(nc, micro.Config{Name: "t", Version: "1.0.0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Stop()
+	err = svc.AddEndpoint("e", Handler(context.Background(), nc, 4, func(_ context.Context, r *Request) {
+		time.Sleep(5 * time.Millisecond)
+		if string(r.Data()) == "bad" {
+			_ = r.Error("400", "bad request", nil)
+			return
+		}
+		_ = r.Respond(append([]byte("re:"), r.Data()...))
+	}), micro.WithEndpointSubject("t.e"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := ns.Connect(t)
+	var wg sync.WaitGroup
+	for i := 0; i < 50; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			data := "ok"
+			if i%2 == 0 {
+				data = "bad"
+			}
+			m, err := client.Request("t.e", []byte(data), 5*time.Second)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if data == "bad" && m.Header.Get(micro.ErrorCodeHeader) != "400" {
+				t.Errorf("error headers %v", m.Header)
+			}
+			if data == "ok" && string(m.Data) != "re:ok" {
+				t.Errorf("answer %q", m.Data)
+			}
+		}()
+	}
+	wg.Wait()
+}
