@@ -27,6 +27,9 @@ var binDir string
 
 func TestMain(m *testing.M) {
 	binDir = os.Getenv("CALLOUT_BIN")
+	if binDir != "" {
+		binDir, _ = filepath.Abs(binDir) // processes start in other directories
+	}
 	cleanup := func() {}
 	if binDir == "" {
 		dir, err := os.MkdirTemp("", "callout-e2e-bin")

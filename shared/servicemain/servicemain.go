@@ -36,10 +36,19 @@ type Build func(nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger) (Ser
 
 // Main runs a service and exits: 2 for bad settings, 1 when it fails.
 func Main(name, envPrefix, about string, cfg Settings, build Build) {
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("service", name)
+	// The log level is read first, so that setting errors are logged at it.
+	var level slog.Level
+	if v := os.Getenv(envPrefix + "_LOG_LEVEL"); v != "" {
+		if err := level.UnmarshalText([]byte(v)); err != nil {
+			fmt.Fprintf(os.Stderr, "setting %s_LOG_LEVEL: %v\n", envPrefix, err)
+			os.Exit(2)
+		}
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("service", name)
 	if len(os.Args) > 1 && (os.Args[1] == "-h" || os.Args[1] == "--help") {
 		fmt.Printf("%s: %s\n\nSettings (environment variables):\n", name, about)
 		_ = config.Usage(os.Stdout, envPrefix, cfg)
+		fmt.Printf("%s_LOG_LEVEL  info  debug, info, warn or error\n", envPrefix)
 		return
 	}
 	if err := config.Load(envPrefix, cfg); err != nil {

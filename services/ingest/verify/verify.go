@@ -178,7 +178,12 @@ func (s *Service) Verify(ctx context.Context, req wire.VerifyRequest) wire.Verif
 	el := time.Since(start)
 	s.m.requests.WithLabelValues(string(d.Action), string(v.Source)).Inc()
 	s.m.latency.Observe(el.Seconds())
-	s.log.Info("verify", "address", v.Address, "purpose", purpose, "client", req.ClientAddress, "action", d.Action,
+	// Cache-hit accepts are the bulk at high rates; they log at debug.
+	level := slog.LevelInfo
+	if d.Action == verdict.Accept && v.Source == verdict.SourceCache {
+		level = slog.LevelDebug
+	}
+	s.log.Log(ctx, level, "verify", "address", v.Address, "purpose", purpose, "client", req.ClientAddress, "action", d.Action,
 		"code", d.Code, "status", v.Status, "reason", v.Reason, "source", v.Source, "host", v.Host, "dest_code", v.Code,
 		"dest_text", v.Text, "took", el.Round(time.Microsecond))
 	if !s.cfg.ReplyDetails {

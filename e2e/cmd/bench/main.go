@@ -1,0 +1,708 @@
+// Command bench measures callout on loopback and prints one table; the same
+// figures go to a JSON file. It starts nats-server and the services as
+// processes (binaries from -bin) and scripted destinations in-process.
+// These are measurements, not pass/fail checks.
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"math"
+	"math/rand"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/callout-mail/callout/shared/domains"
+	"github.com/callout-mail/callout/shared/kvkey"
+	"github.com/callout-mail/callout/shared/smtptest"
+	"github.com/callout-mail/callout/shared/subjects"
+	"github.com/callout-mail/callout/shared/verdict"
+	"github.com/callout-mail/callout/shared/wire"
+	"github.com/callout-mail/callout/tools/stack"
+)
+
+type row struct {
+	Section string  `json:"section"`
+	Name    string  `json:"name"`
+	Value   float64 `json:"value"`
+	Unit    string  `json:"unit"`
+}
+
+type bench struct {
+	dir, url string
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	names    subjects.Names
+	procs    map[string]*stack.Proc
+	rows     []row
+	kv       jetstream.KeyValue
+}
+
+func (b *bench) add(section, name string, v float64, unit string) {
+	b.rows = append(b.rows, row{section, name, v, unit})
+	fmt.Fprintf(os.Stderr, "  %-12s %-48s %12.3f %s\n", section, name, v, unit)
+}
+
+func main() {
+	bin := flag.String("bin", "../bin", "directory with nats-server and the service binaries")
+	out := flag.String("out", "../bench/results.json", "JSON output")
+	requests := flag.Int("requests", 100000, "callout economy: verify requests")
+	entries := flag.Int("entries", 1000000, "storage: cached entries")
+	only := flag.String("only", "", "run one section: hit, miss, saturation, economy, storage")
+	flag.Parse()
+	absBin, _ := filepath.Abs(*bin)
+	b, stop, err := start(absBin)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+	defer stop()
+	fmt.Fprintf(os.Stderr, "bench: %d CPUs, %s\n", runtime.NumCPU(), time.Now().UTC().Format(time.RFC3339))
+	steps := []func() error{b.cacheHit, b.miss, b.saturation, func() error { return b.economy(*requests) }, func() error { return b.storage(*entries) }}
+	if *only != "" {
+		steps = map[string][]func() error{"hit": {b.cacheHit}, "miss": {b.miss}, "saturation": {b.saturation}, "economy": {func() error { return b.economy(*requests) }}, "storage": {func() error { return b.storage(*entries) }}}[*only]
+	}
+	for _, step := range steps {
+		if err := step(); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			stop()
+			os.Exit(1)
+		}
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "section\tmeasure\tvalue\tunit\t")
+	for _, r := range b.rows {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", r.Section, r.Name, strconv.FormatFloat(r.Value, 'f', 3, 64), r.Unit)
+	}
+	tw.Flush()
+	res := map[string]any{"date": time.Now().UTC().Format(time.RFC3339), "cpus": runtime.NumCPU(), "go": runtime.Version(), "results": b.rows}
+	data, _ := json.MarshalIndent(res, "", "  ")
+	if err := os.MkdirAll(filepath.Dir(*out), 0o755); err == nil {
+		_ = os.WriteFile(*out, data, 0o644)
+	}
+}
+
+func freePort() int {
+	p, err := stack.FreePort()
+	if err != nil {
+		panic(err)
+	}
+	return p
+}
+
+func start(bin string) (*bench, func(), error) {
+	dir, err := os.MkdirTemp("", "callout-bench")
+	if err != nil {
+		return nil, nil, err
+	}
+	b := &bench{dir: dir, names: subjects.New(""), procs: map[string]*stack.Proc{}}
+	var order []*stack.Proc
+	stop := func() {
+		for i := len(order) - 1; i >= 0; i-- {
+			_ = order[i].Stop(10 * time.Second)
+		}
+		if b.nc != nil {
+			b.nc.Close()
+		}
+		os.RemoveAll(dir)
+	}
+	port := freePort()
+	b.url = fmt.Sprintf("nats://127.0.0.1:%d", port)
+	conf, _ := filepath.Abs("../deploy/nats/dev.conf")
+	ns, err := stack.StartIn(dir, dir, "nats-server", filepath.Join(bin, "nats-server"),
+		[]string{"-c", conf, "-p", strconv.Itoa(port), "-m", strconv.Itoa(freePort())}, nil)
+	if err != nil {
+		return nil, stop, err
+	}
+	order = append(order, ns)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := stack.WaitNATS(ctx, b.url); err != nil {
+		return nil, stop, err
+	}
+	if b.nc, err = nats.Connect(b.url); err != nil {
+		return nil, stop, err
+	}
+	b.js, _ = jetstream.New(b.nc)
+	if b.kv, err = domains.Bucket(ctx, b.js, b.names.DomainsBucket(), 1); err != nil {
+		return nil, stop, err
+	}
+	common := func(svc string) []string {
+		up := "CALLOUT_" + strings.ToUpper(svc) + "_"
+		return []string{up + "NATS_URL=" + b.url, up + "METRICS_ADDR="}
+	}
+	launch := func(name, svc string, env ...string) error {
+		p, err := stack.Start(dir, name, filepath.Join(bin, svc), nil, append(common(svc), env...))
+		if err != nil {
+			return err
+		}
+		b.procs[name] = p
+		order = append(order, p)
+		return nil
+	}
+	if err := launch("cachekeeper", "cachekeeper", "CALLOUT_CACHEKEEPER_STORE_WORKERS=32"); err != nil {
+		return nil, stop, err
+	}
+	for _, n := range []string{"prober-1", "prober-2"} {
+		if err := launch(n, "prober", "CALLOUT_PROBER_RANDOM_SECRET=bench", "CALLOUT_PROBER_RATE=100000",
+			"CALLOUT_PROBER_MAX_CONNS=8", "CALLOUT_PROBER_WORKERS=64", "CALLOUT_PROBER_HELO_NAME=bench.test"); err != nil {
+			return nil, stop, err
+		}
+	}
+	if err := launch("ingest", "ingest", "CALLOUT_INGEST_BRAKE_LIMIT=0", "CALLOUT_INGEST_POLICY_ADDR="); err != nil {
+		return nil, stop, err
+	}
+	for _, svc := range []string{"callout-cache", "callout-ingest"} {
+		if err := stack.WaitService(ctx, b.nc, svc); err != nil {
+			return nil, stop, err
+		}
+	}
+	for {
+		if _, err := b.js.Consumer(ctx, b.names.ProbeStream(), b.names.ProbeConsumer()); err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return nil, stop, ctx.Err()
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return b, stop, nil
+}
+
+// policies routes each domain to its destination and waits until the ingest
+// answers for a static sentinel written after them.
+func (b *bench) policies(route map[string]string) error {
+	ctx := context.Background()
+	for d, addr := range route {
+		if err := domains.Put(ctx, b.kv, d, domains.Policy{Route: []string{addr}}); err != nil {
+			return err
+		}
+	}
+	sentinel := fmt.Sprintf("sync%d.bench", time.Now().UnixNano())
+	if err := domains.Put(ctx, b.kv, sentinel, domains.Policy{Mode: domains.ModeStatic, Mailboxes: []string{"ok"}}); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if rep, err := b.verify("ok@"+sentinel, 5*time.Second); err == nil && rep.Verdict != nil && rep.Verdict.Reason == "listed" {
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("policies not picked up")
+}
+
+func (b *bench) verify(addr string, timeout time.Duration) (wire.VerifyReply, error) {
+	data, _ := wire.Encode(&wire.VerifyRequest{Address: addr})
+	m, err := b.nc.Request(b.names.Verify(), data, timeout)
+	if err != nil {
+		return wire.VerifyReply{}, err
+	}
+	var rep wire.VerifyReply
+	err = wire.Decode(m.Data, &rep)
+	return rep, err
+}
+
+func (b *bench) flushAll() error {
+	data, _ := wire.Encode(&wire.FlushCommand{Scope: wire.ScopeAll})
+	_, err := b.nc.Request(b.names.Flush(), data, time.Minute)
+	return err
+}
+
+// waitCached waits until every address answers from the cache.
+func (b *bench) waitCached(addrs []string) error {
+	deadline := time.Now().Add(2 * time.Minute)
+	for _, a := range addrs {
+		for {
+			rep, err := b.verify(a, 10*time.Second)
+			if err == nil && rep.Verdict != nil && rep.Verdict.Source == verdict.SourceCache {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s never cached", a)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	return nil
+}
+
+// mailDest is a scripted destination: u<n> with n%3 != 0 exists, catch-all domains accept anything.
+func mailDest(catchAll func(domain string) bool) (*smtptest.Server, error) {
+	return smtptest.Start("127.0.0.1:0", smtptest.Config{Rcpt: func(_, to string) string {
+		local, domain, _ := strings.Cut(to, "@")
+		if catchAll(domain) {
+			return "250 2.1.5 Ok"
+		}
+		if n, err := strconv.Atoi(strings.TrimPrefix(local, "u")); err == nil && strings.HasPrefix(local, "u") && n%3 != 0 {
+			return "250 2.1.5 Ok"
+		}
+		return "550 5.1.1 <" + to + ">: Recipient address rejected: User unknown"
+	}})
+}
+
+type latencies []time.Duration
+
+func (l latencies) pct(p float64) time.Duration {
+	if len(l) == 0 {
+		return 0
+	}
+	i := int(math.Ceil(p/100*float64(len(l)))) - 1
+	return l[max(0, min(i, len(l)-1))]
+}
+
+// load runs c workers for d, each calling fn with its worker number and
+// iteration, and returns the rate and sorted latencies.
+func load(c int, d time.Duration, fn func(w, i int) error) (float64, latencies, error) {
+	var mu sync.Mutex
+	var all latencies
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	end := time.Now().Add(d)
+	start := time.Now()
+	for w := 0; w < c; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var mine latencies
+			for i := 0; time.Now().Before(end); i++ {
+				t0 := time.Now()
+				if err := fn(w, i); err != nil {
+					firstErr.CompareAndSwap(nil, err)
+					return
+				}
+				mine = append(mine, time.Since(t0))
+			}
+			mu.Lock()
+			all = append(all, mine...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	el := time.Since(start)
+	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
+	if e := firstErr.Load(); e != nil {
+		return 0, all, e.(error)
+	}
+	return float64(len(all)) / el.Seconds(), all, nil
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// 1. Cache hits against a bare request-reply echo on the same server.
+func (b *bench) cacheHit() error {
+	dest, err := mailDest(func(string) bool { return false })
+	if err != nil {
+		return err
+	}
+	defer dest.Close()
+	if err := b.policies(map[string]string{"hit.bench": dest.Addr()}); err != nil {
+		return err
+	}
+	var addrs []string
+	for i := 1; len(addrs) < 1000; i++ {
+		if i%3 != 0 {
+			addrs = append(addrs, fmt.Sprintf("u%d@hit.bench", i))
+		}
+	}
+	for _, a := range addrs {
+		if _, err := b.verify(a, 30*time.Second); err != nil {
+			return err
+		}
+	}
+	if err := b.waitCached(addrs); err != nil {
+		return err
+	}
+	echo, err := nats.Connect(b.url)
+	if err != nil {
+		return err
+	}
+	defer echo.Close()
+	if _, err := echo.QueueSubscribe("bench.echo", "echo", func(m *nats.Msg) { _ = m.Respond(m.Data) }); err != nil {
+		return err
+	}
+	payload, _ := wire.Encode(&wire.VerifyRequest{Address: addrs[0]})
+	for _, c := range []int{1, 16, 64} {
+		conns := clients(b.url, min(c, 8))
+		rate, lat, err := load(c, 3*time.Second, func(w, i int) error {
+			data, _ := wire.Encode(&wire.VerifyRequest{Address: addrs[(w*7919+i)%len(addrs)]})
+			m, err := conns[w%len(conns)].Request(b.names.Verify(), data, 10*time.Second)
+			if err != nil {
+				return err
+			}
+			var rep wire.VerifyReply
+			if err := wire.Decode(m.Data, &rep); err != nil || rep.Verdict.Source != verdict.SourceCache {
+				return fmt.Errorf("not a cache hit: %v", err)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		erate, elat, err := load(c, 3*time.Second, func(w, i int) error {
+			_, err := conns[w%len(conns)].Request("bench.echo", payload, 10*time.Second)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		closeAll(conns)
+		sec := "1 cache hit"
+		p := fmt.Sprintf("c=%d ", c)
+		b.add(sec, p+"verify rate", rate, "req/s")
+		b.add(sec, p+"verify p50", ms(lat.pct(50)), "ms")
+		b.add(sec, p+"verify p99", ms(lat.pct(99)), "ms")
+		b.add(sec, p+"verify p99.9", ms(lat.pct(99.9)), "ms")
+		b.add(sec, p+"echo rate (ceiling)", erate, "req/s")
+		b.add(sec, p+"echo p50", ms(elat.pct(50)), "ms")
+		b.add(sec, p+"echo p99", ms(elat.pct(99)), "ms")
+		b.add(sec, p+"verify/echo rate ratio", rate/erate, "")
+	}
+	return b.flushAll()
+}
+
+func clients(url string, n int) []*nats.Conn {
+	var cs []*nats.Conn
+	for i := 0; i < n; i++ {
+		c, err := nats.Connect(url)
+		if err != nil {
+			panic(err)
+		}
+		cs = append(cs, c)
+	}
+	return cs
+}
+
+func closeAll(cs []*nats.Conn) {
+	for _, c := range cs {
+		c.Close()
+	}
+}
+
+// plainDialogue is the callout done directly: the same commands, one connection.
+func plainDialogue(addr, rcpt string) error {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	r := bufio.NewReader(c)
+	expect := func(prefix string) error {
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return err
+			}
+			if len(line) < 4 || !strings.HasPrefix(line, prefix) {
+				return fmt.Errorf("unexpected %q", line)
+			}
+			if line[3] == ' ' {
+				return nil
+			}
+		}
+	}
+	if err := expect("220"); err != nil {
+		return err
+	}
+	for _, step := range [][2]string{{"EHLO bench.test", "250"}, {"MAIL FROM:<>", "250"}, {"RCPT TO:<" + rcpt + ">", "250"}, {"QUIT", "221"}} {
+		if _, err := fmt.Fprintf(c, "%s\r\n", step[0]); err != nil {
+			return err
+		}
+		if err := expect(step[1]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// 2. A verify for a new address against the same dialogue done directly.
+func (b *bench) miss() error {
+	dest, err := mailDest(func(string) bool { return false })
+	if err != nil {
+		return err
+	}
+	defer dest.Close()
+	if err := b.policies(map[string]string{"miss.bench": dest.Addr()}); err != nil {
+		return err
+	}
+	// The first callout learns that the domain is no catch-all; the rest skip
+	// the random check, like the direct dialogue.
+	if _, err := b.verify("u1@miss.bench", 30*time.Second); err != nil {
+		return err
+	}
+	if err := b.waitCached([]string{"u1@miss.bench"}); err != nil {
+		return err
+	}
+	var lv, ld latencies
+	for i := 2; len(lv) < 300; i++ {
+		if i%3 == 0 {
+			continue
+		}
+		a := fmt.Sprintf("u%d@miss.bench", i)
+		t0 := time.Now()
+		rep, err := b.verify(a, 30*time.Second)
+		if err != nil || rep.Verdict.Source != verdict.SourceProbe {
+			return fmt.Errorf("miss %s: %v", a, err)
+		}
+		lv = append(lv, time.Since(t0))
+		t0 = time.Now()
+		if err := plainDialogue(dest.Addr(), a); err != nil {
+			return err
+		}
+		ld = append(ld, time.Since(t0))
+	}
+	sort.Slice(lv, func(i, j int) bool { return lv[i] < lv[j] })
+	sort.Slice(ld, func(i, j int) bool { return ld[i] < ld[j] })
+	b.add("2 miss", "verify of a new address p50", ms(lv.pct(50)), "ms")
+	b.add("2 miss", "verify of a new address p99", ms(lv.pct(99)), "ms")
+	b.add("2 miss", "direct SMTP dialogue p50", ms(ld.pct(50)), "ms")
+	b.add("2 miss", "direct SMTP dialogue p99", ms(ld.pct(99)), "ms")
+	b.add("2 miss", "overhead p50", ms(lv.pct(50)-ld.pct(50)), "ms")
+	return b.flushAll()
+}
+
+// 5. Saturation: 1 ingest, 1 cachekeeper, 2 probers, 90% cache hits.
+func (b *bench) saturation() error {
+	dest, err := mailDest(func(string) bool { return false })
+	if err != nil {
+		return err
+	}
+	defer dest.Close()
+	if err := b.policies(map[string]string{"sat.bench": dest.Addr()}); err != nil {
+		return err
+	}
+	var warm []string
+	for i := 1; len(warm) < 5000; i++ {
+		warm = append(warm, fmt.Sprintf("u%d@sat.bench", i))
+	}
+	sem := make(chan struct{}, 64)
+	var wg sync.WaitGroup
+	for _, a := range warm {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() { defer wg.Done(); defer func() { <-sem }(); _, _ = b.verify(a, 30*time.Second) }()
+	}
+	wg.Wait()
+	if err := b.waitCached(warm); err != nil {
+		return err
+	}
+	conns := clients(b.url, 8)
+	defer closeAll(conns)
+	var next atomic.Int64
+	next.Store(1000000)
+	var hits, total atomic.Int64
+	rate, lat, err := load(64, 10*time.Second, func(w, i int) error {
+		a := warm[(w*7919+i*31)%len(warm)]
+		if (w+i)%10 == 0 {
+			a = fmt.Sprintf("u%d@sat.bench", next.Add(1))
+		}
+		data, _ := wire.Encode(&wire.VerifyRequest{Address: a})
+		m, err := conns[w%len(conns)].Request(b.names.Verify(), data, 30*time.Second)
+		if err != nil {
+			return err
+		}
+		var rep wire.VerifyReply
+		if err := wire.Decode(m.Data, &rep); err != nil {
+			return err
+		}
+		total.Add(1)
+		if rep.Verdict.Source == verdict.SourceCache {
+			hits.Add(1)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	b.add("5 saturation", "verifies/s (64 requesters)", rate, "req/s")
+	b.add("5 saturation", "cache hit rate", float64(hits.Load())/float64(total.Load()), "")
+	b.add("5 saturation", "p50", ms(lat.pct(50)), "ms")
+	b.add("5 saturation", "p99", ms(lat.pct(99)), "ms")
+	return b.flushAll()
+}
+
+// 3. Callout economy: Zipf-distributed requests over many domains.
+func (b *bench) economy(n int) error {
+	const nDomains, perDomain, nDest = 1000, 50, 20
+	catchAll := func(d string) bool {
+		i, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(d, "d"), ".bench"))
+		return i%10 == 0
+	}
+	var dests []*smtptest.Server
+	for i := 0; i < nDest; i++ {
+		d, err := mailDest(catchAll)
+		if err != nil {
+			return err
+		}
+		defer d.Close()
+		dests = append(dests, d)
+	}
+	route := map[string]string{}
+	for i := 0; i < nDomains; i++ {
+		route[fmt.Sprintf("d%d.bench", i)] = dests[i%nDest].Addr()
+	}
+	if err := b.policies(route); err != nil {
+		return err
+	}
+	rng := rand.New(rand.NewSource(1))
+	zipf := rand.NewZipf(rng, 1.1, 1, nDomains*perDomain-1)
+	reqs := make([]string, n)
+	distinct := map[string]bool{}
+	for i := range reqs {
+		r := int(zipf.Uint64())
+		reqs[i] = fmt.Sprintf("u%d@d%d.bench", r/nDomains+1, r%nDomains)
+		distinct[reqs[i]] = true
+	}
+	conns := clients(b.url, 8)
+	defer closeAll(conns)
+	var idx atomic.Int64
+	var failed atomic.Int64
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := 0; w < 64; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := idx.Add(1) - 1
+				if i >= int64(len(reqs)) {
+					return
+				}
+				data, _ := wire.Encode(&wire.VerifyRequest{Address: reqs[i]})
+				if _, err := conns[w%len(conns)].Request(b.names.Verify(), data, 30*time.Second); err != nil {
+					failed.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	el := time.Since(start)
+	var conn, rcpt int
+	for _, d := range dests {
+		conn += d.Conns()
+		rcpt += d.Rcpts()
+	}
+	sec := "3 economy"
+	b.add(sec, "requests", float64(n), "")
+	b.add(sec, "distinct addresses asked", float64(len(distinct)), "")
+	b.add(sec, "requests unanswered", float64(failed.Load()), "")
+	b.add(sec, "time", el.Seconds(), "s")
+	b.add(sec, "connections (callout)", float64(conn), "")
+	b.add(sec, "RCPTs (callout)", float64(rcpt), "")
+	b.add(sec, "connections (naive: one per request)", float64(n), "")
+	b.add(sec, "RCPTs (naive: random + real per request)", float64(2*n), "")
+	b.add(sec, "connections naive/callout", float64(n)/float64(max(conn, 1)), "x")
+	b.add(sec, "RCPTs naive/callout", float64(2*n)/float64(max(rcpt, 1)), "x")
+	return b.flushAll()
+}
+
+func rssKB(pid int) float64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(l, "VmRSS:") {
+			f := strings.Fields(l)
+			v, _ := strconv.ParseFloat(f[1], 64)
+			return v
+		}
+	}
+	return 0
+}
+
+func dirBytes(root string) int64 {
+	var n int64
+	_ = filepath.Walk(root, func(_ string, info os.FileInfo, err error) error {
+		if err == nil && !info.IsDir() {
+			n += info.Size()
+		}
+		return nil
+	})
+	return n
+}
+
+// 4. Storage: n entries written as the cachekeeper writes them, then flushes.
+func (b *bench) storage(n int) error {
+	ctx := context.Background()
+	const perDomain = 1000
+	now := time.Now()
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		d := fmt.Sprintf("s%d.bench", i/perDomain)
+		local := fmt.Sprintf("u%d", i%perDomain)
+		v := verdict.Verdict{Kind: verdict.KindAddress, Address: local + "@" + d, Domain: d, Status: verdict.Valid, Reason: "accepted",
+			Code: 250, Enhanced: "2.1.5", Text: "Ok", Host: "127.0.0.1:25", CheckedAt: now, ExpiresAt: now.Add(96 * time.Hour), Source: verdict.SourceProbe}
+		data, _ := wire.EncodeVerdict(v)
+		if _, err := b.js.PublishAsync("$KV."+b.names.CacheBucket()+"."+kvkey.Address(d, local, ""), data, jetstream.WithMsgTTL(96*time.Hour)); err != nil {
+			return err
+		}
+		if i%10000 == 9999 {
+			select {
+			case <-b.js.PublishAsyncComplete():
+			case <-time.After(time.Minute):
+				return fmt.Errorf("storage: publish stalled")
+			}
+		}
+	}
+	<-b.js.PublishAsyncComplete()
+	wrote := time.Since(start)
+	st, err := b.js.Stream(ctx, "KV_"+b.names.CacheBucket())
+	if err != nil {
+		return err
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return err
+	}
+	sec := "4 storage"
+	b.add(sec, "entries", float64(info.State.Msgs), "")
+	b.add(sec, "write rate (direct KV publish)", float64(n)/wrote.Seconds(), "entries/s")
+	b.add(sec, "KV stream bytes", float64(info.State.Bytes)/(1<<20), "MiB")
+	b.add(sec, "KV bytes on disk", float64(dirBytes(filepath.Join(b.dir, "var")))/(1<<20), "MiB")
+	b.add(sec, "bytes per entry on disk", float64(dirBytes(filepath.Join(b.dir, "var")))/float64(max(info.State.Msgs, 1)), "B")
+	b.add(sec, "cachekeeper RSS", rssKB(b.procs["cachekeeper"].Pid())/1024, "MiB")
+	b.add(sec, "nats-server RSS", 0, "")
+	b.rows = b.rows[:len(b.rows)-1]
+	flush := func(cmd wire.FlushCommand) (time.Duration, uint64, error) {
+		data, _ := wire.Encode(&cmd)
+		t0 := time.Now()
+		m, err := b.nc.Request(b.names.Flush(), data, 5*time.Minute)
+		if err != nil {
+			return 0, 0, err
+		}
+		el := time.Since(t0)
+		var rep wire.FlushReply
+		if err := wire.Decode(m.Data, &rep); err != nil || rep.Error != "" {
+			return 0, 0, fmt.Errorf("flush: %v %s", err, rep.Error)
+		}
+		return el, rep.Removed, nil
+	}
+	el, removed, err := flush(wire.FlushCommand{Scope: wire.ScopeDomain, Domain: "s7.bench"})
+	if err != nil {
+		return err
+	}
+	b.add(sec, fmt.Sprintf("domain flush (%d entries) time", removed), ms(el), "ms")
+	el, removed, err = flush(wire.FlushCommand{Scope: wire.ScopeAll})
+	if err != nil {
+		return err
+	}
+	b.add(sec, fmt.Sprintf("full flush (%d entries) time", removed), ms(el), "ms")
+	return nil
+}
