@@ -18,6 +18,7 @@ import (
 	"github.com/callout-mail/callout/shared/smtptest"
 	"github.com/callout-mail/callout/shared/subjects"
 	"github.com/callout-mail/callout/shared/verdict"
+	"github.com/callout-mail/callout/shared/waitfor"
 	"github.com/callout-mail/callout/shared/wire"
 	"github.com/callout-mail/callout/tools/stack"
 )
@@ -292,13 +293,7 @@ func destination(t *testing.T, cfg smtptest.Config) *smtptest.Server {
 
 func waitFor(t *testing.T, d time.Duration, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met in time")
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
+	waitfor.Cond(t, d, cond)
 }
 
 func newNames() subjects.Names { return subjects.New("") }

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callout-mail/callout/shared/natstest"
+	"github.com/callout-mail/callout/shared/waitfor"
 )
 
 func TestParse(t *testing.T) {
@@ -73,25 +74,14 @@ func TestWatchPicksUpChanges(t *testing.T) {
 	if _, err := kv.Put(ctx, "other.example", []byte(`{"mode":"off"}`)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { _, ok := tab.Lookup("other.example"); return ok })
+	waitfor.Cond(t, 10*time.Second, func() bool { _, ok := tab.Lookup("other.example"); return ok })
 	if p, _ := tab.Lookup("example.org"); p.EffectiveMode() != ModeOff {
 		t.Fatalf("policy after change: %+v", p)
 	}
 	if err := kv.Delete(ctx, "example.org"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { _, ok := tab.Lookup("example.org"); return !ok })
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met in time")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitfor.Cond(t, 10*time.Second, func() bool { _, ok := tab.Lookup("example.org"); return !ok })
 }
 
 func TestIsProbeSender(t *testing.T) {

@@ -18,6 +18,7 @@ import (
 	"github.com/callout-mail/callout/shared/streams"
 	"github.com/callout-mail/callout/shared/subjects"
 	"github.com/callout-mail/callout/shared/verdict"
+	"github.com/callout-mail/callout/shared/waitfor"
 	"github.com/callout-mail/callout/shared/wire"
 )
 
@@ -43,7 +44,7 @@ func start(t *testing.T, ns *natstest.Server, cfg Config) (stop func()) {
 		}
 	}()
 	// Ready when the lookup endpoint answers.
-	waitFor(t, func() bool {
+	waitfor.Cond(t, 15*time.Second, func() bool {
 		_, err := nc.Request(subjects.New("").CacheLookup(), []byte("ping"), 200*time.Millisecond)
 		return err == nil
 	})
@@ -108,13 +109,13 @@ func TestRestartLosesNothing(t *testing.T) {
 	}
 	stop := start(t, ns, testConfig())
 	publishVerdict(t, js, valid("a@example.org", "example.org", time.Now()))
-	waitFor(t, func() bool { return lookup(t, nc, "a@example.org").Hit })
+	waitfor.Cond(t, 15*time.Second, func() bool { return lookup(t, nc, "a@example.org").Hit })
 	stop()
 	for _, l := range []string{"b", "c", "d"} {
 		publishVerdict(t, js, valid(l+"@example.org", "example.org", time.Now()))
 	}
 	start(t, ns, testConfig())
-	waitFor(t, func() bool {
+	waitfor.Cond(t, 15*time.Second, func() bool {
 		return lookup(t, nc, "b@example.org").Hit && lookup(t, nc, "c@example.org").Hit && lookup(t, nc, "d@example.org").Hit
 	})
 }
@@ -154,7 +155,7 @@ func TestFlushControl(t *testing.T) {
 	for _, l := range []string{"a", "b", "c"} {
 		publishVerdict(t, js, valid(l+"@example.org", "example.org", now))
 	}
-	waitFor(t, func() bool {
+	waitfor.Cond(t, 15*time.Second, func() bool {
 		return lookup(t, nc, "c@example.org").Hit && lookup(t, nc, "a@example.org").Hit && lookup(t, nc, "b@example.org").Hit
 	})
 
@@ -195,7 +196,7 @@ func TestFlushControl(t *testing.T) {
 	if err := json.Unmarshal(m.Data, &jr); err != nil {
 		t.Fatalf("JSON reply %q: %v", m.Data, err)
 	}
-	waitFor(t, func() bool { return !lookup(t, nc, "b@example.org").Hit && !lookup(t, nc, "c@example.org").Hit })
+	waitfor.Cond(t, 15*time.Second, func() bool { return !lookup(t, nc, "b@example.org").Hit && !lookup(t, nc, "c@example.org").Hit })
 	// A bad command gets an error and changes nothing.
 	msg.Data = []byte(`{"scope":"everything"}`)
 	m, err = nc.RequestMsg(msg, 5*time.Second)
@@ -215,7 +216,7 @@ func TestRefreshAhead(t *testing.T) {
 	jobs, _ := nc.SubscribeSync(n.ProbeAll())
 	publishVerdict(t, js, valid("old@example.org", "example.org", time.Now().Add(-2*time.Hour)))
 	publishVerdict(t, js, valid("new@example.org", "example.org", time.Now()))
-	waitFor(t, func() bool { return lookup(t, nc, "old@example.org").Hit && lookup(t, nc, "new@example.org").Hit })
+	waitfor.Cond(t, 15*time.Second, func() bool { return lookup(t, nc, "old@example.org").Hit && lookup(t, nc, "new@example.org").Hit })
 	for i := 0; i < 3; i++ {
 		if r := lookup(t, nc, "old@example.org"); !r.Hit || r.Verdict.Status != verdict.Valid {
 			t.Fatal("old entry not served from cache")
@@ -232,16 +233,5 @@ func TestRefreshAhead(t *testing.T) {
 	// One job per refresh period, and none for the fresh entry.
 	if m, err := jobs.NextMsg(300 * time.Millisecond); err == nil {
 		t.Fatalf("second refresh job: %s", m.Subject)
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met in time")
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/callout-mail/callout/shared/smtptest"
 	"github.com/callout-mail/callout/shared/subjects"
 	"github.com/callout-mail/callout/shared/verdict"
+	"github.com/callout-mail/callout/shared/waitfor"
 	"github.com/callout-mail/callout/shared/wire"
 )
 
@@ -93,7 +94,7 @@ func startSystem(t *testing.T, icfg Config) *system {
 	run(t, sys.ingest)
 	<-sys.ingest.Ready()
 	// The cache answers before tests start.
-	waitFor(t, func() bool {
+	waitfor.Cond(t, 15*time.Second, func() bool {
 		_, err := sys.nc.Request(subjects.New("").CacheLookup(), []byte("x"), 200*time.Millisecond)
 		return err == nil
 	})
@@ -105,7 +106,7 @@ func (s *system) policy(t *testing.T, domain string, p domains.Policy) {
 	if err := domains.Put(context.Background(), s.kv, domain, p); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool {
+	waitfor.Cond(t, 15*time.Second, func() bool {
 		got, ok := s.ingest.domains.Lookup(domain)
 		return ok && got.EffectiveMode() == p.EffectiveMode() && len(got.Route) == len(p.Route)
 	})
@@ -156,7 +157,7 @@ func TestPaths(t *testing.T) {
 
 	t.Run("valid, then from cache", func(t *testing.T) {
 		expect(t, sys.verify(t, rcpt("alice@example.org")), verdict.Accept, 250, verdict.SourceProbe)
-		waitFor(t, func() bool { return sys.verify(t, rcpt("alice@example.org")).Verdict.Source == verdict.SourceCache })
+		waitfor.Cond(t, 15*time.Second, func() bool { return sys.verify(t, rcpt("alice@example.org")).Verdict.Source == verdict.SourceCache })
 		before := dest.Rcpts()
 		expect(t, sys.verify(t, rcpt("alice@example.org")), verdict.Accept, 250, verdict.SourceCache)
 		if dest.Rcpts() != before {
@@ -172,7 +173,7 @@ func TestPaths(t *testing.T) {
 		if rep.Verdict.Host != "" || rep.Verdict.Text != "" {
 			t.Fatal("reply reveals the destination")
 		}
-		waitFor(t, func() bool { return sys.verify(t, rcpt("nobody@example.org")).Verdict.Source == verdict.SourceCache })
+		waitfor.Cond(t, 15*time.Second, func() bool { return sys.verify(t, rcpt("nobody@example.org")).Verdict.Source == verdict.SourceCache })
 	})
 	t.Run("known not catch-all: no second random RCPT", func(t *testing.T) {
 		rand := dest.Rcpts()
@@ -185,7 +186,7 @@ func TestPaths(t *testing.T) {
 		expect(t, sys.verify(t, rcpt("first@catchall.example")), verdict.Accept, 250, verdict.SourceProbe)
 		before := dest.Rcpts()
 		// Once the domain fact is stored, other addresses are answered without a job.
-		waitFor(t, func() bool {
+		waitfor.Cond(t, 15*time.Second, func() bool {
 			return sys.verify(t, rcpt("second@catchall.example")).Verdict.Source == verdict.SourceCache
 		})
 		rep := sys.verify(t, rcpt("third@catchall.example"))
@@ -330,7 +331,7 @@ func TestNeverRejectOnDoubt(t *testing.T) {
 	expect(t, sys.verify(t, rcpt("x@nonull.example")), verdict.Accept, 250, verdict.SourceProbe)
 	// The refusal is cached as a domain fact: the next address makes no callout.
 	before := nonull.Conns()
-	waitFor(t, func() bool { return sys.verify(t, rcpt("y@nonull.example")).Verdict.Source == verdict.SourceCache })
+	waitfor.Cond(t, 15*time.Second, func() bool { return sys.verify(t, rcpt("y@nonull.example")).Verdict.Source == verdict.SourceCache })
 	if nonull.Conns() > before+1 {
 		t.Fatalf("%d more connections to a destination that refuses us", nonull.Conns()-before)
 	}
@@ -341,7 +342,7 @@ func TestDestinationDown(t *testing.T) {
 	dest := destination(t, smtptest.Config{Mailboxes: []string{"known@example.org"}})
 	sys.policy(t, "example.org", domains.Policy{Route: []string{dest.Addr()}})
 	expect(t, sys.verify(t, rcpt("known@example.org")), verdict.Accept, 250, verdict.SourceProbe)
-	waitFor(t, func() bool { return sys.verify(t, rcpt("known@example.org")).Verdict.Source == verdict.SourceCache })
+	waitfor.Cond(t, 15*time.Second, func() bool { return sys.verify(t, rcpt("known@example.org")).Verdict.Source == verdict.SourceCache })
 	dest.Close()
 	// Known recipients are still accepted; unknown ones deferred.
 	expect(t, sys.verify(t, rcpt("known@example.org")), verdict.Accept, 250, verdict.SourceCache)
@@ -369,16 +370,5 @@ func TestDictionaryBrake(t *testing.T) {
 	other.ClientAddress = "192.0.2.99"
 	if rep := sys.verify(t, other); rep.Decision.Action != verdict.Reject {
 		t.Fatalf("other client: %+v", rep.Decision)
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met in time")
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/callout-mail/callout/shared/streams"
 	"github.com/callout-mail/callout/shared/subjects"
 	"github.com/callout-mail/callout/shared/verdict"
+	"github.com/callout-mail/callout/shared/waitfor"
 	"github.com/callout-mail/callout/shared/wire"
 )
 
@@ -137,7 +138,7 @@ func TestJobToVerdict(t *testing.T) {
 		t.Fatalf("verdict %+v", v)
 	}
 	// The job was acked: the work queue is empty again.
-	waitFor(t, func() bool {
+	waitfor.Cond(t, 15*time.Second, func() bool {
 		info, err := h.js.Stream(context.Background(), h.names.ProbeStream())
 		if err != nil {
 			return false
@@ -159,7 +160,7 @@ func TestGarbageJobIsDropped(t *testing.T) {
 	if _, err := h.js.Publish(ctx, h.names.Probe("x.y"), []byte("\xc1garbage")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool {
+	waitfor.Cond(t, 15*time.Second, func() bool {
 		s, err := h.js.Stream(ctx, h.names.ProbeStream())
 		if err != nil {
 			return false
@@ -251,16 +252,5 @@ func TestGivesUpAfterMaxDeliver(t *testing.T) {
 	v, _ := wire.DecodeVerdict(m.Data)
 	if v.Status != verdict.TempFail || v.Reason != ReasonGaveUp {
 		t.Fatalf("verdict %+v", v)
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met in time")
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
