@@ -130,6 +130,7 @@ func start(bin string) (*bench, func(), error) {
 		return nil, stop, err
 	}
 	order = append(order, ns)
+	b.procs["nats-server"] = ns
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := stack.WaitNATS(ctx, b.url); err != nil {
@@ -678,8 +679,7 @@ func (b *bench) storage(n int) error {
 	b.add(sec, "KV bytes on disk", float64(dirBytes(filepath.Join(b.dir, "var")))/(1<<20), "MiB")
 	b.add(sec, "bytes per entry on disk", float64(dirBytes(filepath.Join(b.dir, "var")))/float64(max(info.State.Msgs, 1)), "B")
 	b.add(sec, "cachekeeper RSS", rssKB(b.procs["cachekeeper"].Pid())/1024, "MiB")
-	b.add(sec, "nats-server RSS", 0, "")
-	b.rows = b.rows[:len(b.rows)-1]
+	b.add(sec, "nats-server RSS", rssKB(b.procs["nats-server"].Pid())/1024, "MiB")
 	flush := func(cmd wire.FlushCommand) (time.Duration, uint64, error) {
 		data, _ := wire.Encode(&cmd)
 		t0 := time.Now()
