@@ -77,7 +77,11 @@ type Service struct {
 	m       *metrics
 	mu      sync.Mutex
 	refresh map[string]time.Time // key -> last background re-probe
+	ready   chan struct{}
 }
+
+// Ready is closed once the service stores verdicts and answers requests.
+func (s *Service) Ready() <-chan struct{} { return s.ready }
 
 // New builds a cachekeeper on an open connection.
 func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger) (*Service, error) {
@@ -85,7 +89,7 @@ func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger)
 	if err != nil {
 		return nil, err
 	}
-	return &Service{cfg: cfg, log: log, nc: nc, js: js, names: subjects.New(cfg.NATS.Prefix), m: newMetrics(reg), refresh: map[string]time.Time{}}, nil
+	return &Service{cfg: cfg, log: log, nc: nc, js: js, names: subjects.New(cfg.NATS.Prefix), m: newMetrics(reg), refresh: map[string]time.Time{}, ready: make(chan struct{})}, nil
 }
 
 // Run serves until ctx ends.
@@ -137,6 +141,11 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	s.log.Info("cachekeeper running", "bucket", s.names.CacheBucket(), "lookup", s.names.CacheLookup(), "flush", s.names.Flush())
+	// Subscriptions reach the server before anyone is told we are ready.
+	if err := s.nc.Flush(); err != nil {
+		s.log.Warn("flush", "err", err)
+	}
+	close(s.ready)
 	<-ctx.Done()
 	_ = svc.Stop()
 	cc.Stop()

@@ -43,11 +43,11 @@ func start(t *testing.T, ns *natstest.Server, cfg Config) (stop func()) {
 			t.Errorf("Run: %v", err)
 		}
 	}()
-	// Ready when the lookup endpoint answers.
-	waitfor.Cond(t, 15*time.Second, func() bool {
-		_, err := nc.Request(subjects.New("").CacheLookup(), []byte("ping"), 200*time.Millisecond)
-		return err == nil
-	})
+	select {
+	case <-svc.Ready():
+	case <-time.After(15 * time.Second):
+		t.Fatal("cachekeeper not ready")
+	}
 	stopped := false
 	stop = func() {
 		if !stopped {

@@ -116,6 +116,10 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	s.log.Info("ingest running", "subject", s.names.Verify())
+	// Subscriptions reach the server before anyone is told we are ready.
+	if err := s.nc.Flush(); err != nil {
+		s.log.Warn("flush", "err", err)
+	}
 	close(s.ready)
 	<-ctx.Done()
 	return svc.Stop()

@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"net"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,6 +19,7 @@ import (
 
 	"github.com/callout-mail/callout/services/cachekeeper/keeper"
 	"github.com/callout-mail/callout/services/prober/probe"
+	"github.com/callout-mail/callout/shared/dnstest"
 	"github.com/callout-mail/callout/shared/domains"
 	"github.com/callout-mail/callout/shared/natstest"
 	"github.com/callout-mail/callout/shared/smtptest"
@@ -70,6 +74,11 @@ func run(t *testing.T, r runner) {
 // startSystem runs ingest, one prober and one cachekeeper on an embedded server.
 func startSystem(t *testing.T, icfg Config) *system {
 	t.Helper()
+	return startSystemWith(t, icfg, proberConfig())
+}
+
+func startSystemWith(t *testing.T, icfg Config, pcfg probe.Config) *system {
+	t.Helper()
 	ns := natstest.Start(t)
 	sys := &system{ns: ns, nc: ns.Connect(t)}
 	js, _ := jetstream.New(sys.nc)
@@ -82,7 +91,7 @@ func startSystem(t *testing.T, icfg Config) *system {
 		t.Fatal(err)
 	}
 	run(t, k)
-	p, err := probe.New(proberConfig(), ns.Connect(t), prometheus.NewRegistry(), quiet)
+	p, err := probe.New(pcfg, ns.Connect(t), prometheus.NewRegistry(), quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -370,5 +379,33 @@ func TestDictionaryBrake(t *testing.T) {
 	other.ClientAddress = "192.0.2.99"
 	if rep := sys.verify(t, other); rep.Decision.Action != verdict.Reject {
 		t.Fatalf("other client: %+v", rep.Decision)
+	}
+}
+
+// Sender verification: any domain, destination by MX, reject only on a
+// definite invalid.
+func TestSenderVerification(t *testing.T) {
+	dest := destination(t, smtptest.Config{Mailboxes: []string{"real@sender.example"}})
+	_, port, _ := net.SplitHostPort(dest.Addr())
+	pcfg := proberConfig()
+	pcfg.DNSServer = dnstest.Start(t,
+		"sender.example. 60 IN MX 10 mx.sender.example.", "mx.sender.example. 60 IN A 127.0.0.1",
+		"nomail.example. 60 IN MX 0 .")
+	pcfg.MXPort, _ = strconv.Atoi(port)
+	sys := startSystemWith(t, ingestConfig(), pcfg)
+	snd := func(a string) wire.VerifyReply {
+		return sys.verify(t, wire.VerifyRequest{Address: a, Purpose: verdict.Sender})
+	}
+	expect(t, snd("real@sender.example"), verdict.Accept, 250, verdict.SourceProbe)
+	rep := snd("forged@sender.example")
+	expect(t, rep, verdict.Reject, 550, verdict.SourceProbe)
+	if rep.Decision.Enhanced != "5.1.0" || !strings.Contains(rep.Decision.Text, "Sender address rejected") {
+		t.Fatalf("sender reject %+v", rep.Decision)
+	}
+	expect(t, snd("x@nomail.example"), verdict.Reject, 550, verdict.SourceProbe)   // null MX
+	expect(t, snd("x@nxdomain.example"), verdict.Reject, 550, verdict.SourceProbe) // no such domain
+	expect(t, snd("x@lookup.fail"), verdict.Accept, 250, verdict.SourceProbe)      // SERVFAIL: temporary, accepted by default
+	if dest.RcptsFor("forged@sender.example") != 1 {
+		t.Fatal("the sender's MX was not asked")
 	}
 }

@@ -50,6 +50,32 @@ var unknownWords = []string{
 	"user doesn't", "account does not", "not a valid recipient", "unknown address",
 }
 
+// withoutAddresses drops <...> paths and words holding an @ from a reply
+// text: an address such as <bob@sender.example> or <x@blocked.example> must
+// not read as a policy word. Host names stay: "blocked using zen.spamhaus.org".
+func withoutAddresses(text string) string {
+	var b strings.Builder
+	depth := 0
+	for _, r := range text {
+		switch {
+		case r == '<':
+			depth++
+		case r == '>' && depth > 0:
+			depth--
+		case depth == 0:
+			b.WriteRune(r)
+		}
+	}
+	words := strings.Fields(b.String())
+	kept := words[:0]
+	for _, w := range words {
+		if !strings.Contains(w, "@") {
+			kept = append(kept, w)
+		}
+	}
+	return strings.Join(kept, " ")
+}
+
 func has(text string, words []string) bool {
 	for _, w := range words {
 		if strings.Contains(text, w) {
@@ -94,7 +120,7 @@ func permanent(r smtpprobe.Reply, text string) Result {
 		// Microsoft 365 directory-based edge blocking: the mailbox is not in the directory.
 		return Result{verdict.Invalid, ReasonUserUnknown}
 	}
-	if has(text, policyWords) {
+	if has(withoutAddresses(text), policyWords) {
 		return Result{verdict.Unverifiable, ReasonPolicy}
 	}
 	switch {

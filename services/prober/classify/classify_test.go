@@ -51,6 +51,11 @@ func TestRcpt(t *testing.T) {
 		{"550 5.7.26 Unauthenticated email is not accepted due to DMARC", verdict.Unverifiable, ReasonPolicy},
 		{"550 5.1.1 Your IP is listed at Spamhaus: user unknown", verdict.Unverifiable, ReasonPolicy},
 		{"550 User unknown (blocked by policy)", verdict.Unverifiable, ReasonPolicy},
+		// Words inside the quoted address are not policy words.
+		{"550 5.1.1 <bob@sender.example>: Recipient address rejected: User unknown", verdict.Invalid, ReasonUserUnknown},
+		{"550 5.1.1 <spam@blocked-relay.example>: User unknown", verdict.Invalid, ReasonUserUnknown},
+		{"550 No such user spamtrap@policy.example", verdict.Invalid, ReasonUserUnknown},
+		{"550 5.7.1 <x@example.org>: blocked using zen.spamhaus.org", verdict.Unverifiable, ReasonPolicy},
 		{"553 5.1.7 The sender address is invalid", verdict.Unverifiable, ReasonPolicy},
 		{"553 5.1.8 Domain of sender address does not exist", verdict.Unverifiable, ReasonPolicy},
 		{"550 5.4.4 Unable to route", verdict.Unverifiable, ReasonPolicy},

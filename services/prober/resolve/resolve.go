@@ -52,8 +52,9 @@ func New(server string, port int) *Resolver {
 	return &Resolver{DNS: r, Port: port, Timeout: 10 * time.Second}
 }
 
-// MX returns host:port for each MX of domain by preference, or the domain
-// itself when it has address records but no MX.
+// MX returns ip:port for each address of each MX of domain, by preference,
+// or of the domain itself when it has address records but no MX. Host names
+// are resolved here, through the same DNS, so that dialing needs no lookup.
 func (r *Resolver) MX(ctx context.Context, domain string) ([]string, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.Timeout)
 	defer cancel()
@@ -64,30 +65,48 @@ func (r *Resolver) MX(ctx context.Context, domain string) ([]string, error) {
 			return nil, fmt.Errorf("%w: MX %s: %v", ErrTemporary, domain, err)
 		}
 		// No MX: the domain's own A/AAAA, if it exists at all.
-		if _, herr := r.DNS.LookupHost(ctx, domain); herr != nil {
+		addrs, herr := r.DNS.LookupHost(ctx, domain)
+		if herr != nil {
 			if errors.As(herr, &de) && de.IsNotFound {
 				return nil, fmt.Errorf("%w: %s does not exist", ErrNoMail, domain)
 			}
 			return nil, fmt.Errorf("%w: A/AAAA %s: %v", ErrTemporary, domain, herr)
 		}
-		return []string{r.hostPort(domain)}, nil
+		return r.hostPorts(addrs), nil
 	}
 	if len(mxs) == 1 && (mxs[0].Host == "." || mxs[0].Host == "") {
 		return nil, fmt.Errorf("%w: %s publishes a null MX", ErrNoMail, domain)
 	}
 	sort.SliceStable(mxs, func(i, j int) bool { return mxs[i].Pref < mxs[j].Pref })
-	hosts := make([]string, 0, len(mxs))
+	var hosts []string
+	var lastErr error
 	for _, mx := range mxs {
 		h := strings.TrimSuffix(mx.Host, ".")
 		if h == "" {
 			continue
 		}
-		hosts = append(hosts, r.hostPort(h))
+		addrs, err := r.DNS.LookupHost(ctx, h)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		hosts = append(hosts, r.hostPorts(addrs)...)
 	}
 	if len(hosts) == 0 {
+		if lastErr != nil {
+			return nil, fmt.Errorf("%w: no address for the MX hosts of %s: %v", ErrTemporary, domain, lastErr)
+		}
 		return nil, fmt.Errorf("%w: %s has no usable MX", ErrNoMail, domain)
 	}
 	return hosts, nil
+}
+
+func (r *Resolver) hostPorts(addrs []string) []string {
+	out := make([]string, 0, len(addrs))
+	for _, a := range addrs {
+		out = append(out, r.hostPort(a))
+	}
+	return out
 }
 
 func (r *Resolver) hostPort(h string) string { return net.JoinHostPort(h, strconv.Itoa(r.Port)) }
