@@ -374,3 +374,14 @@ func TestRateLimit(t *testing.T) {
 		t.Fatalf("4 callouts at 5/s took %v", el)
 	}
 }
+
+// The whole dialogue on one host is bounded, even when each reply is in time.
+func TestDialogueTimeout(t *testing.T) {
+	s := server(t, smtptest.Config{Mailboxes: []string{"a@example.org"}, Delay: 150 * time.Millisecond})
+	v := New(Config{SMTP: smtpprobe.Config{BannerTimeout: time.Second, CommandTimeout: time.Second}, DialogueTimeout: 400 * time.Millisecond, RandomSecret: secret},
+		destination.NewPool(destination.Config{Rate: 1000}, nil))
+	r := v.Verify(context.Background(), Target{Address: addr(t, "a@example.org"), Hosts: []string{s.Addr()}})
+	if r.Address.Status != verdict.TempFail || r.Address.Reason != ReasonTimeout {
+		t.Fatalf("slow dialogue: %+v", r.Address)
+	}
+}

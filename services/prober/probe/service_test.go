@@ -50,8 +50,13 @@ func newHarness(t *testing.T) *harness {
 // start runs a prober with its own connection; the returned func kills it.
 func (h *harness) start(t *testing.T, cfg Config) (kill func()) {
 	t.Helper()
+	return h.startWith(t, cfg, prometheus.NewRegistry())
+}
+
+func (h *harness) startWith(t *testing.T, cfg Config, reg *prometheus.Registry) (kill func()) {
+	t.Helper()
 	nc := h.ns.Connect(t)
-	svc, err := New(cfg, nc, prometheus.NewRegistry(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	svc, err := New(cfg, nc, reg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,11 +121,12 @@ func (h *harness) ask(t *testing.T, domain, local string, job wire.ProbeJob, wai
 
 func TestJobToVerdict(t *testing.T) {
 	h := newHarness(t)
+	reg := prometheus.NewRegistry()
 	dest, _ := smtptest.Start("127.0.0.1:0", smtptest.Config{Mailboxes: []string{"alice@example.org"}})
 	defer dest.Close()
 	h.route(t, "example.org", domains.Policy{Route: []string{dest.Addr()}})
 	factSub, _ := h.nc.SubscribeSync(h.names.Verdict(kvkey.Domain("example.org", kvkey.FactCatchAll)))
-	h.start(t, testConfig())
+	h.startWith(t, testConfig(), reg)
 
 	v := h.ask(t, "example.org", "alice", wire.ProbeJob{Address: "alice@example.org", Purpose: verdict.Recipient}, 10*time.Second)
 	if v.Status != verdict.Valid || v.Host != dest.Addr() {
@@ -137,6 +143,11 @@ func TestJobToVerdict(t *testing.T) {
 	if v.Status != verdict.Invalid || v.Code != 550 {
 		t.Fatalf("verdict %+v", v)
 	}
+	// The metrics count what happened.
+	waitfor.Cond(t, 5*time.Second, func() bool {
+		return counter(t, reg, "callout_prober_callouts_total", "result", "valid") == 1 &&
+			counter(t, reg, "callout_prober_callouts_total", "result", "invalid") == 1
+	})
 	// The job was acked: the work queue is empty again.
 	waitfor.Cond(t, 15*time.Second, func() bool {
 		info, err := h.js.Stream(context.Background(), h.names.ProbeStream())
@@ -253,4 +264,26 @@ func TestGivesUpAfterMaxDeliver(t *testing.T) {
 	if v.Status != verdict.TempFail || v.Reason != ReasonGaveUp {
 		t.Fatalf("verdict %+v", v)
 	}
+}
+
+// counter reads one labelled counter from a registry.
+func counter(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == label && l.GetValue() == value {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
 }

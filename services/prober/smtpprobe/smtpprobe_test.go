@@ -197,3 +197,36 @@ func TestEHLOFallsBackToHELO(t *testing.T) {
 
 // drain reads until the client or the server's Close ends the connection.
 func drain(c net.Conn) { _, _ = io.Copy(io.Discard, c) }
+
+// QUIT waits at most QuitTimeout for the server's answer.
+func TestQuitDoesNotWaitLong(t *testing.T) {
+	addr := hostile(t, func(c net.Conn) {
+		c.Write([]byte("220 hi\r\n"))
+		r := bufio.NewReader(c)
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			if strings.HasPrefix(line, "QUIT") {
+				drain(c) // never answers QUIT
+				return
+			}
+			c.Write([]byte("250 ok\r\n"))
+		}
+	})
+	c, _, err := Dial(context.Background(), addr, Config{QuitTimeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Hello(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { c.Quit(context.Background()); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("QUIT waited for an answer that never came")
+	}
+}
