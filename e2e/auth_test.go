@@ -85,16 +85,6 @@ func TestAuthRoles(t *testing.T) {
 		up := "CALLOUT_" + strings.ToUpper(role) + "_NATS_"
 		s.env[role] = []string{up + "USER=" + role, up + "PASSWORD=" + role + "-dev-password", up + "INBOX_PREFIX=_INBOX_" + role}
 	}
-	t.Cleanup(func() {
-		for _, name := range []string{"ingest", "prober", "cachekeeper"} {
-			for _, p := range s.procs[name] {
-				_ = p.Stop(10 * time.Second)
-			}
-		}
-		if t.Failed() {
-			s.dumpLogs()
-		}
-	})
 	// The admin creates the domain policy bucket and the policy.
 	dest := destination(t, smtptest.Config{Mailboxes: []string{"alice@example.org"}})
 	kv, err := domains.Bucket(ctx, js, s.names.DomainsBucket(), 1)
@@ -104,9 +94,7 @@ func TestAuthRoles(t *testing.T) {
 	if err := domains.Put(ctx, kv, "example.org", domains.Policy{Route: []string{dest.Addr()}}); err != nil {
 		t.Fatalf("admin writes a policy: %v", err)
 	}
-	for _, n := range []string{"cachekeeper", "prober", "ingest"} {
-		s.start(n)
-	}
+	s.startServices()
 	// The services run with least privilege: the whole flow works.
 	mta := connectAs(t, url, "mta")
 	ask := func(addr string) wire.VerifyReply {

@@ -224,20 +224,7 @@ func TestClusterNodeLoss(t *testing.T) {
 			"ingest":      {"CALLOUT_INGEST_REPLICAS=3", "CALLOUT_INGEST_TIMEOUT=10s"},
 		}}
 	s.nats = nodes[0]
-	t.Cleanup(func() {
-		for _, name := range []string{"ingest", "prober", "cachekeeper"} {
-			for _, p := range s.procs[name] {
-				_ = p.Stop(10 * time.Second)
-			}
-		}
-		if t.Failed() {
-			s.dumpLogs()
-		}
-	})
-	for _, n := range []string{"cachekeeper", "prober", "ingest"} {
-		s.start(n)
-	}
-	s.waitReady()
+	s.startServices()
 	var boxes []string
 	for i := 0; i < 40; i++ {
 		boxes = append(boxes, fmt.Sprintf("c%d@example.org", i))

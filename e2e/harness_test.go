@@ -126,17 +126,7 @@ func newSystem(t *testing.T, o options) *system {
 	t.Helper()
 	s := &system{t: t, dir: t.TempDir(), procs: map[string][]*stack.Proc{}, env: o.env, names: newNames()}
 	s.startNATS()
-	t.Cleanup(func() {
-		for _, name := range []string{"ingest", "prober", "cachekeeper"} {
-			for _, p := range s.procs[name] {
-				_ = p.Stop(10 * time.Second)
-			}
-		}
-		_ = s.nats.Stop(10 * time.Second)
-		if t.Failed() {
-			s.dumpLogs()
-		}
-	})
+	t.Cleanup(func() { _ = s.nats.Stop(10 * time.Second) })
 	nc, err := nats.Connect(s.url, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
@@ -145,11 +135,29 @@ func newSystem(t *testing.T, o options) *system {
 	s.nc = nc
 	s.js, _ = jetstream.New(nc)
 	s.policy = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	s.start("cachekeeper")
-	s.start("prober")
-	s.start("ingest")
-	s.waitReady()
+	s.startServices()
 	return s
+}
+
+// startServices runs one cachekeeper, prober and ingest, waits until they
+// serve, and stops every service instance when the test ends (its logs are
+// shown when it failed).
+func (s *system) startServices() {
+	s.t.Helper()
+	s.t.Cleanup(func() {
+		for _, name := range []string{"ingest", "prober", "cachekeeper"} {
+			for _, p := range s.procs[name] {
+				_ = p.Stop(10 * time.Second)
+			}
+		}
+		if s.t.Failed() {
+			s.dumpLogs()
+		}
+	})
+	for _, name := range []string{"cachekeeper", "prober", "ingest"} {
+		s.start(name)
+	}
+	s.waitReady()
 }
 
 func (s *system) dumpLogs() {

@@ -86,3 +86,22 @@ func JobPending(err error) bool {
 	var apiErr *jetstream.APIError
 	return errors.As(err, &apiErr) && apiErr.ErrorCode == 10077 && strings.Contains(apiErr.Description, "per subject")
 }
+
+// Workers ensures the durable pull consumer that all instances of a service
+// share. The server redelivers without limit: the services decide
+// themselves when to give up (the prober with a final verdict).
+func Workers(ctx context.Context, js jetstream.JetStream, stream, durable string, ackWait time.Duration, replicas int) (jetstream.Consumer, error) {
+	c, err := js.CreateOrUpdateConsumer(ctx, stream, jetstream.ConsumerConfig{
+		Durable:       durable,
+		Description:   "shared by all instances of a service",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       ackWait,
+		MaxDeliver:    -1,
+		MaxAckPending: 10000,
+		Replicas:      replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("consumer %s on %s: %w", durable, stream, err)
+	}
+	return c, nil
+}

@@ -106,18 +106,8 @@ func (s *Service) Run(ctx context.Context) error {
 		if _, err := streams.Probes(ctx, s.js, s.names, s.cfg.Replicas); err != nil {
 			return err
 		}
-		cons, err = s.js.CreateOrUpdateConsumer(ctx, s.names.VerdictStream(), jetstream.ConsumerConfig{
-			Durable:     s.names.VerdictConsumer(),
-			Description: "cachekeepers share this consumer",
-			AckPolicy:   jetstream.AckExplicitPolicy,
-			AckWait:     30 * time.Second,
-			MaxDeliver:  -1,
-			Replicas:    s.cfg.Replicas,
-		})
-		if err != nil {
-			return fmt.Errorf("consumer %s: %w", s.names.VerdictConsumer(), err)
-		}
-		return nil
+		cons, err = streams.Workers(ctx, s.js, s.names.VerdictStream(), s.names.VerdictConsumer(), 30*time.Second, s.cfg.Replicas)
+		return err
 	})
 	if err != nil {
 		return err

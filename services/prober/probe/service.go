@@ -100,21 +100,8 @@ func (s *Service) Run(ctx context.Context) error {
 		if s.domains, err = domains.Watch(ctx, kv, s.log); err != nil {
 			return err
 		}
-		cons, err = s.js.CreateOrUpdateConsumer(ctx, s.names.ProbeStream(), jetstream.ConsumerConfig{
-			Durable:     s.names.ProbeConsumer(),
-			Description: "probers share this consumer",
-			AckPolicy:   jetstream.AckExplicitPolicy,
-			AckWait:     s.cfg.AckWait,
-			// The server redelivers without limit; the prober gives up itself after
-			// MaxDeliver, with a final verdict, so no job is left stuck.
-			MaxDeliver:    -1,
-			MaxAckPending: 10000,
-			Replicas:      s.cfg.Replicas,
-		})
-		if err != nil {
-			return fmt.Errorf("consumer %s: %w", s.names.ProbeConsumer(), err)
-		}
-		return nil
+		cons, err = streams.Workers(ctx, s.js, s.names.ProbeStream(), s.names.ProbeConsumer(), s.cfg.AckWait, s.cfg.Replicas)
+		return err
 	})
 	if err != nil {
 		return err
