@@ -1,0 +1,92 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/callout-mail/callout/shared/kvkey"
+	"github.com/callout-mail/callout/shared/natstest"
+	"github.com/callout-mail/callout/shared/verdict"
+	"github.com/callout-mail/callout/shared/wire"
+)
+
+func ctl(t *testing.T, url string, args ...string) (string, error) {
+	t.Helper()
+	var out bytes.Buffer
+	err := run(context.Background(), append([]string{"-server", url}, args...), &out)
+	return out.String(), err
+}
+
+func TestDomainCommands(t *testing.T) {
+	ns := natstest.Start(t)
+	url := ns.ClientURL()
+	if _, err := ctl(t, url, "domain", "set", "Example.ORG", "-route", "127.0.0.1:2525,mx", "-fallback-sender", "verify@gw.example"); err != nil {
+		t.Fatal(err)
+	}
+	out, err := ctl(t, url, "domain", "get", "example.org")
+	if err != nil || !strings.Contains(out, `"route":["127.0.0.1:2525","mx"]`) || !strings.Contains(out, "verify@gw.example") {
+		t.Fatalf("get: %q %v", out, err)
+	}
+	if _, err := ctl(t, url, "domain", "set", "static.example", "-mode", "static", "-mailboxes", "alice, bob"); err != nil {
+		t.Fatal(err)
+	}
+	out, _ = ctl(t, url, "domain", "ls")
+	if !strings.Contains(out, "example.org") || !strings.Contains(out, `"mailboxes":["alice","bob"]`) {
+		t.Fatalf("ls: %q", out)
+	}
+	if _, err := ctl(t, url, "domain", "set", "bad.example", "-mode", "sometimes"); err == nil {
+		t.Fatal("a bad mode was stored")
+	}
+	if _, err := ctl(t, url, "domain", "rm", "example.org"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ctl(t, url, "domain", "get", "example.org"); err == nil {
+		t.Fatal("removed policy still there")
+	}
+}
+
+func TestInspect(t *testing.T) {
+	ns := natstest.Start(t)
+	nc := ns.Connect(t)
+	js, _ := jetstream.New(nc)
+	ctx := context.Background()
+	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "callout_cache"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	v := verdict.Verdict{Kind: verdict.KindAddress, Address: "alice@example.org", Domain: "example.org", Status: verdict.Invalid,
+		Reason: "user_unknown", Code: 550, Enhanced: "5.1.1", Text: "User unknown", CheckedAt: now, ExpiresAt: now.Add(2 * time.Hour)}
+	b, _ := wire.EncodeVerdict(v)
+	if _, err := kv.Put(ctx, kvkey.Address("example.org", "alice", ""), b); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, kvkey.Address("other.example", "bob", ""), b); err != nil {
+		t.Fatal(err)
+	}
+	out, err := ctl(t, ns.ClientURL(), "inspect", "-domain", "example.org")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "addr.example/org.alice") || !strings.Contains(out, "invalid") || !strings.Contains(out, "550 5.1.1") || strings.Contains(out, "other") {
+		t.Fatalf("inspect: %q", out)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	ns := natstest.Start(t)
+	for _, args := range [][]string{{"flush"}, {"flush", "-all", "-domain", "x.org"}, {"verify"}, {"lookup"}, {"bogus"}} {
+		if _, err := ctl(t, ns.ClientURL(), args...); err == nil {
+			t.Errorf("%v: no error", args)
+		}
+	}
+	// Nobody answers: a clear error, not a hang.
+	if _, err := ctl(t, ns.ClientURL(), "flush", "-all"); err == nil || !strings.Contains(err.Error(), "flush") {
+		t.Fatalf("flush without a cachekeeper: %v", err)
+	}
+}
