@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -21,7 +22,7 @@ func NewRegistry() *prometheus.Registry {
 	return r
 }
 
-// Serve serves /metrics on addr until ctx ends. An empty addr serves nothing.
+// Serve serves /metrics (and /debug/pprof) on addr until ctx ends. An empty addr serves nothing.
 // It returns the bound address (useful with port 0).
 func Serve(ctx context.Context, addr string, reg *prometheus.Registry, log *slog.Logger) (string, error) {
 	if addr == "" {
@@ -33,6 +34,10 @@ func Serve(ctx context.Context, addr string, reg *prometheus.Registry, log *slog
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	// Profiles for operators; the listener is on loopback by default.
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
