@@ -7,6 +7,7 @@ package microasync
 
 import (
 	"context"
+	"sync"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
@@ -45,16 +46,29 @@ func (r *Request) Error(code, description string, data []byte) error {
 	}})
 }
 
-// Handler returns a micro handler that runs fn for each request on its own
-// goroutine, at most limit at once; beyond that it waits (NATS buffers).
-func Handler(ctx context.Context, nc *nats.Conn, limit int, fn func(context.Context, *Request)) micro.Handler {
-	sem := make(chan struct{}, limit)
+// Pool runs requests on their own goroutines, at most limit at once.
+type Pool struct {
+	sem chan struct{}
+	wg  sync.WaitGroup
+}
+
+// NewPool returns a pool of limit goroutines.
+func NewPool(limit int) *Pool { return &Pool{sem: make(chan struct{}, limit)} }
+
+// Handler returns a micro handler that runs fn for each request in the
+// pool; beyond the limit it waits (NATS buffers).
+func (p *Pool) Handler(ctx context.Context, nc *nats.Conn, fn func(context.Context, *Request)) micro.Handler {
 	return micro.HandlerFunc(func(r micro.Request) {
 		req := &Request{nc: nc, subject: r.Subject(), reply: r.Reply(), data: r.Data(), headers: nats.Header(r.Headers())}
-		sem <- struct{}{}
+		p.sem <- struct{}{}
+		p.wg.Add(1)
 		go func() {
-			defer func() { <-sem }()
+			defer func() { <-p.sem; p.wg.Done() }()
 			fn(ctx, req)
 		}()
 	})
 }
+
+// Wait waits until every request taken has been handled, so that a service
+// that stops answers what it took before its connection drains.
+func (p *Pool) Wait() { p.wg.Wait() }

@@ -20,7 +20,8 @@ func TestHandler(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer svc.Stop()
-	err = svc.AddEndpoint("e", Handler(context.Background(), nc, 4, func(_ context.Context, r *Request) {
+	pool := NewPool(4)
+	err = svc.AddEndpoint("e", pool.Handler(context.Background(), nc, func(_ context.Context, r *Request) {
 		time.Sleep(5 * time.Millisecond)
 		if string(r.Data()) == "bad" {
 			_ = r.Error("400", "bad request", nil)
@@ -55,4 +56,5 @@ func TestHandler(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	pool.Wait()
 }

@@ -78,6 +78,7 @@ type Service struct {
 	mu      sync.Mutex
 	refresh map[string]time.Time // key -> last background re-probe
 	ready   chan struct{}
+	pool    *microasync.Pool
 }
 
 // Ready is closed once the service stores verdicts and answers requests.
@@ -138,6 +139,7 @@ func (s *Service) Run(ctx context.Context) error {
 	close(s.ready)
 	<-ctx.Done()
 	_ = svc.Stop()
+	s.pool.Wait()
 	cc.Stop()
 	wg.Wait()
 	return nil
@@ -176,7 +178,8 @@ func (s *Service) serve(ctx context.Context) (micro.Service, error) {
 		return nil, err
 	}
 	// A micro handler runs serially: lookups go to a bounded pool.
-	if err := svc.AddEndpoint("lookup", microasync.Handler(ctx, s.nc, s.cfg.Workers, s.lookup),
+	s.pool = microasync.NewPool(s.cfg.Workers)
+	if err := svc.AddEndpoint("lookup", s.pool.Handler(ctx, s.nc, s.lookup),
 		micro.WithEndpointSubject(s.names.CacheLookup())); err != nil {
 		return nil, err
 	}

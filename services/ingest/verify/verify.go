@@ -110,7 +110,8 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	// micro calls handlers one at a time: requests go to a bounded pool.
-	err = svc.AddEndpoint("verify", microasync.Handler(ctx, s.nc, s.cfg.Workers, s.serveNATS),
+	pool := microasync.NewPool(s.cfg.Workers)
+	err = svc.AddEndpoint("verify", pool.Handler(ctx, s.nc, s.serveNATS),
 		micro.WithEndpointSubject(s.names.Verify()))
 	if err != nil {
 		return err
@@ -122,7 +123,11 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	close(s.ready)
 	<-ctx.Done()
-	return svc.Stop()
+	err = svc.Stop()
+	// Requests taken are answered (a defer, their context being done) before
+	// the connection drains.
+	pool.Wait()
+	return err
 }
 
 func (s *Service) serveNATS(ctx context.Context, r *microasync.Request) {
