@@ -287,3 +287,26 @@ func counter(t *testing.T, reg *prometheus.Registry, name, label, value string) 
 	}
 	return 0
 }
+
+// A dialogue longer than AckWait is heartbeated: no other prober gets the job.
+func TestSlowDialogueIsNotRedelivered(t *testing.T) {
+	h := newHarness(t)
+	dest, _ := smtptest.Start("127.0.0.1:0", smtptest.Config{Rcpt: func(from, to string) string {
+		time.Sleep(3 * time.Second)
+		return "250 2.1.5 Ok"
+	}})
+	defer dest.Close()
+	h.route(t, "example.org", domains.Policy{Route: []string{dest.Addr()}})
+	cfg := testConfig()
+	cfg.AckWait = time.Second
+	cfg.CommandTimeout = 10 * time.Second
+	h.start(t, cfg)
+	h.start(t, cfg)
+	v := h.ask(t, "example.org", "slow", wire.ProbeJob{Address: "slow@example.org", Purpose: verdict.Recipient, SkipRandom: true}, 15*time.Second)
+	if v.Status != verdict.Valid {
+		t.Fatalf("verdict %+v", v)
+	}
+	if n := dest.RcptsFor("slow@example.org"); n != 1 {
+		t.Fatalf("%d RCPTs: the job was redelivered while its dialogue ran", n)
+	}
+}
