@@ -43,6 +43,7 @@ const (
 	ReasonDeadline    = "deadline"
 	ReasonQueue       = "queue_unavailable"
 	ReasonSyntax      = "syntax"
+	ReasonUnprobeable = "unprobeable_form"
 )
 
 // Service is one ingest instance.
@@ -235,7 +236,14 @@ func (s *Service) find(ctx context.Context, req wire.VerifyRequest, purpose verd
 	a, err := address.Parse(req.Address)
 	if err != nil {
 		v := base(address.Address{}, verdict.CleanText(req.Address))
-		v.Status, v.Reason, v.Text = verdict.Malformed, ReasonSyntax, err.Error()
+		v.Text = err.Error()
+		if unprobeable(err) {
+			// Real mail uses these forms; they are only not safe to call out
+			// for. Never a reject.
+			v.Status, v.Reason = verdict.Unverifiable, ReasonUnprobeable
+		} else {
+			v.Status, v.Reason = verdict.Malformed, ReasonSyntax
+		}
 		return v, verdict.Policy{Purpose: purpose}
 	}
 	v := base(a, "")
@@ -287,6 +295,14 @@ func (s *Service) find(ctx context.Context, req wire.VerifyRequest, purpose verd
 		job.Route = pol.Route
 	}
 	return s.await(ctx, a, job), dpol
+}
+
+// unprobeable reports whether a parse error is about a form that real mail
+// uses but a callout does not send: address literals, internationalized
+// local parts, dot-atom oddities such as "taro..yamada". Control
+// characters, a missing @, a bad domain or excess length stay malformed.
+func unprobeable(err error) bool {
+	return errors.Is(err, address.ErrAddressLiteral) || errors.Is(err, address.ErrNonASCIILocal) || errors.Is(err, address.ErrLocalSyntax)
 }
 
 func (s *Service) lookup(ctx context.Context, a address.Address, senders []string) (wire.LookupReply, error) {

@@ -233,6 +233,20 @@ func TestPaths(t *testing.T) {
 			}
 		}
 	})
+	t.Run("forms real mail uses are never rejected", func(t *testing.T) {
+		before := dest.Rcpts()
+		for _, a := range []string{"taro..yamada@example.org", ".dot@example.org", "user@[192.0.2.1]", "jörg@example.org"} {
+			for _, p := range []verdict.Purpose{verdict.Recipient, verdict.Sender} {
+				rep := sys.verify(t, wire.VerifyRequest{Address: a, Purpose: p})
+				if rep.Decision.Action != verdict.Accept || rep.Verdict.Reason != ReasonUnprobeable {
+					t.Fatalf("%q as %s: %+v %+v", a, p, rep.Decision, rep.Verdict)
+				}
+			}
+		}
+		if dest.Rcpts() != before {
+			t.Fatal("an unprobeable address was sent to the destination")
+		}
+	})
 	t.Run("garbage request", func(t *testing.T) {
 		m, err := sys.nc.Request(subjects.New("").Verify(), []byte("\xc1\xc1garbage"), 5*time.Second)
 		if err != nil {
