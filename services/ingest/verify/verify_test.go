@@ -406,7 +406,9 @@ func TestSenderVerification(t *testing.T) {
 		"sender.example. 60 IN MX 10 mx.sender.example.", "mx.sender.example. 60 IN A 127.0.0.1",
 		"nomail.example. 60 IN MX 0 .")
 	pcfg.MXPort, _ = strconv.Atoi(port)
-	sys := startSystemWith(t, ingestConfig(), pcfg)
+	icfg := ingestConfig()
+	icfg.UnknownDomains = "callout" // recipient domains without a policy go by MX too
+	sys := startSystemWith(t, icfg, pcfg)
 	snd := func(a string) wire.VerifyReply {
 		return sys.verify(t, wire.VerifyRequest{Address: a, Purpose: verdict.Sender})
 	}
@@ -421,5 +423,13 @@ func TestSenderVerification(t *testing.T) {
 	expect(t, snd("x@lookup.fail"), verdict.Accept, 250, verdict.SourceProbe)      // SERVFAIL: temporary, accepted by default
 	if dest.RcptsFor("forged@sender.example") != 1 {
 		t.Fatal("the sender's MX was not asked")
+	}
+	// For a recipient, a domain without mail says our set-up is wrong, not
+	// that the user is unknown: never a reject.
+	for _, a := range []string{"y@nomail.example", "y@nxdomain.example"} {
+		rep := sys.verify(t, rcpt(a))
+		if rep.Decision.Action == verdict.Reject || rep.Verdict.Status != verdict.Unverifiable {
+			t.Fatalf("recipient %s: %+v %+v", a, rep.Decision, rep.Verdict)
+		}
 	}
 }

@@ -282,20 +282,26 @@ func (s *Service) probe(ctx context.Context, job wire.ProbeJob, addr address.Add
 	} else {
 		hosts, err := s.resolver.MX(ctx, addr.Domain)
 		if err != nil {
-			return s.dnsResult(addr, err)
+			return s.dnsResult(addr, job.Purpose, err)
 		}
 		target.Hosts = hosts
 	}
 	return s.verifier.Verify(ctx, target)
 }
 
-func (s *Service) dnsResult(addr address.Address, err error) callout.Result {
+// dnsResult turns a failed MX lookup into a verdict. A sender domain that
+// does not exist or publishes a null MX takes no mail: a definite invalid. For
+// a recipient domain we serve, it means our set-up is wrong, not the
+// user: unverifiable, never a reject.
+func (s *Service) dnsResult(addr address.Address, purpose verdict.Purpose, err error) callout.Result {
 	v := verdict.Verdict{Kind: verdict.KindAddress, Address: addr.String(), Domain: addr.Domain,
 		Text: verdict.CleanText(err.Error()), CheckedAt: time.Now(), Source: verdict.SourceProbe}
-	if errors.Is(err, resolve.ErrNoMail) {
-		// RFC 7505: 556 5.1.10 for a null MX; a domain that does not exist is 5.1.2.
+	switch {
+	case errors.Is(err, resolve.ErrNoMail) && purpose == verdict.Sender:
 		v.Status, v.Reason, v.Code, v.Enhanced = verdict.Invalid, ReasonNoMail, 550, "5.1.2"
-	} else {
+	case errors.Is(err, resolve.ErrNoMail):
+		v.Status, v.Reason = verdict.Unverifiable, ReasonNoMail
+	default:
 		v.Status, v.Reason = verdict.TempFail, ReasonDNS
 	}
 	return callout.Result{Address: v}
