@@ -40,12 +40,13 @@ var policyWords = []string{
 	"listed", "abuse", "prohibited", "unauthorized", "unauthorised",
 }
 
-// Texts that say the mailbox does not exist.
+// Texts that say the mailbox does not exist. Not "mailbox unavailable":
+// that is RFC 5321's generic 550 text, also used for policy refusals.
 var unknownWords = []string{
 	"user unknown", "unknown user", "no such user", "no such mailbox", "no such recipient",
 	"does not exist", "doesn't exist", "not exist", "unknown recipient", "recipient unknown",
 	"mailbox not found", "recipient not found", "user not found", "address not found",
-	"invalid recipient", "invalid mailbox", "no mailbox", "mailbox unavailable",
+	"invalid recipient", "invalid mailbox", "no mailbox",
 	"unknown local part", "address unknown", "unrouteable address", "no longer available",
 	"user doesn't", "account does not", "not a valid recipient", "unknown address",
 }

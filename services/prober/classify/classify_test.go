@@ -36,6 +36,7 @@ func TestRcpt(t *testing.T) {
 		{"550 <x@example.org>... No such user here", verdict.Invalid, ReasonUserUnknown},
 		{"553 sorry, that domain isn't in my list of allowed rcpthosts", verdict.Unverifiable, ReasonPolicy},
 		{"550 Requested action not taken", verdict.Unverifiable, ReasonPolicy},
+		{"550 Requested action not taken: mailbox unavailable", verdict.Unverifiable, ReasonPolicy},
 		{"550 5.4.1 Recipient address rejected: Access denied. AS(201806281)", verdict.Invalid, ReasonUserUnknown},
 		{"550 5.4.1 Relay Access Denied", verdict.Unverifiable, ReasonPolicy},
 		{"550 5.5.0 Requested action not taken: mailbox unavailable", verdict.Invalid, ReasonUserUnknown},
