@@ -6,6 +6,7 @@ SHELL := /bin/bash
 
 NATS_SERVER_VERSION := v2.15.2
 STATICCHECK_VERSION := v0.8.2
+NATSCLI_VERSION := v0.5.1
 BIN := $(CURDIR)/bin
 MODULES := shared services/prober services/cachekeeper services/ingest tools e2e
 SERVICES := prober cachekeeper ingest
@@ -22,7 +23,11 @@ $(BIN)/nats-server:
 $(BIN)/staticcheck:
 	GOBIN=$(BIN) go install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 
-tools: $(BIN)/nats-server $(BIN)/staticcheck
+# The standard nats CLI, to check what the README tells operators to type.
+$(BIN)/nats:
+	GOBIN=$(BIN) go install github.com/nats-io/natscli/nats@$(NATSCLI_VERSION)
+
+tools: $(BIN)/nats-server $(BIN)/staticcheck $(BIN)/nats
 
 build:
 	@mkdir -p $(BIN)
@@ -47,7 +52,7 @@ staticcheck: $(BIN)/staticcheck
 unit:
 	for m in shared services/prober services/cachekeeper services/ingest tools; do (cd $$m && go test -race -count=1 -timeout 10m ./...); done
 
-e2e: build $(BIN)/nats-server
+e2e: build $(BIN)/nats-server $(BIN)/nats
 	cd e2e && CALLOUT_BIN=$(BIN) go test -count=1 -timeout 12m $(if $(RUN),-run '$(RUN)' -v,) ./...
 
 fuzz:
