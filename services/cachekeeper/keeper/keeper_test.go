@@ -35,29 +35,12 @@ func start(t *testing.T, ns *natstest.Server, cfg Config) (stop func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := svc.Run(ctx); err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	stop = natstest.RunService(t, svc)
 	select {
 	case <-svc.Ready():
 	case <-time.After(15 * time.Second):
 		t.Fatal("cachekeeper not ready")
 	}
-	stopped := false
-	stop = func() {
-		if !stopped {
-			stopped = true
-			cancel()
-			<-done
-			nc.Close()
-		}
-	}
-	t.Cleanup(stop)
 	return stop
 }
 

@@ -57,20 +57,6 @@ type system struct {
 	kv     jetstream.KeyValue
 }
 
-type runner interface{ Run(context.Context) error }
-
-func run(t *testing.T, r runner) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := r.Run(ctx); err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
-	t.Cleanup(func() { cancel(); <-done })
-}
-
 // startSystem runs ingest, one prober and one cachekeeper on an embedded server.
 func startSystem(t *testing.T, icfg Config) *system {
 	t.Helper()
@@ -90,17 +76,17 @@ func startSystemWith(t *testing.T, icfg Config, pcfg probe.Config) *system {
 	if err != nil {
 		t.Fatal(err)
 	}
-	run(t, k)
+	natstest.RunService(t, k)
 	p, err := probe.New(pcfg, ns.Connect(t), prometheus.NewRegistry(), quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
-	run(t, p)
+	natstest.RunService(t, p)
 	sys.ingest, err = New(icfg, ns.Connect(t), prometheus.NewRegistry(), quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
-	run(t, sys.ingest)
+	natstest.RunService(t, sys.ingest)
 	<-sys.ingest.Ready()
 	// The cache answers before tests start.
 	waitfor.Cond(t, 15*time.Second, func() bool {

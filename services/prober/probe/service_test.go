@@ -60,24 +60,11 @@ func (h *harness) startWith(t *testing.T, cfg Config, reg *prometheus.Registry) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := svc.Run(ctx); err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
-	var once sync.Once
-	kill = func() {
-		once.Do(func() {
-			nc.Close() // like kill -9: no ack, no goodbye
-			cancel()
-			<-done
-		})
+	stop := natstest.RunService(t, svc)
+	return func() {
+		nc.Close() // like kill -9: no ack, no goodbye
+		stop()
 	}
-	t.Cleanup(kill)
-	return kill
 }
 
 func (h *harness) route(t *testing.T, domain string, p domains.Policy) {
