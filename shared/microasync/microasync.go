@@ -16,7 +16,6 @@ import (
 // Request is what an async handler gets: the request data and a way to answer.
 type Request struct {
 	nc      *nats.Conn
-	subject string
 	reply   string
 	data    []byte
 	headers nats.Header
@@ -59,7 +58,7 @@ func NewPool(limit int) *Pool { return &Pool{sem: make(chan struct{}, limit)} }
 // pool; beyond the limit it waits (NATS buffers).
 func (p *Pool) Handler(ctx context.Context, nc *nats.Conn, fn func(context.Context, *Request)) micro.Handler {
 	return micro.HandlerFunc(func(r micro.Request) {
-		req := &Request{nc: nc, subject: r.Subject(), reply: r.Reply(), data: r.Data(), headers: nats.Header(r.Headers())}
+		req := &Request{nc: nc, reply: r.Reply(), data: r.Data(), headers: nats.Header(r.Headers())}
 		p.sem <- struct{}{}
 		p.wg.Add(1)
 		go func() {

@@ -215,7 +215,13 @@ func (s *Store) live(m *jetstream.RawStreamMsg) (verdict.Verdict, bool) {
 	if m.Header.Get("KV-Operation") != "" || m.Header.Get("Nats-Marker-Reason") != "" || len(m.Data) == 0 {
 		return verdict.Verdict{}, false
 	}
-	v, err := wire.DecodeVerdict(m.Data)
+	return s.fresh(m.Data)
+}
+
+// fresh decodes a stored verdict. An entry past its expires_at is never
+// served, even if the server has not removed it yet.
+func (s *Store) fresh(data []byte) (verdict.Verdict, bool) {
+	v, err := wire.DecodeVerdict(data)
 	if err != nil || !v.ExpiresAt.After(s.now()) {
 		return verdict.Verdict{}, false
 	}
@@ -231,10 +237,8 @@ func (s *Store) get(ctx context.Context, key string) (verdict.Verdict, bool, err
 	if err != nil {
 		return verdict.Verdict{}, false, err
 	}
-	v, err := wire.DecodeVerdict(e.Value())
-	// An entry past its time is never served, even if the server has not
-	// removed it yet.
-	if err != nil || !v.ExpiresAt.After(s.now()) {
+	v, ok := s.fresh(e.Value())
+	if !ok {
 		return verdict.Verdict{}, false, nil
 	}
 	v.Source = verdict.SourceCache
@@ -262,9 +266,7 @@ func (s *Store) Lookup(ctx context.Context, addr address.Address, senders []stri
 		return wire.LookupReply{}, err
 	}
 	if caOK && ca.Status == verdict.CatchAll {
-		v := ca
-		v.Kind, v.Address, v.Fact = verdict.KindAddress, addr.String(), ""
-		return wire.LookupReply{Hit: true, Verdict: &v, CatchAll: &ca}, nil
+		return wire.LookupReply{Hit: true, Verdict: forAddress(ca, addr), CatchAll: &ca}, nil
 	}
 	acc, accOK, err := s.get(ctx, kvkey.Domain(addr.Domain, kvkey.FactAccess))
 	if err != nil {
@@ -272,15 +274,19 @@ func (s *Store) Lookup(ctx context.Context, addr address.Address, senders []stri
 	}
 	// A refused sender does not cover a fallback sender still to be tried.
 	if accOK && (!verdict.SenderSpecific(acc) || acc.Sender == senders[len(senders)-1]) {
-		v := acc
-		v.Kind, v.Address, v.Fact = verdict.KindAddress, addr.String(), ""
-		return wire.LookupReply{Hit: true, Verdict: &v}, nil
+		return wire.LookupReply{Hit: true, Verdict: forAddress(acc, addr)}, nil
 	}
 	r := wire.LookupReply{}
 	if caOK {
 		r.CatchAll = &ca
 	}
 	return r, nil
+}
+
+// forAddress is a domain fact answering for one address of the domain.
+func forAddress(fact verdict.Verdict, addr address.Address) *verdict.Verdict {
+	fact.Kind, fact.Address, fact.Fact = verdict.KindAddress, addr.String(), ""
+	return &fact
 }
 
 // Flush removes entries in the command's scope and returns how many.

@@ -181,7 +181,7 @@ func (s *Service) Verify(ctx context.Context, req wire.VerifyRequest) wire.Verif
 		purpose = verdict.Recipient
 	}
 	v, pol := s.find(ctx, req, purpose)
-	d := s.decide(v, pol, req)
+	d := s.decide(v, pol)
 	if d.Action == verdict.Reject && purpose == verdict.Recipient && v.Status == verdict.Invalid {
 		s.brake.Invalid(req.ClientAddress)
 	}
@@ -203,7 +203,7 @@ func (s *Service) Verify(ctx context.Context, req wire.VerifyRequest) wire.Verif
 }
 
 // decide applies the policy and the configured texts.
-func (s *Service) decide(v verdict.Verdict, pol verdict.Policy, req wire.VerifyRequest) verdict.Decision {
+func (s *Service) decide(v verdict.Verdict, pol verdict.Policy) verdict.Decision {
 	if v.Reason == ReasonBraked && v.Status == verdict.TempFail {
 		return verdict.Decision{Action: verdict.Defer, Code: 450, Enhanced: "4.7.1", Text: "<" + v.Address + ">: Too many unknown recipients, try again later"}
 	}
@@ -272,11 +272,8 @@ func (s *Service) find(ctx context.Context, req wire.VerifyRequest, purpose verd
 			return v, dpol
 		}
 	}
-	senders := pol.Senders()
-	if !known {
-		senders = []string{""}
-	}
-	look, err := s.lookup(ctx, a, senders)
+	// Without a policy, pol is the zero policy: the null sender only.
+	look, err := s.lookup(ctx, a, pol.Senders())
 	if err != nil {
 		s.log.Warn("cache lookup failed; treating as a miss", "address", a.String(), "err", err)
 	}
@@ -338,7 +335,7 @@ func (s *Service) await(ctx context.Context, a address.Address, job wire.ProbeJo
 	if !ok {
 		f = &flight{done: make(chan struct{})}
 		s.flights[key] = f
-		go s.fly(key, f, job)
+		go s.fly(key, s.names.Verdict(kvkey.Address(a.Domain, a.Local, "")), f, job)
 	} else {
 		s.m.coalesced.Inc()
 	}
@@ -361,7 +358,7 @@ func (s *Service) await(ctx context.Context, a address.Address, job wire.ProbeJo
 // fly subscribes to the verdict subject, queues the job (a refusal because
 // one is already pending is fine: its verdict comes on the same subject) and
 // waits for the verdict at most MaxTimeout.
-func (s *Service) fly(key string, f *flight, job wire.ProbeJob) {
+func (s *Service) fly(key, verdictSubject string, f *flight, job wire.ProbeJob) {
 	defer func() {
 		s.mu.Lock()
 		delete(s.flights, key)
@@ -371,7 +368,7 @@ func (s *Service) fly(key string, f *flight, job wire.ProbeJob) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.MaxTimeout)
 	defer cancel()
 	ch := make(chan *nats.Msg, 4)
-	sub, err := s.nc.ChanSubscribe(s.names.Verdict("addr."+key), ch)
+	sub, err := s.nc.ChanSubscribe(verdictSubject, ch)
 	if err != nil {
 		f.err = fmt.Errorf("subscribe: %w", err)
 		return

@@ -179,7 +179,7 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 		// Earlier deliveries died mid-callout: answer rather than retry forever.
 		v := verdict.Verdict{Kind: verdict.KindAddress, Address: addr.String(), Domain: addr.Domain, Status: verdict.TempFail,
 			Reason: ReasonGaveUp, Text: fmt.Sprintf("no result after %d deliveries", md.NumDelivered-1), CheckedAt: time.Now(), Source: verdict.SourceProbe}
-		s.finish(ctx, msg, callout.Result{Address: v}, "gave_up")
+		s.finish(ctx, msg, addr, callout.Result{Address: v}, "gave_up")
 		return
 	}
 	// Heartbeat so a long dialogue is not redelivered to another prober.
@@ -218,12 +218,12 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 	a := res.Address
 	s.log.Info("callout", "address", a.Address, "purpose", job.Purpose, "host", a.Host, "result", a.Status, "reason", a.Reason,
 		"code", a.Code, "enhanced", a.Enhanced, "text", a.Text, "rcpts", res.Rcpts, "reused", res.Reused, "duration", el.Round(time.Millisecond))
-	s.finish(ctx, msg, res, "done")
+	s.finish(ctx, msg, addr, res, "done")
 }
 
 // finish publishes the domain facts, then the address verdict, and only then
 // acks the job: a prober killed before the ack leaves the job to another.
-func (s *Service) finish(ctx context.Context, msg jetstream.Msg, res callout.Result, outcome string) {
+func (s *Service) finish(ctx context.Context, msg jetstream.Msg, addr address.Address, res callout.Result, outcome string) {
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	for _, f := range res.Facts {
@@ -232,9 +232,7 @@ func (s *Service) finish(ctx context.Context, msg jetstream.Msg, res callout.Res
 			return
 		}
 	}
-	a := res.Address
-	local, _, _ := cutLocal(a.Address, a.Domain)
-	if err := s.publish(pctx, s.names.Verdict("addr."+kvkey.Target(a.Domain, local)), a); err != nil {
+	if err := s.publish(pctx, s.names.Verdict(kvkey.Address(addr.Domain, addr.Local, "")), res.Address); err != nil {
 		s.requeue(msg, err)
 		return
 	}
@@ -257,13 +255,6 @@ func (s *Service) publish(ctx context.Context, subject string, v verdict.Verdict
 	}
 	_, err = s.js.Publish(ctx, subject, b)
 	return err
-}
-
-func cutLocal(addr, domain string) (string, string, bool) {
-	if len(addr) > len(domain)+1 && addr[len(addr)-len(domain)-1] == '@' {
-		return addr[:len(addr)-len(domain)-1], domain, true
-	}
-	return addr, domain, false
 }
 
 // probe finds the hosts and runs the callout. The ingest puts its routing
