@@ -119,7 +119,7 @@ func TestCachekeeperRestart(t *testing.T) {
 	waitFor(t, 30*time.Second, func() bool {
 		for _, b := range boxes {
 			local, _, _ := strings.Cut(b, "@")
-			if _, err := s.cacheEntry(kvkey.Address("example.org", local, "")); err != nil {
+			if _, err := s.cacheEntry(kvkey.Address("example.org", local, verdict.Recipient, "")); err != nil {
 				return false
 			}
 		}
@@ -270,7 +270,7 @@ func TestClusterNodeLoss(t *testing.T) {
 	waitFor(t, 60*time.Second, func() bool {
 		for _, b := range boxes {
 			local, _, _ := strings.Cut(b, "@")
-			if v, err := s.cacheEntry(kvkey.Address("example.org", local, "")); err != nil || v.Status != verdict.Valid {
+			if v, err := s.cacheEntry(kvkey.Address("example.org", local, verdict.Recipient, "")); err != nil || v.Status != verdict.Valid {
 				s.verify(b)
 				return false
 			}

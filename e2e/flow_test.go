@@ -57,7 +57,7 @@ func TestNATSFlow(t *testing.T) {
 		must(t, s.verify("first@catchall.example"), verdict.Accept, 250)
 		// Wait for the domain fact to be stored, then count.
 		waitFor(t, 15*time.Second, func() bool {
-			_, err := s.cacheEntry(kvkey.Domain("catchall.example", kvkey.FactCatchAll))
+			_, err := s.cacheEntry(kvkey.Domain("catchall.example", verdict.Recipient, kvkey.FactCatchAll))
 			return err == nil
 		})
 		before := dest.Rcpts()
@@ -70,7 +70,7 @@ func TestNATSFlow(t *testing.T) {
 	t.Run("greylisting defers", func(t *testing.T) {
 		rep := s.verify("alice@grey.example")
 		must(t, rep, verdict.Defer, 450)
-		if _, err := s.cacheEntry(kvkey.Address("grey.example", "alice", "")); err == nil {
+		if _, err := s.cacheEntry(kvkey.Address("grey.example", "alice", verdict.Recipient, "")); err == nil {
 			t.Fatal("a greylisting answer was cached")
 		}
 	})
@@ -88,7 +88,7 @@ func TestNATSFlow(t *testing.T) {
 		must(t, s.verify("alice@blocked.example"), verdict.Accept, 250)
 		var v verdict.Verdict
 		waitFor(t, 15*time.Second, func() bool {
-			e, err := s.cacheEntry(kvkey.Address("blocked.example", "alice", ""))
+			e, err := s.cacheEntry(kvkey.Address("blocked.example", "alice", verdict.Recipient, ""))
 			v = e
 			return err == nil
 		})

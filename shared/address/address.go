@@ -32,7 +32,19 @@ var (
 	ErrDomainSyntax   = errors.New("bad domain")
 	ErrDomainTooLong  = errors.New("domain longer than 255 octets")
 	ErrAddressLiteral = errors.New("address literals are not verified")
+	ErrEmptyPart      = errors.New("empty local part or domain")
+	ErrPathTooLong    = errors.New("path longer than 256 octets")
 )
+
+// Broken reports whether a parse error means the input is not an address
+// at all (control characters, which could inject SMTP commands, no @, an
+// empty part, absurd length). Every other error is a form that real mail
+// uses and an MTA may have accepted, which a callout only cannot send:
+// such an address is unverifiable, never refused for its form.
+func Broken(err error) bool {
+	return errors.Is(err, ErrControl) || errors.Is(err, ErrEmpty) || errors.Is(err, ErrNoAt) ||
+		errors.Is(err, ErrEmptyPart) || errors.Is(err, ErrTooLong)
+}
 
 // Error tells which input was refused and why.
 type Error struct {
@@ -98,7 +110,7 @@ func Parse(s string) (Address, error) {
 	}
 	a := Address{Local: local, Domain: domain}
 	if len(a.String())+2 > MaxPath {
-		return fail(ErrTooLong, "path longer than 256 octets")
+		return fail(ErrPathTooLong, "")
 	}
 	return a, nil
 }
@@ -144,6 +156,9 @@ func splitLocal(s string) (local, domain string, err error) {
 		return "", "", ErrNoAt
 	}
 	local = s[:at]
+	if local == "" {
+		return "", "", ErrEmptyPart
+	}
 	for i := 0; i < len(local); i++ {
 		if local[i] >= 0x80 {
 			return "", "", ErrNonASCIILocal
@@ -206,8 +221,12 @@ func NormalizeDomain(d string) (string, error) {
 }
 
 func normalizeDomain(d string) (string, error) {
+	// The root's dot (a@example.org.) is the same domain; MTAs pass it on.
+	if strings.HasSuffix(d, ".") && !strings.HasSuffix(d, "..") {
+		d = d[:len(d)-1]
+	}
 	if d == "" {
-		return "", ErrDomainSyntax
+		return "", ErrEmptyPart
 	}
 	if d[0] == '[' {
 		return "", ErrAddressLiteral

@@ -24,8 +24,12 @@ func TestParse(t *testing.T) {
 		{"", "", ErrEmpty},
 		{"<>", "", ErrEmpty},
 		{"alice", "", ErrNoAt},
-		{"alice@", "", ErrDomainSyntax},
-		{"@example.org", "", ErrLocalSyntax},
+		{"alice@", "", ErrEmptyPart},
+		{"alice@.", "", ErrEmptyPart},
+		{"@example.org", "", ErrEmptyPart},
+		{"alice@example.org.", "alice@example.org", nil},
+		{"<alice@Example.ORG.>", "alice@example.org", nil},
+		{"alice@example.org..", "", ErrDomainSyntax},
 		{".alice@example.org", "", ErrLocalSyntax},
 		{"al..ice@example.org", "", ErrLocalSyntax},
 		{"al ice@example.org", "", ErrLocalSyntax},
@@ -44,7 +48,7 @@ func TestParse(t *testing.T) {
 		{strings.Repeat("a", 65) + "@example.org", "", ErrLocalTooLong},
 		{strings.Repeat("a", 64) + "@example.org", strings.Repeat("a", 64) + "@example.org", nil},
 		{"a@" + strings.Repeat("b", 64) + ".org", "", ErrDomainSyntax},
-		{"a@" + strings.Repeat(strings.Repeat("b", 62)+".", 4) + "org", "", ErrTooLong},
+		{"a@" + strings.Repeat(strings.Repeat("b", 62)+".", 4) + "org", "", ErrPathTooLong},
 		{strings.Repeat("x", 5000), "", ErrTooLong},
 		{`"unterminated@example.org`, "", ErrLocalSyntax},
 		{`"a"b@example.org`, "", ErrNoAt},
@@ -67,6 +71,36 @@ func TestParse(t *testing.T) {
 		}
 		if got.String() != tt.want {
 			t.Errorf("Parse(%q) = %q, want %q", tt.in, got.String(), tt.want)
+		}
+	}
+}
+
+func TestBroken(t *testing.T) {
+	for in, broken := range map[string]bool{
+		"":                                       true,
+		"<>":                                     true,
+		"alice":                                  true,
+		"alice@":                                 true,
+		"@example.org":                           true,
+		"a@b.example\r\nDATA":                    true,
+		"ali\x00ce@example.org":                  true,
+		strings.Repeat("x", 5000):                true,
+		"alice@exa_mple.org":                     false,
+		"alice@localhost":                        false,
+		"alice@-bad.example":                     false,
+		"alice@[127.0.0.1]":                      false,
+		"jörg@example.org":                       false,
+		"taro..yamada@example.org":               false,
+		strings.Repeat("a", 65) + "@example.org": false,
+		"a@" + strings.Repeat(strings.Repeat("b", 62)+".", 4) + "org": false,
+	} {
+		_, err := Parse(in)
+		if err == nil {
+			t.Errorf("Parse(%q) accepted", in)
+			continue
+		}
+		if Broken(err) != broken {
+			t.Errorf("Broken(Parse(%q)) = %v, want %v (%v)", in, !broken, broken, err)
 		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -40,20 +41,62 @@ type Policy struct {
 	OnUnverifiable verdict.Action `json:"on_unverifiable,omitempty"` // accept (default) or defer
 	Sender         string         `json:"sender,omitempty"`          // probe MAIL FROM; empty is <>
 	FallbackSender string         `json:"fallback_sender,omitempty"` // used when <> is refused
+
+	index map[string]struct{} // lower-case mailboxes, built by Normalize
 }
 
 // ErrPolicy is returned for a policy that cannot be used.
 var ErrPolicy = errors.New("bad domain policy")
 
-// Parse reads and checks a JSON policy.
-func Parse(data []byte) (Policy, error) {
+// Parse reads a stored JSON policy of domain, normalizes and checks it.
+func Parse(domain string, data []byte) (Policy, error) {
 	var p Policy
 	dec := json.NewDecoder(strings.NewReader(string(data)))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&p); err != nil {
 		return Policy{}, fmt.Errorf("%w: %v", ErrPolicy, err)
 	}
-	return p, p.Validate()
+	return p.Normalize(domain)
+}
+
+// Normalize returns p with its mailbox list in normal form (local parts of
+// domain; full addresses of domain are cut to their local part), after
+// checking every field.
+func (p Policy) Normalize(domain string) (Policy, error) {
+	d, err := address.NormalizeDomain(domain)
+	if err != nil {
+		return Policy{}, fmt.Errorf("%w: domain: %v", ErrPolicy, err)
+	}
+	if len(p.Mailboxes) > 0 {
+		boxes := make([]string, 0, len(p.Mailboxes))
+		for _, m := range p.Mailboxes {
+			m = strings.TrimSpace(m)
+			if m == "" {
+				continue
+			}
+			in := m
+			if !strings.Contains(m, "@") || strings.HasPrefix(m, `"`) && strings.HasSuffix(m, `"`) {
+				in = m + "@" + d
+			}
+			a, err := address.Parse(in)
+			if err != nil {
+				return Policy{}, fmt.Errorf("%w: mailboxes: %q: %v", ErrPolicy, m, err)
+			}
+			if a.Domain != d {
+				return Policy{}, fmt.Errorf("%w: mailboxes: %q is not an address of %s", ErrPolicy, m, d)
+			}
+			boxes = append(boxes, a.Local)
+		}
+		p.Mailboxes = boxes
+	}
+	if err := p.Validate(); err != nil {
+		return Policy{}, err
+	}
+	p.index = map[string]struct{}{}
+	for _, m := range p.Mailboxes {
+		p.index[strings.ToLower(m)] = struct{}{}
+	}
+	return p, nil
 }
 
 // Validate checks every field.
@@ -63,11 +106,15 @@ func (p Policy) Validate() error {
 	default:
 		return fmt.Errorf("%w: mode %q (want callout, off or static)", ErrPolicy, p.Mode)
 	}
+	if p.Mode == ModeStatic && len(p.Mailboxes) == 0 {
+		return fmt.Errorf("%w: mailboxes: static mode needs at least one mailbox", ErrPolicy)
+	}
 	for _, r := range p.Route {
 		if r == RouteMX {
 			continue
 		}
-		if _, _, err := net.SplitHostPort(r); err != nil {
+		host, port, err := net.SplitHostPort(r)
+		if err != nil || host == "" || port == "" {
 			return fmt.Errorf("%w: route %q: want host:port or mx", ErrPolicy, r)
 		}
 	}
@@ -81,12 +128,12 @@ func (p Policy) Validate() error {
 	default:
 		return fmt.Errorf("%w: on_unverifiable %q (want defer or accept)", ErrPolicy, p.OnUnverifiable)
 	}
-	for _, s := range []string{p.Sender, p.FallbackSender} {
+	for name, s := range map[string]string{"sender": p.Sender, "fallback_sender": p.FallbackSender} {
 		if s == "" {
 			continue
 		}
 		if _, err := address.Parse(s); err != nil {
-			return fmt.Errorf("%w: sender: %v", ErrPolicy, err)
+			return fmt.Errorf("%w: %s: %v", ErrPolicy, name, err)
 		}
 	}
 	return nil
@@ -114,8 +161,26 @@ func (p Policy) Senders() []string {
 	return s
 }
 
-// Listed reports whether local is one of the static mailboxes.
-func (p Policy) Listed(local string) bool {
+// Listed reports whether local is one of the static mailboxes, compared
+// without case. With recipient delimiters (Postfix's recipient_delimiter,
+// e.g. "+"), alice+tag is listed when alice is.
+func (p Policy) Listed(local, delimiters string) bool {
+	if p.has(local) {
+		return true
+	}
+	if delimiters != "" {
+		if i := strings.IndexAny(local, delimiters); i > 0 {
+			return p.has(local[:i])
+		}
+	}
+	return false
+}
+
+func (p Policy) has(local string) bool {
+	if p.index != nil {
+		_, ok := p.index[strings.ToLower(local)]
+		return ok
+	}
 	for _, m := range p.Mailboxes {
 		if strings.EqualFold(m, local) {
 			return true
@@ -133,12 +198,13 @@ func (p Policy) Decision(purpose verdict.Purpose) verdict.Policy {
 type Table struct {
 	mu       sync.RWMutex
 	policies map[string]Policy
-	senders  map[string]bool // every probe sender of every policy, lower-case
+	senders  map[string]bool  // every probe sender of every policy, lower-case
+	bad      map[string]error // domains whose stored policy does not parse
 }
 
 // NewTable returns a table holding the given policies (for tests and tools).
 func NewTable(p map[string]Policy) *Table {
-	t := &Table{policies: map[string]Policy{}}
+	t := &Table{policies: map[string]Policy{}, bad: map[string]error{}}
 	for d, pol := range p {
 		t.policies[d] = pol
 	}
@@ -154,10 +220,38 @@ func (t *Table) Lookup(domain string) (Policy, bool) {
 	return p, ok
 }
 
+// Errors is the number of domains whose stored policy does not parse.
+func (t *Table) Errors() int {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return len(t.bad)
+}
+
+// Problems maps each domain whose stored policy does not parse to why.
+func (t *Table) Problems() map[string]string {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	out := make(map[string]string, len(t.bad))
+	for d, err := range t.bad {
+		out[d] = err.Error()
+	}
+	return out
+}
+
 // Set replaces the policy of a domain in memory.
 func (t *Table) Set(domain string, p Policy) {
+	t.set(domain, p, nil)
+}
+
+// set stores p; bad is why the stored policy was not usable (nil: it was).
+func (t *Table) set(domain string, p Policy, bad error) {
 	t.mu.Lock()
 	t.policies[domain] = p
+	if bad != nil {
+		t.bad[domain] = bad
+	} else {
+		delete(t.bad, domain)
+	}
 	t.indexSenders()
 	t.mu.Unlock()
 }
@@ -165,6 +259,7 @@ func (t *Table) Set(domain string, p Policy) {
 func (t *Table) remove(domain string) {
 	t.mu.Lock()
 	delete(t.policies, domain)
+	delete(t.bad, domain)
 	t.indexSenders()
 	t.mu.Unlock()
 }
@@ -204,13 +299,14 @@ func Bucket(ctx context.Context, js jetstream.JetStream, name string, replicas i
 	return kv, nil
 }
 
-// Put stores the policy of a domain.
+// Put checks and stores the policy of a domain: a policy that does not
+// pass is refused here, where it is written, with a message naming the field.
 func Put(ctx context.Context, kv jetstream.KeyValue, domain string, p Policy) error {
 	d, err := address.NormalizeDomain(domain)
 	if err != nil {
 		return err
 	}
-	if err := p.Validate(); err != nil {
+	if p, err = p.Normalize(d); err != nil {
 		return err
 	}
 	b, err := json.Marshal(p)
@@ -224,11 +320,24 @@ func Put(ctx context.Context, kv jetstream.KeyValue, domain string, p Policy) er
 // Watch fills a table from the bucket and keeps it current until ctx ends.
 // It returns once the initial values are loaded.
 func Watch(ctx context.Context, kv jetstream.KeyValue, log *slog.Logger) (*Table, error) {
+	t := NewTable(nil)
+	return t, t.Watch(ctx, kv, log)
+}
+
+// Watch keeps t current from the bucket until ctx ends; it returns once the
+// initial values are loaded.
+//
+// A stored policy that does not parse (written around the checks, say with
+// `nats kv put`) must never turn a served domain into an unserved one,
+// whose recipients would be refused: the domain keeps its newest good
+// revision from the bucket's history, or, with none, callout with default
+// settings. Every instance reads the same history, so all decide alike,
+// whenever they started. Such domains are counted (Errors) and logged.
+func (t *Table) Watch(ctx context.Context, kv jetstream.KeyValue, log *slog.Logger) error {
 	w, err := kv.WatchAll(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("watch domain policies: %w", err)
+		return fmt.Errorf("watch domain policies: %w", err)
 	}
-	t := NewTable(nil)
 	ready := make(chan struct{})
 	go func() {
 		defer w.Stop()
@@ -246,20 +355,52 @@ func Watch(ctx context.Context, kv jetstream.KeyValue, log *slog.Logger) (*Table
 				log.Info("domain policy removed", "domain", e.Key())
 				continue
 			}
-			p, err := Parse(e.Value())
-			if err != nil {
-				// Keep the last good policy rather than none.
-				log.Error("domain policy ignored", "domain", e.Key(), "err", err)
+			p, err := Parse(e.Key(), e.Value())
+			if err == nil {
+				t.set(e.Key(), p, nil)
+				log.Info("domain policy loaded", "domain", e.Key(), "mode", p.EffectiveMode())
 				continue
 			}
-			t.Set(e.Key(), p)
-			log.Info("domain policy loaded", "domain", e.Key(), "mode", p.EffectiveMode())
+			p, rev := lastGood(ctx, kv, e.Key(), e.Revision())
+			t.set(e.Key(), p, err)
+			if rev == 0 {
+				log.Error("domain policy does not parse: domain served by callout with default settings until it is fixed",
+					"domain", e.Key(), "revision", e.Revision(), "err", err)
+			} else {
+				log.Error("domain policy does not parse: domain keeps its last good policy until it is fixed",
+					"domain", e.Key(), "revision", e.Revision(), "good_revision", rev, "mode", p.EffectiveMode(), "err", err)
+			}
 		}
 	}()
 	select {
 	case <-ready:
-		return t, nil
+		return nil
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return ctx.Err()
 	}
+}
+
+// lastGood returns the newest revision of key before rev that parses, or
+// the default policy and 0. A delete in between ends the search: what came
+// before it was removed on purpose.
+func lastGood(ctx context.Context, kv jetstream.KeyValue, key string, rev uint64) (Policy, uint64) {
+	hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	hist, err := kv.History(hctx, key)
+	if err != nil {
+		return Policy{}, 0
+	}
+	for i := len(hist) - 1; i >= 0; i-- {
+		e := hist[i]
+		if e.Revision() >= rev {
+			continue
+		}
+		if e.Operation() != jetstream.KeyValuePut {
+			break
+		}
+		if p, err := Parse(key, e.Value()); err == nil {
+			return p, e.Revision()
+		}
+	}
+	return Policy{}, 0
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,23 +24,55 @@ func TestParse(t *testing.T) {
 		`{"route":["mx"],"on_tempfail":"accept","sender":"verify@gw.example.org","fallback_sender":"postmaster@gw.example.org"}`,
 	}
 	for _, g := range good {
-		if _, err := Parse([]byte(g)); err != nil {
+		if _, err := Parse("example.org", []byte(g)); err != nil {
 			t.Errorf("Parse(%s): %v", g, err)
 		}
 	}
-	bad := []string{
-		`{"mode":"maybe"}`,
-		`{"route":["nohost"]}`,
-		`{"on_tempfail":"reject"}`,
-		`{"on_unverifiable":"reject"}`,
-		`{"sender":"not an address"}`,
-		`{"unknown":1}`,
-		`[`,
+	// Each refusal names the field at fault.
+	bad := map[string]string{
+		`{"mode":"maybe"}`:                              "mode",
+		`{"mode":"Static","mailboxes":["a"]}`:           "mode",
+		`{"route":["nohost"]}`:                          "route",
+		`{"route":["127.0.0.1"]}`:                       "route",
+		`{"route":[":25"]}`:                             "route",
+		`{"on_tempfail":"reject"}`:                      "on_tempfail",
+		`{"on_tempfail":"Accept"}`:                      "on_tempfail",
+		`{"on_unverifiable":"reject"}`:                  "on_unverifiable",
+		`{"sender":"not an address"}`:                   "sender",
+		`{"fallback_sender":"x"}`:                       "fallback_sender",
+		`{"unknown":1}`:                                 "unknown",
+		`{"mode":"static"}`:                             "mailboxes",
+		`{"mode":"static","mailboxes":[" "]}`:           "mailboxes",
+		`{"mode":"static","mailboxes":["a@other.org"]}`: "mailboxes",
+		`{"mode":"static","mailboxes":["a b"]}`:         "mailboxes",
+		`[`:                                             "",
 	}
-	for _, b := range bad {
-		if _, err := Parse([]byte(b)); !errors.Is(err, ErrPolicy) {
-			t.Errorf("Parse(%s) error = %v, want ErrPolicy", b, err)
+	for b, field := range bad {
+		_, err := Parse("example.org", []byte(b))
+		if !errors.Is(err, ErrPolicy) || !strings.Contains(err.Error(), field) {
+			t.Errorf("Parse(%s) error = %v, want ErrPolicy naming %q", b, err, field)
 		}
+	}
+}
+
+func TestMailboxes(t *testing.T) {
+	p, err := Policy{Mode: ModeStatic, Mailboxes: []string{"Alice", "bob@Example.ORG", " carol ", `"dave"`}}.Normalize("example.org")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(p.Mailboxes, ",") != "Alice,bob,carol,dave" {
+		t.Fatalf("mailboxes %q", p.Mailboxes)
+	}
+	for local, want := range map[string]bool{
+		"alice": true, "ALICE": true, "alice+tag": true, "alice-tag": true, "BOB+x+y": true, "dave": true,
+		"eve": false, "eve+alice": false, "+alice": false, "alic": false,
+	} {
+		if got := p.Listed(local, "+-"); got != want {
+			t.Errorf("Listed(%q) = %v, want %v", local, got, want)
+		}
+	}
+	if p.Listed("alice+tag", "") {
+		t.Error("no delimiter configured, yet alice+tag is listed")
 	}
 }
 
@@ -61,13 +94,14 @@ func TestWatchPicksUpChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	p, ok := tab.Lookup("example.org")
-	if !ok || p.EffectiveMode() != ModeStatic || !p.Listed("ALICE") || p.Listed("bob") {
+	if !ok || p.EffectiveMode() != ModeStatic || !p.Listed("ALICE", "+") || p.Listed("bob", "+") {
 		t.Fatalf("initial policy: %+v %v", p, ok)
 	}
 	if err := Put(ctx, kv, "example.org", Policy{Mode: ModeOff}); err != nil {
 		t.Fatal(err)
 	}
-	// A garbage value must not replace the last good policy.
+	// A garbage value must not replace the last good policy, on this
+	// instance or on one that starts after the bad write.
 	if _, err := kv.Put(ctx, "example.org", []byte(`{"mode":"bogus"}`)); err != nil {
 		t.Fatal(err)
 	}
@@ -75,8 +109,23 @@ func TestWatchPicksUpChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitfor.Cond(t, 10*time.Second, func() bool { _, ok := tab.Lookup("other.example"); return ok })
-	if p, _ := tab.Lookup("example.org"); p.EffectiveMode() != ModeOff {
-		t.Fatalf("policy after change: %+v", p)
+	if p, _ := tab.Lookup("example.org"); p.EffectiveMode() != ModeOff || tab.Errors() != 1 || tab.Problems()["example.org"] == "" {
+		t.Fatalf("policy after change: %+v, %d errors", p, tab.Errors())
+	}
+	late, err := Watch(ctx, kv, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := late.Lookup("example.org"); p.EffectiveMode() != ModeOff || late.Errors() != 1 {
+		t.Fatalf("late instance: %+v, %d errors", p, late.Errors())
+	}
+	// A bad value with no good one before it: callout with defaults.
+	if _, err := kv.Put(ctx, "new.example", []byte(`{"route":["x"]}`)); err != nil {
+		t.Fatal(err)
+	}
+	waitfor.Cond(t, 10*time.Second, func() bool { return tab.Errors() == 2 })
+	if p, ok := tab.Lookup("new.example"); !ok || p.EffectiveMode() != ModeCallout || !p.UsesMX() {
+		t.Fatalf("bad new policy: %+v %v", p, ok)
 	}
 	if err := kv.Delete(ctx, "example.org"); err != nil {
 		t.Fatal(err)

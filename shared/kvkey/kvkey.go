@@ -3,13 +3,16 @@
 // A KV key may hold only [-/_=.a-zA-Z0-9] and uses "." between tokens, so a
 // field is escaped: "." becomes "/", and "/", "=" and every other byte
 // outside [-_a-zA-Z0-9] becomes "=XX" (hex). An empty field is "=".
-// alice.smith@example.org is addr.example/org.alice/smith.
+// alice.smith@example.org, checked as a recipient, is
+// addr.example/org.alice/smith.rcpt.
 package kvkey
 
 import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/callout-mail/callout/shared/verdict"
 )
 
 // MaxLen keeps keys far below the server's control-line limit.
@@ -88,25 +91,51 @@ func unhex(c byte) int {
 	return -1
 }
 
-// Address is the key of an address verdict. Results got with a non-empty
-// probe sender are kept apart from null-sender results.
-func Address(domain, local, sender string) string {
-	k := "addr." + Token(domain) + "." + Token(local)
+// Views. What a callout learns is a fact about the destination it asked:
+// a recipient check goes to the domain's route, a sender check to its
+// public MX, which may be another server (often this very gateway). Every
+// key and subject names its view, so that facts learned one way never
+// answer the other.
+const (
+	ViewRecipient = "rcpt"
+	ViewSender    = "sender"
+)
+
+// View is the view token of a purpose ("" is a recipient check).
+func View(p verdict.Purpose) string {
+	if p == verdict.Sender {
+		return ViewSender
+	}
+	return ViewRecipient
+}
+
+// Address is the key of an address verdict:
+// addr.<domain>.<local>.<view>[.<probe sender>]. Results got with a
+// non-empty probe sender are kept apart from null-sender results.
+func Address(domain, local string, p verdict.Purpose, sender string) string {
+	k := "addr." + Target(domain, local, p)
 	if sender != "" {
 		k += "." + Token(sender)
 	}
 	return k
 }
 
-// Target is the address part of Address, without a sender: the token pair
-// used in job and verdict subjects.
-func Target(domain, local string) string {
-	return Token(domain) + "." + Token(local)
+// Target is the address part of Address, without "addr" and the probe
+// sender: <domain>.<local>.<view>, the tokens of job subjects.
+func Target(domain, local string, p verdict.Purpose) string {
+	return Token(domain) + "." + Token(local) + "." + View(p)
 }
 
-// Domain is the key of one fact about a domain.
-func Domain(domain, fact string) string {
-	return "domain." + Token(domain) + "." + fact
+// AddressFilters cover every entry of one address: all views and senders
+// (and entries of the layout without views).
+func AddressFilters(domain, local string) []string {
+	k := "addr." + Token(domain) + "." + Token(local)
+	return []string{k, k + ".>"}
+}
+
+// Domain is the key of one fact about a domain: domain.<domain>.<view>.<fact>.
+func Domain(domain string, p verdict.Purpose, fact string) string {
+	return "domain." + Token(domain) + "." + View(p) + "." + fact
 }
 
 // DomainFilters are the KV key filters that cover everything about a domain.
@@ -115,20 +144,50 @@ func DomainFilters(domain string) []string {
 	return []string{"addr." + t + ".>", "domain." + t + ".>"}
 }
 
+// Flush records: when each scope was last flushed (see the cache).
+const FlushAll = "flush.all"
+
+// FlushDomain is the flush record of a domain.
+func FlushDomain(domain string) string { return "flush.domain." + Token(domain) }
+
+// FlushAddress is the flush record of one address.
+func FlushAddress(domain, local string) string {
+	return "flush.addr." + Token(domain) + "." + Token(local)
+}
+
+// EntryFilters cover every verdict entry (not the flush records). A new
+// slice each time: the KV client rewrites the filters it is given.
+func EntryFilters() []string { return []string{"addr.>", "domain.>"} }
+
 // Key is a decoded key.
 type Key struct {
-	Kind   string // "addr" or "domain"
-	Domain string
-	Local  string // addr only
-	Sender string // addr only, "" for the null sender
-	Fact   string // domain only
+	Kind    string // "addr" or "domain"
+	Domain  string
+	Local   string          // addr only
+	Purpose verdict.Purpose // the view
+	Sender  string          // addr only, "" for the null sender
+	Fact    string          // domain only
+}
+
+// ErrLegacyKey marks a key of the layout without views: such entries are
+// never read (they may hold a sender check's facts) and expire by their TTL.
+var ErrLegacyKey = fmt.Errorf("%w: layout without view", ErrBadKey)
+
+func parseView(t string) (verdict.Purpose, bool) {
+	switch t {
+	case ViewRecipient:
+		return verdict.Recipient, true
+	case ViewSender:
+		return verdict.Sender, true
+	}
+	return "", false
 }
 
 // Parse decodes a key made by Address or Domain.
 func Parse(k string) (Key, error) {
 	parts := strings.Split(k, ".")
 	switch {
-	case len(parts) >= 3 && len(parts) <= 4 && parts[0] == "addr":
+	case len(parts) >= 3 && len(parts) <= 5 && parts[0] == "addr":
 		var key Key
 		var err error
 		key.Kind = "addr"
@@ -138,18 +197,34 @@ func Parse(k string) (Key, error) {
 		if key.Local, err = ParseToken(parts[2]); err != nil {
 			return Key{}, err
 		}
-		if len(parts) == 4 {
-			if key.Sender, err = ParseToken(parts[3]); err != nil {
+		if len(parts) == 3 {
+			return Key{}, fmt.Errorf("%w: %q", ErrLegacyKey, k)
+		}
+		var ok bool
+		if key.Purpose, ok = parseView(parts[3]); !ok {
+			if len(parts) == 4 {
+				return Key{}, fmt.Errorf("%w: %q", ErrLegacyKey, k)
+			}
+			return Key{}, fmt.Errorf("%w: view %q in %q", ErrBadKey, parts[3], k)
+		}
+		if len(parts) == 5 {
+			if key.Sender, err = ParseToken(parts[4]); err != nil {
 				return Key{}, err
 			}
 		}
 		return key, nil
 	case len(parts) == 3 && parts[0] == "domain":
+		return Key{}, fmt.Errorf("%w: %q", ErrLegacyKey, k)
+	case len(parts) == 4 && parts[0] == "domain":
 		d, err := ParseToken(parts[1])
 		if err != nil {
 			return Key{}, err
 		}
-		return Key{Kind: "domain", Domain: d, Fact: parts[2]}, nil
+		p, ok := parseView(parts[2])
+		if !ok {
+			return Key{}, fmt.Errorf("%w: view %q in %q", ErrBadKey, parts[2], k)
+		}
+		return Key{Kind: "domain", Domain: d, Purpose: p, Fact: parts[3]}, nil
 	}
 	return Key{}, fmt.Errorf("%w: %q", ErrBadKey, k)
 }

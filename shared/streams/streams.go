@@ -5,11 +5,13 @@ package streams
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callout-mail/callout/shared/subjects"
@@ -85,6 +87,35 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamCon
 func JobPending(err error) bool {
 	var apiErr *jetstream.APIError
 	return errors.As(err, &apiErr) && apiErr.ErrorCode == 10077 && strings.Contains(apiErr.Description, "per subject")
+}
+
+// LastMsg returns the data of the last message on subject in stream, by
+// the stream's API (one request; the caller needs permission for
+// $JS.API.STREAM.MSG.GET.<stream>). ok is false when there is none.
+func LastMsg(ctx context.Context, nc *nats.Conn, stream, subject string) (data []byte, ok bool, err error) {
+	req, _ := json.Marshal(map[string]string{"last_by_subj": subject})
+	m, err := nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+stream, req)
+	if err != nil {
+		return nil, false, fmt.Errorf("last message on %s: %w", subject, err)
+	}
+	var resp struct {
+		Message *struct {
+			Data []byte `json:"data"`
+		} `json:"message"`
+		Error *jetstream.APIError `json:"error"`
+	}
+	if err := json.Unmarshal(m.Data, &resp); err != nil {
+		return nil, false, fmt.Errorf("last message on %s: %w", subject, err)
+	}
+	switch {
+	case resp.Error != nil && resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound:
+		return nil, false, nil
+	case resp.Error != nil:
+		return nil, false, fmt.Errorf("last message on %s: %w", subject, resp.Error)
+	case resp.Message == nil:
+		return nil, false, nil
+	}
+	return resp.Message.Data, true, nil
 }
 
 // Workers ensures the durable pull consumer that all instances of a service

@@ -34,7 +34,7 @@ func (n Names) ProbeStream() string { return strings.ToUpper(n.Prefix) + "_PROBE
 func (n Names) ProbeConsumer() string { return "probers" }
 
 // Verdict is the subject of a verdict; key is its cache key (kvkey), for an
-// address without the sender: addr.<domain>.<local>.
+// address without the probe sender: addr.<domain>.<local>.<view>.
 func (n Names) Verdict(key string) string { return n.Prefix + ".verdict." + key }
 
 // VerdictAll matches every verdict subject.

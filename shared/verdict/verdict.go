@@ -49,15 +49,16 @@ type Verdict struct {
 	Kind      Kind      `msgpack:"kind" json:"kind"`
 	Address   string    `msgpack:"address,omitempty" json:"address,omitempty"`
 	Domain    string    `msgpack:"domain" json:"domain"`
-	Sender    string    `msgpack:"sender,omitempty" json:"sender,omitempty"` // MAIL FROM used; "" is <>
-	Fact      string    `msgpack:"fact,omitempty" json:"fact,omitempty"`     // domain facts: kvkey.FactCatchAll, kvkey.FactAccess
+	Purpose   Purpose   `msgpack:"purpose,omitempty" json:"purpose,omitempty"` // the view: recipient (by route) or sender (by MX) check
+	Sender    string    `msgpack:"sender,omitempty" json:"sender,omitempty"`   // MAIL FROM used; "" is <>
+	Fact      string    `msgpack:"fact,omitempty" json:"fact,omitempty"`       // domain facts: kvkey.FactCatchAll, kvkey.FactAccess
 	Status    Status    `msgpack:"status" json:"status"`
 	Reason    string    `msgpack:"reason,omitempty" json:"reason,omitempty"` // short machine-readable cause
 	Code      int       `msgpack:"code,omitempty" json:"code,omitempty"`
 	Enhanced  string    `msgpack:"enhanced,omitempty" json:"enhanced,omitempty"`
 	Text      string    `msgpack:"text,omitempty" json:"text,omitempty"` // the destination's words, cleaned
 	Host      string    `msgpack:"host,omitempty" json:"host,omitempty"`
-	CheckedAt time.Time `msgpack:"checked_at" json:"checked_at"`
+	CheckedAt time.Time `msgpack:"checked_at" json:"checked_at"` // when the callout started
 	ExpiresAt time.Time `msgpack:"expires_at,omitempty" json:"expires_at,omitzero"`
 	Source    Source    `msgpack:"source" json:"source"`
 }

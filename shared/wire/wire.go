@@ -72,9 +72,10 @@ type ProbeJob struct {
 // LookupRequest asks the cache what it knows about Address. Senders lists the
 // probe senders whose results count, in order ("" is the null sender).
 type LookupRequest struct {
-	V       int      `msgpack:"v"`
-	Address string   `msgpack:"address"`
-	Senders []string `msgpack:"senders,omitempty"`
+	V       int             `msgpack:"v"`
+	Address string          `msgpack:"address"`
+	Purpose verdict.Purpose `msgpack:"purpose,omitempty"` // the view; "" is recipient
+	Senders []string        `msgpack:"senders,omitempty"`
 }
 
 // LookupReply answers a LookupRequest. Verdict is the answer that applies
@@ -128,7 +129,9 @@ func required(name, v string) error {
 
 func (m *VerifyRequest) validate() error {
 	switch m.Purpose {
-	case "", verdict.Recipient, verdict.Sender:
+	case "", verdict.Recipient:
+	case verdict.Sender:
+		return nil // "" is the null sender
 	default:
 		return fmt.Errorf("%w: purpose %q", ErrGarbage, m.Purpose)
 	}

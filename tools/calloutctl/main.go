@@ -30,7 +30,7 @@ const usage = `calloutctl: operate a callout system.
 
 Usage:
   calloutctl [connection flags] verify ADDRESS [-sender] [-client IP] [-timeout 25s]
-  calloutctl [connection flags] lookup ADDRESS
+  calloutctl [connection flags] lookup ADDRESS [-sender]
   calloutctl [connection flags] flush (-all | -domain D | -address A) [-only invalid|valid]
   calloutctl [connection flags] inspect [-domain D] [-keys]
   calloutctl [connection flags] domain set DOMAIN [-mode callout|off|static] [-route host:port,...|mx]
@@ -163,22 +163,28 @@ func (a *app) verify(ctx context.Context, args []string) error {
 }
 
 func (a *app) lookup(ctx context.Context, args []string) error {
-	if len(args) != 1 {
-		return errors.New("usage: lookup ADDRESS")
+	fs := flag.NewFlagSet("lookup", flag.ContinueOnError)
+	sender := fs.Bool("sender", false, "what sender checks (by MX) learned, instead of recipient checks")
+	pos, err := parseMixed(fs, args)
+	if err != nil || len(pos) != 1 {
+		return errors.New("usage: lookup ADDRESS [-sender]")
 	}
-	addr, err := address.Parse(args[0])
+	addr, err := address.Parse(pos[0])
 	if err != nil {
 		return err
 	}
+	purpose := verdict.Recipient
 	senders := []string{""}
-	if kv, err := a.js.KeyValue(ctx, a.names.DomainsBucket()); err == nil {
+	if *sender {
+		purpose = verdict.Sender
+	} else if kv, err := a.js.KeyValue(ctx, a.names.DomainsBucket()); err == nil {
 		if e, err := kv.Get(ctx, addr.Domain); err == nil {
-			if p, err := domains.Parse(e.Value()); err == nil {
+			if p, err := domains.Parse(addr.Domain, e.Value()); err == nil {
 				senders = p.Senders()
 			}
 		}
 	}
-	b, _ := wire.Encode(&wire.LookupRequest{Address: addr.String(), Senders: senders})
+	b, _ := wire.Encode(&wire.LookupRequest{Address: addr.String(), Purpose: purpose, Senders: senders})
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	m, err := a.nc.RequestWithContext(rctx, a.names.CacheLookup(), b)
@@ -258,7 +264,7 @@ func (a *app) inspect(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("cache bucket: %w", err)
 	}
-	filters := []string{">"}
+	filters := kvkey.EntryFilters()
 	if *dom != "" {
 		d, err := address.NormalizeDomain(*dom)
 		if err != nil {

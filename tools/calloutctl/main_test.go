@@ -63,10 +63,10 @@ func TestInspect(t *testing.T) {
 	v := verdict.Verdict{Kind: verdict.KindAddress, Address: "alice@example.org", Domain: "example.org", Status: verdict.Invalid,
 		Reason: "user_unknown", Code: 550, Enhanced: "5.1.1", Text: "User unknown", CheckedAt: now, ExpiresAt: now.Add(2 * time.Hour)}
 	b, _ := wire.EncodeVerdict(v)
-	if _, err := kv.Put(ctx, kvkey.Address("example.org", "alice", ""), b); err != nil {
+	if _, err := kv.Put(ctx, kvkey.Address("example.org", "alice", verdict.Recipient, ""), b); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := kv.Put(ctx, kvkey.Address("other.example", "bob", ""), b); err != nil {
+	if _, err := kv.Put(ctx, kvkey.Address("other.example", "bob", verdict.Recipient, ""), b); err != nil {
 		t.Fatal(err)
 	}
 	out, err := ctl(t, ns.ClientURL(), "inspect", "-domain", "example.org")

@@ -120,19 +120,43 @@ func Open(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, bucket str
 	return &Store{nc: nc, js: js, kv: kv, stream: st, bucket: bucket, ttls: ttls, now: time.Now}, nil
 }
 
+// ErrNoView is a verdict that does not say whether a recipient or a sender
+// check made it (a prober of the layout without views): it is not stored.
+var ErrNoView = errors.New("verdict without purpose")
+
 // KeyOf returns the KV key a verdict is stored under.
 func KeyOf(v verdict.Verdict) (string, error) {
+	return keyOf(v, v.Sender)
+}
+
+// SubjectKey is the key part of the subject a verdict travels on: its KV key
+// without the probe sender.
+func SubjectKey(v verdict.Verdict) (string, error) {
+	return keyOf(v, "")
+}
+
+func keyOf(v verdict.Verdict, sender string) (string, error) {
+	if v.Purpose != verdict.Recipient && v.Purpose != verdict.Sender {
+		return "", fmt.Errorf("%w: %q", ErrNoView, v.Purpose)
+	}
 	if v.Kind == verdict.KindDomain {
 		if v.Fact != kvkey.FactCatchAll && v.Fact != kvkey.FactAccess {
 			return "", fmt.Errorf("unknown domain fact %q", v.Fact)
 		}
-		return kvkey.Domain(v.Domain, v.Fact), nil
+		d, err := address.NormalizeDomain(v.Domain)
+		if err != nil || d != v.Domain {
+			return "", fmt.Errorf("domain fact for %q: not a normalized domain", v.Domain)
+		}
+		return kvkey.Domain(v.Domain, v.Purpose, v.Fact), nil
 	}
 	a, err := address.Parse(v.Address)
 	if err != nil {
 		return "", err
 	}
-	return kvkey.Address(a.Domain, a.Local, v.Sender), nil
+	if a.Domain != v.Domain {
+		return "", fmt.Errorf("verdict for %q names domain %q", v.Address, v.Domain)
+	}
+	return kvkey.Address(a.Domain, a.Local, v.Purpose, sender), nil
 }
 
 // Outcome of a Put.
@@ -144,6 +168,7 @@ const (
 	Older       Outcome = "older"        // a newer verdict is already there
 	KeptValid   Outcome = "kept_valid"   // a tempfail/unverifiable does not replace a valid entry
 	AlreadyGone Outcome = "already_gone" // its TTL ran out before it arrived
+	Flushed     Outcome = "flushed"      // its callout started before a flush of its scope
 )
 
 // ErrConflict means the entry kept changing under concurrent writers.
@@ -176,6 +201,12 @@ func (s *Store) Put(ctx context.Context, v verdict.Verdict) (Outcome, error) {
 	if err != nil {
 		return "", err
 	}
+	if flushed, err := s.flushedSince(ctx, v); err != nil || flushed {
+		if err != nil {
+			return "", err
+		}
+		return Flushed, nil
+	}
 	subject := "$KV." + s.bucket + "." + key
 	for attempt := 0; attempt < 8; attempt++ {
 		var last uint64
@@ -195,10 +226,10 @@ func (s *Store) Put(ctx context.Context, v verdict.Verdict) (Outcome, error) {
 				}
 			}
 		}
-		_, err = s.js.PublishMsg(ctx, &nats.Msg{Subject: subject, Data: data},
+		ack, err := s.js.PublishMsg(ctx, &nats.Msg{Subject: subject, Data: data},
 			jetstream.WithMsgTTL(msgTTL), jetstream.WithExpectLastSequencePerSubject(last))
 		if err == nil {
-			return Written, nil
+			return s.afterWrite(ctx, v, key, ack.Sequence)
 		}
 		var apiErr *jetstream.APIError
 		if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
@@ -207,6 +238,126 @@ func (s *Store) Put(ctx context.Context, v verdict.Verdict) (Outcome, error) {
 		return "", fmt.Errorf("write %s: %w", key, err)
 	}
 	return "", ErrConflict
+}
+
+// afterWrite closes the race with a flush that recorded itself between the
+// check before the write and the write: the flush purges after recording,
+// so either it removed this entry or this read sees its record.
+func (s *Store) afterWrite(ctx context.Context, v verdict.Verdict, key string, seq uint64) (Outcome, error) {
+	flushed, err := s.flushedSince(ctx, v)
+	if err != nil || !flushed {
+		return Written, err
+	}
+	if err := s.kv.Delete(ctx, key, jetstream.LastRevision(seq)); err != nil {
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+			return Older, nil // a newer verdict replaced it already
+		}
+		return "", fmt.Errorf("remove flushed %s: %w", key, err)
+	}
+	return Flushed, nil
+}
+
+// flushRecord is when a scope was last flushed, per status filter. It is
+// JSON, readable with `nats kv get`.
+type flushRecord struct {
+	Any     time.Time `json:"any,omitzero"`
+	Valid   time.Time `json:"valid,omitzero"`
+	Invalid time.Time `json:"invalid,omitzero"`
+}
+
+func (r *flushRecord) slot(only verdict.Status) *time.Time {
+	switch only {
+	case verdict.Valid:
+		return &r.Valid
+	case verdict.Invalid:
+		return &r.Invalid
+	}
+	return &r.Any
+}
+
+// covers reports whether a flush recorded in r removes v: one of v's
+// status (address verdicts), or of everything, at or after v's callout
+// started.
+func (r flushRecord) covers(v verdict.Verdict) bool {
+	at := r.Any
+	if v.Kind == verdict.KindAddress && (v.Status == verdict.Valid || v.Status == verdict.Invalid) {
+		if t := *r.slot(v.Status); t.After(at) {
+			at = t
+		}
+	}
+	return !at.IsZero() && !v.CheckedAt.After(at)
+}
+
+// flushRecords are the keys of the records whose flushes cover v.
+func flushRecords(v verdict.Verdict) []string {
+	keys := []string{kvkey.FlushAll, kvkey.FlushDomain(v.Domain)}
+	if v.Kind == verdict.KindAddress {
+		if a, err := address.Parse(v.Address); err == nil {
+			keys = append(keys, kvkey.FlushAddress(a.Domain, a.Local))
+		}
+	}
+	return keys
+}
+
+// flushedSince reports whether a flush of v's scope came after its callout
+// started. Records are read from the stream leader, never a stale replica.
+func (s *Store) flushedSince(ctx context.Context, v verdict.Verdict) (bool, error) {
+	for _, k := range flushRecords(v) {
+		r, _, err := s.flushRecord(ctx, k)
+		if err != nil {
+			return false, err
+		}
+		if r.covers(v) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+func (s *Store) flushRecord(ctx context.Context, key string) (flushRecord, uint64, error) {
+	m, err := s.stream.GetLastMsgForSubject(ctx, "$KV."+s.bucket+"."+key)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return flushRecord{}, 0, nil
+	}
+	if err != nil {
+		return flushRecord{}, 0, fmt.Errorf("read %s: %w", key, err)
+	}
+	var r flushRecord
+	if m.Header.Get("KV-Operation") == "" && m.Header.Get("Nats-Marker-Reason") == "" && len(m.Data) > 0 {
+		_ = json.Unmarshal(m.Data, &r) // garbage reads as no flush
+	}
+	return r, m.Sequence, nil
+}
+
+// record notes that key's scope was flushed at now, for the status filter
+// only. Every cachekeeper applies every flush: the record keeps the latest.
+// It lives as long as the longest TTL, past which no verdict it could
+// cover would be stored anyway.
+func (s *Store) record(ctx context.Context, key string, only verdict.Status, now time.Time) error {
+	subject := "$KV." + s.bucket + "." + key
+	ttl := s.ttls.longest()
+	for attempt := 0; attempt < 8; attempt++ {
+		r, last, err := s.flushRecord(ctx, key)
+		if err != nil {
+			return err
+		}
+		if slot := r.slot(only); now.After(*slot) {
+			*slot = now
+		}
+		data, _ := json.Marshal(r)
+		_, err = s.js.PublishMsg(ctx, &nats.Msg{Subject: subject, Data: data},
+			jetstream.WithMsgTTL(ttl), jetstream.WithExpectLastSequencePerSubject(last))
+		if err == nil {
+			return nil
+		}
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+			continue
+		}
+		return fmt.Errorf("record flush %s: %w", key, err)
+	}
+	return ErrConflict
 }
 
 // live decodes a stored message, reporting false for delete and expiry
@@ -248,12 +399,12 @@ func (s *Store) get(ctx context.Context, key string) (verdict.Verdict, bool, err
 // Lookup returns what applies to addr: its own entry for one of the senders,
 // else the domain's catch-all fact, else a domain access fact that covers
 // the senders. CatchAll carries the domain's catch-all fact on a miss.
-func (s *Store) Lookup(ctx context.Context, addr address.Address, senders []string) (wire.LookupReply, error) {
+func (s *Store) Lookup(ctx context.Context, addr address.Address, purpose verdict.Purpose, senders []string) (wire.LookupReply, error) {
 	if len(senders) == 0 {
 		senders = []string{""}
 	}
 	for _, snd := range senders {
-		v, ok, err := s.get(ctx, kvkey.Address(addr.Domain, addr.Local, snd))
+		v, ok, err := s.get(ctx, kvkey.Address(addr.Domain, addr.Local, purpose, snd))
 		if err != nil {
 			return wire.LookupReply{}, err
 		}
@@ -261,14 +412,14 @@ func (s *Store) Lookup(ctx context.Context, addr address.Address, senders []stri
 			return wire.LookupReply{Hit: true, Verdict: &v}, nil
 		}
 	}
-	ca, caOK, err := s.get(ctx, kvkey.Domain(addr.Domain, kvkey.FactCatchAll))
+	ca, caOK, err := s.get(ctx, kvkey.Domain(addr.Domain, purpose, kvkey.FactCatchAll))
 	if err != nil {
 		return wire.LookupReply{}, err
 	}
 	if caOK && ca.Status == verdict.CatchAll {
 		return wire.LookupReply{Hit: true, Verdict: forAddress(ca, addr), CatchAll: &ca}, nil
 	}
-	acc, accOK, err := s.get(ctx, kvkey.Domain(addr.Domain, kvkey.FactAccess))
+	acc, accOK, err := s.get(ctx, kvkey.Domain(addr.Domain, purpose, kvkey.FactAccess))
 	if err != nil {
 		return wire.LookupReply{}, err
 	}
@@ -289,18 +440,21 @@ func forAddress(fact verdict.Verdict, addr address.Address) *verdict.Verdict {
 	return &fact
 }
 
-// Flush removes entries in the command's scope and returns how many.
+// Flush removes entries in the command's scope and returns how many. It
+// first records the flush, so that a verdict whose callout started before
+// it and arrives later is not stored (Put).
 func (s *Store) Flush(ctx context.Context, c wire.FlushCommand) (uint64, error) {
 	var filters []string
+	var rec string
 	switch c.Scope {
 	case wire.ScopeAll:
-		filters = []string{">"}
+		filters, rec = kvkey.EntryFilters(), kvkey.FlushAll
 	case wire.ScopeDomain:
 		d, err := address.NormalizeDomain(c.Domain)
 		if err != nil {
 			return 0, err
 		}
-		filters = kvkey.DomainFilters(d)
+		filters, rec = kvkey.DomainFilters(d), kvkey.FlushDomain(d)
 		if c.Only != "" {
 			filters = filters[:1] // status filters apply to addresses
 		}
@@ -309,10 +463,12 @@ func (s *Store) Flush(ctx context.Context, c wire.FlushCommand) (uint64, error) 
 		if err != nil {
 			return 0, err
 		}
-		k := kvkey.Address(a.Domain, a.Local, "")
-		filters = []string{k, k + ".*"}
+		filters, rec = kvkey.AddressFilters(a.Domain, a.Local), kvkey.FlushAddress(a.Domain, a.Local)
 	default:
 		return 0, fmt.Errorf("unknown flush scope %q", c.Scope)
+	}
+	if err := s.record(ctx, rec, c.Only, s.now()); err != nil {
+		return 0, err
 	}
 	var removed uint64
 	if c.Only == "" {

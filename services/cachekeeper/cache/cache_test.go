@@ -2,6 +2,8 @@ package cache
 
 import (
 	"context"
+	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -28,11 +30,11 @@ func open(t *testing.T, ttls TTLs) *Store {
 
 func addrVerdict(a string, st verdict.Status, code int, at time.Time) verdict.Verdict {
 	p, _ := address.Parse(a)
-	return verdict.Verdict{Kind: verdict.KindAddress, Address: p.String(), Domain: p.Domain, Status: st, Code: code, CheckedAt: at, Source: verdict.SourceProbe, Text: "destination said so"}
+	return verdict.Verdict{Kind: verdict.KindAddress, Address: p.String(), Domain: p.Domain, Purpose: verdict.Recipient, Status: st, Code: code, CheckedAt: at, Source: verdict.SourceProbe, Text: "destination said so"}
 }
 
 func domainFact(d, fact string, st verdict.Status, reason string, at time.Time) verdict.Verdict {
-	return verdict.Verdict{Kind: verdict.KindDomain, Domain: d, Fact: fact, Status: st, Reason: reason, CheckedAt: at, Source: verdict.SourceProbe}
+	return verdict.Verdict{Kind: verdict.KindDomain, Domain: d, Purpose: verdict.Recipient, Fact: fact, Status: st, Reason: reason, CheckedAt: at, Source: verdict.SourceProbe}
 }
 
 func put(t *testing.T, s *Store, v verdict.Verdict, want Outcome) {
@@ -49,7 +51,7 @@ func lookup(t *testing.T, s *Store, a string, senders ...string) wire.LookupRepl
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := s.Lookup(context.Background(), p, senders)
+	r, err := s.Lookup(context.Background(), p, verdict.Recipient, senders)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +115,7 @@ func TestStoreAndLookup(t *testing.T) {
 	for k := range keys.Keys() {
 		got[k] = true
 	}
-	if !got["addr.example/org.alice"] || !got["addr.example/org.ghost"] || len(got) != 2 {
+	if !got["addr.example/org.alice.rcpt"] || !got["addr.example/org.ghost.rcpt"] || len(got) != 2 {
 		t.Fatalf("keys %v", got)
 	}
 }
@@ -211,7 +213,7 @@ func TestTTLExpiry(t *testing.T) {
 	// The server removes the message itself too, not only our check.
 	deadline = time.Now().Add(10 * time.Second)
 	for {
-		_, err := s.kv.Get(context.Background(), "addr.example/org.short")
+		_, err := s.kv.Get(context.Background(), "addr.example/org.short.rcpt")
 		if err != nil {
 			break
 		}
@@ -240,13 +242,7 @@ func TestFlush(t *testing.T) {
 		put(t, s, domainFact("one.example", kvkey.FactCatchAll, verdict.NotCatchAll, "", now), Written)
 		put(t, s, domainFact("two.example", kvkey.FactCatchAll, verdict.NotCatchAll, "", now), Written)
 	}
-	count := func() uint64 {
-		n, _, err := s.Stats(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return n
-	}
+	count := func() uint64 { return entries(t, s) }
 	tests := []struct {
 		cmd     wire.FlushCommand
 		removed uint64
@@ -296,5 +292,100 @@ func TestFlush(t *testing.T) {
 	}
 	if _, err := s.Flush(context.Background(), wire.FlushCommand{Scope: wire.ScopeAddress, Address: "not an address"}); err == nil {
 		t.Fatal("bad address flushed")
+	}
+}
+
+// entries counts the verdict entries (flush records aside).
+func entries(t *testing.T, s *Store) uint64 {
+	t.Helper()
+	l, err := s.kv.ListKeysFiltered(context.Background(), kvkey.EntryFilters()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	for range l.Keys() {
+		n++
+	}
+	return n
+}
+
+// Facts learned by a sender check (by MX) never answer a recipient lookup
+// (by route), and the reverse.
+func TestViewsApart(t *testing.T) {
+	s := open(t, DefaultTTLs)
+	now := time.Now()
+	snd := addrVerdict("user@corp.example", verdict.Invalid, 550, now)
+	snd.Purpose = verdict.Sender
+	put(t, s, snd, Written)
+	ca := domainFact("corp.example", kvkey.FactCatchAll, verdict.CatchAll, "random_accepted", now)
+	ca.Purpose = verdict.Sender
+	put(t, s, ca, Written)
+	if r := lookup(t, s, "user@corp.example"); r.Hit || r.CatchAll != nil {
+		t.Fatalf("a sender fact answered a recipient lookup: %+v", r)
+	}
+	a, _ := address.Parse("user@corp.example")
+	r, err := s.Lookup(context.Background(), a, verdict.Sender, nil)
+	if err != nil || !r.Hit || r.Verdict.Status != verdict.Invalid || r.Verdict.Purpose != verdict.Sender {
+		t.Fatalf("sender lookup: %+v %v", r, err)
+	}
+	// A verdict that does not say its view is not stored.
+	old := addrVerdict("user@corp.example", verdict.Invalid, 550, now)
+	old.Purpose = ""
+	if _, err := s.Put(context.Background(), old); !errors.Is(err, ErrNoView) {
+		t.Fatalf("verdict without view: %v", err)
+	}
+	// Entries of the layout without views are never read.
+	b, _ := wire.EncodeVerdict(addrVerdict("legacy@corp.example", verdict.Invalid, 550, now))
+	if _, err := s.kv.Put(context.Background(), "addr.corp/example.legacy", b); err != nil {
+		t.Fatal(err)
+	}
+	if r := lookup(t, s, "legacy@corp.example"); r.Hit {
+		t.Fatalf("legacy entry read: %+v", r)
+	}
+	// ...and a domain flush removes them too.
+	if _, err := s.Flush(context.Background(), wire.FlushCommand{Scope: wire.ScopeDomain, Domain: "corp.example"}); err != nil {
+		t.Fatal(err)
+	}
+	if entries(t, s) != 0 {
+		t.Fatal("domain flush left entries")
+	}
+}
+
+// A verdict whose callout started before a flush of its scope is not
+// stored; one that started after is.
+func TestFlushRecords(t *testing.T) {
+	s := open(t, DefaultTTLs)
+	ctx := context.Background()
+	before := time.Now()
+	time.Sleep(time.Millisecond) // distinct clock readings
+	for _, c := range []wire.FlushCommand{
+		{Scope: wire.ScopeAddress, Address: "a@one.example"},
+		{Scope: wire.ScopeDomain, Domain: "two.example"},
+		{Scope: wire.ScopeDomain, Domain: "three.example", Only: verdict.Invalid},
+	} {
+		if _, err := s.Flush(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	after := time.Now().Add(time.Millisecond)
+	put(t, s, addrVerdict("a@one.example", verdict.Invalid, 550, before), Flushed)
+	put(t, s, addrVerdict("b@one.example", verdict.Invalid, 550, before), Written) // another address
+	put(t, s, addrVerdict("a@two.example", verdict.Valid, 250, before), Flushed)
+	put(t, s, domainFact("two.example", kvkey.FactCatchAll, verdict.NotCatchAll, "", before), Flushed)
+	put(t, s, addrVerdict("a@three.example", verdict.Invalid, 550, before), Flushed)
+	put(t, s, addrVerdict("b@three.example", verdict.Valid, 250, before), Written) // only invalid was flushed
+	put(t, s, domainFact("three.example", kvkey.FactCatchAll, verdict.NotCatchAll, "", before), Written)
+	put(t, s, addrVerdict("a@one.example", verdict.Invalid, 550, after), Written)
+	put(t, s, addrVerdict("a@two.example", verdict.Valid, 250, after), Written)
+	// A flush of everything covers every domain; records survive it.
+	if _, err := s.Flush(ctx, wire.FlushCommand{Scope: wire.ScopeAll}); err != nil {
+		t.Fatal(err)
+	}
+	put(t, s, addrVerdict("c@four.example", verdict.Valid, 250, after), Flushed)
+	put(t, s, addrVerdict("a@two.example", verdict.Valid, 250, time.Now().Add(time.Millisecond)), Written)
+	// The records are readable JSON.
+	e, err := s.kv.Get(ctx, kvkey.FlushDomain("three.example"))
+	if err != nil || !strings.Contains(string(e.Value()), `"invalid":`) || strings.Contains(string(e.Value()), `"any":`) {
+		t.Fatalf("record %s %v", e.Value(), err)
 	}
 }

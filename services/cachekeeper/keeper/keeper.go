@@ -153,6 +153,20 @@ func (s *Service) store1(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.Term()
 		return
 	}
+	// A verdict is stored only under the subject it came on: a prober may
+	// publish only what its permissions allow, and a verdict about one
+	// address (or view) must not land on another's key.
+	key, err := cache.SubjectKey(v)
+	if err != nil || s.names.Verdict(key) != msg.Subject() {
+		outcome := "mismatch"
+		if errors.Is(err, cache.ErrNoView) {
+			outcome = "no_view" // from a prober of the layout without views
+		}
+		s.log.Error("verdict refused: content does not match its subject", "subject", msg.Subject(), "key", key, "err", err)
+		s.m.written.WithLabelValues(outcome).Inc()
+		_ = msg.Term()
+		return
+	}
 	out, err := s.store.Put(ctx, v)
 	if err != nil {
 		if errors.Is(err, cache.ErrConflict) || ctx.Err() != nil || errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
@@ -206,7 +220,11 @@ func (s *Service) lookup(ctx context.Context, r *microasync.Request) {
 	}
 	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	rep, err := s.store.Lookup(lctx, a, req.Senders)
+	purpose := req.Purpose
+	if purpose == "" {
+		purpose = verdict.Recipient
+	}
+	rep, err := s.store.Lookup(lctx, a, purpose, req.Senders)
 	if err != nil {
 		s.m.lookups.WithLabelValues("error").Inc()
 		_ = r.Error("503", err.Error(), nil)
@@ -232,7 +250,7 @@ func (s *Service) maybeRefresh(ctx context.Context, a address.Address, v verdict
 	if s.cfg.RefreshAge <= 0 || v.Status != verdict.Valid || v.Kind != verdict.KindAddress || time.Since(v.CheckedAt) < s.cfg.RefreshAge {
 		return
 	}
-	key := kvkey.Address(a.Domain, a.Local, v.Sender)
+	key := kvkey.Address(a.Domain, a.Local, v.Purpose, v.Sender)
 	now := time.Now()
 	s.mu.Lock()
 	if last, ok := s.refresh[key]; ok && now.Sub(last) < s.cfg.RefreshAge {
@@ -244,14 +262,14 @@ func (s *Service) maybeRefresh(ctx context.Context, a address.Address, v verdict
 	}
 	s.refresh[key] = now
 	s.mu.Unlock()
-	job := wire.ProbeJob{Address: a.String(), Purpose: verdict.Recipient, SkipRandom: true, RequestedAt: now}
+	job := wire.ProbeJob{Address: a.String(), Purpose: v.Purpose, SkipRandom: true, RequestedAt: now}
 	b, err := wire.Encode(&job)
 	if err != nil {
 		return
 	}
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if _, err := s.js.Publish(pctx, s.names.Probe(kvkey.Target(a.Domain, a.Local)), b); err != nil && !streams.JobPending(err) {
+	if _, err := s.js.Publish(pctx, s.names.Probe(kvkey.Target(a.Domain, a.Local, v.Purpose)), b); err != nil && !streams.JobPending(err) {
 		s.log.Warn("refresh job not queued", "address", a.String(), "err", err)
 		return
 	}

@@ -13,7 +13,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/callout-mail/callout/shared/kvkey"
+	"github.com/callout-mail/callout/services/cachekeeper/cache"
 	"github.com/callout-mail/callout/shared/natstest"
 	"github.com/callout-mail/callout/shared/streams"
 	"github.com/callout-mail/callout/shared/subjects"
@@ -35,13 +35,15 @@ func start(t *testing.T, ns *natstest.Server, cfg Config) (stop func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stop = natstest.RunService(t, svc)
+	run := natstest.RunService(t, svc)
 	select {
 	case <-svc.Ready():
 	case <-time.After(15 * time.Second):
 		t.Fatal("cachekeeper not ready")
 	}
-	return stop
+	// A stopped cachekeeper is a process gone: its connection closes, and
+	// with it the pull requests the server still holds for it.
+	return func() { run(); nc.Close() }
 }
 
 func publishVerdict(t *testing.T, js jetstream.JetStream, v verdict.Verdict) {
@@ -51,10 +53,11 @@ func publishVerdict(t *testing.T, js jetstream.JetStream, v verdict.Verdict) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	subj := n.Verdict("addr." + kvkey.Target(v.Domain, v.Address[:len(v.Address)-len(v.Domain)-1]))
-	if v.Kind == verdict.KindDomain {
-		subj = n.Verdict(kvkey.Domain(v.Domain, v.Fact))
+	key, err := cache.SubjectKey(v)
+	if err != nil {
+		t.Fatal(err)
 	}
+	subj := n.Verdict(key)
 	if _, err := js.Publish(context.Background(), subj, b); err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +81,7 @@ func lookup(t *testing.T, nc *nats.Conn, addr string) wire.LookupReply {
 }
 
 func valid(a, d string, at time.Time) verdict.Verdict {
-	return verdict.Verdict{Kind: verdict.KindAddress, Address: a, Domain: d, Status: verdict.Valid, Code: 250, CheckedAt: at, Source: verdict.SourceProbe}
+	return verdict.Verdict{Kind: verdict.KindAddress, Address: a, Domain: d, Purpose: verdict.Recipient, Status: verdict.Valid, Code: 250, CheckedAt: at, Source: verdict.SourceProbe}
 }
 
 // Verdicts published while no cachekeeper runs are stored when one starts.
@@ -94,6 +97,17 @@ func TestRestartLosesNothing(t *testing.T) {
 	publishVerdict(t, js, valid("a@example.org", "example.org", time.Now()))
 	waitfor.Cond(t, 15*time.Second, func() bool { return lookup(t, nc, "a@example.org").Hit })
 	stop()
+	// Publish once the server has dropped the stopped instance's pull
+	// requests; a verdict handed to a gone process waits out AckWait.
+	n := subjects.New("")
+	waitfor.Cond(t, 15*time.Second, func() bool {
+		c, err := js.Consumer(ctx, n.VerdictStream(), n.VerdictConsumer())
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(ctx)
+		return err == nil && info.NumWaiting == 0
+	})
 	for _, l := range []string{"b", "c", "d"} {
 		publishVerdict(t, js, valid(l+"@example.org", "example.org", time.Now()))
 	}

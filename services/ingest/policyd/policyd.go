@@ -216,6 +216,9 @@ func (s *Server) answer(ctx context.Context, c net.Conn, attrs map[string]string
 	var deferred string
 	if s.cfg.Senders && sender != "" {
 		rep := s.verify(ctx, wire.VerifyRequest{Address: sender, Purpose: verdict.Sender, ClientAddress: client})
+		if brokenInput(rep) {
+			return s.malformed(c, fmt.Errorf("%w: sender %q: %s", errMalformed, sender, rep.Verdict.Text))
+		}
 		switch rep.Decision.Action {
 		case verdict.Reject:
 			return rep.Decision.String()
@@ -225,6 +228,9 @@ func (s *Server) answer(ctx context.Context, c net.Conn, attrs map[string]string
 	}
 	if rcpt != "" {
 		rep := s.verify(ctx, wire.VerifyRequest{Address: rcpt, Purpose: verdict.Recipient, ClientAddress: client})
+		if brokenInput(rep) {
+			return s.malformed(c, fmt.Errorf("%w: recipient %q: %s", errMalformed, rcpt, rep.Verdict.Text))
+		}
 		switch rep.Decision.Action {
 		case verdict.Reject:
 			return rep.Decision.String()
@@ -236,6 +242,13 @@ func (s *Server) answer(ctx context.Context, c net.Conn, attrs map[string]string
 		return deferred
 	}
 	return "DUNNO"
+}
+
+// brokenInput reports a verdict on input that is not an address at all.
+// Postfix has parsed what it sends, so nothing is refused here for its
+// form: such input gets the malformed answer (DUNNO or a defer), never a 5xx.
+func brokenInput(rep wire.VerifyReply) bool {
+	return rep.Verdict != nil && rep.Verdict.Status == verdict.Malformed
 }
 
 func (s *Server) deferAction(d verdict.Decision) string {

@@ -18,8 +18,10 @@ type Config struct {
 	MaxTimeout           time.Duration   `envconfig:"MAX_TIMEOUT" default:"25s" desc:"cap on a request's own deadline"`
 	LookupTimeout        time.Duration   `envconfig:"LOOKUP_TIMEOUT" default:"1s" desc:"wait for the cache; then go on as a miss"`
 	Workers              int             `default:"2048" desc:"requests handled at once"`
+	PendingRetry         time.Duration   `envconfig:"PENDING_RETRY" default:"500ms" desc:"while another's job for an address is pending and its verdict was not seen, try to queue one this often"`
 	Replicas             int             `default:"1" desc:"JetStream replicas of streams and buckets"`
-	UnknownDomains       string          `envconfig:"UNKNOWN_DOMAINS" default:"reject" desc:"recipient domains without a policy: reject (550 5.7.1 relay not permitted) or callout (by MX)"`
+	UnknownDomains       string          `envconfig:"UNKNOWN_DOMAINS" default:"accept" desc:"recipient domains without a policy: accept (unverifiable; relay control stays with the MTA), reject (550 5.7.1) or callout (by MX)"`
+	RecipientDelimiter   string          `envconfig:"RECIPIENT_DELIMITER" default:"+" desc:"sub-address delimiters, as Postfix's recipient_delimiter: static mode lists alice for alice+tag (empty: none)"`
 	SenderOnTempfail     verdict.Action  `envconfig:"SENDER_ON_TEMPFAIL" default:"accept" desc:"sender verification that cannot finish: accept or defer"`
 	SenderOnUnverifiable verdict.Action  `envconfig:"SENDER_ON_UNVERIFIABLE" default:"accept" desc:"sender whose server refuses us: accept or defer"`
 	RejectText           string          `envconfig:"REJECT_TEXT" desc:"text for rejects; {address} is replaced (default: Recipient address rejected: User unknown)"`
@@ -40,12 +42,14 @@ type Config struct {
 // Validate checks values envconfig cannot.
 func (c *Config) Validate() error {
 	switch {
-	case c.Timeout <= 0 || c.MaxTimeout <= 0 || c.LookupTimeout <= 0:
-		return errors.New("CALLOUT_INGEST_TIMEOUT, _MAX_TIMEOUT and _LOOKUP_TIMEOUT must be positive")
+	case c.Timeout <= 0 || c.MaxTimeout <= 0 || c.LookupTimeout <= 0 || c.PendingRetry <= 0:
+		return errors.New("CALLOUT_INGEST_TIMEOUT, _MAX_TIMEOUT, _LOOKUP_TIMEOUT and _PENDING_RETRY must be positive")
 	case c.Workers < 1:
 		return errors.New("CALLOUT_INGEST_WORKERS must be at least 1")
-	case c.UnknownDomains != "reject" && c.UnknownDomains != "callout":
-		return errors.New("CALLOUT_INGEST_UNKNOWN_DOMAINS must be reject or callout")
+	case c.UnknownDomains != "accept" && c.UnknownDomains != "reject" && c.UnknownDomains != "callout":
+		return errors.New("CALLOUT_INGEST_UNKNOWN_DOMAINS must be accept, reject or callout")
+	case strings.ContainsAny(c.RecipientDelimiter, "@\"\r\n\x00 "):
+		return errors.New("CALLOUT_INGEST_RECIPIENT_DELIMITER: characters of a local part, not @, quote or space")
 	case c.SenderOnTempfail != verdict.Accept && c.SenderOnTempfail != verdict.Defer,
 		c.SenderOnUnverifiable != verdict.Accept && c.SenderOnUnverifiable != verdict.Defer:
 		return errors.New("CALLOUT_INGEST_SENDER_ON_*: accept or defer")

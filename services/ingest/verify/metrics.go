@@ -10,7 +10,7 @@ type metrics struct {
 	braked    prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+func newMetrics(reg prometheus.Registerer, policyErrors func() int) *metrics {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "callout_ingest_requests_total", Help: "Verify requests by action and verdict source (cache, probe, static, error).",
@@ -29,6 +29,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "callout_ingest_braked_total", Help: "Unknown recipients deferred by the dictionary-attack brake.",
 		}),
 	}
-	reg.MustRegister(m.requests, m.latency, m.coalesced, m.deadlines, m.braked)
+	reg.MustRegister(m.requests, m.latency, m.coalesced, m.deadlines, m.braked,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "callout_ingest_domain_policy_errors",
+			Help: "Domains whose stored policy does not parse (served by their last good policy, or callout with defaults).",
+		}, func() float64 { return float64(policyErrors()) }))
 	return m
 }

@@ -44,6 +44,8 @@ const (
 	ReasonQueue       = "queue_unavailable"
 	ReasonSyntax      = "syntax"
 	ReasonUnprobeable = "unprobeable_form"
+	ReasonNullSender  = "null_sender"
+	ReasonPostmaster  = "postmaster"
 )
 
 // Service is one ingest instance.
@@ -76,8 +78,9 @@ func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger)
 		return nil, err
 	}
 	s := &Service{cfg: cfg, log: log, nc: nc, js: js, names: subjects.New(cfg.NATS.Prefix),
-		brake: brake.New(cfg.BrakeLimit, cfg.BrakeWindow), m: newMetrics(reg),
+		domains: domains.NewTable(nil), brake: brake.New(cfg.BrakeLimit, cfg.BrakeWindow),
 		extra: map[string]bool{}, flights: map[string]*flight{}, ready: make(chan struct{})}
+	s.m = newMetrics(reg, s.domains.Errors)
 	for _, p := range cfg.ProbeSenders {
 		s.extra[strings.ToLower(strings.TrimSpace(p))] = true
 	}
@@ -97,8 +100,7 @@ func (s *Service) Run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		s.domains, err = domains.Watch(ctx, kv, s.log)
-		return err
+		return s.domains.Watch(ctx, kv, s.log)
 	})
 	if err != nil {
 		return err
@@ -233,16 +235,20 @@ func base(a address.Address, raw string) verdict.Verdict {
 
 // find returns the verdict that answers the request and the policy to apply.
 func (s *Service) find(ctx context.Context, req wire.VerifyRequest, purpose verdict.Purpose) (verdict.Verdict, verdict.Policy) {
+	if v, ok := special(req.Address, purpose); ok {
+		return v, verdict.Policy{Purpose: purpose}
+	}
 	a, err := address.Parse(req.Address)
 	if err != nil {
 		v := base(address.Address{}, verdict.CleanText(req.Address))
 		v.Text = err.Error()
-		if unprobeable(err) {
-			// Real mail uses these forms; they are only not safe to call out
-			// for. Never a reject.
-			v.Status, v.Reason = verdict.Unverifiable, ReasonUnprobeable
-		} else {
+		if address.Broken(err) {
 			v.Status, v.Reason = verdict.Malformed, ReasonSyntax
+		} else {
+			// Real mail uses these forms (literals, internationalized or
+			// odd local parts, underscores or one label in the domain):
+			// they are only not safe to call out for. Never a reject.
+			v.Status, v.Reason = verdict.Unverifiable, ReasonUnprobeable
 		}
 		return v, verdict.Policy{Purpose: purpose}
 	}
@@ -260,11 +266,15 @@ func (s *Service) find(ctx context.Context, req wire.VerifyRequest, purpose verd
 		case !known && s.cfg.UnknownDomains == "reject":
 			v.Status, v.Reason = verdict.RelayDenied, ReasonNotServed
 			return v, dpol
+		case !known && s.cfg.UnknownDomains == "accept":
+			// Nothing the destination said: relay control is the MTA's.
+			v.Status, v.Reason = verdict.Unverifiable, ReasonNotServed
+			return v, dpol
 		case pol.EffectiveMode() == domains.ModeOff:
 			v.Status, v.Reason = verdict.Skipped, ReasonPolicyOff
 			return v, dpol
 		case pol.EffectiveMode() == domains.ModeStatic:
-			if pol.Listed(a.Local) {
+			if pol.Listed(a.Local, s.cfg.RecipientDelimiter) {
 				v.Status, v.Reason = verdict.Valid, ReasonListed
 			} else {
 				v.Status, v.Reason = verdict.Invalid, ReasonNotListed
@@ -273,7 +283,7 @@ func (s *Service) find(ctx context.Context, req wire.VerifyRequest, purpose verd
 		}
 	}
 	// Without a policy, pol is the zero policy: the null sender only.
-	look, err := s.lookup(ctx, a, pol.Senders())
+	look, err := s.lookup(ctx, a, purpose, pol.Senders())
 	if err != nil {
 		s.log.Warn("cache lookup failed; treating as a miss", "address", a.String(), "err", err)
 	}
@@ -294,16 +304,36 @@ func (s *Service) find(ctx context.Context, req wire.VerifyRequest, purpose verd
 	return s.await(ctx, a, job), dpol
 }
 
-// unprobeable reports whether a parse error is about a form that real mail
-// uses but a callout does not send: address literals, internationalized
-// local parts, dot-atom oddities such as "taro..yamada". Control
-// characters, a missing @, a bad domain or excess length stay malformed.
-func unprobeable(err error) bool {
-	return errors.Is(err, address.ErrAddressLiteral) || errors.Is(err, address.ErrNonASCIILocal) || errors.Is(err, address.ErrLocalSyntax)
+// special answers the addresses that are never called out: the null
+// sender (the bounce sender) and postmaster, which every domain must
+// accept (RFC 5321 section 4.5.1), qualified or not.
+func special(raw string, purpose verdict.Purpose) (verdict.Verdict, bool) {
+	s := strings.TrimSpace(raw)
+	if strings.HasPrefix(s, "<") && strings.HasSuffix(s, ">") {
+		s = strings.TrimSpace(s[1 : len(s)-1])
+	}
+	v := verdict.Verdict{Kind: verdict.KindAddress, Address: s, CheckedAt: time.Now(), Source: verdict.SourceStatic, Status: verdict.Skipped}
+	switch {
+	case s == "" && purpose == verdict.Sender:
+		v.Reason = ReasonNullSender
+		return v, true
+	case strings.EqualFold(s, "postmaster"):
+		v.Reason = ReasonPostmaster
+		return v, true
+	}
+	local, domain, ok := strings.Cut(s, "@")
+	if ok && strings.EqualFold(local, "postmaster") && !strings.ContainsRune(domain, '@') && !strings.ContainsFunc(domain, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		v.Reason = ReasonPostmaster
+		if d, err := address.NormalizeDomain(domain); err == nil {
+			v.Address, v.Domain = "postmaster@"+d, d
+		}
+		return v, true
+	}
+	return verdict.Verdict{}, false
 }
 
-func (s *Service) lookup(ctx context.Context, a address.Address, senders []string) (wire.LookupReply, error) {
-	b, err := wire.Encode(&wire.LookupRequest{Address: a.String(), Senders: senders})
+func (s *Service) lookup(ctx context.Context, a address.Address, purpose verdict.Purpose, senders []string) (wire.LookupReply, error) {
+	b, err := wire.Encode(&wire.LookupRequest{Address: a.String(), Purpose: purpose, Senders: senders})
 	if err != nil {
 		return wire.LookupReply{}, err
 	}
@@ -329,13 +359,15 @@ func (s *Service) lookup(ctx context.Context, a address.Address, senders []strin
 // await joins or starts the flight for a, and waits for its verdict until
 // ctx ends; then the answer is a tempfail, never a reject.
 func (s *Service) await(ctx context.Context, a address.Address, job wire.ProbeJob) verdict.Verdict {
-	key := kvkey.Target(a.Domain, a.Local)
+	// One flight per address and view: a sender check never shares a
+	// recipient check's callout.
+	key := kvkey.Target(a.Domain, a.Local, job.Purpose)
 	s.mu.Lock()
 	f, ok := s.flights[key]
 	if !ok {
 		f = &flight{done: make(chan struct{})}
 		s.flights[key] = f
-		go s.fly(key, s.names.Verdict(kvkey.Address(a.Domain, a.Local, "")), f, job)
+		go s.fly(key, s.names.Verdict(kvkey.Address(a.Domain, a.Local, job.Purpose, "")), f, job)
 	} else {
 		s.m.coalesced.Inc()
 	}
@@ -355,9 +387,17 @@ func (s *Service) await(ctx context.Context, a address.Address, job wire.ProbeJo
 	}
 }
 
-// fly subscribes to the verdict subject, queues the job (a refusal because
-// one is already pending is fine: its verdict comes on the same subject) and
-// waits for the verdict at most MaxTimeout.
+// fly subscribes to the verdict subject, queues the job and waits for the
+// verdict at most MaxTimeout.
+//
+// A job already pending is fine: its verdict comes on the same subject,
+// unless it went by before the subscription (the prober publishes, then
+// acks). So a request that finds a job pending looks for a verdict that
+// has passed: in the verdict stream (not yet stored) and in the cache
+// (stored). Failing both, it asks again to queue the job until it either
+// gets the verdict or its own job is queued: a verdict that was neither
+// kept nor stored (a tempfail) then costs a new callout, never a wait to
+// the deadline.
 func (s *Service) fly(key, verdictSubject string, f *flight, job wire.ProbeJob) {
 	defer func() {
 		s.mu.Lock()
@@ -379,9 +419,20 @@ func (s *Service) fly(key, verdictSubject string, f *flight, job wire.ProbeJob) 
 		f.err = err
 		return
 	}
-	if _, err := s.js.Publish(ctx, s.names.Probe(key), b); err != nil && !streams.JobPending(err) {
-		f.err = fmt.Errorf("queue job: %w", err)
+	pending, err := s.queue(ctx, key, b)
+	if err != nil {
+		f.err = err
 		return
+	}
+	var retry <-chan time.Time
+	if pending {
+		if v, ok := s.passed(ctx, verdictSubject, job); ok {
+			f.v = v
+			return
+		}
+		t := time.NewTicker(s.cfg.PendingRetry)
+		defer t.Stop()
+		retry = t.C
 	}
 	for {
 		select {
@@ -393,12 +444,61 @@ func (s *Service) fly(key, verdictSubject string, f *flight, job wire.ProbeJob) 
 			}
 			f.v = v
 			return
+		case <-retry:
+			if pending, err = s.queue(ctx, key, b); err == nil && !pending {
+				retry = nil // our own job is queued now
+			}
 		case <-ctx.Done():
 			f.err = errors.New("no verdict in time")
 			return
 		}
 	}
 }
+
+// queue publishes the job; pending says one for the same target was
+// already queued or in flight.
+func (s *Service) queue(ctx context.Context, key string, job []byte) (pending bool, err error) {
+	_, err = s.js.Publish(ctx, s.names.Probe(key), job)
+	switch {
+	case err == nil:
+		return false, nil
+	case streams.JobPending(err):
+		return true, nil
+	}
+	return false, fmt.Errorf("queue job: %w", err)
+}
+
+// passed looks for a verdict on subject published before the request
+// subscribed: still in the verdict stream, or already in the cache.
+func (s *Service) passed(ctx context.Context, subject string, job wire.ProbeJob) (verdict.Verdict, bool) {
+	lctx, cancel := context.WithTimeout(ctx, s.cfg.LookupTimeout)
+	defer cancel()
+	data, ok, err := streams.LastMsg(lctx, s.nc, s.names.VerdictStream(), subject)
+	if err != nil {
+		s.log.Debug("verdict stream", "subject", subject, "err", err)
+	}
+	if ok {
+		// The stream keeps verdicts until stored; an old one (cachekeepers
+		// down for long) does not answer for a callout just asked.
+		if v, err := wire.DecodeVerdict(data); err == nil && time.Since(v.CheckedAt) < s.cfg.MaxTimeout+passedMaxAge {
+			return v, true
+		}
+	}
+	a, err := address.Parse(job.Address)
+	if err != nil {
+		return verdict.Verdict{}, false
+	}
+	senders := domains.Policy{Sender: job.Sender, FallbackSender: job.FallbackSender}.Senders()
+	look, err := s.lookup(ctx, a, job.Purpose, senders)
+	if err == nil && look.Hit {
+		return *look.Verdict, true
+	}
+	return verdict.Verdict{}, false
+}
+
+// passedMaxAge bounds how old a callout found in the verdict stream may be
+// (beyond the request deadline) to answer a request: a prober's budget.
+const passedMaxAge = 5 * time.Minute
 
 // withPolicy runs the Postfix policy listener beside the NATS service.
 type withPolicy struct {

@@ -174,12 +174,15 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.Term()
 		return
 	}
+	if job.Purpose == "" {
+		job.Purpose = verdict.Recipient
+	}
 	md, err := msg.Metadata()
 	if err == nil && int(md.NumDelivered) > s.cfg.MaxDeliver {
 		// Earlier deliveries died mid-callout: answer rather than retry forever.
 		v := verdict.Verdict{Kind: verdict.KindAddress, Address: addr.String(), Domain: addr.Domain, Status: verdict.TempFail,
 			Reason: ReasonGaveUp, Text: fmt.Sprintf("no result after %d deliveries", md.NumDelivered-1), CheckedAt: time.Now(), Source: verdict.SourceProbe}
-		s.finish(ctx, msg, addr, callout.Result{Address: v}, "gave_up")
+		s.finish(ctx, msg, addr, job.Purpose, callout.Result{Address: v}, "gave_up")
 		return
 	}
 	// Heartbeat so a long dialogue is not redelivered to another prober.
@@ -199,6 +202,12 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 	start := time.Now()
 	res := s.probe(ctx, job, addr)
 	stopHB()
+	// A verdict is as old as its callout's start: a flush between start and
+	// finish must win over it (see the cache).
+	res.Address.CheckedAt = start
+	for i := range res.Facts {
+		res.Facts[i].CheckedAt = start
+	}
 	if ctx.Err() != nil {
 		// Shutting down: the result is an artefact of the cancellation.
 		_ = msg.Nak()
@@ -218,21 +227,24 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 	a := res.Address
 	s.log.Info("callout", "address", a.Address, "purpose", job.Purpose, "host", a.Host, "result", a.Status, "reason", a.Reason,
 		"code", a.Code, "enhanced", a.Enhanced, "text", a.Text, "rcpts", res.Rcpts, "reused", res.Reused, "duration", el.Round(time.Millisecond))
-	s.finish(ctx, msg, addr, res, "done")
+	s.finish(ctx, msg, addr, job.Purpose, res, "done")
 }
 
 // finish publishes the domain facts, then the address verdict, and only then
 // acks the job: a prober killed before the ack leaves the job to another.
-func (s *Service) finish(ctx context.Context, msg jetstream.Msg, addr address.Address, res callout.Result, outcome string) {
+// Every verdict carries the job's purpose, its view (see kvkey).
+func (s *Service) finish(ctx context.Context, msg jetstream.Msg, addr address.Address, purpose verdict.Purpose, res callout.Result, outcome string) {
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	for _, f := range res.Facts {
-		if err := s.publish(pctx, s.names.Verdict(kvkey.Domain(f.Domain, f.Fact)), f); err != nil {
+		f.Purpose = purpose
+		if err := s.publish(pctx, s.names.Verdict(kvkey.Domain(f.Domain, purpose, f.Fact)), f); err != nil {
 			s.requeue(msg, err)
 			return
 		}
 	}
-	if err := s.publish(pctx, s.names.Verdict(kvkey.Address(addr.Domain, addr.Local, "")), res.Address); err != nil {
+	res.Address.Purpose = purpose
+	if err := s.publish(pctx, s.names.Verdict(kvkey.Address(addr.Domain, addr.Local, purpose, "")), res.Address); err != nil {
 		s.requeue(msg, err)
 		return
 	}

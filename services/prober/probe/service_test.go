@@ -86,13 +86,13 @@ func (h *harness) ask(t *testing.T, domain, local string, job wire.ProbeJob, wai
 	if _, err := streams.Probes(ctx, h.js, h.names, 1); err != nil {
 		t.Fatal(err)
 	}
-	sub, err := h.nc.SubscribeSync(h.names.Verdict("addr." + kvkey.Target(domain, local)))
+	sub, err := h.nc.SubscribeSync(h.names.Verdict("addr." + kvkey.Target(domain, local, job.Purpose)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sub.Unsubscribe()
 	b, _ := wire.Encode(&job)
-	if _, err := h.js.Publish(ctx, h.names.Probe(kvkey.Target(domain, local)), b); err != nil {
+	if _, err := h.js.Publish(ctx, h.names.Probe(kvkey.Target(domain, local, job.Purpose)), b); err != nil {
 		t.Fatal(err)
 	}
 	m, err := sub.NextMsg(wait)
@@ -112,7 +112,7 @@ func TestJobToVerdict(t *testing.T) {
 	dest, _ := smtptest.Start("127.0.0.1:0", smtptest.Config{Mailboxes: []string{"alice@example.org"}})
 	defer dest.Close()
 	h.route(t, "example.org", domains.Policy{Route: []string{dest.Addr()}})
-	factSub, _ := h.nc.SubscribeSync(h.names.Verdict(kvkey.Domain("example.org", kvkey.FactCatchAll)))
+	factSub, _ := h.nc.SubscribeSync(h.names.Verdict(kvkey.Domain("example.org", verdict.Recipient, kvkey.FactCatchAll)))
 	h.startWith(t, testConfig(), reg)
 
 	v := h.ask(t, "example.org", "alice", wire.ProbeJob{Address: "alice@example.org", Purpose: verdict.Recipient}, 10*time.Second)
@@ -197,9 +197,9 @@ func TestKilledProberJobIsRedelivered(t *testing.T) {
 	if _, err := streams.Probes(ctx, h.js, h.names, 1); err != nil {
 		t.Fatal(err)
 	}
-	sub, _ := h.nc.SubscribeSync(h.names.Verdict("addr." + kvkey.Target("example.org", "alice")))
+	sub, _ := h.nc.SubscribeSync(h.names.Verdict("addr." + kvkey.Target("example.org", "alice", verdict.Recipient)))
 	b, _ := wire.Encode(&wire.ProbeJob{Address: "alice@example.org", Purpose: verdict.Recipient, SkipRandom: true})
-	if _, err := h.js.Publish(ctx, h.names.Probe(kvkey.Target("example.org", "alice")), b); err != nil {
+	if _, err := h.js.Publish(ctx, h.names.Probe(kvkey.Target("example.org", "alice", verdict.Recipient)), b); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -234,9 +234,9 @@ func TestGivesUpAfterMaxDeliver(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sub, _ := h.nc.SubscribeSync(h.names.Verdict("addr." + kvkey.Target("example.org", "alice")))
+	sub, _ := h.nc.SubscribeSync(h.names.Verdict("addr." + kvkey.Target("example.org", "alice", verdict.Recipient)))
 	b, _ := wire.Encode(&wire.ProbeJob{Address: "alice@example.org", Purpose: verdict.Recipient})
-	if _, err := h.js.Publish(ctx, h.names.Probe(kvkey.Target("example.org", "alice")), b); err != nil {
+	if _, err := h.js.Publish(ctx, h.names.Probe(kvkey.Target("example.org", "alice", verdict.Recipient)), b); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := cons.Next(); err != nil {

@@ -1,0 +1,111 @@
+package verify
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/callout-mail/callout/shared/kvkey"
+	"github.com/callout-mail/callout/shared/natstest"
+	"github.com/callout-mail/callout/shared/streams"
+	"github.com/callout-mail/callout/shared/subjects"
+	"github.com/callout-mail/callout/shared/verdict"
+	"github.com/callout-mail/callout/shared/waitfor"
+	"github.com/callout-mail/callout/shared/wire"
+)
+
+// A request that finds a job pending whose verdict went by before it
+// subscribed still gets an answer, not a defer at the deadline. The test
+// plays the prober, so each interleaving is forced.
+func TestPendingJobVerdictNotMissed(t *testing.T) {
+	ns := natstest.Start(t)
+	nc := ns.Connect(t)
+	js, _ := jetstream.New(nc)
+	n := subjects.New("")
+	ctx := context.Background()
+	cfg := ingestConfig()
+	cfg.UnknownDomains = "callout"
+	ing, err := New(cfg, ns.Connect(t), prometheus.NewRegistry(), quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	natstest.RunService(t, ing)
+	<-ing.Ready()
+	if _, err := streams.Verdicts(ctx, js, n, 1); err != nil {
+		t.Fatal(err)
+	}
+	cons, err := streams.Workers(ctx, js, n.ProbeStream(), n.ProbeConsumer(), 30*time.Second, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := func(local string) {
+		b, _ := wire.Encode(&wire.ProbeJob{Address: local + "@example.org", Purpose: verdict.Recipient})
+		if _, err := js.Publish(ctx, n.Probe(kvkey.Target("example.org", local, verdict.Recipient)), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish := func(local string, st verdict.Status, code int) {
+		v := verdict.Verdict{Kind: verdict.KindAddress, Address: local + "@example.org", Domain: "example.org", Purpose: verdict.Recipient,
+			Status: st, Code: code, Enhanced: "5.1.1", CheckedAt: time.Now(), Source: verdict.SourceProbe}
+		b, _ := wire.EncodeVerdict(v)
+		if _, err := js.Publish(ctx, n.Verdict(kvkey.Address("example.org", local, verdict.Recipient, "")), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	verify := func(local string) <-chan wire.VerifyReply {
+		ch := make(chan wire.VerifyReply, 1)
+		go func() {
+			ch <- ing.Verify(ctx, wire.VerifyRequest{Address: local + "@example.org", Purpose: verdict.Recipient})
+		}()
+		return ch
+	}
+
+	t.Run("verdict in the stream, job not yet acked", func(t *testing.T) {
+		job("gone")
+		publish("gone", verdict.Invalid, 550)
+		rep := <-verify("gone")
+		if rep.Decision.Action != verdict.Reject || rep.Verdict.Reason == ReasonDeadline {
+			t.Fatalf("%+v %+v", rep.Decision, rep.Verdict)
+		}
+		drainJob(t, cons)
+	})
+	t.Run("verdict neither kept nor stored", func(t *testing.T) {
+		job("lost")
+		done := verify("lost")
+		// The prober finishes the pending job; its verdict went nowhere
+		// this request could see (a tempfail is not stored).
+		drainJob(t, cons)
+		// The request queues its own job, and gets that one's verdict.
+		msg := nextJob(t, cons)
+		publish("lost", verdict.Valid, 250)
+		_ = msg.Ack()
+		rep := <-done
+		if rep.Decision.Action != verdict.Accept {
+			t.Fatalf("%+v %+v", rep.Decision, rep.Verdict)
+		}
+	})
+}
+
+func nextJob(t *testing.T, cons jetstream.Consumer) jetstream.Msg {
+	t.Helper()
+	var msg jetstream.Msg
+	waitfor.Cond(t, 10*time.Second, func() bool {
+		m, err := cons.Next(jetstream.FetchMaxWait(200 * time.Millisecond))
+		if err != nil {
+			return false
+		}
+		msg = m
+		return true
+	})
+	return msg
+}
+
+func drainJob(t *testing.T, cons jetstream.Consumer) {
+	t.Helper()
+	if err := nextJob(t, cons).DoubleAck(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
