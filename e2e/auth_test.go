@@ -134,10 +134,10 @@ func TestAuthRoles(t *testing.T) {
 	})
 	t.Run("prober", func(t *testing.T) {
 		pr := connectAs(t, url, "prober")
-		if err := pr.Publish(s.names.Verdict("addr.example/org.x"), []byte("x")); err != nil { // allowed: publish verdicts
+		if err := pr.Publish(s.names.Verdict("addr.example/org.x.rcpt"), []byte("x")); err != nil { // allowed: publish verdicts
 			t.Fatal(err)
 		}
-		_ = pr.Publish("$KV.callout_cache.addr.example/org.alice", []byte("x")) // denied: write the cache directly
+		_ = pr.Publish("$KV.callout_cache.addr.example/org.alice.rcpt", []byte("x")) // denied: write the cache directly
 		pr.denied(t, "Publish", "$KV.callout_cache")
 	})
 	t.Run("admin", func(t *testing.T) {

@@ -113,8 +113,8 @@ func TestNATSFlow(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := kv.Get(context.Background(), "addr.example/org.alice"); err != nil {
-			t.Fatalf("addr.example/org.alice: %v", err)
+		if _, err := kv.Get(context.Background(), "addr.example/org.alice.rcpt"); err != nil {
+			t.Fatalf("addr.example/org.alice.rcpt: %v", err)
 		}
 	})
 }

@@ -37,7 +37,7 @@ func TestNatsCLI(t *testing.T) {
 	}
 	s.cached("alice@example.org")
 	waitFor(t, 10*time.Second, func() bool {
-		return strings.Contains(nats("kv", "ls", "callout_cache"), "addr.example/org.alice")
+		return strings.Contains(nats("kv", "ls", "callout_cache"), "addr.example/org.alice.rcpt")
 	})
 	out = nats("req", "callout.control.flush", `{"scope":"address","address":"alice@example.org"}`, "-H", "Content-Type:application/json")
 	if !strings.Contains(out, `"removed":1`) {

@@ -45,6 +45,10 @@ func Main(name, envPrefix, about string, cfg Settings, build Build) {
 		}
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("service", name)
+	if len(os.Args) > 1 && os.Args[1] == "--help-markdown" {
+		_ = config.Markdown(os.Stdout, envPrefix, cfg)
+		return
+	}
 	if len(os.Args) > 1 && (os.Args[1] == "-h" || os.Args[1] == "--help") {
 		fmt.Printf("%s: %s\n\nSettings (environment variables):\n", name, about)
 		_ = config.Usage(os.Stdout, envPrefix, cfg)

@@ -77,6 +77,23 @@ func withoutAddresses(text string) string {
 	return strings.Join(kept, " ")
 }
 
+// tablePhrases are Postfix's user-unknown replies, naming the table.
+var tablePhrases = []string{
+	"recipient address rejected: user unknown in local recipient table",
+	"recipient address rejected: user unknown in virtual mailbox table",
+	"recipient address rejected: user unknown in virtual alias table",
+	"recipient address rejected: user unknown in relay recipient table",
+}
+
+func cutTablePhrase(text string) (string, bool) {
+	for _, p := range tablePhrases {
+		if i := strings.Index(text, p); i >= 0 {
+			return text[:i] + " " + text[i+len(p):], true
+		}
+	}
+	return text, false
+}
+
 func has(text string, words []string) bool {
 	for _, w := range words {
 		if strings.Contains(text, w) {
@@ -121,8 +138,15 @@ func permanent(r smtpprobe.Reply, text string) Result {
 		// Microsoft 365 directory-based edge blocking: the mailbox is not in the directory.
 		return Result{verdict.Invalid, ReasonUserUnknown}
 	}
-	if has(withoutAddresses(text), policyWords) {
+	// Postfix names the table that does not know the user; "relay" in
+	// "relay recipient table" is not a relay denial. Such a phrase is taken
+	// out before looking for policy words, so words elsewhere still count.
+	rest, named := cutTablePhrase(withoutAddresses(text))
+	if has(rest, policyWords) {
 		return Result{verdict.Unverifiable, ReasonPolicy}
+	}
+	if named && (r.Enhanced == "5.1.1" || r.Enhanced == "") {
+		return Result{verdict.Invalid, ReasonUserUnknown}
 	}
 	switch {
 	case r.Enhanced == "5.1.1" || r.Enhanced == "5.1.10" || r.Enhanced == "5.1.6":

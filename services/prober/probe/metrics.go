@@ -15,7 +15,7 @@ type metrics struct {
 	jobs        *prometheus.CounterVec
 }
 
-func newMetrics(reg prometheus.Registerer, pool *destination.Pool) *metrics {
+func newMetrics(reg prometheus.Registerer, pool *destination.Pool, policyErrors func() int) *metrics {
 	m := &metrics{
 		callouts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "callout_prober_callouts_total", Help: "Callouts by result status.",
@@ -34,7 +34,11 @@ func newMetrics(reg prometheus.Registerer, pool *destination.Pool) *metrics {
 			Name: "callout_prober_jobs_total", Help: "Jobs by outcome: done, garbage, gave_up, requeued.",
 		}, []string{"outcome"}),
 	}
-	reg.MustRegister(m.callouts, m.duration, m.connections, m.inFlight, m.jobs)
+	reg.MustRegister(m.callouts, m.duration, m.connections, m.inFlight, m.jobs,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "callout_prober_domain_policy_errors",
+			Help: "Domains whose stored policy does not parse (served by their last good policy, or callout with defaults).",
+		}, func() float64 { return float64(policyErrors()) }))
 	// Breaker state as a count of destinations per state: bounded cardinality.
 	for _, st := range []gobreaker.State{gobreaker.StateClosed, gobreaker.StateHalfOpen, gobreaker.StateOpen} {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{

@@ -62,7 +62,7 @@ func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger)
 		_, _ = rand.Read(secret)
 		log.Warn("CALLOUT_PROBER_RANDOM_SECRET is not set: the catch-all probe address changes at each start and differs between instances")
 	}
-	s := &Service{cfg: cfg, log: log, nc: nc, js: js, names: subjects.New(cfg.NATS.Prefix)}
+	s := &Service{cfg: cfg, log: log, nc: nc, js: js, names: subjects.New(cfg.NATS.Prefix), domains: domains.NewTable(nil)}
 	s.pool = destination.NewPool(destination.Config{
 		MaxConns: cfg.MaxConns, Rate: cfg.Rate, BreakerFailures: cfg.BreakerFailures, BreakerOpen: cfg.BreakerOpen,
 		ReuseMaxRcpts: cfg.ReuseMaxRcpts, IdleTimeout: cfg.IdleTimeout,
@@ -78,7 +78,7 @@ func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger)
 		DialogueTimeout: cfg.DialogueTimeout, Budget: cfg.Budget, RandomSecret: secret,
 	}, s.pool)
 	s.resolver = resolve.New(cfg.DNSServer, cfg.MXPort)
-	s.m = newMetrics(reg, s.pool)
+	s.m = newMetrics(reg, s.pool, s.domains.Errors)
 	return s, nil
 }
 
@@ -86,6 +86,7 @@ func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger)
 // (or hands their jobs back) and returns.
 func (s *Service) Run(ctx context.Context) error {
 	var cons jetstream.Consumer
+	watching := false
 	err := backoff.Retry(ctx, s.log, "prober setup", 5*time.Second, func(ctx context.Context) error {
 		if _, err := streams.Probes(ctx, s.js, s.names, s.cfg.Replicas); err != nil {
 			return err
@@ -97,8 +98,11 @@ func (s *Service) Run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if s.domains, err = domains.Watch(ctx, kv, s.log); err != nil {
-			return err
+		if !watching {
+			if err := s.domains.Watch(ctx, kv, s.log); err != nil {
+				return err
+			}
+			watching = true
 		}
 		cons, err = streams.Workers(ctx, s.js, s.names.ProbeStream(), s.names.ProbeConsumer(), s.cfg.AckWait, s.cfg.Replicas)
 		return err

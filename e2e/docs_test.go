@@ -1,0 +1,32 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// The README's settings tables are what the binaries say they take.
+func TestREADMESettings(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, svc := range []string{"ingest", "prober", "cachekeeper"} {
+		out, err := exec.Command(filepath.Join(binDir, svc), "--help-markdown").Output()
+		if err != nil {
+			t.Fatalf("%s --help-markdown: %v", svc, err)
+		}
+		rows := strings.Split(strings.TrimSpace(string(out)), "\n")
+		if len(rows) < 5 {
+			t.Fatalf("%s: %d settings", svc, len(rows))
+		}
+		for _, row := range rows {
+			if !strings.Contains(string(readme), row+"\n") {
+				t.Errorf("README lacks the %s setting row %s", svc, row)
+			}
+		}
+	}
+}
