@@ -36,6 +36,9 @@ type Config struct {
 	OneRcptPerMail bool
 	// TLS offers STARTTLS with this config.
 	TLS *tls.Config
+	// StartTLS, when set, offers STARTTLS and answers it with this reply
+	// (a refusal such as "454 4.7.0 TLS not available due to local problem").
+	StartTLS string
 }
 
 // Server is a running scripted server.
@@ -49,6 +52,7 @@ type Server struct {
 	peak   atomic.Int64
 	mu     sync.Mutex
 	log    map[string]int // RCPT count per address
+	verbs  map[string]int // commands received, per verb
 	open   map[net.Conn]struct{}
 	done   chan struct{}
 	once   sync.Once
@@ -68,7 +72,7 @@ func Start(addr string, cfg Config) (*Server, error) {
 	}
 	if cfg.EHLO == "" {
 		cfg.EHLO = "250-" + cfg.Hostname + "\r\n250-PIPELINING\r\n"
-		if cfg.TLS != nil {
+		if cfg.TLS != nil || cfg.StartTLS != "" {
 			cfg.EHLO += "250-STARTTLS\r\n"
 		}
 		cfg.EHLO += "250 ENHANCEDSTATUSCODES"
@@ -85,7 +89,7 @@ func Start(addr string, cfg Config) (*Server, error) {
 	if cfg.Rset == "" {
 		cfg.Rset = "250 2.0.0 Ok"
 	}
-	s := &Server{cfg: cfg, ln: ln, log: map[string]int{}, open: map[net.Conn]struct{}{}, done: make(chan struct{})}
+	s := &Server{cfg: cfg, ln: ln, log: map[string]int{}, verbs: map[string]int{}, open: map[net.Conn]struct{}{}, done: make(chan struct{})}
 	s.wg.Add(1)
 	go s.serve()
 	return s, nil
@@ -102,6 +106,23 @@ func (s *Server) Rcpts() int { return int(s.rcpts.Load()) }
 
 // Peak is the largest number of connections open at once.
 func (s *Server) Peak() int { return int(s.peak.Load()) }
+
+// Active is the number of connections open now.
+func (s *Server) Active() int { return int(s.active.Load()) }
+
+// Commands is the number of commands received with verb ("" for all).
+func (s *Server) Commands(verb string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if verb != "" {
+		return s.verbs[strings.ToUpper(verb)]
+	}
+	n := 0
+	for _, c := range s.verbs {
+		n += c
+	}
+	return n
+}
 
 // RcptsFor is the number of RCPT commands for one address.
 func (s *Server) RcptsFor(addr string) int {
@@ -189,12 +210,19 @@ func (s *Server) session(c net.Conn) bool {
 		}
 		line = strings.TrimRight(line, "\r\n")
 		verb, arg, _ := strings.Cut(line, " ")
+		s.mu.Lock()
+		s.verbs[strings.ToUpper(verb)]++
+		s.mu.Unlock()
 		switch strings.ToUpper(verb) {
 		case "EHLO":
 			say(s.cfg.EHLO)
 		case "HELO":
 			say(s.cfg.HELO)
 		case "STARTTLS":
+			if s.cfg.StartTLS != "" {
+				say(s.cfg.StartTLS)
+				continue
+			}
 			if s.cfg.TLS == nil {
 				say("502 5.5.1 not offered")
 				continue

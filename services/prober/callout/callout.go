@@ -148,23 +148,50 @@ func (v *Verifier) open(ctx context.Context, d *destination.Dest, host string, t
 			return &session{c: c, rcpts: n}, nil, false, false
 		}
 	}
-	c, banner, err := smtpprobe.Dial(ctx, host, v.cfg.SMTP)
+	cfg := v.cfg.SMTP
+	cfg.StartTLS = cfg.StartTLS && !d.TLSOff()
+	s, fail, next, unhealthy := v.dial(ctx, host, t, cfg)
+	if fail != nil && fail.tlsFailed && !cfg.TLSVerify {
+		// Opportunistic TLS that failed its handshake: the session state is
+		// unknown, so a new connection carries on in plaintext, and the host
+		// is spoken to in plaintext for a while. Verified TLS never falls back.
+		d.NoTLS()
+		cfg.StartTLS = false
+		s, fail, next, unhealthy = v.dial(ctx, host, t, cfg)
+	}
+	if s != nil && s.c.TLSRefused().Code != 0 {
+		d.NoTLS()
+	}
+	if fail != nil {
+		return nil, &fail.Result, next, unhealthy
+	}
+	return s, nil, false, false
+}
+
+// dialFail is a failed dial with what the caller needs to decide on a retry.
+type dialFail struct {
+	Result
+	tlsFailed bool
+}
+
+func (v *Verifier) dial(ctx context.Context, host string, t Target, cfg smtpprobe.Config) (*session, *dialFail, bool, bool) {
+	c, banner, err := smtpprobe.Dial(ctx, host, cfg)
 	if err != nil {
 		r, unhealthy := v.failErr(t, host, err)
-		return nil, &r, true, unhealthy
+		return nil, &dialFail{Result: r}, true, unhealthy
 	}
 	if c == nil {
-		return nil, v.refusedReply(t, host, banner, ReasonRefusedBanner), true, banner.Code == 421
+		return nil, &dialFail{Result: *v.refusedReply(t, host, banner, ReasonRefusedBanner)}, true, banner.Code == 421
 	}
 	rep, err := c.Hello(ctx)
 	if err != nil {
 		c.Close()
 		r, unhealthy := v.failErr(t, host, err)
-		return nil, &r, true, unhealthy
+		return nil, &dialFail{Result: r, tlsFailed: errors.Is(err, smtpprobe.ErrTLS)}, true, unhealthy
 	}
 	if rep.Class() != 2 {
 		c.Quit(ctx)
-		return nil, v.refusedReply(t, host, rep, ReasonRefusedHelo), true, rep.Code == 421
+		return nil, &dialFail{Result: *v.refusedReply(t, host, rep, ReasonRefusedHelo)}, true, rep.Code == 421
 	}
 	return &session{c: c}, nil, false, false
 }
@@ -191,7 +218,8 @@ func (v *Verifier) dialogue(ctx context.Context, d *destination.Dest, host strin
 	reused := s.rcpts > 0
 	res, next, unhealthy, keep := v.transaction(ctx, d, host, t, s)
 	if !keep && reused && s.c.Broken() && res.Address.Status == verdict.TempFail && res.Rcpts == 0 {
-		// The idle connection had died under us: one fresh try.
+		// The idle connection had died under us: close it, one fresh try.
+		s.c.Close()
 		s, fail, next, unhealthy = v.open(ctx, d, host, t, false)
 		if fail != nil {
 			return *fail, next, unhealthy

@@ -1,8 +1,10 @@
 package callout
 
 import (
+	"bufio"
 	"context"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -13,6 +15,7 @@ import (
 	"github.com/callout-mail/callout/shared/kvkey"
 	"github.com/callout-mail/callout/shared/smtptest"
 	"github.com/callout-mail/callout/shared/verdict"
+	"github.com/callout-mail/callout/shared/waitfor"
 )
 
 var secret = []byte("test-secret")
@@ -384,4 +387,53 @@ func TestDialogueTimeout(t *testing.T) {
 	if r.Address.Status != verdict.TempFail || r.Address.Reason != ReasonTimeout {
 		t.Fatalf("slow dialogue: %+v", r.Address)
 	}
+}
+
+// Every path closes what it opened: an idle connection that dies under a
+// reused callout is closed, not dropped, so the destination is not left
+// holding it.
+func TestAbandonedConnectionsClosed(t *testing.T) {
+	var mu sync.Mutex
+	mails := map[net.Conn]int{}
+	s := server(t, smtptest.Config{Raw: func(c net.Conn) {
+		r := bufio.NewReader(c)
+		say := func(l string) { _, _ = c.Write([]byte(l + "\r\n")) }
+		say("220 mx.test ESMTP")
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return // the client closed
+			}
+			switch verb := strings.ToUpper(strings.Fields(line + " x")[0]); verb {
+			case "MAIL":
+				mu.Lock()
+				mails[c]++
+				n := mails[c]
+				mu.Unlock()
+				if n > 1 {
+					continue // a second transaction on one connection: no answer
+				}
+				say("250 2.1.0 Ok")
+			case "RCPT":
+				say("250 2.1.5 Ok")
+			case "QUIT":
+				say("221 Bye")
+				return
+			default:
+				say("250 mx.test")
+			}
+		}
+	}})
+	v := New(Config{
+		SMTP:         smtpprobe.Config{ConnectTimeout: time.Second, BannerTimeout: time.Second, CommandTimeout: 200 * time.Millisecond, HeloName: "verifier.test"},
+		RandomSecret: secret,
+	}, destination.NewPool(destination.Config{MaxConns: 2, Rate: 1000, ReuseMaxRcpts: 20, IdleTimeout: time.Minute}, nil))
+	for i := 0; i < 10; i++ {
+		r := v.Verify(context.Background(), Target{Address: addr(t, "alice@example.org"), Hosts: []string{s.Addr()}, SkipRandom: true})
+		if r.Address.Status != verdict.Valid {
+			t.Fatalf("callout %d: %+v", i, r.Address)
+		}
+	}
+	// One connection may stay idle for reuse; every other one is closed.
+	waitfor.Cond(t, 5*time.Second, func() bool { return s.Active() <= 1 })
 }

@@ -71,3 +71,42 @@ func TestStartTLS(t *testing.T) {
 		t.Fatalf("TLS failure: %+v", r.Address)
 	}
 }
+
+// A server that offers STARTTLS and refuses it (Postfix with broken TLS
+// says 454) is spoken to in plaintext on the same connection; the host is
+// remembered, and the command count stays bounded.
+func TestStartTLSRefused(t *testing.T) {
+	s := server(t, smtptest.Config{Mailboxes: []string{"alice@example.org"}, StartTLS: "454 4.7.0 TLS not available due to local problem"})
+	cfg := smtpprobe.Config{ConnectTimeout: time.Second, BannerTimeout: time.Second, CommandTimeout: time.Second, StartTLS: true}
+	v := New(Config{SMTP: cfg, RandomSecret: secret, DialogueTimeout: 2 * time.Second}, destination.NewPool(destination.Config{Rate: 1000, MaxConns: 2, TLSFallback: time.Hour}, nil))
+	r := v.Verify(context.Background(), Target{Address: addr(t, "alice@example.org"), Hosts: []string{s.Addr()}, SkipRandom: true})
+	if r.Address.Status != verdict.Valid {
+		t.Fatalf("callout after refused STARTTLS: %+v", r.Address)
+	}
+	// EHLO, STARTTLS, MAIL, RCPT, QUIT.
+	if n := s.Commands(""); n > 6 || s.Commands("STARTTLS") != 1 || s.Conns() != 1 {
+		t.Fatalf("%d commands, %d STARTTLS, %d connections", n, s.Commands("STARTTLS"), s.Conns())
+	}
+	r = v.Verify(context.Background(), Target{Address: addr(t, "bob@example.org"), Hosts: []string{s.Addr()}, SkipRandom: true})
+	if r.Address.Status != verdict.Invalid || s.Commands("STARTTLS") != 1 {
+		t.Fatalf("second callout: %+v, %d STARTTLS", r.Address, s.Commands("STARTTLS"))
+	}
+}
+
+// A failed handshake (a server that speaks only TLS 1.0) leaves the
+// session in an unknown state: a new plaintext connection carries on.
+func TestStartTLSHandshakeFails(t *testing.T) {
+	cert := selfSigned(t)
+	s := server(t, smtptest.Config{Mailboxes: []string{"alice@example.org"},
+		TLS: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS10}})
+	cfg := smtpprobe.Config{ConnectTimeout: time.Second, BannerTimeout: time.Second, CommandTimeout: time.Second, StartTLS: true}
+	v := New(Config{SMTP: cfg, RandomSecret: secret}, destination.NewPool(destination.Config{Rate: 1000, MaxConns: 2, TLSFallback: time.Hour}, nil))
+	r := v.Verify(context.Background(), Target{Address: addr(t, "alice@example.org"), Hosts: []string{s.Addr()}, SkipRandom: true})
+	if r.Address.Status != verdict.Valid || s.Conns() != 2 || s.Commands("STARTTLS") != 1 {
+		t.Fatalf("%+v, %d connections, %d STARTTLS", r.Address, s.Conns(), s.Commands("STARTTLS"))
+	}
+	r = v.Verify(context.Background(), Target{Address: addr(t, "nobody@example.org"), Hosts: []string{s.Addr()}, SkipRandom: true})
+	if r.Address.Status != verdict.Invalid || s.Commands("STARTTLS") != 1 {
+		t.Fatalf("second callout: %+v, %d STARTTLS", r.Address, s.Commands("STARTTLS"))
+	}
+}

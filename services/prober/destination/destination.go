@@ -30,6 +30,7 @@ type Config struct {
 	BreakerOpen     time.Duration // how long it stays open before one trial
 	ReuseMaxRcpts   int           // RCPT commands on one connection before it is closed
 	IdleTimeout     time.Duration // how long an idle connection is kept
+	TLSFallback     time.Duration // how long a host that refused or failed STARTTLS is spoken to in plaintext
 }
 
 // Pool holds one Dest per host.
@@ -71,6 +72,7 @@ type Dest struct {
 	idle     []idleConn
 	noReuse  bool
 	lastUsed time.Time
+	plainTil time.Time // STARTTLS refused or failed: plaintext until then
 }
 
 type idleConn struct {
@@ -219,6 +221,21 @@ func (d *Dest) DisableReuse() {
 	d.mu.Lock()
 	d.noReuse = true
 	d.mu.Unlock()
+}
+
+// NoTLS remembers that the host refused STARTTLS or failed its handshake:
+// it is spoken to in plaintext for a while, without asking again.
+func (d *Dest) NoTLS() {
+	d.mu.Lock()
+	d.plainTil = time.Now().Add(d.cfg.TLSFallback)
+	d.mu.Unlock()
+}
+
+// TLSOff reports whether STARTTLS is skipped for the host now.
+func (d *Dest) TLSOff() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return time.Now().Before(d.plainTil)
 }
 
 // ReuseEnabled reports whether connections to d may be reused.

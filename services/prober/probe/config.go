@@ -22,6 +22,7 @@ type Config struct {
 	Budget          time.Duration   `default:"120s" desc:"all hosts of one callout"`
 	StartTLS        bool            `envconfig:"STARTTLS" default:"true" desc:"use STARTTLS when offered"`
 	TLSVerify       bool            `envconfig:"TLS_VERIFY" default:"false" desc:"verify destination certificates"`
+	TLSFallback     time.Duration   `envconfig:"TLS_FALLBACK" default:"1h" desc:"how long a host that refused STARTTLS or failed its handshake is spoken to in plaintext (opportunistic TLS only)"`
 	MaxReplyLine    int             `envconfig:"MAX_REPLY_LINE" default:"2048" desc:"longest reply line accepted (bytes)"`
 	MaxReplyLines   int             `envconfig:"MAX_REPLY_LINES" default:"64" desc:"most lines in one reply"`
 	MaxReplyBytes   int             `envconfig:"MAX_REPLY_BYTES" default:"16384" desc:"largest reply accepted (bytes)"`

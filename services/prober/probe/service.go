@@ -65,7 +65,7 @@ func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger)
 	s := &Service{cfg: cfg, log: log, nc: nc, js: js, names: subjects.New(cfg.NATS.Prefix), domains: domains.NewTable(nil)}
 	s.pool = destination.NewPool(destination.Config{
 		MaxConns: cfg.MaxConns, Rate: cfg.Rate, BreakerFailures: cfg.BreakerFailures, BreakerOpen: cfg.BreakerOpen,
-		ReuseMaxRcpts: cfg.ReuseMaxRcpts, IdleTimeout: cfg.IdleTimeout,
+		ReuseMaxRcpts: cfg.ReuseMaxRcpts, IdleTimeout: cfg.IdleTimeout, TLSFallback: cfg.TLSFallback,
 	}, func(host string, from, to gobreaker.State) {
 		log.Warn("destination breaker", "host", host, "from", from.String(), "to", to.String())
 	})

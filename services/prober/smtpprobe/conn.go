@@ -90,6 +90,8 @@ type Conn struct {
 	ext    map[string]string
 	tls    bool
 	broken bool // a timeout or protocol error: no more commands, no QUIT
+
+	tlsRefused Reply // the reply to a refused STARTTLS
 }
 
 // Dial connects to host (host:port) and reads the banner. A banner that is
@@ -174,9 +176,50 @@ func (c *Conn) Cmd(ctx context.Context, st Stage, line string) (Reply, error) {
 	return c.read(ctx, st, c.cfg.CommandTimeout)
 }
 
+// ErrTLS marks a failed TLS handshake after STARTTLS was accepted: the
+// session state is unknown and the connection is broken.
+var ErrTLS = errors.New("TLS handshake failed")
+
 // Hello sends EHLO, falling back to HELO when EHLO is refused, and then
 // STARTTLS when offered and enabled. A refusal comes back as the reply.
+//
+// Opportunistic TLS as Postfix and Exim do it: a refused STARTTLS leaves
+// the session as it was (RFC 3207), so it carries on in plaintext on the
+// same connection (TLSRefused tells); a failed handshake is an ErrTLS. It
+// never loops: at most EHLO, STARTTLS, EHLO.
 func (c *Conn) Hello(ctx context.Context) (Reply, error) {
+	rep, err := c.ehlo(ctx)
+	if err != nil || rep.Class() != 2 {
+		return rep, err
+	}
+	if _, ok := c.ext["STARTTLS"]; !ok || !c.cfg.StartTLS || c.tls {
+		return rep, nil
+	}
+	srep, err := c.Cmd(ctx, StageSTARTTLS, "STARTTLS")
+	if err != nil {
+		return srep, err
+	}
+	if srep.Class() != 2 {
+		c.tlsRefused = srep
+		delete(c.ext, "STARTTLS")
+		return rep, nil
+	}
+	host, _, _ := net.SplitHostPort(c.host)
+	tc := tls.Client(c.nc, &tls.Config{ServerName: host, InsecureSkipVerify: !c.cfg.TLSVerify, MinVersion: tls.VersionTLS12}) //nolint:gosec // opportunistic by default, a setting
+	hctx, cancel := context.WithTimeout(ctx, c.cfg.CommandTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		c.broken = true
+		return Reply{}, &Error{Stage: StageSTARTTLS, Host: c.host, Err: fmt.Errorf("%w: %v", ErrTLS, err)}
+	}
+	c.nc = tc
+	c.r = bufio.NewReaderSize(tc, c.cfg.Limits.MaxLine)
+	c.tls = true
+	return c.ehlo(ctx)
+}
+
+// ehlo sends EHLO (HELO when refused with 5xx) and records the extensions.
+func (c *Conn) ehlo(ctx context.Context) (Reply, error) {
 	rep, err := c.Cmd(ctx, StageEHLO, "EHLO "+c.cfg.HeloName)
 	if err != nil {
 		return rep, err
@@ -185,16 +228,16 @@ func (c *Conn) Hello(ctx context.Context) (Reply, error) {
 		if rep.Class() == 4 {
 			return rep, nil
 		}
-		rep, err = c.Cmd(ctx, StageHELO, "HELO "+c.cfg.HeloName)
 		c.ext = map[string]string{}
-		return rep, err
+		return c.Cmd(ctx, StageHELO, "HELO "+c.cfg.HeloName)
 	}
 	c.ext = parseExtensions(rep)
-	if _, ok := c.ext["STARTTLS"]; ok && c.cfg.StartTLS && !c.tls {
-		return c.startTLS(ctx)
-	}
 	return rep, nil
 }
+
+// TLSRefused is the server's refusal of STARTTLS, if it refused (Code 0
+// otherwise).
+func (c *Conn) TLSRefused() Reply { return c.tlsRefused }
 
 func parseExtensions(rep Reply) map[string]string {
 	ext := map[string]string{}
@@ -207,30 +250,6 @@ func parseExtensions(rep Reply) map[string]string {
 
 // Has reports whether the server announced an EHLO extension.
 func (c *Conn) Has(ext string) bool { _, ok := c.ext[ext]; return ok }
-
-func (c *Conn) startTLS(ctx context.Context) (Reply, error) {
-	rep, err := c.Cmd(ctx, StageSTARTTLS, "STARTTLS")
-	if err != nil {
-		return rep, err
-	}
-	if rep.Class() != 2 {
-		// Opportunistic: carry on in clear after a refusal, as MTAs do.
-		c.ext = nil
-		return c.Hello(ctx)
-	}
-	host, _, _ := net.SplitHostPort(c.host)
-	tc := tls.Client(c.nc, &tls.Config{ServerName: host, InsecureSkipVerify: !c.cfg.TLSVerify, MinVersion: tls.VersionTLS12}) //nolint:gosec // opportunistic by default, a setting
-	hctx, cancel := context.WithTimeout(ctx, c.cfg.CommandTimeout)
-	defer cancel()
-	if err := tc.HandshakeContext(hctx); err != nil {
-		c.broken = true
-		return Reply{}, &Error{Stage: StageSTARTTLS, Host: c.host, Err: fmt.Errorf("tls: %w", err)}
-	}
-	c.nc = tc
-	c.r = bufio.NewReaderSize(tc, c.cfg.Limits.MaxLine)
-	c.tls = true
-	return c.Hello(ctx)
-}
 
 // Mail sends MAIL FROM with sender ("" for the null sender). No SIZE=:
 // a size refusal must never become a cached fact about an address.
