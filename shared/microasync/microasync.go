@@ -8,6 +8,7 @@ package microasync
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
@@ -19,7 +20,12 @@ type Request struct {
 	reply   string
 	data    []byte
 	headers nats.Header
+	arrived time.Time
 }
+
+// Arrived is when the request was taken from the subscription: deadlines
+// count from here, not from when a worker got to it.
+func (r *Request) Arrived() time.Time { return r.arrived }
 
 // Data is the request payload.
 func (r *Request) Data() []byte { return r.data }
@@ -55,11 +61,22 @@ type Pool struct {
 func NewPool(limit int) *Pool { return &Pool{sem: make(chan struct{}, limit)} }
 
 // Handler returns a micro handler that runs fn for each request in the
-// pool; beyond the limit it waits (NATS buffers).
-func (p *Pool) Handler(ctx context.Context, nc *nats.Conn, fn func(context.Context, *Request)) micro.Handler {
+// pool. Beyond the limit, shed answers at once when given (a request queued
+// behind a full pool would be answered after its caller gave up); without
+// shed it waits (NATS buffers).
+func (p *Pool) Handler(ctx context.Context, nc *nats.Conn, fn func(context.Context, *Request), shed func(*Request)) micro.Handler {
 	return micro.HandlerFunc(func(r micro.Request) {
-		req := &Request{nc: nc, reply: r.Reply(), data: r.Data(), headers: nats.Header(r.Headers())}
-		p.sem <- struct{}{}
+		req := &Request{nc: nc, reply: r.Reply(), data: r.Data(), headers: nats.Header(r.Headers()), arrived: time.Now()}
+		if shed != nil {
+			select {
+			case p.sem <- struct{}{}:
+			default:
+				shed(req)
+				return
+			}
+		} else {
+			p.sem <- struct{}{}
+		}
 		p.wg.Add(1)
 		go func() {
 			defer func() { <-p.sem; p.wg.Done() }()

@@ -28,7 +28,7 @@ func TestHandler(t *testing.T) {
 			return
 		}
 		_ = r.Respond(append([]byte("re:"), r.Data()...))
-	}), micro.WithEndpointSubject("t.e"))
+	}, nil), micro.WithEndpointSubject("t.e"))
 	if err != nil {
 		t.Fatal(err)
 	}

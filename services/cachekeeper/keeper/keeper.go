@@ -193,7 +193,7 @@ func (s *Service) serve(ctx context.Context) (micro.Service, error) {
 	}
 	// A micro handler runs serially: lookups go to a bounded pool.
 	s.pool = microasync.NewPool(s.cfg.Workers)
-	if err := svc.AddEndpoint("lookup", s.pool.Handler(ctx, s.nc, s.lookup),
+	if err := svc.AddEndpoint("lookup", s.pool.Handler(ctx, s.nc, s.lookup, nil),
 		micro.WithEndpointSubject(s.names.CacheLookup())); err != nil {
 		return nil, err
 	}

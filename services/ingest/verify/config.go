@@ -29,6 +29,8 @@ type Config struct {
 	ReplyDetails         bool            `envconfig:"REPLY_DETAILS" default:"false" desc:"include the destination host and its text in replies (they are always logged)"`
 	BrakeLimit           int             `envconfig:"BRAKE_LIMIT" default:"50" desc:"unknown recipients from one client address before its further unknown recipients are deferred (0: off)"`
 	BrakeWindow          time.Duration   `envconfig:"BRAKE_WINDOW" default:"10m" desc:"window of the dictionary-attack brake"`
+	BrakeMaxClients      int             `envconfig:"BRAKE_MAX_CLIENTS" default:"100000" desc:"clients the brake remembers at most (the least recently seen are forgotten)"`
+	BrakeIPv6Prefix      int             `envconfig:"BRAKE_IPV6_PREFIX" default:"64" desc:"IPv6 clients are counted per prefix of this length"`
 	ProbeSenders         []string        `envconfig:"PROBE_SENDERS" desc:"more addresses never to verify (other verifiers' probe senders), comma-separated"`
 	PolicyAddr           string          `envconfig:"POLICY_ADDR" default:"127.0.0.1:10040" desc:"Postfix policy listener address (empty: off)"`
 	PolicySenders        bool            `envconfig:"POLICY_SENDERS" default:"false" desc:"verify the sender too in Postfix policy requests"`
@@ -44,6 +46,8 @@ func (c *Config) Validate() error {
 	switch {
 	case c.Timeout <= 0 || c.MaxTimeout <= 0 || c.LookupTimeout <= 0 || c.PendingRetry <= 0:
 		return errors.New("CALLOUT_INGEST_TIMEOUT, _MAX_TIMEOUT, _LOOKUP_TIMEOUT and _PENDING_RETRY must be positive")
+	case c.BrakeMaxClients < 1 || c.BrakeIPv6Prefix < 1 || c.BrakeIPv6Prefix > 128:
+		return errors.New("CALLOUT_INGEST_BRAKE_MAX_CLIENTS must be at least 1, _BRAKE_IPV6_PREFIX 1 to 128")
 	case c.Workers < 1:
 		return errors.New("CALLOUT_INGEST_WORKERS must be at least 1")
 	case c.UnknownDomains != "accept" && c.UnknownDomains != "reject" && c.UnknownDomains != "callout":

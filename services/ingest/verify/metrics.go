@@ -8,6 +8,7 @@ type metrics struct {
 	coalesced prometheus.Counter
 	deadlines prometheus.Counter
 	braked    prometheus.Counter
+	shed      prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, policyErrors func() int) *metrics {
@@ -29,7 +30,10 @@ func newMetrics(reg prometheus.Registerer, policyErrors func() int) *metrics {
 			Name: "callout_ingest_braked_total", Help: "Unknown recipients deferred by the dictionary-attack brake.",
 		}),
 	}
-	reg.MustRegister(m.requests, m.latency, m.coalesced, m.deadlines, m.braked,
+	m.shed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "callout_ingest_shed_total", Help: "Requests answered 451 4.3.2 at once because every worker was busy.",
+	})
+	reg.MustRegister(m.requests, m.latency, m.coalesced, m.deadlines, m.braked, m.shed,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "callout_ingest_domain_policy_errors",
 			Help: "Domains whose stored policy does not parse (served by their last good policy, or callout with defaults).",

@@ -2,14 +2,17 @@ package verify
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/callout-mail/callout/shared/domains"
 	"github.com/callout-mail/callout/shared/kvkey"
 	"github.com/callout-mail/callout/shared/natstest"
+	"github.com/callout-mail/callout/shared/smtptest"
 	"github.com/callout-mail/callout/shared/streams"
 	"github.com/callout-mail/callout/shared/subjects"
 	"github.com/callout-mail/callout/shared/verdict"
@@ -107,5 +110,36 @@ func drainJob(t *testing.T, cons jetstream.Consumer) {
 	t.Helper()
 	if err := nextJob(t, cons).DoubleAck(context.Background()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// When every worker is busy, a request is answered at once with a defer,
+// never queued past its deadline.
+func TestShedWhenBusy(t *testing.T) {
+	cfg := ingestConfig()
+	cfg.Workers = 1
+	sys := startSystem(t, cfg)
+	hold := make(chan struct{})
+	dest := destination(t, smtptest.Config{Rcpt: func(_, to string) string {
+		switch {
+		case strings.HasPrefix(to, "slow@"):
+			<-hold
+		case !strings.HasPrefix(to, "other@"):
+			return "550 5.1.1 User unknown"
+		}
+		return "250 2.1.5 Ok"
+	}})
+	defer close(hold)
+	sys.policy(t, "example.org", domains.Policy{Route: []string{dest.Addr()}})
+	done := make(chan wire.VerifyReply, 1)
+	go func() { done <- sys.verify(t, rcpt("slow@example.org")) }()
+	waitfor.Cond(t, 10*time.Second, func() bool { return dest.RcptsFor("slow@example.org") == 1 })
+	start := time.Now()
+	rep := sys.verify(t, rcpt("other@example.org"))
+	if rep.Decision.Action != verdict.Defer || rep.Decision.Code != 451 || rep.Decision.Enhanced != "4.3.2" || rep.Verdict.Reason != ReasonShed {
+		t.Fatalf("busy answer %+v %+v", rep.Decision, rep.Verdict)
+	}
+	if el := time.Since(start); el > cfg.Timeout/2 {
+		t.Fatalf("shed answer took %v", el)
 	}
 }

@@ -46,6 +46,7 @@ const (
 	ReasonUnprobeable = "unprobeable_form"
 	ReasonNullSender  = "null_sender"
 	ReasonPostmaster  = "postmaster"
+	ReasonShed        = "shed"
 )
 
 // Service is one ingest instance.
@@ -78,7 +79,7 @@ func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger)
 		return nil, err
 	}
 	s := &Service{cfg: cfg, log: log, nc: nc, js: js, names: subjects.New(cfg.NATS.Prefix),
-		domains: domains.NewTable(nil), brake: brake.New(cfg.BrakeLimit, cfg.BrakeWindow),
+		domains: domains.NewTable(nil), brake: brake.New(brake.Config{Limit: cfg.BrakeLimit, Window: cfg.BrakeWindow, MaxClients: cfg.BrakeMaxClients, IPv6Prefix: cfg.BrakeIPv6Prefix}),
 		extra: map[string]bool{}, flights: map[string]*flight{}, ready: make(chan struct{})}
 	s.m = newMetrics(reg, s.domains.Errors)
 	for _, p := range cfg.ProbeSenders {
@@ -114,7 +115,7 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	// micro calls handlers one at a time: requests go to a bounded pool.
 	pool := microasync.NewPool(s.cfg.Workers)
-	err = svc.AddEndpoint("verify", pool.Handler(ctx, s.nc, s.serveNATS),
+	err = svc.AddEndpoint("verify", pool.Handler(ctx, s.nc, s.serveNATS, s.shed),
 		micro.WithEndpointSubject(s.names.Verify()))
 	if err != nil {
 		return err
@@ -149,7 +150,7 @@ func (s *Service) serveNATS(ctx context.Context, r *microasync.Request) {
 		_ = r.Error("400", err.Error(), b)
 		return
 	}
-	rep := s.Verify(ctx, req)
+	rep := s.verify(ctx, req, r.Arrived())
 	b, err := encodeReply(&rep, isJSON)
 	if err != nil {
 		_ = r.Error("500", err.Error(), nil)
@@ -166,17 +167,35 @@ func encodeReply(rep *wire.VerifyReply, isJSON bool) ([]byte, error) {
 	return wire.Encode(rep)
 }
 
+// shed answers a request that finds every worker busy with a defer at
+// once: queued, it would be answered after its MTA gave up.
+func (s *Service) shed(r *microasync.Request) {
+	s.m.shed.Inc()
+	s.m.requests.WithLabelValues(string(verdict.Defer), "shed").Inc()
+	isJSON := r.Header(wire.ContentType) == wire.JSONMediaType
+	rep := wire.VerifyReply{Decision: verdict.Decision{Action: verdict.Defer, Code: 451, Enhanced: "4.3.2", Text: "System busy, try again later"},
+		Verdict: &verdict.Verdict{Kind: verdict.KindAddress, Status: verdict.TempFail, Reason: ReasonShed, CheckedAt: time.Now(), Source: verdict.SourceStatic}}
+	if b, err := encodeReply(&rep, isJSON); err == nil {
+		_ = r.Respond(b)
+	}
+}
+
 // Verify answers one request before its deadline. It never rejects unless
 // the destination said "user unknown" (or the operator's list says so).
 func (s *Service) Verify(ctx context.Context, req wire.VerifyRequest) wire.VerifyReply {
-	start := time.Now()
+	return s.verify(ctx, req, time.Now())
+}
+
+// verify is Verify with the deadline counted from start, the request's
+// arrival.
+func (s *Service) verify(ctx context.Context, req wire.VerifyRequest, start time.Time) wire.VerifyReply {
 	timeout := s.cfg.Timeout
 	if req.TimeoutMS > 0 {
 		timeout = time.Duration(req.TimeoutMS) * time.Millisecond
 	}
 	timeout = min(timeout, s.cfg.MaxTimeout)
 	// Answer a little before the caller gives up.
-	ctx, cancel := context.WithTimeout(ctx, max(timeout-timeout/20, timeout-250*time.Millisecond))
+	ctx, cancel := context.WithDeadline(ctx, start.Add(max(timeout-timeout/20, timeout-250*time.Millisecond)))
 	defer cancel()
 	purpose := req.Purpose
 	if purpose == "" {
