@@ -16,6 +16,7 @@ import (
 
 	"github.com/callout-mail/callout/shared/domains"
 	"github.com/callout-mail/callout/shared/smtptest"
+	"github.com/callout-mail/callout/shared/streams"
 	"github.com/callout-mail/callout/shared/verdict"
 	"github.com/callout-mail/callout/shared/wire"
 	"github.com/callout-mail/callout/tools/stack"
@@ -87,7 +88,7 @@ func TestAuthRoles(t *testing.T) {
 	}
 	// The admin creates the domain policy bucket and the policy.
 	dest := destination(t, smtptest.Config{Mailboxes: []string{"alice@example.org"}})
-	kv, err := domains.Bucket(ctx, js, s.names.DomainsBucket(), 1)
+	kv, err := domains.Bucket(ctx, js, s.names, 1)
 	if err != nil {
 		t.Fatalf("admin creates the policy bucket: %v", err)
 	}
@@ -96,7 +97,7 @@ func TestAuthRoles(t *testing.T) {
 	}
 	s.startServices()
 	// The services run with least privilege: the whole flow works.
-	mta := connectAs(t, url, "mta")
+	mta := connectAs(t, url, "mta-mx1")
 	ask := func(addr string) wire.VerifyReply {
 		b, _ := wire.Encode(&wire.VerifyRequest{Address: addr})
 		var rep wire.VerifyReply
@@ -116,6 +117,8 @@ func TestAuthRoles(t *testing.T) {
 		mta.denied(t, "Publish", s.names.Flush())
 		_, _ = mta.SubscribeSync("_INBOX.>") // denied: other roles' replies
 		mta.denied(t, "Subscription", "_INBOX.>")
+		_, _ = mta.SubscribeSync("_INBOX_mta-mx2.>") // denied: another MTA's replies
+		mta.denied(t, "Subscription", "_INBOX_mta-mx2.>")
 	})
 	t.Run("cachekeeper", func(t *testing.T) {
 		// allowed: the cachekeeper stored the verdict and answers from it
@@ -123,6 +126,10 @@ func TestAuthRoles(t *testing.T) {
 		ck := connectAs(t, url, "cachekeeper")
 		_ = ck.Publish(s.names.Verify(), []byte("x")) // denied: pose as an MTA
 		ck.denied(t, "Publish", s.names.Verify())
+		_ = ck.Publish("$JS.API.STREAM.UPDATE.KV_callout_cache", []byte("{}")) // denied: change its bucket's settings
+		ck.denied(t, "Publish", "$JS.API.STREAM.UPDATE.KV_callout_cache")
+		_ = ck.Publish("$JS.API.STREAM.DELETE.CALLOUT_VERDICTS", nil) // denied: delete a stream
+		ck.denied(t, "Publish", "$JS.API.STREAM.DELETE.CALLOUT_VERDICTS")
 	})
 	t.Run("ingest", func(t *testing.T) {
 		in := connectAs(t, url, "ingest")
@@ -131,6 +138,8 @@ func TestAuthRoles(t *testing.T) {
 		}
 		_ = in.Publish(s.names.Flush(), []byte("x")) // denied: flush
 		in.denied(t, "Publish", s.names.Flush())
+		_ = in.Publish("$JS.API.STREAM.UPDATE.CALLOUT_PROBES", []byte("{}")) // denied: change the job stream
+		in.denied(t, "Publish", "$JS.API.STREAM.UPDATE.CALLOUT_PROBES")
 	})
 	t.Run("prober", func(t *testing.T) {
 		pr := connectAs(t, url, "prober")
@@ -139,6 +148,10 @@ func TestAuthRoles(t *testing.T) {
 		}
 		_ = pr.Publish("$KV.callout_cache.addr.example/org.alice.rcpt", []byte("x")) // denied: write the cache directly
 		pr.denied(t, "Publish", "$KV.callout_cache")
+		_ = pr.Publish("$JS.API.STREAM.UPDATE.KV_callout_domains", []byte(`{"max_age":1000000000}`)) // denied: shorten the policy bucket
+		pr.denied(t, "Publish", "$JS.API.STREAM.UPDATE.KV_callout_domains")
+		_ = pr.Publish("$JS.API.STREAM.PURGE.KV_callout_domains", nil) // denied: purge the policies
+		pr.denied(t, "Publish", "$JS.API.STREAM.PURGE.KV_callout_domains")
 	})
 	t.Run("admin", func(t *testing.T) {
 		b, _ := wire.Encode(&wire.FlushCommand{Scope: wire.ScopeAll}) // allowed: flush
@@ -156,6 +169,9 @@ func TestAuthRoles(t *testing.T) {
 		}
 		if _, err := cache.Status(ctx); err != nil {
 			t.Fatal(err)
+		}
+		if _, err := streams.Setup(ctx, js, s.names, 1, 96*time.Hour); err != nil { // allowed: apply settings
+			t.Fatalf("setup as admin: %v", err)
 		}
 		_, _ = admin.SubscribeSync(s.names.Verify()) // denied: pose as the ingest
 		admin.denied(t, "Subscription", s.names.Verify())

@@ -216,7 +216,7 @@ func (s *system) waitReady() {
 func (s *system) setPolicy(domain string, p domains.Policy) {
 	s.t.Helper()
 	ctx := context.Background()
-	kv, err := domains.Bucket(ctx, s.js, s.names.DomainsBucket(), 1)
+	kv, err := domains.Bucket(ctx, s.js, s.names, 1)
 	if err != nil {
 		s.t.Fatal(err)
 	}

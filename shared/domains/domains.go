@@ -17,6 +17,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callout-mail/callout/shared/address"
+	"github.com/callout-mail/callout/shared/streams"
+	"github.com/callout-mail/callout/shared/subjects"
 	"github.com/callout-mail/callout/shared/verdict"
 )
 
@@ -284,12 +286,10 @@ func (t *Table) IsProbeSender(addr string) bool {
 	return t.senders[strings.ToLower(addr)]
 }
 
-// Bucket opens (creating if needed) the policy bucket.
-func Bucket(ctx context.Context, js jetstream.JetStream, name string, replicas int) (jetstream.KeyValue, error) {
-	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket: name, History: 5, Replicas: max(replicas, 1),
-		Description: "callout per-domain policy (JSON)",
-	})
+// Bucket opens (creating if missing) the policy bucket of names.
+func Bucket(ctx context.Context, js jetstream.JetStream, n subjects.Names, replicas int) (jetstream.KeyValue, error) {
+	name := n.DomainsBucket()
+	kv, err := js.CreateKeyValue(ctx, streams.DomainsConfig(n, replicas))
 	if errors.Is(err, jetstream.ErrBucketExists) {
 		kv, err = js.KeyValue(ctx, name)
 	}

@@ -2,6 +2,7 @@ package domains
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callout-mail/callout/shared/natstest"
+	"github.com/callout-mail/callout/shared/subjects"
 	"github.com/callout-mail/callout/shared/waitfor"
 )
 
@@ -82,7 +84,7 @@ func TestWatchPicksUpChanges(t *testing.T) {
 	js, _ := jetstream.New(nc)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	kv, err := Bucket(ctx, js, "callout_domains", 1)
+	kv, err := Bucket(ctx, js, subjects.New(""), 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,4 +144,41 @@ func TestIsProbeSender(t *testing.T) {
 	if tab.IsProbeSender("verify@gw.example") {
 		t.Fatal("stale probe sender")
 	}
+}
+
+// FuzzParse: any stored value either is refused with ErrPolicy or is a
+// policy that passes its own checks and survives a write and a read.
+func FuzzParse(f *testing.F) {
+	for _, s := range []string{`{}`, `{"mode":"static","mailboxes":["a","b@example.org"]}`, `{"route":["127.0.0.1:25","mx"]}`,
+		`{"mode":"Static"}`, `{"sender":"x@y.example","fallback_sender":"z@y.example"}`, `{"x":1}`, `[`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p, err := Parse("example.org", data)
+		if err != nil {
+			if !errors.Is(err, ErrPolicy) {
+				t.Fatalf("error %v is not ErrPolicy", err)
+			}
+			return
+		}
+		if err := p.Validate(); err != nil {
+			t.Fatalf("parsed policy fails its checks: %v", err)
+		}
+		if p.EffectiveMode() == ModeStatic && len(p.Mailboxes) == 0 {
+			t.Fatal("static policy without mailboxes")
+		}
+		b, err := json.Marshal(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		q, err := Parse("example.org", b)
+		if err != nil {
+			t.Fatalf("re-read of %s: %v", b, err)
+		}
+		for _, m := range p.Mailboxes {
+			if !q.Listed(m, "") {
+				t.Fatalf("mailbox %q lost on re-read", m)
+			}
+		}
+	})
 }

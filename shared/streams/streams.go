@@ -1,6 +1,7 @@
-// Package streams defines the JetStream streams the services share. Each
-// service ensures the streams it uses; the definitions are identical, so
-// whichever starts first creates them.
+// Package streams defines the JetStream streams and buckets the services
+// share. Each service creates what it uses when it is missing; the
+// definitions are identical, so whichever starts first creates them.
+// Changing settings of what exists is the admin's (Setup).
 package streams
 
 import (
@@ -8,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -23,11 +25,11 @@ const ProbeMaxAge = 15 * time.Minute
 // VerdictMaxAge bounds how long verdicts wait for a cachekeeper.
 const VerdictMaxAge = 24 * time.Hour
 
-// Probes ensures the work queue of probe jobs: one subject per target, at
+// ProbesConfig is the work queue of probe jobs: one subject per target, at
 // most one job per subject, a second publish refused (error 10077) while
 // the first is pending. That is what coalesces callouts across instances.
-func Probes(ctx context.Context, js jetstream.JetStream, n subjects.Names, replicas int) (jetstream.Stream, error) {
-	return Ensure(ctx, js, jetstream.StreamConfig{
+func ProbesConfig(n subjects.Names, replicas int) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
 		Name:                 n.ProbeStream(),
 		Description:          "callout probe jobs, one per target address",
 		Subjects:             []string{n.ProbeAll()},
@@ -38,13 +40,13 @@ func Probes(ctx context.Context, js jetstream.JetStream, n subjects.Names, repli
 		MaxAge:               ProbeMaxAge,
 		Storage:              jetstream.FileStorage,
 		Replicas:             max(replicas, 1),
-	})
+	}
 }
 
-// Verdicts ensures the stream that keeps verdicts until a cachekeeper has
+// VerdictsConfig is the stream that keeps verdicts until a cachekeeper has
 // stored them, so none is lost while no cachekeeper runs.
-func Verdicts(ctx context.Context, js jetstream.JetStream, n subjects.Names, replicas int) (jetstream.Stream, error) {
-	return Ensure(ctx, js, jetstream.StreamConfig{
+func VerdictsConfig(n subjects.Names, replicas int) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
 		Name:        n.VerdictStream(),
 		Description: "callout verdicts waiting to be cached",
 		Subjects:    []string{n.VerdictAll()},
@@ -52,12 +54,68 @@ func Verdicts(ctx context.Context, js jetstream.JetStream, n subjects.Names, rep
 		MaxAge:      VerdictMaxAge,
 		Storage:     jetstream.FileStorage,
 		Replicas:    max(replicas, 1),
-	})
+	}
 }
 
-// Ensure creates the stream, or updates it when its settings differ. It
-// sends no update when nothing changed: services start together, and
-// concurrent no-op updates race with consumer creation in the server.
+// DomainsConfig is the bucket of per-domain policy. Its history lets a bad
+// stored policy fall back to the last good one.
+func DomainsConfig(n subjects.Names, replicas int) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket: n.DomainsBucket(), History: 5, Replicas: max(replicas, 1),
+		Description: "callout per-domain policy (JSON)",
+	}
+}
+
+// CacheConfig is the verdict bucket: one bucket with per-entry TTLs, its
+// MaxAge the longest TTL class, limit markers on, no history.
+func CacheConfig(n subjects.Names, replicas int, maxAge time.Duration) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket:         n.CacheBucket(),
+		Description:    "callout verdicts (msgpack), keys addr.<domain>.<local>.<view>[.<sender>], domain.<domain>.<view>.<fact>, flush.<scope>",
+		History:        1,
+		TTL:            maxAge,
+		LimitMarkerTTL: time.Minute,
+		Storage:        jetstream.FileStorage,
+		Replicas:       max(replicas, 1),
+	}
+}
+
+// Probes ensures the probe job stream exists (see Ensure).
+func Probes(ctx context.Context, js jetstream.JetStream, n subjects.Names, replicas int) (jetstream.Stream, error) {
+	return Ensure(ctx, js, ProbesConfig(n, replicas))
+}
+
+// Verdicts ensures the verdict stream exists (see Ensure).
+func Verdicts(ctx context.Context, js jetstream.JetStream, n subjects.Names, replicas int) (jetstream.Stream, error) {
+	return Ensure(ctx, js, VerdictsConfig(n, replicas))
+}
+
+// DriftError says a stream or bucket exists with other settings than this
+// instance would give it. Services never change what exists (their roles
+// may not): they run with it and say so; `calloutctl setup`, as admin,
+// applies the settings.
+type DriftError struct {
+	Name, What string
+}
+
+func (e *DriftError) Error() string {
+	return fmt.Sprintf("%s exists with other settings (%s): run `calloutctl setup` as admin to apply them", e.Name, e.What)
+}
+
+// Warn logs a DriftError and clears it; other errors pass.
+func Warn(log *slog.Logger, err error) error {
+	var d *DriftError
+	if errors.As(err, &d) {
+		log.Warn("settings differ", "name", d.Name, "differ", d.What, "fix", "calloutctl setup")
+		return nil
+	}
+	return err
+}
+
+// Ensure creates the stream when it is missing. An existing stream is left
+// as it is; if its settings differ, the stream comes with a *DriftError.
+// (Services start together, and concurrent no-op updates race with
+// consumer creation in the server; and no service role may update.)
 func Ensure(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
 	s, err := js.CreateStream(ctx, cfg)
 	if err == nil {
@@ -70,15 +128,46 @@ func Ensure(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamCon
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", cfg.Name, err)
 	}
-	cur := s.CachedInfo().Config
-	if cur.MaxAge == cfg.MaxAge && cur.Replicas == cfg.Replicas && cur.MaxMsgsPerSubject == cfg.MaxMsgsPerSubject &&
-		cur.DiscardNewPerSubject == cfg.DiscardNewPerSubject && cur.Discard == cfg.Discard && cur.Description == cfg.Description {
-		return s, nil
-	}
-	if s, err = js.UpdateStream(ctx, cfg); err != nil {
-		return nil, fmt.Errorf("stream %s: %w", cfg.Name, err)
+	if d := streamDiff(s.CachedInfo().Config, cfg); d != "" {
+		return s, &DriftError{Name: cfg.Name, What: d}
 	}
 	return s, nil
+}
+
+func streamDiff(cur, want jetstream.StreamConfig) string {
+	var d []string
+	if cur.MaxAge != want.MaxAge {
+		d = append(d, fmt.Sprintf("max_age %v, want %v", cur.MaxAge, want.MaxAge))
+	}
+	if cur.Replicas != want.Replicas {
+		d = append(d, fmt.Sprintf("replicas %d, want %d", cur.Replicas, want.Replicas))
+	}
+	if cur.MaxMsgsPerSubject != want.MaxMsgsPerSubject || cur.DiscardNewPerSubject != want.DiscardNewPerSubject || cur.Discard != want.Discard {
+		d = append(d, "discard policy")
+	}
+	if cur.Description != want.Description {
+		d = append(d, "description")
+	}
+	return strings.Join(d, ", ")
+}
+
+// Setup creates or updates every stream and bucket with the given settings:
+// the admin's one-time (or on-change) step. It returns what it did.
+func Setup(ctx context.Context, js jetstream.JetStream, n subjects.Names, replicas int, cacheMaxAge time.Duration) ([]string, error) {
+	var done []string
+	for _, cfg := range []jetstream.StreamConfig{ProbesConfig(n, replicas), VerdictsConfig(n, replicas)} {
+		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
+			return done, fmt.Errorf("stream %s: %w", cfg.Name, err)
+		}
+		done = append(done, "stream "+cfg.Name)
+	}
+	for _, cfg := range []jetstream.KeyValueConfig{DomainsConfig(n, replicas), CacheConfig(n, replicas, cacheMaxAge)} {
+		if _, err := js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
+			return done, fmt.Errorf("bucket %s: %w", cfg.Bucket, err)
+		}
+		done = append(done, "bucket "+cfg.Bucket)
+	}
+	return done, nil
 }
 
 // JobPending reports whether a publish failed because a job for the same

@@ -2,6 +2,10 @@ package streams
 
 import (
 	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -52,5 +56,37 @@ func TestProbeStreamCoalesces(t *testing.T) {
 	}
 	if _, err := js.Publish(ctx, subj, []byte("5")); err != nil {
 		t.Fatalf("after ack: %v", err)
+	}
+}
+
+// An existing stream with other settings is left alone and reported; Setup
+// applies the settings.
+func TestDriftAndSetup(t *testing.T) {
+	ns := natstest.Start(t)
+	js, _ := jetstream.New(ns.Connect(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	n := subjects.New("")
+	cfg := VerdictsConfig(n, 1)
+	cfg.MaxAge = time.Hour
+	if _, err := js.CreateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Verdicts(ctx, js, n, 1)
+	var drift *DriftError
+	if s == nil || !errors.As(err, &drift) || !strings.Contains(drift.What, "max_age") {
+		t.Fatalf("drift not reported: %v", err)
+	}
+	if info, _ := s.Info(ctx); info.Config.MaxAge != time.Hour {
+		t.Fatal("a service changed an existing stream")
+	}
+	if Warn(slog.New(slog.NewTextHandler(io.Discard, nil)), err) != nil {
+		t.Fatal("Warn kept a drift error")
+	}
+	if _, err := Setup(ctx, js, n, 1, 96*time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Verdicts(ctx, js, n, 1); err != nil {
+		t.Fatalf("after setup: %v", err)
 	}
 }

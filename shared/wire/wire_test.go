@@ -91,15 +91,57 @@ func TestFlushValidation(t *testing.T) {
 	}
 }
 
+// FuzzDecode: garbage msgpack never panics, and what decodes is what the
+// validation allows (a verdict has its domain and status, a request its
+// purpose).
 func FuzzDecode(f *testing.F) {
-	b, _ := Encode(&VerifyRequest{Address: "a@b.org"})
+	for _, m := range []Message{
+		&VerifyRequest{Address: "a@b.org"}, &ProbeJob{Address: "a@b.org", Purpose: verdict.Recipient},
+		&LookupRequest{Address: "a@b.org"}, &FlushCommand{Scope: ScopeAll},
+	} {
+		b, _ := Encode(m)
+		f.Add(b)
+	}
+	b, _ := EncodeVerdict(verdict.Verdict{Kind: verdict.KindAddress, Domain: "b.org", Status: verdict.Valid})
 	f.Add(b)
 	f.Add([]byte{0xde, 0xff, 0xff})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var r VerifyRequest
-		_ = Decode(data, &r)
+		if Decode(data, &r) == nil && r.Purpose != "" && r.Purpose != verdict.Recipient && r.Purpose != verdict.Sender {
+			t.Fatalf("purpose %q accepted", r.Purpose)
+		}
 		var j ProbeJob
-		_ = Decode(data, &j)
-		_, _ = DecodeVerdict(data)
+		if Decode(data, &j) == nil && j.Address == "" {
+			t.Fatal("job without address accepted")
+		}
+		var l LookupRequest
+		_ = Decode(data, &l)
+		var c FlushCommand
+		if Decode(data, &c) == nil && c.Scope != ScopeAll && c.Scope != ScopeDomain && c.Scope != ScopeAddress {
+			t.Fatalf("flush scope %q accepted", c.Scope)
+		}
+		if v, err := DecodeVerdict(data); err == nil && (v.Domain == "" || v.Status == "") {
+			t.Fatalf("verdict without domain or status accepted: %+v", v)
+		}
+	})
+}
+
+// FuzzDecodeJSON: the JSON forms people type are held to the same rules.
+func FuzzDecodeJSON(f *testing.F) {
+	for _, s := range []string{`{"address":"a@b.org"}`, `{"address":"a@b.org","purpose":"sender","timeout_ms":100}`,
+		`{"scope":"domain","domain":"b.org","only":"invalid"}`, `{"v":2}`, `[]`, `{"address":1}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var r VerifyRequest
+		if err := DecodeJSON(data, &r); err == nil {
+			if r.V != Version || r.Purpose != "" && r.Purpose != verdict.Recipient && r.Purpose != verdict.Sender {
+				t.Fatalf("accepted %+v", r)
+			}
+		}
+		var c FlushCommand
+		if err := DecodeJSON(data, &c); err == nil && c.Scope != ScopeAll && c.Scope != ScopeDomain && c.Scope != ScopeAddress {
+			t.Fatalf("flush scope %q accepted", c.Scope)
+		}
 	})
 }

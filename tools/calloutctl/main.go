@@ -21,6 +21,7 @@ import (
 	"github.com/callout-mail/callout/shared/address"
 	"github.com/callout-mail/callout/shared/domains"
 	"github.com/callout-mail/callout/shared/kvkey"
+	"github.com/callout-mail/callout/shared/streams"
 	"github.com/callout-mail/callout/shared/subjects"
 	"github.com/callout-mail/callout/shared/verdict"
 	"github.com/callout-mail/callout/shared/wire"
@@ -37,6 +38,7 @@ Usage:
                                    [-mailboxes a,b] [-on-tempfail defer|accept] [-on-unverifiable accept|defer]
                                    [-sender ADDR] [-fallback-sender ADDR]
   calloutctl [connection flags] domain (get DOMAIN | rm DOMAIN | ls)
+  calloutctl [connection flags] setup [-replicas 1] [-cache-ttl 96h]
 
 Connection flags (or CALLOUT_NATS_URL, CALLOUT_NATS_USER, CALLOUT_NATS_PASSWORD, CALLOUT_NATS_INBOX_PREFIX, CALLOUT_PREFIX):
 `
@@ -106,6 +108,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return a.inspect(ctx, rest)
 	case "domain":
 		return a.domain(ctx, rest)
+	case "setup":
+		return a.setup(ctx, rest)
 	}
 	return fmt.Errorf("unknown command %q", cmd)
 }
@@ -308,7 +312,7 @@ func (a *app) domain(ctx context.Context, args []string) error {
 	if len(args) == 0 {
 		return errors.New("usage: domain set|get|rm|ls DOMAIN [flags]")
 	}
-	kv, err := domains.Bucket(ctx, a.js, a.names.DomainsBucket(), 1)
+	kv, err := domains.Bucket(ctx, a.js, a.names, 1)
 	if err != nil {
 		return err
 	}
@@ -366,6 +370,27 @@ func (a *app) domain(ctx context.Context, args []string) error {
 		return nil
 	}
 	return fmt.Errorf("unknown domain command %q", args[0])
+}
+
+// setup creates or updates the streams and buckets: the admin's step, since
+// the service roles may only create what is missing.
+func (a *app) setup(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("setup", flag.ContinueOnError)
+	replicas := fs.Int("replicas", 1, "JetStream replicas (3 in a cluster)")
+	cacheTTL := fs.Duration("cache-ttl", 96*time.Hour, "the cache bucket's TTL: the longest TTL class of the cachekeepers")
+	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
+		return errors.New("usage: setup [-replicas N] [-cache-ttl 96h]")
+	}
+	if *replicas < 1 || *cacheTTL < time.Second {
+		return errors.New("setup: -replicas at least 1, -cache-ttl at least 1s")
+	}
+	sctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	done, err := streams.Setup(sctx, a.js, a.names, *replicas, *cacheTTL)
+	for _, d := range done {
+		fmt.Fprintf(a.out, "%s: ok\n", d)
+	}
+	return err
 }
 
 func split(s string) []string {

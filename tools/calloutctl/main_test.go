@@ -90,3 +90,64 @@ func TestUsageErrors(t *testing.T) {
 		t.Fatalf("flush without a cachekeeper: %v", err)
 	}
 }
+
+// setup creates every stream and bucket, and applies changed settings.
+func TestSetup(t *testing.T) {
+	ns := natstest.Start(t)
+	url := ns.ClientURL()
+	out, err := ctl(t, url, "setup", "-cache-ttl", "48h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"stream CALLOUT_PROBES: ok", "stream CALLOUT_VERDICTS: ok", "bucket callout_domains: ok", "bucket callout_cache: ok"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("setup output %q lacks %q", out, want)
+		}
+	}
+	nc := ns.Connect(t)
+	js, _ := jetstream.New(nc)
+	kv, err := js.KeyValue(context.Background(), "callout_cache")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := kv.Status(context.Background())
+	if st.TTL() != 48*time.Hour || st.LimitMarkerTTL() == 0 {
+		t.Fatalf("cache bucket ttl %v markers %v", st.TTL(), st.LimitMarkerTTL())
+	}
+	if _, err := ctl(t, url, "setup", "-cache-ttl", "96h"); err != nil {
+		t.Fatal(err)
+	}
+	st, _ = kv.Status(context.Background())
+	if st.TTL() != 96*time.Hour {
+		t.Fatalf("setup did not update the ttl: %v", st.TTL())
+	}
+}
+
+// A bad policy is refused where it is written, naming the field.
+func TestDomainSetRefusals(t *testing.T) {
+	ns := natstest.Start(t)
+	url := ns.ClientURL()
+	for _, tt := range []struct {
+		args  []string
+		field string
+	}{
+		{[]string{"-mode", "Static", "-mailboxes", "a"}, "mode"},
+		{[]string{"-mode", "static"}, "mailboxes"},
+		{[]string{"-mode", "static", "-mailboxes", "a@other.example"}, "mailboxes"},
+		{[]string{"-route", "127.0.0.1"}, "route"},
+		{[]string{"-on-tempfail", "Accept"}, "on_tempfail"},
+		{[]string{"-fallback-sender", "nobody"}, "fallback_sender"},
+	} {
+		_, err := ctl(t, url, append([]string{"domain", "set", "x.example"}, tt.args...)...)
+		if err == nil || !strings.Contains(err.Error(), tt.field) {
+			t.Errorf("%v: %v, want an error naming %s", tt.args, err, tt.field)
+		}
+	}
+	if _, err := ctl(t, url, "domain", "set", "x.example", "-mode", "static", "-mailboxes", "Alice,bob@X.example"); err != nil {
+		t.Fatal(err)
+	}
+	out, _ := ctl(t, url, "domain", "get", "x.example")
+	if !strings.Contains(out, `"mailboxes":["Alice","bob"]`) {
+		t.Fatalf("stored %s", out)
+	}
+}

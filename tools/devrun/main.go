@@ -79,7 +79,7 @@ func run() error {
 	}
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
-	kv, err := domains.Bucket(wctx, js, subjects.New("").DomainsBucket(), 1)
+	kv, err := domains.Bucket(wctx, js, subjects.New(""), 1)
 	if err != nil {
 		return err
 	}

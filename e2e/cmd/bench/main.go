@@ -140,7 +140,7 @@ func start(bin string) (*bench, func(), error) {
 		return nil, stop, err
 	}
 	b.js, _ = jetstream.New(b.nc)
-	if b.kv, err = domains.Bucket(ctx, b.js, b.names.DomainsBucket(), 1); err != nil {
+	if b.kv, err = domains.Bucket(ctx, b.js, b.names, 1); err != nil {
 		return nil, stop, err
 	}
 	common := func(svc string) []string {

@@ -19,6 +19,8 @@ import (
 
 	"github.com/callout-mail/callout/shared/address"
 	"github.com/callout-mail/callout/shared/kvkey"
+	"github.com/callout-mail/callout/shared/streams"
+	"github.com/callout-mail/callout/shared/subjects"
 	"github.com/callout-mail/callout/shared/verdict"
 	"github.com/callout-mail/callout/shared/wire"
 )
@@ -88,25 +90,28 @@ type Store struct {
 	now    func() time.Time
 }
 
-// Open creates or updates the bucket and returns the store.
-func Open(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, bucket string, replicas int, ttls TTLs) (*Store, error) {
-	cfg := jetstream.KeyValueConfig{
-		Bucket:         bucket,
-		Description:    "callout verdicts (msgpack), keys addr.<domain>.<local>[.<sender>] and domain.<domain>.<fact>",
-		History:        1,
-		TTL:            ttls.longest(),
-		LimitMarkerTTL: time.Minute,
-		Storage:        jetstream.FileStorage,
-		Replicas:       max(replicas, 1),
-	}
-	// Update only when the settings changed (a no-op update races with
-	// consumer creation in the server when services start together).
+// MaxAge is the bucket's TTL for these classes: the longest.
+func (t TTLs) MaxAge() time.Duration { return t.longest() }
+
+// Open creates the bucket when it is missing and returns the store. An
+// existing bucket is left as it is (the cachekeeper's role may not change
+// it); if its TTL is shorter than the longest class the store comes with a
+// *streams.DriftError, and entries of that class end at the bucket's TTL.
+func Open(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, n subjects.Names, replicas int, ttls TTLs) (*Store, error) {
+	cfg := streams.CacheConfig(n, replicas, ttls.longest())
+	bucket := cfg.Bucket
 	kv, err := js.CreateKeyValue(ctx, cfg)
+	var drift error
 	if errors.Is(err, jetstream.ErrBucketExists) {
 		if kv, err = js.KeyValue(ctx, bucket); err == nil {
 			var st jetstream.KeyValueStatus
-			if st, err = kv.Status(ctx); err == nil && (st.TTL() != cfg.TTL || st.LimitMarkerTTL() != cfg.LimitMarkerTTL) {
-				kv, err = js.UpdateKeyValue(ctx, cfg)
+			if st, err = kv.Status(ctx); err == nil {
+				switch {
+				case st.LimitMarkerTTL() == 0:
+					err = fmt.Errorf("cache bucket %s has no limit markers (per-entry TTLs): run `calloutctl setup` as admin", bucket)
+				case st.TTL() < cfg.TTL:
+					drift = &streams.DriftError{Name: bucket, What: fmt.Sprintf("ttl %v, want %v", st.TTL(), cfg.TTL)}
+				}
 			}
 		}
 	}
@@ -117,7 +122,7 @@ func Open(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, bucket str
 	if err != nil {
 		return nil, fmt.Errorf("cache bucket stream: %w", err)
 	}
-	return &Store{nc: nc, js: js, kv: kv, stream: st, bucket: bucket, ttls: ttls, now: time.Now}, nil
+	return &Store{nc: nc, js: js, kv: kv, stream: st, bucket: bucket, ttls: ttls, now: time.Now}, drift
 }
 
 // ErrNoView is a verdict that does not say whether a recipient or a sender

@@ -12,6 +12,7 @@ import (
 	"github.com/callout-mail/callout/shared/address"
 	"github.com/callout-mail/callout/shared/kvkey"
 	"github.com/callout-mail/callout/shared/natstest"
+	"github.com/callout-mail/callout/shared/subjects"
 	"github.com/callout-mail/callout/shared/verdict"
 	"github.com/callout-mail/callout/shared/wire"
 )
@@ -21,7 +22,7 @@ func open(t *testing.T, ttls TTLs) *Store {
 	ns := natstest.Start(t)
 	nc := ns.Connect(t)
 	js, _ := jetstream.New(nc)
-	s, err := Open(context.Background(), nc, js, "callout_cache", 1, ttls)
+	s, err := Open(context.Background(), nc, js, subjects.New(""), 1, ttls)
 	if err != nil {
 		t.Fatal(err)
 	}

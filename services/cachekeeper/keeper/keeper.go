@@ -98,13 +98,13 @@ func (s *Service) Run(ctx context.Context) error {
 	var cons jetstream.Consumer
 	err := backoff.Retry(ctx, s.log, "cachekeeper setup", 5*time.Second, func(ctx context.Context) error {
 		var err error
-		if s.store, err = cache.Open(ctx, s.nc, s.js, s.names.CacheBucket(), s.cfg.Replicas, s.cfg.TTLs()); err != nil {
+		if s.store, err = cache.Open(ctx, s.nc, s.js, s.names, s.cfg.Replicas, s.cfg.TTLs()); streams.Warn(s.log, err) != nil {
 			return err
 		}
-		if _, err := streams.Verdicts(ctx, s.js, s.names, s.cfg.Replicas); err != nil {
+		if _, err := streams.Verdicts(ctx, s.js, s.names, s.cfg.Replicas); streams.Warn(s.log, err) != nil {
 			return err
 		}
-		if _, err := streams.Probes(ctx, s.js, s.names, s.cfg.Replicas); err != nil {
+		if _, err := streams.Probes(ctx, s.js, s.names, s.cfg.Replicas); streams.Warn(s.log, err) != nil {
 			return err
 		}
 		cons, err = streams.Workers(ctx, s.js, s.names.VerdictStream(), s.names.VerdictConsumer(), 30*time.Second, s.cfg.Replicas)

@@ -232,3 +232,49 @@ func TestRefreshAhead(t *testing.T) {
 		t.Fatalf("second refresh job: %s", m.Subject)
 	}
 }
+
+// A verdict is stored only under the subject it came on: a prober (the one
+// process that parses hostile replies) cannot write one address's verdict
+// through another's subject, nor a verdict without its view.
+func TestVerdictMustMatchSubject(t *testing.T) {
+	ns := natstest.Start(t)
+	nc := ns.Connect(t)
+	js, _ := jetstream.New(nc)
+	ctx := context.Background()
+	n := subjects.New("")
+	if _, err := streams.Verdicts(ctx, js, n, 1); err != nil {
+		t.Fatal(err)
+	}
+	start(t, ns, testConfig())
+	send := func(subject string, v verdict.Verdict) {
+		b, _ := wire.EncodeVerdict(v)
+		if _, err := js.Publish(ctx, subject, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mallory := valid("mallory@example.org", "example.org", time.Now())
+	send(n.Verdict("addr.example/org.alice.rcpt"), mallory) // another address's subject
+	asSender := valid("bob@example.org", "example.org", time.Now())
+	asSender.Purpose = verdict.Sender
+	send(n.Verdict("addr.example/org.bob.rcpt"), asSender) // another view's subject
+	noView := valid("carol@example.org", "example.org", time.Now())
+	noView.Purpose = ""
+	send(n.Verdict("addr.example/org.carol.rcpt"), noView)
+	publishVerdict(t, js, valid("dave@example.org", "example.org", time.Now())) // a good one
+	waitfor.Cond(t, 15*time.Second, func() bool {
+		c, err := js.Consumer(ctx, n.VerdictStream(), n.VerdictConsumer())
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(ctx)
+		return err == nil && info.NumPending == 0 && info.NumAckPending == 0
+	})
+	if !lookup(t, nc, "dave@example.org").Hit {
+		t.Fatal("a good verdict was not stored")
+	}
+	for _, a := range []string{"alice@example.org", "mallory@example.org", "bob@example.org", "carol@example.org"} {
+		if lookup(t, nc, a).Hit {
+			t.Errorf("%s stored from a mismatched verdict", a)
+		}
+	}
+}

@@ -94,10 +94,10 @@ func (s *Service) Ready() <-chan struct{} { return s.ready }
 // Run serves until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
 	err := backoff.Retry(ctx, s.log, "ingest setup", 5*time.Second, func(ctx context.Context) error {
-		if _, err := streams.Probes(ctx, s.js, s.names, s.cfg.Replicas); err != nil {
+		if _, err := streams.Probes(ctx, s.js, s.names, s.cfg.Replicas); streams.Warn(s.log, err) != nil {
 			return err
 		}
-		kv, err := domains.Bucket(ctx, s.js, s.names.DomainsBucket(), s.cfg.Replicas)
+		kv, err := domains.Bucket(ctx, s.js, s.names, s.cfg.Replicas)
 		if err != nil {
 			return err
 		}

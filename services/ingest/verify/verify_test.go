@@ -69,7 +69,7 @@ func startSystemWith(t *testing.T, icfg Config, pcfg probe.Config) *system {
 	sys := &system{ns: ns, nc: ns.Connect(t)}
 	js, _ := jetstream.New(sys.nc)
 	var err error
-	if sys.kv, err = domains.Bucket(context.Background(), js, subjects.New("").DomainsBucket(), 1); err != nil {
+	if sys.kv, err = domains.Bucket(context.Background(), js, subjects.New(""), 1); err != nil {
 		t.Fatal(err)
 	}
 	k, err := keeper.New(keeperConfig(), ns.Connect(t), prometheus.NewRegistry(), quiet)

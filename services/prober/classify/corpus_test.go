@@ -1,8 +1,11 @@
 package classify
 
 import (
+	"bufio"
+	"strings"
 	"testing"
 
+	"github.com/callout-mail/callout/services/prober/smtpprobe"
 	"github.com/callout-mail/callout/shared/verdict"
 )
 
@@ -149,4 +152,25 @@ func TestCorpus(t *testing.T) {
 			t.Errorf("%s: Rcpt(%q) = %s/%s, want %s", c.source, c.raw, got.Status, got.Reason, c.want)
 		}
 	}
+}
+
+// FuzzRcpt: whatever a destination answers, nothing but a 5xx reply is
+// ever classified invalid, and a reply that names a block never is.
+func FuzzRcpt(f *testing.F) {
+	for _, c := range corpus {
+		f.Add(c.raw + "\r\n")
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		r, err := smtpprobe.ParseReply(bufio.NewReader(strings.NewReader(raw)))
+		if err != nil {
+			return
+		}
+		got := Rcpt(r)
+		if got.Status == verdict.Invalid && r.Class() != 5 {
+			t.Fatalf("%q classified invalid", raw)
+		}
+		if got.Status == verdict.Invalid && strings.Contains(strings.ToLower(withoutAddresses(r.Text())), "spamhaus") {
+			t.Fatalf("%q: a blocklist reply classified invalid", raw)
+		}
+	})
 }

@@ -88,13 +88,13 @@ func (s *Service) Run(ctx context.Context) error {
 	var cons jetstream.Consumer
 	watching := false
 	err := backoff.Retry(ctx, s.log, "prober setup", 5*time.Second, func(ctx context.Context) error {
-		if _, err := streams.Probes(ctx, s.js, s.names, s.cfg.Replicas); err != nil {
+		if _, err := streams.Probes(ctx, s.js, s.names, s.cfg.Replicas); streams.Warn(s.log, err) != nil {
 			return err
 		}
-		if _, err := streams.Verdicts(ctx, s.js, s.names, s.cfg.Replicas); err != nil {
+		if _, err := streams.Verdicts(ctx, s.js, s.names, s.cfg.Replicas); streams.Warn(s.log, err) != nil {
 			return err
 		}
-		kv, err := domains.Bucket(ctx, s.js, s.names.DomainsBucket(), s.cfg.Replicas)
+		kv, err := domains.Bucket(ctx, s.js, s.names, s.cfg.Replicas)
 		if err != nil {
 			return err
 		}

@@ -70,7 +70,7 @@ func (h *harness) startWith(t *testing.T, cfg Config, reg *prometheus.Registry) 
 func (h *harness) route(t *testing.T, domain string, p domains.Policy) {
 	t.Helper()
 	ctx := context.Background()
-	kv, err := domains.Bucket(ctx, h.js, h.names.DomainsBucket(), 1)
+	kv, err := domains.Bucket(ctx, h.js, h.names, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
