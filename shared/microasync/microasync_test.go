@@ -32,6 +32,9 @@ func TestHandler(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := nc.Flush(); err != nil { // the endpoint's subscription reaches the server first
+		t.Fatal(err)
+	}
 	client := ns.Connect(t)
 	var wg sync.WaitGroup
 	for i := 0; i < 50; i++ {
