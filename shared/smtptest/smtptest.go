@@ -36,6 +36,10 @@ type Config struct {
 	OneRcptPerMail bool
 	// TLS offers STARTTLS with this config.
 	TLS *tls.Config
+	// MaxNonMail, when set, closes a connection with 421 after that many
+	// non-mail commands (EHLO, HELO, STARTTLS, RSET, NOOP), as Exim does with
+	// smtp_accept_max_nonmail (default 10).
+	MaxNonMail int
 	// StartTLS, when set, offers STARTTLS and answers it with this reply
 	// (a refusal such as "454 4.7.0 TLS not available due to local problem").
 	StartTLS string
@@ -201,7 +205,7 @@ func (s *Server) session(c net.Conn) bool {
 	if !say(s.cfg.Banner) || !strings.HasPrefix(s.cfg.Banner, "2") {
 		return false
 	}
-	from, inMail, rcpts := "", false, 0
+	from, inMail, rcpts, nonMail := "", false, 0, 0
 	for {
 		_ = c.SetReadDeadline(time.Now().Add(time.Minute))
 		line, err := r.ReadString('\n')
@@ -213,6 +217,16 @@ func (s *Server) session(c net.Conn) bool {
 		s.mu.Lock()
 		s.verbs[strings.ToUpper(verb)]++
 		s.mu.Unlock()
+		switch strings.ToUpper(verb) {
+		case "EHLO", "HELO", "STARTTLS", "RSET", "NOOP":
+			if nonMail++; s.cfg.MaxNonMail > 0 && nonMail > s.cfg.MaxNonMail {
+				s.mu.Lock()
+				s.verbs["421"]++
+				s.mu.Unlock()
+				say("421 4.7.0 mx.test too many nonmail commands")
+				return false
+			}
+		}
 		switch strings.ToUpper(verb) {
 		case "EHLO":
 			say(s.cfg.EHLO)

@@ -86,6 +86,10 @@ type LookupReply struct {
 	Hit      bool             `msgpack:"hit"`
 	Verdict  *verdict.Verdict `msgpack:"verdict,omitempty"`
 	CatchAll *verdict.Verdict `msgpack:"catch_all,omitempty"`
+	// Refused, on a miss, is the domain's refusal of a probe sender that a
+	// later sender may still pass (the null sender refused, a fallback
+	// configured): the next callout starts with the fallback.
+	Refused *verdict.Verdict `msgpack:"refused,omitempty"`
 }
 
 // Flush scopes.

@@ -436,6 +436,9 @@ func (s *Store) Lookup(ctx context.Context, addr address.Address, purpose verdic
 	if caOK {
 		r.CatchAll = &ca
 	}
+	if accOK {
+		r.Refused = &acc
+	}
 	return r, nil
 }
 

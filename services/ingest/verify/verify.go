@@ -320,6 +320,11 @@ func (s *Service) find(ctx context.Context, req wire.VerifyRequest, purpose verd
 	if purpose == verdict.Recipient {
 		job.Route = pol.Route
 	}
+	if r := look.Refused; r != nil && verdict.SenderSpecific(*r) && r.Sender == pol.Sender && pol.FallbackSender != "" {
+		// The destination is known to refuse the first sender: start with
+		// the fallback instead of asking to be refused again.
+		job.Sender, job.FallbackSender = pol.FallbackSender, ""
+	}
 	return s.await(ctx, a, job), dpol
 }
 

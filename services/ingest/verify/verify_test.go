@@ -42,7 +42,8 @@ func proberConfig() probe.Config {
 		CommandTimeout: 5 * time.Second, DialogueTimeout: 10 * time.Second, Budget: 20 * time.Second,
 		MaxReplyLine: 2048, MaxReplyLines: 64, MaxReplyBytes: 16384, MaxConns: 2, Rate: 1000,
 		BreakerFailures: 5, BreakerOpen: time.Second, ReuseMaxRcpts: 20, IdleTimeout: time.Second,
-		RandomSecret: "s", AckWait: 5 * time.Second, MaxDeliver: 4, Replicas: 1}
+		RandomSecret: "s", AckWait: 5 * time.Second, MaxDeliver: 4, Replicas: 1,
+		MaxNonMail: 8, ReuseRetry: time.Minute, BackoffQuiet: time.Minute, MaxWaiting: 1000, MXLimit: 5}
 }
 
 func keeperConfig() keeper.Config {

@@ -356,3 +356,30 @@ func TestFlushNotUndoneByOlderVerdict(t *testing.T) {
 	// ...but the cache does not keep it: the next ask probes again.
 	expect(t, sys.verify(t, rcpt("fixed@example.org")), verdict.Accept, 250, verdict.SourceProbe)
 }
+
+// Once the destination is known to refuse MAIL FROM:<>, callouts start with
+// the fallback sender instead of asking to be refused again.
+func TestFallbackSenderFirst(t *testing.T) {
+	sys := startSystem(t, ingestConfig())
+	var mu sync.Mutex
+	nulls := 0
+	dest := destination(t, smtptest.Config{Mailboxes: []string{"a@nonull.example", "b@nonull.example"}, Mail: func(from string) string {
+		if from == "" {
+			mu.Lock()
+			nulls++
+			mu.Unlock()
+			return "550 5.7.1 we do not take mail from <>"
+		}
+		return "250 2.1.0 Ok"
+	}})
+	sys.policy(t, "nonull.example", domains.Policy{Route: []string{dest.Addr()}, FallbackSender: "verify@gw.example"})
+	expect(t, sys.verify(t, rcpt("a@nonull.example")), verdict.Accept, 250, verdict.SourceProbe)
+	sys.drained(t)
+	expect(t, sys.verify(t, rcpt("b@nonull.example")), verdict.Accept, 250, verdict.SourceProbe)
+	expect(t, sys.verify(t, rcpt("c@nonull.example")), verdict.Reject, 550, verdict.SourceProbe)
+	mu.Lock()
+	defer mu.Unlock()
+	if nulls != 1 {
+		t.Fatalf("MAIL FROM:<> sent %d times, want once", nulls)
+	}
+}

@@ -93,14 +93,28 @@ func RandomLocal(secret []byte, domain string) string {
 // Verify runs the callout. It always returns a verdict; it never returns
 // Invalid unless a destination said 5xx "user unknown" to this address.
 func (v *Verifier) Verify(ctx context.Context, t Target) Result {
+	return v.VerifyHeld(ctx, t, nil)
+}
+
+// VerifyHeld is Verify with the first host's slot already taken (release
+// frees it): the scheduler takes it without waiting, so that a job whose
+// host is busy waits without a worker.
+func (v *Verifier) VerifyHeld(ctx context.Context, t Target, release func()) Result {
+	if release != nil {
+		defer release()
+	}
 	ctx, cancel := context.WithTimeout(ctx, v.cfg.Budget)
 	defer cancel()
 	res := v.fail(t, "", verdict.TempFail, ReasonNoDestination, smtpprobe.Reply{})
-	for _, host := range t.Hosts {
+	for i, host := range t.Hosts {
 		if ctx.Err() != nil {
 			break
 		}
-		r, next := v.onHost(ctx, host, t)
+		var held func()
+		if i == 0 {
+			held = release
+		}
+		r, next := v.onHost(ctx, host, t, held)
 		res = r
 		if !next {
 			break
@@ -110,17 +124,22 @@ func (v *Verifier) Verify(ctx context.Context, t Target) Result {
 }
 
 // onHost runs the dialogue on one host; next says whether the next host
-// should be tried.
-func (v *Verifier) onHost(ctx context.Context, host string, t Target) (Result, bool) {
+// should be tried. An open breaker answers at once, before any wait.
+func (v *Verifier) onHost(ctx context.Context, host string, t Target, held func()) (Result, bool) {
 	d := v.pool.Get(host)
-	release, err := d.Acquire(ctx)
-	if err != nil {
-		return v.fail(t, host, verdict.TempFail, ReasonTimeout, smtpprobe.Reply{}), false
+	if d.Open() {
+		return v.fail(t, host, verdict.TempFail, ReasonBreakerOpen, smtpprobe.Reply{}), true
 	}
-	defer release()
+	if held == nil {
+		release, err := d.Acquire(ctx)
+		if err != nil {
+			return v.fail(t, host, verdict.TempFail, ReasonTimeout, smtpprobe.Reply{}), false
+		}
+		defer release()
+	}
 	var res Result
 	var next bool
-	err = d.Do(func() error {
+	err := d.Do(func() error {
 		var unhealthy bool
 		res, next, unhealthy = v.dialogue(ctx, d, host, t)
 		if unhealthy {
@@ -163,6 +182,9 @@ func (v *Verifier) open(ctx context.Context, d *destination.Dest, host string, t
 		d.NoTLS()
 	}
 	if fail != nil {
+		if a := fail.Address; a.Code != 0 {
+			noteReply(d, smtpprobe.Reply{Code: a.Code, Enhanced: a.Enhanced, Lines: []string{a.Text}})
+		}
 		return nil, &fail.Result, next, unhealthy
 	}
 	return s, nil, false, false
@@ -238,7 +260,10 @@ func (v *Verifier) finish(ctx context.Context, d *destination.Dest, s *session, 
 		s.c.Close()
 		return
 	}
-	if keep && d.ReuseEnabled() {
+	// Reuse only within what real servers tolerate: this RSET and the next
+	// callout's two (after the random RCPT, and at its end) stay under the
+	// host's non-mail command limit.
+	if keep && d.ReuseEnabled() && s.c.NonMail()+3 <= d.MaxNonMail() {
 		if s.c.Reset(ctx) {
 			d.PutIdle(ctx, s.c, s.rcpts)
 			return
@@ -265,6 +290,7 @@ func (v *Verifier) mail(ctx context.Context, d *destination.Dest, host string, t
 		case 2:
 			return sender, nil, facts, false
 		case 4:
+			noteReply(d, rep)
 			r := v.fail(t, host, verdict.TempFail, ReasonDeferred, rep)
 			return "", &r, facts, rep.Code == 421
 		}
@@ -321,6 +347,7 @@ func (v *Verifier) transaction(ctx context.Context, d *destination.Dest, host st
 		case verdict.Invalid:
 			facts = append(facts, v.fact(t, host, kvkey.FactCatchAll, verdict.NotCatchAll, ReasonRandomRefused, rep))
 		case verdict.TempFail:
+			noteReply(d, rep)
 			// A 4xx on the random address says nothing about the domain.
 			r := v.result(t, host, sender, verdict.TempFail, ReasonRandomDeferred, rep)
 			r.Facts, r.Rcpts = facts, rcpts
@@ -331,8 +358,18 @@ func (v *Verifier) transaction(ctx context.Context, d *destination.Dest, host st
 			return r, false, false, false
 		}
 		// Some servers take one recipient per transaction, some drop the
-		// connection after an unknown one: RSET, or reconnect.
-		if !s.c.Reset(ctx) {
+		// connection after an unknown one: RSET, or reconnect (also when
+		// one more RSET would pass the host's non-mail command limit).
+		if s.c.NonMail()+1 > d.MaxNonMail() {
+			s.c.Quit(ctx)
+			ns, fail, _, unhealthy := v.open(ctx, d, host, t, false)
+			if fail != nil {
+				fail.Facts = append(fail.Facts, facts...)
+				fail.Rcpts = rcpts
+				return *fail, false, unhealthy, false
+			}
+			*s = *ns
+		} else if !s.c.Reset(ctx) {
 			s.c.Close()
 			d.DisableReuse()
 			ns, fail, _, unhealthy := v.open(ctx, d, host, t, false)
@@ -357,15 +394,70 @@ func (v *Verifier) transaction(ctx context.Context, d *destination.Dest, host st
 	rep, err := s.c.Rcpt(ctx, t.Address.String())
 	rcpts++
 	s.rcpts++
+	if err == nil && tooManyRecipients(rep) {
+		// Not a verdict: the connection carried more recipients than the
+		// host takes. Ask again on a fresh connection, once.
+		d.Throttled(rep.String())
+		s.c.Quit(ctx)
+		ns, fail, _, unhealthy := v.open(ctx, d, host, t, false)
+		if fail != nil {
+			fail.Facts = append(fail.Facts, facts...)
+			fail.Rcpts = rcpts
+			return *fail, false, unhealthy, false
+		}
+		*s = *ns
+		if mrep, merr := s.c.Mail(ctx, sender); merr != nil || mrep.Class() != 2 {
+			var r Result
+			if merr != nil {
+				r, unhealthy = v.failErr(t, host, merr)
+			} else {
+				r = v.fail(t, host, verdict.TempFail, ReasonDeferred, mrep)
+			}
+			r.Facts, r.Rcpts = facts, rcpts
+			return r, false, unhealthy, false
+		}
+		rep, err = s.c.Rcpt(ctx, t.Address.String())
+		rcpts++
+		s.rcpts++
+	}
 	if err != nil {
 		r, unhealthy := v.failErr(t, host, err)
 		r.Facts, r.Rcpts = facts, rcpts
 		return r, false, unhealthy, false
 	}
+	noteReply(d, rep)
 	c := classify.Rcpt(rep)
 	r := v.result(t, host, sender, c.Status, c.Reason, rep)
 	r.Facts, r.Rcpts = facts, rcpts
 	return r, false, rep.Code == 421, rep.Code != 421
+}
+
+// throttling reports a reply that says the host is overloaded or limits
+// us: 421 at any stage, 451 4.7.x (Microsoft 365's 4.7.500-699 among
+// them), 450 4.7.1 "too many ...", 452 4.5.3 too many recipients.
+func throttling(rep smtpprobe.Reply) bool {
+	switch {
+	case rep.Code == 421:
+		return true
+	case rep.Code == 451 && strings.HasPrefix(rep.Enhanced, "4.7."):
+		return true
+	case rep.Code == 450 && rep.Enhanced == "4.7.1" && strings.Contains(strings.ToLower(rep.Text()), "too many"):
+		return true
+	}
+	return tooManyRecipients(rep)
+}
+
+func tooManyRecipients(rep smtpprobe.Reply) bool {
+	return rep.Code == 452 && rep.Enhanced == "4.5.3"
+}
+
+// noteReply tells the host's state about a reply.
+func noteReply(d *destination.Dest, rep smtpprobe.Reply) {
+	if throttling(rep) {
+		d.Throttled(rep.String())
+		return
+	}
+	d.Replied(rep.String())
 }
 
 func (v *Verifier) result(t Target, host, sender string, st verdict.Status, reason string, rep smtpprobe.Reply) Result {

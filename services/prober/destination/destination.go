@@ -6,6 +6,7 @@ package destination
 import (
 	"context"
 	"errors"
+	"sort"
 	"sync"
 	"time"
 
@@ -31,6 +32,9 @@ type Config struct {
 	ReuseMaxRcpts   int           // RCPT commands on one connection before it is closed
 	IdleTimeout     time.Duration // how long an idle connection is kept
 	TLSFallback     time.Duration // how long a host that refused or failed STARTTLS is spoken to in plaintext
+	MaxNonMail      int           // non-mail commands (EHLO, RSET, ...) on one connection at most (Exim drops after 10)
+	ReuseRetry      time.Duration // after reuse was switched off for a host, try it again after this
+	BackoffQuiet    time.Duration // a throttled host recovers one step per quiet period
 }
 
 // Pool holds one Dest per host.
@@ -58,6 +62,15 @@ func NewPool(cfg Config, onState func(host string, from, to gobreaker.State)) *P
 	if onState == nil {
 		onState = func(string, gobreaker.State, gobreaker.State) {}
 	}
+	if cfg.MaxNonMail <= 0 {
+		cfg.MaxNonMail = 8
+	}
+	if cfg.ReuseRetry <= 0 {
+		cfg.ReuseRetry = 10 * time.Minute
+	}
+	if cfg.BackoffQuiet <= 0 {
+		cfg.BackoffQuiet = time.Minute
+	}
 	return &Pool{cfg: cfg, onState: onState, dests: map[string]*Dest{}}
 }
 
@@ -70,9 +83,17 @@ type Dest struct {
 	lim      *rate.Limiter
 	mu       sync.Mutex
 	idle     []idleConn
-	noReuse  bool
+	noReuse  time.Time // reuse off until then (a failed RSET)
 	lastUsed time.Time
 	plainTil time.Time // STARTTLS refused or failed: plaintext until then
+
+	// Adaptive back-off: each throttling reply halves the rate and the RCPTs
+	// per connection; each quiet period after the last one doubles them
+	// back, up to the configured values.
+	level        int // halvings in force
+	lastThrottle time.Time
+	lastReply    string // the host's last reply, for operators
+	inUse        int
 }
 
 type idleConn struct {
@@ -162,6 +183,7 @@ func (p *Pool) Close(ctx context.Context) {
 
 // Acquire waits for a connection slot and a rate token. Jobs wait; none are dropped.
 func (d *Dest) Acquire(ctx context.Context) (release func(), err error) {
+	d.ease()
 	select {
 	case d.sem <- struct{}{}:
 	case <-ctx.Done():
@@ -171,7 +193,133 @@ func (d *Dest) Acquire(ctx context.Context) (release func(), err error) {
 		<-d.sem
 		return nil, err
 	}
-	return func() { <-d.sem }, nil
+	return d.taken(), nil
+}
+
+// TryAcquire takes a connection slot and a rate token if both are free now;
+// otherwise it takes nothing. A job that cannot start waits without a worker.
+func (d *Dest) TryAcquire() (release func(), ok bool) {
+	d.ease()
+	select {
+	case d.sem <- struct{}{}:
+	default:
+		return nil, false
+	}
+	if !d.lim.Allow() {
+		<-d.sem
+		return nil, false
+	}
+	return d.taken(), true
+}
+
+func (d *Dest) taken() func() {
+	d.mu.Lock()
+	d.inUse++
+	d.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			d.mu.Lock()
+			d.inUse--
+			d.mu.Unlock()
+			<-d.sem
+		})
+	}
+}
+
+// Open reports whether the breaker refuses calls now: a job for the host
+// is answered at once, without waiting for a slot.
+func (d *Dest) Open() bool { return d.cb.State() == gobreaker.StateOpen }
+
+// Throttled records a reply that says the host is overloaded or limits us
+// (421, 451 4.7.x, 450 4.7.1 too many connections, 452 4.5.3): its rate and
+// RCPTs per connection halve.
+func (d *Dest) Throttled(reply string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.lastThrottle = time.Now()
+	d.lastReply = reply
+	if d.level < 6 {
+		d.level++
+	}
+	d.lim.SetLimit(rate.Limit(d.cfg.Rate / float64(int(1)<<d.level)))
+}
+
+// ease steps the back-off down once per quiet period.
+func (d *Dest) ease() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for d.level > 0 && time.Since(d.lastThrottle) >= d.cfg.BackoffQuiet {
+		d.level--
+		d.lastThrottle = d.lastThrottle.Add(d.cfg.BackoffQuiet)
+		d.lim.SetLimit(rate.Limit(d.cfg.Rate / float64(int(1)<<d.level)))
+	}
+}
+
+// Replied records the host's last reply, for operators.
+func (d *Dest) Replied(reply string) {
+	d.mu.Lock()
+	d.lastReply = reply
+	d.mu.Unlock()
+}
+
+// MaxRcpts is the RCPTs one connection may carry now (halved while throttled).
+func (d *Dest) MaxRcpts() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return max(1, d.cfg.ReuseMaxRcpts>>d.level)
+}
+
+// MaxNonMail is how many non-mail commands one connection may carry.
+func (d *Dest) MaxNonMail() int { return d.cfg.MaxNonMail }
+
+// Info is what an operator sees of a host.
+type Info struct {
+	Host      string  `json:"host"`
+	Breaker   string  `json:"breaker"`
+	Rate      float64 `json:"rate"`
+	Backoff   int     `json:"backoff"`
+	InUse     int     `json:"in_use"`
+	Idle      int     `json:"idle"`
+	Reuse     bool    `json:"reuse"`
+	PlainText bool    `json:"plaintext"`
+	LastReply string  `json:"last_reply,omitempty"`
+}
+
+// Info describes the host now.
+func (d *Dest) Info() Info {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	now := time.Now()
+	return Info{Host: d.host, Breaker: d.cb.State().String(), Rate: float64(d.lim.Limit()), Backoff: d.level,
+		InUse: d.inUse, Idle: len(d.idle), Reuse: !now.Before(d.noReuse), PlainText: now.Before(d.plainTil), LastReply: d.lastReply}
+}
+
+// Hosts describes every host the pool knows, busiest first, at most n.
+func (p *Pool) Hosts(n int) []Info {
+	p.mu.Lock()
+	dests := make([]*Dest, 0, len(p.dests))
+	for _, d := range p.dests {
+		dests = append(dests, d)
+	}
+	p.mu.Unlock()
+	out := make([]Info, 0, len(dests))
+	for _, d := range dests {
+		out = append(out, d.Info())
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].InUse != out[j].InUse {
+			return out[i].InUse > out[j].InUse
+		}
+		if out[i].Backoff != out[j].Backoff {
+			return out[i].Backoff > out[j].Backoff
+		}
+		return out[i].Host < out[j].Host
+	})
+	if n > 0 && len(out) > n {
+		out = out[:n]
+	}
+	return out
 }
 
 // Do runs fn behind the breaker. While the breaker is open (or half-open
@@ -206,7 +354,8 @@ func (d *Dest) TakeIdle() (*smtpprobe.Conn, int) {
 // destination or c has served its share of RCPTs; then it says QUIT.
 func (d *Dest) PutIdle(ctx context.Context, c *smtpprobe.Conn, rcpts int) {
 	d.mu.Lock()
-	keep := !d.noReuse && d.cfg.ReuseMaxRcpts > 0 && rcpts < d.cfg.ReuseMaxRcpts && d.cfg.IdleTimeout > 0 && len(d.idle) < d.cfg.MaxConns
+	limit := max(1, d.cfg.ReuseMaxRcpts>>d.level)
+	keep := !time.Now().Before(d.noReuse) && d.cfg.ReuseMaxRcpts > 0 && rcpts < limit && d.cfg.IdleTimeout > 0 && len(d.idle) < d.cfg.MaxConns
 	if keep {
 		d.idle = append(d.idle, idleConn{c: c, rcpts: rcpts, since: time.Now()})
 	}
@@ -216,10 +365,11 @@ func (d *Dest) PutIdle(ctx context.Context, c *smtpprobe.Conn, rcpts int) {
 	}
 }
 
-// DisableReuse turns reuse off for this destination (its RSET failed).
+// DisableReuse turns reuse off for this destination (its RSET failed) for
+// ReuseRetry; then it is tried again.
 func (d *Dest) DisableReuse() {
 	d.mu.Lock()
-	d.noReuse = true
+	d.noReuse = time.Now().Add(d.cfg.ReuseRetry)
 	d.mu.Unlock()
 }
 
@@ -238,11 +388,11 @@ func (d *Dest) TLSOff() bool {
 	return time.Now().Before(d.plainTil)
 }
 
-// ReuseEnabled reports whether connections to d may be reused.
+// ReuseEnabled reports whether connections to d may be reused now.
 func (d *Dest) ReuseEnabled() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return !d.noReuse
+	return !time.Now().Before(d.noReuse) && d.cfg.ReuseMaxRcpts > 0
 }
 
 func (d *Dest) expireIdle(ctx context.Context, now time.Time) {

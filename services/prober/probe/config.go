@@ -32,6 +32,11 @@ type Config struct {
 	BreakerOpen     time.Duration   `envconfig:"BREAKER_OPEN" default:"30s" desc:"how long a breaker stays open before one trial callout"`
 	ReuseMaxRcpts   int             `envconfig:"REUSE_MAX_RCPTS" default:"20" desc:"RCPTs on one connection before it is closed (0: no reuse)"`
 	IdleTimeout     time.Duration   `envconfig:"IDLE_TIMEOUT" default:"10s" desc:"how long an idle connection is kept for reuse"`
+	MaxNonMail      int             `envconfig:"MAX_NONMAIL" default:"8" desc:"non-mail commands (EHLO, STARTTLS, RSET) on one connection at most; Exim drops a connection after 10"`
+	ReuseRetry      time.Duration   `envconfig:"REUSE_RETRY" default:"10m" desc:"after a failed RSET switched reuse off for a host, try reuse again after this"`
+	BackoffQuiet    time.Duration   `envconfig:"BACKOFF_QUIET" default:"60s" desc:"a throttling host (421, 451 4.7.x, 452 4.5.3) gets half the rate and RCPTs per connection; each quiet period doubles them back"`
+	MaxWaiting      int             `envconfig:"MAX_WAITING" default:"1000" desc:"jobs held waiting for a busy destination host, without a worker"`
+	MXLimit         int             `envconfig:"MX_LIMIT" default:"5" desc:"MX hosts tried at most per callout (as Postfix's smtp_mx_address_limit)"`
 	RandomSecret    string          `envconfig:"RANDOM_SECRET" desc:"secret that derives each domain's catch-all probe local part (set it, the same on every instance)"`
 	DNSServer       string          `envconfig:"DNS_SERVER" desc:"DNS server host:port for MX lookups (default: the system resolver)"`
 	MXPort          int             `envconfig:"MX_PORT" default:"25" desc:"SMTP port of hosts found by MX lookup"`
@@ -50,6 +55,8 @@ func (c *Config) Validate() error {
 		return errors.New("CALLOUT_PROBER_MAX_CONNS must be at least 1")
 	case c.Rate <= 0:
 		return errors.New("CALLOUT_PROBER_RATE must be positive")
+	case c.MaxNonMail < 3 || c.MXLimit < 1 || c.MaxWaiting < 0:
+		return errors.New("CALLOUT_PROBER_MAX_NONMAIL at least 3, _MX_LIMIT at least 1, _MAX_WAITING not negative")
 	case c.MaxDeliver < 1:
 		return errors.New("CALLOUT_PROBER_MAX_DELIVER must be at least 1")
 	case c.AckWait < time.Second:

@@ -12,6 +12,7 @@ type metrics struct {
 	duration    prometheus.Histogram
 	connections *prometheus.CounterVec
 	inFlight    prometheus.Gauge
+	waiting     prometheus.Gauge
 	jobs        *prometheus.CounterVec
 }
 
@@ -28,13 +29,16 @@ func newMetrics(reg prometheus.Registerer, pool *destination.Pool, policyErrors 
 			Name: "callout_prober_connections_total", Help: "SMTP connections used, opened or reused.",
 		}, []string{"kind"}),
 		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "callout_prober_jobs_in_flight", Help: "Jobs being worked on.",
+			Name: "callout_prober_jobs_in_flight", Help: "Callouts under way.",
+		}),
+		waiting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "callout_prober_jobs_waiting", Help: "Jobs waiting for a busy destination host, without a worker.",
 		}),
 		jobs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "callout_prober_jobs_total", Help: "Jobs by outcome: done, garbage, gave_up, requeued.",
 		}, []string{"outcome"}),
 	}
-	reg.MustRegister(m.callouts, m.duration, m.connections, m.inFlight, m.jobs,
+	reg.MustRegister(m.callouts, m.duration, m.connections, m.inFlight, m.waiting, m.jobs,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "callout_prober_domain_policy_errors",
 			Help: "Domains whose stored policy does not parse (served by their last good policy, or callout with defaults).",

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -48,6 +49,8 @@ type Service struct {
 	resolver *resolve.Resolver
 	domains  *domains.Table
 	m        *metrics
+	waiting  atomic.Int64   // jobs waiting for a busy host, without a worker
+	parked   sync.WaitGroup // their goroutines
 }
 
 // New builds a prober on an open NATS connection. reg receives its metrics.
@@ -65,6 +68,7 @@ func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger)
 	s := &Service{cfg: cfg, log: log, nc: nc, js: js, names: subjects.New(cfg.NATS.Prefix), domains: domains.NewTable(nil)}
 	s.pool = destination.NewPool(destination.Config{
 		MaxConns: cfg.MaxConns, Rate: cfg.Rate, BreakerFailures: cfg.BreakerFailures, BreakerOpen: cfg.BreakerOpen,
+		MaxNonMail: cfg.MaxNonMail, ReuseRetry: cfg.ReuseRetry, BackoffQuiet: cfg.BackoffQuiet,
 		ReuseMaxRcpts: cfg.ReuseMaxRcpts, IdleTimeout: cfg.IdleTimeout, TLSFallback: cfg.TLSFallback,
 	}, func(host string, from, to gobreaker.State) {
 		log.Warn("destination breaker", "host", host, "from", from.String(), "to", to.String())
@@ -121,6 +125,7 @@ func (s *Service) Run(ctx context.Context) error {
 		}()
 	}
 	wg.Wait()
+	s.parked.Wait()
 	cctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	s.pool.Close(cctx)
 	cancel()
@@ -162,8 +167,6 @@ func (s *Service) worker(ctx context.Context, cons jetstream.Consumer) {
 }
 
 func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
-	s.m.inFlight.Inc()
-	defer s.m.inFlight.Dec()
 	var job wire.ProbeJob
 	if err := wire.Decode(msg.Data(), &job); err != nil {
 		s.log.Error("probe job refused", "subject", msg.Subject(), "err", err)
@@ -189,7 +192,8 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 		s.finish(ctx, msg, addr, job.Purpose, callout.Result{Address: v}, "gave_up")
 		return
 	}
-	// Heartbeat so a long dialogue is not redelivered to another prober.
+	// Heartbeat so a long dialogue, or a wait for a busy host, is not
+	// redelivered to another prober.
 	hbCtx, stopHB := context.WithCancel(ctx)
 	go func() {
 		t := time.NewTicker(max(s.cfg.AckWait/3, 200*time.Millisecond))
@@ -204,8 +208,55 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 		}
 	}()
 	start := time.Now()
-	res := s.probe(ctx, job, addr)
+	target, done := s.prepare(ctx, job, addr)
+	if done != nil {
+		stopHB()
+		s.complete(ctx, msg, job, addr, start, *done)
+		return
+	}
+	// The first host's slot is taken without waiting. A job whose host is
+	// busy (connections or rate) waits on its own goroutine, not on a
+	// worker: one slow destination cannot hold every worker.
+	d := s.pool.Get(target.Hosts[0])
+	var release func()
+	if !d.Open() {
+		var ok bool
+		if release, ok = d.TryAcquire(); !ok && s.waiting.Add(1) <= int64(s.cfg.MaxWaiting) {
+			s.m.waiting.Inc()
+			s.parked.Add(1)
+			go func() {
+				defer s.parked.Done()
+				defer s.m.waiting.Dec()
+				defer s.waiting.Add(-1)
+				release, err := d.Acquire(ctx)
+				if err != nil {
+					stopHB()
+					_ = msg.NakWithDelay(time.Second) // shutting down: another prober takes it
+					s.m.jobs.WithLabelValues("requeued").Inc()
+					return
+				}
+				s.run(ctx, msg, job, addr, target, release, stopHB, start)
+			}()
+			return
+		} else if !ok {
+			s.waiting.Add(-1) // too many waiting already: this worker waits
+		}
+	}
+	s.run(ctx, msg, job, addr, target, release, stopHB, start)
+}
+
+// run makes the callout (release, when set, holds the first host's slot)
+// and publishes its verdicts.
+func (s *Service) run(ctx context.Context, msg jetstream.Msg, job wire.ProbeJob, addr address.Address, target callout.Target, release, stopHB func(), start time.Time) {
+	s.m.inFlight.Inc()
+	defer s.m.inFlight.Dec()
+	res := s.verifier.VerifyHeld(ctx, target, release)
 	stopHB()
+	s.complete(ctx, msg, job, addr, start, res)
+}
+
+// complete stamps the verdicts with the callout's start and hands them on.
+func (s *Service) complete(ctx context.Context, msg jetstream.Msg, job wire.ProbeJob, addr address.Address, start time.Time, res callout.Result) {
 	// A verdict is as old as its callout's start: a flush between start and
 	// finish must win over it (see the cache).
 	res.Address.CheckedAt = start
@@ -273,9 +324,12 @@ func (s *Service) publish(ctx context.Context, subject string, v verdict.Verdict
 	return err
 }
 
-// probe finds the hosts and runs the callout. The ingest puts its routing
-// decision in the job; jobs without one (refresh jobs) use the policy table.
-func (s *Service) probe(ctx context.Context, job wire.ProbeJob, addr address.Address) callout.Result {
+// prepare finds the hosts to ask: the ingest puts its routing decision in
+// the job; jobs without one (refresh jobs) use the policy table. A failed
+// MX lookup is a result at once. An MX list is cut to MX_LIMIT hosts (like
+// Postfix's smtp_mx_address_limit), so a domain with 50 dead MX hosts
+// cannot burn the whole budget.
+func (s *Service) prepare(ctx context.Context, job wire.ProbeJob, addr address.Address) (callout.Target, *callout.Result) {
 	route, sender, fallback := job.Route, job.Sender, job.FallbackSender
 	if !job.Routed {
 		pol, known := s.domains.Lookup(addr.Domain)
@@ -289,11 +343,16 @@ func (s *Service) probe(ctx context.Context, job wire.ProbeJob, addr address.Add
 	} else {
 		hosts, err := s.resolver.MX(ctx, addr.Domain)
 		if err != nil {
-			return s.dnsResult(addr, job.Purpose, err)
+			r := s.dnsResult(addr, job.Purpose, err)
+			return target, &r
 		}
-		target.Hosts = hosts
+		target.Hosts = hosts[:min(len(hosts), s.cfg.MXLimit)]
 	}
-	return s.verifier.Verify(ctx, target)
+	if len(target.Hosts) == 0 {
+		r := s.verifier.Verify(ctx, target) // no destination: a tempfail
+		return target, &r
+	}
+	return target, nil
 }
 
 // dnsResult turns a failed MX lookup into a verdict. A sender domain that

@@ -30,6 +30,7 @@ func testConfig() Config {
 		MaxReplyLine: 2048, MaxReplyLines: 64, MaxReplyBytes: 16384, MaxConns: 2, Rate: 1000,
 		BreakerFailures: 5, BreakerOpen: time.Second, ReuseMaxRcpts: 20, IdleTimeout: time.Second,
 		RandomSecret: "s", AckWait: 2 * time.Second, MaxDeliver: 4, Replicas: 1,
+		MaxNonMail: 8, ReuseRetry: time.Minute, BackoffQuiet: time.Minute, MaxWaiting: 1000, MXLimit: 5,
 	}
 }
 

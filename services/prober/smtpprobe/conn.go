@@ -92,7 +92,12 @@ type Conn struct {
 	broken bool // a timeout or protocol error: no more commands, no QUIT
 
 	tlsRefused Reply // the reply to a refused STARTTLS
+	nonMail    int   // non-mail commands sent (EHLO, HELO, STARTTLS, RSET, NOOP)
 }
+
+// NonMail is the number of non-mail commands sent on the connection: Exim
+// drops a connection after 10 of them by default (smtp_accept_max_nonmail).
+func (c *Conn) NonMail() int { return c.nonMail }
 
 // Dial connects to host (host:port) and reads the banner. A banner that is
 // not 2xx is returned as the reply with a nil error; the connection is then
@@ -163,6 +168,10 @@ func (c *Conn) Cmd(ctx context.Context, st Stage, line string) (Reply, error) {
 	if strings.ContainsAny(line, "\r\n\x00") {
 		// Addresses are checked before they get here; this is the last guard.
 		return Reply{}, &Error{Stage: st, Host: c.host, Err: errors.New("refusing to send a command with CR, LF or NUL")}
+	}
+	switch st {
+	case StageEHLO, StageHELO, StageSTARTTLS, StageRset:
+		c.nonMail++
 	}
 	deadline := time.Now().Add(c.cfg.CommandTimeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {

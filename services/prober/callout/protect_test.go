@@ -1,0 +1,122 @@
+package callout
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/callout-mail/callout/services/prober/destination"
+	"github.com/callout-mail/callout/services/prober/smtpprobe"
+	"github.com/callout-mail/callout/shared/smtptest"
+	"github.com/callout-mail/callout/shared/verdict"
+	"github.com/callout-mail/callout/shared/waitfor"
+)
+
+func protectVerifier(dcfg destination.Config) (*Verifier, *destination.Pool) {
+	pool := destination.NewPool(dcfg, nil)
+	return New(Config{
+		SMTP:         smtpprobe.Config{ConnectTimeout: time.Second, BannerTimeout: time.Second, CommandTimeout: time.Second, HeloName: "verifier.test"},
+		RandomSecret: secret,
+	}, pool), pool
+}
+
+// A host that says it is overloaded or limits us slows down: its rate and
+// RCPTs per connection halve, and come back after a quiet period.
+func TestBackoff(t *testing.T) {
+	for _, reply := range []string{
+		"421 4.7.0 mx.test Error: too many connections",
+		"451 4.7.500 Server busy. Please try again later from [192.0.2.1]. (S77719)",
+		"450 4.7.1 Client host rejected: too many connections",
+		"452 4.5.3 Too many recipients (AS780090)",
+	} {
+		s := server(t, smtptest.Config{Rcpt: func(_, to string) string {
+			if strings.HasPrefix(to, "busy@") {
+				return reply
+			}
+			return "250 2.1.5 Ok"
+		}})
+		v, pool := protectVerifier(destination.Config{MaxConns: 2, Rate: 100, ReuseMaxRcpts: 8, IdleTimeout: time.Minute, BackoffQuiet: 300 * time.Millisecond})
+		r := v.Verify(context.Background(), Target{Address: addr(t, "busy@example.org"), Hosts: []string{s.Addr()}, SkipRandom: true})
+		if r.Address.Status == verdict.Invalid || r.Address.Status == verdict.Valid {
+			t.Fatalf("%s: verdict %s", reply, r.Address.Status)
+		}
+		d := pool.Get(s.Addr())
+		info := d.Info()
+		if info.Backoff < 1 || info.Rate > 50 || d.MaxRcpts() > 4 || info.LastReply == "" {
+			t.Fatalf("%s: not slowed: %+v, %d RCPTs per connection", reply, info, d.MaxRcpts())
+		}
+		// Quiet: step by step back to the configured figures.
+		waitfor.Cond(t, 5*time.Second, func() bool {
+			_, _ = d.TryAcquire() // taking a slot lets the host ease
+			return d.Info().Backoff == 0 && d.Info().Rate == 100 && d.MaxRcpts() == 8
+		})
+	}
+}
+
+// 452 4.5.3 (too many recipients) is no verdict: the RCPT is asked again
+// on a fresh connection.
+func TestTooManyRecipientsRetried(t *testing.T) {
+	var mu sync.Mutex
+	first := true
+	s := server(t, smtptest.Config{Rcpt: func(_, to string) string {
+		mu.Lock()
+		defer mu.Unlock()
+		if first {
+			first = false
+			return "452 4.5.3 Too many recipients"
+		}
+		return "550 5.1.1 <" + to + ">: Recipient address rejected: User unknown in local recipient table"
+	}})
+	v, _ := protectVerifier(destination.Config{MaxConns: 2, Rate: 100})
+	r := v.Verify(context.Background(), Target{Address: addr(t, "nobody@example.org"), Hosts: []string{s.Addr()}, SkipRandom: true})
+	if r.Address.Status != verdict.Invalid || s.Conns() != 2 {
+		t.Fatalf("verdict %s/%s after %d connections", r.Address.Status, r.Address.Reason, s.Conns())
+	}
+}
+
+// Reuse stays within what Exim tolerates (10 non-mail commands, RSET
+// counts): many callouts on reused connections, none dropped with 421, no
+// verdict lost.
+func TestReuseWithinNonMailLimit(t *testing.T) {
+	s := server(t, smtptest.Config{Mailboxes: []string{"alice@example.org"}, MaxNonMail: 10})
+	v, _ := protectVerifier(destination.Config{MaxConns: 1, Rate: 1000, ReuseMaxRcpts: 100, IdleTimeout: time.Minute})
+	for i := 0; i < 30; i++ {
+		a, want := "alice@example.org", verdict.Valid
+		if i%3 == 0 {
+			a, want = "nobody@example.org", verdict.Invalid
+		}
+		r := v.Verify(context.Background(), Target{Address: addr(t, a), Hosts: []string{s.Addr()}, SkipRandom: i%2 == 0})
+		if r.Address.Status != want {
+			t.Fatalf("callout %d: %s/%s", i, r.Address.Status, r.Address.Reason)
+		}
+	}
+	if n := s.Commands("421"); n != 0 {
+		t.Fatalf("the destination dropped %d connections for too many non-mail commands", n)
+	}
+	if s.Conns() >= 30 {
+		t.Fatalf("%d connections for 30 callouts: no reuse", s.Conns())
+	}
+}
+
+// A host whose RSET failed gets reuse back after a while.
+func TestReuseResumes(t *testing.T) {
+	s := server(t, smtptest.Config{Mailboxes: []string{"alice@example.org"}})
+	v, pool := protectVerifier(destination.Config{MaxConns: 1, Rate: 1000, ReuseMaxRcpts: 100, IdleTimeout: time.Minute, ReuseRetry: 300 * time.Millisecond})
+	d := pool.Get(s.Addr())
+	d.DisableReuse() // as after a failed RSET
+	if d.ReuseEnabled() {
+		t.Fatal("reuse still on")
+	}
+	waitfor.Cond(t, 5*time.Second, d.ReuseEnabled)
+	before := s.Conns()
+	for i := 0; i < 3; i++ {
+		if r := v.Verify(context.Background(), Target{Address: addr(t, "alice@example.org"), Hosts: []string{s.Addr()}, SkipRandom: true}); r.Address.Status != verdict.Valid {
+			t.Fatal(r.Address.Status)
+		}
+	}
+	if n := s.Conns() - before; n != 1 {
+		t.Fatalf("%d connections for 3 callouts once reuse resumed", n)
+	}
+}
