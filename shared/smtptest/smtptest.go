@@ -57,6 +57,7 @@ type Server struct {
 	mu     sync.Mutex
 	log    map[string]int // RCPT count per address
 	verbs  map[string]int // commands received, per verb
+	times  []time.Time    // when each connection was accepted
 	open   map[net.Conn]struct{}
 	done   chan struct{}
 	once   sync.Once
@@ -111,6 +112,13 @@ func (s *Server) Rcpts() int { return int(s.rcpts.Load()) }
 // Peak is the largest number of connections open at once.
 func (s *Server) Peak() int { return int(s.peak.Load()) }
 
+// Accepted is when each connection was accepted, in order.
+func (s *Server) Accepted() []time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]time.Time(nil), s.times...)
+}
+
 // Active is the number of connections open now.
 func (s *Server) Active() int { return int(s.active.Load()) }
 
@@ -161,6 +169,7 @@ func (s *Server) serve() {
 			s.peak.Store(n)
 		}
 		s.mu.Lock()
+		s.times = append(s.times, time.Now())
 		s.open[c] = struct{}{}
 		s.mu.Unlock()
 		s.wg.Add(1)

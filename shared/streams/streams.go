@@ -80,6 +80,27 @@ func CacheConfig(n subjects.Names, replicas int, maxAge time.Duration) jetstream
 	}
 }
 
+// LeasesConfig is the stream of destination limits across probers: memory,
+// per-message TTLs, one message per subject, no delete markers (an
+// expired lease simply goes).
+func LeasesConfig(n subjects.Names, replicas int) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:              n.LeaseStream(),
+		Description:       "callout destination limits across probers (connection slots, rate tokens)",
+		Subjects:          []string{n.LeaseAll()},
+		MaxMsgsPerSubject: 1,
+		AllowMsgTTL:       true,
+		MaxAge:            time.Hour,
+		Storage:           jetstream.MemoryStorage,
+		Replicas:          max(replicas, 1),
+	}
+}
+
+// Leases ensures the lease stream exists (see Ensure).
+func Leases(ctx context.Context, js jetstream.JetStream, n subjects.Names, replicas int) (jetstream.Stream, error) {
+	return Ensure(ctx, js, LeasesConfig(n, replicas))
+}
+
 // Probes ensures the probe job stream exists (see Ensure).
 func Probes(ctx context.Context, js jetstream.JetStream, n subjects.Names, replicas int) (jetstream.Stream, error) {
 	return Ensure(ctx, js, ProbesConfig(n, replicas))
@@ -155,7 +176,7 @@ func streamDiff(cur, want jetstream.StreamConfig) string {
 // the admin's one-time (or on-change) step. It returns what it did.
 func Setup(ctx context.Context, js jetstream.JetStream, n subjects.Names, replicas int, cacheMaxAge time.Duration) ([]string, error) {
 	var done []string
-	for _, cfg := range []jetstream.StreamConfig{ProbesConfig(n, replicas), VerdictsConfig(n, replicas)} {
+	for _, cfg := range []jetstream.StreamConfig{ProbesConfig(n, replicas), VerdictsConfig(n, replicas), LeasesConfig(n, replicas)} {
 		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
 			return done, fmt.Errorf("stream %s: %w", cfg.Name, err)
 		}

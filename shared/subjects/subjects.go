@@ -2,7 +2,10 @@
 // in one place, under a configurable prefix (default "callout").
 package subjects
 
-import "strings"
+import (
+	"strconv"
+	"strings"
+)
 
 // DefaultPrefix is the subject prefix when none is configured.
 const DefaultPrefix = "callout"
@@ -57,3 +60,17 @@ func (n Names) CacheBucket() string { return n.Prefix + "_cache" }
 
 // DomainsBucket is the KV bucket of per-domain policy.
 func (n Names) DomainsBucket() string { return n.Prefix + "_domains" }
+
+// LeaseStream holds destination limits across probers.
+func (n Names) LeaseStream() string { return strings.ToUpper(n.Prefix) + "_LEASES" }
+
+// LeaseAll matches every lease subject.
+func (n Names) LeaseAll() string { return n.Prefix + ".lease.>" }
+
+// Lease is one slot's subject: kind conn or rate, host a key token.
+func (n Names) Lease(kind, host string, slot int) string {
+	return n.Prefix + ".lease." + kind + "." + host + "." + strconv.Itoa(slot)
+}
+
+// ProberHosts asks every prober for its destination hosts.
+func (n Names) ProberHosts() string { return n.Prefix + ".prober.hosts" }

@@ -39,6 +39,7 @@ Usage:
                                    [-sender ADDR] [-fallback-sender ADDR]
   calloutctl [connection flags] domain (get DOMAIN | rm DOMAIN | ls)
   calloutctl [connection flags] setup [-replicas 1] [-cache-ttl 96h]
+  calloutctl [connection flags] hosts [-wait 1s] [-json]
 
 Connection flags (or CALLOUT_NATS_URL, CALLOUT_NATS_USER, CALLOUT_NATS_PASSWORD, CALLOUT_NATS_INBOX_PREFIX, CALLOUT_PREFIX):
 `
@@ -110,6 +111,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return a.domain(ctx, rest)
 	case "setup":
 		return a.setup(ctx, rest)
+	case "hosts":
+		return a.hosts(ctx, rest)
 	}
 	return fmt.Errorf("unknown command %q", cmd)
 }
@@ -391,6 +394,73 @@ func (a *app) setup(ctx context.Context, args []string) error {
 		fmt.Fprintf(a.out, "%s: ok\n", d)
 	}
 	return err
+}
+
+// proberHosts is one prober's answer on the hosts subject.
+type proberHosts struct {
+	Instance string `json:"instance"`
+	Waiting  int64  `json:"waiting"`
+	Hosts    []struct {
+		Host      string  `json:"host"`
+		Breaker   string  `json:"breaker"`
+		Rate      float64 `json:"rate"`
+		Backoff   int     `json:"backoff"`
+		InUse     int     `json:"in_use"`
+		Idle      int     `json:"idle"`
+		Reuse     bool    `json:"reuse"`
+		PlainText bool    `json:"plaintext"`
+		LastReply string  `json:"last_reply"`
+	} `json:"hosts"`
+}
+
+// hosts asks every prober for its destination hosts and lists them.
+func (a *app) hosts(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("hosts", flag.ContinueOnError)
+	wait := fs.Duration("wait", time.Second, "how long to collect the probers' answers")
+	asJSON := fs.Bool("json", false, "print the answers as JSON")
+	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
+		return errors.New("usage: hosts [-wait 1s] [-json]")
+	}
+	inbox := a.nc.NewRespInbox()
+	sub, err := a.nc.SubscribeSync(inbox)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := a.nc.PublishRequest(a.names.ProberHosts(), inbox, nil); err != nil {
+		return err
+	}
+	var all []proberHosts
+	deadline := time.Now().Add(*wait)
+	for {
+		m, err := sub.NextMsg(time.Until(deadline))
+		if err != nil {
+			break
+		}
+		var ph proberHosts
+		if json.Unmarshal(m.Data, &ph) == nil {
+			all = append(all, ph)
+		}
+	}
+	if *asJSON {
+		return a.printJSON(all)
+	}
+	if len(all) == 0 {
+		return errors.New("hosts: no prober answered")
+	}
+	tw := tabwriter.NewWriter(a.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PROBER\tHOST\tBREAKER\tRATE/S\tBACKOFF\tIN USE\tIDLE\tREUSE\tTLS\tLAST REPLY")
+	for _, ph := range all {
+		for _, h := range ph.Hosts {
+			tlsState := "ok"
+			if h.PlainText {
+				tlsState = "plaintext"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%.2f\t%d\t%d\t%d\t%v\t%s\t%s\n", ph.Instance, h.Host, h.Breaker, h.Rate, h.Backoff, h.InUse, h.Idle, h.Reuse, tlsState, h.LastReply)
+		}
+		fmt.Fprintf(tw, "%s\t(%d jobs waiting for busy hosts)\n", ph.Instance, ph.Waiting)
+	}
+	return tw.Flush()
 }
 
 func split(s string) []string {

@@ -49,7 +49,9 @@ func TestBackoff(t *testing.T) {
 		}
 		// Quiet: step by step back to the configured figures.
 		waitfor.Cond(t, 5*time.Second, func() bool {
-			_, _ = d.TryAcquire() // taking a slot lets the host ease
+			if release, ok := d.TryAcquire(context.Background()); ok { // taking a slot lets the host ease
+				release()
+			}
 			return d.Info().Backoff == 0 && d.Info().Rate == 100 && d.MaxRcpts() == 8
 		})
 	}

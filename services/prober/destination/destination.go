@@ -6,6 +6,7 @@ package destination
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
 	"sort"
 	"sync"
 	"time"
@@ -37,12 +38,31 @@ type Config struct {
 	BackoffQuiet    time.Duration // a throttled host recovers one step per quiet period
 }
 
+// Fleet holds a host's limits across every prober (package lease). It
+// returns ErrBusy-like errors (Busy reports them) when the host is at its
+// limit.
+type Fleet interface {
+	TryAcquire(ctx context.Context, host string) (release func(), err error)
+	Busy(err error) bool
+}
+
 // Pool holds one Dest per host.
 type Pool struct {
-	cfg     Config
-	onState func(host string, from, to gobreaker.State)
-	mu      sync.Mutex
-	dests   map[string]*Dest
+	cfg        Config
+	onState    func(host string, from, to gobreaker.State)
+	mu         sync.Mutex
+	dests      map[string]*Dest
+	fleet      Fleet
+	onFleetErr func(host string, err error)
+}
+
+// SetFleet makes every host's limits hold across the fleet. onErr hears
+// failures to ask it; then the local limits alone apply (fail open: the
+// callouts go on, within this prober's limits).
+func (p *Pool) SetFleet(f Fleet, onErr func(host string, err error)) {
+	p.mu.Lock()
+	p.fleet, p.onFleetErr = f, onErr
+	p.mu.Unlock()
 }
 
 // NewPool returns an empty pool. onState (may be nil) hears breaker changes.
@@ -76,6 +96,7 @@ func NewPool(cfg Config, onState func(host string, from, to gobreaker.State)) *P
 
 // Dest is one destination host.
 type Dest struct {
+	pool     *Pool
 	host     string
 	cfg      Config
 	cb       *gobreaker.CircuitBreaker[struct{}]
@@ -109,7 +130,7 @@ func (p *Pool) Get(host string) *Dest {
 	d, ok := p.dests[host]
 	if !ok {
 		d = &Dest{
-			host: host, cfg: p.cfg,
+			host: host, cfg: p.cfg, pool: p,
 			sem: make(chan struct{}, p.cfg.MaxConns),
 			lim: rate.NewLimiter(rate.Limit(p.cfg.Rate), max(1, p.cfg.MaxConns)),
 		}
@@ -181,24 +202,40 @@ func (p *Pool) Close(ctx context.Context) {
 	}
 }
 
-// Acquire waits for a connection slot and a rate token. Jobs wait; none are dropped.
+// Acquire waits for a connection slot and a rate token, here and across
+// the fleet. Jobs wait; none are dropped.
 func (d *Dest) Acquire(ctx context.Context) (release func(), err error) {
-	d.ease()
-	select {
-	case d.sem <- struct{}{}:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	if err := d.lim.Wait(ctx); err != nil {
+	wait := 20 * time.Millisecond
+	for {
+		d.ease()
+		select {
+		case d.sem <- struct{}{}:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if err := d.lim.Wait(ctx); err != nil {
+			<-d.sem
+			return nil, err
+		}
+		fleet, ok := d.fleetSlot(ctx)
+		if ok {
+			return d.taken(fleet), nil
+		}
 		<-d.sem
-		return nil, err
+		// Another prober holds the host's slots: look again a little later.
+		select {
+		case <-time.After(wait + rand.N(wait)):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		wait = min(2*wait, 500*time.Millisecond)
 	}
-	return d.taken(), nil
 }
 
-// TryAcquire takes a connection slot and a rate token if both are free now;
-// otherwise it takes nothing. A job that cannot start waits without a worker.
-func (d *Dest) TryAcquire() (release func(), ok bool) {
+// TryAcquire takes a connection slot and a rate token if both are free now,
+// here and across the fleet; otherwise it takes nothing. A job that cannot
+// start waits without a worker.
+func (d *Dest) TryAcquire(ctx context.Context) (release func(), ok bool) {
 	d.ease()
 	select {
 	case d.sem <- struct{}{}:
@@ -209,16 +246,46 @@ func (d *Dest) TryAcquire() (release func(), ok bool) {
 		<-d.sem
 		return nil, false
 	}
-	return d.taken(), true
+	fleet, ok := d.fleetSlot(ctx)
+	if !ok {
+		<-d.sem
+		return nil, false
+	}
+	return d.taken(fleet), true
 }
 
-func (d *Dest) taken() func() {
+// fleetSlot takes the host's fleet-wide slot, when there is a fleet. ok is
+// false only when the host is at its fleet-wide limit.
+func (d *Dest) fleetSlot(ctx context.Context) (release func(), ok bool) {
+	d.pool.mu.Lock()
+	f, onErr := d.pool.fleet, d.pool.onFleetErr
+	d.pool.mu.Unlock()
+	if f == nil {
+		return nil, true
+	}
+	release, err := f.TryAcquire(ctx, d.host)
+	switch {
+	case err == nil:
+		return release, true
+	case f.Busy(err):
+		return nil, false
+	}
+	if onErr != nil {
+		onErr(d.host, err)
+	}
+	return nil, true
+}
+
+func (d *Dest) taken(fleet func()) func() {
 	d.mu.Lock()
 	d.inUse++
 	d.mu.Unlock()
 	var once sync.Once
 	return func() {
 		once.Do(func() {
+			if fleet != nil {
+				fleet()
+			}
 			d.mu.Lock()
 			d.inUse--
 			d.mu.Unlock()

@@ -26,8 +26,10 @@ type Config struct {
 	MaxReplyLine    int             `envconfig:"MAX_REPLY_LINE" default:"2048" desc:"longest reply line accepted (bytes)"`
 	MaxReplyLines   int             `envconfig:"MAX_REPLY_LINES" default:"64" desc:"most lines in one reply"`
 	MaxReplyBytes   int             `envconfig:"MAX_REPLY_BYTES" default:"16384" desc:"largest reply accepted (bytes)"`
-	MaxConns        int             `envconfig:"MAX_CONNS" default:"2" desc:"connections at once per destination host"`
-	Rate            float64         `default:"10" desc:"callouts per second per destination host"`
+	MaxConns        int             `envconfig:"MAX_CONNS" default:"2" desc:"connections at once per destination host, all probers together"`
+	Rate            float64         `default:"10" desc:"callouts per second per destination host, all probers together"`
+	FleetLimits     bool            `envconfig:"FLEET_LIMITS" default:"true" desc:"hold MAX_CONNS and RATE across every prober through NATS leases (false: per instance)"`
+	LeaseTTL        time.Duration   `envconfig:"LEASE_TTL" default:"30s" desc:"a fleet-wide connection slot's lease, renewed while in use: what a dead prober keeps at most"`
 	BreakerFailures uint32          `envconfig:"BREAKER_FAILURES" default:"5" desc:"consecutive failures (refused, timeout, 421) that open a host's breaker"`
 	BreakerOpen     time.Duration   `envconfig:"BREAKER_OPEN" default:"30s" desc:"how long a breaker stays open before one trial callout"`
 	ReuseMaxRcpts   int             `envconfig:"REUSE_MAX_RCPTS" default:"20" desc:"RCPTs on one connection before it is closed (0: no reuse)"`
@@ -57,6 +59,8 @@ func (c *Config) Validate() error {
 		return errors.New("CALLOUT_PROBER_RATE must be positive")
 	case c.MaxNonMail < 3 || c.MXLimit < 1 || c.MaxWaiting < 0:
 		return errors.New("CALLOUT_PROBER_MAX_NONMAIL at least 3, _MX_LIMIT at least 1, _MAX_WAITING not negative")
+	case c.FleetLimits && c.LeaseTTL < 3*time.Second:
+		return errors.New("CALLOUT_PROBER_LEASE_TTL must be at least 3s")
 	case c.MaxDeliver < 1:
 		return errors.New("CALLOUT_PROBER_MAX_DELIVER must be at least 1")
 	case c.AckWait < time.Second:

@@ -14,6 +14,7 @@ type metrics struct {
 	inFlight    prometheus.Gauge
 	waiting     prometheus.Gauge
 	jobs        *prometheus.CounterVec
+	leaseErrors prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, pool *destination.Pool, policyErrors func() int) *metrics {
@@ -38,7 +39,10 @@ func newMetrics(reg prometheus.Registerer, pool *destination.Pool, policyErrors 
 			Name: "callout_prober_jobs_total", Help: "Jobs by outcome: done, garbage, gave_up, requeued.",
 		}, []string{"outcome"}),
 	}
-	reg.MustRegister(m.callouts, m.duration, m.connections, m.inFlight, m.waiting, m.jobs,
+	m.leaseErrors = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "callout_prober_lease_errors_total", Help: "Fleet-wide limits that could not be asked (the prober's own limits applied).",
+	})
+	reg.MustRegister(m.callouts, m.duration, m.connections, m.inFlight, m.waiting, m.jobs, m.leaseErrors,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "callout_prober_domain_policy_errors",
 			Help: "Domains whose stored policy does not parse (served by their last good policy, or callout with defaults).",

@@ -3,20 +3,24 @@ package probe
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sony/gobreaker/v2"
 
 	"github.com/callout-mail/callout/services/prober/callout"
 	"github.com/callout-mail/callout/services/prober/destination"
+	"github.com/callout-mail/callout/services/prober/lease"
 	"github.com/callout-mail/callout/services/prober/resolve"
 	"github.com/callout-mail/callout/services/prober/smtpprobe"
 	"github.com/callout-mail/callout/shared/address"
@@ -49,6 +53,7 @@ type Service struct {
 	resolver *resolve.Resolver
 	domains  *domains.Table
 	m        *metrics
+	instance string
 	waiting  atomic.Int64   // jobs waiting for a busy host, without a worker
 	parked   sync.WaitGroup // their goroutines
 }
@@ -65,7 +70,9 @@ func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger)
 		_, _ = rand.Read(secret)
 		log.Warn("CALLOUT_PROBER_RANDOM_SECRET is not set: the catch-all probe address changes at each start and differs between instances")
 	}
-	s := &Service{cfg: cfg, log: log, nc: nc, js: js, names: subjects.New(cfg.NATS.Prefix), domains: domains.NewTable(nil)}
+	host, _ := os.Hostname()
+	s := &Service{cfg: cfg, log: log, nc: nc, js: js, names: subjects.New(cfg.NATS.Prefix), domains: domains.NewTable(nil),
+		instance: fmt.Sprintf("%s/%d/%s", host, os.Getpid(), nuid.Next()[:6])}
 	s.pool = destination.NewPool(destination.Config{
 		MaxConns: cfg.MaxConns, Rate: cfg.Rate, BreakerFailures: cfg.BreakerFailures, BreakerOpen: cfg.BreakerOpen,
 		MaxNonMail: cfg.MaxNonMail, ReuseRetry: cfg.ReuseRetry, BackoffQuiet: cfg.BackoffQuiet,
@@ -108,13 +115,30 @@ func (s *Service) Run(ctx context.Context) error {
 			}
 			watching = true
 		}
+		if s.cfg.FleetLimits {
+			if _, err := streams.Leases(ctx, s.js, s.names, s.cfg.Replicas); streams.Warn(s.log, err) != nil {
+				return err
+			}
+		}
 		cons, err = streams.Workers(ctx, s.js, s.names.ProbeStream(), s.names.ProbeConsumer(), s.cfg.AckWait, s.cfg.Replicas)
 		return err
 	})
 	if err != nil {
 		return err
 	}
-	s.log.Info("prober running", "workers", s.cfg.Workers, "stream", s.names.ProbeStream())
+	if s.cfg.FleetLimits {
+		s.pool.SetFleet(lease.New(lease.Config{MaxConns: s.cfg.MaxConns, Rate: s.cfg.Rate, TTL: s.cfg.LeaseTTL, Instance: s.instance}, s.nc, s.js, s.names),
+			func(host string, err error) {
+				s.m.leaseErrors.Inc()
+				s.log.Warn("fleet-wide limits unavailable; this prober's own limits apply", "host", host, "err", err)
+			})
+	}
+	hosts, err := s.nc.Subscribe(s.names.ProberHosts(), s.answerHosts)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = hosts.Unsubscribe() }()
+	s.log.Info("prober running", "workers", s.cfg.Workers, "stream", s.names.ProbeStream(), "fleet_limits", s.cfg.FleetLimits)
 	go s.sweep(ctx)
 	var wg sync.WaitGroup
 	for i := 0; i < s.cfg.Workers; i++ {
@@ -142,6 +166,22 @@ func (s *Service) sweep(ctx context.Context) {
 		case <-t.C:
 			s.pool.Sweep(ctx, time.Hour)
 		}
+	}
+}
+
+// HostsReply is a prober's answer on the hosts subject.
+type HostsReply struct {
+	Instance string             `json:"instance"`
+	Waiting  int64              `json:"waiting"`
+	Hosts    []destination.Info `json:"hosts"`
+}
+
+// answerHosts tells an operator about this prober's destination hosts, the
+// busiest first (at most 100).
+func (s *Service) answerHosts(m *nats.Msg) {
+	b, err := json.Marshal(HostsReply{Instance: s.instance, Waiting: s.waiting.Load(), Hosts: s.pool.Hosts(100)})
+	if err == nil {
+		_ = m.Respond(b)
 	}
 }
 
@@ -221,7 +261,7 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 	var release func()
 	if !d.Open() {
 		var ok bool
-		if release, ok = d.TryAcquire(); !ok && s.waiting.Add(1) <= int64(s.cfg.MaxWaiting) {
+		if release, ok = d.TryAcquire(ctx); !ok && s.waiting.Add(1) <= int64(s.cfg.MaxWaiting) {
 			s.m.waiting.Inc()
 			s.parked.Add(1)
 			go func() {
