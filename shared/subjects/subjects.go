@@ -74,3 +74,10 @@ func (n Names) Lease(kind, host string, slot int) string {
 
 // ProberHosts asks every prober for its destination hosts.
 func (n Names) ProberHosts() string { return n.Prefix + ".prober.hosts" }
+
+// NearCacheSync asks every ingest to confirm it applied the cache bucket up
+// to a revision (a flush record) before a flush is answered.
+func (n Names) NearCacheSync() string { return n.Prefix + ".nearcache.sync" }
+
+// NearCacheHello is where an ingest says it keeps a near cache.
+func (n Names) NearCacheHello() string { return n.Prefix + ".nearcache.hello" }

@@ -501,14 +501,12 @@ func (b *bench) protection(bin string) error {
 	}
 	defer slow.Close()
 	route := map[string]string{"slow.bench": slow.Addr()}
-	var dests []*smtptest.Server
 	for i := 0; i < 50; i++ {
 		d, err := mailDest(func(string) bool { return false })
 		if err != nil {
 			return err
 		}
 		defer d.Close()
-		dests = append(dests, d)
 		route[fmt.Sprintf("n%d.bench", i)] = d.Addr()
 	}
 	if err := b.policies(route); err != nil {

@@ -339,30 +339,30 @@ func (s *Store) flushRecord(ctx context.Context, key string) (flushRecord, uint6
 // only. Every cachekeeper applies every flush: the record keeps the latest.
 // It lives as long as the longest TTL, past which no verdict it could
 // cover would be stored anyway.
-func (s *Store) record(ctx context.Context, key string, only verdict.Status, now time.Time) error {
+func (s *Store) record(ctx context.Context, key string, only verdict.Status, now time.Time) (uint64, error) {
 	subject := "$KV." + s.bucket + "." + key
 	ttl := s.ttls.longest()
 	for attempt := 0; attempt < 8; attempt++ {
 		r, last, err := s.flushRecord(ctx, key)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if slot := r.slot(only); now.After(*slot) {
 			*slot = now
 		}
 		data, _ := json.Marshal(r)
-		_, err = s.js.PublishMsg(ctx, &nats.Msg{Subject: subject, Data: data},
+		ack, err := s.js.PublishMsg(ctx, &nats.Msg{Subject: subject, Data: data},
 			jetstream.WithMsgTTL(ttl), jetstream.WithExpectLastSequencePerSubject(last))
 		if err == nil {
-			return nil
+			return ack.Sequence, nil
 		}
 		var apiErr *jetstream.APIError
 		if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
 			continue
 		}
-		return fmt.Errorf("record flush %s: %w", key, err)
+		return 0, fmt.Errorf("record flush %s: %w", key, err)
 	}
-	return ErrConflict
+	return 0, ErrConflict
 }
 
 // live decodes a stored message, reporting false for delete and expiry
@@ -448,10 +448,11 @@ func forAddress(fact verdict.Verdict, addr address.Address) *verdict.Verdict {
 	return &fact
 }
 
-// Flush removes entries in the command's scope and returns how many. It
-// first records the flush, so that a verdict whose callout started before
-// it and arrives later is not stored (Put).
-func (s *Store) Flush(ctx context.Context, c wire.FlushCommand) (uint64, error) {
+// Flush removes entries in the command's scope and returns how many, with
+// the bucket revision of its flush record. It first records the flush, so
+// that a verdict whose callout started before it and arrives later is not
+// stored (Put), and the ingests' near caches drop what it covers.
+func (s *Store) Flush(ctx context.Context, c wire.FlushCommand) (removed, rev uint64, err error) {
 	var filters []string
 	var rec string
 	switch c.Scope {
@@ -460,7 +461,7 @@ func (s *Store) Flush(ctx context.Context, c wire.FlushCommand) (uint64, error) 
 	case wire.ScopeDomain:
 		d, err := address.NormalizeDomain(c.Domain)
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		filters, rec = kvkey.DomainFilters(d), kvkey.FlushDomain(d)
 		if c.Only != "" {
@@ -469,30 +470,29 @@ func (s *Store) Flush(ctx context.Context, c wire.FlushCommand) (uint64, error) 
 	case wire.ScopeAddress:
 		a, err := address.Parse(c.Address)
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		filters, rec = kvkey.AddressFilters(a.Domain, a.Local), kvkey.FlushAddress(a.Domain, a.Local)
 	default:
-		return 0, fmt.Errorf("unknown flush scope %q", c.Scope)
+		return 0, 0, fmt.Errorf("unknown flush scope %q", c.Scope)
 	}
-	if err := s.record(ctx, rec, c.Only, s.now()); err != nil {
-		return 0, err
+	if rev, err = s.record(ctx, rec, c.Only, s.now()); err != nil {
+		return 0, 0, err
 	}
-	var removed uint64
 	if c.Only == "" {
 		for _, f := range filters {
 			n, err := s.purge(ctx, "$KV."+s.bucket+"."+f)
 			removed += n
 			if err != nil {
-				return removed, err
+				return removed, rev, err
 			}
 		}
-		return removed, nil
+		return removed, rev, nil
 	}
 	// Only valid or only invalid: entries must be read to know their status.
 	lister, err := s.kv.ListKeysFiltered(ctx, filters...)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	var keys []string
 	for k := range lister.Keys() {
@@ -501,7 +501,7 @@ func (s *Store) Flush(ctx context.Context, c wire.FlushCommand) (uint64, error) 
 	for _, k := range keys {
 		v, ok, err := s.get(ctx, k)
 		if err != nil {
-			return removed, err
+			return removed, rev, err
 		}
 		if !ok || v.Status != c.Only {
 			continue
@@ -509,10 +509,10 @@ func (s *Store) Flush(ctx context.Context, c wire.FlushCommand) (uint64, error) 
 		n, err := s.purge(ctx, "$KV."+s.bucket+"."+k)
 		removed += n
 		if err != nil {
-			return removed, err
+			return removed, rev, err
 		}
 	}
-	return removed, nil
+	return removed, rev, nil
 }
 
 // purge removes every message on subject (a filter) with one API call and

@@ -257,12 +257,12 @@ func TestFlush(t *testing.T) {
 		{wire.FlushCommand{Scope: wire.ScopeAll}, 8, []string{"a@one.example", "x@one.example", "y@two.example"}, nil},
 	}
 	for _, tt := range tests {
-		if _, err := s.Flush(context.Background(), wire.FlushCommand{Scope: wire.ScopeAll}); err != nil {
+		if _, _, err := s.Flush(context.Background(), wire.FlushCommand{Scope: wire.ScopeAll}); err != nil {
 			t.Fatal(err)
 		}
 		fill()
 		before := count()
-		n, err := s.Flush(context.Background(), tt.cmd)
+		n, _, err := s.Flush(context.Background(), tt.cmd)
 		if err != nil || n != tt.removed {
 			t.Fatalf("%+v: removed %d, %v; want %d", tt.cmd, n, err, tt.removed)
 		}
@@ -288,10 +288,10 @@ func TestFlush(t *testing.T) {
 		}
 	}
 	// Flushing is idempotent.
-	if n, err := s.Flush(context.Background(), wire.FlushCommand{Scope: wire.ScopeAll}); err != nil || n != 0 {
+	if n, _, err := s.Flush(context.Background(), wire.FlushCommand{Scope: wire.ScopeAll}); err != nil || n != 0 {
 		t.Fatalf("second flush removed %d, %v", n, err)
 	}
-	if _, err := s.Flush(context.Background(), wire.FlushCommand{Scope: wire.ScopeAddress, Address: "not an address"}); err == nil {
+	if _, _, err := s.Flush(context.Background(), wire.FlushCommand{Scope: wire.ScopeAddress, Address: "not an address"}); err == nil {
 		t.Fatal("bad address flushed")
 	}
 }
@@ -344,7 +344,7 @@ func TestViewsApart(t *testing.T) {
 		t.Fatalf("legacy entry read: %+v", r)
 	}
 	// ...and a domain flush removes them too.
-	if _, err := s.Flush(context.Background(), wire.FlushCommand{Scope: wire.ScopeDomain, Domain: "corp.example"}); err != nil {
+	if _, _, err := s.Flush(context.Background(), wire.FlushCommand{Scope: wire.ScopeDomain, Domain: "corp.example"}); err != nil {
 		t.Fatal(err)
 	}
 	if entries(t, s) != 0 {
@@ -364,7 +364,7 @@ func TestFlushRecords(t *testing.T) {
 		{Scope: wire.ScopeDomain, Domain: "two.example"},
 		{Scope: wire.ScopeDomain, Domain: "three.example", Only: verdict.Invalid},
 	} {
-		if _, err := s.Flush(ctx, c); err != nil {
+		if _, _, err := s.Flush(ctx, c); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -379,7 +379,7 @@ func TestFlushRecords(t *testing.T) {
 	put(t, s, addrVerdict("a@one.example", verdict.Invalid, 550, after), Written)
 	put(t, s, addrVerdict("a@two.example", verdict.Valid, 250, after), Written)
 	// A flush of everything covers every domain; records survive it.
-	if _, err := s.Flush(ctx, wire.FlushCommand{Scope: wire.ScopeAll}); err != nil {
+	if _, _, err := s.Flush(ctx, wire.FlushCommand{Scope: wire.ScopeAll}); err != nil {
 		t.Fatal(err)
 	}
 	put(t, s, addrVerdict("c@four.example", verdict.Valid, 250, after), Flushed)

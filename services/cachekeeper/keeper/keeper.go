@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"encoding/json"
+	"strconv"
 	"sync"
 	"time"
 
@@ -79,6 +81,7 @@ type Service struct {
 	refresh map[string]time.Time // key -> last background re-probe
 	ready   chan struct{}
 	pool    *microasync.Pool
+	ingests map[string]time.Time // running ingests (micro id) and when last seen
 }
 
 // Ready is closed once the service stores verdicts and answers requests.
@@ -90,7 +93,7 @@ func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger)
 	if err != nil {
 		return nil, err
 	}
-	return &Service{cfg: cfg, log: log, nc: nc, js: js, names: subjects.New(cfg.NATS.Prefix), m: newMetrics(reg), refresh: map[string]time.Time{}, ready: make(chan struct{})}, nil
+	return &Service{cfg: cfg, log: log, nc: nc, js: js, names: subjects.New(cfg.NATS.Prefix), m: newMetrics(reg), refresh: map[string]time.Time{}, ingests: map[string]time.Time{}, ready: make(chan struct{})}, nil
 }
 
 // Run serves until ctx ends.
@@ -126,6 +129,7 @@ func (s *Service) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("consume verdicts: %w", err)
 	}
+	go s.trackIngests(ctx)
 	svc, err := s.serve(ctx)
 	if err != nil {
 		cc.Stop()
@@ -293,11 +297,14 @@ func (s *Service) flush(ctx context.Context, r micro.Request) {
 	fctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	start := time.Now()
-	n, err := s.store.Flush(fctx, cmd)
+	n, rev, err := s.store.Flush(fctx, cmd)
 	rep := wire.FlushReply{Removed: n}
 	if err != nil {
 		rep.Error = err.Error()
 		s.log.Error("flush failed", "scope", cmd.Scope, "err", err)
+	}
+	if rev != 0 {
+		s.syncIngests(fctx, rev)
 	}
 	s.m.flushes.WithLabelValues(cmd.Scope).Inc()
 	s.m.removed.Add(float64(n))
@@ -312,6 +319,91 @@ func (s *Service) flush(ctx context.Context, r micro.Request) {
 		return
 	}
 	_ = r.Respond(b)
+}
+
+// trackIngests keeps the set of running ingests, so that a flush knows how
+// many confirmations to wait for without asking each time: an ingest says
+// hello when it starts keeping a near cache, and a micro ping every few
+// seconds finds who is still there.
+func (s *Service) trackIngests(ctx context.Context) {
+	hello, err := s.nc.Subscribe(s.names.NearCacheHello(), func(m *nats.Msg) {
+		s.sawIngest(string(m.Data), time.Now())
+	})
+	if err == nil {
+		defer func() { _ = hello.Unsubscribe() }()
+	}
+	for {
+		start := time.Now()
+		inbox := s.nc.NewRespInbox()
+		if sub, err := s.nc.SubscribeSync(inbox); err == nil {
+			if err := s.nc.PublishRequest("$SRV.PING.callout-ingest", inbox, nil); err == nil {
+				for {
+					m, err := sub.NextMsg(200 * time.Millisecond)
+					if err != nil {
+						break
+					}
+					var ping struct {
+						ID string `json:"id"`
+					}
+					if json.Unmarshal(m.Data, &ping) == nil && ping.ID != "" {
+						s.sawIngest(ping.ID, time.Now())
+					}
+				}
+			}
+			_ = sub.Unsubscribe()
+		}
+		s.mu.Lock()
+		for id, seen := range s.ingests {
+			if seen.Before(start) {
+				delete(s.ingests, id) // did not answer this ping: gone
+			}
+		}
+		s.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(5 * time.Second):
+		}
+	}
+}
+
+func (s *Service) sawIngest(id string, at time.Time) {
+	s.mu.Lock()
+	s.ingests[id] = at
+	s.mu.Unlock()
+}
+
+// syncIngests waits until the running ingests have applied the flush record
+// (bucket revision rev) to their near caches, so that once the flush is
+// answered no ingest serves what it removed. One that does not confirm
+// within a few seconds is logged.
+func (s *Service) syncIngests(ctx context.Context, rev uint64) {
+	s.mu.Lock()
+	count := len(s.ingests)
+	s.mu.Unlock()
+	if count == 0 {
+		return
+	}
+	inbox := s.nc.NewRespInbox()
+	sub, err := s.nc.SubscribeSync(inbox)
+	if err != nil {
+		return
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := s.nc.PublishRequest(s.names.NearCacheSync(), inbox, []byte(strconv.FormatUint(rev, 10))); err != nil {
+		return
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for got := 0; got < count; got++ {
+		m, err := sub.NextMsg(time.Until(deadline))
+		if err != nil {
+			s.log.Warn("flush: not every ingest confirmed it; a near cache may serve removed entries briefly", "ingests", count, "confirmed", got)
+			return
+		}
+		if string(m.Data) != "true" {
+			s.log.Warn("flush: an ingest had not applied the flush record in time")
+		}
+	}
 }
 
 // NATSConfig is the connection part of the settings.

@@ -18,6 +18,7 @@ type Config struct {
 	MaxTimeout           time.Duration   `envconfig:"MAX_TIMEOUT" default:"25s" desc:"cap on a request's own deadline"`
 	LookupTimeout        time.Duration   `envconfig:"LOOKUP_TIMEOUT" default:"1s" desc:"wait for the cache; then go on as a miss"`
 	Workers              int             `default:"2048" desc:"requests handled at once"`
+	NearCacheEntries     int             `envconfig:"NEAR_CACHE_ENTRIES" default:"100000" desc:"cache hits kept in this ingest, answered with no further hop (0: off)"`
 	PendingRetry         time.Duration   `envconfig:"PENDING_RETRY" default:"500ms" desc:"while another's job for an address is pending and its verdict was not seen, try to queue one this often"`
 	Replicas             int             `default:"1" desc:"JetStream replicas of streams and buckets"`
 	UnknownDomains       string          `envconfig:"UNKNOWN_DOMAINS" default:"accept" desc:"recipient domains without a policy: accept (unverifiable; relay control stays with the MTA), reject (550 5.7.1) or callout (by MX)"`
@@ -48,6 +49,8 @@ func (c *Config) Validate() error {
 		return errors.New("CALLOUT_INGEST_TIMEOUT, _MAX_TIMEOUT, _LOOKUP_TIMEOUT and _PENDING_RETRY must be positive")
 	case c.BrakeMaxClients < 1 || c.BrakeIPv6Prefix < 1 || c.BrakeIPv6Prefix > 128:
 		return errors.New("CALLOUT_INGEST_BRAKE_MAX_CLIENTS must be at least 1, _BRAKE_IPV6_PREFIX 1 to 128")
+	case c.NearCacheEntries < 0:
+		return errors.New("CALLOUT_INGEST_NEAR_CACHE_ENTRIES must not be negative")
 	case c.Workers < 1:
 		return errors.New("CALLOUT_INGEST_WORKERS must be at least 1")
 	case c.UnknownDomains != "accept" && c.UnknownDomains != "reject" && c.UnknownDomains != "callout":

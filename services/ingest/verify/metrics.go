@@ -1,6 +1,10 @@
 package verify
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/callout-mail/callout/services/ingest/nearcache"
+)
 
 type metrics struct {
 	requests  *prometheus.CounterVec
@@ -11,7 +15,7 @@ type metrics struct {
 	shed      prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer, policyErrors func() int) *metrics {
+func newMetrics(reg prometheus.Registerer, policyErrors func() int, near *nearcache.Cache) *metrics {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "callout_ingest_requests_total", Help: "Verify requests by action and verdict source (cache, probe, static, error).",
@@ -33,6 +37,13 @@ func newMetrics(reg prometheus.Registerer, policyErrors func() int) *metrics {
 	m.shed = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "callout_ingest_shed_total", Help: "Requests answered 451 4.3.2 at once because every worker was busy.",
 	})
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "callout_ingest_near_cache_entries", Help: "Cache hits held in this ingest."},
+			func() float64 { n, _, _ := near.Stats(); return float64(n) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "callout_ingest_near_cache_hits_total", Help: "Lookups answered by the near cache."},
+			func() float64 { _, h, _ := near.Stats(); return float64(h) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "callout_ingest_near_cache_misses_total", Help: "Lookups the near cache could not answer."},
+			func() float64 { _, _, m := near.Stats(); return float64(m) }))
 	reg.MustRegister(m.requests, m.latency, m.coalesced, m.deadlines, m.braked, m.shed,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "callout_ingest_domain_policy_errors",

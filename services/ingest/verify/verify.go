@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -17,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/callout-mail/callout/services/ingest/brake"
+	"github.com/callout-mail/callout/services/ingest/nearcache"
 	"github.com/callout-mail/callout/services/ingest/policyd"
 	"github.com/callout-mail/callout/shared/address"
 	"github.com/callout-mail/callout/shared/backoff"
@@ -63,6 +66,8 @@ type Service struct {
 	mu      sync.Mutex
 	flights map[string]*flight
 	ready   chan struct{}
+	near    *nearcache.Cache
+	nearOn  atomic.Bool // the bucket is watched: the near cache may keep entries
 }
 
 // flight is one pending callout that any number of requests wait for.
@@ -81,7 +86,16 @@ func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger)
 	s := &Service{cfg: cfg, log: log, nc: nc, js: js, names: subjects.New(cfg.NATS.Prefix),
 		domains: domains.NewTable(nil), brake: brake.New(brake.Config{Limit: cfg.BrakeLimit, Window: cfg.BrakeWindow, MaxClients: cfg.BrakeMaxClients, IPv6Prefix: cfg.BrakeIPv6Prefix}),
 		extra: map[string]bool{}, flights: map[string]*flight{}, ready: make(chan struct{})}
-	s.m = newMetrics(reg, s.domains.Errors)
+	s.near = nearcache.New(cfg.NearCacheEntries)
+	s.m = newMetrics(reg, s.domains.Errors, s.near)
+	// A reconnection may have missed invalidations: start afresh.
+	old := nc.Opts.ReconnectedCB
+	nc.SetReconnectHandler(func(c *nats.Conn) {
+		if old != nil {
+			old(c)
+		}
+		s.near.Clear()
+	})
 	for _, p := range cfg.ProbeSenders {
 		s.extra[strings.ToLower(strings.TrimSpace(p))] = true
 	}
@@ -112,6 +126,14 @@ func (s *Service) Run(ctx context.Context) error {
 	})
 	if err != nil {
 		return err
+	}
+	if s.cfg.NearCacheEntries > 0 {
+		sync, err := s.nc.Subscribe(s.names.NearCacheSync(), s.answerSync)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = sync.Unsubscribe() }()
+		go s.watchCache(ctx, svc.Info().ID)
 	}
 	// micro calls handlers one at a time: requests go to a bounded pool.
 	pool := microasync.NewPool(s.cfg.Workers)
@@ -302,11 +324,21 @@ func (s *Service) find(ctx context.Context, req wire.VerifyRequest, purpose verd
 		}
 	}
 	// Without a policy, pol is the zero policy: the null sender only.
-	look, err := s.lookup(ctx, a, purpose, pol.Senders())
+	senders := pol.Senders()
+	nearKey := nearcache.Key(a.String(), purpose, senders)
+	if r, ok := s.near.Get(nearKey); ok {
+		v := *r.Verdict
+		return v, dpol
+	}
+	rev := s.near.Revision()
+	look, err := s.lookup(ctx, a, purpose, senders)
 	if err != nil {
 		s.log.Warn("cache lookup failed; treating as a miss", "address", a.String(), "err", err)
 	}
 	if look.Hit {
+		if s.nearOn.Load() {
+			s.near.Put(nearKey, a.Domain, a.Local, purpose, look, rev)
+		}
 		return *look.Verdict, dpol
 	}
 	if purpose == verdict.Recipient && s.brake.Braked(req.ClientAddress) {
@@ -354,6 +386,59 @@ func special(raw string, purpose verdict.Purpose) (verdict.Verdict, bool) {
 		return v, true
 	}
 	return verdict.Verdict{}, false
+}
+
+// watchCache keeps the near cache coherent: every change of the cache
+// bucket drops what it concerns. Until the watch runs, nothing is kept.
+func (s *Service) watchCache(ctx context.Context, id string) {
+	_ = backoff.Retry(ctx, s.log, "near cache watch", 5*time.Second, func(ctx context.Context) error {
+		kv, err := s.js.KeyValue(ctx, s.names.CacheBucket())
+		if err != nil {
+			return err
+		}
+		w, err := kv.WatchAll(ctx, jetstream.UpdatesOnly(), jetstream.MetaOnly(), jetstream.IgnoreDeletes())
+		if err != nil {
+			return err
+		}
+		defer w.Stop()
+		s.near.Clear()
+		// Cachekeepers wait for this ingest's confirmation of a flush from
+		// now on (before it keeps anything).
+		if err := s.nc.Publish(s.names.NearCacheHello(), []byte(id)); err != nil {
+			return err
+		}
+		if err := s.nc.Flush(); err != nil {
+			return err
+		}
+		s.nearOn.Store(true)
+		defer s.nearOn.Store(false)
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case e, ok := <-w.Updates():
+				if !ok {
+					s.near.Clear()
+					return errors.New("cache watch ended")
+				}
+				if e != nil {
+					s.near.Apply(e.Key(), e.Revision())
+				}
+			}
+		}
+	})
+}
+
+// answerSync confirms to a cachekeeper that a flush record (a bucket
+// revision) is applied here, so that the flush is answered only once no
+// ingest can serve what it removed.
+func (s *Service) answerSync(m *nats.Msg) {
+	rev, err := strconv.ParseUint(string(m.Data), 10, 64)
+	if err != nil {
+		return
+	}
+	ok := s.near.WaitApplied(rev, 2*time.Second)
+	_ = m.Respond([]byte(strconv.FormatBool(ok)))
 }
 
 func (s *Service) lookup(ctx context.Context, a address.Address, purpose verdict.Purpose, senders []string) (wire.LookupReply, error) {

@@ -1,0 +1,170 @@
+package verify
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/callout-mail/callout/services/cachekeeper/keeper"
+	"github.com/callout-mail/callout/services/ingest/nearcache"
+	"github.com/callout-mail/callout/services/prober/probe"
+	"github.com/callout-mail/callout/shared/domains"
+	"github.com/callout-mail/callout/shared/kvkey"
+	"github.com/callout-mail/callout/shared/natstest"
+	"github.com/callout-mail/callout/shared/smtptest"
+	"github.com/callout-mail/callout/shared/subjects"
+	"github.com/callout-mail/callout/shared/verdict"
+	"github.com/callout-mail/callout/shared/waitfor"
+	"github.com/callout-mail/callout/shared/wire"
+)
+
+// twoIngests runs a cachekeeper, a prober and two ingest instances.
+type twoIngests struct {
+	ns   *natstest.Server
+	dir  string
+	port int
+	a, b *Service
+	kv   jetstream.KeyValue
+	js   jetstream.JetStream
+	dest *smtptest.Server
+}
+
+func startTwo(t *testing.T, kcfg keeper.Config) *twoIngests {
+	t.Helper()
+	dir := t.TempDir()
+	ns := natstest.StartIn(t, dir, -1)
+	s := &twoIngests{ns: ns, dir: dir, port: ns.Port()}
+	nc := ns.Connect(t)
+	s.js, _ = jetstream.New(nc)
+	var err error
+	if s.kv, err = domains.Bucket(context.Background(), s.js, subjects.New(""), 1); err != nil {
+		t.Fatal(err)
+	}
+	k, err := keeper.New(kcfg, ns.Connect(t), prometheus.NewRegistry(), quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	natstest.RunService(t, k)
+	<-k.Ready()
+	p, err := probe.New(proberConfig(), ns.Connect(t), prometheus.NewRegistry(), quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	natstest.RunService(t, p)
+	for _, ing := range []**Service{&s.a, &s.b} {
+		if *ing, err = New(ingestConfig(), ns.Connect(t), prometheus.NewRegistry(), quiet); err != nil {
+			t.Fatal(err)
+		}
+		natstest.RunService(t, *ing)
+		<-(*ing).Ready()
+	}
+	waitfor.Cond(t, 15*time.Second, func() bool { return s.a.nearOn.Load() && s.b.nearOn.Load() })
+	s.dest = destination(t, smtptest.Config{Mailboxes: []string{"alice@example.org", "flip@example.org"}})
+	if err := domains.Put(context.Background(), s.kv, "example.org", domains.Policy{Route: []string{s.dest.Addr()}}); err != nil {
+		t.Fatal(err)
+	}
+	waitfor.Cond(t, 15*time.Second, func() bool {
+		_, okA := s.a.domains.Lookup("example.org")
+		_, okB := s.b.domains.Lookup("example.org")
+		return okA && okB
+	})
+	return s
+}
+
+func ask(ing *Service, a string) wire.VerifyReply {
+	return ing.Verify(context.Background(), wire.VerifyRequest{Address: a, Purpose: verdict.Recipient})
+}
+
+// held waits until both ingests answer a from their near caches.
+func (s *twoIngests) held(t *testing.T, a string) {
+	t.Helper()
+	key := nearKeyOf(a)
+	waitfor.Cond(t, 15*time.Second, func() bool {
+		ask(s.a, a)
+		ask(s.b, a)
+		_, okA := s.a.near.Get(key)
+		_, okB := s.b.near.Get(key)
+		return okA && okB
+	})
+}
+
+// nearKeyOf is the near-cache key of a recipient check of a with the null
+// sender.
+func nearKeyOf(a string) string {
+	return nearcache.Key(a, verdict.Recipient, []string{""})
+}
+
+func TestNearCacheCoherence(t *testing.T) {
+	s := startTwo(t, keeperConfig())
+
+	t.Run("a hit is answered inside the ingest", func(t *testing.T) {
+		s.held(t, "alice@example.org")
+		_, hits0, _ := s.a.near.Stats()
+		rep := ask(s.a, "alice@example.org")
+		_, hits1, _ := s.a.near.Stats()
+		if rep.Decision.Action != verdict.Accept || hits1 != hits0+1 {
+			t.Fatalf("%+v, near hits %d -> %d", rep.Decision, hits0, hits1)
+		}
+	})
+	t.Run("a new verdict replaces what both hold", func(t *testing.T) {
+		s.held(t, "flip@example.org")
+		v := verdict.Verdict{Kind: verdict.KindAddress, Address: "flip@example.org", Domain: "example.org", Purpose: verdict.Recipient,
+			Status: verdict.Invalid, Code: 550, Enhanced: "5.1.1", Reason: "user_unknown", CheckedAt: time.Now(), Source: verdict.SourceProbe}
+		b, _ := wire.EncodeVerdict(v)
+		if _, err := s.js.Publish(context.Background(), subjects.New("").Verdict(kvkey.Address("example.org", "flip", verdict.Recipient, "")), b); err != nil {
+			t.Fatal(err)
+		}
+		waitfor.Cond(t, 5*time.Second, func() bool {
+			return ask(s.a, "flip@example.org").Decision.Action == verdict.Reject && ask(s.b, "flip@example.org").Decision.Action == verdict.Reject
+		})
+	})
+	t.Run("a flush is in effect on both once answered", func(t *testing.T) {
+		s.held(t, "alice@example.org")
+		before := s.dest.RcptsFor("alice@example.org")
+		b, _ := wire.Encode(&wire.FlushCommand{Scope: wire.ScopeAddress, Address: "alice@example.org"})
+		if _, err := s.ns.Connect(t).Request(subjects.New("").Flush(), b, 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		// No wait: the next verify on each ingest probes again.
+		for _, ing := range []*Service{s.a, s.b} {
+			if rep := ask(ing, "alice@example.org"); rep.Verdict.Source != verdict.SourceProbe {
+				t.Fatalf("after the flush: %s/%s from %s", rep.Verdict.Status, rep.Verdict.Reason, rep.Verdict.Source)
+			}
+		}
+		if n := s.dest.RcptsFor("alice@example.org") - before; n < 1 {
+			t.Fatalf("%d RCPTs after the flush", n)
+		}
+	})
+	t.Run("a reconnection drops the near cache", func(t *testing.T) {
+		s.held(t, "alice@example.org")
+		s.ns.Stop()
+		s.ns = natstest.StartIn(t, s.dir, s.port)
+		waitfor.Cond(t, 15*time.Second, func() bool {
+			na, _, _ := s.a.near.Stats()
+			nb, _, _ := s.b.near.Stats()
+			return s.a.nc.IsConnected() && s.b.nc.IsConnected() && na == 0 && nb == 0
+		})
+	})
+}
+
+// An entry is never served past its expires_at.
+func TestNearCacheExpiry(t *testing.T) {
+	kcfg := keeperConfig()
+	kcfg.TTLValid = 2 * time.Second
+	s := startTwo(t, kcfg)
+	s.held(t, "alice@example.org")
+	rep := ask(s.a, "alice@example.org")
+	exp := rep.Verdict.ExpiresAt
+	if exp.IsZero() {
+		t.Fatal("no expires_at")
+	}
+	waitfor.Cond(t, 10*time.Second, func() bool { return time.Now().After(exp) })
+	for _, ing := range []*Service{s.a, s.b} {
+		if rep := ask(ing, "alice@example.org"); rep.Verdict.Source == verdict.SourceCache && !rep.Verdict.ExpiresAt.After(time.Now()) {
+			t.Fatalf("served past expires_at: %+v", rep.Verdict)
+		}
+	}
+}
