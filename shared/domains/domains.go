@@ -29,6 +29,7 @@ const (
 	ModeCallout Mode = "callout" // ask the destination (default)
 	ModeOff     Mode = "off"     // accept everything, no callout
 	ModeStatic  Mode = "static"  // only the listed mailboxes exist
+	ModeMonitor Mode = "monitor" // call out and cache as in callout mode, but always accept
 )
 
 // RouteMX as the route means: find the destination by MX lookup.
@@ -39,12 +40,14 @@ type Policy struct {
 	Mode           Mode           `json:"mode,omitempty"`
 	Route          []string       `json:"route,omitempty"`           // host:port in preference order, or ["mx"]
 	Mailboxes      []string       `json:"mailboxes,omitempty"`       // static mode: local parts
+	Bypass         []string       `json:"bypass,omitempty"`          // local parts always accepted without a callout
 	OnTempfail     verdict.Action `json:"on_tempfail,omitempty"`     // defer (default) or accept
 	OnUnverifiable verdict.Action `json:"on_unverifiable,omitempty"` // accept (default) or defer
 	Sender         string         `json:"sender,omitempty"`          // probe MAIL FROM; empty is <>
 	FallbackSender string         `json:"fallback_sender,omitempty"` // used when <> is refused
 
-	index map[string]struct{} // lower-case mailboxes, built by Normalize
+	index  map[string]struct{} // lower-case mailboxes, built by Normalize
+	bindex map[string]struct{} // lower-case bypass list
 }
 
 // ErrPolicy is returned for a policy that cannot be used.
@@ -69,44 +72,60 @@ func (p Policy) Normalize(domain string) (Policy, error) {
 	if err != nil {
 		return Policy{}, fmt.Errorf("%w: domain: %v", ErrPolicy, err)
 	}
-	if len(p.Mailboxes) > 0 {
-		boxes := make([]string, 0, len(p.Mailboxes))
-		for _, m := range p.Mailboxes {
-			m = strings.TrimSpace(m)
-			if m == "" {
-				continue
-			}
-			in := m
-			if !strings.Contains(m, "@") || strings.HasPrefix(m, `"`) && strings.HasSuffix(m, `"`) {
-				in = m + "@" + d
-			}
-			a, err := address.Parse(in)
-			if err != nil {
-				return Policy{}, fmt.Errorf("%w: mailboxes: %q: %v", ErrPolicy, m, err)
-			}
-			if a.Domain != d {
-				return Policy{}, fmt.Errorf("%w: mailboxes: %q is not an address of %s", ErrPolicy, m, d)
-			}
-			boxes = append(boxes, a.Local)
-		}
-		p.Mailboxes = boxes
+	if p.Mailboxes, err = localParts("mailboxes", d, p.Mailboxes); err != nil {
+		return Policy{}, err
+	}
+	if p.Bypass, err = localParts("bypass", d, p.Bypass); err != nil {
+		return Policy{}, err
 	}
 	if err := p.Validate(); err != nil {
 		return Policy{}, err
 	}
-	p.index = map[string]struct{}{}
-	for _, m := range p.Mailboxes {
-		p.index[strings.ToLower(m)] = struct{}{}
-	}
+	p.index, p.bindex = lowerSet(p.Mailboxes), lowerSet(p.Bypass)
 	return p, nil
+}
+
+// localParts normalizes a list of local parts or addresses of domain d.
+func localParts(field, d string, list []string) ([]string, error) {
+	if len(list) == 0 {
+		return list, nil
+	}
+	out := make([]string, 0, len(list))
+	for _, m := range list {
+		m = strings.TrimSpace(m)
+		if m == "" {
+			continue
+		}
+		in := m
+		if !strings.Contains(m, "@") || strings.HasPrefix(m, `"`) && strings.HasSuffix(m, `"`) {
+			in = m + "@" + d
+		}
+		a, err := address.Parse(in)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: %q: %v", ErrPolicy, field, m, err)
+		}
+		if a.Domain != d {
+			return nil, fmt.Errorf("%w: %s: %q is not an address of %s", ErrPolicy, field, m, d)
+		}
+		out = append(out, a.Local)
+	}
+	return out, nil
+}
+
+func lowerSet(list []string) map[string]struct{} {
+	m := make(map[string]struct{}, len(list))
+	for _, l := range list {
+		m[strings.ToLower(l)] = struct{}{}
+	}
+	return m
 }
 
 // Validate checks every field.
 func (p Policy) Validate() error {
 	switch p.Mode {
-	case "", ModeCallout, ModeOff, ModeStatic:
+	case "", ModeCallout, ModeOff, ModeStatic, ModeMonitor:
 	default:
-		return fmt.Errorf("%w: mode %q (want callout, off or static)", ErrPolicy, p.Mode)
+		return fmt.Errorf("%w: mode %q (want callout, monitor, off or static)", ErrPolicy, p.Mode)
 	}
 	if p.Mode == ModeStatic && len(p.Mailboxes) == 0 {
 		return fmt.Errorf("%w: mailboxes: static mode needs at least one mailbox", ErrPolicy)
@@ -167,23 +186,32 @@ func (p Policy) Senders() []string {
 // without case. With recipient delimiters (Postfix's recipient_delimiter,
 // e.g. "+"), alice+tag is listed when alice is.
 func (p Policy) Listed(local, delimiters string) bool {
-	if p.has(local) {
+	return inList(p.index, p.Mailboxes, local, delimiters)
+}
+
+// Bypassed reports whether local is on the bypass list (same rules).
+func (p Policy) Bypassed(local, delimiters string) bool {
+	return inList(p.bindex, p.Bypass, local, delimiters)
+}
+
+func inList(index map[string]struct{}, list []string, local, delimiters string) bool {
+	if has(index, list, local) {
 		return true
 	}
 	if delimiters != "" {
 		if i := strings.IndexAny(local, delimiters); i > 0 {
-			return p.has(local[:i])
+			return has(index, list, local[:i])
 		}
 	}
 	return false
 }
 
-func (p Policy) has(local string) bool {
-	if p.index != nil {
-		_, ok := p.index[strings.ToLower(local)]
+func has(index map[string]struct{}, list []string, local string) bool {
+	if index != nil {
+		_, ok := index[strings.ToLower(local)]
 		return ok
 	}
-	for _, m := range p.Mailboxes {
+	for _, m := range list {
 		if strings.EqualFold(m, local) {
 			return true
 		}
@@ -193,7 +221,8 @@ func (p Policy) has(local string) bool {
 
 // Decision is the verdict.Policy part of p.
 func (p Policy) Decision(purpose verdict.Purpose) verdict.Policy {
-	return verdict.Policy{Purpose: purpose, OnTempfail: p.OnTempfail, OnUnverifiable: p.OnUnverifiable}
+	return verdict.Policy{Purpose: purpose, OnTempfail: p.OnTempfail, OnUnverifiable: p.OnUnverifiable,
+		Monitor: p.Mode == ModeMonitor && purpose == verdict.Recipient}
 }
 
 // Table is the current set of policies, kept up to date from the bucket.

@@ -104,6 +104,7 @@ type Policy struct {
 	Purpose        Purpose
 	OnTempfail     Action // Defer (default) or Accept
 	OnUnverifiable Action // Accept (default) or Defer
+	Monitor        bool   // monitor mode: decide, but accept (the service reports what it would have done)
 }
 
 // Decision is the answer for the MTA. Text never names the destination.

@@ -51,6 +51,10 @@ type VerifyReply struct {
 	Decision verdict.Decision `msgpack:"decision" json:"decision"`
 	Verdict  *verdict.Verdict `msgpack:"verdict,omitempty" json:"verdict,omitempty"`
 	Error    string           `msgpack:"error,omitempty" json:"error,omitempty"`
+	// Monitor mode: the decision callout mode would have made, when it is
+	// not an accept (the MTA is told to accept).
+	Would       *verdict.Decision `msgpack:"would,omitempty" json:"would,omitempty"`
+	WouldReject bool              `msgpack:"would_reject,omitempty" json:"would_reject,omitempty"`
 }
 
 // ProbeJob asks a prober to call out for one address.

@@ -34,8 +34,8 @@ Usage:
   calloutctl [connection flags] lookup ADDRESS [-sender]
   calloutctl [connection flags] flush (-all | -domain D | -address A) [-only invalid|valid]
   calloutctl [connection flags] inspect [-domain D] [-keys]
-  calloutctl [connection flags] domain set DOMAIN [-mode callout|off|static] [-route host:port,...|mx]
-                                   [-mailboxes a,b] [-on-tempfail defer|accept] [-on-unverifiable accept|defer]
+  calloutctl [connection flags] domain set DOMAIN [-mode callout|monitor|off|static] [-route host:port,...|mx]
+                                   [-mailboxes a,b] [-bypass a,b] [-on-tempfail defer|accept] [-on-unverifiable accept|defer]
                                    [-sender ADDR] [-fallback-sender ADDR]
   calloutctl [connection flags] domain (get DOMAIN | rm DOMAIN | ls)
   calloutctl [connection flags] setup [-replicas 1] [-cache-ttl 96h]
@@ -352,9 +352,10 @@ func (a *app) domain(ctx context.Context, args []string) error {
 		return nil
 	case "set":
 		fs := flag.NewFlagSet("domain set", flag.ContinueOnError)
-		mode := fs.String("mode", "callout", "callout, off or static")
+		mode := fs.String("mode", "callout", "callout, monitor (call out, always accept), off or static")
 		route := fs.String("route", "", "host:port list in preference order, or mx")
-		boxes := fs.String("mailboxes", "", "static mode: local parts, comma-separated")
+		boxes := fs.String("mailboxes", "", "static mode: local parts or addresses, comma-separated")
+		bypass := fs.String("bypass", "", "local parts always accepted without a callout, comma-separated")
 		onTemp := fs.String("on-tempfail", "", "defer (default) or accept")
 		onUnv := fs.String("on-unverifiable", "", "accept (default) or defer")
 		sender := fs.String("sender", "", "probe MAIL FROM (default <>)")
@@ -363,7 +364,7 @@ func (a *app) domain(ctx context.Context, args []string) error {
 		if err != nil || len(pos) != 1 {
 			return errors.New("usage: domain set DOMAIN [flags]")
 		}
-		p := domains.Policy{Mode: domains.Mode(*mode), Route: split(*route), Mailboxes: split(*boxes),
+		p := domains.Policy{Mode: domains.Mode(*mode), Route: split(*route), Mailboxes: split(*boxes), Bypass: split(*bypass),
 			OnTempfail: verdict.Action(*onTemp), OnUnverifiable: verdict.Action(*onUnv), Sender: *sender, FallbackSender: *fallback}
 		if err := domains.Put(ctx, kv, pos[0], p); err != nil {
 			return err

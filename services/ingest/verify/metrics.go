@@ -13,6 +13,7 @@ type metrics struct {
 	deadlines prometheus.Counter
 	braked    prometheus.Counter
 	shed      prometheus.Counter
+	monitored *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, policyErrors func() int, near *nearcache.Cache) *metrics {
@@ -44,7 +45,10 @@ func newMetrics(reg prometheus.Registerer, policyErrors func() int, near *nearca
 			func() float64 { _, h, _ := near.Stats(); return float64(h) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "callout_ingest_near_cache_misses_total", Help: "Lookups the near cache could not answer."},
 			func() float64 { _, _, m := near.Stats(); return float64(m) }))
-	reg.MustRegister(m.requests, m.latency, m.coalesced, m.deadlines, m.braked, m.shed,
+	m.monitored = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "callout_ingest_monitor_would_total", Help: "Monitor-mode domains: requests accepted that callout mode would have rejected or deferred, per domain (domains with a policy only).",
+	}, []string{"domain", "action"})
+	reg.MustRegister(m.requests, m.latency, m.coalesced, m.deadlines, m.braked, m.shed, m.monitored,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "callout_ingest_domain_policy_errors",
 			Help: "Domains whose stored policy does not parse (served by their last good policy, or callout with defaults).",

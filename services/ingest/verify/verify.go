@@ -50,6 +50,7 @@ const (
 	ReasonNullSender  = "null_sender"
 	ReasonPostmaster  = "postmaster"
 	ReasonShed        = "shed"
+	ReasonBypass      = "bypass"
 )
 
 // Service is one ingest instance.
@@ -225,6 +226,16 @@ func (s *Service) verify(ctx context.Context, req wire.VerifyRequest, start time
 	}
 	v, pol := s.find(ctx, req, purpose)
 	d := s.decide(v, pol)
+	var would *verdict.Decision
+	if pol.Monitor && d.Action != verdict.Accept {
+		// Monitor mode: accept, and say what callout mode would have done.
+		w := d
+		would = &w
+		d = verdict.Decide(verdict.Verdict{Address: v.Address, Status: verdict.Valid}, pol)
+		s.m.monitored.WithLabelValues(v.Domain, string(w.Action)).Inc()
+		s.log.Info("monitor: would not accept", "address", v.Address, "would", w.Action, "code", w.Code, "text", w.Text,
+			"status", v.Status, "reason", v.Reason, "dest_code", v.Code, "dest_text", v.Text)
+	}
 	if d.Action == verdict.Reject && purpose == verdict.Recipient && v.Status == verdict.Invalid {
 		s.brake.Invalid(req.ClientAddress)
 	}
@@ -242,7 +253,7 @@ func (s *Service) verify(ctx context.Context, req wire.VerifyRequest, start time
 	if !s.cfg.ReplyDetails {
 		v.Host, v.Text = "", ""
 	}
-	return wire.VerifyReply{Decision: d, Verdict: &v}
+	return wire.VerifyReply{Decision: d, Verdict: &v, Would: would, WouldReject: would != nil && would.Action == verdict.Reject}
 }
 
 // decide applies the policy and the configured texts.
@@ -304,6 +315,9 @@ func (s *Service) find(ctx context.Context, req wire.VerifyRequest, purpose verd
 		dpol.OnTempfail, dpol.OnUnverifiable = s.cfg.SenderOnTempfail, s.cfg.SenderOnUnverifiable
 	} else {
 		switch {
+		case known && pol.Bypassed(a.Local, s.cfg.RecipientDelimiter):
+			v.Status, v.Reason = verdict.Skipped, ReasonBypass
+			return v, dpol
 		case !known && s.cfg.UnknownDomains == "reject":
 			v.Status, v.Reason = verdict.RelayDenied, ReasonNotServed
 			return v, dpol
