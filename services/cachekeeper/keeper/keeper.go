@@ -4,10 +4,10 @@ package keeper
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"encoding/json"
 	"strconv"
 	"sync"
 	"time"
