@@ -119,6 +119,8 @@ func TestAuthRoles(t *testing.T) {
 		mta.denied(t, "Subscription", "_INBOX.>")
 		_, _ = mta.SubscribeSync("_INBOX_mta-mx2.>") // denied: another MTA's replies
 		mta.denied(t, "Subscription", "_INBOX_mta-mx2.>")
+		_ = mta.Publish(s.names.VerifyTrace(), []byte("x")) // denied: traced callouts are for operators
+		mta.denied(t, "Publish", s.names.VerifyTrace())
 	})
 	t.Run("cachekeeper", func(t *testing.T) {
 		// allowed: the cachekeeper stored the verdict and answers from it

@@ -58,6 +58,7 @@ type Server struct {
 	log    map[string]int // RCPT count per address
 	verbs  map[string]int // commands received, per verb
 	times  []time.Time    // when each connection was accepted
+	lines  []string       // every command line received, in order
 	open   map[net.Conn]struct{}
 	done   chan struct{}
 	once   sync.Once
@@ -111,6 +112,13 @@ func (s *Server) Rcpts() int { return int(s.rcpts.Load()) }
 
 // Peak is the largest number of connections open at once.
 func (s *Server) Peak() int { return int(s.peak.Load()) }
+
+// Lines is every command line received, in order (the first 10,000).
+func (s *Server) Lines() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.lines...)
+}
 
 // Accepted is when each connection was accepted, in order.
 func (s *Server) Accepted() []time.Time {
@@ -225,6 +233,9 @@ func (s *Server) session(c net.Conn) bool {
 		verb, arg, _ := strings.Cut(line, " ")
 		s.mu.Lock()
 		s.verbs[strings.ToUpper(verb)]++
+		if len(s.lines) < 10000 {
+			s.lines = append(s.lines, line)
+		}
 		s.mu.Unlock()
 		switch strings.ToUpper(verb) {
 		case "EHLO", "HELO", "STARTTLS", "RSET", "NOOP":

@@ -81,3 +81,9 @@ func (n Names) NearCacheSync() string { return n.Prefix + ".nearcache.sync" }
 
 // NearCacheHello is where an ingest says it keeps a near cache.
 func (n Names) NearCacheHello() string { return n.Prefix + ".nearcache.hello" }
+
+// VerifyTrace is the operators' traced verify (admin only).
+func (n Names) VerifyTrace() string { return n.Prefix + ".verify.trace" }
+
+// ProberTrace is where an ingest hands a traced job to one prober.
+func (n Names) ProberTrace() string { return n.Prefix + ".prober.trace" }

@@ -43,6 +43,17 @@ type VerifyRequest struct {
 	Purpose       verdict.Purpose `msgpack:"purpose,omitempty" json:"purpose,omitempty"`               // recipient (default) or sender
 	ClientAddress string          `msgpack:"client_address,omitempty" json:"client_address,omitempty"` // the SMTP client's IP, for the dictionary-attack brake
 	TimeoutMS     int             `msgpack:"timeout_ms,omitempty" json:"timeout_ms,omitempty"`         // the caller's deadline; capped by the service
+	Trace         bool            `msgpack:"trace,omitempty" json:"trace,omitempty"`                   // a fresh, recorded callout: only on callout.verify.trace
+}
+
+// TraceReply is a prober's answer to a traced job: the verdicts it
+// published and the transcript.
+type TraceReply struct {
+	V          int               `msgpack:"v"`
+	Verdict    verdict.Verdict   `msgpack:"verdict"`
+	Facts      []verdict.Verdict `msgpack:"facts,omitempty"`
+	Transcript []TraceLine       `msgpack:"transcript,omitempty"`
+	Error      string            `msgpack:"error,omitempty"`
 }
 
 // VerifyReply is the decision for the MTA with the verdict behind it.
@@ -55,6 +66,18 @@ type VerifyReply struct {
 	// not an accept (the MTA is told to accept).
 	Would       *verdict.Decision `msgpack:"would,omitempty" json:"would,omitempty"`
 	WouldReject bool              `msgpack:"would_reject,omitempty" json:"would_reject,omitempty"`
+	// Transcript of a traced callout (callout.verify.trace, operators only).
+	Transcript []TraceLine `msgpack:"transcript,omitempty" json:"transcript,omitempty"`
+}
+
+// TraceLine is one line of a traced callout's transcript: "C" a command
+// sent, "S" a reply line received, "*" a note (host chosen, connection,
+// TLS, classification).
+type TraceLine struct {
+	AtMS float64 `msgpack:"at_ms" json:"at_ms"` // since the callout started
+	Host string  `msgpack:"host,omitempty" json:"host,omitempty"`
+	Kind string  `msgpack:"kind" json:"kind"`
+	Text string  `msgpack:"text" json:"text"`
 }
 
 // ProbeJob asks a prober to call out for one address.
@@ -126,6 +149,7 @@ func (m *LookupRequest) version() int { return m.V }
 func (m *LookupReply) version() int   { return m.V }
 func (m *FlushCommand) version() int  { return m.V }
 func (m *FlushReply) version() int    { return m.V }
+func (m *TraceReply) version() int    { return m.V }
 func (m *verdictMsg) version() int    { return m.V }
 
 func required(name, v string) error {
@@ -150,6 +174,7 @@ func (m *ProbeJob) validate() error      { return required("address", m.Address)
 func (m *LookupRequest) validate() error { return required("address", m.Address) }
 func (m *LookupReply) validate() error   { return nil }
 func (m *FlushReply) validate() error    { return nil }
+func (m *TraceReply) validate() error    { return nil }
 func (m *FlushCommand) validate() error {
 	switch m.Scope {
 	case ScopeAll:
@@ -206,6 +231,8 @@ func setVersion(m Message) {
 	case *FlushCommand:
 		t.V = Version
 	case *FlushReply:
+		t.V = Version
+	case *TraceReply:
 		t.V = Version
 	case *verdictMsg:
 		t.V = Version

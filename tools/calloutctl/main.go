@@ -30,7 +30,7 @@ import (
 const usage = `calloutctl: operate a callout system.
 
 Usage:
-  calloutctl [connection flags] verify ADDRESS [-sender] [-client IP] [-timeout 25s]
+  calloutctl [connection flags] verify ADDRESS [-sender] [-client IP] [-timeout 25s] [-trace]
   calloutctl [connection flags] lookup ADDRESS [-sender]
   calloutctl [connection flags] flush (-all | -domain D | -address A) [-only invalid|valid]
   calloutctl [connection flags] inspect [-domain D] [-keys]
@@ -143,11 +143,16 @@ func (a *app) verify(ctx context.Context, args []string) error {
 	sender := fs.Bool("sender", false, "verify as a sender (callback verification)")
 	client := fs.String("client", "", "SMTP client address, for the dictionary-attack brake")
 	timeout := fs.Duration("timeout", 25*time.Second, "deadline")
+	trace := fs.Bool("trace", false, "a fresh callout (the cache is not read) with its whole dialogue shown (admin)")
 	pos, err := parseMixed(fs, args)
 	if err != nil || len(pos) != 1 {
-		return errors.New("usage: verify ADDRESS [-sender] [-client IP] [-timeout 25s]")
+		return errors.New("usage: verify ADDRESS [-sender] [-client IP] [-timeout 25s] [-trace]")
 	}
-	req := wire.VerifyRequest{Address: pos[0], Purpose: verdict.Recipient, ClientAddress: *client, TimeoutMS: int(timeout.Milliseconds())}
+	req := wire.VerifyRequest{Address: pos[0], Purpose: verdict.Recipient, ClientAddress: *client, TimeoutMS: int(timeout.Milliseconds()), Trace: *trace}
+	subject := a.names.Verify()
+	if *trace {
+		subject = a.names.VerifyTrace()
+	}
 	if *sender {
 		req.Purpose = verdict.Sender
 	}
@@ -157,7 +162,7 @@ func (a *app) verify(ctx context.Context, args []string) error {
 	}
 	rctx, cancel := context.WithTimeout(ctx, *timeout+2*time.Second)
 	defer cancel()
-	m, err := a.nc.RequestWithContext(rctx, a.names.Verify(), b)
+	m, err := a.nc.RequestWithContext(rctx, subject, b)
 	if err != nil {
 		return fmt.Errorf("verify: %w", err)
 	}
@@ -165,7 +170,16 @@ func (a *app) verify(ctx context.Context, args []string) error {
 	if err := wire.Decode(m.Data, &rep); err != nil {
 		return err
 	}
+	if rep.Error != "" {
+		return fmt.Errorf("verify: %s", rep.Error)
+	}
+	for _, l := range rep.Transcript {
+		fmt.Fprintf(a.out, "%9.3f ms  %-22s %s %s\n", l.AtMS, l.Host, l.Kind, l.Text)
+	}
 	fmt.Fprintf(a.out, "%s: %s\n", rep.Decision.Action, rep.Decision)
+	if rep.Would != nil {
+		fmt.Fprintf(a.out, "monitor mode: callout mode would %s: %s\n", rep.Would.Action, rep.Would)
+	}
 	return a.printJSON(rep.Verdict)
 }
 

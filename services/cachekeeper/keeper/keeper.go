@@ -129,6 +129,14 @@ func (s *Service) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("consume verdicts: %w", err)
 	}
+	// Ingests say hello when they start keeping a near cache; subscribed
+	// before this cachekeeper says it is ready, so that none is missed.
+	hello, err := s.nc.Subscribe(s.names.NearCacheHello(), func(m *nats.Msg) { s.sawIngest(string(m.Data), time.Now()) })
+	if err != nil {
+		cc.Stop()
+		return err
+	}
+	defer func() { _ = hello.Unsubscribe() }()
 	go s.trackIngests(ctx)
 	svc, err := s.serve(ctx)
 	if err != nil {
@@ -326,32 +334,9 @@ func (s *Service) flush(ctx context.Context, r micro.Request) {
 // hello when it starts keeping a near cache, and a micro ping every few
 // seconds finds who is still there.
 func (s *Service) trackIngests(ctx context.Context) {
-	hello, err := s.nc.Subscribe(s.names.NearCacheHello(), func(m *nats.Msg) {
-		s.sawIngest(string(m.Data), time.Now())
-	})
-	if err == nil {
-		defer func() { _ = hello.Unsubscribe() }()
-	}
 	for {
 		start := time.Now()
-		inbox := s.nc.NewRespInbox()
-		if sub, err := s.nc.SubscribeSync(inbox); err == nil {
-			if err := s.nc.PublishRequest("$SRV.PING.callout-ingest", inbox, nil); err == nil {
-				for {
-					m, err := sub.NextMsg(200 * time.Millisecond)
-					if err != nil {
-						break
-					}
-					var ping struct {
-						ID string `json:"id"`
-					}
-					if json.Unmarshal(m.Data, &ping) == nil && ping.ID != "" {
-						s.sawIngest(ping.ID, time.Now())
-					}
-				}
-			}
-			_ = sub.Unsubscribe()
-		}
+		s.pingIngests(200 * time.Millisecond)
 		s.mu.Lock()
 		for id, seen := range s.ingests {
 			if seen.Before(start) {
@@ -363,6 +348,32 @@ func (s *Service) trackIngests(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-time.After(5 * time.Second):
+		}
+	}
+}
+
+// pingIngests notes every ingest that answers a micro ping within window
+// of the previous answer.
+func (s *Service) pingIngests(window time.Duration) {
+	inbox := s.nc.NewRespInbox()
+	sub, err := s.nc.SubscribeSync(inbox)
+	if err != nil {
+		return
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := s.nc.PublishRequest("$SRV.PING.callout-ingest", inbox, nil); err != nil {
+		return
+	}
+	for {
+		m, err := sub.NextMsg(window)
+		if err != nil {
+			return
+		}
+		var ping struct {
+			ID string `json:"id"`
+		}
+		if json.Unmarshal(m.Data, &ping) == nil && ping.ID != "" {
+			s.sawIngest(ping.ID, time.Now())
 		}
 	}
 }
@@ -381,6 +392,13 @@ func (s *Service) syncIngests(ctx context.Context, rev uint64) {
 	s.mu.Lock()
 	count := len(s.ingests)
 	s.mu.Unlock()
+	if count == 0 {
+		// None known yet (this cachekeeper just started): ask now.
+		s.pingIngests(100 * time.Millisecond)
+		s.mu.Lock()
+		count = len(s.ingests)
+		s.mu.Unlock()
+	}
 	if count == 0 {
 		return
 	}

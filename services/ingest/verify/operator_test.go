@@ -3,12 +3,16 @@ package verify
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/callout-mail/callout/shared/domains"
 	"github.com/callout-mail/callout/shared/smtptest"
+	"github.com/callout-mail/callout/shared/subjects"
 	"github.com/callout-mail/callout/shared/verdict"
+	"github.com/callout-mail/callout/shared/waitfor"
+	"github.com/callout-mail/callout/shared/wire"
 )
 
 // Monitor mode: callouts run and are cached, the MTA is always told to
@@ -67,4 +71,69 @@ func TestBypassList(t *testing.T) {
 		t.Fatalf("%d connections for bypassed addresses", dest.Conns())
 	}
 	expect(t, sys.verify(t, rcpt("other@example.org")), verdict.Reject, 550, verdict.SourceProbe)
+}
+
+// A traced verify runs a fresh callout (the cache is not read), returns the
+// dialogue the destination saw, stores the verdict like any, and is never
+// run or returned on the MTA subject.
+func TestTracedCallout(t *testing.T) {
+	sys := startSystem(t, ingestConfig())
+	dest := destination(t, smtptest.Config{Mailboxes: []string{"alice@example.org"}})
+	sys.policy(t, "example.org", domains.Policy{Route: []string{dest.Addr()}})
+	expect(t, sys.verify(t, rcpt("alice@example.org")), verdict.Accept, 250, verdict.SourceProbe)
+	waitfor.Cond(t, 15*time.Second, func() bool { return sys.verify(t, rcpt("alice@example.org")).Verdict.Source == verdict.SourceCache })
+	if rep := sys.verify(t, rcpt("alice@example.org")); len(rep.Transcript) != 0 {
+		t.Fatal("a transcript in an MTA's reply")
+	}
+	before := len(dest.Lines())
+	req := rcpt("alice@example.org")
+	req.Trace = true
+	b, _ := wire.Encode(&req)
+	// On the MTA subject a trace is refused.
+	m, err := sys.nc.Request(subjects.New("").Verify(), b, 15*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var refused wire.VerifyReply
+	if err := wire.Decode(m.Data, &refused); err != nil || len(refused.Transcript) != 0 || refused.Error == "" {
+		t.Fatalf("trace on the MTA subject: %+v %v", refused, err)
+	}
+	m, err = sys.nc.Request(subjects.New("").VerifyTrace(), b, 15*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep wire.VerifyReply
+	if err := wire.Decode(m.Data, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if rep.Decision.Action != verdict.Accept || rep.Verdict.Source != verdict.SourceProbe {
+		t.Fatalf("traced: %+v %+v", rep.Decision, rep.Verdict)
+	}
+	// The commands in the transcript are what the destination received.
+	var sent []string
+	for _, l := range rep.Transcript {
+		if l.Kind == "C" {
+			sent = append(sent, l.Text)
+		}
+	}
+	got := dest.Lines()[before:]
+	if strings.Join(sent, "|") != strings.Join(got, "|") {
+		t.Fatalf("transcript commands\n%q\ndestination saw\n%q", sent, got)
+	}
+	var replies, notes int
+	for _, l := range rep.Transcript {
+		switch l.Kind {
+		case "S":
+			replies++
+		case "*":
+			notes++
+		}
+	}
+	text := ""
+	for _, l := range rep.Transcript {
+		text += l.Text + "\n"
+	}
+	if replies < len(sent) || !strings.Contains(text, "hosts by the domain's route") || !strings.Contains(text, "RCPT reply classified valid") || !strings.Contains(text, "connected to") {
+		t.Fatalf("transcript lacks replies or notes:\n%s", text)
+	}
 }

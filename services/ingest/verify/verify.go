@@ -143,6 +143,13 @@ func (s *Service) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// Traced verifies: a subject of their own, which only operators may
+	// publish to; their transcripts never reach an MTA.
+	err = svc.AddEndpoint("trace", pool.Handler(ctx, s.nc, s.serveTrace, s.shed),
+		micro.WithEndpointSubject(s.names.VerifyTrace()))
+	if err != nil {
+		return err
+	}
 	s.log.Info("ingest running", "subject", s.names.Verify())
 	// Subscriptions reach the server before anyone is told we are ready.
 	if err := s.nc.Flush(); err != nil {
@@ -157,7 +164,15 @@ func (s *Service) Run(ctx context.Context) error {
 	return err
 }
 
+func (s *Service) serveTrace(ctx context.Context, r *microasync.Request) {
+	s.serve(ctx, r, true)
+}
+
 func (s *Service) serveNATS(ctx context.Context, r *microasync.Request) {
+	s.serve(ctx, r, false)
+}
+
+func (s *Service) serve(ctx context.Context, r *microasync.Request, trace bool) {
 	isJSON := r.Header(wire.ContentType) == wire.JSONMediaType
 	var req wire.VerifyRequest
 	var err error
@@ -173,6 +188,15 @@ func (s *Service) serveNATS(ctx context.Context, r *microasync.Request) {
 		_ = r.Error("400", err.Error(), b)
 		return
 	}
+	if req.Trace && !trace {
+		// The MTA subject never runs or returns a trace.
+		err = errors.New("traced verifies go to " + s.names.VerifyTrace())
+		rep := wire.VerifyReply{Decision: verdict.Decision{Action: verdict.Defer, Code: 451, Enhanced: "4.3.5", Text: "Verify request not understood"}, Error: err.Error()}
+		b, _ := encodeReply(&rep, isJSON)
+		_ = r.Error("400", err.Error(), b)
+		return
+	}
+	req.Trace = trace
 	rep := s.verify(ctx, req, r.Arrived())
 	b, err := encodeReply(&rep, isJSON)
 	if err != nil {
@@ -224,7 +248,11 @@ func (s *Service) verify(ctx context.Context, req wire.VerifyRequest, start time
 	if purpose == "" {
 		purpose = verdict.Recipient
 	}
-	v, pol := s.find(ctx, req, purpose)
+	var transcript []wire.TraceLine
+	if req.Trace {
+		transcript = []wire.TraceLine{}
+	}
+	v, pol := s.find(ctx, req, purpose, &transcript)
 	d := s.decide(v, pol)
 	var would *verdict.Decision
 	if pol.Monitor && d.Action != verdict.Accept {
@@ -253,7 +281,7 @@ func (s *Service) verify(ctx context.Context, req wire.VerifyRequest, start time
 	if !s.cfg.ReplyDetails {
 		v.Host, v.Text = "", ""
 	}
-	return wire.VerifyReply{Decision: d, Verdict: &v, Would: would, WouldReject: would != nil && would.Action == verdict.Reject}
+	return wire.VerifyReply{Decision: d, Verdict: &v, Would: would, WouldReject: would != nil && would.Action == verdict.Reject, Transcript: transcript}
 }
 
 // decide applies the policy and the configured texts.
@@ -286,7 +314,10 @@ func base(a address.Address, raw string) verdict.Verdict {
 }
 
 // find returns the verdict that answers the request and the policy to apply.
-func (s *Service) find(ctx context.Context, req wire.VerifyRequest, purpose verdict.Purpose) (verdict.Verdict, verdict.Policy) {
+//
+// A traced request (req.Trace, only from callout.verify.trace) reads no
+// cache: a prober makes a fresh callout and *transcript gets its dialogue.
+func (s *Service) find(ctx context.Context, req wire.VerifyRequest, purpose verdict.Purpose, transcript *[]wire.TraceLine) (verdict.Verdict, verdict.Policy) {
 	if v, ok := special(req.Address, purpose); ok {
 		return v, verdict.Policy{Purpose: purpose}
 	}
@@ -336,6 +367,14 @@ func (s *Service) find(ctx context.Context, req wire.VerifyRequest, purpose verd
 			}
 			return v, dpol
 		}
+	}
+	if req.Trace {
+		job := wire.ProbeJob{Address: a.String(), Purpose: purpose, RequestedAt: time.Now(),
+			Routed: true, Sender: pol.Sender, FallbackSender: pol.FallbackSender}
+		if purpose == verdict.Recipient {
+			job.Route = pol.Route
+		}
+		return s.traced(ctx, a, job, transcript), dpol
 	}
 	// Without a policy, pol is the zero policy: the null sender only.
 	senders := pol.Senders()
@@ -400,6 +439,29 @@ func special(raw string, purpose verdict.Purpose) (verdict.Verdict, bool) {
 		return v, true
 	}
 	return verdict.Verdict{}, false
+}
+
+// traced hands a job to one prober, which runs it with its dialogue
+// recorded, and returns the verdict; the transcript goes to *transcript.
+func (s *Service) traced(ctx context.Context, a address.Address, job wire.ProbeJob, transcript *[]wire.TraceLine) verdict.Verdict {
+	v := base(a, "")
+	b, err := wire.Encode(&job)
+	if err != nil {
+		v.Status, v.Reason, v.Text = verdict.TempFail, ReasonQueue, err.Error()
+		return v
+	}
+	m, err := s.nc.RequestWithContext(ctx, s.names.ProberTrace(), b)
+	if err != nil {
+		v.Status, v.Reason, v.Text = verdict.TempFail, ReasonDeadline, "traced callout: "+err.Error()
+		return v
+	}
+	var r wire.TraceReply
+	if err := wire.Decode(m.Data, &r); err != nil || r.Error != "" {
+		v.Status, v.Reason, v.Text = verdict.TempFail, ReasonQueue, fmt.Sprintf("traced callout: %v %s", err, r.Error)
+		return v
+	}
+	*transcript = r.Transcript
+	return r.Verdict
 }
 
 // watchCache keeps the near cache coherent: every change of the cache

@@ -67,10 +67,11 @@ func New(cfg Config, pool *destination.Pool) *Verifier {
 // Target is one callout to make.
 type Target struct {
 	Address        address.Address
-	Hosts          []string // host:port in preference order
-	Sender         string   // MAIL FROM; "" is <>
-	FallbackSender string   // used when the sender is refused
-	SkipRandom     bool     // the domain is known not to be a catch-all
+	Hosts          []string              // host:port in preference order
+	Sender         string                // MAIL FROM; "" is <>
+	FallbackSender string                // used when the sender is refused
+	SkipRandom     bool                  // the domain is known not to be a catch-all
+	Trace          *smtpprobe.Transcript // when set, the dialogue is recorded
 }
 
 // Result is the address verdict and the domain facts learnt on the way.
@@ -114,7 +115,9 @@ func (v *Verifier) VerifyHeld(ctx context.Context, t Target, release func()) Res
 		if i == 0 {
 			held = release
 		}
+		t.Trace.Add(host, "*", "host %d of %d", i+1, len(t.Hosts))
 		r, next := v.onHost(ctx, host, t, held)
+		t.Trace.Add(host, "*", "result: %s (%s)", r.Address.Status, r.Address.Reason)
 		res = r
 		if !next {
 			break
@@ -128,6 +131,7 @@ func (v *Verifier) VerifyHeld(ctx context.Context, t Target, release func()) Res
 func (v *Verifier) onHost(ctx context.Context, host string, t Target, held func()) (Result, bool) {
 	d := v.pool.Get(host)
 	if d.Open() {
+		t.Trace.Add(host, "*", "breaker open: not asked")
 		return v.fail(t, host, verdict.TempFail, ReasonBreakerOpen, smtpprobe.Reply{}), true
 	}
 	if held == nil {
@@ -168,7 +172,11 @@ func (v *Verifier) open(ctx context.Context, d *destination.Dest, host string, t
 		}
 	}
 	cfg := v.cfg.SMTP
-	cfg.StartTLS = cfg.StartTLS && !d.TLSOff()
+	cfg.Trace = t.Trace
+	if cfg.StartTLS && d.TLSOff() {
+		cfg.StartTLS = false
+		t.Trace.Add(host, "*", "plaintext: the host refused STARTTLS or failed its handshake lately")
+	}
 	s, fail, next, unhealthy := v.dial(ctx, host, t, cfg)
 	if fail != nil && fail.tlsFailed && !cfg.TLSVerify {
 		// Opportunistic TLS that failed its handshake: the session state is
@@ -233,7 +241,9 @@ func (v *Verifier) refusedReply(t Target, host string, rep smtpprobe.Reply, reas
 func (v *Verifier) dialogue(ctx context.Context, d *destination.Dest, host string, t Target) (res Result, next, unhealthy bool) {
 	ctx, cancel := context.WithTimeout(ctx, v.cfg.DialogueTimeout)
 	defer cancel()
-	s, fail, next, unhealthy := v.open(ctx, d, host, t, d.ReuseEnabled())
+	// A traced callout opens its own connection and keeps none: the
+	// transcript shows the whole dialogue, and no later callout records into it.
+	s, fail, next, unhealthy := v.open(ctx, d, host, t, d.ReuseEnabled() && t.Trace == nil)
 	if fail != nil {
 		return *fail, next, unhealthy
 	}
@@ -250,7 +260,7 @@ func (v *Verifier) dialogue(ctx context.Context, d *destination.Dest, host strin
 		reused = false
 	}
 	res.Reused = reused
-	v.finish(ctx, d, s, keep)
+	v.finish(ctx, d, s, keep && t.Trace == nil)
 	return res, next, unhealthy
 }
 
@@ -338,6 +348,7 @@ func (v *Verifier) transaction(ctx context.Context, d *destination.Dest, host st
 			return r, false, unhealthy, false
 		}
 		c := classify.Rcpt(rep)
+		t.Trace.Add(host, "*", "random address: %s (%s)", c.Status, c.Reason)
 		switch c.Status {
 		case verdict.Valid:
 			r := v.result(t, host, sender, verdict.CatchAll, ReasonRandomAccepted, rep)
@@ -427,6 +438,7 @@ func (v *Verifier) transaction(ctx context.Context, d *destination.Dest, host st
 	}
 	noteReply(d, rep)
 	c := classify.Rcpt(rep)
+	t.Trace.Add(host, "*", "RCPT reply classified %s (%s)", c.Status, c.Reason)
 	r := v.result(t, host, sender, c.Status, c.Reason, rep)
 	r.Facts, r.Rcpts = facts, rcpts
 	return r, false, rep.Code == 421, rep.Code != 421

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -138,6 +139,15 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	defer func() { _ = hosts.Unsubscribe() }()
+	var traces sync.WaitGroup
+	trace, err := s.nc.QueueSubscribe(s.names.ProberTrace(), "probers", func(m *nats.Msg) {
+		traces.Add(1)
+		go func() { defer traces.Done(); s.trace(ctx, m) }()
+	})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = trace.Unsubscribe(); traces.Wait() }()
 	s.log.Info("prober running", "workers", s.cfg.Workers, "stream", s.names.ProbeStream(), "fleet_limits", s.cfg.FleetLimits)
 	go s.sweep(ctx)
 	var wg sync.WaitGroup
@@ -183,6 +193,50 @@ func (s *Service) answerHosts(m *nats.Msg) {
 	if err == nil {
 		_ = m.Respond(b)
 	}
+}
+
+// trace runs a traced job (an operator's request through the ingest): a
+// fresh callout with its dialogue recorded. Its verdicts are published and
+// cached like any; the transcript goes back to the asker only.
+func (s *Service) trace(ctx context.Context, m *nats.Msg) {
+	reply := func(r *wire.TraceReply) {
+		if b, err := wire.Encode(r); err == nil {
+			_ = m.Respond(b)
+		}
+	}
+	var job wire.ProbeJob
+	if err := wire.Decode(m.Data, &job); err != nil {
+		reply(&wire.TraceReply{Error: err.Error()})
+		return
+	}
+	addr, err := address.Parse(job.Address)
+	if err != nil {
+		reply(&wire.TraceReply{Error: err.Error()})
+		return
+	}
+	if job.Purpose == "" {
+		job.Purpose = verdict.Recipient
+	}
+	tr := smtpprobe.NewTranscript()
+	start := time.Now()
+	tr.Add("", "*", "%s check of %s", job.Purpose, addr)
+	target, done := s.prepare(ctx, job, addr, tr)
+	var res callout.Result
+	if done != nil {
+		tr.Add("", "*", "no callout: %s (%s) %s", done.Address.Status, done.Address.Reason, done.Address.Text)
+		res = *done
+	} else {
+		res = s.verifier.Verify(ctx, target)
+	}
+	res.Address.CheckedAt = start
+	for i := range res.Facts {
+		res.Facts[i].CheckedAt = start
+	}
+	if err := s.publishAll(ctx, addr, job.Purpose, &res); err != nil {
+		tr.Add("", "*", "verdict not published: %v", err)
+	}
+	s.log.Info("traced callout", "address", addr.String(), "purpose", job.Purpose, "result", res.Address.Status, "reason", res.Address.Reason)
+	reply(&wire.TraceReply{Verdict: res.Address, Facts: res.Facts, Transcript: tr.Lines()})
 }
 
 // worker pulls one job at a time: nothing waits in a local buffer while its
@@ -248,7 +302,7 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 		}
 	}()
 	start := time.Now()
-	target, done := s.prepare(ctx, job, addr)
+	target, done := s.prepare(ctx, job, addr, nil)
 	if done != nil {
 		stopHB()
 		s.complete(ctx, msg, job, addr, start, *done)
@@ -331,15 +385,7 @@ func (s *Service) complete(ctx context.Context, msg jetstream.Msg, job wire.Prob
 func (s *Service) finish(ctx context.Context, msg jetstream.Msg, addr address.Address, purpose verdict.Purpose, res callout.Result, outcome string) {
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	for _, f := range res.Facts {
-		f.Purpose = purpose
-		if err := s.publish(pctx, s.names.Verdict(kvkey.Domain(f.Domain, purpose, f.Fact)), f); err != nil {
-			s.requeue(msg, err)
-			return
-		}
-	}
-	res.Address.Purpose = purpose
-	if err := s.publish(pctx, s.names.Verdict(kvkey.Address(addr.Domain, addr.Local, purpose, "")), res.Address); err != nil {
+	if err := s.publishAll(pctx, addr, purpose, &res); err != nil {
 		s.requeue(msg, err)
 		return
 	}
@@ -347,6 +393,19 @@ func (s *Service) finish(ctx context.Context, msg jetstream.Msg, addr address.Ad
 		s.log.Warn("job ack failed; it will be redelivered", "subject", msg.Subject(), "err", err)
 	}
 	s.m.jobs.WithLabelValues(outcome).Inc()
+}
+
+// publishAll publishes the domain facts, then the address verdict, each
+// marked with the purpose, its view (see kvkey).
+func (s *Service) publishAll(ctx context.Context, addr address.Address, purpose verdict.Purpose, res *callout.Result) error {
+	for _, f := range res.Facts {
+		f.Purpose = purpose
+		if err := s.publish(ctx, s.names.Verdict(kvkey.Domain(f.Domain, purpose, f.Fact)), f); err != nil {
+			return err
+		}
+	}
+	res.Address.Purpose = purpose
+	return s.publish(ctx, s.names.Verdict(kvkey.Address(addr.Domain, addr.Local, purpose, "")), res.Address)
 }
 
 func (s *Service) requeue(msg jetstream.Msg, err error) {
@@ -369,7 +428,7 @@ func (s *Service) publish(ctx context.Context, subject string, v verdict.Verdict
 // MX lookup is a result at once. An MX list is cut to MX_LIMIT hosts (like
 // Postfix's smtp_mx_address_limit), so a domain with 50 dead MX hosts
 // cannot burn the whole budget.
-func (s *Service) prepare(ctx context.Context, job wire.ProbeJob, addr address.Address) (callout.Target, *callout.Result) {
+func (s *Service) prepare(ctx context.Context, job wire.ProbeJob, addr address.Address, tr *smtpprobe.Transcript) (callout.Target, *callout.Result) {
 	route, sender, fallback := job.Route, job.Sender, job.FallbackSender
 	if !job.Routed {
 		pol, known := s.domains.Lookup(addr.Domain)
@@ -377,16 +436,22 @@ func (s *Service) prepare(ctx context.Context, job wire.ProbeJob, addr address.A
 			route, sender, fallback = pol.Route, pol.Sender, pol.FallbackSender
 		}
 	}
-	target := callout.Target{Address: addr, SkipRandom: job.SkipRandom, Sender: sender, FallbackSender: fallback}
+	target := callout.Target{Address: addr, SkipRandom: job.SkipRandom, Sender: sender, FallbackSender: fallback, Trace: tr}
 	if job.Purpose != verdict.Sender && !(domains.Policy{Route: route}).UsesMX() {
 		target.Hosts = route
+		tr.Add("", "*", "hosts by the domain's route: %s", strings.Join(route, " "))
 	} else {
 		hosts, err := s.resolver.MX(ctx, addr.Domain)
 		if err != nil {
+			tr.Add("", "*", "MX lookup of %s failed: %v", addr.Domain, err)
 			r := s.dnsResult(addr, job.Purpose, err)
 			return target, &r
 		}
 		target.Hosts = hosts[:min(len(hosts), s.cfg.MXLimit)]
+		tr.Add("", "*", "MX lookup of %s: %s (at most %d tried)", addr.Domain, strings.Join(hosts, " "), s.cfg.MXLimit)
+	}
+	if tr != nil {
+		tr.Add("", "*", "MAIL FROM sender %q, fallback %q; catch-all check: %v", sender, fallback, !job.SkipRandom)
 	}
 	if len(target.Hosts) == 0 {
 		r := s.verifier.Verify(ctx, target) // no destination: a tempfail

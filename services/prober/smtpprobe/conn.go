@@ -55,6 +55,7 @@ type Config struct {
 	TLSVerify      bool // verify the server's certificate
 	Limits         Limits
 	Dialer         *net.Dialer
+	Trace          *Transcript // when set, the dialogue is recorded
 }
 
 func (c *Config) defaults() {
@@ -105,11 +106,14 @@ func (c *Conn) NonMail() int { return c.nonMail }
 func Dial(ctx context.Context, host string, cfg Config) (*Conn, Reply, error) {
 	cfg.defaults()
 	dctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
+	t0 := time.Now()
 	nc, err := cfg.Dialer.DialContext(dctx, "tcp", host)
 	cancel()
 	if err != nil {
+		cfg.Trace.Add(host, "*", "connect failed after %v: %v", time.Since(t0).Round(time.Microsecond), err)
 		return nil, Reply{}, &Error{Stage: StageConnect, Host: host, Err: err}
 	}
+	cfg.Trace.Add(host, "*", "connected to %s in %v", nc.RemoteAddr(), time.Since(t0).Round(time.Microsecond))
 	c := &Conn{cfg: cfg, host: host, nc: nc}
 	c.r = bufio.NewReaderSize(nc, cfg.Limits.MaxLine)
 	rep, err := c.read(ctx, StageBanner, cfg.BannerTimeout)
@@ -144,7 +148,11 @@ func (c *Conn) read(ctx context.Context, st Stage, timeout time.Duration) (Reply
 	stop := context.AfterFunc(ctx, func() { _ = c.nc.SetReadDeadline(time.Now()) })
 	defer stop()
 	rep, err := readReply(c.r, c.cfg.Limits)
+	if err == nil {
+		c.cfg.Trace.reply(c.host, rep)
+	}
 	if err != nil {
+		c.cfg.Trace.Add(c.host, "*", "%s: no reply: %v", st, err)
 		c.broken = true
 		if errors.Is(err, io.EOF) {
 			err = fmt.Errorf("connection closed: %w", err)
@@ -178,6 +186,7 @@ func (c *Conn) Cmd(ctx context.Context, st Stage, line string) (Reply, error) {
 		deadline = d
 	}
 	_ = c.nc.SetWriteDeadline(deadline)
+	c.cfg.Trace.Add(c.host, "C", "%s", line)
 	if _, err := io.WriteString(c.nc, line+"\r\n"); err != nil {
 		c.broken = true
 		return Reply{}, &Error{Stage: st, Host: c.host, Err: err}
@@ -211,6 +220,7 @@ func (c *Conn) Hello(ctx context.Context) (Reply, error) {
 	if srep.Class() != 2 {
 		c.tlsRefused = srep
 		delete(c.ext, "STARTTLS")
+		c.cfg.Trace.Add(c.host, "*", "STARTTLS refused: carrying on in plaintext on this connection")
 		return rep, nil
 	}
 	host, _, _ := net.SplitHostPort(c.host)
@@ -218,12 +228,15 @@ func (c *Conn) Hello(ctx context.Context) (Reply, error) {
 	hctx, cancel := context.WithTimeout(ctx, c.cfg.CommandTimeout)
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {
+		c.cfg.Trace.Add(c.host, "*", "TLS handshake failed: %v", err)
 		c.broken = true
 		return Reply{}, &Error{Stage: StageSTARTTLS, Host: c.host, Err: fmt.Errorf("%w: %v", ErrTLS, err)}
 	}
 	c.nc = tc
 	c.r = bufio.NewReaderSize(tc, c.cfg.Limits.MaxLine)
 	c.tls = true
+	st := tc.ConnectionState()
+	c.cfg.Trace.Add(c.host, "*", "TLS %s, %s", tls.VersionName(st.Version), tls.CipherSuiteName(st.CipherSuite))
 	return c.ehlo(ctx)
 }
 
@@ -286,6 +299,7 @@ func (c *Conn) Reset(ctx context.Context) bool {
 func (c *Conn) Quit(ctx context.Context) {
 	if !c.broken {
 		_ = c.nc.SetWriteDeadline(time.Now().Add(c.cfg.QuitTimeout))
+		c.cfg.Trace.Add(c.host, "C", "QUIT")
 		if _, err := io.WriteString(c.nc, "QUIT\r\n"); err == nil {
 			qctx, cancel := context.WithTimeout(ctx, c.cfg.QuitTimeout)
 			_, _ = c.read(qctx, StageQuit, c.cfg.QuitTimeout)
