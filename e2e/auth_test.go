@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -174,6 +175,19 @@ func TestAuthRoles(t *testing.T) {
 		}
 		if _, err := streams.Setup(ctx, js, s.names, 1, 96*time.Hour); err != nil { // allowed: apply settings
 			t.Fatalf("setup as admin: %v", err)
+		}
+		// calloutctl as admin: a flush is done and recorded in the audit trail.
+		ctl := func(args ...string) string {
+			out, err := exec.Command(filepath.Join(binDir, "calloutctl"), append([]string{"-server", url, "-user", "admin",
+				"-password", "admin-dev-password", "-inbox-prefix", "_INBOX_admin"}, args...)...).CombinedOutput()
+			if err != nil {
+				t.Fatalf("calloutctl %v: %v\n%s", args, err, out)
+			}
+			return string(out)
+		}
+		ctl("flush", "-domain", "example.org")
+		if out := ctl("audit", "-json"); !strings.Contains(out, `"what": "flush"`) || !strings.Contains(out, `"who": "admin"`) {
+			t.Fatalf("audit trail:\n%s", out)
 		}
 		_, _ = admin.SubscribeSync(s.names.Verify()) // denied: pose as the ingest
 		admin.denied(t, "Subscription", s.names.Verify())

@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/callout-mail/callout/shared/audit"
 	"github.com/callout-mail/callout/shared/subjects"
 )
 
@@ -175,8 +176,13 @@ func streamDiff(cur, want jetstream.StreamConfig) string {
 // Setup creates or updates every stream and bucket with the given settings:
 // the admin's one-time (or on-change) step. It returns what it did.
 func Setup(ctx context.Context, js jetstream.JetStream, n subjects.Names, replicas int, cacheMaxAge time.Duration) ([]string, error) {
+	return SetupWith(ctx, js, n, replicas, cacheMaxAge, audit.DefaultLimits)
+}
+
+// SetupWith is Setup with the audit stream's limits.
+func SetupWith(ctx context.Context, js jetstream.JetStream, n subjects.Names, replicas int, cacheMaxAge time.Duration, auditLimits audit.Limits) ([]string, error) {
 	var done []string
-	for _, cfg := range []jetstream.StreamConfig{ProbesConfig(n, replicas), VerdictsConfig(n, replicas), LeasesConfig(n, replicas)} {
+	for _, cfg := range []jetstream.StreamConfig{ProbesConfig(n, replicas), VerdictsConfig(n, replicas), LeasesConfig(n, replicas), audit.StreamConfig(n, replicas, auditLimits)} {
 		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
 			return done, fmt.Errorf("stream %s: %w", cfg.Name, err)
 		}

@@ -87,3 +87,12 @@ func (n Names) VerifyTrace() string { return n.Prefix + ".verify.trace" }
 
 // ProberTrace is where an ingest hands a traced job to one prober.
 func (n Names) ProberTrace() string { return n.Prefix + ".prober.trace" }
+
+// Audit is the subject of an operator change (what: policy.set, flush, ...).
+func (n Names) Audit(what string) string { return n.Prefix + ".audit." + what }
+
+// AuditAll matches every audit subject.
+func (n Names) AuditAll() string { return n.Prefix + ".audit.>" }
+
+// AuditStream keeps operator changes.
+func (n Names) AuditStream() string { return strings.ToUpper(n.Prefix) + "_AUDIT" }

@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/callout-mail/callout/shared/address"
+	"github.com/callout-mail/callout/shared/audit"
 	"github.com/callout-mail/callout/shared/domains"
 	"github.com/callout-mail/callout/shared/kvkey"
 	"github.com/callout-mail/callout/shared/streams"
@@ -40,6 +41,7 @@ Usage:
   calloutctl [connection flags] domain (get DOMAIN | rm DOMAIN | ls)
   calloutctl [connection flags] setup [-replicas 1] [-cache-ttl 96h]
   calloutctl [connection flags] hosts [-wait 1s] [-json]
+  calloutctl [connection flags] audit [-n 50] [-json]
 
 Connection flags (or CALLOUT_NATS_URL, CALLOUT_NATS_USER, CALLOUT_NATS_PASSWORD, CALLOUT_NATS_INBOX_PREFIX, CALLOUT_PREFIX):
 `
@@ -49,6 +51,7 @@ type app struct {
 	js    jetstream.JetStream
 	names subjects.Names
 	out   io.Writer
+	who   string // recorded in audit events
 }
 
 func main() {
@@ -96,7 +99,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	a := &app{nc: nc, js: js, names: subjects.New(*prefix), out: out}
+	who := *user
+	if who == "" {
+		who = env("USER", "operator") + " (no NATS user)"
+	}
+	a := &app{nc: nc, js: js, names: subjects.New(*prefix), out: out, who: who}
 	cmd, rest := fs.Arg(0), fs.Args()[1:]
 	switch cmd {
 	case "verify":
@@ -113,6 +120,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return a.setup(ctx, rest)
 	case "hosts":
 		return a.hosts(ctx, rest)
+	case "audit":
+		return a.audit(ctx, rest)
 	}
 	return fmt.Errorf("unknown command %q", cmd)
 }
@@ -271,7 +280,8 @@ func (a *app) flush(ctx context.Context, args []string) error {
 		return fmt.Errorf("flush: %s", rep.Error)
 	}
 	fmt.Fprintf(a.out, "removed %d entries\n", rep.Removed)
-	return nil
+	return a.record(ctx, audit.Event{What: audit.Flush, Scope: cmd.Scope, Domain: cmd.Domain, Address: cmd.Address, Only: string(cmd.Only),
+		Result: fmt.Sprintf("removed %d entries", rep.Removed)})
 }
 
 func (a *app) inspect(ctx context.Context, args []string) error {
@@ -356,7 +366,15 @@ func (a *app) domain(ctx context.Context, args []string) error {
 			return err
 		}
 		if args[0] == "rm" {
-			return kv.Delete(ctx, d)
+			before, _ := kv.Get(ctx, d)
+			if err := kv.Delete(ctx, d); err != nil {
+				return err
+			}
+			ev := audit.Event{What: audit.PolicyRemove, Domain: d}
+			if before != nil {
+				ev.Before = json.RawMessage(before.Value())
+			}
+			return a.record(ctx, ev)
 		}
 		e, err := kv.Get(ctx, d)
 		if err != nil {
@@ -380,14 +398,76 @@ func (a *app) domain(ctx context.Context, args []string) error {
 		}
 		p := domains.Policy{Mode: domains.Mode(*mode), Route: split(*route), Mailboxes: split(*boxes), Bypass: split(*bypass),
 			OnTempfail: verdict.Action(*onTemp), OnUnverifiable: verdict.Action(*onUnv), Sender: *sender, FallbackSender: *fallback}
-		if err := domains.Put(ctx, kv, pos[0], p); err != nil {
+		d, err := address.NormalizeDomain(pos[0])
+		if err != nil {
 			return err
 		}
-		b, _ := json.Marshal(p)
-		fmt.Fprintf(a.out, "%s\t%s\n", pos[0], b)
-		return nil
+		before, _ := kv.Get(ctx, d)
+		if err := domains.Put(ctx, kv, d, p); err != nil {
+			return err
+		}
+		after, err := kv.Get(ctx, d)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(a.out, "%s\t%s\n", d, after.Value())
+		ev := audit.Event{What: audit.PolicySet, Domain: d, After: json.RawMessage(after.Value())}
+		if before != nil {
+			ev.Before = json.RawMessage(before.Value())
+		}
+		return a.record(ctx, ev)
 	}
 	return fmt.Errorf("unknown domain command %q", args[0])
+}
+
+// record stores an audit event of this operator.
+func (a *app) record(ctx context.Context, ev audit.Event) error {
+	ev.Who = a.who
+	if err := audit.Record(ctx, a.js, a.names, ev); err != nil {
+		return fmt.Errorf("the change is made, but not recorded: %w", err)
+	}
+	return nil
+}
+
+// audit lists the newest operator changes.
+func (a *app) audit(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("audit", flag.ContinueOnError)
+	n := fs.Int("n", 50, "the newest N events")
+	asJSON := fs.Bool("json", false, "print the events as JSON")
+	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
+		return errors.New("usage: audit [-n 50] [-json]")
+	}
+	evs, err := audit.List(ctx, a.js, a.names, *n)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return a.printJSON(evs)
+	}
+	tw := tabwriter.NewWriter(a.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "WHEN\tWHO\tWHAT\tSCOPE\tDETAIL")
+	for _, ev := range evs {
+		scope := ev.Domain
+		if ev.Address != "" {
+			scope = ev.Address
+		}
+		if ev.What == audit.Flush {
+			scope = strings.TrimSpace(ev.Scope + " " + scope + " " + ev.Only)
+		}
+		detail := ev.Result
+		if ev.After != nil || ev.Before != nil {
+			detail = fmt.Sprintf("%s -> %s", orNone(ev.Before), orNone(ev.After))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", ev.At.Local().Format(time.RFC3339), ev.Who, ev.What, scope, detail)
+	}
+	return tw.Flush()
+}
+
+func orNone(b json.RawMessage) string {
+	if len(b) == 0 {
+		return "(none)"
+	}
+	return string(b)
 }
 
 // setup creates or updates the streams and buckets: the admin's step, since

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -149,5 +150,60 @@ func TestDomainSetRefusals(t *testing.T) {
 	out, _ := ctl(t, url, "domain", "get", "x.example")
 	if !strings.Contains(out, `"mailboxes":["Alice","bob"]`) {
 		t.Fatalf("stored %s", out)
+	}
+}
+
+// Every operator change is one audit event with who, when and what.
+func TestAuditTrail(t *testing.T) {
+	ns := natstest.Start(t)
+	url := ns.ClientURL()
+	t0 := time.Now().Add(-time.Second)
+	for _, args := range [][]string{
+		{"domain", "set", "a.example", "-route", "127.0.0.1:2525"},
+		{"domain", "set", "a.example", "-route", "127.0.0.1:2525", "-mode", "monitor"},
+		{"domain", "rm", "a.example"},
+	} {
+		if _, err := ctl(t, url, args...); err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
+	}
+	if _, err := ctl(t, url, "domain", "set", "b.example", "-mode", "Bad"); err == nil {
+		t.Fatal("a bad policy was stored")
+	}
+	out, err := ctl(t, url, "audit", "-json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var evs []struct {
+		At     time.Time       `json:"at"`
+		Who    string          `json:"who"`
+		What   string          `json:"what"`
+		Domain string          `json:"domain"`
+		Before json.RawMessage `json:"before"`
+		After  json.RawMessage `json:"after"`
+	}
+	if err := json.Unmarshal([]byte(out), &evs); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if len(evs) != 3 {
+		t.Fatalf("%d events, want 3 (a refused change is none): %s", len(evs), out)
+	}
+	for _, ev := range evs {
+		if ev.Who == "" || ev.At.Before(t0) || ev.Domain != "a.example" {
+			t.Fatalf("event %+v", ev)
+		}
+	}
+	if evs[0].What != "policy.set" || evs[0].Before != nil || !strings.Contains(string(evs[0].After), "127.0.0.1:2525") {
+		t.Fatalf("first event %+v", evs[0])
+	}
+	if evs[1].What != "policy.set" || strings.Contains(string(evs[1].Before), "monitor") || !strings.Contains(string(evs[1].After), "monitor") {
+		t.Fatalf("monitor switch %s -> %s", evs[1].Before, evs[1].After)
+	}
+	if evs[2].What != "policy.rm" || !strings.Contains(string(evs[2].Before), "monitor") {
+		t.Fatalf("removal %+v", evs[2])
+	}
+	table, err := ctl(t, url, "audit", "-n", "1")
+	if err != nil || !strings.Contains(table, "policy.rm") || strings.Contains(table, "policy.set") {
+		t.Fatalf("audit -n 1: %q %v", table, err)
 	}
 }

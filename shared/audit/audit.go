@@ -1,0 +1,134 @@
+// Package audit records every change an operator makes (a policy set or
+// removed, a flush of any scope, a monitor switch) as an event on
+// <prefix>.audit.<what>, kept in a small stream with limits. Events are
+// JSON, readable with `nats stream view`; `calloutctl audit` lists them.
+package audit
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/callout-mail/callout/shared/subjects"
+)
+
+// What an event records.
+const (
+	PolicySet    = "policy.set"
+	PolicyRemove = "policy.rm"
+	Flush        = "flush"
+)
+
+// Event is one operator change.
+type Event struct {
+	At      time.Time       `json:"at"`
+	Who     string          `json:"who"` // the NATS user, or the console user
+	What    string          `json:"what"`
+	Domain  string          `json:"domain,omitempty"`
+	Address string          `json:"address,omitempty"`
+	Scope   string          `json:"scope,omitempty"` // flushes: all, domain, address
+	Only    string          `json:"only,omitempty"`  // flushes: valid or invalid
+	Before  json.RawMessage `json:"before,omitempty"`
+	After   json.RawMessage `json:"after,omitempty"`
+	Result  string          `json:"result,omitempty"` // e.g. "removed 12 entries"
+}
+
+// Limits of the audit stream (defaults: 10,000 events, 90 days).
+type Limits struct {
+	MaxEvents int64
+	MaxAge    time.Duration
+}
+
+// DefaultLimits keep 10,000 events or 90 days.
+var DefaultLimits = Limits{MaxEvents: 10000, MaxAge: 90 * 24 * time.Hour}
+
+// StreamConfig is the audit stream.
+func StreamConfig(n subjects.Names, replicas int, l Limits) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        n.AuditStream(),
+		Description: "callout operator changes (JSON)",
+		Subjects:    []string{n.AuditAll()},
+		MaxMsgs:     l.MaxEvents,
+		MaxAge:      l.MaxAge,
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(replicas, 1),
+	}
+}
+
+// Record stores ev (stamped now when At is zero), creating the stream with
+// the default limits when it is missing.
+func Record(ctx context.Context, js jetstream.JetStream, n subjects.Names, ev Event) error {
+	if ev.At.IsZero() {
+		ev.At = time.Now().UTC()
+	}
+	if ev.Who == "" {
+		ev.Who = "unknown"
+	}
+	b, err := json.Marshal(ev)
+	if err != nil {
+		return err
+	}
+	_, err = js.Publish(ctx, n.Audit(ev.What), b)
+	if errors.Is(err, jetstream.ErrNoStreamResponse) {
+		if _, cerr := js.CreateStream(ctx, StreamConfig(n, 1, DefaultLimits)); cerr != nil && !errors.Is(cerr, jetstream.ErrStreamNameAlreadyInUse) {
+			return fmt.Errorf("audit stream: %w", cerr)
+		}
+		_, err = js.Publish(ctx, n.Audit(ev.What), b)
+	}
+	if err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	return nil
+}
+
+// List returns the newest events, at most n, oldest first.
+func List(ctx context.Context, js jetstream.JetStream, names subjects.Names, n int) ([]Event, error) {
+	s, err := js.Stream(ctx, names.AuditStream())
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if info.State.Msgs == 0 {
+		return nil, nil
+	}
+	start := info.State.FirstSeq
+	if n > 0 && info.State.LastSeq >= uint64(n) && info.State.LastSeq-uint64(n)+1 > start {
+		start = info.State.LastSeq - uint64(n) + 1
+	}
+	c, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: start})
+	if err != nil {
+		return nil, err
+	}
+	var out []Event
+	for {
+		batch, err := c.FetchNoWait(256)
+		if err != nil {
+			return out, err
+		}
+		got := 0
+		for m := range batch.Messages() {
+			got++
+			var ev Event
+			if json.Unmarshal(m.Data(), &ev) == nil {
+				out = append(out, ev)
+			}
+			md, _ := m.Metadata()
+			if md != nil && md.Sequence.Stream >= info.State.LastSeq {
+				return out, nil
+			}
+		}
+		if got == 0 {
+			return out, batch.Error()
+		}
+	}
+}
