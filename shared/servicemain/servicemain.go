@@ -13,11 +13,14 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/callout-mail/callout/shared/config"
 	"github.com/callout-mail/callout/shared/metricshttp"
 	"github.com/callout-mail/callout/shared/natsconn"
+	"github.com/callout-mail/callout/shared/stats"
+	"github.com/callout-mail/callout/shared/subjects"
 )
 
 // Settings is what servicemain needs of a service's configuration.
@@ -53,22 +56,35 @@ func Main(name, envPrefix, about string, cfg Settings, build Build) {
 		fmt.Printf("%s: %s\n\nSettings (environment variables):\n", name, about)
 		_ = config.Usage(os.Stdout, envPrefix, cfg)
 		fmt.Printf("%s_LOG_LEVEL  info  debug, info, warn or error\n", envPrefix)
+		fmt.Printf("%s_STATS_INTERVAL  5s  how often the stats message is published on <prefix>.stats.%s.<instance> (0: off)\n", envPrefix, name)
 		return
 	}
 	if err := config.Load(envPrefix, cfg); err != nil {
 		log.Error("bad configuration", "err", err)
 		os.Exit(2)
 	}
+	interval := 5 * time.Second
+	if v := os.Getenv(envPrefix + "_STATS_INTERVAL"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 || (d > 0 && d < 100*time.Millisecond) {
+			log.Error("bad configuration", "err", fmt.Sprintf("%s_STATS_INTERVAL: a duration of at least 100ms, or 0 (off)", envPrefix))
+			os.Exit(2)
+		}
+		interval = d
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, name, cfg, build, log); err != nil {
+	if err := run(ctx, name, cfg, build, interval, log); err != nil {
 		log.Error(name+" stopped", "err", err)
 		os.Exit(1)
 	}
 	log.Info(name + " stopped")
 }
 
-func run(ctx context.Context, name string, cfg Settings, build Build, log *slog.Logger) error {
+// StatsExtra is what a service adds to its stats messages (optional).
+type StatsExtra interface{ StatsExtra() any }
+
+func run(ctx context.Context, name string, cfg Settings, build Build, interval time.Duration, log *slog.Logger) error {
 	nc, err := natsconn.Connect(ctx, cfg.NATSConfig(), "callout-"+name, log)
 	if err != nil {
 		return err
@@ -83,6 +99,16 @@ func run(ctx context.Context, name string, cfg Settings, build Build, log *slog.
 		return fmt.Errorf("metrics: %w", err)
 	} else if addr != "" {
 		log.Info("metrics", "addr", addr)
+	}
+	if interval > 0 {
+		host, _ := os.Hostname()
+		instance := fmt.Sprintf("%s-%d-%s", host, os.Getpid(), nuid.Next()[:6])
+		var extra func() any
+		if e, ok := svc.(StatsExtra); ok {
+			extra = e.StatsExtra
+		}
+		n := subjects.New(cfg.NATSConfig().Prefix)
+		go stats.Publish(ctx, nc, n.Stats(name, instance), name, instance, reg, interval, extra, log)
 	}
 	return svc.Run(ctx)
 }

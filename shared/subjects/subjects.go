@@ -96,3 +96,11 @@ func (n Names) AuditAll() string { return n.Prefix + ".audit.>" }
 
 // AuditStream keeps operator changes.
 func (n Names) AuditStream() string { return strings.ToUpper(n.Prefix) + "_AUDIT" }
+
+// Stats is where a service instance publishes its figures.
+func (n Names) Stats(service, instance string) string {
+	return n.Prefix + ".stats." + service + "." + strings.NewReplacer(".", "_", "*", "_", ">", "_", " ", "_").Replace(instance)
+}
+
+// StatsAll matches every stats subject.
+func (n Names) StatsAll() string { return n.Prefix + ".stats.>" }

@@ -10,7 +10,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
+	"sort"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -22,6 +25,7 @@ import (
 	"github.com/callout-mail/callout/shared/audit"
 	"github.com/callout-mail/callout/shared/domains"
 	"github.com/callout-mail/callout/shared/kvkey"
+	"github.com/callout-mail/callout/shared/stats"
 	"github.com/callout-mail/callout/shared/streams"
 	"github.com/callout-mail/callout/shared/subjects"
 	"github.com/callout-mail/callout/shared/verdict"
@@ -42,6 +46,7 @@ Usage:
   calloutctl [connection flags] setup [-replicas 1] [-cache-ttl 96h]
   calloutctl [connection flags] hosts [-wait 1s] [-json]
   calloutctl [connection flags] audit [-n 50] [-json]
+  calloutctl [connection flags] stats [-every 5s] [-n 0] [-json]
 
 Connection flags (or CALLOUT_NATS_URL, CALLOUT_NATS_USER, CALLOUT_NATS_PASSWORD, CALLOUT_NATS_INBOX_PREFIX, CALLOUT_PREFIX):
 `
@@ -122,6 +127,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return a.hosts(ctx, rest)
 	case "audit":
 		return a.audit(ctx, rest)
+	case "stats":
+		return a.stats(ctx, rest)
 	}
 	return fmt.Errorf("unknown command %q", cmd)
 }
@@ -418,6 +425,164 @@ func (a *app) domain(ctx context.Context, args []string) error {
 		return a.record(ctx, ev)
 	}
 	return fmt.Errorf("unknown domain command %q", args[0])
+}
+
+// stats prints a live summary of the fleet from the services' stats
+// messages: rates per second, hit ratio, busiest destinations; every
+// -every until Ctrl-C (or -n summaries).
+func (a *app) stats(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("stats", flag.ContinueOnError)
+	every := fs.Duration("every", 5*time.Second, "how often to print a summary")
+	count := fs.Int("n", 0, "print this many summaries, then stop (0: until Ctrl-C)")
+	asJSON := fs.Bool("json", false, "print the summaries as JSON")
+	if err := fs.Parse(args); err != nil || fs.NArg() != 0 || *every <= 0 {
+		return errors.New("usage: stats [-every 5s] [-n 0] [-json]")
+	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt)
+	defer stop()
+	type pair struct{ prev, last *stats.Message }
+	var mu sync.Mutex
+	seen := map[string]*pair{}
+	sub, err := a.nc.Subscribe(a.names.StatsAll(), func(m *nats.Msg) {
+		var sm stats.Message
+		if json.Unmarshal(m.Data, &sm) != nil {
+			return
+		}
+		mu.Lock()
+		p := seen[sm.Service+"/"+sm.Instance]
+		if p == nil {
+			p = &pair{}
+			seen[sm.Service+"/"+sm.Instance] = p
+		}
+		p.prev, p.last = p.last, &sm
+		mu.Unlock()
+	})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	t := time.NewTicker(*every)
+	defer t.Stop()
+	for printed := 0; *count == 0 || printed < *count; printed++ {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		mu.Lock()
+		sum := summarize(func(fn func(prev, last *stats.Message)) {
+			for _, p := range seen {
+				if p.last != nil && time.Since(p.last.At) < 3**every+30*time.Second {
+					fn(p.prev, p.last)
+				}
+			}
+		})
+		mu.Unlock()
+		if *asJSON {
+			if err := a.printJSON(sum); err != nil {
+				return err
+			}
+			continue
+		}
+		fmt.Fprintf(a.out, "%s  instances %v\n", time.Now().Format(time.TimeOnly), sum.Instances)
+		fmt.Fprintf(a.out, "  verifies/s %.1f (accept %.1f, reject %.1f, defer %.1f)  hit ratio %.2f  near-cache hits/s %.1f  deadlines/s %.2f  shed/s %.2f  coalesced/s %.2f\n",
+			sum.Verifies, sum.Accept, sum.Reject, sum.Defer, sum.HitRatio, sum.NearHits, sum.Deadlines, sum.Shed, sum.Coalesced)
+		fmt.Fprintf(a.out, "  callouts/s %.1f %v  jobs waiting %d\n", sum.Callouts, sum.ByResult, sum.Waiting)
+		for _, h := range sum.Hosts {
+			fmt.Fprintf(a.out, "  %-28s %-9s in use %d  rate %.1f/s  backoff %d  %s\n", h.Host, h.Breaker, h.InUse, h.Rate, h.Backoff, h.LastReply)
+		}
+	}
+	return nil
+}
+
+// fleetSummary is what `calloutctl stats` shows.
+type fleetSummary struct {
+	Instances map[string]int     `json:"instances"`
+	Verifies  float64            `json:"verifies_per_s"`
+	Accept    float64            `json:"accept_per_s"`
+	Reject    float64            `json:"reject_per_s"`
+	Defer     float64            `json:"defer_per_s"`
+	HitRatio  float64            `json:"hit_ratio"`
+	NearHits  float64            `json:"near_cache_hits_per_s"`
+	Deadlines float64            `json:"deadlines_per_s"`
+	Shed      float64            `json:"shed_per_s"`
+	Coalesced float64            `json:"coalesced_per_s"`
+	Callouts  float64            `json:"callouts_per_s"`
+	ByResult  map[string]float64 `json:"callouts_by_result_per_s"`
+	Waiting   int64              `json:"jobs_waiting"`
+	Totals    map[string]float64 `json:"totals"`
+	Hosts     []struct {
+		Host      string  `json:"host"`
+		Breaker   string  `json:"breaker"`
+		Rate      float64 `json:"rate"`
+		Backoff   int     `json:"backoff"`
+		InUse     int     `json:"in_use"`
+		LastReply string  `json:"last_reply"`
+	} `json:"hosts"`
+}
+
+func summarize(each func(fn func(prev, last *stats.Message))) fleetSummary {
+	s := fleetSummary{Instances: map[string]int{}, ByResult: map[string]float64{}, Totals: map[string]float64{}}
+	var hits, total float64
+	each(func(prev, last *stats.Message) {
+		s.Instances[last.Service]++
+		rate := func(name string, want ...string) float64 {
+			if prev == nil {
+				return 0
+			}
+			dt := last.At.Sub(prev.At).Seconds()
+			if dt <= 0 {
+				return 0
+			}
+			return (stats.Sum(last.Counters, name, want...) - stats.Sum(prev.Counters, name, want...)) / dt
+		}
+		switch last.Service {
+		case "ingest":
+			s.Totals["verifies"] += stats.Sum(last.Counters, "callout_ingest_requests_total")
+			s.Verifies += rate("callout_ingest_requests_total")
+			s.Accept += rate("callout_ingest_requests_total", `action="accept"`)
+			s.Reject += rate("callout_ingest_requests_total", `action="reject"`)
+			s.Defer += rate("callout_ingest_requests_total", `action="defer"`)
+			hits += rate("callout_ingest_requests_total", `source="cache"`)
+			total += rate("callout_ingest_requests_total")
+			s.NearHits += rate("callout_ingest_near_cache_hits_total")
+			s.Deadlines += rate("callout_ingest_deadlines_total")
+			s.Shed += rate("callout_ingest_shed_total")
+			s.Coalesced += rate("callout_ingest_coalesced_total")
+		case "prober":
+			s.Totals["callouts"] += stats.Sum(last.Counters, "callout_prober_callouts_total")
+			s.Callouts += rate("callout_prober_callouts_total")
+			for k := range last.Counters {
+				if base, lbl, ok := strings.Cut(k, "{"); ok && base == "callout_prober_callouts_total" {
+					s.ByResult[strings.TrimSuffix(strings.TrimPrefix(lbl, `result="`), `"}`)] += rate(base, lbl[:len(lbl)-1])
+				}
+			}
+			var extra proberHosts
+			if b, err := json.Marshal(last.Extra); err == nil && json.Unmarshal(b, &extra) == nil {
+				s.Waiting += extra.Waiting
+				for _, h := range extra.Hosts {
+					s.Hosts = append(s.Hosts, struct {
+						Host      string  `json:"host"`
+						Breaker   string  `json:"breaker"`
+						Rate      float64 `json:"rate"`
+						Backoff   int     `json:"backoff"`
+						InUse     int     `json:"in_use"`
+						LastReply string  `json:"last_reply"`
+					}{h.Host, h.Breaker, h.Rate, h.Backoff, h.InUse, h.LastReply})
+				}
+			}
+		case "cachekeeper":
+			s.Totals["lookups"] += stats.Sum(last.Counters, "callout_cache_lookups_total")
+		}
+	})
+	if total > 0 {
+		s.HitRatio = hits / total
+	}
+	sort.Slice(s.Hosts, func(i, j int) bool { return s.Hosts[i].InUse > s.Hosts[j].InUse })
+	if len(s.Hosts) > 10 {
+		s.Hosts = s.Hosts[:10]
+	}
+	return s
 }
 
 // record stores an audit event of this operator.

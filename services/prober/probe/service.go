@@ -477,3 +477,9 @@ func (s *Service) dnsResult(addr address.Address, purpose verdict.Purpose, err e
 	}
 	return callout.Result{Address: v}
 }
+
+// StatsExtra adds the busiest destination hosts and the waiting jobs to the
+// prober's stats messages.
+func (s *Service) StatsExtra() any {
+	return HostsReply{Instance: s.instance, Waiting: s.waiting.Load(), Hosts: s.pool.Hosts(10)}
+}
