@@ -15,6 +15,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -211,11 +212,26 @@ func (s *Server) answer(ctx context.Context, c net.Conn, attrs map[string]string
 		// Nothing to check at this stage (e.g. MAIL without a recipient yet).
 		return "DUNNO"
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	// A client may ask for a shorter deadline (Exim's readsocket has its own
+	// timeout): callout_timeout=20s, or a number of seconds. Postfix sends
+	// no such attribute.
+	timeout := s.cfg.Timeout
+	if v := attrs["callout_timeout"]; v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			if n, nerr := strconv.Atoi(v); nerr == nil {
+				d, err = time.Duration(n)*time.Second, nil
+			}
+		}
+		if err == nil && d > 0 && d < timeout {
+			timeout = d
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var deferred string
 	if s.cfg.Senders && sender != "" {
-		rep := s.verify(ctx, wire.VerifyRequest{Address: sender, Purpose: verdict.Sender, ClientAddress: client})
+		rep := s.verify(ctx, wire.VerifyRequest{Address: sender, Purpose: verdict.Sender, ClientAddress: client, TimeoutMS: int(timeout.Milliseconds())})
 		if brokenInput(rep) {
 			return s.malformed(c, fmt.Errorf("%w: sender %q: %s", errMalformed, sender, rep.Verdict.Text))
 		}
@@ -227,7 +243,7 @@ func (s *Server) answer(ctx context.Context, c net.Conn, attrs map[string]string
 		}
 	}
 	if rcpt != "" {
-		rep := s.verify(ctx, wire.VerifyRequest{Address: rcpt, Purpose: verdict.Recipient, ClientAddress: client})
+		rep := s.verify(ctx, wire.VerifyRequest{Address: rcpt, Purpose: verdict.Recipient, ClientAddress: client, TimeoutMS: int(timeout.Milliseconds())})
 		if brokenInput(rep) {
 			return s.malformed(c, fmt.Errorf("%w: recipient %q: %s", errMalformed, rcpt, rep.Verdict.Text))
 		}
