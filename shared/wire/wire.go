@@ -252,6 +252,9 @@ func Decode(data []byte, m Message) (err error) {
 			err = fmt.Errorf("%w: %v", ErrGarbage, r)
 		}
 	}()
+	if err := checkMsgpack(data); err != nil {
+		return err
+	}
 	if err := msgpack.Unmarshal(data, m); err != nil {
 		return fmt.Errorf("%w: %v", ErrGarbage, err)
 	}

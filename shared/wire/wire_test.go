@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"bytes"
 	"errors"
 	"testing"
 	"time"
@@ -144,4 +145,33 @@ func FuzzDecodeJSON(f *testing.F) {
 			t.Fatalf("flush scope %q accepted", c.Scope)
 		}
 	})
+}
+
+// A tiny message declaring a huge container or string is refused before
+// the decoder sizes anything from it; every message we make passes.
+func TestDeclaredLengths(t *testing.T) {
+	for _, data := range [][]byte{
+		{0xdf, 0x7f, 0xff, 0xff, 0xff},                  // map32 of 2^31 entries
+		{0xdd, 0xff, 0xff, 0xff, 0xff, 0x01},            // array32
+		{0x81, 0xa1, 'a', 0xc6, 0x73, 0x63, 0x6f, 0x70}, // bin32 of 1.9 GB
+		{0x81, 0xa1, 'a', 0xdb, 0x10, 0, 0, 0, 'x'},     // str32
+		{0xc1},
+		append(bytes.Repeat([]byte{0x91}, 40), 0x01), // nested 40 deep
+	} {
+		var r VerifyRequest
+		if err := Decode(data, &r); !errors.Is(err, ErrGarbage) {
+			t.Errorf("%x: %v, want ErrGarbage", data, err)
+		}
+	}
+	for _, m := range []Message{&VerifyRequest{Address: "a@b.org", Purpose: verdict.Sender, TimeoutMS: 100},
+		&ProbeJob{Address: "a@b.org", Route: []string{"127.0.0.1:25"}}, &FlushCommand{Scope: ScopeAll}} {
+		b, _ := Encode(m)
+		if err := checkMsgpack(b); err != nil {
+			t.Errorf("%T refused: %v", m, err)
+		}
+	}
+	b, _ := EncodeVerdict(verdict.Verdict{Kind: verdict.KindAddress, Domain: "b.org", Status: verdict.Valid, CheckedAt: time.Now(), Text: "ok"})
+	if _, err := DecodeVerdict(b); err != nil {
+		t.Errorf("verdict refused: %v", err)
+	}
 }
