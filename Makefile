@@ -43,8 +43,8 @@ build:
 	cd services/ingest && go build -o $(BIN)/ingest ./cmd/ingest
 	cd tools && go build -o $(BIN)/calloutctl ./calloutctl && go build -o $(BIN)/devrun ./devrun
 
-## run: everything on loopback with a demo destination; Ctrl-C stops it.
-run: build $(BIN)/nats-server
+## run: everything on loopback with a demo destination; Ctrl-C stops it. Installs the nats CLI into ./bin too.
+run: build $(BIN)/nats-server $(BIN)/nats
 	$(BIN)/devrun -bin $(BIN) -dir ./var
 
 ## test: vet, staticcheck, unit tests with -race, the e2e suite, every fuzz target (FUZZTIME each).

@@ -3,6 +3,7 @@ package e2e
 import (
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -64,6 +65,28 @@ func TestMakeRun(t *testing.T) {
 	}
 	if rep := ask("x@catchall.example"); rep.Decision.Action != verdict.Accept {
 		t.Fatalf("catch-all: %+v", rep.Decision)
+	}
+	// Every command it prints works as printed (./bin is where make puts them).
+	ran := 0
+	for _, line := range strings.Split(out(), "\n") {
+		if !strings.HasPrefix(line, "  ./bin/") {
+			continue
+		}
+		cmdline := strings.TrimSpace(line)
+		if i := strings.Index(cmdline, "   #"); i > 0 {
+			cmdline = strings.TrimSpace(cmdline[:i])
+		}
+		cmdline = filepath.Join(binDir) + "/" + strings.TrimPrefix(cmdline, "./bin/")
+		cmd := exec.Command("bash", "-c", cmdline)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "HOME="+t.TempDir()) // no nats contexts of the machine's user
+		if o, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", cmdline, err, o)
+		}
+		ran++
+	}
+	if ran < 8 {
+		t.Fatalf("only %d commands printed:\n%s", ran, out())
 	}
 	nc.Close()
 	if err := p.Stop(20 * time.Second); err != nil {

@@ -118,10 +118,13 @@ Try it:
   ./bin/calloutctl verify nobody@demo.example     # reject 550 5.1.1
   ./bin/calloutctl verify x@catchall.example      # accept: catch-all
   ./bin/calloutctl inspect                        # what the cache holds
+  ./bin/calloutctl verify -trace nobody@demo.example   # a fresh callout with its whole dialogue
   ./bin/calloutctl flush -domain demo.example
-  nats req callout.verify '{"address":"bob@demo.example"}' -H Content-Type:application/json
-  nats kv ls callout_cache
+  ./bin/calloutctl audit                          # the flush, recorded
+  ./bin/nats --timeout 30s req callout.verify '{"address":"bob@demo.example"}' -H Content-Type:application/json
+  ./bin/nats kv ls callout_cache
   Postfix policy: check_policy_service inet:127.0.0.1:10040
+  Ports: NATS 4222 (monitoring 8222), demo destination 2525, policy 10040, metrics 9101-9103
 
 Ctrl-C stops everything.
 `, *dir, *smtpAddr)
