@@ -20,7 +20,7 @@ FUZZ_TARGETS := shared:./address/:FuzzParse shared:./kvkey/:FuzzToken shared:./w
 	services/prober:./classify/:FuzzRcpt services/ingest:./policyd/:FuzzReadRequest
 export GOFLAGS := -buildvcs=false
 
-.PHONY: all build run test vet staticcheck unit e2e fuzz bench clean tools
+.PHONY: all build run test vet staticcheck unit e2e fuzz bench clean tools deploy-check
 
 all: build
 
@@ -47,8 +47,8 @@ build:
 run: build $(BIN)/nats-server $(BIN)/nats
 	$(BIN)/devrun -bin $(BIN) -dir ./var
 
-## test: vet, staticcheck, unit tests with -race, the e2e suite, every fuzz target (FUZZTIME each).
-test: vet staticcheck unit e2e fuzz
+## test: vet, staticcheck, unit tests with -race, the e2e suite, every fuzz target (FUZZTIME each), the deployment files.
+test: vet staticcheck unit e2e fuzz deploy-check
 
 vet:
 	for m in $(MODULES); do (cd $$m && go vet ./...); done
@@ -73,6 +73,10 @@ fuzz:
 			echo "no failing input written: the fuzz coordinator's deadline race (golang/go#75804), not a finding"; \
 		fi; \
 	done
+
+## deploy-check: systemd units (systemd-analyze verify) and alert rules (promtool check rules).
+deploy-check: build $(BIN)/nats-server
+	bash deploy/check.sh $(BIN)
 
 ## bench: the performance figures (table on stdout, JSON in bench/results.json).
 bench: build $(BIN)/nats-server
