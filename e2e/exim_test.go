@@ -27,19 +27,21 @@ func needExim(t *testing.T) string {
 	bin := filepath.Join(dir, "root", "usr", "sbin", "exim4")
 	apt := func(args ...string) {
 		t.Helper()
-		cmd := exec.Command("apt-get", args...)
-		cmd.Dir = dir
-		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			if out2, err2 := exec.Command("apt-get", "update", "-qq").CombinedOutput(); err2 != nil {
-				t.Fatalf("apt-get update: %v %s", err2, out2)
-			}
+		run := func() ([]byte, error) {
 			cmd := exec.Command("apt-get", args...)
 			cmd.Dir = dir
 			cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-			if out, err = cmd.CombinedOutput(); err != nil {
-				t.Fatalf("apt-get %v: %v %s", args, err, out)
-			}
+			return cmd.CombinedOutput()
+		}
+		if _, err := run(); err == nil {
+			return
+		}
+		// Perhaps the package lists are old or missing: update, then once more.
+		if out, err := exec.Command("apt-get", "update", "-qq").CombinedOutput(); err != nil {
+			t.Fatalf("apt-get update: %v %s", err, out)
+		}
+		if out, err := run(); err != nil {
+			t.Fatalf("apt-get %v: %v %s", args, err, out)
 		}
 	}
 	if _, err := os.Stat(bin); err != nil {
