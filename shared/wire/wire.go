@@ -46,6 +46,27 @@ type VerifyRequest struct {
 	Trace         bool            `msgpack:"trace,omitempty" json:"trace,omitempty"`                   // a fresh, recorded callout: only on callout.verify.trace
 }
 
+// HostInfo is what an operator sees of one destination host of a prober.
+type HostInfo struct {
+	Host      string  `json:"host"`
+	Breaker   string  `json:"breaker"`
+	Rate      float64 `json:"rate"`
+	Backoff   int     `json:"backoff"`
+	InUse     int     `json:"in_use"`
+	Idle      int     `json:"idle"`
+	Reuse     bool    `json:"reuse"`
+	PlainText bool    `json:"plaintext"`
+	LastReply string  `json:"last_reply,omitempty"`
+}
+
+// HostsReply is a prober's answer on the hosts subject (JSON), and the
+// extra part of its stats messages.
+type HostsReply struct {
+	Instance string     `json:"instance"`
+	Waiting  int64      `json:"waiting"`
+	Hosts    []HostInfo `json:"hosts"`
+}
+
 // TraceReply is a prober's answer to a traced job: the verdicts it
 // published and the transcript.
 type TraceReply struct {

@@ -511,14 +511,7 @@ type fleetSummary struct {
 	ByResult  map[string]float64 `json:"callouts_by_result_per_s"`
 	Waiting   int64              `json:"jobs_waiting"`
 	Totals    map[string]float64 `json:"totals"`
-	Hosts     []struct {
-		Host      string  `json:"host"`
-		Breaker   string  `json:"breaker"`
-		Rate      float64 `json:"rate"`
-		Backoff   int     `json:"backoff"`
-		InUse     int     `json:"in_use"`
-		LastReply string  `json:"last_reply"`
-	} `json:"hosts"`
+	Hosts     []wire.HostInfo    `json:"hosts"`
 }
 
 func summarize(each func(fn func(prev, last *stats.Message))) fleetSummary {
@@ -560,16 +553,7 @@ func summarize(each func(fn func(prev, last *stats.Message))) fleetSummary {
 			var extra proberHosts
 			if b, err := json.Marshal(last.Extra); err == nil && json.Unmarshal(b, &extra) == nil {
 				s.Waiting += extra.Waiting
-				for _, h := range extra.Hosts {
-					s.Hosts = append(s.Hosts, struct {
-						Host      string  `json:"host"`
-						Breaker   string  `json:"breaker"`
-						Rate      float64 `json:"rate"`
-						Backoff   int     `json:"backoff"`
-						InUse     int     `json:"in_use"`
-						LastReply string  `json:"last_reply"`
-					}{h.Host, h.Breaker, h.Rate, h.Backoff, h.InUse, h.LastReply})
-				}
+				s.Hosts = append(s.Hosts, extra.Hosts...)
 			}
 		case "cachekeeper":
 			s.Totals["lookups"] += stats.Sum(last.Counters, "callout_cache_lookups_total")
@@ -657,21 +641,7 @@ func (a *app) setup(ctx context.Context, args []string) error {
 }
 
 // proberHosts is one prober's answer on the hosts subject.
-type proberHosts struct {
-	Instance string `json:"instance"`
-	Waiting  int64  `json:"waiting"`
-	Hosts    []struct {
-		Host      string  `json:"host"`
-		Breaker   string  `json:"breaker"`
-		Rate      float64 `json:"rate"`
-		Backoff   int     `json:"backoff"`
-		InUse     int     `json:"in_use"`
-		Idle      int     `json:"idle"`
-		Reuse     bool    `json:"reuse"`
-		PlainText bool    `json:"plaintext"`
-		LastReply string  `json:"last_reply"`
-	} `json:"hosts"`
-}
+type proberHosts = wire.HostsReply
 
 // hosts asks every prober for its destination hosts and lists them.
 func (a *app) hosts(ctx context.Context, args []string) error {

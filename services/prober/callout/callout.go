@@ -371,35 +371,22 @@ func (v *Verifier) transaction(ctx context.Context, d *destination.Dest, host st
 		// Some servers take one recipient per transaction, some drop the
 		// connection after an unknown one: RSET, or reconnect (also when
 		// one more RSET would pass the host's non-mail command limit).
-		if s.c.NonMail()+1 > d.MaxNonMail() {
+		switch {
+		case s.c.NonMail()+1 > d.MaxNonMail():
 			s.c.Quit(ctx)
-			ns, fail, _, unhealthy := v.open(ctx, d, host, t, false)
-			if fail != nil {
-				fail.Facts = append(fail.Facts, facts...)
-				fail.Rcpts = rcpts
+			if fail, unhealthy := v.reopen(ctx, d, host, t, s, sender, facts, rcpts); fail != nil {
 				return *fail, false, unhealthy, false
 			}
-			*s = *ns
-		} else if !s.c.Reset(ctx) {
+		case !s.c.Reset(ctx):
 			s.c.Close()
 			d.DisableReuse()
-			ns, fail, _, unhealthy := v.open(ctx, d, host, t, false)
-			if fail != nil {
-				fail.Facts = append(fail.Facts, facts...)
-				fail.Rcpts = rcpts
+			if fail, unhealthy := v.reopen(ctx, d, host, t, s, sender, facts, rcpts); fail != nil {
 				return *fail, false, unhealthy, false
 			}
-			*s = *ns
-		}
-		if rep, err := s.c.Mail(ctx, sender); err != nil || rep.Class() != 2 {
-			var r Result
-			if err != nil {
-				r, unhealthy = v.failErr(t, host, err)
-			} else {
-				r = v.fail(t, host, verdict.TempFail, ReasonDeferred, rep)
+		default:
+			if fail, unhealthy := v.mailAgain(ctx, host, t, s, sender, facts, rcpts); fail != nil {
+				return *fail, false, unhealthy, false
 			}
-			r.Facts, r.Rcpts = facts, rcpts
-			return r, false, unhealthy, false
 		}
 	}
 	rep, err := s.c.Rcpt(ctx, t.Address.String())
@@ -410,22 +397,8 @@ func (v *Verifier) transaction(ctx context.Context, d *destination.Dest, host st
 		// host takes. Ask again on a fresh connection, once.
 		d.Throttled(rep.String())
 		s.c.Quit(ctx)
-		ns, fail, _, unhealthy := v.open(ctx, d, host, t, false)
-		if fail != nil {
-			fail.Facts = append(fail.Facts, facts...)
-			fail.Rcpts = rcpts
+		if fail, unhealthy := v.reopen(ctx, d, host, t, s, sender, facts, rcpts); fail != nil {
 			return *fail, false, unhealthy, false
-		}
-		*s = *ns
-		if mrep, merr := s.c.Mail(ctx, sender); merr != nil || mrep.Class() != 2 {
-			var r Result
-			if merr != nil {
-				r, unhealthy = v.failErr(t, host, merr)
-			} else {
-				r = v.fail(t, host, verdict.TempFail, ReasonDeferred, mrep)
-			}
-			r.Facts, r.Rcpts = facts, rcpts
-			return r, false, unhealthy, false
 		}
 		rep, err = s.c.Rcpt(ctx, t.Address.String())
 		rcpts++
@@ -442,6 +415,36 @@ func (v *Verifier) transaction(ctx context.Context, d *destination.Dest, host st
 	r := v.result(t, host, sender, c.Status, c.Reason, rep)
 	r.Facts, r.Rcpts = facts, rcpts
 	return r, false, rep.Code == 421, rep.Code != 421
+}
+
+// reopen replaces s (closed by the caller) with a new connection past
+// MAIL FROM. On failure it returns the result to report.
+func (v *Verifier) reopen(ctx context.Context, d *destination.Dest, host string, t Target, s *session, sender string, facts []verdict.Verdict, rcpts int) (*Result, bool) {
+	ns, fail, _, unhealthy := v.open(ctx, d, host, t, false)
+	if fail != nil {
+		fail.Facts = append(fail.Facts, facts...)
+		fail.Rcpts = rcpts
+		return fail, unhealthy
+	}
+	*s = *ns
+	return v.mailAgain(ctx, host, t, s, sender, facts, rcpts)
+}
+
+// mailAgain starts a new transaction on s with sender.
+func (v *Verifier) mailAgain(ctx context.Context, host string, t Target, s *session, sender string, facts []verdict.Verdict, rcpts int) (*Result, bool) {
+	rep, err := s.c.Mail(ctx, sender)
+	if err == nil && rep.Class() == 2 {
+		return nil, false
+	}
+	var r Result
+	unhealthy := false
+	if err != nil {
+		r, unhealthy = v.failErr(t, host, err)
+	} else {
+		r = v.fail(t, host, verdict.TempFail, ReasonDeferred, rep)
+	}
+	r.Facts, r.Rcpts = facts, rcpts
+	return &r, unhealthy
 }
 
 // throttling reports a reply that says the host is overloaded or limits

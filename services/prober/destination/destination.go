@@ -15,6 +15,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/callout-mail/callout/services/prober/smtpprobe"
+	"github.com/callout-mail/callout/shared/wire"
 )
 
 // ErrUnhealthy marks a failure that counts against a destination's breaker:
@@ -341,17 +342,7 @@ func (d *Dest) MaxRcpts() int {
 func (d *Dest) MaxNonMail() int { return d.cfg.MaxNonMail }
 
 // Info is what an operator sees of a host.
-type Info struct {
-	Host      string  `json:"host"`
-	Breaker   string  `json:"breaker"`
-	Rate      float64 `json:"rate"`
-	Backoff   int     `json:"backoff"`
-	InUse     int     `json:"in_use"`
-	Idle      int     `json:"idle"`
-	Reuse     bool    `json:"reuse"`
-	PlainText bool    `json:"plaintext"`
-	LastReply string  `json:"last_reply,omitempty"`
-}
+type Info = wire.HostInfo
 
 // Info describes the host now.
 func (d *Dest) Info() Info {

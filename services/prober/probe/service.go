@@ -180,11 +180,7 @@ func (s *Service) sweep(ctx context.Context) {
 }
 
 // HostsReply is a prober's answer on the hosts subject.
-type HostsReply struct {
-	Instance string             `json:"instance"`
-	Waiting  int64              `json:"waiting"`
-	Hosts    []destination.Info `json:"hosts"`
-}
+type HostsReply = wire.HostsReply
 
 // answerHosts tells an operator about this prober's destination hosts, the
 // busiest first (at most 100).
