@@ -57,6 +57,9 @@ type HostInfo struct {
 	Reuse     bool    `json:"reuse"`
 	PlainText bool    `json:"plaintext"`
 	LastReply string  `json:"last_reply,omitempty"`
+	Calls     uint64  `json:"calls"`  // dialogues with the host since the prober started
+	P50MS     float64 `json:"p50_ms"` // dialogue time, over the last 128
+	P99MS     float64 `json:"p99_ms"`
 }
 
 // HostsReply is a prober's answer on the hosts subject (JSON), and the

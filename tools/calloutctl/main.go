@@ -489,7 +489,7 @@ func (a *app) stats(ctx context.Context, args []string) error {
 			sum.Verifies, sum.Accept, sum.Reject, sum.Defer, sum.HitRatio, sum.NearHits, sum.Deadlines, sum.Shed, sum.Coalesced)
 		fmt.Fprintf(a.out, "  callouts/s %.1f %v  jobs waiting %d\n", sum.Callouts, sum.ByResult, sum.Waiting)
 		for _, h := range sum.Hosts {
-			fmt.Fprintf(a.out, "  %-28s %-9s in use %d  rate %.1f/s  backoff %d  %s\n", h.Host, h.Breaker, h.InUse, h.Rate, h.Backoff, h.LastReply)
+			fmt.Fprintf(a.out, "  %-28s %-9s calls %d  p50 %.1f ms  p99 %.1f ms  in use %d  rate %.1f/s  backoff %d  %s\n", h.Host, h.Breaker, h.Calls, h.P50MS, h.P99MS, h.InUse, h.Rate, h.Backoff, h.LastReply)
 		}
 	}
 	return nil
@@ -679,14 +679,14 @@ func (a *app) hosts(ctx context.Context, args []string) error {
 		return errors.New("hosts: no prober answered")
 	}
 	tw := tabwriter.NewWriter(a.out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PROBER\tHOST\tBREAKER\tRATE/S\tBACKOFF\tIN USE\tIDLE\tREUSE\tTLS\tLAST REPLY")
+	fmt.Fprintln(tw, "PROBER\tHOST\tBREAKER\tCALLS\tP50 MS\tP99 MS\tRATE/S\tBACKOFF\tIN USE\tIDLE\tREUSE\tTLS\tLAST REPLY")
 	for _, ph := range all {
 		for _, h := range ph.Hosts {
 			tlsState := "ok"
 			if h.PlainText {
 				tlsState = "plaintext"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%.2f\t%d\t%d\t%d\t%v\t%s\t%s\n", ph.Instance, h.Host, h.Breaker, h.Rate, h.Backoff, h.InUse, h.Idle, h.Reuse, tlsState, h.LastReply)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%.1f\t%.1f\t%.2f\t%d\t%d\t%d\t%v\t%s\t%s\n", ph.Instance, h.Host, h.Breaker, h.Calls, h.P50MS, h.P99MS, h.Rate, h.Backoff, h.InUse, h.Idle, h.Reuse, tlsState, h.LastReply)
 		}
 		fmt.Fprintf(tw, "%s\t(%d jobs waiting for busy hosts)\n", ph.Instance, ph.Waiting)
 	}

@@ -145,7 +145,9 @@ func (v *Verifier) onHost(ctx context.Context, host string, t Target, held func(
 	var next bool
 	err := d.Do(func() error {
 		var unhealthy bool
+		start := time.Now()
 		res, next, unhealthy = v.dialogue(ctx, d, host, t)
+		d.Observe(time.Since(start))
 		if unhealthy {
 			return destination.ErrUnhealthy
 		}

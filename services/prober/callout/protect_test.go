@@ -83,7 +83,7 @@ func TestTooManyRecipientsRetried(t *testing.T) {
 // verdict lost.
 func TestReuseWithinNonMailLimit(t *testing.T) {
 	s := server(t, smtptest.Config{Mailboxes: []string{"alice@example.org"}, MaxNonMail: 10})
-	v, _ := protectVerifier(destination.Config{MaxConns: 1, Rate: 1000, ReuseMaxRcpts: 100, IdleTimeout: time.Minute})
+	v, pool := protectVerifier(destination.Config{MaxConns: 1, Rate: 1000, ReuseMaxRcpts: 100, IdleTimeout: time.Minute})
 	for i := 0; i < 30; i++ {
 		a, want := "alice@example.org", verdict.Valid
 		if i%3 == 0 {
@@ -99,6 +99,10 @@ func TestReuseWithinNonMailLimit(t *testing.T) {
 	}
 	if s.Conns() >= 30 {
 		t.Fatalf("%d connections for 30 callouts: no reuse", s.Conns())
+	}
+	// What operators see of the host: its calls and their times.
+	if info := pool.Get(s.Addr()).Info(); info.Calls != 30 || info.P50MS <= 0 || info.P99MS < info.P50MS {
+		t.Fatalf("host info %+v", info)
 	}
 }
 

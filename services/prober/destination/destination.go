@@ -116,6 +116,8 @@ type Dest struct {
 	lastThrottle time.Time
 	lastReply    string // the host's last reply, for operators
 	inUse        int
+	calls        uint64
+	took         [128]time.Duration // the last dialogues' durations, a ring
 }
 
 type idleConn struct {
@@ -344,13 +346,28 @@ func (d *Dest) MaxNonMail() int { return d.cfg.MaxNonMail }
 // Info is what an operator sees of a host.
 type Info = wire.HostInfo
 
+// Observe records one dialogue with the host and how long it took.
+func (d *Dest) Observe(took time.Duration) {
+	d.mu.Lock()
+	d.took[d.calls%uint64(len(d.took))] = took
+	d.calls++
+	d.mu.Unlock()
+}
+
 // Info describes the host now.
 func (d *Dest) Info() Info {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	now := time.Now()
-	return Info{Host: d.host, Breaker: d.cb.State().String(), Rate: float64(d.lim.Limit()), Backoff: d.level,
-		InUse: d.inUse, Idle: len(d.idle), Reuse: !now.Before(d.noReuse), PlainText: now.Before(d.plainTil), LastReply: d.lastReply}
+	in := Info{Host: d.host, Breaker: d.cb.State().String(), Rate: float64(d.lim.Limit()), Backoff: d.level,
+		InUse: d.inUse, Idle: len(d.idle), Reuse: !now.Before(d.noReuse), PlainText: now.Before(d.plainTil), LastReply: d.lastReply, Calls: d.calls}
+	if n := min(d.calls, uint64(len(d.took))); n > 0 {
+		lat := append([]time.Duration(nil), d.took[:n]...)
+		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+		ms := func(p float64) float64 { return float64(lat[int(p*float64(n-1))].Microseconds()) / 1000 }
+		in.P50MS, in.P99MS = ms(0.50), ms(0.99)
+	}
+	return in
 }
 
 // Hosts describes every host the pool knows, busiest first, at most n.
@@ -365,12 +382,16 @@ func (p *Pool) Hosts(n int) []Info {
 	for _, d := range dests {
 		out = append(out, d.Info())
 	}
+	// The busiest first: connections in use, then back-off, then calls.
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].InUse != out[j].InUse {
 			return out[i].InUse > out[j].InUse
 		}
 		if out[i].Backoff != out[j].Backoff {
 			return out[i].Backoff > out[j].Backoff
+		}
+		if out[i].Calls != out[j].Calls {
+			return out[i].Calls > out[j].Calls
 		}
 		return out[i].Host < out[j].Host
 	})
