@@ -8,6 +8,7 @@ import (
 
 	"github.com/vmihailenco/msgpack/v5"
 
+	"github.com/callout-mail/callout/shared/kvkey"
 	"github.com/callout-mail/callout/shared/verdict"
 )
 
@@ -173,5 +174,42 @@ func TestDeclaredLengths(t *testing.T) {
 	b, _ := EncodeVerdict(verdict.Verdict{Kind: verdict.KindAddress, Domain: "b.org", Status: verdict.Valid, CheckedAt: time.Now(), Text: "ok"})
 	if _, err := DecodeVerdict(b); err != nil {
 		t.Errorf("verdict refused: %v", err)
+	}
+}
+
+// A stored entry keeps what its key does not say, and reads back whole.
+func TestEntry(t *testing.T) {
+	now := time.UnixMicro(time.Now().UnixMicro())
+	v := verdict.Verdict{Kind: verdict.KindAddress, Address: "alice@example.org", Domain: "example.org", Purpose: verdict.Recipient,
+		Sender: "verify@gw.example", Status: verdict.Invalid, Reason: "user_unknown", Code: 550, Enhanced: "5.1.1",
+		Text: "User unknown", Host: "10.0.0.5:25", CheckedAt: now, ExpiresAt: now.Add(2 * time.Hour), Source: verdict.SourceProbe}
+	key := kvkey.Address("example.org", "alice", verdict.Recipient, "verify@gw.example")
+	b, err := EncodeEntry(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	full, _ := EncodeVerdict(v)
+	if len(b)*2 > len(full) {
+		t.Errorf("entry %d bytes, the verdict message %d", len(b), len(full))
+	}
+	got, err := DecodeEntry(key, b)
+	if err != nil || got != v {
+		t.Fatalf("DecodeEntry = %+v, %v\nwant %+v", got, err, v)
+	}
+	// A domain fact, from its key.
+	f := verdict.Verdict{Kind: verdict.KindDomain, Domain: "example.org", Purpose: verdict.Sender, Fact: kvkey.FactCatchAll,
+		Status: verdict.CatchAll, Reason: "random_accepted", CheckedAt: now, ExpiresAt: now.Add(96 * time.Hour), Source: verdict.SourceProbe}
+	b, _ = EncodeEntry(f)
+	if got, err := DecodeEntry(kvkey.Domain("example.org", verdict.Sender, kvkey.FactCatchAll), b); err != nil || got != f {
+		t.Fatalf("fact: %+v, %v", got, err)
+	}
+	// Values of the earlier format (a verdict message) are read too.
+	if got, err := DecodeEntry(key, full); err != nil || got.Status != verdict.Invalid {
+		t.Fatalf("earlier format: %+v, %v", got, err)
+	}
+	for _, bad := range [][]byte{{0x99, 0x02}, {0x93, 0x02, 0x01, 0xa0}, {0x99, 0x07, 0, 0xa0, 0, 0xa0, 0xa0, 0xa0, 0, 0}} {
+		if _, err := DecodeEntry(key, bad); err == nil {
+			t.Errorf("%x decoded", bad)
+		}
 	}
 }

@@ -327,7 +327,7 @@ func (a *app) inspect(ctx context.Context, args []string) error {
 		if err != nil {
 			continue
 		}
-		v, err := wire.DecodeVerdict(e.Value())
+		v, err := wire.DecodeEntry(k, e.Value())
 		if err != nil {
 			fmt.Fprintf(tw, "%s\t(undecodable: %v)\n", k, err)
 			continue

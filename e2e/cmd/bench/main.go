@@ -746,8 +746,9 @@ func (b *bench) storage(n int) error {
 		local := fmt.Sprintf("u%d", i%perDomain)
 		v := verdict.Verdict{Kind: verdict.KindAddress, Address: local + "@" + d, Domain: d, Status: verdict.Valid, Reason: "accepted",
 			Code: 250, Enhanced: "2.1.5", Text: "Ok", Host: "127.0.0.1:25", CheckedAt: now, ExpiresAt: now.Add(96 * time.Hour), Source: verdict.SourceProbe}
-		data, _ := wire.EncodeVerdict(v)
-		if _, err := b.js.PublishAsync("$KV."+b.names.CacheBucket()+"."+kvkey.Address(d, local, verdict.Recipient, ""), data, jetstream.WithMsgTTL(96*time.Hour)); err != nil {
+		data, _ := wire.EncodeEntry(v)
+		// As the cachekeeper writes an entry of the longest class: no TTL header.
+		if _, err := b.js.PublishAsync("$KV."+b.names.CacheBucket()+"."+kvkey.Address(d, local, verdict.Recipient, ""), data); err != nil {
 			return err
 		}
 		if i%10000 == 9999 {

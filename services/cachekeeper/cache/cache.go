@@ -202,9 +202,16 @@ func (s *Store) Put(ctx context.Context, v verdict.Verdict) (Outcome, error) {
 	// The server counts TTLs in whole seconds, at least one; lookups check
 	// expires_at themselves, so rounding up never serves a stale entry.
 	msgTTL := max((left + time.Second - 1).Truncate(time.Second), time.Second)
-	data, err := wire.EncodeVerdict(v)
+	data, err := wire.EncodeEntry(v)
 	if err != nil {
 		return "", err
+	}
+	// The longest class needs no TTL of its own: the bucket's is the same
+	// (and expires_at is checked on every read), and the header is a fifth
+	// of a stored entry.
+	opts := []jetstream.PublishOpt{jetstream.WithMsgTTL(msgTTL)}
+	if ttl >= s.ttls.longest() {
+		opts = nil
 	}
 	if flushed, err := s.flushedSince(ctx, v); err != nil || flushed {
 		if err != nil {
@@ -222,7 +229,7 @@ func (s *Store) Put(ctx context.Context, v verdict.Verdict) (Outcome, error) {
 			return "", fmt.Errorf("read %s: %w", key, err)
 		default:
 			last = cur.Sequence
-			if old, ok := s.live(cur); ok {
+			if old, ok := s.live(key, cur); ok {
 				if !old.CheckedAt.Before(v.CheckedAt) {
 					return Older, nil
 				}
@@ -232,7 +239,7 @@ func (s *Store) Put(ctx context.Context, v verdict.Verdict) (Outcome, error) {
 			}
 		}
 		ack, err := s.js.PublishMsg(ctx, &nats.Msg{Subject: subject, Data: data},
-			jetstream.WithMsgTTL(msgTTL), jetstream.WithExpectLastSequencePerSubject(last))
+			append(opts, jetstream.WithExpectLastSequencePerSubject(last))...)
 		if err == nil {
 			return s.afterWrite(ctx, v, key, ack.Sequence)
 		}
@@ -367,17 +374,17 @@ func (s *Store) record(ctx context.Context, key string, only verdict.Status, now
 
 // live decodes a stored message, reporting false for delete and expiry
 // markers, garbage and entries past their time.
-func (s *Store) live(m *jetstream.RawStreamMsg) (verdict.Verdict, bool) {
+func (s *Store) live(key string, m *jetstream.RawStreamMsg) (verdict.Verdict, bool) {
 	if m.Header.Get("KV-Operation") != "" || m.Header.Get("Nats-Marker-Reason") != "" || len(m.Data) == 0 {
 		return verdict.Verdict{}, false
 	}
-	return s.fresh(m.Data)
+	return s.fresh(key, m.Data)
 }
 
 // fresh decodes a stored verdict. An entry past its expires_at is never
 // served, even if the server has not removed it yet.
-func (s *Store) fresh(data []byte) (verdict.Verdict, bool) {
-	v, err := wire.DecodeVerdict(data)
+func (s *Store) fresh(key string, data []byte) (verdict.Verdict, bool) {
+	v, err := wire.DecodeEntry(key, data)
 	if err != nil || !v.ExpiresAt.After(s.now()) {
 		return verdict.Verdict{}, false
 	}
@@ -393,7 +400,7 @@ func (s *Store) get(ctx context.Context, key string) (verdict.Verdict, bool, err
 	if err != nil {
 		return verdict.Verdict{}, false, err
 	}
-	v, ok := s.fresh(e.Value())
+	v, ok := s.fresh(key, e.Value())
 	if !ok {
 		return verdict.Verdict{}, false, nil
 	}
