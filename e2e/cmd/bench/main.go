@@ -41,6 +41,10 @@ type row struct {
 	Name    string  `json:"name"`
 	Value   float64 `json:"value"`
 	Unit    string  `json:"unit"`
+	// Repeated measures: Value is the median, Min and Max beside it.
+	Min  *float64 `json:"min,omitempty"`
+	Max  *float64 `json:"max,omitempty"`
+	Reps int      `json:"reps,omitempty"`
 }
 
 type bench struct {
@@ -54,7 +58,7 @@ type bench struct {
 }
 
 func (b *bench) add(section, name string, v float64, unit string) {
-	b.rows = append(b.rows, row{section, name, v, unit})
+	b.rows = append(b.rows, row{Section: section, Name: name, Value: v, Unit: unit})
 	fmt.Fprintf(os.Stderr, "  %-12s %-48s %12.3f %s\n", section, name, v, unit)
 }
 
@@ -64,6 +68,7 @@ func main() {
 	requests := flag.Int("requests", 100000, "callout economy: verify requests")
 	entries := flag.Int("entries", 1000000, "storage: cached entries")
 	only := flag.String("only", "", "run one section: hit, miss, saturation, economy, storage, protection")
+	reps := flag.Int("reps", 3, "repetitions of the hit, miss and saturation sections")
 	flag.Parse()
 	absBin, _ := filepath.Abs(*bin)
 	b, stop, err := start(absBin)
@@ -74,9 +79,22 @@ func main() {
 	defer stop()
 	fmt.Fprintf(os.Stderr, "bench: %d CPUs, %s\n", runtime.NumCPU(), time.Now().UTC().Format(time.RFC3339))
 	protection := func() error { return b.protection(absBin) }
-	steps := []func() error{b.cacheHit, b.miss, b.saturation, func() error { return b.economy(*requests) }, protection, func() error { return b.storage(*entries) }}
+	// Hits, misses and saturation run three times: one noisy second must
+	// not make or break a figure. The table shows the median, min and max.
+	three := func(f func() error) func() error {
+		return func() error {
+			for i := 0; i < *reps; i++ {
+				if err := f(); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+	}
+	hit, miss, sat := three(b.cacheHit), three(b.miss), three(b.saturation)
+	steps := []func() error{hit, miss, sat, func() error { return b.economy(*requests) }, protection, func() error { return b.storage(*entries) }}
 	if *only != "" {
-		steps = map[string][]func() error{"hit": {b.cacheHit}, "miss": {b.miss}, "saturation": {b.saturation}, "economy": {func() error { return b.economy(*requests) }},
+		steps = map[string][]func() error{"hit": {hit}, "miss": {miss}, "saturation": {sat}, "economy": {func() error { return b.economy(*requests) }},
 			"storage": {func() error { return b.storage(*entries) }}, "protection": {protection}}[*only]
 	}
 	for _, step := range steps {
@@ -86,10 +104,15 @@ func main() {
 			os.Exit(1)
 		}
 	}
+	b.rows = medians(b.rows)
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "section\tmeasure\tvalue\tunit\t")
+	fmt.Fprintln(tw, "section\tmeasure\tvalue\tmin\tmax\tunit\t")
 	for _, r := range b.rows {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", r.Section, r.Name, strconv.FormatFloat(r.Value, 'f', 3, 64), r.Unit)
+		lo, hi := "", ""
+		if r.Min != nil {
+			lo, hi = strconv.FormatFloat(*r.Min, 'f', 3, 64), strconv.FormatFloat(*r.Max, 'f', 3, 64)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t\n", r.Section, r.Name, strconv.FormatFloat(r.Value, 'f', 3, 64), lo, hi, r.Unit)
 	}
 	tw.Flush()
 	res := map[string]any{"date": time.Now().UTC().Format(time.RFC3339), "cpus": runtime.NumCPU(), "go": runtime.Version(), "results": b.rows}
@@ -97,6 +120,32 @@ func main() {
 	if err := os.MkdirAll(filepath.Dir(*out), 0o755); err == nil {
 		_ = os.WriteFile(*out, data, 0o644)
 	}
+}
+
+// medians folds repeated measures (same section and name) into one row:
+// the median, with min and max.
+func medians(rows []row) []row {
+	var out []row
+	idx := map[string]int{}
+	vals := map[string][]float64{}
+	for _, r := range rows {
+		k := r.Section + "\x00" + r.Name
+		if _, ok := idx[k]; !ok {
+			idx[k] = len(out)
+			out = append(out, r)
+		}
+		vals[k] = append(vals[k], r.Value)
+	}
+	for k, i := range idx {
+		v := vals[k]
+		if len(v) < 2 {
+			continue
+		}
+		sort.Float64s(v)
+		lo, hi := v[0], v[len(v)-1]
+		out[i].Value, out[i].Min, out[i].Max, out[i].Reps = v[len(v)/2], &lo, &hi, len(v)
+	}
+	return out
 }
 
 func freePort() int {
