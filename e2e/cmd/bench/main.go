@@ -216,7 +216,10 @@ func start(bin string) (*bench, func(), error) {
 			return nil, stop, err
 		}
 	}
-	if err := launch("ingest", "ingest", "CALLOUT_INGEST_BRAKE_LIMIT=0", "CALLOUT_INGEST_POLICY_ADDR="); err != nil {
+	// CALLOUT_BENCH_INGEST_METRICS (an address) serves the ingest's
+	// /debug/pprof during the run, to profile it.
+	if err := launch("ingest", "ingest", "CALLOUT_INGEST_BRAKE_LIMIT=0", "CALLOUT_INGEST_POLICY_ADDR=",
+		"CALLOUT_INGEST_METRICS_ADDR="+os.Getenv("CALLOUT_BENCH_INGEST_METRICS")); err != nil {
 		return nil, stop, err
 	}
 	for _, svc := range []string{"callout-cache", "callout-ingest"} {
