@@ -486,6 +486,20 @@ func (s *Store) Flush(ctx context.Context, c wire.FlushCommand) (removed, rev ui
 	if rev, err = s.record(ctx, rec, c.Only, s.now()); err != nil {
 		return 0, 0, err
 	}
+	if c.Only == "" && c.Scope == wire.ScopeAll {
+		// Everything before the flush record goes in one purge by sequence
+		// (much faster than by subject with a million entries). Older flush
+		// records go too: the new one covers all they covered.
+		records, err := s.subjects(ctx, "$KV."+s.bucket+".flush.>")
+		if err != nil {
+			return 0, rev, err
+		}
+		n, err := s.purgeBody(ctx, map[string]any{"seq": rev})
+		if records > 0 && n >= records-1 {
+			n -= records - 1 // the older records; the new one stays
+		}
+		return n, rev, err
+	}
 	if c.Only == "" {
 		for _, f := range filters {
 			n, err := s.purge(ctx, "$KV."+s.bucket+"."+f)
@@ -525,8 +539,28 @@ func (s *Store) Flush(ctx context.Context, c wire.FlushCommand) (removed, rev ui
 // purge removes every message on subject (a filter) with one API call and
 // returns the count; it leaves no markers behind.
 func (s *Store) purge(ctx context.Context, filter string) (uint64, error) {
-	req, _ := json.Marshal(map[string]string{"filter": filter})
+	return s.purgeBody(ctx, map[string]any{"filter": filter})
+}
+
+// subjects counts the messages on subjects matching filter.
+func (s *Store) subjects(ctx context.Context, filter string) (uint64, error) {
+	info, err := s.stream.Info(ctx, jetstream.WithSubjectFilter(filter))
+	if err != nil {
+		return 0, err
+	}
+	var n uint64
+	for _, c := range info.State.Subjects {
+		n += c
+	}
+	return n, nil
+}
+
+// purgeBody sends one purge request (a filter, or a sequence to purge
+// below) and returns how many messages went.
+func (s *Store) purgeBody(ctx context.Context, body map[string]any) (uint64, error) {
+	req, _ := json.Marshal(body)
 	msg, err := s.nc.RequestWithContext(ctx, "$JS.API.STREAM.PURGE.KV_"+s.bucket, req)
+	filter := fmt.Sprint(body)
 	if err != nil {
 		return 0, fmt.Errorf("purge %s: %w", filter, err)
 	}
