@@ -261,13 +261,14 @@ func TestVerdictMustMatchSubject(t *testing.T) {
 	noView.Purpose = ""
 	send(n.Verdict("addr.example/org.carol.rcpt"), noView)
 	publishVerdict(t, js, valid("dave@example.org", "example.org", time.Now())) // a good one
+	// Every verdict handled: the work-queue stream is empty.
 	waitfor.Cond(t, 15*time.Second, func() bool {
-		c, err := js.Consumer(ctx, n.VerdictStream(), n.VerdictConsumer())
+		st, err := js.Stream(ctx, n.VerdictStream())
 		if err != nil {
 			return false
 		}
-		info, err := c.Info(ctx)
-		return err == nil && info.NumPending == 0 && info.NumAckPending == 0
+		info, err := st.Info(ctx)
+		return err == nil && info.State.Msgs == 0
 	})
 	if !lookup(t, nc, "dave@example.org").Hit {
 		t.Fatal("a good verdict was not stored")
