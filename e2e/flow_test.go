@@ -128,7 +128,7 @@ func (s *system) cacheEntry(key string) (verdict.Verdict, error) {
 	if err != nil {
 		return verdict.Verdict{}, err
 	}
-	return wire.DecodeVerdict(e.Value())
+	return wire.DecodeEntry(key, e.Value())
 }
 
 func TestFlush(t *testing.T) {
