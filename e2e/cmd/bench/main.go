@@ -829,6 +829,38 @@ func (b *bench) storage(n int) error {
 	b.add(sec, "bytes per entry on disk", float64(dirBytes(filepath.Join(b.dir, "var")))/float64(max(info.State.Msgs, 1)), "B")
 	b.add(sec, "cachekeeper RSS", rssKB(b.procs["cachekeeper"].Pid())/1024, "MiB")
 	b.add(sec, "nats-server RSS", rssKB(b.procs["nats-server"].Pid())/1024, "MiB")
+	// The ingest with its near cache full at its default bound (100,000):
+	// verify that many stored addresses, then read its memory.
+	const near = 100000
+	route := map[string]string{}
+	for d := 0; d < near/perDomain; d++ {
+		route[fmt.Sprintf("s%d.bench", d)] = "127.0.0.1:9" // never called: every address is cached
+	}
+	if err := b.policies(route); err != nil {
+		return err
+	}
+	conns := clients(b.url, 8)
+	var wg sync.WaitGroup
+	var failed atomic.Value
+	for w := 0; w < 64; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := w; n < near; n += 64 {
+				data, _ := wire.Encode(&wire.VerifyRequest{Address: fmt.Sprintf("u%d@s%d.bench", n%perDomain, n/perDomain)})
+				if _, err := conns[w%len(conns)].Request(b.names.Verify(), data, 10*time.Second); err != nil {
+					failed.Store(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	closeAll(conns)
+	if e := failed.Load(); e != nil {
+		return e.(error)
+	}
+	b.add(sec, "ingest RSS, near cache full (100,000 entries)", rssKB(b.procs["ingest"].Pid())/1024, "MiB")
 	flush := func(cmd wire.FlushCommand) (time.Duration, uint64, error) {
 		data, _ := wire.Encode(&cmd)
 		t0 := time.Now()
