@@ -291,12 +291,7 @@ func must(t *testing.T, rep wire.VerifyReply, action verdict.Action, code int) {
 
 func destination(t *testing.T, cfg smtptest.Config) *smtptest.Server {
 	t.Helper()
-	d, err := smtptest.Start("127.0.0.1:0", cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(d.Close)
-	return d
+	return smtptest.Run(t, cfg)
 }
 
 func waitFor(t *testing.T, d time.Duration, cond func() bool) {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"testing"
 	"time"
 )
 
@@ -360,4 +361,16 @@ func Greylist(next func(from, to string) string) func(from, to string) string {
 		}
 		return next(from, to)
 	}
+}
+
+// Run starts a server on a free loopback port for the test and closes it
+// when the test ends.
+func Run(t testing.TB, cfg Config) *Server {
+	t.Helper()
+	s, err := Start("127.0.0.1:0", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
 }

@@ -135,12 +135,8 @@ func expect(t *testing.T, rep wire.VerifyReply, action verdict.Action, code int,
 }
 
 func destination(t *testing.T, cfg smtptest.Config) *smtptest.Server {
-	s, err := smtptest.Start("127.0.0.1:0", cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Close)
-	return s
+	t.Helper()
+	return smtptest.Run(t, cfg)
 }
 
 func TestPaths(t *testing.T) {

@@ -22,12 +22,7 @@ var secret = []byte("test-secret")
 
 func server(t *testing.T, cfg smtptest.Config) *smtptest.Server {
 	t.Helper()
-	s, err := smtptest.Start("127.0.0.1:0", cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Close)
-	return s
+	return smtptest.Run(t, cfg)
 }
 
 func verifier(dcfg destination.Config) *Verifier {

@@ -93,12 +93,7 @@ func (h *harness) queue(t *testing.T, address string, skipRandom bool) {
 
 func server(t *testing.T, cfg smtptest.Config) *smtptest.Server {
 	t.Helper()
-	s, err := smtptest.Start("127.0.0.1:0", cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Close)
-	return s
+	return smtptest.Run(t, cfg)
 }
 
 func routeTo(s *smtptest.Server) domains.Policy {
