@@ -181,16 +181,12 @@ func (s *Service) serve(ctx context.Context, r *microasync.Request, trace bool) 
 	} else {
 		err = wire.Decode(r.Data(), &req)
 	}
-	if err != nil {
-		s.m.requests.WithLabelValues(string(verdict.Defer), "error").Inc()
-		rep := wire.VerifyReply{Decision: verdict.Decision{Action: verdict.Defer, Code: 451, Enhanced: "4.3.5", Text: "Verify request not understood"}, Error: err.Error()}
-		b, _ := encodeReply(&rep, isJSON)
-		_ = r.Error("400", err.Error(), b)
-		return
-	}
-	if req.Trace && !trace {
+	if err == nil && req.Trace && !trace {
 		// The MTA subject never runs or returns a trace.
 		err = errors.New("traced verifies go to " + s.names.VerifyTrace())
+	}
+	if err != nil {
+		s.m.requests.WithLabelValues(string(verdict.Defer), "error").Inc()
 		rep := wire.VerifyReply{Decision: verdict.Decision{Action: verdict.Defer, Code: 451, Enhanced: "4.3.5", Text: "Verify request not understood"}, Error: err.Error()}
 		b, _ := encodeReply(&rep, isJSON)
 		_ = r.Error("400", err.Error(), b)
@@ -369,19 +365,13 @@ func (s *Service) find(ctx context.Context, req wire.VerifyRequest, purpose verd
 		}
 	}
 	if req.Trace {
-		job := wire.ProbeJob{Address: a.String(), Purpose: purpose, RequestedAt: time.Now(),
-			Routed: true, Sender: pol.Sender, FallbackSender: pol.FallbackSender}
-		if purpose == verdict.Recipient {
-			job.Route = pol.Route
-		}
-		return s.traced(ctx, a, job, transcript), dpol
+		return s.traced(ctx, a, newJob(a, purpose, pol), transcript), dpol
 	}
 	// Without a policy, pol is the zero policy: the null sender only.
 	senders := pol.Senders()
 	nearKey := nearcache.Key(a.String(), purpose, senders)
 	if r, ok := s.near.Get(nearKey); ok {
-		v := *r.Verdict
-		return v, dpol
+		return *r.Verdict, dpol
 	}
 	rev := s.near.Revision()
 	look, err := s.lookup(ctx, a, purpose, senders)
@@ -399,18 +389,26 @@ func (s *Service) find(ctx context.Context, req wire.VerifyRequest, purpose verd
 		v.Status, v.Reason = verdict.TempFail, ReasonBraked
 		return v, dpol
 	}
-	job := wire.ProbeJob{Address: a.String(), Purpose: purpose, RequestedAt: time.Now(),
-		SkipRandom: look.CatchAll != nil && look.CatchAll.Status == verdict.NotCatchAll,
-		Routed:     true, Sender: pol.Sender, FallbackSender: pol.FallbackSender}
-	if purpose == verdict.Recipient {
-		job.Route = pol.Route
-	}
+	job := newJob(a, purpose, pol)
+	job.SkipRandom = look.CatchAll != nil && look.CatchAll.Status == verdict.NotCatchAll
 	if r := look.Refused; r != nil && verdict.SenderSpecific(*r) && r.Sender == pol.Sender && pol.FallbackSender != "" {
 		// The destination is known to refuse the first sender: start with
 		// the fallback instead of asking to be refused again.
 		job.Sender, job.FallbackSender = pol.FallbackSender, ""
 	}
 	return s.await(ctx, a, job), dpol
+}
+
+// newJob is a callout job for a that carries this ingest's routing
+// decision: the route (recipients only; senders go by MX) and the probe
+// senders.
+func newJob(a address.Address, purpose verdict.Purpose, pol domains.Policy) wire.ProbeJob {
+	job := wire.ProbeJob{Address: a.String(), Purpose: purpose, RequestedAt: time.Now(),
+		Routed: true, Sender: pol.Sender, FallbackSender: pol.FallbackSender}
+	if purpose == verdict.Recipient {
+		job.Route = pol.Route
+	}
+	return job
 }
 
 // special answers the addresses that are never called out: the null
