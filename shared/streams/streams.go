@@ -234,6 +234,14 @@ func LastMsg(ctx context.Context, nc *nats.Conn, stream, subject string) (data [
 	return resp.Message.Data, true, nil
 }
 
+// WrongLastSequence reports whether a publish with an expected last
+// sequence failed because the subject moved on (a compare-and-set lost).
+// Replicated streams report it as 10164, single ones as 10071.
+func WrongLastSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == 10164)
+}
+
 // Workers ensures the durable pull consumer that all instances of a service
 // share. The server redelivers without limit: the services decide
 // themselves when to give up (the prober with a final verdict).

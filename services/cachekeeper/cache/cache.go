@@ -90,9 +90,6 @@ type Store struct {
 	now    func() time.Time
 }
 
-// MaxAge is the bucket's TTL for these classes: the longest.
-func (t TTLs) MaxAge() time.Duration { return t.longest() }
-
 // Open creates the bucket when it is missing and returns the store. An
 // existing bucket is left as it is (the cachekeeper's role may not change
 // it); if its TTL is shorter than the longest class the store comes with a
@@ -243,8 +240,7 @@ func (s *Store) Put(ctx context.Context, v verdict.Verdict) (Outcome, error) {
 		if err == nil {
 			return s.afterWrite(ctx, v, key, ack.Sequence)
 		}
-		var apiErr *jetstream.APIError
-		if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+		if streams.WrongLastSequence(err) {
 			continue
 		}
 		return "", fmt.Errorf("write %s: %w", key, err)
@@ -261,8 +257,7 @@ func (s *Store) afterWrite(ctx context.Context, v verdict.Verdict, key string, s
 		return Written, err
 	}
 	if err := s.kv.Delete(ctx, key, jetstream.LastRevision(seq)); err != nil {
-		var apiErr *jetstream.APIError
-		if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+		if streams.WrongLastSequence(err) {
 			return Older, nil // a newer verdict replaced it already
 		}
 		return "", fmt.Errorf("remove flushed %s: %w", key, err)
@@ -363,8 +358,7 @@ func (s *Store) record(ctx context.Context, key string, only verdict.Status, now
 		if err == nil {
 			return ack.Sequence, nil
 		}
-		var apiErr *jetstream.APIError
-		if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+		if streams.WrongLastSequence(err) {
 			continue
 		}
 		return 0, fmt.Errorf("record flush %s: %w", key, err)

@@ -24,6 +24,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callout-mail/callout/shared/kvkey"
+	"github.com/callout-mail/callout/shared/streams"
 	"github.com/callout-mail/callout/shared/subjects"
 )
 
@@ -124,8 +125,7 @@ func (l *Leases) take(ctx context.Context, kind, host string, n int, ttl time.Du
 		if err == nil {
 			return subj, seq, nil
 		}
-		var apiErr *jetstream.APIError
-		if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == 10164) {
+		if streams.WrongLastSequence(err) {
 			continue // taken
 		}
 		return "", 0, fmt.Errorf("lease %s: %w", subj, err)
