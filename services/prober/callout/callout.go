@@ -82,6 +82,16 @@ type Result struct {
 	Reused  bool // whether an open connection served it
 }
 
+// Started stamps every verdict of r with the callout's start: a verdict
+// is as old as its callout, so that a flush between start and finish wins
+// over it (see the cache).
+func (r *Result) Started(at time.Time) {
+	r.Address.CheckedAt = at
+	for i := range r.Facts {
+		r.Facts[i].CheckedAt = at
+	}
+}
+
 // RandomLocal is the catch-all probe local part of domain: it looks random
 // but stays the same for a domain, so a greylister sees it again.
 func RandomLocal(secret []byte, domain string) string {

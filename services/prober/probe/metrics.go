@@ -12,12 +12,11 @@ type metrics struct {
 	duration    prometheus.Histogram
 	connections *prometheus.CounterVec
 	inFlight    prometheus.Gauge
-	waiting     prometheus.Gauge
 	jobs        *prometheus.CounterVec
 	leaseErrors prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer, pool *destination.Pool, policyErrors func() int) *metrics {
+func newMetrics(reg prometheus.Registerer, pool *destination.Pool, policyErrors func() int, waiting func() float64) *metrics {
 	m := &metrics{
 		callouts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "callout_prober_callouts_total", Help: "Callouts by result status.",
@@ -32,9 +31,6 @@ func newMetrics(reg prometheus.Registerer, pool *destination.Pool, policyErrors 
 		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "callout_prober_jobs_in_flight", Help: "Callouts under way.",
 		}),
-		waiting: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "callout_prober_jobs_waiting", Help: "Jobs waiting for a busy destination host, without a worker.",
-		}),
 		jobs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "callout_prober_jobs_total", Help: "Jobs by outcome: done, garbage, gave_up, requeued.",
 		}, []string{"outcome"}),
@@ -42,7 +38,10 @@ func newMetrics(reg prometheus.Registerer, pool *destination.Pool, policyErrors 
 	m.leaseErrors = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "callout_prober_lease_errors_total", Help: "Fleet-wide limits that could not be asked (the prober's own limits applied).",
 	})
-	reg.MustRegister(m.callouts, m.duration, m.connections, m.inFlight, m.waiting, m.jobs, m.leaseErrors,
+	reg.MustRegister(m.callouts, m.duration, m.connections, m.inFlight, m.jobs, m.leaseErrors,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "callout_prober_jobs_waiting", Help: "Jobs waiting for a busy destination host, without a worker.",
+		}, waiting),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "callout_prober_domain_policy_errors",
 			Help: "Domains whose stored policy does not parse (served by their last good policy, or callout with defaults).",

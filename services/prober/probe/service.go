@@ -90,7 +90,7 @@ func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger)
 		DialogueTimeout: cfg.DialogueTimeout, Budget: cfg.Budget, RandomSecret: secret,
 	}, s.pool)
 	s.resolver = resolve.New(cfg.DNSServer, cfg.MXPort)
-	s.m = newMetrics(reg, s.pool, s.domains.Errors)
+	s.m = newMetrics(reg, s.pool, s.domains.Errors, func() float64 { return float64(s.waiting.Load()) })
 	return s, nil
 }
 
@@ -185,7 +185,7 @@ type HostsReply = wire.HostsReply
 // answerHosts tells an operator about this prober's destination hosts, the
 // busiest first (at most 100).
 func (s *Service) answerHosts(m *nats.Msg) {
-	b, err := json.Marshal(HostsReply{Instance: s.instance, Waiting: s.waiting.Load(), Hosts: s.pool.Hosts(100)})
+	b, err := json.Marshal(s.hostsReply(100))
 	if err == nil {
 		_ = m.Respond(b)
 	}
@@ -200,18 +200,10 @@ func (s *Service) trace(ctx context.Context, m *nats.Msg) {
 			_ = m.Respond(b)
 		}
 	}
-	var job wire.ProbeJob
-	if err := wire.Decode(m.Data, &job); err != nil {
-		reply(&wire.TraceReply{Error: err.Error()})
-		return
-	}
-	addr, err := address.Parse(job.Address)
+	job, addr, err := readJob(m.Data)
 	if err != nil {
 		reply(&wire.TraceReply{Error: err.Error()})
 		return
-	}
-	if job.Purpose == "" {
-		job.Purpose = verdict.Recipient
 	}
 	tr := smtpprobe.NewTranscript()
 	start := time.Now()
@@ -224,10 +216,7 @@ func (s *Service) trace(ctx context.Context, m *nats.Msg) {
 	} else {
 		res = s.verifier.Verify(ctx, target)
 	}
-	res.Address.CheckedAt = start
-	for i := range res.Facts {
-		res.Facts[i].CheckedAt = start
-	}
+	res.Started(start)
 	if err := s.publishAll(ctx, addr, job.Purpose, &res); err != nil {
 		tr.Add("", "*", "verdict not published: %v", err)
 	}
@@ -256,23 +245,30 @@ func (s *Service) worker(ctx context.Context, cons jetstream.Consumer) {
 	}
 }
 
-func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
+// readJob decodes a job and its address; a job without a purpose is a
+// recipient check.
+func readJob(data []byte) (wire.ProbeJob, address.Address, error) {
 	var job wire.ProbeJob
-	if err := wire.Decode(msg.Data(), &job); err != nil {
-		s.log.Error("probe job refused", "subject", msg.Subject(), "err", err)
-		s.m.jobs.WithLabelValues("garbage").Inc()
-		_ = msg.Term()
-		return
+	if err := wire.Decode(data, &job); err != nil {
+		return job, address.Address{}, err
 	}
 	addr, err := address.Parse(job.Address)
+	if err != nil {
+		return job, address.Address{}, err
+	}
+	if job.Purpose == "" {
+		job.Purpose = verdict.Recipient
+	}
+	return job, addr, nil
+}
+
+func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
+	job, addr, err := readJob(msg.Data())
 	if err != nil {
 		s.log.Error("probe job refused", "subject", msg.Subject(), "err", err)
 		s.m.jobs.WithLabelValues("garbage").Inc()
 		_ = msg.Term()
 		return
-	}
-	if job.Purpose == "" {
-		job.Purpose = verdict.Recipient
 	}
 	md, err := msg.Metadata()
 	if err == nil && int(md.NumDelivered) > s.cfg.MaxDeliver {
@@ -312,11 +308,9 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 	if !d.Open() {
 		var ok bool
 		if release, ok = d.TryAcquire(ctx); !ok && s.waiting.Add(1) <= int64(s.cfg.MaxWaiting) {
-			s.m.waiting.Inc()
 			s.parked.Add(1)
 			go func() {
 				defer s.parked.Done()
-				defer s.m.waiting.Dec()
 				defer s.waiting.Add(-1)
 				release, err := d.Acquire(ctx)
 				if err != nil {
@@ -347,12 +341,7 @@ func (s *Service) run(ctx context.Context, msg jetstream.Msg, job wire.ProbeJob,
 
 // complete stamps the verdicts with the callout's start and hands them on.
 func (s *Service) complete(ctx context.Context, msg jetstream.Msg, job wire.ProbeJob, addr address.Address, start time.Time, res callout.Result) {
-	// A verdict is as old as its callout's start: a flush between start and
-	// finish must win over it (see the cache).
-	res.Address.CheckedAt = start
-	for i := range res.Facts {
-		res.Facts[i].CheckedAt = start
-	}
+	res.Started(start)
 	if ctx.Err() != nil {
 		// Shutting down: the result is an artefact of the cancellation.
 		_ = msg.Nak()
@@ -446,9 +435,7 @@ func (s *Service) prepare(ctx context.Context, job wire.ProbeJob, addr address.A
 		target.Hosts = hosts[:min(len(hosts), s.cfg.MXLimit)]
 		tr.Add("", "*", "MX lookup of %s: %s (at most %d tried)", addr.Domain, strings.Join(hosts, " "), s.cfg.MXLimit)
 	}
-	if tr != nil {
-		tr.Add("", "*", "MAIL FROM sender %q, fallback %q; catch-all check: %v", sender, fallback, !job.SkipRandom)
-	}
+	tr.Add("", "*", "MAIL FROM sender %q, fallback %q; catch-all check: %v", sender, fallback, !job.SkipRandom)
 	if len(target.Hosts) == 0 {
 		r := s.verifier.Verify(ctx, target) // no destination: a tempfail
 		return target, &r
@@ -476,6 +463,9 @@ func (s *Service) dnsResult(addr address.Address, purpose verdict.Purpose, err e
 
 // StatsExtra adds the busiest destination hosts and the waiting jobs to the
 // prober's stats messages.
-func (s *Service) StatsExtra() any {
-	return HostsReply{Instance: s.instance, Waiting: s.waiting.Load(), Hosts: s.pool.Hosts(10)}
+func (s *Service) StatsExtra() any { return s.hostsReply(10) }
+
+// hostsReply describes this prober's n busiest destination hosts.
+func (s *Service) hostsReply(n int) HostsReply {
+	return HostsReply{Instance: s.instance, Waiting: s.waiting.Load(), Hosts: s.pool.Hosts(n)}
 }
