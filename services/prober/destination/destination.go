@@ -312,7 +312,21 @@ func (d *Dest) Throttled(reply string) {
 	if d.level < 6 {
 		d.level++
 	}
+	d.setRateLocked()
+}
+
+// setRateLocked sets the rate for the back-off level in force.
+func (d *Dest) setRateLocked() {
 	d.lim.SetLimit(rate.Limit(d.cfg.Rate / float64(int(1)<<d.level)))
+}
+
+// maxRcptsLocked is the RCPTs one connection may carry at the back-off
+// level in force.
+func (d *Dest) maxRcptsLocked() int { return max(1, d.cfg.ReuseMaxRcpts>>d.level) }
+
+// reuseLocked reports whether connections may be reused now.
+func (d *Dest) reuseLocked(now time.Time) bool {
+	return !now.Before(d.noReuse) && d.cfg.ReuseMaxRcpts > 0
 }
 
 // ease steps the back-off down once per quiet period.
@@ -322,7 +336,7 @@ func (d *Dest) ease() {
 	for d.level > 0 && time.Since(d.lastThrottle) >= d.cfg.BackoffQuiet {
 		d.level--
 		d.lastThrottle = d.lastThrottle.Add(d.cfg.BackoffQuiet)
-		d.lim.SetLimit(rate.Limit(d.cfg.Rate / float64(int(1)<<d.level)))
+		d.setRateLocked()
 	}
 }
 
@@ -337,7 +351,7 @@ func (d *Dest) Replied(reply string) {
 func (d *Dest) MaxRcpts() int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return max(1, d.cfg.ReuseMaxRcpts>>d.level)
+	return d.maxRcptsLocked()
 }
 
 // MaxNonMail is how many non-mail commands one connection may carry.
@@ -360,7 +374,7 @@ func (d *Dest) Info() Info {
 	defer d.mu.Unlock()
 	now := time.Now()
 	in := Info{Host: d.host, Breaker: d.cb.State().String(), Rate: float64(d.lim.Limit()), Backoff: d.level,
-		InUse: d.inUse, Idle: len(d.idle), Reuse: !now.Before(d.noReuse), PlainText: now.Before(d.plainTil), LastReply: d.lastReply, Calls: d.calls}
+		InUse: d.inUse, Idle: len(d.idle), Reuse: d.reuseLocked(now), PlainText: now.Before(d.plainTil), LastReply: d.lastReply, Calls: d.calls}
 	if n := min(d.calls, uint64(len(d.took))); n > 0 {
 		lat := append([]time.Duration(nil), d.took[:n]...)
 		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
@@ -433,8 +447,7 @@ func (d *Dest) TakeIdle() (*smtpprobe.Conn, int) {
 // destination or c has served its share of RCPTs; then it says QUIT.
 func (d *Dest) PutIdle(ctx context.Context, c *smtpprobe.Conn, rcpts int) {
 	d.mu.Lock()
-	limit := max(1, d.cfg.ReuseMaxRcpts>>d.level)
-	keep := !time.Now().Before(d.noReuse) && d.cfg.ReuseMaxRcpts > 0 && rcpts < limit && d.cfg.IdleTimeout > 0 && len(d.idle) < d.cfg.MaxConns
+	keep := d.reuseLocked(time.Now()) && rcpts < d.maxRcptsLocked() && d.cfg.IdleTimeout > 0 && len(d.idle) < d.cfg.MaxConns
 	if keep {
 		d.idle = append(d.idle, idleConn{c: c, rcpts: rcpts, since: time.Now()})
 	}
@@ -471,7 +484,7 @@ func (d *Dest) TLSOff() bool {
 func (d *Dest) ReuseEnabled() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return !time.Now().Before(d.noReuse) && d.cfg.ReuseMaxRcpts > 0
+	return d.reuseLocked(time.Now())
 }
 
 func (d *Dest) expireIdle(ctx context.Context, now time.Time) {
