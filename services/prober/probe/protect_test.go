@@ -49,7 +49,7 @@ func TestNoHeadOfLineBlocking(t *testing.T) {
 		h.queue(t, fmt.Sprintf("u@d%d.example", i), true)
 	}
 	h.start(t, cfg)
-	waitfor.Cond(t, 3*time.Second, func() bool {
+	waitfor.Cond(t, time.Second, func() bool {
 		for i, o := range others {
 			if o.RcptsFor(fmt.Sprintf("u@d%d.example", i)) != 1 {
 				return false
