@@ -7,11 +7,12 @@ package microasync
 
 import (
 	"context"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
+
+	"github.com/callout-mail/callout/shared/inflight"
 )
 
 // Request is what an async handler gets: the request data and a way to answer.
@@ -53,8 +54,8 @@ func (r *Request) Error(code, description string, data []byte) error {
 
 // Pool runs requests on their own goroutines, at most limit at once.
 type Pool struct {
-	sem chan struct{}
-	wg  sync.WaitGroup
+	sem  chan struct{}
+	reqs inflight.Group
 }
 
 // NewPool returns a pool of limit goroutines.
@@ -77,14 +78,15 @@ func (p *Pool) Handler(ctx context.Context, nc *nats.Conn, fn func(context.Conte
 		} else {
 			p.sem <- struct{}{}
 		}
-		p.wg.Add(1)
-		go func() {
-			defer func() { <-p.sem; p.wg.Done() }()
-			fn(ctx, req)
-		}()
+		// Refused once Wait has begun: the service is stopping and its
+		// caller will time out and ask another instance.
+		if !p.reqs.Go(func() { defer func() { <-p.sem }(); fn(ctx, req) }) {
+			<-p.sem
+		}
 	})
 }
 
-// Wait waits until every request taken has been handled, so that a service
-// that stops answers what it took before its connection drains.
-func (p *Pool) Wait() { p.wg.Wait() }
+// Wait refuses new requests and waits until every request taken has been
+// handled, so that a service that stops answers what it took before its
+// connection drains.
+func (p *Pool) Wait() { p.reqs.Close() }

@@ -20,6 +20,7 @@ import (
 	"github.com/callout-mail/callout/services/cachekeeper/cache"
 	"github.com/callout-mail/callout/shared/address"
 	"github.com/callout-mail/callout/shared/backoff"
+	"github.com/callout-mail/callout/shared/inflight"
 	"github.com/callout-mail/callout/shared/kvkey"
 	"github.com/callout-mail/callout/shared/microasync"
 	"github.com/callout-mail/callout/shared/natsconn"
@@ -117,14 +118,14 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	sem := make(chan struct{}, s.cfg.StoreWorkers)
-	var wg sync.WaitGroup
+	var stores inflight.Group
 	cc, err := cons.Consume(func(msg jetstream.Msg) {
 		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			s.store1(ctx, msg)
-		}()
+		// Refused while stopping: the verdict stays unacked and is
+		// redelivered to a running cachekeeper.
+		if !stores.Go(func() { defer func() { <-sem }(); s.store1(ctx, msg) }) {
+			<-sem
+		}
 	}, jetstream.PullMaxMessages(4*s.cfg.StoreWorkers))
 	if err != nil {
 		return fmt.Errorf("consume verdicts: %w", err)
@@ -153,7 +154,7 @@ func (s *Service) Run(ctx context.Context) error {
 	_ = svc.Stop()
 	s.pool.Wait()
 	cc.Stop()
-	wg.Wait()
+	stores.Close()
 	return nil
 }
 

@@ -27,6 +27,7 @@ import (
 	"github.com/callout-mail/callout/shared/address"
 	"github.com/callout-mail/callout/shared/backoff"
 	"github.com/callout-mail/callout/shared/domains"
+	"github.com/callout-mail/callout/shared/inflight"
 	"github.com/callout-mail/callout/shared/kvkey"
 	"github.com/callout-mail/callout/shared/streams"
 	"github.com/callout-mail/callout/shared/subjects"
@@ -139,15 +140,14 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	defer func() { _ = hosts.Unsubscribe() }()
-	var traces sync.WaitGroup
+	var traces inflight.Group
 	trace, err := s.nc.QueueSubscribe(s.names.ProberTrace(), "probers", func(m *nats.Msg) {
-		traces.Add(1)
-		go func() { defer traces.Done(); s.trace(ctx, m) }()
+		traces.Go(func() { s.trace(ctx, m) })
 	})
 	if err != nil {
 		return err
 	}
-	defer func() { _ = trace.Unsubscribe(); traces.Wait() }()
+	defer func() { _ = trace.Unsubscribe(); traces.Close() }()
 	s.log.Info("prober running", "workers", s.cfg.Workers, "stream", s.names.ProbeStream(), "fleet_limits", s.cfg.FleetLimits)
 	go s.sweep(ctx)
 	var wg sync.WaitGroup
