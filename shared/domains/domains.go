@@ -53,6 +53,22 @@ type Policy struct {
 // ErrPolicy is returned for a policy that cannot be used.
 var ErrPolicy = errors.New("bad domain policy")
 
+// FieldError names the policy field that is wrong, so that a form can show
+// the message beside it. It is an ErrPolicy.
+type FieldError struct {
+	Field string // the JSON name: mode, route, mailboxes, bypass, ...
+	Msg   string
+}
+
+func (e *FieldError) Error() string { return ErrPolicy.Error() + ": " + e.Field + ": " + e.Msg }
+
+// Unwrap makes a FieldError an ErrPolicy.
+func (e *FieldError) Unwrap() error { return ErrPolicy }
+
+func fieldErr(field, format string, args ...any) error {
+	return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
+}
+
 // Parse reads a stored JSON policy of domain, normalizes and checks it.
 func Parse(domain string, data []byte) (Policy, error) {
 	var p Policy
@@ -70,7 +86,7 @@ func Parse(domain string, data []byte) (Policy, error) {
 func (p Policy) Normalize(domain string) (Policy, error) {
 	d, err := address.NormalizeDomain(domain)
 	if err != nil {
-		return Policy{}, fmt.Errorf("%w: domain: %v", ErrPolicy, err)
+		return Policy{}, fieldErr("domain", "%v", err)
 	}
 	if p.Mailboxes, err = localParts("mailboxes", d, p.Mailboxes); err != nil {
 		return Policy{}, err
@@ -102,10 +118,10 @@ func localParts(field, d string, list []string) ([]string, error) {
 		}
 		a, err := address.Parse(in)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %s: %q: %v", ErrPolicy, field, m, err)
+			return nil, fieldErr(field, "%q: %v", m, err)
 		}
 		if a.Domain != d {
-			return nil, fmt.Errorf("%w: %s: %q is not an address of %s", ErrPolicy, field, m, d)
+			return nil, fieldErr(field, "%q is not an address of %s", m, d)
 		}
 		out = append(out, a.Local)
 	}
@@ -125,10 +141,10 @@ func (p Policy) Validate() error {
 	switch p.Mode {
 	case "", ModeCallout, ModeOff, ModeStatic, ModeMonitor:
 	default:
-		return fmt.Errorf("%w: mode %q (want callout, monitor, off or static)", ErrPolicy, p.Mode)
+		return fieldErr("mode", "%q (want callout, monitor, off or static)", p.Mode)
 	}
 	if p.Mode == ModeStatic && len(p.Mailboxes) == 0 {
-		return fmt.Errorf("%w: mailboxes: static mode needs at least one mailbox", ErrPolicy)
+		return fieldErr("mailboxes", "static mode needs at least one mailbox")
 	}
 	for _, r := range p.Route {
 		if r == RouteMX {
@@ -136,25 +152,25 @@ func (p Policy) Validate() error {
 		}
 		host, port, err := net.SplitHostPort(r)
 		if err != nil || host == "" || port == "" {
-			return fmt.Errorf("%w: route %q: want host:port or mx", ErrPolicy, r)
+			return fieldErr("route", "%q: want host:port or mx", r)
 		}
 	}
 	switch p.OnTempfail {
 	case "", verdict.Defer, verdict.Accept:
 	default:
-		return fmt.Errorf("%w: on_tempfail %q (want defer or accept)", ErrPolicy, p.OnTempfail)
+		return fieldErr("on_tempfail", "%q (want defer or accept)", p.OnTempfail)
 	}
 	switch p.OnUnverifiable {
 	case "", verdict.Defer, verdict.Accept:
 	default:
-		return fmt.Errorf("%w: on_unverifiable %q (want defer or accept)", ErrPolicy, p.OnUnverifiable)
+		return fieldErr("on_unverifiable", "%q (want defer or accept)", p.OnUnverifiable)
 	}
 	for name, s := range map[string]string{"sender": p.Sender, "fallback_sender": p.FallbackSender} {
 		if s == "" {
 			continue
 		}
 		if _, err := address.Parse(s); err != nil {
-			return fmt.Errorf("%w: %s: %v", ErrPolicy, name, err)
+			return fieldErr(name, "%v", err)
 		}
 	}
 	return nil
@@ -331,19 +347,48 @@ func Bucket(ctx context.Context, js jetstream.JetStream, n subjects.Names, repli
 // Put checks and stores the policy of a domain: a policy that does not
 // pass is refused here, where it is written, with a message naming the field.
 func Put(ctx context.Context, kv jetstream.KeyValue, domain string, p Policy) error {
+	_, err := PutRevision(ctx, kv, domain, p, AnyRevision)
+	return err
+}
+
+// AnyRevision as the expected revision writes whatever is stored.
+const AnyRevision = ^uint64(0)
+
+// ErrRevision is returned when the stored policy is not the revision the
+// writer read: somebody else changed it in between.
+var ErrRevision = errors.New("the domain policy was changed by someone else")
+
+// PutRevision is Put with a compare-and-set: rev is the revision the
+// writer read (0: the domain must have no policy; AnyRevision: no check).
+// It returns the new revision.
+func PutRevision(ctx context.Context, kv jetstream.KeyValue, domain string, p Policy, rev uint64) (uint64, error) {
 	d, err := address.NormalizeDomain(domain)
 	if err != nil {
-		return err
+		return 0, fieldErr("domain", "%v", err)
 	}
 	if p, err = p.Normalize(d); err != nil {
-		return err
+		return 0, err
 	}
 	b, err := json.Marshal(p)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	_, err = kv.Put(ctx, d, b)
-	return err
+	var n uint64
+	switch rev {
+	case AnyRevision:
+		n, err = kv.Put(ctx, d, b)
+	case 0:
+		n, err = kv.Create(ctx, d, b)
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			err = fmt.Errorf("%w: %s already has a policy", ErrRevision, d)
+		}
+	default:
+		n, err = kv.Update(ctx, d, b, rev)
+	}
+	if streams.WrongLastSequence(err) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		err = fmt.Errorf("%w (%s)", ErrRevision, d)
+	}
+	return n, err
 }
 
 // Watch fills a table from the bucket and keeps it current until ctx ends.

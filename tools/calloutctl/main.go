@@ -11,9 +11,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"sort"
 	"strings"
-	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -25,6 +23,7 @@ import (
 	"github.com/callout-mail/callout/shared/audit"
 	"github.com/callout-mail/callout/shared/domains"
 	"github.com/callout-mail/callout/shared/kvkey"
+	"github.com/callout-mail/callout/shared/operate"
 	"github.com/callout-mail/callout/shared/stats"
 	"github.com/callout-mail/callout/shared/streams"
 	"github.com/callout-mail/callout/shared/subjects"
@@ -54,6 +53,7 @@ Connection flags (or CALLOUT_NATS_URL, CALLOUT_NATS_USER, CALLOUT_NATS_PASSWORD,
 type app struct {
 	nc    *nats.Conn
 	js    jetstream.JetStream
+	op    *operate.Client
 	names subjects.Names
 	out   io.Writer
 	who   string // recorded in audit events
@@ -108,7 +108,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if who == "" {
 		who = env("USER", "operator") + " (no NATS user)"
 	}
-	a := &app{nc: nc, js: js, names: subjects.New(*prefix), out: out, who: who}
+	names := subjects.New(*prefix)
+	a := &app{nc: nc, js: js, op: &operate.Client{NC: nc, JS: js, Names: names}, names: names, out: out, who: who}
 	cmd, rest := fs.Arg(0), fs.Args()[1:]
 	switch cmd {
 	case "verify":
@@ -165,29 +166,12 @@ func (a *app) verify(ctx context.Context, args []string) error {
 		return errors.New("usage: verify ADDRESS [-sender] [-client IP] [-timeout 25s] [-trace]")
 	}
 	req := wire.VerifyRequest{Address: pos[0], Purpose: verdict.Recipient, ClientAddress: *client, TimeoutMS: int(timeout.Milliseconds()), Trace: *trace}
-	subject := a.names.Verify()
-	if *trace {
-		subject = a.names.VerifyTrace()
-	}
 	if *sender {
 		req.Purpose = verdict.Sender
 	}
-	b, err := wire.Encode(&req)
+	rep, err := a.op.Verify(ctx, req)
 	if err != nil {
 		return err
-	}
-	rctx, cancel := context.WithTimeout(ctx, *timeout+2*time.Second)
-	defer cancel()
-	m, err := a.nc.RequestWithContext(rctx, subject, b)
-	if err != nil {
-		return fmt.Errorf("verify: %w", err)
-	}
-	var rep wire.VerifyReply
-	if err := wire.Decode(m.Data, &rep); err != nil {
-		return err
-	}
-	if rep.Error != "" {
-		return fmt.Errorf("verify: %s", rep.Error)
 	}
 	for _, l := range rep.Transcript {
 		fmt.Fprintf(a.out, "%9.3f ms  %-22s %s %s\n", l.AtMS, l.Host, l.Kind, l.Text)
@@ -266,29 +250,12 @@ func (a *app) flush(ctx context.Context, args []string) error {
 	default:
 		return errors.New("usage: flush (-all | -domain D | -address A) [-only invalid|valid]")
 	}
-	b, err := wire.Encode(&cmd)
-	if err != nil {
+	rep, err := a.op.Flush(ctx, a.who, cmd)
+	if err != nil && !errors.Is(err, operate.ErrNotRecorded) {
 		return err
-	}
-	rctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	m, err := a.nc.RequestWithContext(rctx, a.names.Flush(), b)
-	if err != nil {
-		return fmt.Errorf("flush: %w", err)
-	}
-	if e := m.Header.Get(micro.ErrorHeader); e != "" {
-		return fmt.Errorf("flush: %s", e)
-	}
-	var rep wire.FlushReply
-	if err := wire.Decode(m.Data, &rep); err != nil {
-		return err
-	}
-	if rep.Error != "" {
-		return fmt.Errorf("flush: %s", rep.Error)
 	}
 	fmt.Fprintf(a.out, "removed %d entries\n", rep.Removed)
-	return a.record(ctx, audit.Event{What: audit.Flush, Scope: cmd.Scope, Domain: cmd.Domain, Address: cmd.Address, Only: string(cmd.Only),
-		Result: fmt.Sprintf("removed %d entries", rep.Removed)})
+	return err
 }
 
 func (a *app) inspect(ctx context.Context, args []string) error {
@@ -346,48 +313,28 @@ func (a *app) domain(ctx context.Context, args []string) error {
 	if len(args) == 0 {
 		return errors.New("usage: domain set|get|rm|ls DOMAIN [flags]")
 	}
-	kv, err := domains.Bucket(ctx, a.js, a.names, 1)
-	if err != nil {
-		return err
-	}
 	switch args[0] {
 	case "ls":
-		keys, err := kv.ListKeys(ctx)
+		all, err := a.op.Policies(ctx)
 		if err != nil {
 			return err
 		}
-		for k := range keys.Keys() {
-			e, err := kv.Get(ctx, k)
-			if err != nil {
-				continue
-			}
-			fmt.Fprintf(a.out, "%s\t%s\n", k, e.Value())
+		for _, st := range all {
+			fmt.Fprintf(a.out, "%s\t%s\n", st.Domain, policyText(st))
 		}
 		return nil
 	case "get", "rm":
 		if len(args) != 2 {
 			return fmt.Errorf("usage: domain %s DOMAIN", args[0])
 		}
-		d, err := address.NormalizeDomain(args[1])
+		if args[0] == "rm" {
+			return a.op.RemovePolicy(ctx, a.who, args[1], 0)
+		}
+		st, err := a.op.Policy(ctx, args[1])
 		if err != nil {
 			return err
 		}
-		if args[0] == "rm" {
-			before, _ := kv.Get(ctx, d)
-			if err := kv.Delete(ctx, d); err != nil {
-				return err
-			}
-			ev := audit.Event{What: audit.PolicyRemove, Domain: d}
-			if before != nil {
-				ev.Before = json.RawMessage(before.Value())
-			}
-			return a.record(ctx, ev)
-		}
-		e, err := kv.Get(ctx, d)
-		if err != nil {
-			return fmt.Errorf("%s: %w", d, err)
-		}
-		fmt.Fprintf(a.out, "%s\n", e.Value())
+		fmt.Fprintf(a.out, "%s\n", policyText(st))
 		return nil
 	case "set":
 		fs := flag.NewFlagSet("domain set", flag.ContinueOnError)
@@ -405,26 +352,23 @@ func (a *app) domain(ctx context.Context, args []string) error {
 		}
 		p := domains.Policy{Mode: domains.Mode(*mode), Route: split(*route), Mailboxes: split(*boxes), Bypass: split(*bypass),
 			OnTempfail: verdict.Action(*onTemp), OnUnverifiable: verdict.Action(*onUnv), Sender: *sender, FallbackSender: *fallback}
-		d, err := address.NormalizeDomain(pos[0])
-		if err != nil {
+		st, err := a.op.SetPolicy(ctx, a.who, pos[0], p, domains.AnyRevision)
+		if err != nil && !errors.Is(err, operate.ErrNotRecorded) {
 			return err
 		}
-		before, _ := kv.Get(ctx, d)
-		if err := domains.Put(ctx, kv, d, p); err != nil {
-			return err
-		}
-		after, err := kv.Get(ctx, d)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(a.out, "%s\t%s\n", d, after.Value())
-		ev := audit.Event{What: audit.PolicySet, Domain: d, After: json.RawMessage(after.Value())}
-		if before != nil {
-			ev.Before = json.RawMessage(before.Value())
-		}
-		return a.record(ctx, ev)
+		fmt.Fprintf(a.out, "%s\t%s\n", st.Domain, policyText(st))
+		return err
 	}
 	return fmt.Errorf("unknown domain command %q", args[0])
+}
+
+// policyText is a stored policy as JSON (as stored, when it does not parse).
+func policyText(st operate.Stored) string {
+	if st.Error != "" {
+		return string(st.Raw) + "\t(" + st.Error + ")"
+	}
+	b, _ := json.Marshal(st.Policy)
+	return string(b)
 }
 
 // stats prints a live summary of the fleet from the services' stats
@@ -440,23 +384,8 @@ func (a *app) stats(ctx context.Context, args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt)
 	defer stop()
-	type pair struct{ prev, last *stats.Message }
-	var mu sync.Mutex
-	seen := map[string]*pair{}
-	sub, err := a.nc.Subscribe(a.names.StatsAll(), func(m *nats.Msg) {
-		var sm stats.Message
-		if json.Unmarshal(m.Data, &sm) != nil {
-			return
-		}
-		mu.Lock()
-		p := seen[sm.Service+"/"+sm.Instance]
-		if p == nil {
-			p = &pair{}
-			seen[sm.Service+"/"+sm.Instance] = p
-		}
-		p.prev, p.last = p.last, &sm
-		mu.Unlock()
-	})
+	col := stats.NewCollector(3**every + 30*time.Second)
+	sub, err := col.Subscribe(a.nc, a.names.StatsAll())
 	if err != nil {
 		return err
 	}
@@ -469,15 +398,7 @@ func (a *app) stats(ctx context.Context, args []string) error {
 			return nil
 		case <-t.C:
 		}
-		mu.Lock()
-		sum := summarize(func(fn func(prev, last *stats.Message)) {
-			for _, p := range seen {
-				if p.last != nil && time.Since(p.last.At) < 3**every+30*time.Second {
-					fn(p.prev, p.last)
-				}
-			}
-		})
-		mu.Unlock()
+		sum := col.Fleet(time.Now(), 10)
 		if *asJSON {
 			if err := a.printJSON(sum); err != nil {
 				return err
@@ -495,89 +416,6 @@ func (a *app) stats(ctx context.Context, args []string) error {
 	return nil
 }
 
-// fleetSummary is what `calloutctl stats` shows.
-type fleetSummary struct {
-	Instances map[string]int     `json:"instances"`
-	Verifies  float64            `json:"verifies_per_s"`
-	Accept    float64            `json:"accept_per_s"`
-	Reject    float64            `json:"reject_per_s"`
-	Defer     float64            `json:"defer_per_s"`
-	HitRatio  float64            `json:"hit_ratio"`
-	NearHits  float64            `json:"near_cache_hits_per_s"`
-	Deadlines float64            `json:"deadlines_per_s"`
-	Shed      float64            `json:"shed_per_s"`
-	Coalesced float64            `json:"coalesced_per_s"`
-	Callouts  float64            `json:"callouts_per_s"`
-	ByResult  map[string]float64 `json:"callouts_by_result_per_s"`
-	Waiting   int64              `json:"jobs_waiting"`
-	Totals    map[string]float64 `json:"totals"`
-	Hosts     []wire.HostInfo    `json:"hosts"`
-}
-
-func summarize(each func(fn func(prev, last *stats.Message))) fleetSummary {
-	s := fleetSummary{Instances: map[string]int{}, ByResult: map[string]float64{}, Totals: map[string]float64{}}
-	var hits, total float64
-	each(func(prev, last *stats.Message) {
-		s.Instances[last.Service]++
-		rate := func(name string, want ...string) float64 {
-			if prev == nil {
-				return 0
-			}
-			dt := last.At.Sub(prev.At).Seconds()
-			if dt <= 0 {
-				return 0
-			}
-			return (stats.Sum(last.Counters, name, want...) - stats.Sum(prev.Counters, name, want...)) / dt
-		}
-		switch last.Service {
-		case "ingest":
-			s.Totals["verifies"] += stats.Sum(last.Counters, "callout_ingest_requests_total")
-			s.Verifies += rate("callout_ingest_requests_total")
-			s.Accept += rate("callout_ingest_requests_total", `action="accept"`)
-			s.Reject += rate("callout_ingest_requests_total", `action="reject"`)
-			s.Defer += rate("callout_ingest_requests_total", `action="defer"`)
-			hits += rate("callout_ingest_requests_total", `source="cache"`)
-			total += rate("callout_ingest_requests_total")
-			s.NearHits += rate("callout_ingest_near_cache_hits_total")
-			s.Deadlines += rate("callout_ingest_deadlines_total")
-			s.Shed += rate("callout_ingest_shed_total")
-			s.Coalesced += rate("callout_ingest_coalesced_total")
-		case "prober":
-			s.Totals["callouts"] += stats.Sum(last.Counters, "callout_prober_callouts_total")
-			s.Callouts += rate("callout_prober_callouts_total")
-			for k := range last.Counters {
-				if base, lbl, ok := strings.Cut(k, "{"); ok && base == "callout_prober_callouts_total" {
-					s.ByResult[strings.TrimSuffix(strings.TrimPrefix(lbl, `result="`), `"}`)] += rate(base, lbl[:len(lbl)-1])
-				}
-			}
-			var extra proberHosts
-			if b, err := json.Marshal(last.Extra); err == nil && json.Unmarshal(b, &extra) == nil {
-				s.Waiting += extra.Waiting
-				s.Hosts = append(s.Hosts, extra.Hosts...)
-			}
-		case "cachekeeper":
-			s.Totals["lookups"] += stats.Sum(last.Counters, "callout_cache_lookups_total")
-		}
-	})
-	if total > 0 {
-		s.HitRatio = hits / total
-	}
-	sort.Slice(s.Hosts, func(i, j int) bool { return s.Hosts[i].InUse > s.Hosts[j].InUse })
-	if len(s.Hosts) > 10 {
-		s.Hosts = s.Hosts[:10]
-	}
-	return s
-}
-
-// record stores an audit event of this operator.
-func (a *app) record(ctx context.Context, ev audit.Event) error {
-	ev.Who = a.who
-	if err := audit.Record(ctx, a.js, a.names, ev); err != nil {
-		return fmt.Errorf("the change is made, but not recorded: %w", err)
-	}
-	return nil
-}
-
 // audit lists the newest operator changes.
 func (a *app) audit(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("audit", flag.ContinueOnError)
@@ -586,7 +424,7 @@ func (a *app) audit(ctx context.Context, args []string) error {
 	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
 		return errors.New("usage: audit [-n 50] [-json]")
 	}
-	evs, err := audit.List(ctx, a.js, a.names, *n)
+	evs, err := a.op.Audit(ctx, *n)
 	if err != nil {
 		return err
 	}
@@ -640,9 +478,6 @@ func (a *app) setup(ctx context.Context, args []string) error {
 	return err
 }
 
-// proberHosts is one prober's answer on the hosts subject.
-type proberHosts = wire.HostsReply
-
 // hosts asks every prober for its destination hosts and lists them.
 func (a *app) hosts(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("hosts", flag.ContinueOnError)
@@ -651,26 +486,9 @@ func (a *app) hosts(ctx context.Context, args []string) error {
 	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
 		return errors.New("usage: hosts [-wait 1s] [-json]")
 	}
-	inbox := a.nc.NewRespInbox()
-	sub, err := a.nc.SubscribeSync(inbox)
+	all, err := a.op.Hosts(ctx, *wait)
 	if err != nil {
 		return err
-	}
-	defer func() { _ = sub.Unsubscribe() }()
-	if err := a.nc.PublishRequest(a.names.ProberHosts(), inbox, nil); err != nil {
-		return err
-	}
-	var all []proberHosts
-	deadline := time.Now().Add(*wait)
-	for {
-		m, err := sub.NextMsg(time.Until(deadline))
-		if err != nil {
-			break
-		}
-		var ph proberHosts
-		if json.Unmarshal(m.Data, &ph) == nil {
-			all = append(all, ph)
-		}
 	}
 	if *asJSON {
 		return a.printJSON(all)

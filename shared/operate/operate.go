@@ -1,0 +1,325 @@
+// Package operate is what an operator does over NATS, for calloutctl and the
+// console alike: verify, flush, edit domain policies (each change recorded
+// in the audit trail), ask the probers about their destinations.
+package operate
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/callout-mail/callout/shared/address"
+	"github.com/callout-mail/callout/shared/audit"
+	"github.com/callout-mail/callout/shared/domains"
+	"github.com/callout-mail/callout/shared/subjects"
+	"github.com/callout-mail/callout/shared/verdict"
+	"github.com/callout-mail/callout/shared/wire"
+)
+
+// Client acts for one operator (Who, recorded in audit events).
+type Client struct {
+	NC    *nats.Conn
+	JS    jetstream.JetStream
+	Names subjects.Names
+}
+
+// New returns a client on an open connection.
+func New(nc *nats.Conn, names subjects.Names) (*Client, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	return &Client{NC: nc, JS: js, Names: names}, nil
+}
+
+// ErrNotRecorded is returned when a change was made but its audit event
+// could not be stored.
+var ErrNotRecorded = errors.New("the change is made, but not recorded in the audit trail")
+
+// ErrUnavailable wraps a request no service answered.
+var ErrUnavailable = errors.New("no service answered")
+
+// Verify asks the ingest as an MTA does, or for a traced callout when
+// req.Trace is set (admin only).
+func (c *Client) Verify(ctx context.Context, req wire.VerifyRequest) (wire.VerifyReply, error) {
+	var rep wire.VerifyReply
+	subject := c.Names.Verify()
+	if req.Trace {
+		subject = c.Names.VerifyTrace()
+	}
+	timeout := 25 * time.Second
+	if req.TimeoutMS > 0 {
+		timeout = time.Duration(req.TimeoutMS) * time.Millisecond
+	}
+	b, err := wire.Encode(&req)
+	if err != nil {
+		return rep, err
+	}
+	rctx, cancel := context.WithTimeout(ctx, timeout+2*time.Second)
+	defer cancel()
+	m, err := c.NC.RequestWithContext(rctx, subject, b)
+	if err != nil {
+		return rep, fmt.Errorf("verify: %w", unavailable(err))
+	}
+	if e := m.Header.Get(micro.ErrorHeader); e != "" && len(m.Data) == 0 {
+		return rep, fmt.Errorf("verify: %s", e)
+	}
+	if err := wire.Decode(m.Data, &rep); err != nil {
+		return rep, err
+	}
+	if rep.Error != "" {
+		return rep, fmt.Errorf("verify: %s", rep.Error)
+	}
+	return rep, nil
+}
+
+func unavailable(err error) error {
+	if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return err
+}
+
+// ErrBadFlush is returned for a flush command that names no valid scope.
+var ErrBadFlush = errors.New("bad flush")
+
+// CheckFlush normalizes a flush command or says what is wrong with it.
+func CheckFlush(cmd wire.FlushCommand) (wire.FlushCommand, error) {
+	switch cmd.Only {
+	case "", verdict.Valid, verdict.Invalid:
+	default:
+		return cmd, fmt.Errorf("%w: only: %q (want valid or invalid)", ErrBadFlush, cmd.Only)
+	}
+	switch cmd.Scope {
+	case wire.ScopeAll:
+		cmd.Domain, cmd.Address = "", ""
+	case wire.ScopeDomain:
+		d, err := address.NormalizeDomain(cmd.Domain)
+		if err != nil {
+			return cmd, fmt.Errorf("%w: domain: %v", ErrBadFlush, err)
+		}
+		cmd.Domain, cmd.Address = d, ""
+	case wire.ScopeAddress:
+		a, err := address.Parse(cmd.Address)
+		if err != nil {
+			return cmd, fmt.Errorf("%w: address: %v", ErrBadFlush, err)
+		}
+		cmd.Address, cmd.Domain = a.String(), ""
+	default:
+		return cmd, fmt.Errorf("%w: scope: %q (want all, domain or address)", ErrBadFlush, cmd.Scope)
+	}
+	return cmd, nil
+}
+
+// Flush removes cache entries (every ingest's near cache too, before the
+// answer) and records who did it.
+func (c *Client) Flush(ctx context.Context, who string, cmd wire.FlushCommand) (wire.FlushReply, error) {
+	var rep wire.FlushReply
+	cmd, err := CheckFlush(cmd)
+	if err != nil {
+		return rep, err
+	}
+	b, err := wire.Encode(&cmd)
+	if err != nil {
+		return rep, err
+	}
+	rctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	m, err := c.NC.RequestWithContext(rctx, c.Names.Flush(), b)
+	if err != nil {
+		return rep, fmt.Errorf("flush: %w", unavailable(err))
+	}
+	if e := m.Header.Get(micro.ErrorHeader); e != "" {
+		return rep, fmt.Errorf("flush: %s", e)
+	}
+	if err := wire.Decode(m.Data, &rep); err != nil {
+		return rep, err
+	}
+	if rep.Error != "" {
+		return rep, fmt.Errorf("flush: %s", rep.Error)
+	}
+	return rep, c.record(ctx, who, audit.Event{What: audit.Flush, Scope: cmd.Scope, Domain: cmd.Domain, Address: cmd.Address, Only: string(cmd.Only),
+		Result: fmt.Sprintf("removed %d entries", rep.Removed)})
+}
+
+// Stored is one domain's stored policy.
+type Stored struct {
+	Domain   string          `json:"domain"`
+	Revision uint64          `json:"revision"`
+	Policy   domains.Policy  `json:"policy"`
+	Raw      json.RawMessage `json:"raw,omitempty"`   // as stored, when it does not parse
+	Error    string          `json:"error,omitempty"` // why the stored policy does not parse
+	Updated  time.Time       `json:"updated"`
+}
+
+// ErrNoPolicy is returned for a domain without a policy.
+var ErrNoPolicy = errors.New("no policy for this domain")
+
+func (c *Client) bucket(ctx context.Context) (jetstream.KeyValue, error) {
+	return domains.Bucket(ctx, c.JS, c.Names, 1)
+}
+
+func stored(e jetstream.KeyValueEntry) Stored {
+	s := Stored{Domain: e.Key(), Revision: e.Revision(), Updated: e.Created()}
+	p, err := domains.Parse(e.Key(), e.Value())
+	if err != nil {
+		s.Raw, s.Error = json.RawMessage(e.Value()), err.Error()
+		if !json.Valid(e.Value()) {
+			s.Raw, _ = json.Marshal(string(e.Value()))
+		}
+		return s
+	}
+	s.Policy = p
+	return s
+}
+
+// Policies lists every stored policy, by domain.
+func (c *Client) Policies(ctx context.Context) ([]Stored, error) {
+	kv, err := c.bucket(ctx)
+	if err != nil {
+		return nil, err
+	}
+	lister, err := kv.ListKeys(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := []Stored{}
+	for k := range lister.Keys() {
+		e, err := kv.Get(ctx, k)
+		if err != nil {
+			continue
+		}
+		out = append(out, stored(e))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Domain < out[j].Domain })
+	return out, nil
+}
+
+// Policy returns one domain's stored policy.
+func (c *Client) Policy(ctx context.Context, domain string) (Stored, error) {
+	d, err := address.NormalizeDomain(domain)
+	if err != nil {
+		return Stored{}, &domains.FieldError{Field: "domain", Msg: err.Error()}
+	}
+	kv, err := c.bucket(ctx)
+	if err != nil {
+		return Stored{}, err
+	}
+	e, err := kv.Get(ctx, d)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return Stored{}, fmt.Errorf("%s: %w", d, ErrNoPolicy)
+	}
+	if err != nil {
+		return Stored{}, err
+	}
+	return stored(e), nil
+}
+
+// SetPolicy validates and stores a domain's policy: rev is the revision
+// the operator read (0 for a new domain, domains.AnyRevision for no check).
+func (c *Client) SetPolicy(ctx context.Context, who, domain string, p domains.Policy, rev uint64) (Stored, error) {
+	d, err := address.NormalizeDomain(domain)
+	if err != nil {
+		return Stored{}, &domains.FieldError{Field: "domain", Msg: err.Error()}
+	}
+	kv, err := c.bucket(ctx)
+	if err != nil {
+		return Stored{}, err
+	}
+	before, _ := kv.Get(ctx, d)
+	if _, err := domains.PutRevision(ctx, kv, d, p, rev); err != nil {
+		return Stored{}, err
+	}
+	after, err := kv.Get(ctx, d)
+	if err != nil {
+		return Stored{}, err
+	}
+	ev := audit.Event{What: audit.PolicySet, Domain: d, After: json.RawMessage(after.Value())}
+	if before != nil {
+		ev.Before = json.RawMessage(before.Value())
+	}
+	return stored(after), c.record(ctx, who, ev)
+}
+
+// RemovePolicy deletes a domain's policy (rev as for SetPolicy; 0 means no
+// check).
+func (c *Client) RemovePolicy(ctx context.Context, who, domain string, rev uint64) error {
+	d, err := address.NormalizeDomain(domain)
+	if err != nil {
+		return &domains.FieldError{Field: "domain", Msg: err.Error()}
+	}
+	kv, err := c.bucket(ctx)
+	if err != nil {
+		return err
+	}
+	before, err := kv.Get(ctx, d)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("%s: %w", d, ErrNoPolicy)
+	}
+	if err != nil {
+		return err
+	}
+	var opts []jetstream.KVDeleteOpt
+	if rev != 0 && rev != domains.AnyRevision {
+		opts = append(opts, jetstream.LastRevision(rev))
+	}
+	if err := kv.Delete(ctx, d, opts...); err != nil {
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			return fmt.Errorf("%w (%s)", domains.ErrRevision, d)
+		}
+		return err
+	}
+	return c.record(ctx, who, audit.Event{What: audit.PolicyRemove, Domain: d, Before: json.RawMessage(before.Value())})
+}
+
+// Hosts asks every prober for its destination hosts, collecting answers
+// for wait.
+func (c *Client) Hosts(ctx context.Context, wait time.Duration) ([]wire.HostsReply, error) {
+	inbox := c.NC.NewRespInbox()
+	sub, err := c.NC.SubscribeSync(inbox)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := c.NC.PublishRequest(c.Names.ProberHosts(), inbox, nil); err != nil {
+		return nil, err
+	}
+	all := []wire.HostsReply{}
+	deadline := time.Now().Add(wait)
+	for {
+		d := time.Until(deadline)
+		if d <= 0 || ctx.Err() != nil {
+			break
+		}
+		m, err := sub.NextMsg(d)
+		if err != nil {
+			break
+		}
+		var ph wire.HostsReply
+		if json.Unmarshal(m.Data, &ph) == nil {
+			all = append(all, ph)
+		}
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].Instance < all[j].Instance })
+	return all, nil
+}
+
+// Audit returns the newest n audit events, oldest first.
+func (c *Client) Audit(ctx context.Context, n int) ([]audit.Event, error) {
+	return audit.List(ctx, c.JS, c.Names, n)
+}
+
+func (c *Client) record(ctx context.Context, who string, ev audit.Event) error {
+	ev.Who = who
+	if err := audit.Record(ctx, c.JS, c.Names, ev); err != nil {
+		return fmt.Errorf("%w: %w", ErrNotRecorded, err)
+	}
+	return nil
+}
