@@ -1,0 +1,503 @@
+package console
+
+import (
+	"net/http"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/callout-mail/callout/shared/audit"
+	"github.com/callout-mail/callout/shared/domains"
+	"github.com/callout-mail/callout/shared/operate"
+	"github.com/callout-mail/callout/shared/stats"
+	"github.com/callout-mail/callout/shared/verdict"
+	"github.com/callout-mail/callout/shared/waitfor"
+	"github.com/callout-mail/callout/shared/wire"
+)
+
+// TestAPI drives every endpoint as operators would, each response checked
+// against openapi.yaml, and then checks that every operation in the
+// document was exercised.
+func TestAPI(t *testing.T) {
+	sys := startSystem(t, nil)
+	admin := sys.login("admin", adminPassword)
+	viewer := sys.login("viewer", viewerPassword)
+	route := sys.dest.Addr()
+
+	t.Run("auth", func(t *testing.T) {
+		anon := sys.anonymous()
+		st, b := anon.call("GET", "/api/domains", nil)
+		wantStatus(t, "no login", st, http.StatusUnauthorized, b)
+		st, b = anon.call("GET", "/api/openapi.yaml", nil)
+		wantStatus(t, "openapi document", st, http.StatusOK, b)
+		st, b = anon.call("POST", "/api/login", map[string]string{"user": "admin", "password": "wrong"})
+		wantStatus(t, "wrong password", st, http.StatusUnauthorized, b)
+		st, b = anon.call("POST", "/api/login", []byte(`{"user": "admin", "password": 3}`))
+		wantStatus(t, "bad login body", st, http.StatusBadRequest, b)
+		st, b = sys.withToken("not-a-token").call("GET", "/api/me", nil)
+		wantStatus(t, "bad token", st, http.StatusUnauthorized, b)
+		st, b = sys.withToken(sys.token).call("GET", "/api/me", nil)
+		wantStatus(t, "token", st, http.StatusOK, b)
+		if m := decode[meReply](t, b); m.User != "admin" || m.Role != RoleAdmin || m.CSRF != "" {
+			t.Fatalf("token identity %+v", m)
+		}
+		// A write with the cookie but without the CSRF token is refused.
+		noCSRF := *admin
+		noCSRF.csrf = ""
+		st, b = noCSRF.call("POST", "/api/flush", map[string]string{"scope": "all"})
+		wantStatus(t, "write without CSRF token", st, http.StatusForbidden, b)
+		wantField(t, "write without CSRF token", b, "csrf")
+		wrong := *admin
+		wrong.csrf = "forged"
+		st, b = wrong.call("POST", "/api/flush", map[string]string{"scope": "all"})
+		wantStatus(t, "forged CSRF token", st, http.StatusForbidden, b)
+		// Viewers read but never change.
+		st, b = viewer.call("POST", "/api/flush", map[string]string{"scope": "all"})
+		wantStatus(t, "viewer flush", st, http.StatusForbidden, b)
+		st, b = viewer.call("PUT", "/api/domains/viewer.test", map[string]any{"policy": map[string]any{"mode": "off"}})
+		wantStatus(t, "viewer policy", st, http.StatusForbidden, b)
+		st, b = viewer.call("POST", "/api/verify", map[string]any{"address": "alice@callout.test", "trace": true})
+		wantStatus(t, "viewer trace", st, http.StatusForbidden, b)
+		wantField(t, "viewer trace", b, "trace")
+		st, b = viewer.call("GET", "/api/domains", nil)
+		wantStatus(t, "viewer reads", st, http.StatusOK, b)
+	})
+
+	t.Run("login is rate-limited per client", func(t *testing.T) {
+		sys.console.limit.roll(time.Now().Add(-time.Minute)) // forget the failures above
+		anon := sys.anonymous()
+		for i := 0; i < 5; i++ {
+			st, b := anon.call("POST", "/api/login", map[string]string{"user": "viewer", "password": "guess" + strconv.Itoa(i)})
+			wantStatus(t, "failed login", st, http.StatusUnauthorized, b)
+		}
+		st, b := anon.call("POST", "/api/login", map[string]string{"user": "viewer", "password": viewerPassword})
+		wantStatus(t, "login after too many failures", st, http.StatusTooManyRequests, b)
+		// Clients are counted apart: the limit is per address, and a new
+		// minute starts anew.
+		if !sys.console.limit.allowed("192.0.2.1", time.Now()) || sys.console.limit.allowed("127.0.0.1", time.Now()) {
+			t.Fatal("limiter keyed wrongly")
+		}
+		if !sys.console.limit.allowed("127.0.0.1", time.Now().Add(time.Minute)) {
+			t.Fatal("limiter does not reset after a minute")
+		}
+		sys.console.limit.roll(time.Now().Add(time.Minute)) // let the other tests log in
+	})
+
+	var static operate.Stored
+	t.Run("domains", func(t *testing.T) {
+		st, b := admin.call("PUT", "/api/domains/static.test", map[string]any{"policy": map[string]any{"mode": "static", "mailboxes": []string{"alice", "Bob@static.test"}}})
+		wantStatus(t, "create static", st, http.StatusOK, b)
+		static = decode[operate.Stored](t, b)
+		if static.Revision == 0 || strings.Join(static.Policy.Mailboxes, ",") != "alice,Bob" {
+			t.Fatalf("created %+v", static)
+		}
+		st, b = admin.call("PUT", "/api/domains/static.test", map[string]any{"policy": map[string]any{"mode": "off"}})
+		wantStatus(t, "create over an existing domain", st, http.StatusConflict, b)
+		wantField(t, "create over an existing domain", b, "revision")
+		st, b = admin.call("PUT", "/api/domains/callout.test", map[string]any{"policy": map[string]any{"mode": "callout", "route": []string{route}}})
+		wantStatus(t, "create callout", st, http.StatusOK, b)
+
+		// Bad input names its field and is never a 500.
+		for _, c := range []struct {
+			body  any
+			field string
+		}{
+			{map[string]any{"policy": map[string]any{"mode": "static"}}, "mailboxes"},
+			{map[string]any{"policy": map[string]any{"mode": "Accept"}}, "mode"},
+			{map[string]any{"policy": map[string]any{"route": []string{"mx.example"}}}, "route"},
+			{map[string]any{"policy": map[string]any{"mode": "static", "mailboxes": []string{"x@other.test"}}}, "mailboxes"},
+			{map[string]any{"policy": map[string]any{"on_tempfail": "reject"}}, "on_tempfail"},
+			{map[string]any{"policy": map[string]any{"sender": "not an address"}}, "sender"},
+			{map[string]any{"policy": map[string]any{"colour": "blue"}}, "colour"},
+			{map[string]any{"policy": map[string]any{"mode": 7}}, "policy.mode"},
+			{map[string]any{}, "policy"},
+		} {
+			st, b := admin.call("PUT", "/api/domains/bad.test", c.body)
+			wantStatus(t, "bad policy", st, http.StatusBadRequest, b)
+			wantField(t, "bad policy", b, c.field)
+		}
+		st, b = admin.call("PUT", "/api/domains/bad..test", map[string]any{"policy": map[string]any{"mode": "off"}})
+		wantStatus(t, "bad domain", st, http.StatusBadRequest, b)
+		wantField(t, "bad domain", b, "domain")
+		st, b = admin.call("PUT", "/api/domains/bad.test", []byte(`{"policy": `))
+		wantStatus(t, "truncated JSON", st, http.StatusBadRequest, b)
+		st, b = admin.call("GET", "/api/domains/nothing.test", nil)
+		wantStatus(t, "unknown domain", st, http.StatusNotFound, b)
+
+		// Concurrent edits: the second writer's revision is stale.
+		upd := map[string]any{"policy": map[string]any{"mode": "static", "mailboxes": []string{"alice", "bob", "carol"}}, "revision": static.Revision}
+		st, b = admin.call("PUT", "/api/domains/static.test", upd)
+		wantStatus(t, "update", st, http.StatusOK, b)
+		newer := decode[operate.Stored](t, b)
+		st, b = viewer.call("GET", "/api/domains/static.test", nil)
+		wantStatus(t, "get", st, http.StatusOK, b)
+		if got := decode[operate.Stored](t, b); got.Revision != newer.Revision || len(got.Policy.Mailboxes) != 3 {
+			t.Fatalf("get %+v, want revision %d with 3 mailboxes", got, newer.Revision)
+		}
+		st, b = admin.call("PUT", "/api/domains/static.test", upd)
+		wantStatus(t, "stale update", st, http.StatusConflict, b)
+
+		// Bulk replace from a pasted list and from CSV.
+		st, b = admin.call("PUT", "/api/domains/static.test/mailboxes?revision="+strconv.FormatUint(newer.Revision, 10), "alice\n# a comment\n\nbob@static.test\n")
+		wantStatus(t, "mailboxes from lines", st, http.StatusOK, b)
+		lines := decode[operate.Stored](t, b)
+		if strings.Join(lines.Policy.Mailboxes, ",") != "alice,bob" {
+			t.Fatalf("mailboxes %v", lines.Policy.Mailboxes)
+		}
+		st, b = admin.call("PUT", "/api/domains/static.test/mailboxes?revision="+strconv.FormatUint(newer.Revision, 10), "carol\n")
+		wantStatus(t, "mailboxes with a stale revision", st, http.StatusConflict, b)
+		st, b = admin.call("PUT", "/api/domains/static.test/mailboxes?revision="+strconv.FormatUint(lines.Revision, 10), "address,name\nalice@static.test,Alice\n\"bob\",Bob\n")
+		wantStatus(t, "mailboxes from CSV", st, http.StatusOK, b)
+		static = decode[operate.Stored](t, b)
+		if strings.Join(static.Policy.Mailboxes, ",") != "alice,bob" {
+			t.Fatalf("mailboxes from CSV %v", static.Policy.Mailboxes)
+		}
+		st, b = admin.call("PUT", "/api/domains/static.test/mailboxes?revision="+strconv.FormatUint(static.Revision, 10), "x@elsewhere.test\n")
+		wantStatus(t, "mailbox of another domain", st, http.StatusBadRequest, b)
+		wantField(t, "mailbox of another domain", b, "mailboxes")
+		st, b = admin.call("PUT", "/api/domains/static.test/mailboxes", "alice\n")
+		wantStatus(t, "mailboxes without revision", st, http.StatusBadRequest, b)
+		wantField(t, "mailboxes without revision", b, "revision")
+
+		cur := decode[operate.Stored](t, must(admin.call("GET", "/api/domains/callout.test", nil)))
+		st, b = admin.call("PUT", "/api/domains/callout.test/bypass?revision="+strconv.FormatUint(cur.Revision, 10), "postmaster-alias\nabuse\n")
+		wantStatus(t, "bypass", st, http.StatusOK, b)
+		cur = decode[operate.Stored](t, b)
+		if len(cur.Policy.Bypass) != 2 {
+			t.Fatalf("bypass %v", cur.Policy.Bypass)
+		}
+
+		// Monitor mode on and off; not for a static domain.
+		st, b = admin.call("POST", "/api/domains/callout.test/monitor", map[string]any{"on": true, "revision": cur.Revision})
+		wantStatus(t, "monitor on", st, http.StatusOK, b)
+		cur = decode[operate.Stored](t, b)
+		if cur.Policy.EffectiveMode() != domains.ModeMonitor {
+			t.Fatalf("mode %s", cur.Policy.Mode)
+		}
+		st, b = admin.call("POST", "/api/domains/callout.test/monitor", map[string]any{"on": false, "revision": cur.Revision})
+		wantStatus(t, "monitor off", st, http.StatusOK, b)
+		cur = decode[operate.Stored](t, b)
+		if cur.Policy.EffectiveMode() != domains.ModeCallout {
+			t.Fatalf("mode %s", cur.Policy.Mode)
+		}
+		st, b = admin.call("POST", "/api/domains/static.test/monitor", map[string]any{"on": true, "revision": static.Revision})
+		wantStatus(t, "monitor on a static domain", st, http.StatusBadRequest, b)
+		wantField(t, "monitor on a static domain", b, "mode")
+		st, b = admin.call("POST", "/api/domains/callout.test/monitor", map[string]any{"revision": cur.Revision})
+		wantStatus(t, "monitor without on", st, http.StatusBadRequest, b)
+		wantField(t, "monitor without on", b, "on")
+
+		// Delete needs the current revision.
+		gone := decode[operate.Stored](t, must(admin.call("PUT", "/api/domains/gone.test", map[string]any{"policy": map[string]any{"mode": "off"}})))
+		st, b = admin.call("DELETE", "/api/domains/gone.test?revision="+strconv.FormatUint(gone.Revision+100, 10), nil)
+		wantStatus(t, "delete with a stale revision", st, http.StatusConflict, b)
+		st, b = admin.call("DELETE", "/api/domains/gone.test?revision="+strconv.FormatUint(gone.Revision, 10), nil)
+		wantStatus(t, "delete", st, http.StatusNoContent, b)
+		st, b = admin.call("DELETE", "/api/domains/gone.test?revision=1", nil)
+		wantStatus(t, "delete again", st, http.StatusNotFound, b)
+
+		rows := decode[[]domainRow](t, must(viewer.call("GET", "/api/domains", nil)))
+		var names []string
+		for _, r := range rows {
+			names = append(names, r.Domain+":"+string(r.Mode)+":"+strconv.Itoa(r.Mailboxes))
+		}
+		if strings.Join(names, " ") != "callout.test:callout:0 static.test:static:2" {
+			t.Fatalf("domains %v", names)
+		}
+	})
+
+	t.Run("verify", func(t *testing.T) {
+		waitPolicy(t, sys, admin, "static.test", "alice", verdict.Accept)
+		for _, c := range []struct {
+			addr   string
+			action verdict.Action
+		}{
+			{"alice@static.test", verdict.Accept},
+			{"BOB+tag@static.test", verdict.Accept},
+			{"mallory@static.test", verdict.Reject},
+			{"alice@callout.test", verdict.Accept},
+			{"nobody@callout.test", verdict.Reject},
+			{"abuse@callout.test", verdict.Accept}, // bypass
+		} {
+			st, b := viewer.call("POST", "/api/verify", map[string]any{"address": c.addr})
+			wantStatus(t, "verify "+c.addr, st, http.StatusOK, b)
+			if rep := decode[wire.VerifyReply](t, b); rep.Decision.Action != c.action {
+				t.Errorf("verify %s: %s %s, want %s", c.addr, rep.Decision.Action, rep.Decision, c.action)
+			}
+		}
+		st, b := viewer.call("POST", "/api/verify", map[string]any{"address": ""})
+		wantStatus(t, "empty address", st, http.StatusBadRequest, b)
+		wantField(t, "empty address", b, "address")
+		st, b = viewer.call("POST", "/api/verify", map[string]any{"address": "a@b.test", "timeout_ms": -1})
+		wantStatus(t, "negative timeout", st, http.StatusBadRequest, b)
+		wantField(t, "negative timeout", b, "timeout_ms")
+		st, b = viewer.call("POST", "/api/verify", map[string]any{"address": "a\r\nRSET@b.test"})
+		wantStatus(t, "CR LF in an address", st, http.StatusOK, b)
+		if rep := decode[wire.VerifyReply](t, b); rep.Decision.Action == verdict.Accept && rep.Verdict != nil && rep.Verdict.Source == verdict.SourceProbe {
+			t.Fatalf("an injected address was called out: %s", b)
+		}
+		before := sys.dest.RcptsFor("bob@callout.test")
+		st, b = admin.call("POST", "/api/verify", map[string]any{"address": "bob@callout.test", "trace": true})
+		wantStatus(t, "trace", st, http.StatusOK, b)
+		rep := decode[wire.VerifyReply](t, b)
+		var sawRcpt bool
+		for _, l := range rep.Transcript {
+			if strings.Contains(l.Text, "RCPT TO:<bob@callout.test>") {
+				sawRcpt = true
+			}
+		}
+		if !sawRcpt || sys.dest.RcptsFor("bob@callout.test") <= before || rep.Decision.Action != verdict.Accept {
+			t.Fatalf("trace did not call out: %s", b)
+		}
+	})
+
+	t.Run("cache", func(t *testing.T) {
+		var page CachePage
+		waitfor.Cond(t, 10*time.Second, func() bool {
+			page = decode[CachePage](t, must(viewer.call("GET", "/api/cache?"+q(url.Values{"domain": {"callout.test"}}), nil)))
+			return len(page.Entries) >= 3 // alice, nobody, bob and the catch-all fact
+		})
+		st, b := viewer.call("GET", "/api/cache?"+q(url.Values{"domain": {"callout.test"}, "status": {"invalid"}}), nil)
+		wantStatus(t, "filter by status", st, http.StatusOK, b)
+		inv := decode[CachePage](t, b)
+		if len(inv.Entries) != 1 || inv.Entries[0].Verdict.Address != "nobody@callout.test" {
+			t.Fatalf("invalid entries %+v", inv.Entries)
+		}
+		// Pages of one hold, in order, every entry once.
+		var all []string
+		cursor := ""
+		for i := 0; i < 20; i++ {
+			v := url.Values{"limit": {"1"}, "domain": {"callout.test"}}
+			if cursor != "" {
+				v.Set("cursor", cursor)
+			}
+			p := decode[CachePage](t, must(viewer.call("GET", "/api/cache?"+q(v), nil)))
+			for _, e := range p.Entries {
+				all = append(all, e.Key)
+			}
+			if cursor = p.Next; cursor == "" {
+				break
+			}
+		}
+		if len(all) != len(page.Entries) {
+			t.Fatalf("paged %v, listed %d", all, len(page.Entries))
+		}
+		sorted := decode[CachePage](t, must(viewer.call("GET", "/api/cache?"+q(url.Values{"domain": {"callout.test"}, "sort": {"address"}, "order": {"desc"}}), nil)))
+		keys := make([]string, len(sorted.Entries))
+		for i, e := range sorted.Entries {
+			keys[i] = e.Key
+		}
+		if !sort.SliceIsSorted(keys, func(i, j int) bool { return keys[i] > keys[j] }) || len(keys) != len(page.Entries) {
+			t.Fatalf("sorted by address, descending: %v", keys)
+		}
+		wild := decode[CachePage](t, must(viewer.call("GET", "/api/cache?"+q(url.Values{"q": {"ali*@callout.test"}}), nil)))
+		if len(wild.Entries) != 1 || wild.Entries[0].Verdict.Address != "alice@callout.test" {
+			t.Fatalf("wildcard %+v", wild.Entries)
+		}
+		for _, c := range []struct{ query, field string }{
+			{"sort=address", "sort"}, {"sort=colour&domain=callout.test", "sort"}, {"status=maybe", "status"}, {"limit=0", "limit"},
+			{"limit=100000", "limit"}, {"cursor=x", "cursor"}, {"checked_after=yesterday", "checked_after"}, {"domain=a..b", "domain"},
+			{"q=%5B", "q"}, {"order=up", "order"},
+		} {
+			st, b := viewer.call("GET", "/api/cache?"+c.query, nil)
+			wantStatus(t, "bad query "+c.query, st, http.StatusBadRequest, b)
+			wantField(t, "bad query "+c.query, b, c.field)
+		}
+		key := inv.Entries[0].Key
+		st, b = viewer.call("GET", "/api/cache/entry?key="+url.QueryEscape(key), nil)
+		wantStatus(t, "entry", st, http.StatusOK, b)
+		if e := decode[CacheEntry](t, b); e.Verdict.Status != verdict.Invalid || e.Verdict.Code != 550 || e.Verdict.ExpiresAt.IsZero() {
+			t.Fatalf("entry %+v", e)
+		}
+		st, b = viewer.call("GET", "/api/cache/entry?key=nonsense", nil)
+		wantStatus(t, "bad key", st, http.StatusBadRequest, b)
+		st, b = viewer.call("DELETE", "/api/cache/entry?key="+url.QueryEscape(key), nil)
+		wantStatus(t, "viewer delete", st, http.StatusForbidden, b)
+		st, b = admin.call("DELETE", "/api/cache/entry?key="+url.QueryEscape(key), nil)
+		wantStatus(t, "delete entry", st, http.StatusOK, b)
+		st, b = viewer.call("GET", "/api/cache/entry?key="+url.QueryEscape(key), nil)
+		wantStatus(t, "deleted entry", st, http.StatusNotFound, b)
+		// The next verify asks the destination again.
+		before := sys.dest.RcptsFor("nobody@callout.test")
+		must(viewer.call("POST", "/api/verify", map[string]any{"address": "nobody@callout.test"}))
+		if sys.dest.RcptsFor("nobody@callout.test") != before+1 {
+			t.Fatal("a deleted entry was still answered from a cache")
+		}
+
+		st, b = admin.call("POST", "/api/flush", map[string]any{"scope": "domain", "domain": "callout.test", "only": "valid"})
+		wantStatus(t, "flush valid", st, http.StatusOK, b)
+		for _, c := range []struct {
+			body  any
+			field string
+		}{
+			{map[string]any{"scope": "galaxy"}, "scope"},
+			{map[string]any{"scope": "domain"}, "domain"},
+			{map[string]any{"scope": "address", "address": "no at sign"}, "address"},
+			{map[string]any{"scope": "all", "only": "catch_all"}, "only"},
+			{map[string]any{"scope": "all", "extra": 1}, "extra"},
+		} {
+			st, b := admin.call("POST", "/api/flush", c.body)
+			wantStatus(t, "bad flush", st, http.StatusBadRequest, b)
+			wantField(t, "bad flush", b, c.field)
+		}
+		st, b = sys.withToken(sys.token).call("POST", "/api/flush", map[string]any{"scope": "all"})
+		wantStatus(t, "flush all with a token", st, http.StatusOK, b)
+		if p := decode[CachePage](t, must(viewer.call("GET", "/api/cache", nil))); len(p.Entries) != 0 {
+			t.Fatalf("entries after a full flush: %+v", p.Entries)
+		}
+	})
+
+	t.Run("stats, hosts and history", func(t *testing.T) {
+		var f stats.Fleet
+		waitfor.Cond(t, 10*time.Second, func() bool {
+			f = decode[stats.Fleet](t, must(viewer.call("GET", "/api/stats", nil)))
+			return f.Instances["ingest"] == 1 && f.Instances["prober"] == 1 && f.Instances["cachekeeper"] == 1 && f.Totals["verifies"] >= 10
+		})
+		var h struct {
+			Samples []Sample `json:"samples"`
+		}
+		waitfor.Cond(t, 10*time.Second, func() bool {
+			h = decode[struct {
+				Samples []Sample `json:"samples"`
+			}](t, must(viewer.call("GET", "/api/stats/history", nil)))
+			return len(h.Samples) >= 2
+		})
+		hosts := decode[[]wire.HostsReply](t, must(viewer.call("GET", "/api/hosts", nil)))
+		if len(hosts) != 1 || len(hosts[0].Hosts) == 0 || hosts[0].Hosts[0].Host != route {
+			t.Fatalf("hosts %+v, want %s", hosts, route)
+		}
+	})
+
+	t.Run("audit", func(t *testing.T) {
+		evs := decode[[]audit.Event](t, must(viewer.call("GET", "/api/audit?n=1000", nil)))
+		count := map[string]int{}
+		for _, ev := range evs {
+			if ev.Who != "console:admin" || ev.At.IsZero() {
+				t.Errorf("event %+v: want who console:admin and a time", ev)
+			}
+			count[ev.What]++
+		}
+		// Writes above: 2 creates, 1 update, 2 list replaces, 1 bypass, 2
+		// monitor switches, 1 create and 1 removal of gone.test; flushes: one
+		// entry delete, valid of a domain, all.
+		if count[audit.PolicySet] != 9 || count[audit.PolicyRemove] != 1 || count[audit.Flush] != 3 {
+			t.Fatalf("audit counts %v", count)
+		}
+		if evs[0].What != audit.Flush || evs[0].Scope != wire.ScopeAll {
+			t.Fatalf("newest first: %+v", evs[0])
+		}
+		f := decode[[]audit.Event](t, must(viewer.call("GET", "/api/audit?what=policy.rm", nil)))
+		if len(f) != 1 || f[0].Domain != "gone.test" || f[0].Before == nil {
+			t.Fatalf("policy.rm events %+v", f)
+		}
+		st, b := viewer.call("GET", "/api/audit?what=everything", nil)
+		wantStatus(t, "bad filter", st, http.StatusBadRequest, b)
+		wantField(t, "bad filter", b, "what")
+	})
+
+	t.Run("logout", func(t *testing.T) {
+		c := sys.login("viewer", viewerPassword)
+		st, b := c.call("POST", "/api/logout", nil)
+		wantStatus(t, "logout", st, http.StatusNoContent, b)
+		st, b = c.call("GET", "/api/me", nil)
+		wantStatus(t, "after logout", st, http.StatusUnauthorized, b)
+		st, b = c.call("GET", "/api/nothing-here", nil)
+		wantStatus(t, "unknown endpoint", st, http.StatusNotFound, b)
+	})
+
+	t.Run("every operation of openapi.yaml is exercised", func(t *testing.T) {
+		spec := mustRead(t, "openapi.yaml")
+		var missing []string
+		ops := 0
+		path := ""
+		for _, line := range strings.Split(string(spec), "\n") {
+			if strings.HasPrefix(line, "  /api/") {
+				path = strings.TrimSuffix(strings.TrimSpace(line), ":")
+			}
+			for _, m := range []string{"get", "put", "post", "delete"} {
+				if path == "" || line != "    "+m+":" {
+					continue
+				}
+				ops++
+				if !sys.covered[strings.ToUpper(m)+" "+path] {
+					missing = append(missing, strings.ToUpper(m)+" "+path)
+				}
+			}
+		}
+		if len(missing) > 0 || ops < 19 {
+			t.Fatalf("%d operations; not exercised: %v", ops, missing)
+		}
+	})
+}
+
+// must returns the body of a call that must succeed.
+func must(st int, b []byte) []byte {
+	if st >= 300 {
+		panic("call failed: " + strconv.Itoa(st) + " " + string(b))
+	}
+	return b
+}
+
+// waitPolicy waits until the ingests serve a domain's new policy.
+func waitPolicy(t *testing.T, sys *system, c *client, domain, local string, want verdict.Action) {
+	t.Helper()
+	waitfor.Cond(t, 10*time.Second, func() bool {
+		rep := decode[wire.VerifyReply](t, must(c.call("POST", "/api/verify", map[string]any{"address": local + "@" + domain})))
+		return rep.Decision.Action == want
+	})
+}
+
+func TestSessionsExpire(t *testing.T) {
+	s := newSessions(time.Minute)
+	u := &User{Name: "a", Role: RoleViewer}
+	now := time.Now()
+	id, _ := s.create(u, now)
+	if s.get(id, now.Add(59*time.Second)) == nil {
+		t.Fatal("a fresh session is gone")
+	}
+	if s.get(id, now.Add(61*time.Second)) != nil {
+		t.Fatal("an expired session still works")
+	}
+	if s.get("forged", now) != nil {
+		t.Fatal("an unknown session id works")
+	}
+}
+
+func TestParseUsers(t *testing.T) {
+	h := "$2a$04$0123456789012345678901uWzY3Kq8wq7JxvC8Jv0JYv4J3p1s1K2"
+	for _, c := range []struct {
+		text string
+		ok   bool
+	}{
+		{"admin:admin:" + h, true},
+		{"# comment\nv:viewer:" + h + " w:viewer:" + h, true},
+		{"admin:root:" + h, false},
+		{"admin:admin:plaintext", false},
+		{"admin:admin", false},
+		{"admin:admin:" + h + ":nothex", false},
+		{"a:admin:" + h + "\na:viewer:" + h, false},
+		{"<b>:admin:" + h, false},
+	} {
+		_, err := ParseUsers(c.text)
+		if (err == nil) != c.ok {
+			t.Errorf("ParseUsers(%q) = %v, want ok %v", c.text, err, c.ok)
+		}
+	}
+}
+
+func TestParseList(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"a\nb\n\n# c\nb\n", "a,b"},
+		{"address,name\na@x.test,A\n\"b\",B\n", "a@x.test,b"},
+		{"mailbox;comment\nx;1\ny;2\n", "x,y"},
+		{"  spaced  \r\nnext\r\n", "spaced,next"},
+	} {
+		got, err := ParseList(c.in)
+		if err != nil || strings.Join(got, ",") != c.want {
+			t.Errorf("ParseList(%q) = %v, %v; want %s", c.in, got, err, c.want)
+		}
+	}
+}
