@@ -8,8 +8,8 @@ NATS_SERVER_VERSION := v2.15.2
 STATICCHECK_VERSION := v0.8.2
 NATSCLI_VERSION := v0.5.1
 BIN := $(CURDIR)/bin
-MODULES := shared services/prober services/cachekeeper services/ingest tools e2e
-SERVICES := prober cachekeeper ingest
+MODULES := shared services/prober services/cachekeeper services/ingest services/console tools e2e
+SERVICES := prober cachekeeper ingest console
 # Count-based by default: a duration (FUZZTIME=10m) goes through Go 1.26's
 # fuzz coordinator deadline race (golang/go#75804), which the loop below
 # tells apart from a real failure by the reproducer a real one writes.
@@ -41,6 +41,7 @@ build:
 	cd services/prober && go build -o $(BIN)/prober ./cmd/prober
 	cd services/cachekeeper && go build -o $(BIN)/cachekeeper ./cmd/cachekeeper
 	cd services/ingest && go build -o $(BIN)/ingest ./cmd/ingest
+	cd services/console && go build -o $(BIN)/console ./cmd/console
 	cd tools && go build -o $(BIN)/calloutctl ./calloutctl && go build -o $(BIN)/devrun ./devrun
 
 ## run: everything on loopback with a demo destination; Ctrl-C stops it. Installs the nats CLI into ./bin too.
@@ -57,7 +58,7 @@ staticcheck: $(BIN)/staticcheck
 	for m in $(MODULES); do (cd $$m && $(BIN)/staticcheck ./...); done
 
 unit:
-	for m in shared services/prober services/cachekeeper services/ingest tools; do (cd $$m && go test -race -count=1 -timeout 10m ./...); done
+	for m in shared services/prober services/cachekeeper services/ingest services/console tools; do (cd $$m && go test -race -count=1 -timeout 10m ./...); done
 
 e2e: build $(BIN)/nats-server $(BIN)/nats
 	cd e2e && CALLOUT_BIN=$(BIN) go test -count=1 -timeout 12m $(if $(RUN),-run '$(RUN)' -v,) ./...

@@ -18,7 +18,7 @@ import (
 
 // `make run` starts everything on the dev ports, answers, and stops cleanly.
 func TestMakeRun(t *testing.T) {
-	for _, a := range []string{"127.0.0.1:4222", "127.0.0.1:2525", "127.0.0.1:10040", "127.0.0.1:8222"} {
+	for _, a := range []string{"127.0.0.1:4222", "127.0.0.1:2525", "127.0.0.1:10040", "127.0.0.1:8222", "127.0.0.1:8080"} {
 		if c, err := net.DialTimeout("tcp", a, 200*time.Millisecond); err == nil {
 			c.Close()
 			t.Skipf("%s is in use (is `make run` running?)", a)
@@ -69,14 +69,16 @@ func TestMakeRun(t *testing.T) {
 	// Every command it prints works as printed (./bin is where make puts them).
 	ran := 0
 	for _, line := range strings.Split(out(), "\n") {
-		if !strings.HasPrefix(line, "  ./bin/") {
+		if !strings.HasPrefix(line, "  ./bin/") && !strings.HasPrefix(line, "  curl ") {
 			continue
 		}
 		cmdline := strings.TrimSpace(line)
 		if i := strings.Index(cmdline, "   #"); i > 0 {
 			cmdline = strings.TrimSpace(cmdline[:i])
 		}
-		cmdline = filepath.Join(binDir) + "/" + strings.TrimPrefix(cmdline, "./bin/")
+		if strings.HasPrefix(cmdline, "./bin/") {
+			cmdline = filepath.Join(binDir) + "/" + strings.TrimPrefix(cmdline, "./bin/")
+		}
 		cmd := exec.Command("bash", "-c", cmdline)
 		cmd.Dir = root
 		cmd.Env = append(os.Environ(), "HOME="+t.TempDir()) // no nats contexts of the machine's user
@@ -85,14 +87,14 @@ func TestMakeRun(t *testing.T) {
 		}
 		ran++
 	}
-	if ran < 8 {
+	if ran < 10 {
 		t.Fatalf("only %d commands printed:\n%s", ran, out())
 	}
 	nc.Close()
 	if err := p.Stop(20 * time.Second); err != nil {
 		t.Fatalf("devrun did not stop cleanly: %v\n%s", err, out())
 	}
-	for _, name := range []string{"ingest", "prober", "cachekeeper", "nats-server"} {
+	for _, name := range []string{"console", "ingest", "prober", "cachekeeper", "nats-server"} {
 		if !strings.Contains(out(), "stopped "+name) {
 			t.Errorf("%s not stopped cleanly:\n%s", name, out())
 		}

@@ -54,7 +54,7 @@ func TestMain(m *testing.M) {
 func buildAll(dir string) error {
 	builds := [][2]string{
 		{"../services/prober", "./cmd/prober"}, {"../services/cachekeeper", "./cmd/cachekeeper"},
-		{"../services/ingest", "./cmd/ingest"}, {"../tools", "./devrun"}, {".", "github.com/nats-io/nats-server/v2"},
+		{"../services/ingest", "./cmd/ingest"}, {"../services/console", "./cmd/console"}, {"../tools", "./devrun"}, {".", "github.com/nats-io/nats-server/v2"},
 	}
 	for _, b := range builds {
 		out := filepath.Join(dir, filepath.Base(b[1]))

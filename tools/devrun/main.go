@@ -1,11 +1,14 @@
 // Command devrun is `make run`: it starts nats-server (deploy/nats/dev.conf),
-// a demo destination SMTP server, the cachekeeper, a prober and the ingest
-// on loopback, sets up demo domains, says how to try it, and stops it all
+// a demo destination SMTP server, the cachekeeper, a prober, the ingest and
+// the console on loopback, sets up demo domains, says how to try it, and stops it all
 // cleanly on Ctrl-C.
 package main
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"flag"
 	"fmt"
 	"os"
@@ -16,6 +19,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/callout-mail/callout/shared/domains"
 	"github.com/callout-mail/callout/shared/smtptest"
@@ -34,6 +38,7 @@ func run() error {
 	bin := flag.String("bin", "./bin", "where the binaries are")
 	dir := flag.String("dir", "./var", "state and logs")
 	smtpAddr := flag.String("smtp", "127.0.0.1:2525", "demo destination SMTP address")
+	consoleAddr := flag.String("console", "127.0.0.1:8080", "console listen address")
 	flag.Parse()
 	if err := os.MkdirAll(*dir, 0o755); err != nil {
 		return err
@@ -107,6 +112,20 @@ func run() error {
 			return fmt.Errorf("%w (logs in %s)", err, *dir)
 		}
 	}
+	// The console, with development users and an API token made now.
+	users, token, err := devUsers()
+	if err != nil {
+		return err
+	}
+	cp, err := stack.Start(*dir, "console", filepath.Join(*bin, "console"), nil, []string{"CALLOUT_CONSOLE_USERS=" + users,
+		"CALLOUT_CONSOLE_LISTEN=" + *consoleAddr, "CALLOUT_CONSOLE_HISTORY_EVERY=2s"})
+	if err != nil {
+		return err
+	}
+	procs = append(procs, cp)
+	if err := stack.WaitHTTP(wctx, "http://"+*consoleAddr+"/api/openapi.yaml"); err != nil {
+		return fmt.Errorf("console: %w (logs in %s)", err, *dir)
+	}
 	fmt.Printf(`
 callout is running on loopback (logs in %s/*.log).
 
@@ -124,10 +143,13 @@ Try it:
   ./bin/nats --timeout 30s req callout.verify '{"address":"bob@demo.example"}' -H Content-Type:application/json
   ./bin/nats kv ls callout_cache
   Postfix policy: check_policy_service inet:127.0.0.1:10040
-  Ports: NATS 4222 (monitoring 8222), demo destination 2525, policy 10040, metrics 9101-9103
+  Console: http://%s/ (log in as admin / callout-dev, or viewer / viewer-dev)
+  curl -sf -H 'Authorization: Bearer %s' http://%s/api/domains
+  curl -sf -H 'Authorization: Bearer %s' -X POST -d '{"scope":"domain","domain":"demo.example"}' http://%s/api/flush
+  Ports: NATS 4222 (monitoring 8222), demo destination 2525, policy 10040, console 8080, metrics 9101-9104
 
 Ctrl-C stops everything.
-`, *dir, *smtpAddr)
+`, *dir, *smtpAddr, *consoleAddr, token, *consoleAddr, token, *consoleAddr)
 
 	// Stop when asked, or when a child dies.
 	t := time.NewTicker(200 * time.Millisecond)
@@ -145,4 +167,24 @@ Ctrl-C stops everything.
 			}
 		}
 	}
+}
+
+// devUsers are the console's development users (admin / callout-dev,
+// viewer / viewer-dev) and a new API token for the admin.
+func devUsers() (users, token string, err error) {
+	a, err := bcrypt.GenerateFromPassword([]byte("callout-dev"), bcrypt.DefaultCost)
+	if err != nil {
+		return "", "", err
+	}
+	v, err := bcrypt.GenerateFromPassword([]byte("viewer-dev"), bcrypt.DefaultCost)
+	if err != nil {
+		return "", "", err
+	}
+	b := make([]byte, 24)
+	if _, err := rand.Read(b); err != nil {
+		return "", "", err
+	}
+	token = hex.EncodeToString(b)
+	sum := sha256.Sum256([]byte(token))
+	return "admin:admin:" + string(a) + ":" + hex.EncodeToString(sum[:]) + " viewer:viewer:" + string(v), token, nil
 }

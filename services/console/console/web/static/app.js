@@ -18,7 +18,11 @@ function confirmations(root) {
   }
 }
 
-const palette = ["#1e7b34", "#b3261e", "#9a6700", "#2456a6", "#7b3fa0", "#00838f", "#5d4037"];
+const palette = ["#2456a6", "#7b3fa0", "#00838f", "#5d4037", "#9e9d24"];
+// The same meaning has the same colour on every chart.
+const named = { accept: "#1e7b34", valid: "#1e7b34", "hit ratio": "#1e7b34", reject: "#b3261e", invalid: "#b3261e",
+  defer: "#9a6700", tempfail: "#9a6700", deadlines: "#9a6700", shed: "#b3261e", catch_all: "#2456a6", unverifiable: "#7b3fa0" };
+function colour(label, i) { return named[label] || palette[i % palette.length]; }
 
 // seriesOf picks the series of a chart from the samples: "a,b" names
 // fields; "m.*" every key of the map field m.
@@ -62,11 +66,11 @@ function draw(canvas, samples) {
   const x = (i) => left + (n <= 1 ? 0 : (w - left - 4) * i / (n - 1));
   const y = (v) => top + (h - top - bottom) * (1 - v / max);
   series.forEach((s, si) => {
-    ctx.strokeStyle = palette[si % palette.length]; ctx.lineWidth = 2;
+    ctx.strokeStyle = colour(s.label, si); ctx.lineWidth = 2;
     ctx.beginPath();
     s.values.forEach((v, i) => (i ? ctx.lineTo(x(i), y(v)) : ctx.moveTo(x(i), y(v))));
     ctx.stroke();
-    ctx.fillStyle = palette[si % palette.length];
+    ctx.fillStyle = colour(s.label, si);
     ctx.fillText(s.label, left + 6 + si * 90, top + 10);
   });
   canvas.dataset.points = String(n);

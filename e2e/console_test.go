@@ -1,0 +1,276 @@
+package e2e
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/cdproto/page"
+	"github.com/chromedp/cdproto/runtime"
+	"github.com/chromedp/chromedp"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/callout-mail/callout/shared/kvkey"
+	"github.com/callout-mail/callout/shared/smtptest"
+	"github.com/callout-mail/callout/shared/verdict"
+	"github.com/callout-mail/callout/tools/stack"
+)
+
+// aptInstall makes sure a command exists, installing its Debian packages
+// as root; otherwise the test is skipped.
+func aptInstall(t *testing.T, command string, pkgs ...string) string {
+	t.Helper()
+	if p, err := exec.LookPath(command); err == nil {
+		return p
+	}
+	if os.Geteuid() != 0 {
+		t.Skipf("%s missing and not root to install %v", command, pkgs)
+	}
+	if _, err := exec.LookPath("apt-get"); err != nil {
+		t.Skipf("%s missing and no apt-get", command)
+	}
+	install := func() error {
+		cmd := exec.Command("apt-get", append([]string{"install", "-y", "-qq", "--no-install-recommends"}, pkgs...)...)
+		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	}
+	if err := install(); err != nil {
+		if out, err := exec.Command("apt-get", "update", "-qq").CombinedOutput(); err != nil {
+			t.Fatalf("apt-get update: %v %s", err, out)
+		}
+		if err := install(); err != nil {
+			t.Fatalf("apt-get install %v: %v", pkgs, err)
+		}
+	}
+	p, err := exec.LookPath(command)
+	if err != nil {
+		t.Fatalf("%s still missing after installing %v", command, pkgs)
+	}
+	return p
+}
+
+// startConsole runs the console process with an admin and a viewer.
+func (s *system) startConsole(adminPW, viewerPW string) string {
+	s.t.Helper()
+	ha, _ := bcrypt.GenerateFromPassword([]byte(adminPW), bcrypt.MinCost)
+	hv, _ := bcrypt.GenerateFromPassword([]byte(viewerPW), bcrypt.MinCost)
+	sum := sha256.Sum256([]byte("e2e-token"))
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(s.t))
+	env := []string{"CALLOUT_CONSOLE_NATS_URL=" + s.url, "CALLOUT_CONSOLE_METRICS_ADDR=", "CALLOUT_CONSOLE_LISTEN=" + addr,
+		"CALLOUT_CONSOLE_HISTORY_EVERY=1s", "CALLOUT_CONSOLE_STATS_INTERVAL=0",
+		"CALLOUT_CONSOLE_USERS=admin:admin:" + string(ha) + ":" + hex.EncodeToString(sum[:]) + " viewer:viewer:" + string(hv)}
+	p, err := stack.Start(s.dir, "console", filepath.Join(binDir, "console"), nil, env)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.t.Cleanup(func() { _ = p.Stop(10 * time.Second) })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := stack.WaitHTTP(ctx, "http://"+addr+"/api/openapi.yaml"); err != nil {
+		s.dumpLogs()
+		s.t.Fatal(err)
+	}
+	return "http://" + addr
+}
+
+// browser runs headless Chromium from Debian's package; confirmation
+// dialogs are accepted.
+func browser(t *testing.T) context.Context {
+	t.Helper()
+	exe := aptInstall(t, "chromium", "chromium", "fonts-dejavu-core")
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(exe), chromedp.NoSandbox,
+		chromedp.WindowSize(1280, 900), chromedp.Flag("disable-dev-shm-usage", true))
+	actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
+	t.Cleanup(cancel)
+	ctx, cancel2 := chromedp.NewContext(actx)
+	t.Cleanup(cancel2)
+	// The browser starts with the first Run, tied to the context of that
+	// Run: start it here, not under one action's deadline.
+	if err := chromedp.Run(ctx); err != nil {
+		t.Fatalf("start chromium: %v", err)
+	}
+	chromedp.ListenTarget(ctx, func(ev any) {
+		if _, ok := ev.(*page.EventJavascriptDialogOpening); ok {
+			go func() { _ = chromedp.Run(ctx, page.HandleJavaScriptDialog(true)) }()
+		}
+	})
+	return ctx
+}
+
+// run runs browser actions with a deadline.
+func run(t *testing.T, ctx context.Context, what string, actions ...chromedp.Action) {
+	t.Helper()
+	c, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := chromedp.Run(c, actions...); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+func text(t *testing.T, ctx context.Context, sel string) string {
+	t.Helper()
+	var s string
+	run(t, ctx, "read "+sel, chromedp.WaitVisible(sel, chromedp.ByQuery), chromedp.Text(sel, &s, chromedp.ByQuery))
+	return strings.TrimSpace(s)
+}
+
+func exists(t *testing.T, ctx context.Context, sel string) bool {
+	t.Helper()
+	var n int
+	run(t, ctx, "count "+sel, chromedp.Evaluate(fmt.Sprintf("document.querySelectorAll(%q).length", sel), &n))
+	return n > 0
+}
+
+func login(t *testing.T, ctx context.Context, base, user, pw string) {
+	t.Helper()
+	run(t, ctx, "log in as "+user, chromedp.Navigate(base+"/login"), chromedp.WaitVisible("#user", chromedp.ByQuery),
+		chromedp.SendKeys("#user", user, chromedp.ByQuery), chromedp.SendKeys("#password", pw, chromedp.ByQuery),
+		chromedp.Click("#login", chromedp.ByQuery), chromedp.WaitVisible("#whoami", chromedp.ByQuery))
+}
+
+// TestConsoleBrowser is an operator's session in a real browser.
+func TestConsoleBrowser(t *testing.T) {
+	ctx := browser(t)
+	dest := smtptest.Run(t, smtptest.Config{Mailboxes: []string{"alice@corp.test", "bob@corp.test"}})
+	s := newSystem(t, options{env: map[string][]string{
+		"ingest": {"CALLOUT_INGEST_STATS_INTERVAL=1s"}, "prober": {"CALLOUT_PROBER_STATS_INTERVAL=1s"}, "cachekeeper": {"CALLOUT_CACHEKEEPER_STATS_INTERVAL=1s"},
+	}})
+	base := s.startConsole("admin-pw", "viewer-pw")
+	login(t, ctx, base, "admin", "admin-pw")
+	if got := text(t, ctx, "#whoami"); got != "admin (admin)" {
+		t.Fatalf("logged in as %q", got)
+	}
+
+	// A static domain with two mailboxes.
+	run(t, ctx, "create static domain", chromedp.Navigate(base+"/domains"), chromedp.WaitVisible("#new-domain-name", chromedp.ByQuery),
+		chromedp.SendKeys("#new-domain-name", "shop.test", chromedp.ByQuery),
+		chromedp.SetValue("#new-domain-mode", "static", chromedp.ByQuery),
+		chromedp.SendKeys("#new-domain-mailboxes", "alice\nbob@shop.test", chromedp.ByQuery),
+		chromedp.Click("#create-domain", chromedp.ByQuery), chromedp.WaitVisible(".msg", chromedp.ByQuery))
+	if got := text(t, ctx, "#mode"); got != "static" {
+		t.Fatalf("new domain's mode %q", got)
+	}
+	verifyIn := func(addr string) string {
+		run(t, ctx, "verify "+addr, chromedp.Navigate(base+"/verify"), chromedp.WaitVisible("#verify-address", chromedp.ByQuery),
+			chromedp.SendKeys("#verify-address", addr, chromedp.ByQuery), chromedp.Click("#verify", chromedp.ByQuery),
+			chromedp.WaitVisible("#decision", chromedp.ByQuery))
+		return text(t, ctx, "#decision")
+	}
+	// The ingests see the new policy within moments.
+	waitFor(t, 10*time.Second, func() bool { return verifyIn("alice@shop.test") == "accept" })
+	if got := verifyIn("mallory@shop.test"); got != "reject" {
+		t.Fatalf("unlisted mailbox: %s", got)
+	}
+
+	// A callout domain, switched to monitor mode and back.
+	run(t, ctx, "create callout domain", chromedp.Navigate(base+"/domains"), chromedp.WaitVisible("#new-domain-name", chromedp.ByQuery),
+		chromedp.SendKeys("#new-domain-name", "corp.test", chromedp.ByQuery), chromedp.SetValue("#new-domain-mode", "callout", chromedp.ByQuery),
+		chromedp.SendKeys("#new-domain-route", dest.Addr(), chromedp.ByQuery),
+		chromedp.Click("#create-domain", chromedp.ByQuery), chromedp.WaitVisible("#monitor-on", chromedp.ByQuery))
+	run(t, ctx, "monitor on", chromedp.Click("#monitor-on", chromedp.ByQuery), chromedp.WaitVisible("#monitor-off", chromedp.ByQuery))
+	if got := text(t, ctx, "#mode"); got != "monitor" {
+		t.Fatalf("mode after monitor on: %q", got)
+	}
+	waitFor(t, 10*time.Second, func() bool { return verifyIn("nobody@corp.test") == "accept" }) // monitor: never rejects
+	run(t, ctx, "monitor off", chromedp.Navigate(base+"/domains/corp.test"), chromedp.WaitVisible("#monitor-off", chromedp.ByQuery),
+		chromedp.Click("#monitor-off", chromedp.ByQuery), chromedp.WaitVisible("#monitor-on", chromedp.ByQuery))
+	if got := text(t, ctx, "#mode"); got != "callout" {
+		t.Fatalf("mode after monitor off: %q", got)
+	}
+	waitFor(t, 10*time.Second, func() bool { return s.verify("nobody@corp.test").Decision.Action == "reject" })
+	s.verify("alice@corp.test")
+
+	// The cache browser: delete one entry.
+	nobody := `tr[data-key="` + kvkey.Address("corp.test", "nobody", verdict.Recipient, "") + `"]`
+	alice := `tr[data-key="` + kvkey.Address("corp.test", "alice", verdict.Recipient, "") + `"]`
+	waitFor(t, 10*time.Second, func() bool {
+		run(t, ctx, "cache page", chromedp.Navigate(base+"/cache?domain=corp.test"), chromedp.WaitVisible("#cache-table", chromedp.ByQuery))
+		return exists(t, ctx, nobody+" button.delete-entry") && exists(t, ctx, alice)
+	})
+	run(t, ctx, "delete an entry", chromedp.Click(nobody+" button.delete-entry", chromedp.ByQuery),
+		chromedp.WaitVisible(".msg", chromedp.ByQuery))
+	if exists(t, ctx, nobody) || !exists(t, ctx, alice) {
+		t.Fatal("the deleted entry is still listed, or the other one went too")
+	}
+
+	// Flush the domain from its page.
+	run(t, ctx, "flush a domain", chromedp.Navigate(base+"/domains/corp.test"), chromedp.WaitVisible("#flush-domain", chromedp.ByQuery),
+		chromedp.Click("#flush-domain", chromedp.ByQuery), chromedp.WaitVisible(".msg", chromedp.ByQuery))
+	if got := text(t, ctx, ".msg"); !strings.Contains(got, "Flushed") {
+		t.Fatalf("after flush: %q", got)
+	}
+	run(t, ctx, "cache after flush", chromedp.Navigate(base+"/cache?domain=corp.test"), chromedp.WaitVisible("#cache-table", chromedp.ByQuery))
+	if exists(t, ctx, `tr[data-key]`) {
+		t.Fatal("entries listed after the domain flush")
+	}
+	run(t, ctx, "domain page", chromedp.Navigate(base+"/domains/shop.test"), chromedp.WaitVisible("#mailboxes", chromedp.ByQuery))
+	shot(t, ctx, "console-domain.png")
+
+	// The dashboard's charts draw what the services report: traffic while
+	// it is watched.
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; i < 2000; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			s.verify(fmt.Sprintf("user%d@shop.test", i%7))
+		}
+	}()
+	waitFor(t, 30*time.Second, func() bool {
+		var drawn string
+		run(t, ctx, "dashboard", chromedp.Navigate(base+"/"), chromedp.WaitVisible("#chart-decisions", chromedp.ByQuery),
+			chromedp.Poll(`document.querySelector("#chart-decisions").dataset.points !== undefined`, nil, chromedp.WithPollingTimeout(5*time.Second)),
+			chromedp.Evaluate(`document.querySelector("#chart-decisions").dataset.drawn || "0"`, &drawn))
+		n, _ := strconv.Atoi(drawn)
+		return n >= 8 // a few seconds of traffic on the chart
+	})
+	close(stop)
+	wg.Wait()
+	shot(t, ctx, "console-dashboard.png")
+
+	// Log out; a viewer sees no flush button and the API refuses the flush.
+	run(t, ctx, "log out", chromedp.Click("#logout", chromedp.ByQuery), chromedp.WaitVisible("#login", chromedp.ByQuery))
+	login(t, ctx, base, "viewer", "viewer-pw")
+	run(t, ctx, "viewer domain page", chromedp.Navigate(base+"/domains/corp.test"), chromedp.WaitVisible("#mode", chromedp.ByQuery))
+	if exists(t, ctx, "#flush-domain") || exists(t, ctx, "#monitor-on") {
+		t.Fatal("a viewer is shown the flush or monitor buttons")
+	}
+	var status int
+	run(t, ctx, "viewer flush through the API", chromedp.Evaluate(`(async () => {
+		const me = await (await fetch("/api/me")).json();
+		const r = await fetch("/api/flush", {method: "POST", headers: {"Content-Type": "application/json", "X-CSRF-Token": me.csrf}, body: '{"scope":"all"}'});
+		return r.status;
+	})()`, &status, func(p *runtime.EvaluateParams) *runtime.EvaluateParams { return p.WithAwaitPromise(true) }))
+	if status != http.StatusForbidden {
+		t.Fatalf("viewer flush: %d, want 403", status)
+	}
+}
+
+// shot saves a screenshot of the page for the README.
+func shot(t *testing.T, ctx context.Context, name string) {
+	t.Helper()
+	var png []byte
+	run(t, ctx, "screenshot", chromedp.FullScreenshot(&png, 100) /* 100: PNG */)
+	if err := os.WriteFile(filepath.Join("..", "docs", name), png, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
