@@ -18,7 +18,7 @@ if ! command -v systemd-analyze >/dev/null; then
 	fi
 fi
 mkdir -p "$root/usr/local/bin" "$root/etc/systemd/system" "$root/usr/lib/systemd" "$root/bin"
-for s in ingest prober cachekeeper; do cp "$bin/$s" "$root/usr/local/bin/callout-$s"; done
+for s in ingest prober cachekeeper console; do cp "$bin/$s" "$root/usr/local/bin/callout-$s"; done
 cp "$bin/nats-server" "$root/usr/local/bin/nats-server"
 cp -r /usr/lib/systemd/system "$root/usr/lib/systemd/"
 cp /bin/kill "$root/bin/kill"

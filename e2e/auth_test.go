@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -192,8 +193,41 @@ func TestAuthRoles(t *testing.T) {
 		_, _ = admin.SubscribeSync(s.names.Verify()) // denied: pose as the ingest
 		admin.denied(t, "Subscription", s.names.Verify())
 	})
+	t.Run("viewer", func(t *testing.T) {
+		// The console speaks as the admin for admins and as the read-only
+		// viewer role for viewers.
+		base := s.startConsole("admin-pw", "viewer-pw", "CALLOUT_CONSOLE_NATS_USER=admin", "CALLOUT_CONSOLE_NATS_PASSWORD=admin-dev-password",
+			"CALLOUT_CONSOLE_NATS_INBOX_PREFIX=_INBOX_admin", "CALLOUT_CONSOLE_VIEWER_NATS_USER=viewer", "CALLOUT_CONSOLE_VIEWER_NATS_PASSWORD=viewer-dev-password")
+		hc, csrf := consoleLogin(t, base, "viewer", "viewer-pw")
+		for _, c := range []struct{ method, path, body, want string }{
+			{"GET", "/api/domains", "", `"domain": "example.org"`},
+			{"GET", "/api/domains/example.org", "", `"revision"`},
+			{"GET", "/api/cache?domain=example.org", "", `"entries"`},
+			{"GET", "/api/audit", "", `"who": "admin"`},
+			{"GET", "/api/hosts", "", `"instance"`},
+			{"POST", "/api/verify", `{"address":"alice@example.org"}`, `"action": "accept"`},
+		} {
+			st, b := consoleCall(t, hc, csrf, c.method, base+c.path, c.body)
+			if st != http.StatusOK || !strings.Contains(b, c.want) {
+				t.Errorf("viewer %s %s: %d %s", c.method, c.path, st, b)
+			}
+		}
+		if st, b := consoleCall(t, hc, csrf, "POST", base+"/api/flush", `{"scope":"all"}`); st != http.StatusForbidden {
+			t.Errorf("viewer flush through the console: %d %s", st, b)
+		}
+		if st, b := consoleCall(t, http.DefaultClient, "", "POST", base+"/api/flush", `{"scope":"domain","domain":"example.org"}`); st != http.StatusOK {
+			t.Errorf("admin flush through the console: %d %s", st, b)
+		}
+		vw := connectAs(t, url, "viewer")
+		_ = vw.Publish(s.names.Flush(), []byte("x")) // denied: flush
+		vw.denied(t, "Publish", s.names.Flush())
+		_ = vw.Publish("$KV.callout_domains.example.org", []byte("{}")) // denied: change a policy
+		vw.denied(t, "Publish", "$KV.callout_domains")
+		_ = vw.Publish(s.names.VerifyTrace(), []byte("x")) // denied: traced callouts
+		vw.denied(t, "Publish", s.names.VerifyTrace())
+	})
 	// The services needed nothing they were not given.
-	for _, name := range []string{"ingest-0", "prober-0", "cachekeeper-0"} {
+	for _, name := range []string{"ingest-0", "prober-0", "cachekeeper-0", "console"} {
 		b, err := os.ReadFile(filepath.Join(dir, name+".log"))
 		if err != nil {
 			t.Fatal(err)

@@ -4,8 +4,11 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
+	"net/http/cookiejar"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -62,16 +65,56 @@ func aptInstall(t *testing.T, command string, pkgs ...string) string {
 	return p
 }
 
+// consoleToken is the console admin's API token in the e2e tests.
+const consoleToken = "e2e-token"
+
+// consoleCall is one request to the console's API: as a logged-in user
+// (cookie and CSRF token) or with the admin's token.
+func consoleCall(t *testing.T, hc *http.Client, csrf, method, url, body string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	if csrf != "" {
+		req.Header.Set("X-CSRF-Token", csrf)
+	} else {
+		req.Header.Set("Authorization", "Bearer "+consoleToken)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// consoleLogin logs in through the API and returns the client and the
+// session's CSRF token.
+func consoleLogin(t *testing.T, base, user, pw string) (*http.Client, string) {
+	t.Helper()
+	jar, _ := cookiejar.New(nil)
+	hc := &http.Client{Jar: jar, Timeout: 30 * time.Second}
+	st, b := consoleCall(t, hc, "-", "POST", base+"/api/login", fmt.Sprintf(`{"user":%q,"password":%q}`, user, pw))
+	var me struct {
+		CSRF string `json:"csrf"`
+	}
+	if st != http.StatusOK || json.Unmarshal([]byte(b), &me) != nil {
+		t.Fatalf("console login %s: %d %s", user, st, b)
+	}
+	return hc, me.CSRF
+}
+
 // startConsole runs the console process with an admin and a viewer.
-func (s *system) startConsole(adminPW, viewerPW string) string {
+func (s *system) startConsole(adminPW, viewerPW string, extraEnv ...string) string {
 	s.t.Helper()
 	ha, _ := bcrypt.GenerateFromPassword([]byte(adminPW), bcrypt.MinCost)
 	hv, _ := bcrypt.GenerateFromPassword([]byte(viewerPW), bcrypt.MinCost)
-	sum := sha256.Sum256([]byte("e2e-token"))
+	sum := sha256.Sum256([]byte(consoleToken))
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(s.t))
 	env := []string{"CALLOUT_CONSOLE_NATS_URL=" + s.url, "CALLOUT_CONSOLE_METRICS_ADDR=", "CALLOUT_CONSOLE_LISTEN=" + addr,
 		"CALLOUT_CONSOLE_HISTORY_EVERY=1s", "CALLOUT_CONSOLE_STATS_INTERVAL=0",
 		"CALLOUT_CONSOLE_USERS=admin:admin:" + string(ha) + ":" + hex.EncodeToString(sum[:]) + " viewer:viewer:" + string(hv)}
+	env = append(env, extraEnv...)
 	p, err := stack.Start(s.dir, "console", filepath.Join(binDir, "console"), nil, env)
 	if err != nil {
 		s.t.Fatal(err)

@@ -162,8 +162,22 @@ type Stored struct {
 // ErrNoPolicy is returned for a domain without a policy.
 var ErrNoPolicy = errors.New("no policy for this domain")
 
+// bucket opens the policy bucket for a write, creating it when missing.
 func (c *Client) bucket(ctx context.Context) (jetstream.KeyValue, error) {
 	return domains.Bucket(ctx, c.JS, c.Names, 1)
+}
+
+// readBucket opens the policy bucket for reading (a read-only role may not
+// create it); nil when there is none yet.
+func (c *Client) readBucket(ctx context.Context) (jetstream.KeyValue, error) {
+	kv, err := c.JS.KeyValue(ctx, c.Names.DomainsBucket())
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("domain policy bucket: %w", err)
+	}
+	return kv, nil
 }
 
 func stored(e jetstream.KeyValueEntry) Stored {
@@ -182,15 +196,15 @@ func stored(e jetstream.KeyValueEntry) Stored {
 
 // Policies lists every stored policy, by domain.
 func (c *Client) Policies(ctx context.Context) ([]Stored, error) {
-	kv, err := c.bucket(ctx)
-	if err != nil {
-		return nil, err
+	out := []Stored{}
+	kv, err := c.readBucket(ctx)
+	if err != nil || kv == nil {
+		return out, err
 	}
 	lister, err := kv.ListKeys(ctx)
 	if err != nil {
 		return nil, err
 	}
-	out := []Stored{}
 	for k := range lister.Keys() {
 		e, err := kv.Get(ctx, k)
 		if err != nil {
@@ -208,9 +222,12 @@ func (c *Client) Policy(ctx context.Context, domain string) (Stored, error) {
 	if err != nil {
 		return Stored{}, &domains.FieldError{Field: "domain", Msg: err.Error()}
 	}
-	kv, err := c.bucket(ctx)
+	kv, err := c.readBucket(ctx)
 	if err != nil {
 		return Stored{}, err
+	}
+	if kv == nil {
+		return Stored{}, fmt.Errorf("%s: %w", d, ErrNoPolicy)
 	}
 	e, err := kv.Get(ctx, d)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
