@@ -14,7 +14,7 @@ func TestREADMESettings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, svc := range []string{"ingest", "prober", "cachekeeper"} {
+	for _, svc := range []string{"ingest", "prober", "cachekeeper", "console"} {
 		out, err := exec.Command(filepath.Join(binDir, svc), "--help-markdown").Output()
 		if err != nil {
 			t.Fatalf("%s --help-markdown: %v", svc, err)
