@@ -43,7 +43,7 @@ func aptInstall(t *testing.T, command string, pkgs ...string) string {
 		t.Skipf("%s missing and no apt-get", command)
 	}
 	install := func() error {
-		cmd := exec.Command("apt-get", append([]string{"install", "-y", "-qq", "--no-install-recommends"}, pkgs...)...)
+		cmd := exec.Command("apt-get", append([]string{"install", "-y", "-qq"}, pkgs...)...)
 		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("%v: %s", err, out)
