@@ -22,6 +22,9 @@ type Request struct {
 	data    []byte
 	headers nats.Header
 	arrived time.Time
+	// State carries what a fast path learned (a decoded request) to the
+	// pooled handler when it could not answer.
+	State any
 }
 
 // Arrived is when the request was taken from the subscription: deadlines
@@ -66,8 +69,19 @@ func NewPool(limit int) *Pool { return &Pool{sem: make(chan struct{}, limit)} }
 // behind a full pool would be answered after its caller gave up); without
 // shed it waits (NATS buffers).
 func (p *Pool) Handler(ctx context.Context, nc *nats.Conn, fn func(context.Context, *Request), shed func(*Request)) micro.Handler {
+	return p.FastHandler(ctx, nc, nil, fn, shed)
+}
+
+// FastHandler is Handler with a fast path: fast is tried first on the
+// subscription's own goroutine, and a request it answers from memory
+// (returning true) costs no hand-off to another goroutine. fast must never
+// wait on I/O: it holds up every request behind it.
+func (p *Pool) FastHandler(ctx context.Context, nc *nats.Conn, fast func(*Request) bool, fn func(context.Context, *Request), shed func(*Request)) micro.Handler {
 	return micro.HandlerFunc(func(r micro.Request) {
 		req := &Request{nc: nc, reply: r.Reply(), data: r.Data(), headers: nats.Header(r.Headers()), arrived: time.Now()}
+		if fast != nil && fast(req) {
+			return
+		}
 		if shed != nil {
 			select {
 			case p.sem <- struct{}{}:

@@ -138,7 +138,7 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	// micro calls handlers one at a time: requests go to a bounded pool.
 	pool := microasync.NewPool(s.cfg.Workers)
-	err = svc.AddEndpoint("verify", pool.Handler(ctx, s.nc, s.serveNATS, s.shed),
+	err = svc.AddEndpoint("verify", pool.FastHandler(ctx, s.nc, s.fast, s.serveNATS, s.shed),
 		micro.WithEndpointSubject(s.names.Verify()))
 	if err != nil {
 		return err
@@ -172,11 +172,12 @@ func (s *Service) serveNATS(ctx context.Context, r *microasync.Request) {
 	s.serve(ctx, r, false)
 }
 
-func (s *Service) serve(ctx context.Context, r *microasync.Request, trace bool) {
-	isJSON := r.Header(wire.ContentType) == wire.JSONMediaType
+// decode reads a verify request, or answers it with an error and
+// returns false.
+func (s *Service) decode(r *microasync.Request, trace bool) (wire.VerifyRequest, bool) {
 	var req wire.VerifyRequest
 	var err error
-	if isJSON {
+	if isJSON(r) {
 		err = wire.DecodeJSON(r.Data(), &req)
 	} else {
 		err = wire.Decode(r.Data(), &req)
@@ -188,18 +189,56 @@ func (s *Service) serve(ctx context.Context, r *microasync.Request, trace bool) 
 	if err != nil {
 		s.m.requests.WithLabelValues(string(verdict.Defer), "error").Inc()
 		rep := wire.VerifyReply{Decision: verdict.Decision{Action: verdict.Defer, Code: 451, Enhanced: "4.3.5", Text: "Verify request not understood"}, Error: err.Error()}
-		b, _ := encodeReply(&rep, isJSON)
+		b, _ := encodeReply(&rep, isJSON(r))
 		_ = r.Error("400", err.Error(), b)
-		return
+		return req, false
 	}
 	req.Trace = trace
-	rep := s.verify(ctx, req, r.Arrived())
-	b, err := encodeReply(&rep, isJSON)
+	return req, true
+}
+
+func isJSON(r *microasync.Request) bool { return r.Header(wire.ContentType) == wire.JSONMediaType }
+
+func (s *Service) respond(r *microasync.Request, rep *wire.VerifyReply) {
+	b, err := encodeReply(rep, isJSON(r))
 	if err != nil {
 		_ = r.Error("500", err.Error(), nil)
 		return
 	}
 	_ = r.Respond(b)
+}
+
+// fast answers, on the subscription's goroutine, what needs no NATS round
+// trip: bad requests, the addresses never called out, the policy's own
+// answers and near-cache hits (the steady state of a gateway). Everything
+// else goes on to a pool worker with the decoded request.
+func (s *Service) fast(r *microasync.Request) bool {
+	req, ok := s.decode(r, false)
+	if !ok {
+		return true
+	}
+	purpose := purposeOf(req)
+	v, pol, m := s.local(req, purpose)
+	if m != nil {
+		r.State = &req
+		return false
+	}
+	rep := s.reply(context.Background(), req, purpose, r.Arrived(), v, pol, nil)
+	s.respond(r, &rep)
+	return true
+}
+
+func (s *Service) serve(ctx context.Context, r *microasync.Request, trace bool) {
+	req, ok := r.State.(*wire.VerifyRequest)
+	if !ok {
+		d, ok := s.decode(r, trace)
+		if !ok {
+			return
+		}
+		req = &d
+	}
+	rep := s.verify(ctx, *req, r.Arrived())
+	s.respond(r, &rep)
 }
 
 func encodeReply(rep *wire.VerifyReply, isJSON bool) ([]byte, error) {
@@ -215,10 +254,9 @@ func encodeReply(rep *wire.VerifyReply, isJSON bool) ([]byte, error) {
 func (s *Service) shed(r *microasync.Request) {
 	s.m.shed.Inc()
 	s.m.requests.WithLabelValues(string(verdict.Defer), "shed").Inc()
-	isJSON := r.Header(wire.ContentType) == wire.JSONMediaType
 	rep := wire.VerifyReply{Decision: verdict.Decision{Action: verdict.Defer, Code: 451, Enhanced: "4.3.2", Text: "System busy, try again later"},
 		Verdict: &verdict.Verdict{Kind: verdict.KindAddress, Status: verdict.TempFail, Reason: ReasonShed, CheckedAt: time.Now(), Source: verdict.SourceStatic}}
-	if b, err := encodeReply(&rep, isJSON); err == nil {
+	if b, err := encodeReply(&rep, isJSON(r)); err == nil {
 		_ = r.Respond(b)
 	}
 }
@@ -232,23 +270,37 @@ func (s *Service) Verify(ctx context.Context, req wire.VerifyRequest) wire.Verif
 // verify is Verify with the deadline counted from start, the request's
 // arrival.
 func (s *Service) verify(ctx context.Context, req wire.VerifyRequest, start time.Time) wire.VerifyReply {
-	timeout := s.cfg.Timeout
-	if req.TimeoutMS > 0 {
-		timeout = time.Duration(req.TimeoutMS) * time.Millisecond
-	}
-	timeout = min(timeout, s.cfg.MaxTimeout)
-	// Answer a little before the caller gives up.
-	ctx, cancel := context.WithDeadline(ctx, start.Add(max(timeout-timeout/20, timeout-250*time.Millisecond)))
-	defer cancel()
-	purpose := req.Purpose
-	if purpose == "" {
-		purpose = verdict.Recipient
-	}
+	purpose := purposeOf(req)
 	var transcript []wire.TraceLine
 	if req.Trace {
 		transcript = []wire.TraceLine{}
 	}
-	v, pol := s.find(ctx, req, purpose, &transcript)
+	v, pol, m := s.local(req, purpose)
+	if m != nil {
+		timeout := s.cfg.Timeout
+		if req.TimeoutMS > 0 {
+			timeout = time.Duration(req.TimeoutMS) * time.Millisecond
+		}
+		timeout = min(timeout, s.cfg.MaxTimeout)
+		// Answer a little before the caller gives up.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, start.Add(max(timeout-timeout/20, timeout-250*time.Millisecond)))
+		defer cancel()
+		v, pol = s.remote(ctx, req, purpose, m, &transcript)
+	}
+	return s.reply(ctx, req, purpose, start, v, pol, transcript)
+}
+
+func purposeOf(req wire.VerifyRequest) verdict.Purpose {
+	if req.Purpose == "" {
+		return verdict.Recipient
+	}
+	return req.Purpose
+}
+
+// reply makes the answer of a verdict under a policy: the decision (monitor
+// mode's too), the brake's count, metrics and the log line.
+func (s *Service) reply(ctx context.Context, req wire.VerifyRequest, purpose verdict.Purpose, start time.Time, v verdict.Verdict, pol verdict.Policy, transcript []wire.TraceLine) wire.VerifyReply {
 	d := s.decide(v, pol)
 	var would *verdict.Decision
 	if pol.Monitor && d.Action != verdict.Accept {
@@ -309,13 +361,23 @@ func base(a address.Address, raw string) verdict.Verdict {
 	return verdict.Verdict{Kind: verdict.KindAddress, Address: addr, Domain: a.Domain, CheckedAt: time.Now(), Source: verdict.SourceStatic}
 }
 
-// find returns the verdict that answers the request and the policy to apply.
-//
-// A traced request (req.Trace, only from callout.verify.trace) reads no
-// cache: a prober makes a fresh callout and *transcript gets its dialogue.
-func (s *Service) find(ctx context.Context, req wire.VerifyRequest, purpose verdict.Purpose, transcript *[]wire.TraceLine) (verdict.Verdict, verdict.Policy) {
+// miss is what local learned about a request it could not answer.
+type miss struct {
+	a       address.Address
+	pol     domains.Policy
+	dpol    verdict.Policy
+	v       verdict.Verdict
+	senders []string
+	nearKey string
+}
+
+// local returns the verdict that answers the request and the policy to
+// apply when memory has it: the null sender and postmaster, bad input, the
+// policy's own answers, a near-cache hit. Otherwise it returns a miss for
+// remote. It never waits.
+func (s *Service) local(req wire.VerifyRequest, purpose verdict.Purpose) (verdict.Verdict, verdict.Policy, *miss) {
 	if v, ok := special(req.Address, purpose); ok {
-		return v, verdict.Policy{Purpose: purpose}
+		return v, verdict.Policy{Purpose: purpose}, nil
 	}
 	a, err := address.Parse(req.Address)
 	if err != nil {
@@ -329,12 +391,12 @@ func (s *Service) find(ctx context.Context, req wire.VerifyRequest, purpose verd
 			// they are only not safe to call out for. Never a reject.
 			v.Status, v.Reason = verdict.Unverifiable, ReasonUnprobeable
 		}
-		return v, verdict.Policy{Purpose: purpose}
+		return v, verdict.Policy{Purpose: purpose}, nil
 	}
 	v := base(a, "")
 	if s.extra[strings.ToLower(a.String())] || s.domains.IsProbeSender(a.String()) {
 		v.Status, v.Reason = verdict.Skipped, ReasonProbeSender
-		return v, verdict.Policy{Purpose: purpose}
+		return v, verdict.Policy{Purpose: purpose}, nil
 	}
 	pol, known := s.domains.Lookup(a.Domain)
 	dpol := pol.Decision(purpose)
@@ -344,34 +406,46 @@ func (s *Service) find(ctx context.Context, req wire.VerifyRequest, purpose verd
 		switch {
 		case known && pol.Bypassed(a.Local, s.cfg.RecipientDelimiter):
 			v.Status, v.Reason = verdict.Skipped, ReasonBypass
-			return v, dpol
+			return v, dpol, nil
 		case !known && s.cfg.UnknownDomains == "reject":
 			v.Status, v.Reason = verdict.RelayDenied, ReasonNotServed
-			return v, dpol
+			return v, dpol, nil
 		case !known && s.cfg.UnknownDomains == "accept":
 			// Nothing the destination said: relay control is the MTA's.
 			v.Status, v.Reason = verdict.Unverifiable, ReasonNotServed
-			return v, dpol
+			return v, dpol, nil
 		case pol.EffectiveMode() == domains.ModeOff:
 			v.Status, v.Reason = verdict.Skipped, ReasonPolicyOff
-			return v, dpol
+			return v, dpol, nil
 		case pol.EffectiveMode() == domains.ModeStatic:
 			if pol.Listed(a.Local, s.cfg.RecipientDelimiter) {
 				v.Status, v.Reason = verdict.Valid, ReasonListed
 			} else {
 				v.Status, v.Reason = verdict.Invalid, ReasonNotListed
 			}
-			return v, dpol
+			return v, dpol, nil
 		}
 	}
+	m := &miss{a: a, pol: pol, dpol: dpol, v: v}
 	if req.Trace {
-		return s.traced(ctx, a, newJob(a, purpose, pol), transcript), dpol
+		return v, dpol, m
 	}
 	// Without a policy, pol is the zero policy: the null sender only.
-	senders := pol.Senders()
-	nearKey := nearcache.Key(a.String(), purpose, senders)
-	if r, ok := s.near.Get(nearKey); ok {
-		return *r.Verdict, dpol
+	m.senders = pol.Senders()
+	m.nearKey = nearcache.Key(a.String(), purpose, m.senders)
+	if r, ok := s.near.Get(m.nearKey); ok {
+		return *r.Verdict, dpol, nil
+	}
+	return v, dpol, m
+}
+
+// remote answers a miss: a traced callout (req.Trace, only from
+// callout.verify.trace, reads no cache: a prober makes a fresh callout and
+// *transcript gets its dialogue), or the cache's answer, or a callout.
+func (s *Service) remote(ctx context.Context, req wire.VerifyRequest, purpose verdict.Purpose, m *miss, transcript *[]wire.TraceLine) (verdict.Verdict, verdict.Policy) {
+	a, pol, dpol, v, senders, nearKey := m.a, m.pol, m.dpol, m.v, m.senders, m.nearKey
+	if req.Trace {
+		return s.traced(ctx, a, newJob(a, purpose, pol), transcript), dpol
 	}
 	rev := s.near.Revision()
 	look, err := s.lookup(ctx, a, purpose, senders)
