@@ -212,7 +212,7 @@ func start(bin string) (*bench, func(), error) {
 	}
 	for _, n := range []string{"prober-1", "prober-2"} {
 		if err := launch(n, "prober", "CALLOUT_PROBER_RANDOM_SECRET=bench", "CALLOUT_PROBER_RATE=100000",
-			"CALLOUT_PROBER_MAX_CONNS=8", "CALLOUT_PROBER_WORKERS=64", "CALLOUT_PROBER_HELO_NAME=bench.test"); err != nil {
+			"CALLOUT_PROBER_MAX_CONNS=8", "CALLOUT_PROBER_WORKERS=64", "CALLOUT_PROBER_HELO_NAME=bench.test", os.Getenv("XPROBER")); err != nil {
 			return nil, stop, err
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -409,26 +410,45 @@ func (s *Store) Lookup(ctx context.Context, addr address.Address, purpose verdic
 	if len(senders) == 0 {
 		senders = []string{""}
 	}
+	// Every key that may answer is read at once: one round trip to the
+	// bucket instead of one after another (a miss reads them all anyway).
+	keys := make([]string, 0, len(senders)+2)
 	for _, snd := range senders {
-		v, ok, err := s.get(ctx, kvkey.Address(addr.Domain, addr.Local, purpose, snd))
-		if err != nil {
-			return wire.LookupReply{}, err
-		}
-		if ok {
-			return wire.LookupReply{Hit: true, Verdict: &v}, nil
+		keys = append(keys, kvkey.Address(addr.Domain, addr.Local, purpose, snd))
+	}
+	keys = append(keys, kvkey.Domain(addr.Domain, purpose, kvkey.FactCatchAll), kvkey.Domain(addr.Domain, purpose, kvkey.FactAccess))
+	type got struct {
+		v   verdict.Verdict
+		ok  bool
+		err error
+	}
+	res := make([]got, len(keys))
+	var wg sync.WaitGroup
+	for i, k := range keys[1:] {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := &res[i+1]
+			r.v, r.ok, r.err = s.get(ctx, k)
+		}()
+	}
+	res[0].v, res[0].ok, res[0].err = s.get(ctx, keys[0])
+	wg.Wait()
+	for _, r := range res {
+		if r.err != nil {
+			return wire.LookupReply{}, r.err
 		}
 	}
-	ca, caOK, err := s.get(ctx, kvkey.Domain(addr.Domain, purpose, kvkey.FactCatchAll))
-	if err != nil {
-		return wire.LookupReply{}, err
+	for _, r := range res[:len(senders)] {
+		if r.ok {
+			return wire.LookupReply{Hit: true, Verdict: &r.v}, nil
+		}
 	}
+	ca, caOK := res[len(senders)].v, res[len(senders)].ok
 	if caOK && ca.Status == verdict.CatchAll {
 		return wire.LookupReply{Hit: true, Verdict: forAddress(ca, addr), CatchAll: &ca}, nil
 	}
-	acc, accOK, err := s.get(ctx, kvkey.Domain(addr.Domain, purpose, kvkey.FactAccess))
-	if err != nil {
-		return wire.LookupReply{}, err
-	}
+	acc, accOK := res[len(senders)+1].v, res[len(senders)+1].ok
 	// A refused sender does not cover a fallback sender still to be tried.
 	if accOK && (!verdict.SenderSpecific(acc) || acc.Sender == senders[len(senders)-1]) {
 		return wire.LookupReply{Hit: true, Verdict: forAddress(acc, addr)}, nil
