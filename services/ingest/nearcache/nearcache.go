@@ -35,6 +35,7 @@ type Cache struct {
 	entries  map[string]*list.Element
 	lru      list.List
 	byDomain map[string]map[string]struct{} // domain -> keys, for domain facts and flushes
+	byAddr   map[string]map[string]struct{} // domain NUL local -> keys: a verdict drops its address's entries in O(1)
 	applied  uint64                         // highest bucket revision applied
 	cond     *sync.Cond
 	hits     uint64
@@ -52,7 +53,7 @@ type entry struct {
 
 // New returns a cache of at most max entries (0: off).
 func New(max int) *Cache {
-	c := &Cache{max: max, now: time.Now, entries: map[string]*list.Element{}, byDomain: map[string]map[string]struct{}{}}
+	c := &Cache{max: max, now: time.Now, entries: map[string]*list.Element{}, byDomain: map[string]map[string]struct{}{}, byAddr: map[string]map[string]struct{}{}}
 	c.cond = sync.NewCond(&c.mu)
 	return c
 }
@@ -106,10 +107,24 @@ func (c *Cache) Put(key, domain, local string, purpose verdict.Purpose, r wire.L
 	}
 	e := &entry{key: key, domain: domain, local: local, view: kvkey.View(purpose), reply: r, expires: r.Verdict.ExpiresAt}
 	c.entries[key] = c.lru.PushFront(e)
-	if c.byDomain[domain] == nil {
-		c.byDomain[domain] = map[string]struct{}{}
+	index(c.byDomain, domain, key)
+	index(c.byAddr, domain+"\x00"+local, key)
+}
+
+func index(m map[string]map[string]struct{}, k, key string) {
+	if m[k] == nil {
+		m[k] = map[string]struct{}{}
 	}
-	c.byDomain[domain][key] = struct{}{}
+	m[k][key] = struct{}{}
+}
+
+func unindex(m map[string]map[string]struct{}, k, key string) {
+	if set := m[k]; set != nil {
+		delete(set, key)
+		if len(set) == 0 {
+			delete(m, k)
+		}
+	}
 }
 
 // Revision is the highest bucket revision applied; pass it to Put.
@@ -126,12 +141,8 @@ func (c *Cache) remove(el *list.Element) {
 	e := el.Value.(*entry)
 	c.lru.Remove(el)
 	delete(c.entries, e.key)
-	if m := c.byDomain[e.domain]; m != nil {
-		delete(m, e.key)
-		if len(m) == 0 {
-			delete(c.byDomain, e.domain)
-		}
-	}
+	unindex(c.byDomain, e.domain, e.key)
+	unindex(c.byAddr, e.domain+"\x00"+e.local, e.key)
 }
 
 // Apply takes one change of the bucket (its key and revision) and drops
@@ -189,7 +200,7 @@ func (c *Cache) dropDomain(domain, view string) {
 }
 
 func (c *Cache) dropAddress(domain, local, view string) {
-	for key := range c.byDomain[domain] {
+	for key := range c.byAddr[domain+"\x00"+local] {
 		el, ok := c.entries[key]
 		if !ok {
 			continue
@@ -213,6 +224,7 @@ func (c *Cache) Clear() {
 func (c *Cache) clearLocked() {
 	c.entries = map[string]*list.Element{}
 	c.byDomain = map[string]map[string]struct{}{}
+	c.byAddr = map[string]map[string]struct{}{}
 	c.lru.Init()
 }
 

@@ -75,3 +75,24 @@ func TestBoundedAndExpiry(t *testing.T) {
 		t.Fatal("kept a reply older than an applied change")
 	}
 }
+
+// A verdict for one address of a big domain costs the same as one of a
+// small domain: the ingests apply every stored verdict, so this is on the
+// path of every callout.
+func BenchmarkApplyAddressBigDomain(b *testing.B) {
+	for _, n := range []int{100, 100000} {
+		b.Run(fmt.Sprintf("domain_entries=%d", n), func(b *testing.B) {
+			c := New(n + 1)
+			exp := time.Now().Add(time.Hour)
+			for i := 0; i < n; i++ {
+				local := fmt.Sprintf("u%d", i)
+				c.Put(Key(local+"@big.example", verdict.Recipient, []string{""}), "big.example", local, verdict.Recipient, hit(exp), c.Revision())
+			}
+			key := kvkey.Address("big.example", "nobody", verdict.Recipient, "")
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				c.Apply(key, uint64(i+1))
+			}
+		})
+	}
+}
