@@ -115,6 +115,9 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	})
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // asked to stop while setting up
+		}
 		return err
 	}
 	sem := make(chan struct{}, s.cfg.StoreWorkers)

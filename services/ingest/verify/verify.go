@@ -66,6 +66,11 @@ type Service struct {
 	extra   map[string]bool // configured probe senders
 	mu      sync.Mutex
 	flights map[string]*flight
+	// Verdicts arrive on one subscription to every address verdict, handed
+	// to the flight waiting on their subject: no subscription per callout
+	// (each would change the server's interest graph twice).
+	vmu     sync.Mutex
+	waiting map[string]chan *nats.Msg
 	ready   chan struct{}
 	near    *nearcache.Cache
 	nearOn  atomic.Bool // the bucket is watched: the near cache may keep entries
@@ -86,7 +91,7 @@ func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger)
 	}
 	s := &Service{cfg: cfg, log: log, nc: nc, js: js, names: subjects.New(cfg.NATS.Prefix),
 		domains: domains.NewTable(nil), brake: brake.New(brake.Config{Limit: cfg.BrakeLimit, Window: cfg.BrakeWindow, MaxClients: cfg.BrakeMaxClients, IPv6Prefix: cfg.BrakeIPv6Prefix}),
-		extra: map[string]bool{}, flights: map[string]*flight{}, ready: make(chan struct{})}
+		extra: map[string]bool{}, flights: map[string]*flight{}, waiting: map[string]chan *nats.Msg{}, ready: make(chan struct{})}
 	s.near = nearcache.New(cfg.NearCacheEntries)
 	s.m = newMetrics(reg, s.domains.Errors, s.near)
 	// A reconnection may have missed invalidations: start afresh.
@@ -119,8 +124,16 @@ func (s *Service) Run(ctx context.Context) error {
 		return s.domains.Watch(ctx, kv, s.log)
 	})
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // asked to stop while setting up
+		}
 		return err
 	}
+	verdicts, err := s.nc.Subscribe(s.names.Verdict("addr.>"), s.onVerdict)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = verdicts.Unsubscribe() }()
 	svc, err := micro.AddService(s.nc, micro.Config{
 		Name: "callout-ingest", Version: Version, Description: "verify e-mail addresses at their destination",
 		QueueGroup: "callout-ingest",
@@ -646,8 +659,8 @@ func (s *Service) await(ctx context.Context, a address.Address, job wire.ProbeJo
 	}
 }
 
-// fly subscribes to the verdict subject, queues the job and waits for the
-// verdict at most MaxTimeout.
+// fly waits on the verdict subject (through onVerdict), queues the job and
+// waits for the verdict at most MaxTimeout.
 //
 // A job already pending is fine: its verdict comes on the same subject,
 // unless it went by before the subscription (the prober publishes, then
@@ -667,12 +680,14 @@ func (s *Service) fly(key, verdictSubject string, f *flight, job wire.ProbeJob) 
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.MaxTimeout)
 	defer cancel()
 	ch := make(chan *nats.Msg, 4)
-	sub, err := s.nc.ChanSubscribe(verdictSubject, ch)
-	if err != nil {
-		f.err = fmt.Errorf("subscribe: %w", err)
-		return
-	}
-	defer func() { _ = sub.Unsubscribe() }()
+	s.vmu.Lock()
+	s.waiting[verdictSubject] = ch
+	s.vmu.Unlock()
+	defer func() {
+		s.vmu.Lock()
+		delete(s.waiting, verdictSubject)
+		s.vmu.Unlock()
+	}()
 	b, err := wire.Encode(&job)
 	if err != nil {
 		f.err = err
@@ -711,6 +726,21 @@ func (s *Service) fly(key, verdictSubject string, f *flight, job wire.ProbeJob) 
 			f.err = errors.New("no verdict in time")
 			return
 		}
+	}
+}
+
+// onVerdict hands an address verdict to the flight waiting for it, if any
+// (verdicts of other ingests' callouts pass by).
+func (s *Service) onVerdict(m *nats.Msg) {
+	s.vmu.Lock()
+	ch := s.waiting[m.Subject]
+	s.vmu.Unlock()
+	if ch == nil {
+		return
+	}
+	select {
+	case ch <- m:
+	default: // the flight has what it needs
 	}
 }
 

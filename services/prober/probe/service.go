@@ -126,6 +126,9 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	})
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // asked to stop while setting up
+		}
 		return err
 	}
 	if s.cfg.FleetLimits {
