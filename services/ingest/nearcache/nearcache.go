@@ -35,7 +35,7 @@ type Cache struct {
 	entries  map[string]*list.Element
 	lru      list.List
 	byDomain map[string]map[string]struct{} // domain -> keys, for domain facts and flushes
-	byAddr   map[string]map[string]struct{} // domain NUL local -> keys: a verdict drops its address's entries in O(1)
+	byAddr   map[string][]string            // domain NUL local -> keys (one or a few): a verdict drops its address's entries in O(1)
 	applied  uint64                         // highest bucket revision applied
 	cond     *sync.Cond
 	hits     uint64
@@ -53,7 +53,7 @@ type entry struct {
 
 // New returns a cache of at most max entries (0: off).
 func New(max int) *Cache {
-	c := &Cache{max: max, now: time.Now, entries: map[string]*list.Element{}, byDomain: map[string]map[string]struct{}{}, byAddr: map[string]map[string]struct{}{}}
+	c := &Cache{max: max, now: time.Now, entries: map[string]*list.Element{}, byDomain: map[string]map[string]struct{}{}, byAddr: map[string][]string{}}
 	c.cond = sync.NewCond(&c.mu)
 	return c
 }
@@ -108,7 +108,8 @@ func (c *Cache) Put(key, domain, local string, purpose verdict.Purpose, r wire.L
 	e := &entry{key: key, domain: domain, local: local, view: kvkey.View(purpose), reply: r, expires: r.Verdict.ExpiresAt}
 	c.entries[key] = c.lru.PushFront(e)
 	index(c.byDomain, domain, key)
-	index(c.byAddr, domain+"\x00"+local, key)
+	a := domain + "\x00" + local
+	c.byAddr[a] = append(c.byAddr[a], key)
 }
 
 func index(m map[string]map[string]struct{}, k, key string) {
@@ -142,7 +143,20 @@ func (c *Cache) remove(el *list.Element) {
 	c.lru.Remove(el)
 	delete(c.entries, e.key)
 	unindex(c.byDomain, e.domain, e.key)
-	unindex(c.byAddr, e.domain+"\x00"+e.local, e.key)
+	a := e.domain + "\x00" + e.local
+	keys := c.byAddr[a]
+	for i, k := range keys {
+		if k == e.key {
+			keys[i] = keys[len(keys)-1]
+			keys = keys[:len(keys)-1]
+			break
+		}
+	}
+	if len(keys) == 0 {
+		delete(c.byAddr, a)
+	} else {
+		c.byAddr[a] = keys
+	}
 }
 
 // Apply takes one change of the bucket (its key and revision) and drops
@@ -200,7 +214,8 @@ func (c *Cache) dropDomain(domain, view string) {
 }
 
 func (c *Cache) dropAddress(domain, local, view string) {
-	for key := range c.byAddr[domain+"\x00"+local] {
+	// A copy: remove edits the index.
+	for _, key := range append([]string(nil), c.byAddr[domain+"\x00"+local]...) {
 		el, ok := c.entries[key]
 		if !ok {
 			continue
@@ -224,7 +239,7 @@ func (c *Cache) Clear() {
 func (c *Cache) clearLocked() {
 	c.entries = map[string]*list.Element{}
 	c.byDomain = map[string]map[string]struct{}{}
-	c.byAddr = map[string]map[string]struct{}{}
+	c.byAddr = map[string][]string{}
 	c.lru.Init()
 }
 
