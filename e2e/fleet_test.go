@@ -62,6 +62,50 @@ func TestFleetLimits(t *testing.T) {
 	}
 }
 
+// With reuse on, a kept idle connection holds its slot: the destination
+// never sees more than MAX_CONNS connections, idle ones included, and a
+// prober waiting for a slot that another keeps idle gets it (the other
+// closes the connection when asked), so no verify waits to its deadline.
+func TestFleetLimitsWithReuse(t *testing.T) {
+	s := newSystem(t, options{env: map[string][]string{"prober": {
+		"CALLOUT_PROBER_MAX_CONNS=2", "CALLOUT_PROBER_RATE=1000", "CALLOUT_PROBER_LEASE_TTL=3s",
+		"CALLOUT_PROBER_IDLE_TIMEOUT=30s", "CALLOUT_PROBER_WORKERS=8",
+	}}})
+	s.start("prober")
+	s.start("prober")
+	var boxes []string
+	for i := 0; i < 60; i += 2 {
+		boxes = append(boxes, fmt.Sprintf("b%d@example.net", i))
+	}
+	dest := destination(t, smtptest.Config{Mailboxes: boxes, Delay: 10 * time.Millisecond})
+	s.setPolicy("example.net", domains.Policy{Route: []string{dest.Addr()}})
+	var wg sync.WaitGroup
+	for round := 0; round < 3; round++ {
+		for i := 0; i < 20; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				n := round*20 + i
+				rep := s.verify(fmt.Sprintf("b%d@example.net", n))
+				want := verdict.Accept
+				if n%2 == 1 {
+					want = verdict.Reject
+				}
+				if rep.Decision.Action != want {
+					t.Errorf("b%d: %s %s, want %s", n, rep.Decision.Action, rep.Decision, want)
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	if p := dest.Peak(); p > 2 {
+		t.Fatalf("the destination saw %d connections at once (idle ones included), MAX_CONNS=2", p)
+	}
+	if c := dest.Conns(); c >= 60 {
+		t.Fatalf("%d connections for 60 callouts: none was reused", c)
+	}
+}
+
 // A prober killed in the middle of callouts keeps its share of a host at
 // most its lease time: the others then take the slots.
 func TestFleetLeaseFreedOnKill(t *testing.T) {

@@ -72,6 +72,10 @@ func (n Names) Lease(kind, host string, slot int) string {
 	return n.Prefix + ".lease." + kind + "." + host + "." + strconv.Itoa(slot)
 }
 
+// LeaseWant is where a prober waiting for a host's slot asks the others
+// to close an idle connection to it (host a key token, or *).
+func (n Names) LeaseWant(host string) string { return n.Prefix + ".lease.want." + host }
+
 // ProberHosts asks every prober for its destination hosts.
 func (n Names) ProberHosts() string { return n.Prefix + ".prober.hosts" }
 

@@ -107,13 +107,12 @@ func (v *Verifier) Verify(ctx context.Context, t Target) Result {
 	return v.VerifyHeld(ctx, t, nil)
 }
 
-// VerifyHeld is Verify with the first host's slot already taken (release
-// frees it): the scheduler takes it without waiting, so that a job whose
-// host is busy waits without a worker.
-func (v *Verifier) VerifyHeld(ctx context.Context, t Target, release func()) Result {
-	if release != nil {
-		defer release()
-	}
+// VerifyHeld is Verify with the first host's slot already taken: the
+// scheduler takes it without waiting, so that a job whose host is busy
+// waits without a worker. The slot is given back (or kept with its
+// connection for reuse) when the callout ends.
+func (v *Verifier) VerifyHeld(ctx context.Context, t Target, slot *destination.Slot) Result {
+	defer slot.Release()
 	ctx, cancel := context.WithTimeout(ctx, v.cfg.Budget)
 	defer cancel()
 	res := v.fail(t, "", verdict.TempFail, ReasonNoDestination, smtpprobe.Reply{})
@@ -121,9 +120,9 @@ func (v *Verifier) VerifyHeld(ctx context.Context, t Target, release func()) Res
 		if ctx.Err() != nil {
 			break
 		}
-		var held func()
+		var held *destination.Slot
 		if i == 0 {
-			held = release
+			held = slot
 		}
 		t.Trace.Add(host, "*", "host %d of %d", i+1, len(t.Hosts))
 		r, next := v.onHost(ctx, host, t, held)
@@ -138,25 +137,25 @@ func (v *Verifier) VerifyHeld(ctx context.Context, t Target, release func()) Res
 
 // onHost runs the dialogue on one host; next says whether the next host
 // should be tried. An open breaker answers at once, before any wait.
-func (v *Verifier) onHost(ctx context.Context, host string, t Target, held func()) (Result, bool) {
+func (v *Verifier) onHost(ctx context.Context, host string, t Target, held *destination.Slot) (Result, bool) {
 	d := v.pool.Get(host)
 	if d.Open() {
 		t.Trace.Add(host, "*", "breaker open: not asked")
 		return v.fail(t, host, verdict.TempFail, ReasonBreakerOpen, smtpprobe.Reply{}), true
 	}
 	if held == nil {
-		release, err := d.Acquire(ctx)
-		if err != nil {
+		var err error
+		if held, err = d.Acquire(ctx); err != nil {
 			return v.fail(t, host, verdict.TempFail, ReasonTimeout, smtpprobe.Reply{}), false
 		}
-		defer release()
+		defer held.Release()
 	}
 	var res Result
 	var next bool
 	err := d.Do(func() error {
 		var unhealthy bool
 		start := time.Now()
-		res, next, unhealthy = v.dialogue(ctx, d, host, t)
+		res, next, unhealthy = v.dialogue(ctx, d, host, t, held)
 		d.Observe(time.Since(start))
 		if unhealthy {
 			return destination.ErrUnhealthy
@@ -177,11 +176,14 @@ type session struct {
 
 // open returns a connection ready for MAIL FROM: an idle one, or a new one
 // past banner and EHLO. On failure it returns the result to report.
-func (v *Verifier) open(ctx context.Context, d *destination.Dest, host string, t Target, reuse bool) (*session, *Result, bool, bool) {
-	if reuse {
-		if c, n := d.TakeIdle(); c != nil {
+func (v *Verifier) open(ctx context.Context, d *destination.Dest, host string, t Target, reuse bool, slot *destination.Slot) (*session, *Result, bool, bool) {
+	// A kept connection comes with its slot; one not to be reused is closed
+	// before another is opened in its slot.
+	if c, n := slot.Conn(); c != nil {
+		if reuse {
 			return &session{c: c, rcpts: n}, nil, false, false
 		}
+		c.Quit(ctx)
 	}
 	cfg := v.cfg.SMTP
 	cfg.Trace = t.Trace
@@ -250,12 +252,12 @@ func (v *Verifier) refusedReply(t Target, host string, rep smtpprobe.Reply, reas
 	return &r
 }
 
-func (v *Verifier) dialogue(ctx context.Context, d *destination.Dest, host string, t Target) (res Result, next, unhealthy bool) {
+func (v *Verifier) dialogue(ctx context.Context, d *destination.Dest, host string, t Target, slot *destination.Slot) (res Result, next, unhealthy bool) {
 	ctx, cancel := context.WithTimeout(ctx, v.cfg.DialogueTimeout)
 	defer cancel()
 	// A traced callout opens its own connection and keeps none: the
 	// transcript shows the whole dialogue, and no later callout records into it.
-	s, fail, next, unhealthy := v.open(ctx, d, host, t, d.ReuseEnabled() && t.Trace == nil)
+	s, fail, next, unhealthy := v.open(ctx, d, host, t, d.ReuseEnabled() && t.Trace == nil, slot)
 	if fail != nil {
 		return *fail, next, unhealthy
 	}
@@ -264,7 +266,7 @@ func (v *Verifier) dialogue(ctx context.Context, d *destination.Dest, host strin
 	if !keep && reused && s.c.Broken() && res.Address.Status == verdict.TempFail && res.Rcpts == 0 {
 		// The idle connection had died under us: close it, one fresh try.
 		s.c.Close()
-		s, fail, next, unhealthy = v.open(ctx, d, host, t, false)
+		s, fail, next, unhealthy = v.open(ctx, d, host, t, false, slot)
 		if fail != nil {
 			return *fail, next, unhealthy
 		}
@@ -272,12 +274,12 @@ func (v *Verifier) dialogue(ctx context.Context, d *destination.Dest, host strin
 		reused = false
 	}
 	res.Reused = reused
-	v.finish(ctx, d, s, keep && t.Trace == nil)
+	v.finish(ctx, d, s, keep && t.Trace == nil, slot)
 	return res, next, unhealthy
 }
 
-// finish returns the connection to the pool after RSET, or closes it.
-func (v *Verifier) finish(ctx context.Context, d *destination.Dest, s *session, keep bool) {
+// finish keeps the connection, with its slot, after RSET, or closes it.
+func (v *Verifier) finish(ctx context.Context, d *destination.Dest, s *session, keep bool, slot *destination.Slot) {
 	if s.c.Broken() {
 		s.c.Close()
 		return
@@ -287,7 +289,7 @@ func (v *Verifier) finish(ctx context.Context, d *destination.Dest, s *session, 
 	// host's non-mail command limit.
 	if keep && d.ReuseEnabled() && s.c.NonMail()+3 <= d.MaxNonMail() {
 		if s.c.Reset(ctx) {
-			d.PutIdle(ctx, s.c, s.rcpts)
+			d.Keep(ctx, s.c, s.rcpts, slot)
 			return
 		}
 		d.DisableReuse()
@@ -331,7 +333,7 @@ func (v *Verifier) mail(ctx context.Context, d *destination.Dest, host string, t
 		sender = t.FallbackSender
 		if !s.c.Reset(ctx) {
 			s.c.Close()
-			ns, fail, _, unhealthy := v.open(ctx, d, host, t, false)
+			ns, fail, _, unhealthy := v.open(ctx, d, host, t, false, nil)
 			if fail != nil {
 				return "", fail, facts, unhealthy
 			}
@@ -432,7 +434,7 @@ func (v *Verifier) transaction(ctx context.Context, d *destination.Dest, host st
 // reopen replaces s (closed by the caller) with a new connection past
 // MAIL FROM. On failure it returns the result to report.
 func (v *Verifier) reopen(ctx context.Context, d *destination.Dest, host string, t Target, s *session, sender string, facts []verdict.Verdict, rcpts int) (*Result, bool) {
-	ns, fail, _, unhealthy := v.open(ctx, d, host, t, false)
+	ns, fail, _, unhealthy := v.open(ctx, d, host, t, false, nil)
 	if fail != nil {
 		fail.Facts = append(fail.Facts, facts...)
 		fail.Rcpts = rcpts

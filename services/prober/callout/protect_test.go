@@ -49,8 +49,8 @@ func TestBackoff(t *testing.T) {
 		}
 		// Quiet: step by step back to the configured figures.
 		waitfor.Cond(t, 5*time.Second, func() bool {
-			if release, ok := d.TryAcquire(context.Background()); ok { // taking a slot lets the host ease
-				release()
+			if slot, ok := d.TryAcquire(context.Background()); ok { // taking a slot lets the host ease
+				slot.Release()
 			}
 			return d.Info().Backoff == 0 && d.Info().Rate == 100 && d.MaxRcpts() == 8
 		})

@@ -43,7 +43,13 @@ type Config struct {
 // returns ErrBusy-like errors (Busy reports them) when the host is at its
 // limit.
 type Fleet interface {
+	// TryAcquire takes a connection slot and a rate token.
 	TryAcquire(ctx context.Context, host string) (release func(), err error)
+	// TryRate takes a rate token alone (a kept connection has its slot).
+	TryRate(ctx context.Context, host string) error
+	// Want asks the probers that keep idle connections to host to close
+	// one: this prober waits for a slot.
+	Want(host string)
 	Busy(err error) bool
 }
 
@@ -102,12 +108,14 @@ type Dest struct {
 	cfg      Config
 	cb       *gobreaker.CircuitBreaker[struct{}]
 	sem      chan struct{}
+	kept     chan struct{} // a connection was kept idle: a waiter may take it
 	lim      *rate.Limiter
 	mu       sync.Mutex
 	idle     []idleConn
 	noReuse  time.Time // reuse off until then (a failed RSET)
 	lastUsed time.Time
 	plainTil time.Time // STARTTLS refused or failed: plaintext until then
+	wanted   time.Time // when this prober last asked the fleet for a slot
 
 	// Adaptive back-off: each throttling reply halves the rate and the RCPTs
 	// per connection; each quiet period after the last one doubles them
@@ -120,10 +128,74 @@ type Dest struct {
 	took         [128]time.Duration // the last dialogues' durations, a ring
 }
 
+// idleConn is a connection kept for the next callout. It keeps the slot
+// of the callout that used it (a local token and the fleet-wide lease):
+// an open connection always counts against MAX_CONNS.
 type idleConn struct {
 	c     *smtpprobe.Conn
 	rcpts int
 	since time.Time
+	free  func() // gives the fleet-wide lease back; nil without a fleet
+}
+
+// Slot is one connection slot of a host held by a callout: a token of the
+// host's local limit and, with a fleet, its fleet-wide lease. It may come
+// with the idle connection that kept it. A Slot belongs to one goroutine
+// at a time.
+type Slot struct {
+	d     *Dest
+	free  func()
+	conn  *smtpprobe.Conn
+	rcpts int
+	done  bool
+}
+
+// Conn hands over the idle connection that came with the slot, once (nil
+// when none did).
+func (s *Slot) Conn() (*smtpprobe.Conn, int) {
+	if s == nil {
+		return nil, 0
+	}
+	c, n := s.conn, s.rcpts
+	s.conn = nil
+	return c, n
+}
+
+// Release gives the slot back, unless Keep left it with an idle
+// connection. A connection that came with it and was not taken is closed.
+func (s *Slot) Release() {
+	if s == nil || s.done {
+		return
+	}
+	s.done = true
+	if s.conn != nil {
+		go s.conn.Quit(context.Background())
+		s.conn = nil
+	}
+	s.d.mu.Lock()
+	s.d.inUse--
+	s.d.mu.Unlock()
+	s.d.freeSlot(s.free)
+}
+
+// freeSlot gives back a local token and its fleet-wide lease.
+func (d *Dest) freeSlot(free func()) {
+	if free != nil {
+		free()
+	}
+	<-d.sem
+}
+
+// newSlot records a slot taken for a callout.
+func (d *Dest) newSlot(free func(), ic *idleConn) *Slot {
+	d.mu.Lock()
+	d.inUse++
+	d.mu.Unlock()
+	s := &Slot{d: d, free: free}
+	if ic != nil {
+		s.conn, s.rcpts = ic.c, ic.rcpts
+	}
+	return s
 }
 
 // Get returns the Dest of host, creating it.
@@ -134,7 +206,7 @@ func (p *Pool) Get(host string) *Dest {
 	if !ok {
 		d = &Dest{
 			host: host, cfg: p.cfg, pool: p,
-			sem: make(chan struct{}, p.cfg.MaxConns),
+			sem: make(chan struct{}, p.cfg.MaxConns), kept: make(chan struct{}, 1),
 			lim: rate.NewLimiter(rate.Limit(p.cfg.Rate), max(1, p.cfg.MaxConns)),
 		}
 		d.cb = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
@@ -199,35 +271,48 @@ func (p *Pool) Close(ctx context.Context) {
 		idle := d.idle
 		d.idle = nil
 		d.mu.Unlock()
-		for _, ic := range idle {
-			ic.c.Quit(ctx)
-		}
+		d.closeIdle(ctx, idle)
 	}
 }
 
 // Acquire waits for a connection slot and a rate token, here and across
-// the fleet. Jobs wait; none are dropped.
-func (d *Dest) Acquire(ctx context.Context) (release func(), err error) {
+// the fleet. A connection kept idle comes with its slot and needs only a
+// rate token. Jobs wait; none are dropped.
+func (d *Dest) Acquire(ctx context.Context) (*Slot, error) {
 	wait := 20 * time.Millisecond
 	for {
 		d.ease()
-		select {
-		case d.sem <- struct{}{}:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-		if err := d.lim.Wait(ctx); err != nil {
+		if ic := d.takeIdle(); ic != nil {
+			if err := d.lim.Wait(ctx); err != nil {
+				d.putBack(*ic)
+				return nil, err
+			}
+			if d.fleetRate(ctx) {
+				return d.newSlot(ic.free, ic), nil
+			}
+			d.putBack(*ic)
+		} else {
+			select {
+			case d.sem <- struct{}{}:
+			case <-d.kept:
+				continue // a connection was kept idle: take it with its slot
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			if err := d.lim.Wait(ctx); err != nil {
+				<-d.sem
+				return nil, err
+			}
+			fleet, ok := d.fleetSlot(ctx)
+			if ok {
+				return d.newSlot(fleet, nil), nil
+			}
 			<-d.sem
-			return nil, err
 		}
-		fleet, ok := d.fleetSlot(ctx)
-		if ok {
-			return d.taken(fleet), nil
-		}
-		<-d.sem
 		// Another prober holds the host's slots: look again a little later.
 		select {
 		case <-time.After(wait + rand.N(wait)):
+		case <-d.kept:
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
@@ -235,11 +320,19 @@ func (d *Dest) Acquire(ctx context.Context) (release func(), err error) {
 	}
 }
 
-// TryAcquire takes a connection slot and a rate token if both are free now,
-// here and across the fleet; otherwise it takes nothing. A job that cannot
-// start waits without a worker.
-func (d *Dest) TryAcquire(ctx context.Context) (release func(), ok bool) {
+// TryAcquire takes a connection slot (an idle connection's, or a new one)
+// and a rate token if both are free now, here and across the fleet;
+// otherwise it takes nothing. A job that cannot start waits without a
+// worker.
+func (d *Dest) TryAcquire(ctx context.Context) (*Slot, bool) {
 	d.ease()
+	if ic := d.takeIdle(); ic != nil {
+		if d.lim.Allow() && d.fleetRate(ctx) {
+			return d.newSlot(ic.free, ic), true
+		}
+		d.putBack(*ic)
+		return nil, false
+	}
 	select {
 	case d.sem <- struct{}{}:
 	default:
@@ -254,7 +347,29 @@ func (d *Dest) TryAcquire(ctx context.Context) (release func(), ok bool) {
 		<-d.sem
 		return nil, false
 	}
-	return d.taken(fleet), true
+	return d.newSlot(fleet, nil), true
+}
+
+// fleetRate takes a fleet-wide rate token, when there is a fleet; false
+// only when the host is at its fleet-wide rate.
+func (d *Dest) fleetRate(ctx context.Context) bool {
+	d.pool.mu.Lock()
+	f, onErr := d.pool.fleet, d.pool.onFleetErr
+	d.pool.mu.Unlock()
+	if f == nil {
+		return true
+	}
+	err := f.TryRate(ctx, d.host)
+	switch {
+	case err == nil:
+		return true
+	case f.Busy(err):
+		return false
+	}
+	if onErr != nil {
+		onErr(d.host, err)
+	}
+	return true
 }
 
 // fleetSlot takes the host's fleet-wide slot, when there is a fleet. ok is
@@ -271,6 +386,17 @@ func (d *Dest) fleetSlot(ctx context.Context) (release func(), ok bool) {
 	case err == nil:
 		return release, true
 	case f.Busy(err):
+		// Probers may be keeping the slots with idle connections: ask
+		// them for one (at most every 50 ms per host).
+		d.mu.Lock()
+		ask := time.Since(d.wanted) >= 50*time.Millisecond
+		if ask {
+			d.wanted = time.Now()
+		}
+		d.mu.Unlock()
+		if ask {
+			f.Want(d.host)
+		}
 		return nil, false
 	}
 	if onErr != nil {
@@ -279,23 +405,6 @@ func (d *Dest) fleetSlot(ctx context.Context) (release func(), ok bool) {
 	return nil, true
 }
 
-func (d *Dest) taken(fleet func()) func() {
-	d.mu.Lock()
-	d.inUse++
-	d.mu.Unlock()
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			if fleet != nil {
-				fleet()
-			}
-			d.mu.Lock()
-			d.inUse--
-			d.mu.Unlock()
-			<-d.sem
-		})
-	}
-}
 
 // Open reports whether the breaker refuses calls now: a job for the host
 // is answered at once, without waiting for a slot.
@@ -428,32 +537,91 @@ func (d *Dest) Do(fn func() error) error {
 // State is the breaker's state.
 func (d *Dest) State() gobreaker.State { return d.cb.State() }
 
-// TakeIdle returns an idle connection, or nil.
-func (d *Dest) TakeIdle() (*smtpprobe.Conn, int) {
+// takeIdle takes a live idle connection with its slot, when reuse is on;
+// dead or stale ones are closed and their slots given back.
+func (d *Dest) takeIdle() *idleConn {
+	var drop []idleConn
+	defer func() { d.closeIdle(context.Background(), drop) }()
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if !d.reuseLocked(time.Now()) {
+		drop, d.idle = d.idle, nil
+		return nil
+	}
 	for len(d.idle) > 0 {
 		ic := d.idle[len(d.idle)-1]
 		d.idle = d.idle[:len(d.idle)-1]
 		if time.Since(ic.since) <= d.cfg.IdleTimeout && !ic.c.Broken() {
-			return ic.c, ic.rcpts
+			return &ic
 		}
-		go ic.c.Quit(context.Background())
+		drop = append(drop, ic)
 	}
-	return nil, 0
+	return nil
 }
 
-// PutIdle keeps c for the next callout, unless reuse is off for this
-// destination or c has served its share of RCPTs; then it says QUIT.
-func (d *Dest) PutIdle(ctx context.Context, c *smtpprobe.Conn, rcpts int) {
+// putBack returns a connection taken by takeIdle that found no rate token
+// (no signal: the waiters would only find no token either).
+func (d *Dest) putBack(ic idleConn) {
 	d.mu.Lock()
-	keep := d.reuseLocked(time.Now()) && rcpts < d.maxRcptsLocked() && d.cfg.IdleTimeout > 0 && len(d.idle) < d.cfg.MaxConns
+	d.idle = append(d.idle, ic)
+	d.mu.Unlock()
+}
+
+func (d *Dest) signalKept() {
+	select {
+	case d.kept <- struct{}{}:
+	default:
+	}
+}
+
+// closeIdle says QUIT on idle connections and gives their slots back.
+func (d *Dest) closeIdle(ctx context.Context, idle []idleConn) {
+	for _, ic := range idle {
+		ic.c.Quit(ctx)
+		d.freeSlot(ic.free)
+	}
+}
+
+// Keep keeps c, with the callout's slot, for the next callout, unless
+// reuse is off for this destination or c has served its share of RCPTs;
+// then it says QUIT (and the slot is given back by Release).
+func (d *Dest) Keep(ctx context.Context, c *smtpprobe.Conn, rcpts int, s *Slot) {
+	d.mu.Lock()
+	keep := s != nil && !s.done && d.reuseLocked(time.Now()) && rcpts < d.maxRcptsLocked() && d.cfg.IdleTimeout > 0
 	if keep {
-		d.idle = append(d.idle, idleConn{c: c, rcpts: rcpts, since: time.Now()})
+		d.idle = append(d.idle, idleConn{c: c, rcpts: rcpts, since: time.Now(), free: s.free})
+		s.done = true
+		d.inUse--
 	}
 	d.mu.Unlock()
 	if !keep {
 		c.Quit(ctx)
+		return
+	}
+	d.signalKept()
+}
+
+// Yield closes one idle connection, giving its slot back: another prober
+// waits for one.
+func (d *Dest) Yield(ctx context.Context) {
+	d.mu.Lock()
+	if len(d.idle) == 0 {
+		d.mu.Unlock()
+		return
+	}
+	ic := d.idle[0] // the oldest
+	d.idle = d.idle[1:]
+	d.mu.Unlock()
+	d.closeIdle(ctx, []idleConn{ic})
+}
+
+// Yield closes one idle connection to host, if this prober keeps one.
+func (p *Pool) Yield(ctx context.Context, host string) {
+	p.mu.Lock()
+	d := p.dests[host]
+	p.mu.Unlock()
+	if d != nil {
+		d.Yield(ctx)
 	}
 }
 
@@ -462,7 +630,10 @@ func (d *Dest) PutIdle(ctx context.Context, c *smtpprobe.Conn, rcpts int) {
 func (d *Dest) DisableReuse() {
 	d.mu.Lock()
 	d.noReuse = time.Now().Add(d.cfg.ReuseRetry)
+	idle := d.idle
+	d.idle = nil
 	d.mu.Unlock()
+	d.closeIdle(context.Background(), idle)
 }
 
 // NoTLS remembers that the host refused STARTTLS or failed its handshake:
@@ -499,7 +670,5 @@ func (d *Dest) expireIdle(ctx context.Context, now time.Time) {
 	}
 	d.idle = keep
 	d.mu.Unlock()
-	for _, ic := range drop {
-		ic.c.Quit(ctx)
-	}
+	d.closeIdle(ctx, drop)
 }

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"time"
 
@@ -113,6 +114,33 @@ func (l *Leases) TryAcquire(ctx context.Context, host string) (release func(), e
 			l.purge(connSubj)
 		})
 	}, nil
+}
+
+// TryRate takes a rate token of host alone: a callout on a kept connection
+// already holds its connection slot.
+func (l *Leases) TryRate(ctx context.Context, host string) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, _, err := l.take(ctx, "rate", kvkey.Token(host), l.tokens, l.tokTTL)
+	return err
+}
+
+// Want asks every prober keeping an idle connection to host to close one
+// (subject <prefix>.lease.want.<host>): this one waits for a slot, and an
+// idle connection keeps its slot until it is closed.
+func (l *Leases) Want(host string) {
+	_ = l.nc.Publish(l.names.LeaseWant(kvkey.Token(host)), nil)
+}
+
+// Wanted calls yield with the host of every want, until the subscription
+// ends.
+func (l *Leases) Wanted(yield func(host string)) (*nats.Subscription, error) {
+	return l.nc.Subscribe(l.names.LeaseWant("*"), func(m *nats.Msg) {
+		tok := m.Subject[strings.LastIndexByte(m.Subject, '.')+1:]
+		if host, err := kvkey.ParseToken(tok); err == nil {
+			yield(host)
+		}
+	})
 }
 
 // take publishes into the first free of n subjects, starting at a random

@@ -132,11 +132,18 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	if s.cfg.FleetLimits {
-		s.pool.SetFleet(lease.New(lease.Config{MaxConns: s.cfg.MaxConns, Rate: s.cfg.Rate, TTL: s.cfg.LeaseTTL, Instance: s.instance}, s.nc, s.js, s.names),
-			func(host string, err error) {
-				s.m.leaseErrors.Inc()
-				s.log.Warn("fleet-wide limits unavailable; this prober's own limits apply", "host", host, "err", err)
-			})
+		leases := lease.New(lease.Config{MaxConns: s.cfg.MaxConns, Rate: s.cfg.Rate, TTL: s.cfg.LeaseTTL, Instance: s.instance}, s.nc, s.js, s.names)
+		s.pool.SetFleet(leases, func(host string, err error) {
+			s.m.leaseErrors.Inc()
+			s.log.Warn("fleet-wide limits unavailable; this prober's own limits apply", "host", host, "err", err)
+		})
+		// Another prober waits for a slot of a host whose connections this
+		// one keeps idle: give one back.
+		want, err := leases.Wanted(func(host string) { go s.pool.Yield(ctx, host) })
+		if err != nil {
+			return err
+		}
+		defer func() { _ = want.Unsubscribe() }()
 	}
 	hosts, err := s.nc.Subscribe(s.names.ProberHosts(), s.answerHosts)
 	if err != nil {
@@ -307,37 +314,37 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 	// busy (connections or rate) waits on its own goroutine, not on a
 	// worker: one slow destination cannot hold every worker.
 	d := s.pool.Get(target.Hosts[0])
-	var release func()
+	var slot *destination.Slot
 	if !d.Open() {
 		var ok bool
-		if release, ok = d.TryAcquire(ctx); !ok && s.waiting.Add(1) <= int64(s.cfg.MaxWaiting) {
+		if slot, ok = d.TryAcquire(ctx); !ok && s.waiting.Add(1) <= int64(s.cfg.MaxWaiting) {
 			s.parked.Add(1)
 			go func() {
 				defer s.parked.Done()
 				defer s.waiting.Add(-1)
-				release, err := d.Acquire(ctx)
+				slot, err := d.Acquire(ctx)
 				if err != nil {
 					stopHB()
 					_ = msg.NakWithDelay(time.Second) // shutting down: another prober takes it
 					s.m.jobs.WithLabelValues("requeued").Inc()
 					return
 				}
-				s.run(ctx, msg, job, addr, target, release, stopHB, start)
+				s.run(ctx, msg, job, addr, target, slot, stopHB, start)
 			}()
 			return
 		} else if !ok {
 			s.waiting.Add(-1) // too many waiting already: this worker waits
 		}
 	}
-	s.run(ctx, msg, job, addr, target, release, stopHB, start)
+	s.run(ctx, msg, job, addr, target, slot, stopHB, start)
 }
 
-// run makes the callout (release, when set, holds the first host's slot)
-// and publishes its verdicts.
-func (s *Service) run(ctx context.Context, msg jetstream.Msg, job wire.ProbeJob, addr address.Address, target callout.Target, release, stopHB func(), start time.Time) {
+// run makes the callout (slot, when set, is the first host's) and
+// publishes its verdicts.
+func (s *Service) run(ctx context.Context, msg jetstream.Msg, job wire.ProbeJob, addr address.Address, target callout.Target, slot *destination.Slot, stopHB func(), start time.Time) {
 	s.m.inFlight.Inc()
 	defer s.m.inFlight.Dec()
-	res := s.verifier.VerifyHeld(ctx, target, release)
+	res := s.verifier.VerifyHeld(ctx, target, slot)
 	stopHB()
 	s.complete(ctx, msg, job, addr, start, res)
 }
