@@ -73,8 +73,9 @@ func (n Names) Lease(kind, host string, slot int) string {
 }
 
 // LeaseWant is where a prober waiting for a host's slot asks the others
-// to close an idle connection to it (host a key token, or *).
-func (n Names) LeaseWant(host string) string { return n.Prefix + ".lease.want." + host }
+// to close an idle connection to it (host a key token, or *). Not under
+// lease.>: the lease stream would keep the asks.
+func (n Names) LeaseWant(host string) string { return n.Prefix + ".prober.want." + host }
 
 // ProberHosts asks every prober for its destination hosts.
 func (n Names) ProberHosts() string { return n.Prefix + ".prober.hosts" }

@@ -405,7 +405,6 @@ func (d *Dest) fleetSlot(ctx context.Context) (release func(), ok bool) {
 	return nil, true
 }
 
-
 // Open reports whether the breaker refuses calls now: a job for the host
 // is answered at once, without waiting for a slot.
 func (d *Dest) Open() bool { return d.cb.State() == gobreaker.StateOpen }

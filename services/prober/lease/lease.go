@@ -126,7 +126,7 @@ func (l *Leases) TryRate(ctx context.Context, host string) error {
 }
 
 // Want asks every prober keeping an idle connection to host to close one
-// (subject <prefix>.lease.want.<host>): this one waits for a slot, and an
+// (subject <prefix>.prober.want.<host>): this one waits for a slot, and an
 // idle connection keeps its slot until it is closed.
 func (l *Leases) Want(host string) {
 	_ = l.nc.Publish(l.names.LeaseWant(kvkey.Token(host)), nil)
