@@ -169,7 +169,7 @@ func (s *Slot) Release() {
 	}
 	s.done = true
 	if s.conn != nil {
-		go s.conn.Quit(context.Background())
+		s.conn.Quit(context.Background()) // closed before its slot is free
 		s.conn = nil
 	}
 	s.d.mu.Lock()

@@ -129,13 +129,16 @@ func (l *Leases) TryRate(ctx context.Context, host string) error {
 // (subject <prefix>.prober.want.<host>): this one waits for a slot, and an
 // idle connection keeps its slot until it is closed.
 func (l *Leases) Want(host string) {
-	_ = l.nc.Publish(l.names.LeaseWant(kvkey.Token(host)), nil)
+	_ = l.nc.Publish(l.names.LeaseWant(kvkey.Token(host)), []byte(l.cfg.Instance))
 }
 
-// Wanted calls yield with the host of every want, until the subscription
-// ends.
+// Wanted calls yield with the host of every other prober's want, until the
+// subscription ends.
 func (l *Leases) Wanted(yield func(host string)) (*nats.Subscription, error) {
 	return l.nc.Subscribe(l.names.LeaseWant("*"), func(m *nats.Msg) {
+		if string(m.Data) == l.cfg.Instance {
+			return // this prober's own ask
+		}
 		tok := m.Subject[strings.LastIndexByte(m.Subject, '.')+1:]
 		if host, err := kvkey.ParseToken(tok); err == nil {
 			yield(host)

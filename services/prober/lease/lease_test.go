@@ -106,3 +106,49 @@ func TestRateTokens(t *testing.T) {
 		t.Fatalf("%d starts in a burst, rate 5", taken)
 	}
 }
+
+// A prober waiting for a host's slot is heard by the others, not by
+// itself; the ask is no lease (the lease stream does not keep it); a rate
+// token alone counts against RATE like one taken with a slot.
+func TestWantAndRate(t *testing.T) {
+	ns := natstest.Start(t)
+	a := leases(t, ns, Config{MaxConns: 1, Rate: 2, TTL: 3 * time.Second, Instance: "a"})
+	b := leases(t, ns, Config{MaxConns: 1, Rate: 2, TTL: 3 * time.Second, Instance: "b"})
+	heard := make(chan string, 4)
+	for _, l := range []*Leases{a, b} {
+		sub, err := l.Wanted(func(host string) { heard <- l.cfg.Instance + " " + host })
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = sub.Unsubscribe() })
+		_ = l.nc.Flush()
+	}
+	a.Want("mx.example:25")
+	select {
+	case got := <-heard:
+		if got != "b mx.example:25" {
+			t.Fatalf("heard %q, want b hearing mx.example:25", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the want was not heard")
+	}
+	select {
+	case got := <-heard:
+		t.Fatalf("also heard %q", got)
+	case <-time.After(100 * time.Millisecond):
+	}
+	ctx := context.Background()
+	s, _ := a.js.Stream(ctx, subjects.New("").LeaseStream())
+	if info, err := s.Info(ctx); err != nil || info.State.Msgs != 0 {
+		t.Fatalf("lease stream after a want: %v %+v", err, info)
+	}
+	if err := a.TryRate(ctx, "mx.example:25"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.TryRate(ctx, "mx.example:25"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.TryRate(ctx, "mx.example:25"); !a.Busy(err) {
+		t.Fatalf("third rate token within a second at RATE=2: %v", err)
+	}
+}
