@@ -145,7 +145,7 @@ func (v *Verifier) onHost(ctx context.Context, host string, t Target, held *dest
 	}
 	if held == nil {
 		var err error
-		if held, err = d.Acquire(ctx); err != nil {
+		if held, err = d.Acquire(ctx, t.Trace == nil); err != nil {
 			return v.fail(t, host, verdict.TempFail, ReasonTimeout, smtpprobe.Reply{}), false
 		}
 		defer held.Release()

@@ -276,13 +276,18 @@ func (p *Pool) Close(ctx context.Context) {
 }
 
 // Acquire waits for a connection slot and a rate token, here and across
-// the fleet. A connection kept idle comes with its slot and needs only a
-// rate token. Jobs wait; none are dropped.
-func (d *Dest) Acquire(ctx context.Context) (*Slot, error) {
+// the fleet. With reuse, a connection kept idle comes with its slot and
+// needs only a rate token; without (a traced callout opens its own), an
+// idle connection that holds the last local slot is closed to free it.
+// Jobs wait; none are dropped.
+func (d *Dest) Acquire(ctx context.Context, reuse bool) (*Slot, error) {
 	wait := 20 * time.Millisecond
 	for {
 		d.ease()
-		if ic := d.takeIdle(); ic != nil {
+		if !reuse && len(d.sem) == cap(d.sem) {
+			d.Yield(ctx)
+		}
+		if ic := d.takeIdleIf(reuse); ic != nil {
 			if err := d.lim.Wait(ctx); err != nil {
 				d.putBack(*ic)
 				return nil, err
@@ -538,7 +543,12 @@ func (d *Dest) State() gobreaker.State { return d.cb.State() }
 
 // takeIdle takes a live idle connection with its slot, when reuse is on;
 // dead or stale ones are closed and their slots given back.
-func (d *Dest) takeIdle() *idleConn {
+func (d *Dest) takeIdle() *idleConn { return d.takeIdleIf(true) }
+
+func (d *Dest) takeIdleIf(reuse bool) *idleConn {
+	if !reuse {
+		return nil
+	}
 	var drop []idleConn
 	defer func() { d.closeIdle(context.Background(), drop) }()
 	d.mu.Lock()

@@ -322,7 +322,7 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 			go func() {
 				defer s.parked.Done()
 				defer s.waiting.Add(-1)
-				slot, err := d.Acquire(ctx)
+				slot, err := d.Acquire(ctx, true)
 				if err != nil {
 					stopHB()
 					_ = msg.NakWithDelay(time.Second) // shutting down: another prober takes it
