@@ -596,7 +596,7 @@ func (d *Dest) closeIdle(ctx context.Context, idle []idleConn) {
 // then it says QUIT (and the slot is given back by Release).
 func (d *Dest) Keep(ctx context.Context, c *smtpprobe.Conn, rcpts int, s *Slot) {
 	d.mu.Lock()
-	keep := s != nil && !s.done && d.reuseLocked(time.Now()) && rcpts < d.maxRcptsLocked() && d.cfg.IdleTimeout > 0
+	keep := s != nil && s.d == d && !s.done && d.reuseLocked(time.Now()) && rcpts < d.maxRcptsLocked() && d.cfg.IdleTimeout > 0
 	if keep {
 		d.idle = append(d.idle, idleConn{c: c, rcpts: rcpts, since: time.Now(), free: s.free})
 		s.done = true
