@@ -287,7 +287,11 @@ func (d *Dest) Acquire(ctx context.Context, reuse bool) (*Slot, error) {
 		if !reuse && len(d.sem) == cap(d.sem) {
 			d.Yield(ctx)
 		}
-		if ic := d.takeIdleIf(reuse); ic != nil {
+		var ic *idleConn
+		if reuse {
+			ic = d.takeIdle()
+		}
+		if ic != nil {
 			if err := d.lim.Wait(ctx); err != nil {
 				d.putBack(*ic)
 				return nil, err
@@ -358,56 +362,59 @@ func (d *Dest) TryAcquire(ctx context.Context) (*Slot, bool) {
 // fleetRate takes a fleet-wide rate token, when there is a fleet; false
 // only when the host is at its fleet-wide rate.
 func (d *Dest) fleetRate(ctx context.Context) bool {
-	d.pool.mu.Lock()
-	f, onErr := d.pool.fleet, d.pool.onFleetErr
-	d.pool.mu.Unlock()
-	if f == nil {
-		return true
-	}
-	err := f.TryRate(ctx, d.host)
-	switch {
-	case err == nil:
-		return true
-	case f.Busy(err):
-		return false
-	}
-	if onErr != nil {
-		onErr(d.host, err)
-	}
-	return true
+	f := d.pool.fleetNow()
+	return f == nil || !d.fleetBusy(f, f.TryRate(ctx, d.host))
 }
 
 // fleetSlot takes the host's fleet-wide slot, when there is a fleet. ok is
-// false only when the host is at its fleet-wide limit.
+// false only when the host is at its fleet-wide limit; then the probers
+// that may keep its slots with idle connections are asked for one (at most
+// every 50 ms per host).
 func (d *Dest) fleetSlot(ctx context.Context) (release func(), ok bool) {
-	d.pool.mu.Lock()
-	f, onErr := d.pool.fleet, d.pool.onFleetErr
-	d.pool.mu.Unlock()
+	f := d.pool.fleetNow()
 	if f == nil {
 		return nil, true
 	}
 	release, err := f.TryAcquire(ctx, d.host)
-	switch {
-	case err == nil:
+	if !d.fleetBusy(f, err) {
 		return release, true
-	case f.Busy(err):
-		// Probers may be keeping the slots with idle connections: ask
-		// them for one (at most every 50 ms per host).
-		d.mu.Lock()
-		ask := time.Since(d.wanted) >= 50*time.Millisecond
-		if ask {
-			d.wanted = time.Now()
-		}
-		d.mu.Unlock()
-		if ask {
-			f.Want(d.host)
-		}
-		return nil, false
 	}
+	d.mu.Lock()
+	ask := time.Since(d.wanted) >= 50*time.Millisecond
+	if ask {
+		d.wanted = time.Now()
+	}
+	d.mu.Unlock()
+	if ask {
+		f.Want(d.host)
+	}
+	return nil, false
+}
+
+// fleetBusy reads the fleet's answer: true when the host is at its
+// fleet-wide limit. Any other failure to ask is reported and counts as not
+// busy (fail open: this prober's own limits apply).
+func (d *Dest) fleetBusy(f Fleet, err error) bool {
+	if err == nil {
+		return false
+	}
+	if f.Busy(err) {
+		return true
+	}
+	d.pool.mu.Lock()
+	onErr := d.pool.onFleetErr
+	d.pool.mu.Unlock()
 	if onErr != nil {
 		onErr(d.host, err)
 	}
-	return nil, true
+	return false
+}
+
+// fleetNow is the pool's fleet, or nil.
+func (p *Pool) fleetNow() Fleet {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.fleet
 }
 
 // Open reports whether the breaker refuses calls now: a job for the host
@@ -543,12 +550,7 @@ func (d *Dest) State() gobreaker.State { return d.cb.State() }
 
 // takeIdle takes a live idle connection with its slot, when reuse is on;
 // dead or stale ones are closed and their slots given back.
-func (d *Dest) takeIdle() *idleConn { return d.takeIdleIf(true) }
-
-func (d *Dest) takeIdleIf(reuse bool) *idleConn {
-	if !reuse {
-		return nil
-	}
+func (d *Dest) takeIdle() *idleConn {
 	var drop []idleConn
 	defer func() { d.closeIdle(context.Background(), drop) }()
 	d.mu.Lock()
