@@ -386,12 +386,10 @@ func ParseList(text string) ([]string, error) {
 	return out, nil
 }
 
-// replaceList replaces a domain's mailbox or bypass list.
-func (s *Server) replaceList(r *http.Request, id *identity, domain, field, text string, rev uint64) (operate.Stored, error) {
-	list, err := ParseList(text)
-	if err != nil {
-		return operate.Stored{}, err
-	}
+// editPolicy changes the stored policy of domain with edit and writes it
+// back if still at revision rev. A stored policy that does not parse is
+// not edited piecemeal: the whole policy is to be set.
+func (s *Server) editPolicy(r *http.Request, id *identity, domain string, rev uint64, edit func(*domains.Policy) error) (operate.Stored, error) {
 	st, err := s.admin.Policy(r.Context(), domain)
 	if err != nil {
 		return operate.Stored{}, err
@@ -400,12 +398,26 @@ func (s *Server) replaceList(r *http.Request, id *identity, domain, field, text 
 		return operate.Stored{}, &httpError{http.StatusConflict, "policy", "the stored policy does not parse (" + st.Error + "): set the whole policy first"}
 	}
 	p := st.Policy
-	if field == "mailboxes" {
-		p.Mailboxes = list
-	} else {
-		p.Bypass = list
+	if err := edit(&p); err != nil {
+		return operate.Stored{}, err
 	}
 	return s.admin.SetPolicy(r.Context(), id.who(), domain, p, rev)
+}
+
+// replaceList replaces a domain's mailbox or bypass list.
+func (s *Server) replaceList(r *http.Request, id *identity, domain, field, text string, rev uint64) (operate.Stored, error) {
+	list, err := ParseList(text)
+	if err != nil {
+		return operate.Stored{}, err
+	}
+	return s.editPolicy(r, id, domain, rev, func(p *domains.Policy) error {
+		if field == "mailboxes" {
+			p.Mailboxes = list
+		} else {
+			p.Bypass = list
+		}
+		return nil
+	})
 }
 
 func (s *Server) apiList(field string) apiHandler {
@@ -429,23 +441,17 @@ func (s *Server) apiList(field string) apiHandler {
 
 // setMonitor switches a callout domain to monitor mode and back.
 func (s *Server) setMonitor(r *http.Request, id *identity, domain string, on bool, rev uint64) (operate.Stored, error) {
-	st, err := s.admin.Policy(r.Context(), domain)
-	if err != nil {
-		return operate.Stored{}, err
-	}
-	if st.Error != "" {
-		return operate.Stored{}, &httpError{http.StatusConflict, "policy", "the stored policy does not parse (" + st.Error + "): set the whole policy first"}
-	}
-	p := st.Policy
-	switch m := p.EffectiveMode(); {
-	case on && (m == domains.ModeCallout || m == domains.ModeMonitor):
-		p.Mode = domains.ModeMonitor
-	case !on && (m == domains.ModeCallout || m == domains.ModeMonitor):
+	return s.editPolicy(r, id, domain, rev, func(p *domains.Policy) error {
+		m := p.EffectiveMode()
+		if m != domains.ModeCallout && m != domains.ModeMonitor {
+			return badRequest("mode", "monitor mode is for callout domains; this one is %s", m)
+		}
 		p.Mode = domains.ModeCallout
-	default:
-		return operate.Stored{}, badRequest("mode", "monitor mode is for callout domains; this one is %s", m)
-	}
-	return s.admin.SetPolicy(r.Context(), id.who(), domain, p, rev)
+		if on {
+			p.Mode = domains.ModeMonitor
+		}
+		return nil
+	})
 }
 
 func (s *Server) apiMonitor(w http.ResponseWriter, r *http.Request, id *identity) error {
