@@ -166,8 +166,7 @@ func (b *browser) scan(ctx context.Context, domain string, start uint64, after t
 		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, start
 	case !after.IsZero():
 		// An entry checked after T was stored after T.
-		t := after
-		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &t
+		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &after
 	}
 	c, err := s.OrderedConsumer(ctx, cfg)
 	if err != nil {
@@ -188,23 +187,18 @@ func (b *browser) scan(ctx context.Context, domain string, start uint64, after t
 			if err != nil {
 				return 0, read, err
 			}
-			next := md.Sequence.Stream + 1
-			if op := m.Headers().Get("KV-Operation"); op == "" {
+			stop := false
+			if m.Headers().Get("KV-Operation") == "" { // not a delete or purge marker
 				key := strings.TrimPrefix(m.Subject(), prefix)
 				if v, err := wire.DecodeEntry(key, m.Data()); err == nil {
-					if !fn(CacheEntry{Key: key, Revision: md.Sequence.Stream, Verdict: v}) {
-						if md.NumPending == 0 {
-							return 0, read, nil
-						}
-						return next, read, nil
-					}
+					stop = !fn(CacheEntry{Key: key, Revision: md.Sequence.Stream, Verdict: v})
 				}
 			}
 			if md.NumPending == 0 {
 				return 0, read, nil
 			}
-			if read >= budget {
-				return next, read, nil
+			if stop || read >= budget {
+				return md.Sequence.Stream + 1, read, nil
 			}
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
@@ -236,7 +230,6 @@ func (b *browser) Page(ctx context.Context, q CacheQuery, now time.Time) (CacheP
 		return page, err
 	}
 	var all []CacheEntry
-	var tooMany bool
 	_, read, err := b.scan(ctx, q.Domain, 0, q.CheckedAfter, maxSortedScope+1, func(e CacheEntry) bool {
 		if q.match(&e, now) {
 			all = append(all, e)
@@ -248,9 +241,6 @@ func (b *browser) Page(ctx context.Context, q CacheQuery, now time.Time) (CacheP
 		return page, err
 	}
 	if read > maxSortedScope {
-		tooMany = true
-	}
-	if tooMany {
 		return page, &errQuery{"sort", fmt.Sprintf("this domain has more than %d entries: narrow it or sort by check time", maxSortedScope)}
 	}
 	less := map[string]func(a, b *CacheEntry) bool{
