@@ -66,11 +66,6 @@ type Service struct {
 	extra   map[string]bool // configured probe senders
 	mu      sync.Mutex
 	flights map[string]*flight
-	// Verdicts arrive on one subscription to every address verdict, handed
-	// to the flight waiting on their subject: no subscription per callout
-	// (each would change the server's interest graph twice).
-	vmu     sync.Mutex
-	waiting map[string]chan *nats.Msg
 	ready   chan struct{}
 	near    *nearcache.Cache
 	nearOn  atomic.Bool // the bucket is watched: the near cache may keep entries
@@ -81,6 +76,11 @@ type flight struct {
 	done chan struct{}
 	v    verdict.Verdict
 	err  error
+	// Verdicts arrive on one subscription to every address verdict
+	// (onVerdict), handed to the flight of their target: no subscription
+	// per callout, each of which would change the server's interest graph
+	// twice.
+	verdicts chan *nats.Msg
 }
 
 // New builds an ingest on an open connection.
@@ -91,7 +91,7 @@ func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger)
 	}
 	s := &Service{cfg: cfg, log: log, nc: nc, js: js, names: subjects.New(cfg.NATS.Prefix),
 		domains: domains.NewTable(nil), brake: brake.New(brake.Config{Limit: cfg.BrakeLimit, Window: cfg.BrakeWindow, MaxClients: cfg.BrakeMaxClients, IPv6Prefix: cfg.BrakeIPv6Prefix}),
-		extra: map[string]bool{}, flights: map[string]*flight{}, waiting: map[string]chan *nats.Msg{}, ready: make(chan struct{})}
+		extra: map[string]bool{}, flights: map[string]*flight{}, ready: make(chan struct{})}
 	s.near = nearcache.New(cfg.NearCacheEntries)
 	s.m = newMetrics(reg, s.domains.Errors, s.near)
 	// A reconnection may have missed invalidations: start afresh.
@@ -637,7 +637,7 @@ func (s *Service) await(ctx context.Context, a address.Address, job wire.ProbeJo
 	s.mu.Lock()
 	f, ok := s.flights[key]
 	if !ok {
-		f = &flight{done: make(chan struct{})}
+		f = &flight{done: make(chan struct{}), verdicts: make(chan *nats.Msg, 4)}
 		s.flights[key] = f
 		go s.fly(key, s.names.Verdict(kvkey.Address(a.Domain, a.Local, job.Purpose, "")), f, job)
 	} else {
@@ -679,15 +679,6 @@ func (s *Service) fly(key, verdictSubject string, f *flight, job wire.ProbeJob) 
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.MaxTimeout)
 	defer cancel()
-	ch := make(chan *nats.Msg, 4)
-	s.vmu.Lock()
-	s.waiting[verdictSubject] = ch
-	s.vmu.Unlock()
-	defer func() {
-		s.vmu.Lock()
-		delete(s.waiting, verdictSubject)
-		s.vmu.Unlock()
-	}()
 	b, err := wire.Encode(&job)
 	if err != nil {
 		f.err = err
@@ -710,7 +701,7 @@ func (s *Service) fly(key, verdictSubject string, f *flight, job wire.ProbeJob) 
 	}
 	for {
 		select {
-		case m := <-ch:
+		case m := <-f.verdicts:
 			v, err := wire.DecodeVerdict(m.Data)
 			if err != nil {
 				s.log.Error("verdict refused", "subject", m.Subject, "err", err)
@@ -732,14 +723,19 @@ func (s *Service) fly(key, verdictSubject string, f *flight, job wire.ProbeJob) 
 // onVerdict hands an address verdict to the flight waiting for it, if any
 // (verdicts of other ingests' callouts pass by).
 func (s *Service) onVerdict(m *nats.Msg) {
-	s.vmu.Lock()
-	ch := s.waiting[m.Subject]
-	s.vmu.Unlock()
-	if ch == nil {
+	// The subject is the verdict subject of addr.<target>, the flight's key.
+	key, ok := strings.CutPrefix(m.Subject, s.names.Verdict("addr."))
+	if !ok {
+		return
+	}
+	s.mu.Lock()
+	f := s.flights[key]
+	s.mu.Unlock()
+	if f == nil {
 		return
 	}
 	select {
-	case ch <- m:
+	case f.verdicts <- m:
 	default: // the flight has what it needs
 	}
 }
