@@ -90,12 +90,28 @@ func unavailable(err error) error {
 // ErrBadFlush is returned for a flush command that names no valid scope.
 var ErrBadFlush = errors.New("bad flush")
 
+// FlushError names the field of a flush command that is wrong. It is an
+// ErrBadFlush.
+type FlushError struct {
+	Field string // scope, domain, address or only
+	Msg   string
+}
+
+func (e *FlushError) Error() string { return ErrBadFlush.Error() + ": " + e.Field + ": " + e.Msg }
+
+// Unwrap makes a FlushError an ErrBadFlush.
+func (e *FlushError) Unwrap() error { return ErrBadFlush }
+
+func flushErr(field, format string, args ...any) error {
+	return &FlushError{Field: field, Msg: fmt.Sprintf(format, args...)}
+}
+
 // CheckFlush normalizes a flush command or says what is wrong with it.
 func CheckFlush(cmd wire.FlushCommand) (wire.FlushCommand, error) {
 	switch cmd.Only {
 	case "", verdict.Valid, verdict.Invalid:
 	default:
-		return cmd, fmt.Errorf("%w: only: %q (want valid or invalid)", ErrBadFlush, cmd.Only)
+		return cmd, flushErr("only", "%q (want valid or invalid)", cmd.Only)
 	}
 	switch cmd.Scope {
 	case wire.ScopeAll:
@@ -103,17 +119,17 @@ func CheckFlush(cmd wire.FlushCommand) (wire.FlushCommand, error) {
 	case wire.ScopeDomain:
 		d, err := address.NormalizeDomain(cmd.Domain)
 		if err != nil {
-			return cmd, fmt.Errorf("%w: domain: %v", ErrBadFlush, err)
+			return cmd, flushErr("domain", "%v", err)
 		}
 		cmd.Domain, cmd.Address = d, ""
 	case wire.ScopeAddress:
 		a, err := address.Parse(cmd.Address)
 		if err != nil {
-			return cmd, fmt.Errorf("%w: address: %v", ErrBadFlush, err)
+			return cmd, flushErr("address", "%v", err)
 		}
 		cmd.Address, cmd.Domain = a.String(), ""
 	default:
-		return cmd, fmt.Errorf("%w: scope: %q (want all, domain or address)", ErrBadFlush, cmd.Scope)
+		return cmd, flushErr("scope", "%q (want all, domain or address)", cmd.Scope)
 	}
 	return cmd, nil
 }

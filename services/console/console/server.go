@@ -246,6 +246,7 @@ func classify(err error) (int, string, string) {
 	var fe *domains.FieldError
 	var qe *errQuery
 	var mbe *http.MaxBytesError
+	var fle *operate.FlushError
 	switch {
 	case errors.As(err, &he):
 		return he.status, he.field, he.msg
@@ -255,15 +256,8 @@ func classify(err error) (int, string, string) {
 		return http.StatusBadRequest, qe.field, qe.Error()
 	case errors.As(err, &mbe):
 		return http.StatusRequestEntityTooLarge, "", "request body too large"
-	case errors.Is(err, operate.ErrBadFlush):
-		field := ""
-		for _, f := range []string{"scope", "domain", "address", "only"} {
-			if strings.Contains(err.Error(), ": "+f+":") {
-				field = f
-				break
-			}
-		}
-		return http.StatusBadRequest, field, err.Error()
+	case errors.As(err, &fle):
+		return http.StatusBadRequest, fle.Field, fle.Error()
 	case errors.Is(err, domains.ErrPolicy):
 		return http.StatusBadRequest, "", err.Error()
 	case errors.Is(err, domains.ErrRevision):
