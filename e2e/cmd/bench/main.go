@@ -175,8 +175,18 @@ func start(bin string) (*bench, func(), error) {
 	port := freePort()
 	b.url = fmt.Sprintf("nats://127.0.0.1:%d", port)
 	conf, _ := filepath.Abs("../deploy/nats/dev.conf")
-	ns, err := stack.StartIn(dir, dir, "nats-server", filepath.Join(bin, "nats-server"),
-		[]string{"-c", conf, "-p", strconv.Itoa(port), "-m", strconv.Itoa(freePort())}, nil)
+	// CALLOUT_BENCH_PROFILE (a file) gives every process a /debug/pprof
+	// address and lists them there, one "name address" line each, to
+	// profile a run from outside.
+	profile := os.Getenv("CALLOUT_BENCH_PROFILE")
+	var profiles []string
+	args := []string{"-c", conf, "-p", strconv.Itoa(port), "-m", strconv.Itoa(freePort())}
+	if profile != "" {
+		pp := freePort()
+		args = append(args, "--profile", strconv.Itoa(pp))
+		profiles = append(profiles, fmt.Sprintf("nats-server 127.0.0.1:%d", pp), "url "+b.url)
+	}
+	ns, err := stack.StartIn(dir, dir, "nats-server", filepath.Join(bin, "nats-server"), args, nil)
 	if err != nil {
 		return nil, stop, err
 	}
@@ -199,7 +209,13 @@ func start(bin string) (*bench, func(), error) {
 		return []string{up + "NATS_URL=" + b.url, up + "METRICS_ADDR="}
 	}
 	launch := func(name, svc string, env ...string) error {
-		p, err := stack.Start(dir, name, filepath.Join(bin, svc), nil, append(common(svc), env...))
+		env = append(common(svc), env...)
+		if profile != "" {
+			addr := fmt.Sprintf("127.0.0.1:%d", freePort())
+			env = append(env, "CALLOUT_"+strings.ToUpper(svc)+"_METRICS_ADDR="+addr)
+			profiles = append(profiles, name+" "+addr)
+		}
+		p, err := stack.Start(dir, name, filepath.Join(bin, svc), nil, env)
 		if err != nil {
 			return err
 		}
@@ -216,11 +232,13 @@ func start(bin string) (*bench, func(), error) {
 			return nil, stop, err
 		}
 	}
-	// CALLOUT_BENCH_INGEST_METRICS (an address) serves the ingest's
-	// /debug/pprof during the run, to profile it.
-	if err := launch("ingest", "ingest", "CALLOUT_INGEST_BRAKE_LIMIT=0", "CALLOUT_INGEST_POLICY_ADDR=",
-		"CALLOUT_INGEST_METRICS_ADDR="+os.Getenv("CALLOUT_BENCH_INGEST_METRICS")); err != nil {
+	if err := launch("ingest", "ingest", "CALLOUT_INGEST_BRAKE_LIMIT=0", "CALLOUT_INGEST_POLICY_ADDR="); err != nil {
 		return nil, stop, err
+	}
+	if profile != "" {
+		if err := os.WriteFile(profile, []byte(strings.Join(profiles, "\n")+"\n"), 0o644); err != nil {
+			return nil, stop, err
+		}
 	}
 	for _, svc := range []string{"callout-cache", "callout-ingest"} {
 		if err := stack.WaitService(ctx, b.nc, svc); err != nil {

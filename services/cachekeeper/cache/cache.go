@@ -89,6 +89,7 @@ type Store struct {
 	bucket string
 	ttls   TTLs
 	now    func() time.Time
+	fl     flushes
 }
 
 // Open creates the bucket when it is missing and returns the store. An
@@ -120,7 +121,7 @@ func Open(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, n subjects
 	if err != nil {
 		return nil, fmt.Errorf("cache bucket stream: %w", err)
 	}
-	return &Store{nc: nc, js: js, kv: kv, stream: st, bucket: bucket, ttls: ttls, now: time.Now}, drift
+	return &Store{nc: nc, js: js, kv: kv, stream: st, bucket: bucket, ttls: ttls, now: time.Now, fl: flushes{records: map[string]flushRecord{}}}, drift
 }
 
 // ErrNoView is a verdict that does not say whether a recipient or a sender
@@ -218,11 +219,23 @@ func (s *Store) Put(ctx context.Context, v verdict.Verdict) (Outcome, error) {
 		return Flushed, nil
 	}
 	subject := "$KV." + s.bucket + "." + key
+	// Most keys are new (a first callout, or one whose entry expired and
+	// went): write first, and read what is there only when the write finds
+	// a message under the key.
+	var last uint64
 	for attempt := 0; attempt < 8; attempt++ {
-		var last uint64
+		ack, err := s.js.PublishMsg(ctx, &nats.Msg{Subject: subject, Data: data},
+			append(opts, jetstream.WithExpectLastSequencePerSubject(last))...)
+		if err == nil {
+			return s.afterWrite(ctx, v, key, ack.Sequence)
+		}
+		if !streams.WrongLastSequence(err) {
+			return "", fmt.Errorf("write %s: %w", key, err)
+		}
 		cur, err := s.stream.GetLastMsgForSubject(ctx, subject)
 		switch {
 		case errors.Is(err, jetstream.ErrMsgNotFound):
+			last = 0
 		case err != nil:
 			return "", fmt.Errorf("read %s: %w", key, err)
 		default:
@@ -236,15 +249,6 @@ func (s *Store) Put(ctx context.Context, v verdict.Verdict) (Outcome, error) {
 				}
 			}
 		}
-		ack, err := s.js.PublishMsg(ctx, &nats.Msg{Subject: subject, Data: data},
-			append(opts, jetstream.WithExpectLastSequencePerSubject(last))...)
-		if err == nil {
-			return s.afterWrite(ctx, v, key, ack.Sequence)
-		}
-		if streams.WrongLastSequence(err) {
-			continue
-		}
-		return "", fmt.Errorf("write %s: %w", key, err)
 	}
 	return "", ErrConflict
 }
@@ -253,7 +257,13 @@ func (s *Store) Put(ctx context.Context, v verdict.Verdict) (Outcome, error) {
 // check before the write and the write: the flush purges after recording,
 // so either it removed this entry or this read sees its record.
 func (s *Store) afterWrite(ctx context.Context, v verdict.Verdict, key string, seq uint64) (Outcome, error) {
-	flushed, err := s.flushedSince(ctx, v)
+	var flushed bool
+	var err error
+	if m := s.fl.running(); m != nil && m.Wait(seq, flushWait) {
+		flushed = s.fl.covers(v) // every record before the write is in the copy
+	} else {
+		flushed, err = s.readFlushed(ctx, v)
+	}
 	if err != nil || !flushed {
 		return Written, err
 	}
@@ -309,8 +319,18 @@ func flushRecords(v verdict.Verdict) []string {
 }
 
 // flushedSince reports whether a flush of v's scope came after its callout
-// started. Records are read from the stream leader, never a stale replica.
+// started, as far as this cachekeeper knows now: its copy of the records,
+// or the bucket while the copy is not kept. (Only afterWrite's answer
+// decides; this one spares a write.)
 func (s *Store) flushedSince(ctx context.Context, v verdict.Verdict) (bool, error) {
+	if s.fl.running() != nil {
+		return s.fl.covers(v), nil
+	}
+	return s.readFlushed(ctx, v)
+}
+
+// readFlushed is flushedSince from the records in the bucket.
+func (s *Store) readFlushed(ctx context.Context, v verdict.Verdict) (bool, error) {
 	for _, k := range flushRecords(v) {
 		r, _, err := s.flushRecord(ctx, k)
 		if err != nil {

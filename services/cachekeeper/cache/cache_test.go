@@ -3,6 +3,7 @@ package cache
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/callout-mail/callout/shared/address"
 	"github.com/callout-mail/callout/shared/kvkey"
 	"github.com/callout-mail/callout/shared/natstest"
+	"github.com/callout-mail/callout/shared/revision"
 	"github.com/callout-mail/callout/shared/subjects"
 	"github.com/callout-mail/callout/shared/verdict"
 	"github.com/callout-mail/callout/shared/wire"
@@ -352,11 +354,39 @@ func TestViewsApart(t *testing.T) {
 	}
 }
 
+// watching runs the store's watch of the bucket until the test ends and
+// returns once it runs.
+func watching(t *testing.T, s *Store) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); s.Watch(ctx, slog.New(slog.DiscardHandler)) }()
+	t.Cleanup(func() { cancel(); <-done })
+	deadline := time.Now().Add(10 * time.Second)
+	for s.fl.running() == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the watch did not start")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // A verdict whose callout started before a flush of its scope is not
-// stored; one that started after is.
+// stored; one that started after is. The records are read from the bucket,
+// or from the cachekeeper's copy when its watch runs (started before the
+// flushes, or after them: then it loads the records there).
 func TestFlushRecords(t *testing.T) {
+	for _, watch := range []string{"none", "before", "after"} {
+		t.Run(watch, func(t *testing.T) { testFlushRecords(t, watch) })
+	}
+}
+
+func testFlushRecords(t *testing.T, watch string) {
 	s := open(t, DefaultTTLs)
 	ctx := context.Background()
+	if watch == "before" {
+		watching(t, s)
+	}
 	before := time.Now()
 	time.Sleep(time.Millisecond) // distinct clock readings
 	for _, c := range []wire.FlushCommand{
@@ -367,6 +397,9 @@ func TestFlushRecords(t *testing.T) {
 		if _, _, err := s.Flush(ctx, c); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if watch == "after" {
+		watching(t, s)
 	}
 	after := time.Now().Add(time.Millisecond)
 	put(t, s, addrVerdict("a@one.example", verdict.Invalid, 550, before), Flushed)
@@ -390,4 +423,70 @@ func TestFlushRecords(t *testing.T) {
 	}
 	put(t, s, addrVerdict("c@four.example", verdict.Valid, 250, after), Flushed)
 	put(t, s, addrVerdict("a@two.example", verdict.Valid, 250, time.Now().Add(time.Millisecond)), Written)
+	if watch != "none" {
+		// The copy forgets what the full flush covers.
+		s.fl.prune(time.Now(), s.ttls.longest())
+		s.fl.mu.Lock()
+		n := len(s.fl.records)
+		s.fl.mu.Unlock()
+		if n != 1 {
+			t.Fatalf("%d records kept after a full flush, want 1", n)
+		}
+	}
+}
+
+// A flush recorded while a verdict is being stored wins: the check after
+// the write waits until the copy has come past the write, and so has every
+// record written before it. The copy is driven by hand here, to stand
+// still while the record (another cachekeeper's flush) is in the bucket.
+func TestPutWaitsForTheCopy(t *testing.T) {
+	s := open(t, DefaultTTLs)
+	ctx := context.Background()
+	a := "late@race.example"
+	v := addrVerdict(a, verdict.Valid, 250, time.Now())
+	time.Sleep(time.Millisecond)
+	seq, err := s.record(ctx, kvkey.FlushAddress("race.example", "late"), "", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mark := &revision.Mark{}
+	mark.Set(seq - 1) // the copy has not seen the record
+	s.fl.mu.Lock()
+	s.fl.mark = mark
+	s.fl.mu.Unlock()
+	type result struct {
+		out Outcome
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		out, err := s.Put(ctx, v)
+		done <- result{out, err}
+	}()
+	// The write lands (the entry is there) while the copy stands still.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(2 * time.Millisecond) {
+		if _, err := s.kv.Get(ctx, kvkey.Address("race.example", "late", verdict.Recipient, "")); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the verdict was not written")
+		}
+	}
+	select {
+	case r := <-done:
+		t.Fatalf("Put answered %s, %v before the copy saw its write", r.out, r.err)
+	default:
+	}
+	e, err := s.kv.Get(ctx, kvkey.FlushAddress("race.example", "late"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.fl.merge(e.Key(), e.Value())
+	mark.Set(seq + 1)
+	if r := <-done; r.err != nil || r.out != Flushed {
+		t.Fatalf("Put = %s, %v; want %s", r.out, r.err, Flushed)
+	}
+	if r := lookup(t, s, a); r.Hit {
+		t.Fatal("a flushed verdict is served")
+	}
 }

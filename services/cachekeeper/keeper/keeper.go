@@ -120,6 +120,12 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 		return err
 	}
+	// The store keeps a copy of the flush records from a watch of the
+	// bucket (until it runs, a write reads them from the bucket).
+	wctx, stopWatch := context.WithCancel(ctx)
+	watched := make(chan struct{})
+	go func() { defer close(watched); s.store.Watch(wctx, s.log) }()
+	defer func() { stopWatch(); <-watched }()
 	sem := make(chan struct{}, s.cfg.StoreWorkers)
 	var stores inflight.Group
 	cc, err := cons.Consume(func(msg jetstream.Msg) {

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/callout-mail/callout/shared/kvkey"
+	"github.com/callout-mail/callout/shared/revision"
 	"github.com/callout-mail/callout/shared/verdict"
 	"github.com/callout-mail/callout/shared/wire"
 )
@@ -36,8 +37,7 @@ type Cache struct {
 	lru      list.List
 	byDomain map[string]map[string]struct{} // domain -> keys, for domain facts and flushes
 	byAddr   map[string][]string            // domain NUL local -> keys (one or a few): a verdict drops its address's entries in O(1)
-	applied  uint64                         // highest bucket revision applied
-	cond     *sync.Cond
+	applied  revision.Mark                  // highest bucket revision applied
 	hits     uint64
 	misses   uint64
 }
@@ -53,9 +53,7 @@ type entry struct {
 
 // New returns a cache of at most max entries (0: off).
 func New(max int) *Cache {
-	c := &Cache{max: max, now: time.Now, entries: map[string]*list.Element{}, byDomain: map[string]map[string]struct{}{}, byAddr: map[string][]string{}}
-	c.cond = sync.NewCond(&c.mu)
-	return c
+	return &Cache{max: max, now: time.Now, entries: map[string]*list.Element{}, byDomain: map[string]map[string]struct{}{}, byAddr: map[string][]string{}}
 }
 
 // Key is the cache key of a lookup: address, view and probe senders.
@@ -96,7 +94,7 @@ func (c *Cache) Put(key, domain, local string, purpose verdict.Purpose, r wire.L
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.applied != rev {
+	if c.applied.Get() != rev {
 		return
 	}
 	if el, ok := c.entries[key]; ok {
@@ -133,9 +131,7 @@ func (c *Cache) Revision() uint64 {
 	if c == nil {
 		return 0
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.applied
+	return c.applied.Get()
 }
 
 func (c *Cache) remove(el *list.Element) {
@@ -166,11 +162,9 @@ func (c *Cache) Apply(key string, rev uint64) {
 		return
 	}
 	c.mu.Lock()
+	// Under the lock: a Put that checks the revision sees the drops too.
 	defer func() {
-		if rev > c.applied {
-			c.applied = rev
-		}
-		c.cond.Broadcast()
+		c.applied.Set(rev)
 		c.mu.Unlock()
 	}()
 	switch {
@@ -248,22 +242,7 @@ func (c *Cache) WaitApplied(rev uint64, timeout time.Duration) bool {
 	if c == nil {
 		return true
 	}
-	deadline := time.Now().Add(timeout)
-	t := time.AfterFunc(timeout, func() {
-		c.mu.Lock()
-		c.cond.Broadcast()
-		c.mu.Unlock()
-	})
-	defer t.Stop()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for c.applied < rev {
-		if !time.Now().Before(deadline) {
-			return false
-		}
-		c.cond.Wait()
-	}
-	return true
+	return c.applied.Wait(rev, timeout)
 }
 
 // Stats returns the entries held, hits and misses.
