@@ -127,6 +127,10 @@ type LookupRequest struct {
 	Address string          `msgpack:"address"`
 	Purpose verdict.Purpose `msgpack:"purpose,omitempty"` // the view; "" is recipient
 	Senders []string        `msgpack:"senders,omitempty"`
+	// Rev is the cache bucket revision the asker (an ingest's near cache)
+	// had applied: a cachekeeper whose copy has come that far answers the
+	// domain facts from it. 0: unknown, everything is read from the bucket.
+	Rev uint64 `msgpack:"rev,omitempty"`
 }
 
 // LookupReply answers a LookupRequest. Verdict is the answer that applies

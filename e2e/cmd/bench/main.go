@@ -6,13 +6,16 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"math"
 	"math/rand"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -55,6 +58,30 @@ type bench struct {
 	procs    map[string]*stack.Proc
 	rows     []row
 	kv       jetstream.KeyValue
+	pprof    map[string]string // process -> its /debug/pprof address (CALLOUT_BENCH_PROFILE)
+	profDir  string
+}
+
+// profile takes a CPU profile of every process for the next d, into
+// profDir/<section>-<process>.pprof, when CALLOUT_BENCH_PROFILE is set;
+// the returned func waits for them.
+func (b *bench) profile(section string, d time.Duration) func() {
+	var wg sync.WaitGroup
+	for name, addr := range b.pprof {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, int(d.Seconds())))
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "profile", name, err)
+				return
+			}
+			defer resp.Body.Close()
+			data, _ := io.ReadAll(resp.Body)
+			_ = os.WriteFile(filepath.Join(b.profDir, section+"-"+name+".pprof"), data, 0o644)
+		}()
+	}
+	return wg.Wait
 }
 
 func (b *bench) add(section, name string, v float64, unit string) {
@@ -161,7 +188,7 @@ func start(bin string) (*bench, func(), error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	b := &bench{dir: dir, names: subjects.New(""), procs: map[string]*stack.Proc{}}
+	b := &bench{dir: dir, names: subjects.New(""), procs: map[string]*stack.Proc{}, pprof: map[string]string{}}
 	var order []*stack.Proc
 	stop := func() {
 		for i := len(order) - 1; i >= 0; i-- {
@@ -170,7 +197,11 @@ func start(bin string) (*bench, func(), error) {
 		if b.nc != nil {
 			b.nc.Close()
 		}
-		os.RemoveAll(dir)
+		if os.Getenv("CALLOUT_BENCH_PROFILE") == "" {
+			os.RemoveAll(dir)
+		} else {
+			fmt.Fprintln(os.Stderr, "logs kept in", dir)
+		}
 	}
 	port := freePort()
 	b.url = fmt.Sprintf("nats://127.0.0.1:%d", port)
@@ -185,6 +216,7 @@ func start(bin string) (*bench, func(), error) {
 		pp := freePort()
 		args = append(args, "--profile", strconv.Itoa(pp))
 		profiles = append(profiles, fmt.Sprintf("nats-server 127.0.0.1:%d", pp), "url "+b.url)
+		b.pprof["nats-server"] = fmt.Sprintf("127.0.0.1:%d", pp)
 	}
 	ns, err := stack.StartIn(dir, dir, "nats-server", filepath.Join(bin, "nats-server"), args, nil)
 	if err != nil {
@@ -214,6 +246,7 @@ func start(bin string) (*bench, func(), error) {
 			addr := fmt.Sprintf("127.0.0.1:%d", freePort())
 			env = append(env, "CALLOUT_"+strings.ToUpper(svc)+"_METRICS_ADDR="+addr)
 			profiles = append(profiles, name+" "+addr)
+			b.pprof[name] = addr
 		}
 		p, err := stack.Start(dir, name, filepath.Join(bin, svc), nil, env)
 		if err != nil {
@@ -236,6 +269,7 @@ func start(bin string) (*bench, func(), error) {
 		return nil, stop, err
 	}
 	if profile != "" {
+		b.profDir = filepath.Dir(profile)
 		if err := os.WriteFile(profile, []byte(strings.Join(profiles, "\n")+"\n"), 0o644); err != nil {
 			return nil, stop, err
 		}
@@ -674,6 +708,9 @@ func (b *bench) saturation() error {
 	var next atomic.Int64
 	next.Store(1000000)
 	var hits, total atomic.Int64
+	cpu0, t0 := b.cpuTicks(), time.Now()
+	profiled := b.profile("saturation", 5*time.Second)
+	defer profiled()
 	rate, lat, err := load(64, 10*time.Second, func(w, i int) error {
 		a := warm[(w*7919+i*31)%len(warm)]
 		if (w+i)%10 == 0 {
@@ -701,6 +738,7 @@ func (b *bench) saturation() error {
 	b.add("5 saturation", "cache hit rate", float64(hits.Load())/float64(total.Load()), "")
 	b.add("5 saturation", "p50", ms(lat.pct(50)), "ms")
 	b.add("5 saturation", "p99", ms(lat.pct(99)), "ms")
+	b.addCPU("5 saturation", cpu0, b.cpuTicks(), time.Since(t0), total.Load())
 	return b.flushAll()
 }
 
@@ -777,6 +815,50 @@ func (b *bench) economy(n int) error {
 	b.add(sec, "connections naive/callout", float64(n)/float64(max(conn, 1)), "x")
 	b.add(sec, "RCPTs naive/callout", float64(2*n)/float64(max(rcpt, 1)), "x")
 	return b.flushAll()
+}
+
+// cpuTicks is the CPU time (user and system, in clock ticks of 1/100 s) of
+// each process of the run and of the load generator ("bench").
+func (b *bench) cpuTicks() map[string]float64 {
+	pids := map[string]int{"bench": os.Getpid()}
+	for name, p := range b.procs {
+		pids[name] = p.Pid()
+	}
+	ticks := map[string]float64{}
+	for name, pid := range pids {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		// Fields after the command (which may hold spaces): state is the
+		// 3rd field, utime the 14th, stime the 15th.
+		f := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
+		if len(f) < 13 {
+			continue
+		}
+		u, _ := strconv.ParseFloat(f[11], 64)
+		st, _ := strconv.ParseFloat(f[12], 64)
+		ticks[name] = u + st
+	}
+	return ticks
+}
+
+// addCPU reports the cores each process used between two cpuTicks.
+func (b *bench) addCPU(sec string, before, after map[string]float64, el time.Duration, n int64) {
+	names := make([]string, 0, len(after))
+	for n := range after {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	total := 0.0
+	for _, n := range names {
+		b.add(sec, "CPU "+n, (after[n]-before[n])/100/el.Seconds(), "cores")
+		total += (after[n] - before[n]) / 100
+	}
+	b.add(sec, "CPU, all processes", total/el.Seconds(), "cores")
+	if n > 0 {
+		b.add(sec, "CPU per verify, all processes", total/float64(n)*1e6, "µs")
+	}
 }
 
 func rssKB(pid int) float64 {

@@ -89,7 +89,7 @@ type Store struct {
 	bucket string
 	ttls   TTLs
 	now    func() time.Time
-	fl     flushes
+	fl     replica
 }
 
 // Open creates the bucket when it is missing and returns the store. An
@@ -121,7 +121,7 @@ func Open(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, n subjects
 	if err != nil {
 		return nil, fmt.Errorf("cache bucket stream: %w", err)
 	}
-	return &Store{nc: nc, js: js, kv: kv, stream: st, bucket: bucket, ttls: ttls, now: time.Now, fl: flushes{records: map[string]flushRecord{}}}, drift
+	return &Store{nc: nc, js: js, kv: kv, stream: st, bucket: bucket, ttls: ttls, now: time.Now, fl: newReplica()}, drift
 }
 
 // ErrNoView is a verdict that does not say whether a recipient or a sender
@@ -427,24 +427,47 @@ func (s *Store) get(ctx context.Context, key string) (verdict.Verdict, bool, err
 // else the domain's catch-all fact, else a domain access fact that covers
 // the senders. CatchAll carries the domain's catch-all fact on a miss.
 func (s *Store) Lookup(ctx context.Context, addr address.Address, purpose verdict.Purpose, senders []string) (wire.LookupReply, error) {
+	return s.LookupAfter(ctx, addr, purpose, senders, 0)
+}
+
+// found is one key's live entry, if any.
+type found struct {
+	v   verdict.Verdict
+	ok  bool
+	err error
+}
+
+// LookupAfter is Lookup for an asker that had applied bucket revision rev
+// (an ingest; 0: unknown). Once this cachekeeper's copy has come that far,
+// the domain facts come from the copy and only the address's own keys are
+// read: the copy then holds every change the asker saw, flushes included.
+func (s *Store) LookupAfter(ctx context.Context, addr address.Address, purpose verdict.Purpose, senders []string, rev uint64) (wire.LookupReply, error) {
 	if len(senders) == 0 {
 		senders = []string{""}
 	}
-	// Every key that may answer is read at once: one round trip to the
-	// bucket instead of one after another (a miss reads them all anyway).
 	keys := make([]string, 0, len(senders)+2)
 	for _, snd := range senders {
 		keys = append(keys, kvkey.Address(addr.Domain, addr.Local, purpose, snd))
 	}
 	keys = append(keys, kvkey.Domain(addr.Domain, purpose, kvkey.FactCatchAll), kvkey.Domain(addr.Domain, purpose, kvkey.FactAccess))
-	type got struct {
-		v   verdict.Verdict
-		ok  bool
-		err error
+	res := make([]found, len(keys))
+	read := keys
+	if m := s.fl.running(); rev > 0 && m != nil && m.Wait(rev, flushWait) {
+		read = keys[:len(senders)]
+		for i, data := range s.fl.heldFacts(keys[len(senders):]...) {
+			if data == nil {
+				continue
+			}
+			if v, ok := s.fresh(keys[len(senders)+i], data); ok {
+				v.Source = verdict.SourceCache
+				res[len(senders)+i] = found{v: v, ok: true}
+			}
+		}
 	}
-	res := make([]got, len(keys))
+	// The keys to read are read at once: one round trip to the bucket
+	// instead of one after another (a miss reads them all anyway).
 	var wg sync.WaitGroup
-	for i, k := range keys[1:] {
+	for i, k := range read[1:] {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -452,7 +475,7 @@ func (s *Store) Lookup(ctx context.Context, addr address.Address, purpose verdic
 			r.v, r.ok, r.err = s.get(ctx, k)
 		}()
 	}
-	res[0].v, res[0].ok, res[0].err = s.get(ctx, keys[0])
+	res[0].v, res[0].ok, res[0].err = s.get(ctx, read[0])
 	wg.Wait()
 	for _, r := range res {
 		if r.err != nil {

@@ -123,30 +123,48 @@ func TestStoreAndLookup(t *testing.T) {
 	}
 }
 
+// Domain facts answer for their addresses, read from the bucket or (for an
+// asker that says which revision it had seen) from the cachekeeper's copy.
 func TestDomainFacts(t *testing.T) {
+	for _, mode := range []string{"bucket", "copy"} {
+		t.Run(mode, func(t *testing.T) { testDomainFacts(t, mode) })
+	}
+}
+
+func testDomainFacts(t *testing.T, mode string) {
 	s := open(t, DefaultTTLs)
+	look := func(a string, senders ...string) wire.LookupReply {
+		t.Helper()
+		if mode == "bucket" {
+			return lookup(t, s, a, senders...)
+		}
+		return lookupAfter(t, s, lastRev(t, s), a, senders...)
+	}
+	if mode == "copy" {
+		watching(t, s)
+	}
 	now := time.Now()
 	put(t, s, domainFact("catchall.example", kvkey.FactCatchAll, verdict.CatchAll, "random_accepted", now), Written)
-	r := lookup(t, s, "anyone@catchall.example")
+	r := look("anyone@catchall.example")
 	if !r.Hit || r.Verdict.Status != verdict.CatchAll || r.Verdict.Address != "anyone@catchall.example" || r.Verdict.Kind != verdict.KindAddress {
 		t.Fatalf("catch-all: %+v", r)
 	}
 	put(t, s, domainFact("strict.example", kvkey.FactCatchAll, verdict.NotCatchAll, "random_refused", now), Written)
-	r = lookup(t, s, "x@strict.example")
+	r = look("x@strict.example")
 	if r.Hit || r.CatchAll == nil || r.CatchAll.Status != verdict.NotCatchAll {
 		t.Fatalf("not catch-all should be a miss carrying the fact: %+v", r)
 	}
 	// Banner refusal covers every sender; a refused null sender does not
 	// cover a fallback sender still to be tried.
 	put(t, s, domainFact("blocked.example", kvkey.FactAccess, verdict.Unverifiable, "refused_at_banner", now), Written)
-	if r := lookup(t, s, "x@blocked.example", "", "verify@gw.test"); !r.Hit || r.Verdict.Status != verdict.Unverifiable {
+	if r := look("x@blocked.example", "", "verify@gw.test"); !r.Hit || r.Verdict.Status != verdict.Unverifiable {
 		t.Fatalf("banner refusal: %+v", r)
 	}
 	put(t, s, domainFact("nonull.example", kvkey.FactAccess, verdict.Unverifiable, verdict.ReasonNullSenderRejected, now), Written)
-	if r := lookup(t, s, "x@nonull.example"); !r.Hit {
+	if r := look("x@nonull.example"); !r.Hit {
 		t.Fatal("null sender refused, no fallback: should be a hit")
 	}
-	if r := lookup(t, s, "x@nonull.example", "", "verify@gw.test"); r.Hit {
+	if r := look("x@nonull.example", "", "verify@gw.test"); r.Hit {
 		t.Fatal("null sender refused must not stop the fallback sender")
 	}
 	// An address's own entry wins over domain facts, with the sender it was
@@ -154,11 +172,98 @@ func TestDomainFacts(t *testing.T) {
 	v := addrVerdict("x@nonull.example", verdict.Valid, 250, now)
 	v.Sender = "verify@gw.test"
 	put(t, s, v, Written)
-	if r := lookup(t, s, "x@nonull.example", "", "verify@gw.test"); !r.Hit || r.Verdict.Status != verdict.Valid {
+	if r := look("x@nonull.example", "", "verify@gw.test"); !r.Hit || r.Verdict.Status != verdict.Valid {
 		t.Fatalf("fallback sender entry: %+v", r)
 	}
-	if r := lookup(t, s, "x@nonull.example"); r.Verdict == nil || r.Verdict.Status != verdict.Unverifiable {
+	if r := look("x@nonull.example"); r.Verdict == nil || r.Verdict.Status != verdict.Unverifiable {
 		t.Fatalf("null-sender lookup must not see the fallback sender's entry: %+v", r)
+	}
+}
+
+// lastRev is the bucket's last revision.
+func lastRev(t *testing.T, s *Store) uint64 {
+	t.Helper()
+	info, err := s.stream.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.LastSeq
+}
+
+func lookupAfter(t *testing.T, s *Store, rev uint64, a string, senders ...string) wire.LookupReply {
+	t.Helper()
+	p, err := address.Parse(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.LookupAfter(context.Background(), p, verdict.Recipient, senders, rev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// The copy answers domain facts only for an asker whose revision it has
+// reached, follows flushes of them (a purge leaves no change of the key
+// in the bucket: the flush record stands for it), and loads what was
+// stored before its watch started. A fact purged from the bucket behind
+// the copy's back shows where an answer came from.
+func TestLookupFromCopy(t *testing.T) {
+	s := open(t, DefaultTTLs)
+	ctx := context.Background()
+	now := time.Now()
+	put(t, s, domainFact("early.example", kvkey.FactCatchAll, verdict.CatchAll, "random_accepted", now), Written)
+	watching(t, s) // loads early.example's fact
+	put(t, s, domainFact("late.example", kvkey.FactCatchAll, verdict.CatchAll, "random_accepted", now), Written)
+	rev := lastRev(t, s)
+	for _, d := range []string{"early.example", "late.example"} {
+		if _, err := s.purge(ctx, "$KV."+s.bucket+"."+kvkey.Domain(d, verdict.Recipient, kvkey.FactCatchAll)); err != nil {
+			t.Fatal(err)
+		}
+		if r := lookupAfter(t, s, rev, "x@"+d); !r.Hit || r.Verdict.Status != verdict.CatchAll {
+			t.Fatalf("%s from the copy: %+v", d, r)
+		}
+		if r := lookup(t, s, "x@"+d); r.Hit {
+			t.Fatalf("%s from the bucket, where it was purged: %+v", d, r)
+		}
+	}
+	// A copy behind the asker's revision is not used: the bucket answers
+	// (after a short wait for the copy).
+	mark := &revision.Mark{}
+	mark.Set(rev)
+	s.fl.mu.Lock()
+	running := s.fl.mark
+	s.fl.mark = mark
+	s.fl.mu.Unlock()
+	if r := lookupAfter(t, s, rev+1, "x@late.example"); r.Hit {
+		t.Fatalf("a copy behind the asker answered: %+v", r)
+	}
+	s.fl.mu.Lock()
+	s.fl.mark = running
+	s.fl.mu.Unlock()
+	// A flush of the domain drops the fact from the copy; a fact stored
+	// after the flush is served.
+	put(t, s, domainFact("flushed.example", kvkey.FactCatchAll, verdict.CatchAll, "random_accepted", now), Written)
+	_, frev, err := s.Flush(ctx, wire.FlushCommand{Scope: wire.ScopeDomain, Domain: "flushed.example"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := lookupAfter(t, s, frev, "x@flushed.example"); r.Hit {
+		t.Fatalf("a flushed fact from the copy: %+v", r)
+	}
+	put(t, s, domainFact("flushed.example", kvkey.FactCatchAll, verdict.NotCatchAll, "random_refused", time.Now().Add(time.Millisecond)), Written)
+	if r := lookupAfter(t, s, lastRev(t, s), "x@flushed.example"); r.CatchAll == nil || r.CatchAll.Status != verdict.NotCatchAll {
+		t.Fatalf("a fact stored after the flush: %+v", r)
+	}
+	// A full flush drops every fact stored before it.
+	_, frev, err = s.Flush(ctx, wire.FlushCommand{Scope: wire.ScopeAll})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"early.example", "late.example", "flushed.example"} {
+		if r := lookupAfter(t, s, frev, "x@"+d); r.Hit || r.CatchAll != nil {
+			t.Fatalf("%s after a full flush: %+v", d, r)
+		}
 	}
 }
 
@@ -481,7 +586,7 @@ func TestPutWaitsForTheCopy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.fl.merge(e.Key(), e.Value())
+	s.fl.merge(e.Key(), e.Value(), e.Revision())
 	mark.Set(seq + 1)
 	if r := <-done; r.err != nil || r.out != Flushed {
 		t.Fatalf("Put = %s, %v; want %s", r.out, r.err, Flushed)

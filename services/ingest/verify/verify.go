@@ -331,9 +331,11 @@ func (s *Service) reply(ctx context.Context, req wire.VerifyRequest, purpose ver
 	el := time.Since(start)
 	s.m.requests.WithLabelValues(string(d.Action), string(v.Source)).Inc()
 	s.m.latency.Observe(el.Seconds())
-	// Cache-hit accepts are the bulk at high rates; they log at debug.
+	// Answers from the cache are the bulk at high rates and repeat what
+	// was logged when the verdict was made (the MTA logs its own rejects):
+	// they log at debug.
 	level := slog.LevelInfo
-	if d.Action == verdict.Accept && v.Source == verdict.SourceCache {
+	if v.Source == verdict.SourceCache {
 		level = slog.LevelDebug
 	}
 	if s.log.Enabled(ctx, level) { // the arguments cost allocations: none when the line is off
@@ -463,7 +465,7 @@ func (s *Service) remote(ctx context.Context, req wire.VerifyRequest, purpose ve
 		return s.traced(ctx, a, newJob(a, purpose, pol), transcript), dpol
 	}
 	rev := s.near.Revision()
-	look, err := s.lookup(ctx, a, purpose, senders)
+	look, err := s.lookup(ctx, a, purpose, senders, rev)
 	if err != nil {
 		s.log.Warn("cache lookup failed; treating as a miss", "address", a.String(), "err", err)
 	}
@@ -604,8 +606,10 @@ func (s *Service) answerSync(m *nats.Msg) {
 	_ = m.Respond([]byte(strconv.FormatBool(ok)))
 }
 
-func (s *Service) lookup(ctx context.Context, a address.Address, purpose verdict.Purpose, senders []string) (wire.LookupReply, error) {
-	b, err := wire.Encode(&wire.LookupRequest{Address: a.String(), Purpose: purpose, Senders: senders})
+// lookup asks the cache; rev is the bucket revision this ingest had applied
+// (see wire.LookupRequest).
+func (s *Service) lookup(ctx context.Context, a address.Address, purpose verdict.Purpose, senders []string, rev uint64) (wire.LookupReply, error) {
+	b, err := wire.Encode(&wire.LookupRequest{Address: a.String(), Purpose: purpose, Senders: senders, Rev: rev})
 	if err != nil {
 		return wire.LookupReply{}, err
 	}
@@ -774,7 +778,7 @@ func (s *Service) passed(ctx context.Context, subject string, job wire.ProbeJob)
 		return verdict.Verdict{}, false
 	}
 	senders := domains.Policy{Sender: job.Sender, FallbackSender: job.FallbackSender}.Senders()
-	look, err := s.lookup(ctx, a, job.Purpose, senders)
+	look, err := s.lookup(ctx, a, job.Purpose, senders, s.near.Revision())
 	if err == nil && look.Hit {
 		return *look.Verdict, true
 	}

@@ -6,8 +6,9 @@
 //
 // Subjects: <prefix>.lease.conn.<host>.<slot> (MAX_CONNS slots, TTL
 // LEASE_TTL, renewed while the dialogue runs) and
-// <prefix>.lease.rate.<host>.<token> (RATE tokens per second: each lives
-// one second). Taking both costs one round trip: they are asked at once.
+// <prefix>.lease.rate.<host>.<token> (at most 32 tokens, each granting
+// RATE/32 callouts, or one when RATE is below 64, for the second it
+// lives). Taking both costs one round trip: they are asked at once.
 package lease
 
 import (
@@ -44,16 +45,68 @@ type Leases struct {
 	js     jetstream.JetStream
 	names  subjects.Names
 	tokens int           // rate tokens per host
+	grant  int           // callouts one token allows
 	tokTTL time.Duration // life of one token
+	mu     sync.Mutex
+	grants map[string]grant // host -> what is left of the token last taken
 }
+
+// grant is what is left of a rate token this prober took: callouts it may
+// still start before the token's life ends.
+type grant struct {
+	left  int
+	until time.Time
+}
+
+// maxTokens bounds the rate tokens of a host: above it a token grants
+// several callouts, so a fast destination costs a round trip per batch
+// instead of one per callout (and the lease stream holds a few subjects
+// per host, not RATE of them).
+const maxTokens = 32
 
 // New returns leases over the lease stream (streams.LeasesConfig; it must exist).
 func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, n subjects.Names) *Leases {
-	// n tokens that each live ceil(n/rate) seconds allow rate per second on
-	// average and never more than n in any such window.
-	tokens := max(1, int(math.Floor(cfg.Rate)))
-	ttl := time.Duration(math.Ceil(float64(tokens)/cfg.Rate)) * time.Second
-	return &Leases{cfg: cfg, nc: nc, js: js, names: n, tokens: tokens, tokTTL: max(ttl, time.Second)}
+	// n tokens of g callouts that each live ceil(n*g/rate) seconds allow
+	// rate per second on average and never more than n*g in any such
+	// window. g = rate/32 (rounded down) keeps n*g within 3% of rate.
+	g := max(1, int(math.Floor(cfg.Rate/maxTokens)))
+	tokens := max(1, int(math.Floor(cfg.Rate/float64(g))))
+	ttl := time.Duration(math.Ceil(float64(tokens*g)/cfg.Rate)) * time.Second
+	return &Leases{cfg: cfg, nc: nc, js: js, names: n, tokens: tokens, grant: g, tokTTL: max(ttl, time.Second), grants: map[string]grant{}}
+}
+
+// spend starts one callout on what is left of host's last token, if any.
+func (l *Leases) spend(host string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	g, ok := l.grants[host]
+	if !ok || g.left == 0 || !time.Now().Before(g.until) {
+		delete(l.grants, host)
+		return false
+	}
+	g.left--
+	l.grants[host] = g
+	return true
+}
+
+// rate takes a rate token of host (or starts on what is left of the last
+// one): ErrBusy when the host is at its rate.
+func (l *Leases) rate(ctx context.Context, host string) error {
+	if l.spend(host) {
+		return nil
+	}
+	// The token's life is counted from before it is asked: the server's
+	// starts later, so no grant outlives its token.
+	start := time.Now()
+	if _, _, err := l.take(ctx, "rate", kvkey.Token(host), l.tokens, l.tokTTL); err != nil {
+		return err
+	}
+	if l.grant > 1 {
+		l.mu.Lock()
+		l.grants[host] = grant{left: l.grant - 1, until: start.Add(l.tokTTL)}
+		l.mu.Unlock()
+	}
+	return nil
 }
 
 // ErrBusy means every slot or token of the host is taken now.
@@ -77,7 +130,7 @@ func (l *Leases) TryAcquire(ctx context.Context, host string) (release func(), e
 	}()
 	go func() {
 		defer wg.Done()
-		_, _, rateErr = l.take(ctx, "rate", tok, l.tokens, l.tokTTL)
+		rateErr = l.rate(ctx, host)
 	}()
 	wg.Wait()
 	if connErr != nil || rateErr != nil {
@@ -121,8 +174,7 @@ func (l *Leases) TryAcquire(ctx context.Context, host string) (release func(), e
 func (l *Leases) TryRate(ctx context.Context, host string) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	_, _, err := l.take(ctx, "rate", kvkey.Token(host), l.tokens, l.tokTTL)
-	return err
+	return l.rate(ctx, host)
 }
 
 // Want asks every prober keeping an idle connection to host to close one

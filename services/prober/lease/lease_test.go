@@ -107,6 +107,47 @@ func TestRateTokens(t *testing.T) {
 	}
 }
 
+// Above 64 a second a rate token grants a batch of callouts (RATE/32 here:
+// 20 for 640), spent locally: two probers together start RATE callouts in
+// a burst with 32 round trips, and the next one is refused.
+func TestRateGrants(t *testing.T) {
+	ns := natstest.Start(t)
+	cfg := Config{MaxConns: 1, Rate: 640, TTL: 10 * time.Second}
+	a, b := leases(t, ns, cfg), leases(t, ns, cfg)
+	if a.tokens != 32 || a.grant != 20 || a.tokTTL != time.Second {
+		t.Fatalf("%d tokens of %d for %v, want 32 of 20 for 1s", a.tokens, a.grant, a.tokTTL)
+	}
+	ctx := context.Background()
+	start := time.Now()
+	taken := 0
+	for _, l := range []*Leases{a, b} {
+		for {
+			err := l.TryRate(ctx, "fast.example:25")
+			if errors.Is(err, ErrBusy) {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			taken++
+		}
+	}
+	// The batch is spent from the token's start: it ends with the token.
+	a.mu.Lock()
+	a.grants["fast.example:25"] = grant{left: 5, until: time.Now().Add(-time.Millisecond)}
+	a.mu.Unlock()
+	late := a.TryRate(ctx, "fast.example:25")
+	if el := time.Since(start); el >= 900*time.Millisecond {
+		t.Skipf("the burst took %v: tokens may have expired within it, nothing to count", el)
+	}
+	if taken != 640 {
+		t.Fatalf("%d starts in a burst, rate 640", taken)
+	}
+	if !errors.Is(late, ErrBusy) {
+		t.Fatalf("a grant past its token's life was spent: %v", late)
+	}
+}
+
 // A prober waiting for a host's slot is heard by the others, not by
 // itself; the ask is no lease (the lease stream does not keep it); a rate
 // token alone counts against RATE like one taken with a slot.

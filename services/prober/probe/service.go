@@ -384,7 +384,10 @@ func (s *Service) finish(ctx context.Context, msg jetstream.Msg, addr address.Ad
 		s.requeue(msg, err)
 		return
 	}
-	if err := msg.DoubleAck(pctx); err != nil {
+	// A plain ack: if it is lost, the job comes back after AckWait and is
+	// called out again, which costs one callout; waiting for the server to
+	// confirm every ack would cost a round trip on every job.
+	if err := msg.Ack(); err != nil {
 		s.log.Warn("job ack failed; it will be redelivered", "subject", msg.Subject(), "err", err)
 	}
 	s.m.jobs.WithLabelValues(outcome).Inc()
