@@ -1,84 +1,72 @@
 package wire
 
 import (
+	"encoding/binary"
+	"time"
+
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/callout-mail/callout/shared/verdict"
 )
 
-// EncodeMsgpack writes a verify reply without reflection: it is encoded
-// for every request, and cache hits are most of them. The bytes are those
-// of the struct tags' encoding (same keys, order and omissions), which
-// TestFastReplyEncoding checks.
+// EncodeMsgpack writes a verify reply without reflection (see
+// AppendMsgpack).
 func (m *VerifyReply) EncodeMsgpack(enc *msgpack.Encoder) error {
+	b, err := m.AppendMsgpack(nil)
+	if err != nil {
+		return err
+	}
+	_, err = enc.Writer().Write(b)
+	return err
+}
+
+// AppendMsgpack appends the reply's msgpack encoding to dst: it is encoded
+// for every request, and cache hits are most of them, so it is written
+// byte by byte instead of through reflection and an encoder. The bytes are
+// those of the struct tags' encoding (same keys, order, omissions and
+// number and time forms), which TestFastReplyEncoding checks.
+func (m *VerifyReply) AppendMsgpack(dst []byte) ([]byte, error) {
 	n := 2
 	for _, present := range []bool{m.Verdict != nil, m.Error != "", m.Would != nil, m.WouldReject, len(m.Transcript) > 0} {
 		if present {
 			n++
 		}
 	}
-	if err := enc.EncodeMapLen(n); err != nil {
-		return err
-	}
-	w := fields{enc: enc}
-	w.int("v", int64(m.V))
-	w.key("decision")
-	w.decision(&m.Decision)
+	b := appendMapLen(dst, n)
+	b = appendInt(appendStr(b, "v"), int64(m.V))
+	b = appendDecision(appendStr(b, "decision"), &m.Decision)
 	if m.Verdict != nil {
-		w.key("verdict")
-		w.verdict(m.Verdict)
+		b = appendVerdict(appendStr(b, "verdict"), m.Verdict)
 	}
 	if m.Error != "" {
-		w.str("error", m.Error)
+		b = appendStr(appendStr(b, "error"), m.Error)
 	}
 	if m.Would != nil {
-		w.key("would")
-		w.decision(m.Would)
+		b = appendDecision(appendStr(b, "would"), m.Would)
 	}
 	if m.WouldReject {
-		w.key("would_reject")
-		w.setErr(enc.EncodeBool(true))
+		b = append(appendStr(b, "would_reject"), 0xc3)
 	}
 	if len(m.Transcript) > 0 {
-		w.key("transcript")
-		w.setErr(enc.Encode(m.Transcript)) // traced replies only: rare
+		// Traced replies only: rare.
+		t, err := msgpack.Marshal(m.Transcript)
+		if err != nil {
+			return dst, err
+		}
+		b = append(appendStr(b, "transcript"), t...)
 	}
-	return w.err
+	return b, nil
 }
 
-// fields writes map entries, keeping the first error.
-type fields struct {
-	enc *msgpack.Encoder
-	err error
+func appendDecision(b []byte, d *verdict.Decision) []byte {
+	b = appendMapLen(b, 4)
+	b = appendStr(appendStr(b, "action"), string(d.Action))
+	b = appendInt(appendStr(b, "code"), int64(d.Code))
+	b = appendStr(appendStr(b, "enhanced"), d.Enhanced)
+	return appendStr(appendStr(b, "text"), d.Text)
 }
 
-func (w *fields) setErr(err error) {
-	if w.err == nil {
-		w.err = err
-	}
-}
-
-func (w *fields) key(k string) { w.setErr(w.enc.EncodeString(k)) }
-
-func (w *fields) str(k, v string) {
-	w.key(k)
-	w.setErr(w.enc.EncodeString(v))
-}
-
-func (w *fields) int(k string, v int64) {
-	w.key(k)
-	w.setErr(w.enc.EncodeInt(v))
-}
-
-func (w *fields) decision(d *verdict.Decision) {
-	w.setErr(w.enc.EncodeMapLen(4))
-	w.str("action", string(d.Action))
-	w.int("code", int64(d.Code))
-	w.str("enhanced", d.Enhanced)
-	w.str("text", d.Text)
-}
-
-func (w *fields) verdict(v *verdict.Verdict) {
+func appendVerdict(b []byte, v *verdict.Verdict) []byte {
 	n := 5 // kind, domain, status, checked_at, source; then what is set
 	for _, s := range []string{v.Address, string(v.Purpose), v.Sender, v.Fact, v.Reason, v.Enhanced, v.Text, v.Host} {
 		if s != "" {
@@ -91,33 +79,96 @@ func (w *fields) verdict(v *verdict.Verdict) {
 	if !v.ExpiresAt.IsZero() {
 		n++
 	}
-	w.setErr(w.enc.EncodeMapLen(n))
-	w.str("kind", string(v.Kind))
-	w.opt("address", v.Address)
-	w.str("domain", v.Domain)
-	w.opt("purpose", string(v.Purpose))
-	w.opt("sender", v.Sender)
-	w.opt("fact", v.Fact)
-	w.str("status", string(v.Status))
-	w.opt("reason", v.Reason)
+	b = appendMapLen(b, n)
+	b = appendStr(appendStr(b, "kind"), string(v.Kind))
+	b = appendOpt(b, "address", v.Address)
+	b = appendStr(appendStr(b, "domain"), v.Domain)
+	b = appendOpt(b, "purpose", string(v.Purpose))
+	b = appendOpt(b, "sender", v.Sender)
+	b = appendOpt(b, "fact", v.Fact)
+	b = appendStr(appendStr(b, "status"), string(v.Status))
+	b = appendOpt(b, "reason", v.Reason)
 	if v.Code != 0 {
-		w.int("code", int64(v.Code))
+		b = appendInt(appendStr(b, "code"), int64(v.Code))
 	}
-	w.opt("enhanced", v.Enhanced)
-	w.opt("text", v.Text)
-	w.opt("host", v.Host)
-	w.key("checked_at")
-	w.setErr(w.enc.EncodeTime(v.CheckedAt))
+	b = appendOpt(b, "enhanced", v.Enhanced)
+	b = appendOpt(b, "text", v.Text)
+	b = appendOpt(b, "host", v.Host)
+	b = appendTime(appendStr(b, "checked_at"), v.CheckedAt)
 	if !v.ExpiresAt.IsZero() {
-		w.key("expires_at")
-		w.setErr(w.enc.EncodeTime(v.ExpiresAt))
+		b = appendTime(appendStr(b, "expires_at"), v.ExpiresAt)
 	}
-	w.str("source", string(v.Source))
+	return appendStr(appendStr(b, "source"), string(v.Source))
 }
 
-// opt writes an omitempty string.
-func (w *fields) opt(k, v string) {
-	if v != "" {
-		w.str(k, v)
+// appendOpt appends an omitempty string field.
+func appendOpt(b []byte, k, v string) []byte {
+	if v == "" {
+		return b
 	}
+	return appendStr(appendStr(b, k), v)
+}
+
+func appendMapLen(b []byte, n int) []byte {
+	switch {
+	case n < 16:
+		return append(b, 0x80|byte(n))
+	case n <= 0xffff:
+		return binary.BigEndian.AppendUint16(append(b, 0xde), uint16(n))
+	}
+	return binary.BigEndian.AppendUint32(append(b, 0xdf), uint32(n))
+}
+
+func appendStr(b []byte, s string) []byte {
+	switch l := len(s); {
+	case l < 32:
+		b = append(b, 0xa0|byte(l))
+	case l < 256:
+		b = append(b, 0xd9, byte(l))
+	case l <= 0xffff:
+		b = binary.BigEndian.AppendUint16(append(b, 0xda), uint16(l))
+	default:
+		b = binary.BigEndian.AppendUint32(append(b, 0xdb), uint32(l))
+	}
+	return append(b, s...)
+}
+
+// appendInt uses the smallest form, as the encoder's EncodeInt does.
+func appendInt(b []byte, n int64) []byte {
+	switch {
+	case n >= 0 && n <= 0x7f:
+		return append(b, byte(n))
+	case n >= 0 && n <= 0xff:
+		return append(b, 0xcc, byte(n))
+	case n >= 0 && n <= 0xffff:
+		return binary.BigEndian.AppendUint16(append(b, 0xcd), uint16(n))
+	case n >= 0 && n <= 0xffffffff:
+		return binary.BigEndian.AppendUint32(append(b, 0xce), uint32(n))
+	case n >= 0:
+		return binary.BigEndian.AppendUint64(append(b, 0xcf), uint64(n))
+	case n >= -32:
+		return append(b, byte(n))
+	case n >= -128:
+		return append(b, 0xd0, byte(n))
+	case n >= -32768:
+		return binary.BigEndian.AppendUint16(append(b, 0xd1), uint16(n))
+	case n >= -2147483648:
+		return binary.BigEndian.AppendUint32(append(b, 0xd2), uint32(n))
+	}
+	return binary.BigEndian.AppendUint64(append(b, 0xd3), uint64(n))
+}
+
+// appendTime writes the msgpack timestamp extension (type -1) in its
+// 32-, 64- or 96-bit form.
+func appendTime(b []byte, t time.Time) []byte {
+	secs := uint64(t.Unix())
+	if secs>>34 == 0 {
+		data := uint64(t.Nanosecond())<<34 | secs
+		if data&0xffffffff00000000 == 0 {
+			return binary.BigEndian.AppendUint32(append(b, 0xd6, 0xff), uint32(data))
+		}
+		return binary.BigEndian.AppendUint64(append(b, 0xd7, 0xff), data)
+	}
+	b = binary.BigEndian.AppendUint32(append(b, 0xc7, 12, 0xff), uint32(t.Nanosecond()))
+	return binary.BigEndian.AppendUint64(b, secs)
 }

@@ -2,6 +2,7 @@ package wire
 
 import (
 	"bytes"
+	"strings"
 	"testing"
 	"time"
 
@@ -35,6 +36,15 @@ func TestFastReplyEncoding(t *testing.T) {
 		"hit":       {V: Version, Decision: verdict.Decision{Action: verdict.Accept, Code: 250, Enhanced: "2.1.5", Text: "ok"}, Verdict: &verdict.Verdict{Kind: verdict.KindAddress, Address: "a@example.org", Domain: "example.org", Status: verdict.Valid, CheckedAt: now, ExpiresAt: now.Add(96 * time.Hour), Source: verdict.SourceCache}},
 		"full":      {V: Version, Decision: d, Verdict: &full, Error: "x", Would: &d, WouldReject: true, Transcript: []TraceLine{{AtMS: 1.5, Host: "mx:25", Kind: "C", Text: "EHLO"}, {Kind: "*", Text: "note"}}},
 		"no expiry": {V: Version, Decision: d, Verdict: &verdict.Verdict{Kind: verdict.KindAddress, Status: verdict.Malformed, CheckedAt: now, Source: verdict.SourceStatic}},
+		// Every length form of strings, every size of numbers, and the
+		// three forms of timestamps (32-bit: whole seconds; 64-bit; 96-bit:
+		// before 1970 or after 2514).
+		"long texts": {V: Version, Decision: verdict.Decision{Action: verdict.Defer, Code: 451, Text: strings.Repeat("x", 31)},
+			Verdict: &verdict.Verdict{Text: strings.Repeat("t", 32), Host: strings.Repeat("h", 255), Reason: strings.Repeat("r", 256), Enhanced: strings.Repeat("e", 70000),
+				Code: 128, CheckedAt: time.Unix(1700000000, 0), ExpiresAt: time.Date(1960, 1, 1, 0, 0, 0, 5, time.UTC)}},
+		"numbers":  {V: 255, Decision: verdict.Decision{Code: 65535}, Error: "e", Verdict: &verdict.Verdict{Code: 70000, CheckedAt: time.Date(2600, 1, 1, 0, 0, 0, 0, time.UTC)}},
+		"negative": {V: -1, Decision: verdict.Decision{Code: -33}, Verdict: &verdict.Verdict{Code: -200, CheckedAt: now}, Would: &verdict.Decision{Code: -40000}},
+		"huge":     {V: -3000000000, Decision: verdict.Decision{Code: 5000000000}, Verdict: &verdict.Verdict{Code: 127, CheckedAt: now}},
 	} {
 		fast, err := msgpack.Marshal(&rep)
 		if err != nil {
@@ -46,6 +56,10 @@ func TestFastReplyEncoding(t *testing.T) {
 		}
 		if !bytes.Equal(fast, plain) {
 			t.Errorf("%s: hand-written encoding differs from the tags'\n%x\n%x", name, fast, plain)
+		}
+		appended, err := rep.AppendMsgpack([]byte("prefix"))
+		if err != nil || !bytes.Equal(appended, append([]byte("prefix"), plain...)) {
+			t.Errorf("%s: AppendMsgpack differs from the tags' encoding: %v", name, err)
 		}
 		var back VerifyReply
 		if err := msgpack.Unmarshal(fast, &back); err != nil {
@@ -60,10 +74,22 @@ func BenchmarkEncodeHitReply(b *testing.B) {
 	v := verdict.Verdict{Kind: verdict.KindAddress, Address: "alice@example.org", Domain: "example.org", Purpose: verdict.Recipient, Status: verdict.Valid,
 		Reason: "accepted", Code: 250, Enhanced: "2.1.5", CheckedAt: now, ExpiresAt: now.Add(time.Hour), Source: verdict.SourceCache}
 	rep := VerifyReply{Decision: verdict.Decision{Action: verdict.Accept, Code: 250, Enhanced: "2.1.5", Text: "<alice@example.org>: Recipient OK"}, Verdict: &v}
-	b.ReportAllocs()
-	for i := 0; i < b.N; i++ {
-		if _, err := Encode(&rep); err != nil {
-			b.Fatal(err)
+	b.Run("Encode", func(b *testing.B) {
+		b.ReportAllocs()
+		for i := 0; i < b.N; i++ {
+			if _, err := Encode(&rep); err != nil {
+				b.Fatal(err)
+			}
 		}
-	}
+	})
+	b.Run("AppendMsgpack", func(b *testing.B) {
+		b.ReportAllocs()
+		var buf []byte
+		for i := 0; i < b.N; i++ {
+			var err error
+			if buf, err = rep.AppendMsgpack(buf[:0]); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

@@ -212,6 +212,9 @@ func start(bin string) (*bench, func(), error) {
 	profile := os.Getenv("CALLOUT_BENCH_PROFILE")
 	var profiles []string
 	args := []string{"-c", conf, "-p", strconv.Itoa(port), "-m", strconv.Itoa(freePort())}
+	if os.Getenv("CALLOUT_BENCH_NATS_TRACE") != "" {
+		args = append(args, "-DV") // every protocol message with its time, in nats-server.log
+	}
 	if profile != "" {
 		pp := freePort()
 		args = append(args, "--profile", strconv.Itoa(pp))

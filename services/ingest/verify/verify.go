@@ -233,7 +233,8 @@ func (s *Service) fast(r *microasync.Request) bool {
 	purpose := purposeOf(req)
 	v, pol, m := s.local(req, purpose)
 	if m != nil {
-		r.State = &req
+		// The worker goes on from here rather than starting over.
+		r.State = &pending{req: req, purpose: purpose, v: v, pol: pol, m: m}
 		return false
 	}
 	rep := s.reply(context.Background(), req, purpose, r.Arrived(), v, pol, nil)
@@ -241,16 +242,27 @@ func (s *Service) fast(r *microasync.Request) bool {
 	return true
 }
 
+// pending is a request fast found no answer for in memory, with what it
+// learnt: the worker asks the cache (and the destination) from there.
+type pending struct {
+	req     wire.VerifyRequest
+	purpose verdict.Purpose
+	v       verdict.Verdict
+	pol     verdict.Policy
+	m       *miss
+}
+
 func (s *Service) serve(ctx context.Context, r *microasync.Request, trace bool) {
-	req, ok := r.State.(*wire.VerifyRequest)
-	if !ok {
-		d, ok := s.decode(r, trace)
+	var rep wire.VerifyReply
+	if p, ok := r.State.(*pending); ok {
+		rep = s.answer(ctx, p.req, p.purpose, r.Arrived(), p.v, p.pol, p.m)
+	} else {
+		req, ok := s.decode(r, trace)
 		if !ok {
 			return
 		}
-		req = &d
+		rep = s.verify(ctx, req, r.Arrived())
 	}
-	rep := s.verify(ctx, *req, r.Arrived())
 	s.respond(r, &rep)
 }
 
@@ -284,11 +296,17 @@ func (s *Service) Verify(ctx context.Context, req wire.VerifyRequest) wire.Verif
 // arrival.
 func (s *Service) verify(ctx context.Context, req wire.VerifyRequest, start time.Time) wire.VerifyReply {
 	purpose := purposeOf(req)
+	v, pol, m := s.local(req, purpose)
+	return s.answer(ctx, req, purpose, start, v, pol, m)
+}
+
+// answer goes on from local's result: a miss (m) is asked of the cache and
+// the destination before its deadline.
+func (s *Service) answer(ctx context.Context, req wire.VerifyRequest, purpose verdict.Purpose, start time.Time, v verdict.Verdict, pol verdict.Policy, m *miss) wire.VerifyReply {
 	var transcript []wire.TraceLine
 	if req.Trace {
 		transcript = []wire.TraceLine{}
 	}
-	v, pol, m := s.local(req, purpose)
 	if m != nil {
 		timeout := s.cfg.Timeout
 		if req.TimeoutMS > 0 {
