@@ -449,7 +449,11 @@ func (b *bench) cacheHit() error {
 	payload, _ := wire.Encode(&wire.VerifyRequest{Address: addrs[0]})
 	for _, c := range []int{1, 16, 64} {
 		conns := clients(b.url, min(c, 8))
+		profiled := b.profile(fmt.Sprintf("hit%d", c), 2*time.Second)
+		cpu0 := b.cpuTicks()
+		var n atomic.Int64
 		rate, lat, err := load(c, 3*time.Second, func(w, i int) error {
+			n.Add(1)
 			data, _ := wire.Encode(&wire.VerifyRequest{Address: addrs[(w*7919+i)%len(addrs)]})
 			m, err := conns[w%len(conns)].Request(b.names.Verify(), data, 10*time.Second)
 			if err != nil {
@@ -461,6 +465,8 @@ func (b *bench) cacheHit() error {
 			}
 			return nil
 		})
+		cpu1 := b.cpuTicks()
+		profiled()
 		if err != nil {
 			return err
 		}
@@ -482,6 +488,14 @@ func (b *bench) cacheHit() error {
 		b.add(sec, p+"echo p50", ms(elat.pct(50)), "ms")
 		b.add(sec, p+"echo p99", ms(elat.pct(99)), "ms")
 		b.add(sec, p+"verify/echo rate ratio", rate/erate, "")
+		if k := float64(n.Load()); k > 0 {
+			all := 0.0
+			for name := range cpu1 {
+				all += cpu1[name] - cpu0[name]
+			}
+			b.add(sec, p+"CPU per verify, all processes", all/100/k*1e6, "µs")
+			b.add(sec, p+"CPU per verify, ingest", (cpu1["ingest"]-cpu0["ingest"])/100/k*1e6, "µs")
+		}
 	}
 	return b.flushAll()
 }

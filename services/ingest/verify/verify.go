@@ -429,7 +429,8 @@ func (s *Service) local(req wire.VerifyRequest, purpose verdict.Purpose) (verdic
 		return v, verdict.Policy{Purpose: purpose}, nil
 	}
 	v := base(a, "")
-	if s.extra[strings.ToLower(a.String())] || s.domains.IsProbeSender(a.String()) {
+	as := v.Address // a.String(), built once
+	if s.extra[strings.ToLower(as)] || s.domains.IsProbeSender(as) {
 		v.Status, v.Reason = verdict.Skipped, ReasonProbeSender
 		return v, verdict.Policy{Purpose: purpose}, nil
 	}
@@ -461,17 +462,16 @@ func (s *Service) local(req wire.VerifyRequest, purpose verdict.Purpose) (verdic
 			return v, dpol, nil
 		}
 	}
-	m := &miss{a: a, pol: pol, dpol: dpol, v: v}
 	if req.Trace {
-		return v, dpol, m
+		return v, dpol, &miss{a: a, pol: pol, dpol: dpol, v: v}
 	}
 	// Without a policy, pol is the zero policy: the null sender only.
-	m.senders = pol.Senders()
-	m.nearKey = nearcache.Key(a.String(), purpose, m.senders)
-	if r, ok := s.near.Get(m.nearKey); ok {
+	senders := pol.Senders()
+	nearKey := nearcache.Key(as, purpose, senders)
+	if r, ok := s.near.Get(nearKey); ok {
 		return *r.Verdict, dpol, nil
 	}
-	return v, dpol, m
+	return v, dpol, &miss{a: a, pol: pol, dpol: dpol, v: v, senders: senders, nearKey: nearKey}
 }
 
 // remote answers a miss: a traced callout (req.Trace, only from
