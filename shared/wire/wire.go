@@ -131,6 +131,10 @@ type LookupRequest struct {
 	// had applied: a cachekeeper whose copy has come that far answers the
 	// domain facts from it. 0: unknown, everything is read from the bucket.
 	Rev uint64 `msgpack:"rev,omitempty"`
+	// Job, when set, is queued by the cachekeeper on a miss (adjusted to
+	// what the cache knows, see Adjust), sparing the asker a round trip
+	// before its callout starts; the reply says how it went.
+	Job *ProbeJob `msgpack:"job,omitempty"`
 }
 
 // LookupReply answers a LookupRequest. Verdict is the answer that applies
@@ -145,6 +149,22 @@ type LookupReply struct {
 	// later sender may still pass (the null sender refused, a fallback
 	// configured): the next callout starts with the fallback.
 	Refused *verdict.Verdict `msgpack:"refused,omitempty"`
+	// For a request with a Job, on a miss: queued, or one for the same
+	// target was pending already, or QueueError says why it was not queued
+	// (then the asker queues it). All unset: the job was not looked at.
+	Queued     bool   `msgpack:"queued,omitempty"`
+	Pending    bool   `msgpack:"pending,omitempty"`
+	QueueError string `msgpack:"queue_error,omitempty"`
+}
+
+// Adjust fits a job to what a lookup's miss knows: a domain known not to
+// be a catch-all skips the random-address check, and a domain known to
+// refuse the first probe sender starts with the fallback sender.
+func (r *LookupReply) Adjust(job *ProbeJob) {
+	job.SkipRandom = r.CatchAll != nil && r.CatchAll.Status == verdict.NotCatchAll
+	if f := r.Refused; f != nil && verdict.SenderSpecific(*f) && f.Sender == job.Sender && job.FallbackSender != "" {
+		job.Sender, job.FallbackSender = job.FallbackSender, ""
+	}
 }
 
 // Flush scopes.

@@ -256,6 +256,8 @@ func (s *Service) lookup(ctx context.Context, r *microasync.Request) {
 	if rep.Hit {
 		kind = string(rep.Verdict.Status)
 		s.maybeRefresh(ctx, a, *rep.Verdict)
+	} else if req.Job != nil {
+		s.queue(lctx, a, purpose, *req.Job, &rep)
 	}
 	s.m.lookups.WithLabelValues(kind).Inc()
 	b, err := wire.Encode(&rep)
@@ -264,6 +266,28 @@ func (s *Service) lookup(ctx context.Context, r *microasync.Request) {
 		return
 	}
 	_ = r.Respond(b)
+}
+
+// queue queues an ingest's job on a miss: its callout starts without
+// waiting for the answer to travel back first. The job is for the address
+// and view looked up, whatever it says; how it went is in the reply.
+func (s *Service) queue(ctx context.Context, a address.Address, purpose verdict.Purpose, job wire.ProbeJob, rep *wire.LookupReply) {
+	job.Address, job.Purpose = a.String(), purpose
+	rep.Adjust(&job)
+	b, err := wire.Encode(&job)
+	if err == nil {
+		_, err = s.js.Publish(ctx, s.names.Probe(kvkey.Target(a.Domain, a.Local, purpose)), b)
+	}
+	outcome := "queued"
+	switch {
+	case err == nil:
+		rep.Queued = true
+	case streams.JobPending(err):
+		rep.Pending, outcome = true, "pending"
+	default:
+		rep.QueueError, outcome = err.Error(), "error"
+	}
+	s.m.queued.WithLabelValues(outcome).Inc()
 }
 
 // maybeRefresh re-probes an old valid entry in the background, at most once

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/callout-mail/callout/services/cachekeeper/cache"
+	"github.com/callout-mail/callout/shared/kvkey"
 	"github.com/callout-mail/callout/shared/natstest"
 	"github.com/callout-mail/callout/shared/streams"
 	"github.com/callout-mail/callout/shared/subjects"
@@ -277,5 +278,75 @@ func TestVerdictMustMatchSubject(t *testing.T) {
 		if lookup(t, nc, a).Hit {
 			t.Errorf("%s stored from a mismatched verdict", a)
 		}
+	}
+}
+
+func ask(t *testing.T, nc *nats.Conn, req wire.LookupRequest) wire.LookupReply {
+	t.Helper()
+	b, _ := wire.Encode(&req)
+	m, err := nc.Request(subjects.New("").CacheLookup(), b, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r wire.LookupReply
+	if err := wire.Decode(m.Data, &r); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// A lookup that brings its job has it queued on a miss, for the address
+// and view looked up (whatever the job says) and fitted to what the cache
+// knows of the domain; a second one finds it pending; a hit queues nothing.
+func TestQueueOnMiss(t *testing.T) {
+	ns := natstest.Start(t)
+	nc := ns.Connect(t)
+	js, _ := jetstream.New(nc)
+	start(t, ns, testConfig())
+	n := subjects.New("")
+	fact := verdict.Verdict{Kind: verdict.KindDomain, Domain: "example.org", Purpose: verdict.Recipient, Fact: "catchall",
+		Status: verdict.NotCatchAll, CheckedAt: time.Now(), Source: verdict.SourceProbe}
+	publishVerdict(t, js, fact)
+	publishVerdict(t, js, valid("known@example.org", "example.org", time.Now()))
+	waitfor.Cond(t, 15*time.Second, func() bool {
+		return lookup(t, nc, "new@example.org").CatchAll != nil && lookup(t, nc, "known@example.org").Hit
+	})
+	jobs, _ := nc.SubscribeSync(n.ProbeAll())
+	_ = nc.Flush()
+	job := &wire.ProbeJob{Address: "someone@else.example", Routed: true, Route: []string{"127.0.0.1:2525"}}
+	r := ask(t, nc, wire.LookupRequest{Address: "new@example.org", Job: job})
+	if r.Hit || !r.Queued || r.Pending || r.QueueError != "" {
+		t.Fatalf("first ask: %+v", r)
+	}
+	m, err := jobs.NextMsg(5 * time.Second)
+	if err != nil {
+		t.Fatal("no job queued")
+	}
+	var got wire.ProbeJob
+	if err := wire.Decode(m.Data, &got); err != nil {
+		t.Fatal(err)
+	}
+	if m.Subject != n.Probe(kvkey.Target("example.org", "new", verdict.Recipient)) || got.Address != "new@example.org" || got.Purpose != verdict.Recipient || !got.SkipRandom || len(got.Route) != 1 {
+		t.Fatalf("queued %s %+v", m.Subject, got)
+	}
+	if r := ask(t, nc, wire.LookupRequest{Address: "new@example.org", Job: job}); !r.Pending || r.Queued {
+		t.Fatalf("second ask: %+v", r)
+	}
+	st, err := js.Stream(context.Background(), n.ProbeStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := st.Info(context.Background()); err != nil || info.State.Msgs != 1 {
+		t.Fatalf("jobs in the stream: %v %v, want 1", info, err)
+	}
+	// A hit publishes nothing (a pending job's refused publish was seen by
+	// the first subscription: this one is new).
+	after, _ := nc.SubscribeSync(n.ProbeAll())
+	_ = nc.Flush()
+	if r := ask(t, nc, wire.LookupRequest{Address: "known@example.org", Job: job}); !r.Hit || r.Queued || r.Pending {
+		t.Fatalf("hit: %+v", r)
+	}
+	if m, err := after.NextMsg(300 * time.Millisecond); err == nil {
+		t.Fatalf("a job for a hit: %s", m.Subject)
 	}
 }

@@ -14,6 +14,7 @@ type metrics struct {
 	flushes   *prometheus.CounterVec
 	removed   prometheus.Counter
 	refreshes prometheus.Counter
+	queued    *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -33,8 +34,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		refreshes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "callout_cache_refreshes_total", Help: "Background re-probes of old valid entries.",
 		}),
+		queued: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "callout_cache_jobs_queued_total", Help: "Ingests' jobs queued on a lookup's miss, by outcome: queued, pending (one for the target was queued already), error (the ingest queues it).",
+		}, []string{"outcome"}),
 	}
-	reg.MustRegister(m.lookups, m.written, m.flushes, m.removed, m.refreshes)
+	reg.MustRegister(m.lookups, m.written, m.flushes, m.removed, m.refreshes, m.queued)
 	return m
 }
 

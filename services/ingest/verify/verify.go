@@ -483,29 +483,71 @@ func (s *Service) remote(ctx context.Context, req wire.VerifyRequest, purpose ve
 		return s.traced(ctx, a, newJob(a, purpose, pol), transcript), dpol
 	}
 	rev := s.near.Revision()
-	look, err := s.lookup(ctx, a, purpose, senders, rev)
-	if err != nil {
-		s.log.Warn("cache lookup failed; treating as a miss", "address", a.String(), "err", err)
-	}
-	if look.Hit {
-		if s.nearOn.Load() {
-			s.near.Put(nearKey, a.Domain, a.Local, purpose, look, rev)
-		}
-		return *look.Verdict, dpol
-	}
 	if purpose == verdict.Recipient && s.brake.Braked(req.ClientAddress) {
+		// No callout for this client now: the cache alone answers.
+		look, err := s.lookup(ctx, a, purpose, senders, rev, nil)
+		if err != nil {
+			s.log.Warn("cache lookup failed; treating as a miss", "address", a.String(), "err", err)
+		}
+		if look.Hit {
+			s.keep(nearKey, a, purpose, look, rev)
+			return *look.Verdict, dpol
+		}
 		s.m.braked.Inc()
 		v.Status, v.Reason = verdict.TempFail, ReasonBraked
 		return v, dpol
 	}
-	job := newJob(a, purpose, pol)
-	job.SkipRandom = look.CatchAll != nil && look.CatchAll.Status == verdict.NotCatchAll
-	if r := look.Refused; r != nil && verdict.SenderSpecific(*r) && r.Sender == pol.Sender && pol.FallbackSender != "" {
-		// The destination is known to refuse the first sender: start with
-		// the fallback instead of asking to be refused again.
-		job.Sender, job.FallbackSender = pol.FallbackSender, ""
+	return s.fetch(ctx, a, purpose, senders, nearKey, rev, newJob(a, purpose, pol)), dpol
+}
+
+// keep puts a cache hit in the near cache.
+func (s *Service) keep(nearKey string, a address.Address, purpose verdict.Purpose, look wire.LookupReply, rev uint64) {
+	if s.nearOn.Load() {
+		s.near.Put(nearKey, a.Domain, a.Local, purpose, look, rev)
 	}
-	return s.await(ctx, a, job), dpol
+}
+
+// fetch answers a miss of the near cache: it joins the flight of a callout
+// for the same target in this ingest, or starts one. A new flight asks the
+// cache with the job attached: on a miss the cachekeeper queues it at once
+// (the callout starts without waiting for the answer to travel back); if it
+// cannot, this ingest queues it. The flight is there before the ask, so a
+// verdict that comes before the answer is not missed, and requests that
+// come meanwhile join it instead of asking again.
+func (s *Service) fetch(ctx context.Context, a address.Address, purpose verdict.Purpose, senders []string, nearKey string, rev uint64, job wire.ProbeJob) verdict.Verdict {
+	// One flight per address and view: a sender check never shares a
+	// recipient check's callout.
+	key := kvkey.Target(a.Domain, a.Local, purpose)
+	s.mu.Lock()
+	f, ok := s.flights[key]
+	if ok {
+		s.mu.Unlock()
+		s.m.coalesced.Inc()
+		return s.wait(ctx, a, f)
+	}
+	f = &flight{done: make(chan struct{}), verdicts: make(chan *nats.Msg, 4)}
+	s.flights[key] = f
+	s.mu.Unlock()
+	look, err := s.lookup(ctx, a, purpose, senders, rev, &job)
+	if err != nil {
+		s.log.Warn("cache lookup failed; treating as a miss", "address", a.String(), "err", err)
+	}
+	subject := s.names.Verdict(kvkey.Address(a.Domain, a.Local, purpose, ""))
+	switch {
+	case look.Hit:
+		s.keep(nearKey, a, purpose, look, rev)
+		f.v = *look.Verdict
+		s.land(key, f)
+	case look.Queued || look.Pending:
+		go s.fly(key, subject, f, job, true, look.Pending)
+	default:
+		if look.QueueError != "" {
+			s.log.Warn("cachekeeper could not queue the job; queueing it here", "address", a.String(), "err", look.QueueError)
+		}
+		look.Adjust(&job)
+		go s.fly(key, subject, f, job, false, false)
+	}
+	return s.wait(ctx, a, f)
 }
 
 // newJob is a callout job for a that carries this ingest's routing
@@ -624,10 +666,10 @@ func (s *Service) answerSync(m *nats.Msg) {
 	_ = m.Respond([]byte(strconv.FormatBool(ok)))
 }
 
-// lookup asks the cache; rev is the bucket revision this ingest had applied
-// (see wire.LookupRequest).
-func (s *Service) lookup(ctx context.Context, a address.Address, purpose verdict.Purpose, senders []string, rev uint64) (wire.LookupReply, error) {
-	b, err := wire.Encode(&wire.LookupRequest{Address: a.String(), Purpose: purpose, Senders: senders, Rev: rev})
+// lookup asks the cache; rev is the bucket revision this ingest had applied,
+// job the job to queue on a miss, if any (see wire.LookupRequest).
+func (s *Service) lookup(ctx context.Context, a address.Address, purpose verdict.Purpose, senders []string, rev uint64, job *wire.ProbeJob) (wire.LookupReply, error) {
+	b, err := wire.Encode(&wire.LookupRequest{Address: a.String(), Purpose: purpose, Senders: senders, Rev: rev, Job: job})
 	if err != nil {
 		return wire.LookupReply{}, err
 	}
@@ -650,22 +692,9 @@ func (s *Service) lookup(ctx context.Context, a address.Address, purpose verdict
 	return r, nil
 }
 
-// await joins or starts the flight for a, and waits for its verdict until
-// ctx ends; then the answer is a tempfail, never a reject.
-func (s *Service) await(ctx context.Context, a address.Address, job wire.ProbeJob) verdict.Verdict {
-	// One flight per address and view: a sender check never shares a
-	// recipient check's callout.
-	key := kvkey.Target(a.Domain, a.Local, job.Purpose)
-	s.mu.Lock()
-	f, ok := s.flights[key]
-	if !ok {
-		f = &flight{done: make(chan struct{}), verdicts: make(chan *nats.Msg, 4)}
-		s.flights[key] = f
-		go s.fly(key, s.names.Verdict(kvkey.Address(a.Domain, a.Local, job.Purpose, "")), f, job)
-	} else {
-		s.m.coalesced.Inc()
-	}
-	s.mu.Unlock()
+// wait waits for the flight's verdict until ctx ends; then the answer is
+// a tempfail, never a reject.
+func (s *Service) wait(ctx context.Context, a address.Address, f *flight) verdict.Verdict {
 	v := base(a, "")
 	select {
 	case <-f.done:
@@ -681,8 +710,17 @@ func (s *Service) await(ctx context.Context, a address.Address, job wire.ProbeJo
 	}
 }
 
-// fly waits on the verdict subject (through onVerdict), queues the job and
-// waits for the verdict at most MaxTimeout.
+// land ends a flight: it leaves the map, and its waiters have its answer.
+func (s *Service) land(key string, f *flight) {
+	s.mu.Lock()
+	delete(s.flights, key)
+	s.mu.Unlock()
+	close(f.done)
+}
+
+// fly queues the job (unless the cachekeeper did: queued, and pending if
+// one was queued already) and waits for the verdict (through onVerdict) at
+// most MaxTimeout.
 //
 // A job already pending is fine: its verdict comes on the same subject,
 // unless it went by before the subscription (the prober publishes, then
@@ -692,13 +730,8 @@ func (s *Service) await(ctx context.Context, a address.Address, job wire.ProbeJo
 // gets the verdict or its own job is queued: a verdict that was neither
 // kept nor stored (a tempfail) then costs a new callout, never a wait to
 // the deadline.
-func (s *Service) fly(key, verdictSubject string, f *flight, job wire.ProbeJob) {
-	defer func() {
-		s.mu.Lock()
-		delete(s.flights, key)
-		s.mu.Unlock()
-		close(f.done)
-	}()
+func (s *Service) fly(key, verdictSubject string, f *flight, job wire.ProbeJob, queued, pending bool) {
+	defer s.land(key, f)
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.MaxTimeout)
 	defer cancel()
 	b, err := wire.Encode(&job)
@@ -706,10 +739,11 @@ func (s *Service) fly(key, verdictSubject string, f *flight, job wire.ProbeJob) 
 		f.err = err
 		return
 	}
-	pending, err := s.queue(ctx, key, b)
-	if err != nil {
-		f.err = err
-		return
+	if !queued {
+		if pending, err = s.queue(ctx, key, b); err != nil {
+			f.err = err
+			return
+		}
 	}
 	var retry <-chan time.Time
 	if pending {
@@ -796,7 +830,7 @@ func (s *Service) passed(ctx context.Context, subject string, job wire.ProbeJob)
 		return verdict.Verdict{}, false
 	}
 	senders := domains.Policy{Sender: job.Sender, FallbackSender: job.FallbackSender}.Senders()
-	look, err := s.lookup(ctx, a, job.Purpose, senders, s.near.Revision())
+	look, err := s.lookup(ctx, a, job.Purpose, senders, s.near.Revision(), nil)
 	if err == nil && look.Hit {
 		return *look.Verdict, true
 	}
