@@ -101,13 +101,24 @@ func (p *Proc) Kill() {
 
 // FreePort returns a loopback TCP port that was free a moment ago.
 func FreePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+	for {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		p := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		// The kernel may hand a port it just gave out, and closed, to the
+		// next caller too: two "free" ports picked in a row (say a
+		// destination and a dead one) would then be the same.
+		if _, dup := handedOut.LoadOrStore(p, true); !dup {
+			return p, nil
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
 }
+
+// handedOut holds every port FreePort returned in this process.
+var handedOut sync.Map
 
 // WaitNATS waits until a client can connect to url (with opts).
 func WaitNATS(ctx context.Context, url string, opts ...nats.Option) error {
