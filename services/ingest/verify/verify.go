@@ -485,12 +485,7 @@ func (s *Service) remote(ctx context.Context, req wire.VerifyRequest, purpose ve
 	rev := s.near.Revision()
 	if purpose == verdict.Recipient && s.brake.Braked(req.ClientAddress) {
 		// No callout for this client now: the cache alone answers.
-		look, err := s.lookup(ctx, a, purpose, senders, rev, nil)
-		if err != nil {
-			s.log.Warn("cache lookup failed; treating as a miss", "address", a.String(), "err", err)
-		}
-		if look.Hit {
-			s.keep(nearKey, a, purpose, look, rev)
+		if look := s.ask(ctx, a, purpose, senders, nearKey, rev, nil); look.Hit {
 			return *look.Verdict, dpol
 		}
 		s.m.braked.Inc()
@@ -500,11 +495,17 @@ func (s *Service) remote(ctx context.Context, req wire.VerifyRequest, purpose ve
 	return s.fetch(ctx, a, purpose, senders, nearKey, rev, newJob(a, purpose, pol)), dpol
 }
 
-// keep puts a cache hit in the near cache.
-func (s *Service) keep(nearKey string, a address.Address, purpose verdict.Purpose, look wire.LookupReply, rev uint64) {
-	if s.nearOn.Load() {
+// ask asks the cache (with the job to queue on a miss, if any); a failure
+// to ask is logged and answers as a miss, a hit is kept in the near cache.
+func (s *Service) ask(ctx context.Context, a address.Address, purpose verdict.Purpose, senders []string, nearKey string, rev uint64, job *wire.ProbeJob) wire.LookupReply {
+	look, err := s.lookup(ctx, a, purpose, senders, rev, job)
+	if err != nil {
+		s.log.Warn("cache lookup failed; treating as a miss", "address", a.String(), "err", err)
+	}
+	if look.Hit && s.nearOn.Load() {
 		s.near.Put(nearKey, a.Domain, a.Local, purpose, look, rev)
 	}
+	return look
 }
 
 // fetch answers a miss of the near cache: it joins the flight of a callout
@@ -528,14 +529,10 @@ func (s *Service) fetch(ctx context.Context, a address.Address, purpose verdict.
 	f = &flight{done: make(chan struct{}), verdicts: make(chan *nats.Msg, 4)}
 	s.flights[key] = f
 	s.mu.Unlock()
-	look, err := s.lookup(ctx, a, purpose, senders, rev, &job)
-	if err != nil {
-		s.log.Warn("cache lookup failed; treating as a miss", "address", a.String(), "err", err)
-	}
+	look := s.ask(ctx, a, purpose, senders, nearKey, rev, &job)
 	subject := s.names.Verdict(kvkey.Address(a.Domain, a.Local, purpose, ""))
 	switch {
 	case look.Hit:
-		s.keep(nearKey, a, purpose, look, rev)
 		f.v = *look.Verdict
 		s.land(key, f)
 	case look.Queued || look.Pending:
