@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callout-mail/callout/shared/address"
+	"github.com/callout-mail/callout/shared/cachecopy"
 	"github.com/callout-mail/callout/shared/kvkey"
 	"github.com/callout-mail/callout/shared/streams"
 	"github.com/callout-mail/callout/shared/subjects"
@@ -89,7 +90,7 @@ type Store struct {
 	bucket string
 	ttls   TTLs
 	now    func() time.Time
-	fl     replica
+	fl     *cachecopy.Copy
 }
 
 // Open creates the bucket when it is missing and returns the store. An
@@ -121,7 +122,7 @@ func Open(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, n subjects
 	if err != nil {
 		return nil, fmt.Errorf("cache bucket stream: %w", err)
 	}
-	return &Store{nc: nc, js: js, kv: kv, stream: st, bucket: bucket, ttls: ttls, now: time.Now, fl: newReplica()}, drift
+	return &Store{nc: nc, js: js, kv: kv, stream: st, bucket: bucket, ttls: ttls, now: time.Now, fl: cachecopy.New(0)}, drift
 }
 
 // ErrNoView is a verdict that does not say whether a recipient or a sender
@@ -259,8 +260,8 @@ func (s *Store) Put(ctx context.Context, v verdict.Verdict) (Outcome, error) {
 func (s *Store) afterWrite(ctx context.Context, v verdict.Verdict, key string, seq uint64) (Outcome, error) {
 	var flushed bool
 	var err error
-	if m := s.fl.running(); m != nil && m.Wait(seq, flushWait) {
-		flushed = s.fl.covers(v) // every record before the write is in the copy
+	if m := s.fl.Running(); m != nil && m.Wait(seq, flushWait) {
+		flushed = s.fl.Covers(v) // every record before the write is in the copy
 	} else {
 		flushed, err = s.readFlushed(ctx, v)
 	}
@@ -276,82 +277,40 @@ func (s *Store) afterWrite(ctx context.Context, v verdict.Verdict, key string, s
 	return Flushed, nil
 }
 
-// flushRecord is when a scope was last flushed, per status filter. It is
-// JSON, readable with `nats kv get`.
-type flushRecord struct {
-	Any     time.Time `json:"any,omitzero"`
-	Valid   time.Time `json:"valid,omitzero"`
-	Invalid time.Time `json:"invalid,omitzero"`
-}
-
-func (r *flushRecord) slot(only verdict.Status) *time.Time {
-	switch only {
-	case verdict.Valid:
-		return &r.Valid
-	case verdict.Invalid:
-		return &r.Invalid
-	}
-	return &r.Any
-}
-
-// covers reports whether a flush recorded in r removes v: one of v's
-// status (address verdicts), or of everything, at or after v's callout
-// started.
-func (r flushRecord) covers(v verdict.Verdict) bool {
-	at := r.Any
-	if v.Kind == verdict.KindAddress && (v.Status == verdict.Valid || v.Status == verdict.Invalid) {
-		if t := *r.slot(v.Status); t.After(at) {
-			at = t
-		}
-	}
-	return !at.IsZero() && !v.CheckedAt.After(at)
-}
-
-// flushRecords are the keys of the records whose flushes cover v.
-func flushRecords(v verdict.Verdict) []string {
-	keys := []string{kvkey.FlushAll, kvkey.FlushDomain(v.Domain)}
-	if v.Kind == verdict.KindAddress {
-		if a, err := address.Parse(v.Address); err == nil {
-			keys = append(keys, kvkey.FlushAddress(a.Domain, a.Local))
-		}
-	}
-	return keys
-}
-
 // flushedSince reports whether a flush of v's scope came after its callout
 // started, as far as this cachekeeper knows now: its copy of the records,
 // or the bucket while the copy is not kept. (Only afterWrite's answer
 // decides; this one spares a write.)
 func (s *Store) flushedSince(ctx context.Context, v verdict.Verdict) (bool, error) {
-	if s.fl.running() != nil {
-		return s.fl.covers(v), nil
+	if s.fl.Running() != nil {
+		return s.fl.Covers(v), nil
 	}
 	return s.readFlushed(ctx, v)
 }
 
 // readFlushed is flushedSince from the records in the bucket.
 func (s *Store) readFlushed(ctx context.Context, v verdict.Verdict) (bool, error) {
-	for _, k := range flushRecords(v) {
+	for _, k := range cachecopy.Records(v) {
 		r, _, err := s.flushRecord(ctx, k)
 		if err != nil {
 			return false, err
 		}
-		if r.covers(v) {
+		if r.Covers(v) {
 			return true, nil
 		}
 	}
 	return false, nil
 }
 
-func (s *Store) flushRecord(ctx context.Context, key string) (flushRecord, uint64, error) {
+func (s *Store) flushRecord(ctx context.Context, key string) (cachecopy.Record, uint64, error) {
 	m, err := s.stream.GetLastMsgForSubject(ctx, "$KV."+s.bucket+"."+key)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return flushRecord{}, 0, nil
+		return cachecopy.Record{}, 0, nil
 	}
 	if err != nil {
-		return flushRecord{}, 0, fmt.Errorf("read %s: %w", key, err)
+		return cachecopy.Record{}, 0, fmt.Errorf("read %s: %w", key, err)
 	}
-	var r flushRecord
+	var r cachecopy.Record
 	if m.Header.Get("KV-Operation") == "" && m.Header.Get("Nats-Marker-Reason") == "" && len(m.Data) > 0 {
 		_ = json.Unmarshal(m.Data, &r) // garbage reads as no flush
 	}
@@ -370,7 +329,7 @@ func (s *Store) record(ctx context.Context, key string, only verdict.Status, now
 		if err != nil {
 			return 0, err
 		}
-		if slot := r.slot(only); now.After(*slot) {
+		if slot := r.Slot(only); now.After(*slot) {
 			*slot = now
 		}
 		data, _ := json.Marshal(r)
@@ -396,14 +355,9 @@ func (s *Store) live(key string, m *jetstream.RawStreamMsg) (verdict.Verdict, bo
 	return s.fresh(key, m.Data)
 }
 
-// fresh decodes a stored verdict. An entry past its expires_at is never
-// served, even if the server has not removed it yet.
+// fresh decodes a stored verdict (see cachecopy.Fresh).
 func (s *Store) fresh(key string, data []byte) (verdict.Verdict, bool) {
-	v, err := wire.DecodeEntry(key, data)
-	if err != nil || !v.ExpiresAt.After(s.now()) {
-		return verdict.Verdict{}, false
-	}
-	return v, true
+	return cachecopy.Fresh(key, data, s.now())
 }
 
 // get returns the live entry under key.
@@ -445,21 +399,16 @@ func (s *Store) LookupAfter(ctx context.Context, addr address.Address, purpose v
 	if len(senders) == 0 {
 		senders = []string{""}
 	}
-	keys := make([]string, 0, len(senders)+2)
-	for _, snd := range senders {
-		keys = append(keys, kvkey.Address(addr.Domain, addr.Local, purpose, snd))
-	}
-	keys = append(keys, kvkey.Domain(addr.Domain, purpose, kvkey.FactCatchAll), kvkey.Domain(addr.Domain, purpose, kvkey.FactAccess))
+	keys := cachecopy.LookupKeys(addr, purpose, senders)
 	res := make([]found, len(keys))
 	read := keys
-	if m := s.fl.running(); rev > 0 && m != nil && m.Wait(rev, flushWait) {
+	if m := s.fl.Running(); rev > 0 && m != nil && m.Wait(rev, flushWait) {
 		read = keys[:len(senders)]
-		for i, data := range s.fl.heldFacts(keys[len(senders):]...) {
+		for i, data := range s.fl.HeldFacts(keys[len(senders):]...) {
 			if data == nil {
 				continue
 			}
 			if v, ok := s.fresh(keys[len(senders)+i], data); ok {
-				v.Source = verdict.SourceCache
 				res[len(senders)+i] = found{v: v, ok: true}
 			}
 		}
@@ -482,34 +431,20 @@ func (s *Store) LookupAfter(ctx context.Context, addr address.Address, purpose v
 			return wire.LookupReply{}, r.err
 		}
 	}
-	for _, r := range res[:len(senders)] {
-		if r.ok {
-			return wire.LookupReply{Hit: true, Verdict: &r.v}, nil
+	var own, ca, acc *verdict.Verdict
+	for i := range res[:len(senders)] {
+		if res[i].ok {
+			own = &res[i].v
+			break
 		}
 	}
-	ca, caOK := res[len(senders)].v, res[len(senders)].ok
-	if caOK && ca.Status == verdict.CatchAll {
-		return wire.LookupReply{Hit: true, Verdict: forAddress(ca, addr), CatchAll: &ca}, nil
+	if r := res[len(senders)]; r.ok {
+		ca = &r.v
 	}
-	acc, accOK := res[len(senders)+1].v, res[len(senders)+1].ok
-	// A refused sender does not cover a fallback sender still to be tried.
-	if accOK && (!verdict.SenderSpecific(acc) || acc.Sender == senders[len(senders)-1]) {
-		return wire.LookupReply{Hit: true, Verdict: forAddress(acc, addr)}, nil
+	if r := res[len(senders)+1]; r.ok {
+		acc = &r.v
 	}
-	r := wire.LookupReply{}
-	if caOK {
-		r.CatchAll = &ca
-	}
-	if accOK {
-		r.Refused = &acc
-	}
-	return r, nil
-}
-
-// forAddress is a domain fact answering for one address of the domain.
-func forAddress(fact verdict.Verdict, addr address.Address) *verdict.Verdict {
-	fact.Kind, fact.Address, fact.Fact = verdict.KindAddress, addr.String(), ""
-	return &fact
+	return cachecopy.Reply(addr, senders, own, ca, acc), nil
 }
 
 // Flush removes entries in the command's scope and returns how many, with

@@ -231,16 +231,11 @@ func TestLookupFromCopy(t *testing.T) {
 	// (after a short wait for the copy).
 	mark := &revision.Mark{}
 	mark.Set(rev)
-	s.fl.mu.Lock()
-	running := s.fl.mark
-	s.fl.mark = mark
-	s.fl.mu.Unlock()
+	running := s.fl.SetMark(mark)
 	if r := lookupAfter(t, s, rev+1, "x@late.example"); r.Hit {
 		t.Fatalf("a copy behind the asker answered: %+v", r)
 	}
-	s.fl.mu.Lock()
-	s.fl.mark = running
-	s.fl.mu.Unlock()
+	s.fl.SetMark(running)
 	// A flush of the domain drops the fact from the copy; a fact stored
 	// after the flush is served.
 	put(t, s, domainFact("flushed.example", kvkey.FactCatchAll, verdict.CatchAll, "random_accepted", now), Written)
@@ -468,7 +463,7 @@ func watching(t *testing.T, s *Store) {
 	go func() { defer close(done); s.Watch(ctx, slog.New(slog.DiscardHandler)) }()
 	t.Cleanup(func() { cancel(); <-done })
 	deadline := time.Now().Add(10 * time.Second)
-	for s.fl.running() == nil {
+	for s.fl.Running() == nil {
 		if time.Now().After(deadline) {
 			t.Fatal("the watch did not start")
 		}
@@ -530,10 +525,8 @@ func testFlushRecords(t *testing.T, watch string) {
 	put(t, s, addrVerdict("a@two.example", verdict.Valid, 250, time.Now().Add(time.Millisecond)), Written)
 	if watch != "none" {
 		// The copy forgets what the full flush covers.
-		s.fl.prune(time.Now(), s.ttls.longest())
-		s.fl.mu.Lock()
-		n := len(s.fl.records)
-		s.fl.mu.Unlock()
+		s.fl.Prune(time.Now(), s.ttls.longest())
+		n := s.fl.RecordCount()
 		if n != 1 {
 			t.Fatalf("%d records kept after a full flush, want 1", n)
 		}
@@ -556,9 +549,7 @@ func TestPutWaitsForTheCopy(t *testing.T) {
 	}
 	mark := &revision.Mark{}
 	mark.Set(seq - 1) // the copy has not seen the record
-	s.fl.mu.Lock()
-	s.fl.mark = mark
-	s.fl.mu.Unlock()
+	s.fl.SetMark(mark)
 	type result struct {
 		out Outcome
 		err error
@@ -586,7 +577,7 @@ func TestPutWaitsForTheCopy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.fl.merge(e.Key(), e.Value(), e.Revision())
+	s.fl.Merge(e.Key(), e.Value(), e.Revision())
 	mark.Set(seq + 1)
 	if r := <-done; r.err != nil || r.out != Flushed {
 		t.Fatalf("Put = %s, %v; want %s", r.out, r.err, Flushed)
