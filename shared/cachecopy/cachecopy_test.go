@@ -120,7 +120,9 @@ func TestAnswerFromDomainFacts(t *testing.T) {
 func TestIndexFollowsTheBucket(t *testing.T) {
 	c := New(100)
 	c.Loaded()
-	put := func(d, l string, rev uint64) { c.Apply(addrKey(d, l), entry(t, verdict.Valid, "", time.Hour), rev, false) }
+	put := func(d, l string, rev uint64) {
+		c.Apply(addrKey(d, l), entry(t, verdict.Valid, "", time.Hour), rev, false)
+	}
 	held := func(s string) bool { _, ok := known(t, c, s); return !ok }
 	put("d.example", "a", 1)
 	put("d.example", "b", 2)

@@ -64,21 +64,30 @@ type bench struct {
 
 // profile takes a CPU profile of every process for the next d, into
 // profDir/<section>-<process>.pprof, when CALLOUT_BENCH_PROFILE is set;
-// the returned func waits for them.
+// the returned func waits for them. With CALLOUT_BENCH_EXEC_TRACE set it
+// takes execution traces (<section>-<process>.trace, for go tool trace)
+// instead, which show each goroutine's wake-ups along a request.
 func (b *bench) profile(section string, d time.Duration) func() {
+	kind, ext := "profile", ".pprof"
+	if os.Getenv("CALLOUT_BENCH_EXEC_TRACE") != "" {
+		kind, ext = "trace", ".trace"
+	}
 	var wg sync.WaitGroup
 	for name, addr := range b.pprof {
+		if name == "nats-server" && kind == "trace" {
+			continue // nats-server serves CPU profiles only
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, int(d.Seconds())))
+			resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/%s?seconds=%d", addr, kind, int(d.Seconds())))
 			if err != nil {
 				fmt.Fprintln(os.Stderr, "profile", name, err)
 				return
 			}
 			defer resp.Body.Close()
 			data, _ := io.ReadAll(resp.Body)
-			_ = os.WriteFile(filepath.Join(b.profDir, section+"-"+name+".pprof"), data, 0o644)
+			_ = os.WriteFile(filepath.Join(b.profDir, section+"-"+name+ext), data, 0o644)
 		}()
 	}
 	return wg.Wait
@@ -574,6 +583,8 @@ func (b *bench) miss() error {
 		return err
 	}
 	var lv, ld latencies
+	profiled := b.profile("miss", time.Second)
+	defer profiled()
 	for i := 2; len(lv) < 300; i++ {
 		if i%3 == 0 {
 			continue
