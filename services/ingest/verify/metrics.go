@@ -4,6 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/callout-mail/callout/services/ingest/nearcache"
+	"github.com/callout-mail/callout/shared/cachecopy"
 )
 
 type metrics struct {
@@ -14,9 +15,10 @@ type metrics struct {
 	braked    prometheus.Counter
 	shed      prometheus.Counter
 	monitored *prometheus.CounterVec
+	known     prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer, policyErrors func() int, near *nearcache.Cache) *metrics {
+func newMetrics(reg prometheus.Registerer, policyErrors func() int, near *nearcache.Cache, index *cachecopy.Copy) *metrics {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "callout_ingest_requests_total", Help: "Verify requests by action and verdict source (cache, probe, static, error).",
@@ -35,6 +37,9 @@ func newMetrics(reg prometheus.Registerer, policyErrors func() int, near *nearca
 			Name: "callout_ingest_braked_total", Help: "Unknown recipients deferred by the dictionary-attack brake.",
 		}),
 	}
+	m.known = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "callout_ingest_known_misses_total", Help: "Near cache misses answered from this ingest's copy of the bucket's keys and domain facts, without a lookup.",
+	})
 	m.shed = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "callout_ingest_shed_total", Help: "Requests answered 451 4.3.2 at once because every worker was busy.",
 	})
@@ -48,6 +53,16 @@ func newMetrics(reg prometheus.Registerer, policyErrors func() int, near *nearca
 	m.monitored = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "callout_ingest_monitor_would_total", Help: "Monitor-mode domains: requests accepted that callout mode would have rejected or deferred, per domain (domains with a policy only).",
 	}, []string{"domain", "action"})
+	reg.MustRegister(m.known,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "callout_ingest_known_keys", Help: "Address keys of the cache bucket indexed in this ingest."},
+			func() float64 { return float64(index.Keys()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "callout_ingest_known_keys_complete", Help: "1 when the index holds every address key of the bucket (misses are known without a lookup)."},
+			func() float64 {
+				if index.Complete() {
+					return 1
+				}
+				return 0
+			}))
 	reg.MustRegister(m.requests, m.latency, m.coalesced, m.deadlines, m.braked, m.shed, m.monitored,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "callout_ingest_domain_policy_errors",

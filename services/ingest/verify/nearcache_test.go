@@ -2,9 +2,11 @@ package verify
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -170,4 +172,68 @@ func TestNearCacheExpiry(t *testing.T) {
 			t.Fatalf("served past expires_at: %+v", rep.Verdict)
 		}
 	}
+}
+
+// With every key of the bucket known, a miss of an address without any is
+// queued without a lookup; a stored verdict (another ingest's) makes its
+// address known, so it is looked up and answered from the cache, never
+// called out again; the domain facts learnt at the first callout come
+// along (no second random check); a reconnection reads the bucket afresh.
+func TestKnownMisses(t *testing.T) {
+	s := startTwo(t, keeperConfig())
+	waitfor.Cond(t, 15*time.Second, func() bool { return s.a.index.Complete() && s.b.index.Complete() })
+	nc := s.ns.Connect(t)
+	var lookups atomic.Int64
+	sub, err := nc.Subscribe(subjects.New("").CacheLookup(), func(*nats.Msg) { lookups.Add(1) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	rep := ask(s.a, "alice@example.org")
+	if rep.Decision.Action != verdict.Accept || rep.Verdict.Source != verdict.SourceProbe {
+		t.Fatalf("first verify: %+v from %s", rep.Decision, rep.Verdict.Source)
+	}
+	if n := lookups.Load(); n != 0 {
+		t.Fatalf("%d lookups for a miss known without asking", n)
+	}
+	rcpts := s.dest.Rcpts()
+	if rcpts != 2 { // the random address, then alice
+		t.Fatalf("%d RCPTs for the first callout of the domain, want 2", rcpts)
+	}
+	// Once stored, b knows the key: it asks, and the cache answers.
+	waitfor.Cond(t, 10*time.Second, func() bool {
+		return ask(s.b, "alice@example.org").Verdict.Source == verdict.SourceCache
+	})
+	if lookups.Load() == 0 || s.dest.Rcpts() != rcpts {
+		t.Fatalf("a stored address: %d lookups, %d RCPTs (want some lookups, %d RCPTs)", lookups.Load(), s.dest.Rcpts(), rcpts)
+	}
+	// The domain is known not to be a catch-all: one RCPT, no random one.
+	before := lookups.Load()
+	if rep := ask(s.b, "nobody@example.org"); rep.Decision.Action != verdict.Reject {
+		t.Fatalf("unknown user: %+v", rep.Decision)
+	}
+	if n := lookups.Load() - before; n != 0 || s.dest.Rcpts() != rcpts+1 {
+		t.Fatalf("known miss of a not-catch-all domain: %d lookups, %d RCPTs (want 0, 1)", n, s.dest.Rcpts()-rcpts)
+	}
+	// A flush of the domain: what it removed is a known miss again at once.
+	b, _ := wire.Encode(&wire.FlushCommand{Scope: wire.ScopeDomain, Domain: "example.org"})
+	if _, err := nc.Request(subjects.New("").Flush(), b, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	before, rcpts = lookups.Load(), s.dest.Rcpts()
+	if rep := ask(s.a, "alice@example.org"); rep.Verdict.Source != verdict.SourceProbe {
+		t.Fatalf("after the flush: from %s", rep.Verdict.Source)
+	}
+	if n := lookups.Load() - before; n != 0 || s.dest.Rcpts() != rcpts+2 {
+		t.Fatalf("after the flush: %d lookups, %d RCPTs (want 0, 2: the facts went too)", n, s.dest.Rcpts()-rcpts)
+	}
+	// A reconnection: incomplete at once, complete again once read.
+	s.ns.Stop()
+	waitfor.Cond(t, 10*time.Second, func() bool { return !s.a.nc.IsConnected() })
+	s.ns = natstest.StartIn(t, s.dir, s.port)
+	waitfor.Cond(t, 15*time.Second, func() bool { return s.a.nc.IsConnected() && s.a.index.Complete() && s.a.index.Keys() > 0 })
 }

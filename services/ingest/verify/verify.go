@@ -23,6 +23,7 @@ import (
 	"github.com/callout-mail/callout/services/ingest/policyd"
 	"github.com/callout-mail/callout/shared/address"
 	"github.com/callout-mail/callout/shared/backoff"
+	"github.com/callout-mail/callout/shared/cachecopy"
 	"github.com/callout-mail/callout/shared/domains"
 	"github.com/callout-mail/callout/shared/kvkey"
 	"github.com/callout-mail/callout/shared/microasync"
@@ -69,6 +70,10 @@ type Service struct {
 	ready   chan struct{}
 	near    *nearcache.Cache
 	nearOn  atomic.Bool // the bucket is watched: the near cache may keep entries
+	// index is the bucket's address keys and domain facts, kept by the
+	// same watch: a miss of an address without keys is known here.
+	index   *cachecopy.Copy
+	rewatch chan struct{} // a reconnection: read the bucket afresh
 }
 
 // flight is one pending callout that any number of requests wait for.
@@ -93,7 +98,9 @@ func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger)
 		domains: domains.NewTable(nil), brake: brake.New(brake.Config{Limit: cfg.BrakeLimit, Window: cfg.BrakeWindow, MaxClients: cfg.BrakeMaxClients, IPv6Prefix: cfg.BrakeIPv6Prefix}),
 		extra: map[string]bool{}, flights: map[string]*flight{}, ready: make(chan struct{})}
 	s.near = nearcache.New(cfg.NearCacheEntries)
-	s.m = newMetrics(reg, s.domains.Errors, s.near)
+	s.index = cachecopy.New(cfg.KnownKeys)
+	s.rewatch = make(chan struct{}, 1)
+	s.m = newMetrics(reg, s.domains.Errors, s.near, s.index)
 	// A reconnection may have missed invalidations: start afresh.
 	old := nc.Opts.ReconnectedCB
 	nc.SetReconnectHandler(func(c *nats.Conn) {
@@ -101,6 +108,11 @@ func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger)
 			old(c)
 		}
 		s.near.Clear()
+		s.index.Reset()
+		select {
+		case s.rewatch <- struct{}{}:
+		default:
+		}
 	})
 	for _, p := range cfg.ProbeSenders {
 		s.extra[strings.ToLower(strings.TrimSpace(p))] = true
@@ -529,7 +541,14 @@ func (s *Service) fetch(ctx context.Context, a address.Address, purpose verdict.
 	f = &flight{done: make(chan struct{}), verdicts: make(chan *nats.Msg, 4)}
 	s.flights[key] = f
 	s.mu.Unlock()
-	look := s.ask(ctx, a, purpose, senders, nearKey, rev, &job)
+	// With every key of the bucket known here, an address without any
+	// is a miss without asking: the job is queued at once.
+	look, known := s.index.Answer(a, purpose, senders, time.Now())
+	if known {
+		s.m.known.Inc()
+	} else {
+		look = s.ask(ctx, a, purpose, senders, nearKey, rev, &job)
+	}
 	subject := s.names.Verdict(kvkey.Address(a.Domain, a.Local, purpose, ""))
 	switch {
 	case look.Hit:
@@ -612,43 +631,73 @@ func (s *Service) traced(ctx context.Context, a address.Address, job wire.ProbeJ
 
 // watchCache keeps the near cache coherent: every change of the cache
 // bucket drops what it concerns. Until the watch runs, nothing is kept.
+// The same watch reads the whole bucket first, into the index of its keys
+// and domain facts; after a reconnection it starts again.
 func (s *Service) watchCache(ctx context.Context, id string) {
 	_ = backoff.Retry(ctx, s.log, "near cache watch", 5*time.Second, func(ctx context.Context) error {
-		kv, err := s.js.KeyValue(ctx, s.names.CacheBucket())
-		if err != nil {
-			return err
-		}
-		w, err := kv.WatchAll(ctx, jetstream.UpdatesOnly(), jetstream.MetaOnly(), jetstream.IgnoreDeletes())
-		if err != nil {
-			return err
-		}
-		defer w.Stop()
-		s.near.Clear()
-		// Cachekeepers wait for this ingest's confirmation of a flush from
-		// now on (before it keeps anything).
-		if err := s.nc.Publish(s.names.NearCacheHello(), []byte(id)); err != nil {
-			return err
-		}
-		if err := s.nc.Flush(); err != nil {
-			return err
-		}
-		s.nearOn.Store(true)
-		defer s.nearOn.Store(false)
 		for {
-			select {
-			case <-ctx.Done():
-				return nil
-			case e, ok := <-w.Updates():
-				if !ok {
-					s.near.Clear()
-					return errors.New("cache watch ended")
-				}
-				if e != nil {
-					s.near.Apply(e.Key(), e.Revision())
-				}
+			if err := s.watchOnce(ctx, id); !errors.Is(err, errRewatch) {
+				return err
 			}
+			s.log.Info("reconnected: reading the cache bucket afresh")
 		}
 	})
+}
+
+var errRewatch = errors.New("reconnected")
+
+func (s *Service) watchOnce(ctx context.Context, id string) error {
+	kv, err := s.js.KeyValue(ctx, s.names.CacheBucket())
+	if err != nil {
+		return err
+	}
+	opts := []jetstream.WatchOpt{jetstream.UpdatesOnly(), jetstream.MetaOnly(), jetstream.IgnoreDeletes()}
+	if s.cfg.KnownKeys > 0 {
+		opts = nil // every entry, values and deletes included
+	}
+	w, err := kv.WatchAll(ctx, opts...)
+	if err != nil {
+		return err
+	}
+	defer w.Stop()
+	select {
+	case <-s.rewatch: // this watch starts after the reconnection
+	default:
+	}
+	s.near.Clear()
+	s.index.Reset()
+	// Cachekeepers wait for this ingest's confirmation of a flush from
+	// now on (before it keeps anything).
+	if err := s.nc.Publish(s.names.NearCacheHello(), []byte(id)); err != nil {
+		return err
+	}
+	if err := s.nc.Flush(); err != nil {
+		return err
+	}
+	s.nearOn.Store(true)
+	defer s.nearOn.Store(false)
+	defer s.index.Reset()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.rewatch:
+			return errRewatch
+		case e, ok := <-w.Updates():
+			if !ok {
+				s.near.Clear()
+				return errors.New("cache watch ended")
+			}
+			if e == nil {
+				s.index.Loaded() // the whole bucket is read
+				continue
+			}
+			// The index first: the near cache's mark, which a flush's
+			// confirmation waits for, then covers both.
+			s.index.Apply(e.Key(), e.Value(), e.Revision(), e.Operation() != jetstream.KeyValuePut)
+			s.near.Apply(e.Key(), e.Revision())
+		}
+	}
 }
 
 // answerSync confirms to a cachekeeper that a flush record (a bucket

@@ -32,7 +32,7 @@ import (
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 func ingestConfig() Config {
-	return Config{Timeout: 10 * time.Second, MaxTimeout: 10 * time.Second, LookupTimeout: time.Second, PendingRetry: 100 * time.Millisecond, Workers: 512, NearCacheEntries: 10000, Replicas: 1,
+	return Config{Timeout: 10 * time.Second, MaxTimeout: 10 * time.Second, LookupTimeout: time.Second, PendingRetry: 100 * time.Millisecond, Workers: 512, NearCacheEntries: 10000, KnownKeys: 100000, Replicas: 1,
 		UnknownDomains: "accept", RecipientDelimiter: "+", SenderOnTempfail: verdict.Accept, SenderOnUnverifiable: verdict.Accept,
 		BrakeLimit: 50, BrakeWindow: 10 * time.Minute, BrakeMaxClients: 100000, BrakeIPv6Prefix: 64}
 }
