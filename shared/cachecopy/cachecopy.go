@@ -89,10 +89,13 @@ type Copy struct {
 	overflow bool // more address keys than maxKeys: the index is dropped until Reset
 }
 
-// held is a stored entry (decoded when read) and its revision.
+// held is a stored entry and its revision; a domain fact comes decoded
+// too (ok false: garbage), so that answering a miss decodes nothing.
 type held struct {
 	data []byte
 	rev  uint64
+	v    verdict.Verdict
+	ok   bool
 }
 
 // New returns an empty copy; maxKeys > 0 keeps an index of at most that
@@ -325,7 +328,11 @@ func (c *Copy) fact(key string, data []byte, rev uint64, deleted bool) {
 		delete(c.facts, key)
 		return
 	}
-	c.facts[key] = held{data: data, rev: rev}
+	v, err := wire.DecodeEntry(key, data)
+	if err == nil {
+		v.Source = verdict.SourceCache
+	}
+	c.facts[key] = held{data: data, rev: rev, v: v, ok: err == nil}
 }
 
 // HeldFacts returns the stored entries of keys (nil for a key not held).
@@ -366,6 +373,15 @@ func LookupKeys(a address.Address, purpose verdict.Purpose, senders []string) []
 		keys = append(keys, kvkey.Address(a.Domain, a.Local, purpose, snd))
 	}
 	return append(keys, kvkey.Domain(a.Domain, purpose, kvkey.FactCatchAll), kvkey.Domain(a.Domain, purpose, kvkey.FactAccess))
+}
+
+// live is the fact held, if it is one and has not expired.
+func (h held) live(now time.Time) *verdict.Verdict {
+	if !h.ok || !h.v.ExpiresAt.After(now) {
+		return nil
+	}
+	v := h.v
+	return &v
 }
 
 // Fresh decodes a stored entry. An entry past its expires_at is never
@@ -429,14 +445,7 @@ func (c *Copy) Answer(a address.Address, purpose verdict.Purpose, senders []stri
 			return wire.LookupReply{}, false
 		}
 	}
-	ca, acc := c.facts[keys[len(senders)]].data, c.facts[keys[len(senders)+1]].data
+	ca, acc := c.facts[keys[len(senders)]], c.facts[keys[len(senders)+1]]
 	c.mu.Unlock()
-	var caV, accV *verdict.Verdict
-	if v, ok := Fresh(keys[len(senders)], ca, now); ca != nil && ok {
-		caV = &v
-	}
-	if v, ok := Fresh(keys[len(senders)+1], acc, now); acc != nil && ok {
-		accV = &v
-	}
-	return Reply(a, senders, nil, caV, accV), true
+	return Reply(a, senders, nil, ca.live(now), acc.live(now)), true
 }

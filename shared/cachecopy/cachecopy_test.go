@@ -175,3 +175,18 @@ func TestIndexOverflow(t *testing.T) {
 		t.Fatal("not complete after a reset and a load within bounds")
 	}
 }
+
+func BenchmarkAnswer(b *testing.B) {
+	c := New(1000)
+	now := time.Now()
+	data, _ := wire.EncodeEntry(verdict.Verdict{Status: verdict.NotCatchAll, Reason: "random_refused", Code: 550, CheckedAt: now, ExpiresAt: now.Add(time.Hour)})
+	c.Apply(kvkey.Domain("b.example", verdict.Recipient, kvkey.FactCatchAll), data, 1, false)
+	c.Loaded()
+	a, _ := address.Parse("someone@b.example")
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, ok := c.Answer(a, verdict.Recipient, nil, now); !ok {
+			b.Fatal("not known")
+		}
+	}
+}
