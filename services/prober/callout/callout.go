@@ -297,6 +297,9 @@ func (v *Verifier) finish(ctx context.Context, d *destination.Dest, s *session, 
 		return
 	}
 	s.c.Quit(ctx)
+	if keep && d.ReuseEnabled() {
+		d.KeepSlot(slot) // the connection is spent, not its slot
+	}
 }
 
 // mail sends MAIL FROM with the sender, falling back to FallbackSender when

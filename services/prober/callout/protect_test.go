@@ -126,3 +126,58 @@ func TestReuseResumes(t *testing.T) {
 		t.Fatalf("%d connections for 3 callouts once reuse resumed", n)
 	}
 }
+
+// countingFleet is a fleet that grants everything and counts.
+type countingFleet struct {
+	mu                        sync.Mutex
+	acquired, released, rates int
+}
+
+func (f *countingFleet) TryAcquire(context.Context, string) (func(), error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.acquired++
+	return func() { f.mu.Lock(); f.released++; f.mu.Unlock() }, nil
+}
+
+func (f *countingFleet) TryRate(context.Context, string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.rates++
+	return nil
+}
+
+func (f *countingFleet) Want(string)     {}
+func (f *countingFleet) Busy(error) bool { return false }
+
+func (f *countingFleet) counts() (acquired, released int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.acquired, f.released
+}
+
+// A connection closed at its limits (non-mail commands, RCPTs) leaves its
+// slot to the next callout: the fleet is asked for a slot once, not once
+// per connection; the slot goes back after the idle timeout.
+func TestSlotOutlivesItsConnection(t *testing.T) {
+	s := server(t, smtptest.Config{Mailboxes: []string{"alice@example.org"}, MaxNonMail: 10})
+	v, pool := protectVerifier(destination.Config{MaxConns: 1, Rate: 1000, ReuseMaxRcpts: 3, MaxNonMail: 8, IdleTimeout: 300 * time.Millisecond})
+	f := &countingFleet{}
+	pool.SetFleet(f, nil)
+	for i := 0; i < 12; i++ {
+		if r := v.Verify(context.Background(), Target{Address: addr(t, "alice@example.org"), Hosts: []string{s.Addr()}, SkipRandom: true}); r.Address.Status != verdict.Valid {
+			t.Fatalf("callout %d: %s/%s", i, r.Address.Status, r.Address.Reason)
+		}
+	}
+	if s.Conns() < 4 {
+		t.Fatalf("%d connections for 12 callouts of at most 3 RCPTs each", s.Conns())
+	}
+	if acq, rel := f.counts(); acq != 1 || rel != 0 {
+		t.Fatalf("fleet slots: %d taken, %d given back; want 1, 0", acq, rel)
+	}
+	waitfor.Cond(t, 5*time.Second, func() bool {
+		pool.Sweep(context.Background(), time.Hour)
+		_, rel := f.counts()
+		return rel == 1
+	})
+}

@@ -548,8 +548,9 @@ func (d *Dest) Do(fn func() error) error {
 // State is the breaker's state.
 func (d *Dest) State() gobreaker.State { return d.cb.State() }
 
-// takeIdle takes a live idle connection with its slot, when reuse is on;
-// dead or stale ones are closed and their slots given back.
+// takeIdle takes a live idle connection with its slot, when reuse is on,
+// else a slot kept without its connection (KeepSlot); dead or stale ones
+// are closed and their slots given back.
 func (d *Dest) takeIdle() *idleConn {
 	var drop []idleConn
 	defer func() { d.closeIdle(context.Background(), drop) }()
@@ -559,15 +560,30 @@ func (d *Dest) takeIdle() *idleConn {
 		drop, d.idle = d.idle, nil
 		return nil
 	}
-	for len(d.idle) > 0 {
-		ic := d.idle[len(d.idle)-1]
-		d.idle = d.idle[:len(d.idle)-1]
-		if time.Since(ic.since) <= d.cfg.IdleTimeout && !ic.c.Broken() {
-			return &ic
+	now := time.Now()
+	live := d.idle[:0]
+	for _, ic := range d.idle {
+		if now.Sub(ic.since) <= d.cfg.IdleTimeout && (ic.c == nil || !ic.c.Broken()) {
+			live = append(live, ic)
+		} else {
+			drop = append(drop, ic)
 		}
-		drop = append(drop, ic)
 	}
-	return nil
+	if len(live) == 0 {
+		d.idle = live
+		return nil
+	}
+	// The most recent connection, else the most recent bare slot.
+	pick := len(live) - 1
+	for i := len(live) - 1; i >= 0; i-- {
+		if live[i].c != nil {
+			pick = i
+			break
+		}
+	}
+	ic := live[pick]
+	d.idle = append(live[:pick], live[pick+1:]...)
+	return &ic
 }
 
 // putBack returns a connection taken by takeIdle that found no rate token
@@ -588,17 +604,20 @@ func (d *Dest) signalKept() {
 // closeIdle says QUIT on idle connections and gives their slots back.
 func (d *Dest) closeIdle(ctx context.Context, idle []idleConn) {
 	for _, ic := range idle {
-		ic.c.Quit(ctx)
+		if ic.c != nil {
+			ic.c.Quit(ctx)
+		}
 		d.freeSlot(ic.free)
 	}
 }
 
 // Keep keeps c, with the callout's slot, for the next callout, unless
 // reuse is off for this destination or c has served its share of RCPTs;
-// then it says QUIT (and the slot is given back by Release).
+// then it says QUIT, and the slot is kept alone (KeepSlot) or given back by
+// Release.
 func (d *Dest) Keep(ctx context.Context, c *smtpprobe.Conn, rcpts int, s *Slot) {
 	d.mu.Lock()
-	keep := s != nil && s.d == d && !s.done && d.reuseLocked(time.Now()) && rcpts < d.maxRcptsLocked() && d.cfg.IdleTimeout > 0
+	keep := d.keepableLocked(s) && rcpts < d.maxRcptsLocked()
 	if keep {
 		d.idle = append(d.idle, idleConn{c: c, rcpts: rcpts, since: time.Now(), free: s.free})
 		s.done = true
@@ -607,9 +626,34 @@ func (d *Dest) Keep(ctx context.Context, c *smtpprobe.Conn, rcpts int, s *Slot) 
 	d.mu.Unlock()
 	if !keep {
 		c.Quit(ctx)
+		d.KeepSlot(s)
 		return
 	}
 	d.signalKept()
+}
+
+// keepableLocked reports whether s may be kept for the next callout.
+func (d *Dest) keepableLocked(s *Slot) bool {
+	return s != nil && s.d == d && !s.done && d.reuseLocked(time.Now()) && d.cfg.IdleTimeout > 0
+}
+
+// KeepSlot keeps the slot of a connection closed at its limits (RCPTs or
+// non-mail commands) for the next callout, which opens a new connection in
+// it without asking the fleet for a slot again. Like an idle connection's,
+// the slot is given back after IDLE_TIMEOUT, or when another prober wants
+// one.
+func (d *Dest) KeepSlot(s *Slot) {
+	d.mu.Lock()
+	keep := d.keepableLocked(s)
+	if keep {
+		d.idle = append(d.idle, idleConn{since: time.Now(), free: s.free})
+		s.done = true
+		d.inUse--
+	}
+	d.mu.Unlock()
+	if keep {
+		d.signalKept()
+	}
 }
 
 // Yield closes one idle connection, giving its slot back: another prober
