@@ -25,6 +25,9 @@ type Config struct {
 	Rcpt     func(from, to string) string // reply to RCPT TO; default Mailboxes(cfg.Mailboxes)
 	Rset     string                       // reply to RSET; default 250
 	Delay    time.Duration                // before every reply
+	// Hold, when set, is called with each command's verb (upper case)
+	// before it is answered: a test blocks in it to hold a reply back.
+	Hold func(verb string)
 	// Raw, when set, takes over every connection after accept.
 	Raw func(c net.Conn)
 	// Mailboxes are the addresses (local@domain, lower-case domain) that exist.
@@ -238,6 +241,9 @@ func (s *Server) session(c net.Conn) bool {
 			s.lines = append(s.lines, line)
 		}
 		s.mu.Unlock()
+		if s.cfg.Hold != nil {
+			s.cfg.Hold(strings.ToUpper(verb))
+		}
 		switch strings.ToUpper(verb) {
 		case "EHLO", "HELO", "STARTTLS", "RSET", "NOOP":
 			if nonMail++; s.cfg.MaxNonMail > 0 && nonMail > s.cfg.MaxNonMail {

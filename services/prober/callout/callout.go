@@ -11,6 +11,7 @@ import (
 	"encoding/base32"
 	"errors"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/callout-mail/callout/services/prober/classify"
@@ -112,10 +113,19 @@ func (v *Verifier) Verify(ctx context.Context, t Target) Result {
 // waits without a worker. The slot is given back (or kept with its
 // connection for reuse) when the callout ends.
 func (v *Verifier) VerifyHeld(ctx context.Context, t Target, slot *destination.Slot) Result {
-	defer slot.Release()
+	res, end := v.VerifyThen(ctx, t, slot)
+	end()
+	return res
+}
+
+// VerifyThen is VerifyHeld that returns as soon as the result is known:
+// end (to be called once) then ends the last host's connection (RSET to
+// keep it, or QUIT) and gives its slot back, so that the verdict need not
+// wait for the destination's reply to RSET or QUIT.
+func (v *Verifier) VerifyThen(ctx context.Context, t Target, slot *destination.Slot) (Result, func()) {
 	ctx, cancel := context.WithTimeout(ctx, v.cfg.Budget)
-	defer cancel()
 	res := v.fail(t, "", verdict.TempFail, ReasonNoDestination, smtpprobe.Reply{})
+	end := func() {}
 	for i, host := range t.Hosts {
 		if ctx.Err() != nil {
 			break
@@ -125,47 +135,60 @@ func (v *Verifier) VerifyHeld(ctx context.Context, t Target, slot *destination.S
 			held = slot
 		}
 		t.Trace.Add(host, "*", "host %d of %d", i+1, len(t.Hosts))
-		r, next := v.onHost(ctx, host, t, held)
+		r, next, hostEnd := v.onHost(ctx, host, t, held)
 		t.Trace.Add(host, "*", "result: %s (%s)", r.Address.Status, r.Address.Reason)
 		res = r
 		if !next {
+			end = hostEnd
 			break
 		}
+		hostEnd()
 	}
-	return res
+	var once sync.Once
+	return res, func() {
+		once.Do(func() {
+			end()
+			slot.Release()
+			cancel()
+		})
+	}
 }
 
 // onHost runs the dialogue on one host; next says whether the next host
-// should be tried. An open breaker answers at once, before any wait.
-func (v *Verifier) onHost(ctx context.Context, host string, t Target, held *destination.Slot) (Result, bool) {
+// should be tried; end ends its connection and gives back a slot taken
+// here. An open breaker answers at once, before any wait.
+func (v *Verifier) onHost(ctx context.Context, host string, t Target, held *destination.Slot) (res Result, next bool, end func()) {
+	end = func() {}
 	d := v.pool.Get(host)
 	if d.Open() {
 		t.Trace.Add(host, "*", "breaker open: not asked")
-		return v.fail(t, host, verdict.TempFail, ReasonBreakerOpen, smtpprobe.Reply{}), true
+		return v.fail(t, host, verdict.TempFail, ReasonBreakerOpen, smtpprobe.Reply{}), true, end
 	}
 	if held == nil {
 		var err error
 		if held, err = d.Acquire(ctx, t.Trace == nil); err != nil {
-			return v.fail(t, host, verdict.TempFail, ReasonTimeout, smtpprobe.Reply{}), false
+			return v.fail(t, host, verdict.TempFail, ReasonTimeout, smtpprobe.Reply{}), false, end
 		}
-		defer held.Release()
+		own := held
+		end = own.Release
 	}
-	var res Result
-	var next bool
 	err := d.Do(func() error {
 		var unhealthy bool
+		var finish func()
 		start := time.Now()
-		res, next, unhealthy = v.dialogue(ctx, d, host, t, held)
+		res, next, unhealthy, finish = v.dialogue(ctx, d, host, t, held)
 		d.Observe(time.Since(start))
+		release := end
+		end = func() { finish(); release() }
 		if unhealthy {
 			return destination.ErrUnhealthy
 		}
 		return nil
 	})
 	if errors.Is(err, destination.ErrOpen) {
-		return v.fail(t, host, verdict.TempFail, ReasonBreakerOpen, smtpprobe.Reply{}), true
+		return v.fail(t, host, verdict.TempFail, ReasonBreakerOpen, smtpprobe.Reply{}), true, end
 	}
-	return res, next
+	return res, next, end
 }
 
 // session is one connection in use.
@@ -252,14 +275,18 @@ func (v *Verifier) refusedReply(t Target, host string, rep smtpprobe.Reply, reas
 	return &r
 }
 
-func (v *Verifier) dialogue(ctx context.Context, d *destination.Dest, host string, t Target, slot *destination.Slot) (res Result, next, unhealthy bool) {
+// dialogue runs the callout on one host's connection; finish ends the
+// connection (RSET to keep it, or QUIT) once called. A traced callout ends
+// it before it returns, so that its transcript shows the whole dialogue.
+func (v *Verifier) dialogue(ctx context.Context, d *destination.Dest, host string, t Target, slot *destination.Slot) (res Result, next, unhealthy bool, finish func()) {
+	finish = func() {}
 	ctx, cancel := context.WithTimeout(ctx, v.cfg.DialogueTimeout)
 	defer cancel()
 	// A traced callout opens its own connection and keeps none: the
 	// transcript shows the whole dialogue, and no later callout records into it.
 	s, fail, next, unhealthy := v.open(ctx, d, host, t, d.ReuseEnabled() && t.Trace == nil, slot)
 	if fail != nil {
-		return *fail, next, unhealthy
+		return *fail, next, unhealthy, finish
 	}
 	reused := s.rcpts > 0
 	res, next, unhealthy, keep := v.transaction(ctx, d, host, t, s)
@@ -268,14 +295,28 @@ func (v *Verifier) dialogue(ctx context.Context, d *destination.Dest, host strin
 		s.c.Close()
 		s, fail, next, unhealthy = v.open(ctx, d, host, t, false, slot)
 		if fail != nil {
-			return *fail, next, unhealthy
+			return *fail, next, unhealthy, finish
 		}
 		res, next, unhealthy, keep = v.transaction(ctx, d, host, t, s)
 		reused = false
 	}
 	res.Reused = reused
-	v.finish(ctx, d, s, keep && t.Trace == nil, slot)
-	return res, next, unhealthy
+	keep = keep && t.Trace == nil
+	finish = func() {
+		// Its own deadline: the dialogue's has ended by now.
+		wait := v.cfg.SMTP.CommandTimeout
+		if wait <= 0 {
+			wait = 30 * time.Second // smtpprobe's default
+		}
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), wait)
+		defer cancel()
+		v.finish(fctx, d, s, keep, slot)
+	}
+	if t.Trace != nil {
+		finish()
+		finish = func() {}
+	}
+	return res, next, unhealthy, finish
 }
 
 // finish keeps the connection, with its slot, after RSET, or closes it.

@@ -181,3 +181,37 @@ func TestSlotOutlivesItsConnection(t *testing.T) {
 		return rel == 1
 	})
 }
+
+// The result of a callout is known before the destination answers the
+// RSET that keeps its connection: the verdict does not wait for it. The
+// connection is kept once the RSET is answered.
+func TestResultBeforeRset(t *testing.T) {
+	release := make(chan struct{})
+	var once sync.Once
+	hold := func(verb string) {
+		if verb == "RSET" {
+			<-release
+		}
+	}
+	s := server(t, smtptest.Config{Mailboxes: []string{"alice@example.org"}, Hold: hold})
+	t.Cleanup(func() { once.Do(func() { close(release) }) })
+	v, _ := protectVerifier(destination.Config{MaxConns: 1, Rate: 1000, ReuseMaxRcpts: 100, MaxNonMail: 8, IdleTimeout: time.Minute})
+	target := Target{Address: addr(t, "alice@example.org"), Hosts: []string{s.Addr()}, SkipRandom: true}
+	res, end := v.VerifyThen(context.Background(), target, nil)
+	if res.Address.Status != verdict.Valid {
+		t.Fatalf("%s/%s", res.Address.Status, res.Address.Reason)
+	}
+	ended := make(chan struct{})
+	go func() { defer close(ended); end() }()
+	waitfor.Cond(t, 5*time.Second, func() bool { return s.Commands("RSET") == 1 })
+	select {
+	case <-ended:
+		t.Fatal("the connection ended before its RSET was answered")
+	default:
+	}
+	once.Do(func() { close(release) })
+	<-ended
+	if r := v.Verify(context.Background(), target); r.Address.Status != verdict.Valid || !r.Reused || s.Conns() != 1 {
+		t.Fatalf("after the RSET: %s, reused %v, %d connections", r.Address.Status, r.Reused, s.Conns())
+	}
+}

@@ -344,9 +344,15 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 func (s *Service) run(ctx context.Context, msg jetstream.Msg, job wire.ProbeJob, addr address.Address, target callout.Target, slot *destination.Slot, stopHB func(), start time.Time) {
 	s.m.inFlight.Inc()
 	defer s.m.inFlight.Dec()
-	res := s.verifier.VerifyHeld(ctx, target, slot)
+	res, end := s.verifier.VerifyThen(ctx, target, slot)
 	stopHB()
+	// The connection's RSET (or QUIT) runs while the verdict is published:
+	// the verdict does not wait for the destination's reply to it. The
+	// worker takes its next job once both are done.
+	ended := make(chan struct{})
+	go func() { defer close(ended); end() }()
 	s.complete(ctx, msg, job, addr, start, res)
+	<-ended
 }
 
 // complete stamps the verdicts with the callout's start and hands them on.
