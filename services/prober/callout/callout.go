@@ -343,24 +343,44 @@ func (v *Verifier) finish(ctx context.Context, d *destination.Dest, s *session, 
 	}
 }
 
+// firstRcpt is the reply to the RCPT sent with MAIL FROM (pipelined when
+// the host offers PIPELINING), or the error reading it; wasted counts the
+// RCPTs pipelined with a MAIL FROM that was refused.
+type firstRcpt struct {
+	rep    smtpprobe.Reply
+	err    error
+	wasted int
+}
+
 // mail sends MAIL FROM with the sender, falling back to FallbackSender when
-// refused. It returns the sender in use, or a result to report.
-func (v *Verifier) mail(ctx context.Context, d *destination.Dest, host string, t Target, s *session) (string, *Result, []verdict.Verdict, bool) {
+// refused, and with it RCPT TO rcpt. It returns the sender in use and the
+// RCPT's reply, or a result to report.
+func (v *Verifier) mail(ctx context.Context, d *destination.Dest, host string, t Target, s *session, rcpt string) (string, firstRcpt, *Result, []verdict.Verdict, bool) {
 	var facts []verdict.Verdict
 	sender := t.Sender
+	wasted := 0
 	for {
-		rep, err := s.c.Mail(ctx, sender)
+		rep, rrep, sent, err := s.c.MailRcpt(ctx, sender, rcpt)
+		if rep.Class() == 2 {
+			if rrep == nil {
+				rrep = &smtpprobe.Reply{}
+			}
+			return sender, firstRcpt{rep: *rrep, err: err, wasted: wasted}, nil, facts, false
+		}
+		if sent {
+			wasted++
+			s.rcpts++
+		}
 		if err != nil {
 			r, unhealthy := v.failErr(t, host, err)
-			return "", &r, facts, unhealthy
+			r.Rcpts = wasted
+			return "", firstRcpt{}, &r, facts, unhealthy
 		}
-		switch rep.Class() {
-		case 2:
-			return sender, nil, facts, false
-		case 4:
+		if rep.Class() == 4 {
 			noteReply(d, rep)
 			r := v.fail(t, host, verdict.TempFail, ReasonDeferred, rep)
-			return "", &r, facts, rep.Code == 421
+			r.Rcpts = wasted
+			return "", firstRcpt{}, &r, facts, rep.Code == 421
 		}
 		reason := ReasonSenderRejected
 		if sender == "" {
@@ -372,14 +392,16 @@ func (v *Verifier) mail(ctx context.Context, d *destination.Dest, host string, t
 		if t.FallbackSender == "" || sender == t.FallbackSender {
 			r := v.fail(t, host, verdict.Unverifiable, reason, rep)
 			r.Address.Sender = sender
-			return "", &r, facts, false
+			r.Rcpts = wasted
+			return "", firstRcpt{}, &r, facts, false
 		}
 		sender = t.FallbackSender
 		if !s.c.Reset(ctx) {
 			s.c.Close()
 			ns, fail, _, unhealthy := v.open(ctx, d, host, t, false, nil)
 			if fail != nil {
-				return "", fail, facts, unhealthy
+				fail.Rcpts = wasted
+				return "", firstRcpt{}, fail, facts, unhealthy
 			}
 			*s = *ns
 		}
@@ -387,17 +409,23 @@ func (v *Verifier) mail(ctx context.Context, d *destination.Dest, host string, t
 }
 
 // transaction runs MAIL FROM, the catch-all check and the real RCPT on s.
-// keep says whether the connection is fit for reuse.
+// keep says whether the connection is fit for reuse. The first RCPT (the
+// random address, or the real one when the domain is known not to be a
+// catch-all) goes with MAIL FROM.
 func (v *Verifier) transaction(ctx context.Context, d *destination.Dest, host string, t Target, s *session) (res Result, next, unhealthy, keep bool) {
-	sender, fail, facts, unhealthy := v.mail(ctx, d, host, t, s)
+	random := RandomLocal(v.cfg.RandomSecret, t.Address.Domain) + "@" + t.Address.Domain
+	first := random
+	if t.SkipRandom {
+		first = t.Address.String()
+	}
+	sender, firstRep, fail, facts, unhealthy := v.mail(ctx, d, host, t, s, first)
 	if fail != nil {
 		fail.Facts = append(fail.Facts, facts...)
 		return *fail, false, unhealthy, false
 	}
-	rcpts := 0
+	rcpts := firstRep.wasted
 	if !t.SkipRandom {
-		random := RandomLocal(v.cfg.RandomSecret, t.Address.Domain) + "@" + t.Address.Domain
-		rep, err := s.c.Rcpt(ctx, random)
+		rep, err := firstRep.rep, firstRep.err
 		rcpts++
 		s.rcpts++
 		if err != nil {
@@ -447,7 +475,13 @@ func (v *Verifier) transaction(ctx context.Context, d *destination.Dest, host st
 			}
 		}
 	}
-	rep, err := s.c.Rcpt(ctx, t.Address.String())
+	var rep smtpprobe.Reply
+	var err error
+	if t.SkipRandom {
+		rep, err = firstRep.rep, firstRep.err
+	} else {
+		rep, err = s.c.Rcpt(ctx, t.Address.String())
+	}
 	rcpts++
 	s.rcpts++
 	if err == nil && tooManyRecipients(rep) {

@@ -104,6 +104,15 @@ func TestVerify(t *testing.T) {
 			return "250 ok"
 		}},
 			target: Target{Address: address.Address{Local: "alice", Domain: "example.org"}},
+			// The RCPT pipelined with the refused MAIL went out (and got 503).
+			status: verdict.Unverifiable, reason: ReasonNullSenderRejected, access: ReasonNullSenderRejected, rcpts: 1, wantCode: 550},
+		{name: "null sender refused, no pipelining", cfg: smtptest.Config{Mailboxes: boxes, EHLO: "250-mx.test\r\n250 ENHANCEDSTATUSCODES", Mail: func(f string) string {
+			if f == "" {
+				return "550 5.7.1 null sender not accepted here"
+			}
+			return "250 ok"
+		}},
+			target: Target{Address: address.Address{Local: "alice", Domain: "example.org"}},
 			status: verdict.Unverifiable, reason: ReasonNullSenderRejected, access: ReasonNullSenderRejected, rcpts: 0, wantCode: 550},
 		{name: "null sender refused, fallback sender used", cfg: smtptest.Config{Mailboxes: boxes, Mail: func(f string) string {
 			if f == "" {
@@ -112,7 +121,7 @@ func TestVerify(t *testing.T) {
 			return "250 ok"
 		}},
 			target: Target{Address: address.Address{Local: "alice", Domain: "example.org"}, FallbackSender: "verify@gw.test"},
-			status: verdict.Valid, reason: "accepted", catchAll: verdict.NotCatchAll, access: ReasonNullSenderRejected, rcpts: 2, sender: "verify@gw.test", wantCode: 250},
+			status: verdict.Valid, reason: "accepted", catchAll: verdict.NotCatchAll, access: ReasonNullSenderRejected, rcpts: 3, sender: "verify@gw.test", wantCode: 250},
 		{name: "5.7.1 block is unverifiable", cfg: smtptest.Config{Rcpt: func(_, _ string) string {
 			return "550 5.7.1 Service unavailable; client host blocked using zen.spamhaus.org"
 		}},

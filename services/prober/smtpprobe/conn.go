@@ -170,12 +170,24 @@ func (c *Conn) read(ctx context.Context, st Stage, timeout time.Duration) (Reply
 
 // Cmd sends one command line (without CRLF) and reads the reply.
 func (c *Conn) Cmd(ctx context.Context, st Stage, line string) (Reply, error) {
-	if c.broken {
-		return Reply{}, &Error{Stage: st, Host: c.host, Err: errors.New("connection is broken")}
+	if err := c.send(ctx, st, line); err != nil {
+		return Reply{}, err
 	}
-	if strings.ContainsAny(line, "\r\n\x00") {
-		// Addresses are checked before they get here; this is the last guard.
-		return Reply{}, &Error{Stage: st, Host: c.host, Err: errors.New("refusing to send a command with CR, LF or NUL")}
+	return c.read(ctx, st, c.cfg.CommandTimeout)
+}
+
+// send writes command lines (without CRLF) in one write.
+func (c *Conn) send(ctx context.Context, st Stage, lines ...string) error {
+	if c.broken {
+		return &Error{Stage: st, Host: c.host, Err: errors.New("connection is broken")}
+	}
+	n := 0
+	for _, line := range lines {
+		if strings.ContainsAny(line, "\r\n\x00") {
+			// Addresses are checked before they get here; this is the last guard.
+			return &Error{Stage: st, Host: c.host, Err: errors.New("refusing to send a command with CR, LF or NUL")}
+		}
+		n += len(line) + 2
 	}
 	switch st {
 	case StageEHLO, StageHELO, StageSTARTTLS, StageRset:
@@ -186,12 +198,16 @@ func (c *Conn) Cmd(ctx context.Context, st Stage, line string) (Reply, error) {
 		deadline = d
 	}
 	_ = c.nc.SetWriteDeadline(deadline)
-	c.cfg.Trace.Add(c.host, "C", "%s", line)
-	if _, err := io.WriteString(c.nc, line+"\r\n"); err != nil {
-		c.broken = true
-		return Reply{}, &Error{Stage: st, Host: c.host, Err: err}
+	b := make([]byte, 0, n)
+	for _, line := range lines {
+		c.cfg.Trace.Add(c.host, "C", "%s", line)
+		b = append(append(b, line...), '\r', '\n')
 	}
-	return c.read(ctx, st, c.cfg.CommandTimeout)
+	if _, err := c.nc.Write(b); err != nil {
+		c.broken = true
+		return &Error{Stage: st, Host: c.host, Err: err}
+	}
+	return nil
 }
 
 // ErrTLS marks a failed TLS handshake after STARTTLS was accepted: the
@@ -277,6 +293,35 @@ func (c *Conn) Has(ext string) bool { _, ok := c.ext[ext]; return ok }
 // a size refusal must never become a cached fact about an address.
 func (c *Conn) Mail(ctx context.Context, sender string) (Reply, error) {
 	return c.Cmd(ctx, StageMail, "MAIL FROM:<"+sender+">")
+}
+
+// MailRcpt sends MAIL FROM with sender and RCPT TO with rcpt. With
+// PIPELINING (RFC 2920) both go in one write and both replies are read,
+// which saves a round trip; without it RCPT is sent only once MAIL is
+// accepted. rcptRep is nil unless MAIL was accepted: after a refused MAIL
+// the reply to a pipelined RCPT (503, say) says nothing about the address.
+// sent says whether RCPT went out; an error with MAIL accepted is the
+// RCPT's.
+func (c *Conn) MailRcpt(ctx context.Context, sender, rcpt string) (mail Reply, rcptRep *Reply, sent bool, err error) {
+	mailLine, rcptLine := "MAIL FROM:<"+sender+">", "RCPT TO:<"+rcpt+">"
+	if !c.Has("PIPELINING") {
+		if mail, err = c.Cmd(ctx, StageMail, mailLine); err != nil || mail.Class() != 2 {
+			return mail, nil, false, err
+		}
+		r, err := c.Cmd(ctx, StageRcpt, rcptLine)
+		return mail, &r, true, err
+	}
+	if err = c.send(ctx, StageMail, mailLine, rcptLine); err != nil {
+		return Reply{}, nil, false, err
+	}
+	if mail, err = c.read(ctx, StageMail, c.cfg.CommandTimeout); err != nil {
+		return mail, nil, true, err
+	}
+	r, rerr := c.read(ctx, StageRcpt, c.cfg.CommandTimeout)
+	if mail.Class() != 2 {
+		return mail, nil, true, nil // the connection is broken if the RCPT's reply was not read
+	}
+	return mail, &r, true, rerr
 }
 
 // Rcpt sends RCPT TO for one address.

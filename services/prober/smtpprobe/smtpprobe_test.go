@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -228,5 +229,54 @@ func TestQuitDoesNotWaitLong(t *testing.T) {
 	case <-done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("QUIT waited for an answer that never came")
+	}
+}
+
+// With PIPELINING, MAIL and RCPT go out together: this server answers
+// only once it has read both lines, so a client waiting for MAIL's reply
+// first would time out. Injection is refused in a pipelined RCPT too.
+func TestMailRcptPipelined(t *testing.T) {
+	addr := hostile(t, func(c net.Conn) {
+		r := bufio.NewReader(c)
+		fmt.Fprint(c, "220 mx.test ESMTP\r\n")
+		if _, err := r.ReadString('\n'); err != nil { // EHLO
+			return
+		}
+		fmt.Fprint(c, "250-mx.test\r\n250 PIPELINING\r\n")
+		for {
+			mail, err1 := r.ReadString('\n')
+			rcpt, err2 := r.ReadString('\n')
+			if err1 != nil || err2 != nil {
+				return
+			}
+			if strings.HasPrefix(mail, "MAIL FROM:<refused") {
+				fmt.Fprint(c, "550 5.7.1 sender refused\r\n503 5.5.1 need MAIL\r\n")
+				continue
+			}
+			if !strings.HasPrefix(mail, "MAIL FROM:<") || !strings.HasPrefix(rcpt, "RCPT TO:<") {
+				return
+			}
+			fmt.Fprint(c, "250 2.1.0 ok\r\n550 5.1.1 no such user\r\n")
+		}
+	})
+	c, _, err := Dial(context.Background(), addr, Config{CommandTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Hello(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	mail, rcpt, sent, err := c.MailRcpt(context.Background(), "", "nobody@example.org")
+	if err != nil || mail.Code != 250 || !sent || rcpt == nil || rcpt.Code != 550 || rcpt.Enhanced != "5.1.1" {
+		t.Fatalf("MAIL %v, RCPT %v, sent %v, %v", mail, rcpt, sent, err)
+	}
+	// After a refused MAIL the RCPT's 503 is read and not handed over.
+	mail, rcpt, sent, err = c.MailRcpt(context.Background(), "refused@example.org", "nobody@example.org")
+	if err != nil || mail.Code != 550 || !sent || rcpt != nil || c.Broken() {
+		t.Fatalf("refused MAIL: %v, RCPT %v, sent %v, broken %v, %v", mail, rcpt, sent, c.Broken(), err)
+	}
+	if _, _, sent, err := c.MailRcpt(context.Background(), "", "a@example.org>\r\nDATA"); err == nil || sent {
+		t.Fatal("a pipelined command with CRLF was sent")
 	}
 }
