@@ -346,13 +346,11 @@ func (s *Service) run(ctx context.Context, msg jetstream.Msg, job wire.ProbeJob,
 	defer s.m.inFlight.Dec()
 	res, end := s.verifier.VerifyThen(ctx, target, slot)
 	stopHB()
-	// The connection's RSET (or QUIT) runs while the verdict is published:
-	// the verdict does not wait for the destination's reply to it. The
-	// worker takes its next job once both are done.
-	ended := make(chan struct{})
-	go func() { defer close(ended); end() }()
+	// The verdict goes first: it does not wait for the destination's reply
+	// to the connection's RSET (or QUIT), which comes next, before the
+	// worker takes another job.
 	s.complete(ctx, msg, job, addr, start, res)
-	<-ended
+	end()
 }
 
 // complete stamps the verdicts with the callout's start and hands them on.
