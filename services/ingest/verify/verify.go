@@ -249,8 +249,10 @@ func (s *Service) fast(r *microasync.Request) bool {
 		r.State = &pending{req: req, purpose: purpose, v: v, pol: pol, m: m}
 		return false
 	}
-	rep := s.reply(context.Background(), req, purpose, r.Arrived(), v, pol, nil)
+	var logLine func()
+	rep := s.reply(context.Background(), req, purpose, r.Arrived(), v, pol, nil, &logLine)
 	s.respond(r, &rep)
+	logLine()
 	return true
 }
 
@@ -266,16 +268,20 @@ type pending struct {
 
 func (s *Service) serve(ctx context.Context, r *microasync.Request, trace bool) {
 	var rep wire.VerifyReply
+	logLine := func() {}
 	if p, ok := r.State.(*pending); ok {
-		rep = s.answer(ctx, p.req, p.purpose, r.Arrived(), p.v, p.pol, p.m)
+		rep = s.answer(ctx, p.req, p.purpose, r.Arrived(), p.v, p.pol, p.m, &logLine)
 	} else {
 		req, ok := s.decode(r, trace)
 		if !ok {
 			return
 		}
-		rep = s.verify(ctx, req, r.Arrived())
+		purpose := purposeOf(req)
+		v, pol, m := s.local(req, purpose)
+		rep = s.answer(ctx, req, purpose, r.Arrived(), v, pol, m, &logLine)
 	}
 	s.respond(r, &rep)
+	logLine() // after the answer is on its way
 }
 
 func encodeReply(rep *wire.VerifyReply, isJSON bool) ([]byte, error) {
@@ -309,12 +315,13 @@ func (s *Service) Verify(ctx context.Context, req wire.VerifyRequest) wire.Verif
 func (s *Service) verify(ctx context.Context, req wire.VerifyRequest, start time.Time) wire.VerifyReply {
 	purpose := purposeOf(req)
 	v, pol, m := s.local(req, purpose)
-	return s.answer(ctx, req, purpose, start, v, pol, m)
+	return s.answer(ctx, req, purpose, start, v, pol, m, nil)
 }
 
 // answer goes on from local's result: a miss (m) is asked of the cache and
-// the destination before its deadline.
-func (s *Service) answer(ctx context.Context, req wire.VerifyRequest, purpose verdict.Purpose, start time.Time, v verdict.Verdict, pol verdict.Policy, m *miss) wire.VerifyReply {
+// the destination before its deadline. The log line goes to *later when
+// set (see reply).
+func (s *Service) answer(ctx context.Context, req wire.VerifyRequest, purpose verdict.Purpose, start time.Time, v verdict.Verdict, pol verdict.Policy, m *miss, later *func()) wire.VerifyReply {
 	var transcript []wire.TraceLine
 	if req.Trace {
 		transcript = []wire.TraceLine{}
@@ -331,7 +338,7 @@ func (s *Service) answer(ctx context.Context, req wire.VerifyRequest, purpose ve
 		defer cancel()
 		v, pol = s.remote(ctx, req, purpose, m, &transcript)
 	}
-	return s.reply(ctx, req, purpose, start, v, pol, transcript)
+	return s.reply(ctx, req, purpose, start, v, pol, transcript, later)
 }
 
 func purposeOf(req wire.VerifyRequest) verdict.Purpose {
@@ -342,8 +349,10 @@ func purposeOf(req wire.VerifyRequest) verdict.Purpose {
 }
 
 // reply makes the answer of a verdict under a policy: the decision (monitor
-// mode's too), the brake's count, metrics and the log line.
-func (s *Service) reply(ctx context.Context, req wire.VerifyRequest, purpose verdict.Purpose, start time.Time, v verdict.Verdict, pol verdict.Policy, transcript []wire.TraceLine) wire.VerifyReply {
+// mode's too), the brake's count, metrics and the log line. With later
+// set, the log line is left there for the caller to write once the answer
+// is sent: the MTA does not wait for it.
+func (s *Service) reply(ctx context.Context, req wire.VerifyRequest, purpose verdict.Purpose, start time.Time, v verdict.Verdict, pol verdict.Policy, transcript []wire.TraceLine, later *func()) wire.VerifyReply {
 	d := s.decide(v, pol)
 	var would *verdict.Decision
 	if pol.Monitor && d.Action != verdict.Accept {
@@ -368,10 +377,19 @@ func (s *Service) reply(ctx context.Context, req wire.VerifyRequest, purpose ver
 	if v.Source == verdict.SourceCache {
 		level = slog.LevelDebug
 	}
+	logLine := func() {}
 	if s.log.Enabled(ctx, level) { // the arguments cost allocations: none when the line is off
-		s.log.Log(ctx, level, "verify", "address", v.Address, "purpose", purpose, "client", req.ClientAddress, "action", d.Action,
-			"code", d.Code, "status", v.Status, "reason", v.Reason, "source", v.Source, "host", v.Host, "dest_code", v.Code,
-			"dest_text", v.Text, "took", el.Round(time.Microsecond))
+		logged := v
+		logLine = func() {
+			s.log.Log(ctx, level, "verify", "address", logged.Address, "purpose", purpose, "client", req.ClientAddress, "action", d.Action,
+				"code", d.Code, "status", logged.Status, "reason", logged.Reason, "source", logged.Source, "host", logged.Host, "dest_code", logged.Code,
+				"dest_text", logged.Text, "took", el.Round(time.Microsecond))
+		}
+	}
+	if later != nil {
+		*later = logLine
+	} else {
+		logLine()
 	}
 	if !s.cfg.ReplyDetails {
 		v.Host, v.Text = "", ""

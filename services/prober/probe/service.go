@@ -373,9 +373,10 @@ func (s *Service) complete(ctx context.Context, msg jetstream.Msg, job wire.Prob
 		s.m.connections.WithLabelValues(kind).Inc()
 	}
 	a := res.Address
+	s.finish(ctx, msg, addr, job.Purpose, res, "done")
+	// Logged once the verdict is on its way: its ingest does not wait for the line.
 	s.log.Info("callout", "address", a.Address, "purpose", job.Purpose, "host", a.Host, "result", a.Status, "reason", a.Reason,
 		"code", a.Code, "enhanced", a.Enhanced, "text", a.Text, "rcpts", res.Rcpts, "reused", res.Reused, "duration", el.Round(time.Millisecond))
-	s.finish(ctx, msg, addr, job.Purpose, res, "done")
 }
 
 // finish publishes the domain facts, then the address verdict, and only then
