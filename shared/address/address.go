@@ -210,6 +210,37 @@ func isDotAtom(s string) bool {
 
 var idnaProfile = idna.New(idna.MapForLookup(), idna.BidiRule(), idna.Transitional(false))
 
+// plainASCII is d lower-cased when it holds only letters, digits, hyphens
+// and dots, in non-empty labels that neither start nor end with a hyphen
+// nor have hyphens in their third and fourth places (an A-label, "xn--"):
+// what IDNA maps to itself, lower case, so that the common domain skips
+// it. ok is false otherwise.
+func plainASCII(d string) (string, bool) {
+	upper := false
+	start := 0
+	for i := 0; i <= len(d); i++ {
+		if i == len(d) || d[i] == '.' {
+			l := d[start:i]
+			if l == "" || l[0] == '-' || l[len(l)-1] == '-' || len(l) >= 4 && l[2] == '-' && l[3] == '-' {
+				return "", false // IDNA decides (and refuses most)
+			}
+			start = i + 1
+			continue
+		}
+		switch c := d[i]; {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-':
+		case c >= 'A' && c <= 'Z':
+			upper = true
+		default:
+			return "", false
+		}
+	}
+	if upper {
+		return strings.ToLower(d), true
+	}
+	return d, true
+}
+
 // NormalizeDomain lower-cases d and converts it to A-labels, refusing what
 // cannot be a mail domain.
 func NormalizeDomain(d string) (string, error) {
@@ -234,18 +265,21 @@ func normalizeDomain(d string) (string, error) {
 	if len(d) > MaxDomain*4 {
 		return "", ErrDomainTooLong
 	}
-	if !utf8.ValidString(d) {
-		return "", fmt.Errorf("%w: not UTF-8", ErrDomainSyntax)
+	ascii, ok := plainASCII(d)
+	if !ok {
+		if !utf8.ValidString(d) {
+			return "", fmt.Errorf("%w: not UTF-8", ErrDomainSyntax)
+		}
+		var err error
+		if ascii, err = idnaProfile.ToASCII(d); err != nil {
+			return "", fmt.Errorf("%w: %v", ErrDomainSyntax, err)
+		}
+		// An A-label must decode again, or the result would not be stable.
+		if _, err := idnaProfile.ToUnicode(ascii); err != nil {
+			return "", fmt.Errorf("%w: %v", ErrDomainSyntax, err)
+		}
+		ascii = strings.ToLower(ascii)
 	}
-	ascii, err := idnaProfile.ToASCII(d)
-	if err != nil {
-		return "", fmt.Errorf("%w: %v", ErrDomainSyntax, err)
-	}
-	// An A-label must decode again, or the result would not be stable.
-	if _, err := idnaProfile.ToUnicode(ascii); err != nil {
-		return "", fmt.Errorf("%w: %v", ErrDomainSyntax, err)
-	}
-	ascii = strings.ToLower(ascii)
 	if len(ascii) > MaxDomain {
 		return "", ErrDomainTooLong
 	}

@@ -132,3 +132,51 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// The ASCII shortcut gives what IDNA gives, or IDNA decides.
+func TestPlainASCIIMatchesIDNA(t *testing.T) {
+	for _, d := range []string{
+		"example.org", "Example.ORG", "mx-1.example.org", "a.b", "-a.example", "a-.example", "ab--cd.example",
+		"xn--bcher-kva.example", "XN--BCHER-KVA.example", "a..b", ".a", "1.2.3.4", "ex_ample.org", "a.b-",
+		"0-0.0", "ab-c-.d", "a-b--c.org", "x.yz--", "ä.example", "a.b.c.d.e.f.g.h",
+	} {
+		fast, ok := plainASCII(d)
+		if !ok {
+			continue
+		}
+		slow, err := idnaProfile.ToASCII(d)
+		if err != nil {
+			t.Errorf("%q: shortcut gives %q, IDNA refuses: %v", d, fast, err)
+			continue
+		}
+		if strings.ToLower(slow) != fast {
+			t.Errorf("%q: shortcut gives %q, IDNA %q", d, fast, strings.ToLower(slow))
+		}
+	}
+}
+
+func BenchmarkNormalizeDomain(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := NormalizeDomain("mx.sat.bench.example"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// The shortcut never disagrees with IDNA on what it takes.
+func FuzzPlainASCII(f *testing.F) {
+	for _, d := range []string{"example.org", "Ex-Ample.ORG", "xn--bcher-kva.example", "a.b"} {
+		f.Add(d)
+	}
+	f.Fuzz(func(t *testing.T, d string) {
+		fast, ok := plainASCII(d)
+		if !ok {
+			return
+		}
+		slow, err := idnaProfile.ToASCII(d)
+		if err != nil || strings.ToLower(slow) != fast {
+			t.Fatalf("%q: shortcut %q, IDNA %q, %v", d, fast, slow, err)
+		}
+	})
+}
