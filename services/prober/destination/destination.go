@@ -494,7 +494,7 @@ func (d *Dest) Info() Info {
 	defer d.mu.Unlock()
 	now := time.Now()
 	in := Info{Host: d.host, Breaker: d.cb.State().String(), Rate: float64(d.lim.Limit()), Backoff: d.level,
-		InUse: d.inUse, Idle: len(d.idle), Reuse: d.reuseLocked(now), PlainText: now.Before(d.plainTil), LastReply: d.lastReply, Calls: d.calls}
+		InUse: d.inUse, Idle: d.idleConnsLocked(), Reuse: d.reuseLocked(now), PlainText: now.Before(d.plainTil), LastReply: d.lastReply, Calls: d.calls}
 	if n := min(d.calls, uint64(len(d.took))); n > 0 {
 		lat := append([]time.Duration(nil), d.took[:n]...)
 		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
@@ -584,6 +584,18 @@ func (d *Dest) takeIdle() *idleConn {
 	ic := live[pick]
 	d.idle = append(live[:pick], live[pick+1:]...)
 	return &ic
+}
+
+// idleConnsLocked counts the idle connections (not the slots kept
+// without one).
+func (d *Dest) idleConnsLocked() int {
+	n := 0
+	for _, ic := range d.idle {
+		if ic.c != nil {
+			n++
+		}
+	}
+	return n
 }
 
 // putBack returns a connection taken by takeIdle that found no rate token
