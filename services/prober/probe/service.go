@@ -22,6 +22,7 @@ import (
 	"github.com/callout-mail/callout/services/prober/callout"
 	"github.com/callout-mail/callout/services/prober/destination"
 	"github.com/callout-mail/callout/services/prober/lease"
+	"github.com/callout-mail/callout/services/prober/pull"
 	"github.com/callout-mail/callout/services/prober/resolve"
 	"github.com/callout-mail/callout/services/prober/smtpprobe"
 	"github.com/callout-mail/callout/shared/address"
@@ -98,7 +99,6 @@ func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger)
 // Run serves jobs until ctx ends, then lets the callouts in flight finish
 // (or hands their jobs back) and returns.
 func (s *Service) Run(ctx context.Context) error {
-	var cons jetstream.Consumer
 	watching := false
 	err := backoff.Retry(ctx, s.log, "prober setup", 5*time.Second, func(ctx context.Context) error {
 		if _, err := streams.Probes(ctx, s.js, s.names, s.cfg.Replicas); streams.Warn(s.log, err) != nil {
@@ -122,7 +122,7 @@ func (s *Service) Run(ctx context.Context) error {
 				return err
 			}
 		}
-		cons, err = streams.Workers(ctx, s.js, s.names.ProbeStream(), s.names.ProbeConsumer(), s.cfg.AckWait, s.cfg.Replicas)
+		_, err = streams.Workers(ctx, s.js, s.names.ProbeStream(), s.names.ProbeConsumer(), s.cfg.AckWait, s.cfg.Replicas)
 		return err
 	})
 	if err != nil {
@@ -165,7 +165,7 @@ func (s *Service) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.worker(ctx, cons)
+			s.worker(ctx)
 		}()
 	}
 	wg.Wait()
@@ -236,9 +236,15 @@ func (s *Service) trace(ctx context.Context, m *nats.Msg) {
 
 // worker pulls one job at a time: nothing waits in a local buffer while its
 // AckWait runs.
-func (s *Service) worker(ctx context.Context, cons jetstream.Consumer) {
+func (s *Service) worker(ctx context.Context) {
+	p, err := pull.New(s.nc, s.names.ProbeStream(), s.names.ProbeConsumer(), 2*time.Second)
+	if err != nil {
+		s.log.Error("worker subscription", "err", err)
+		return
+	}
+	defer p.Close()
 	for ctx.Err() == nil {
-		batch, err := cons.Fetch(1, jetstream.FetchMaxWait(2*time.Second))
+		msg, err := p.Next(ctx)
 		if err != nil {
 			if ctx.Err() == nil {
 				s.log.Debug("fetch", "err", err)
@@ -249,7 +255,7 @@ func (s *Service) worker(ctx context.Context, cons jetstream.Consumer) {
 			}
 			continue
 		}
-		for msg := range batch.Messages() {
+		if msg != nil {
 			s.handle(ctx, msg)
 		}
 	}
@@ -272,7 +278,7 @@ func readJob(data []byte) (wire.ProbeJob, address.Address, error) {
 	return job, addr, nil
 }
 
-func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
+func (s *Service) handle(ctx context.Context, msg *pull.Msg) {
 	job, addr, err := readJob(msg.Data())
 	if err != nil {
 		s.log.Error("probe job refused", "subject", msg.Subject(), "err", err)
@@ -280,11 +286,10 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.Term()
 		return
 	}
-	md, err := msg.Metadata()
-	if err == nil && int(md.NumDelivered) > s.cfg.MaxDeliver {
+	if n := msg.NumDelivered(); int(n) > s.cfg.MaxDeliver {
 		// Earlier deliveries died mid-callout: answer rather than retry forever.
 		v := verdict.Verdict{Kind: verdict.KindAddress, Address: addr.String(), Domain: addr.Domain, Status: verdict.TempFail,
-			Reason: ReasonGaveUp, Text: fmt.Sprintf("no result after %d deliveries", md.NumDelivered-1), CheckedAt: time.Now(), Source: verdict.SourceProbe}
+			Reason: ReasonGaveUp, Text: fmt.Sprintf("no result after %d deliveries", n-1), CheckedAt: time.Now(), Source: verdict.SourceProbe}
 		s.finish(ctx, msg, addr, job.Purpose, callout.Result{Address: v}, "gave_up")
 		return
 	}
@@ -341,7 +346,7 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 
 // run makes the callout (slot, when set, is the first host's) and
 // publishes its verdicts.
-func (s *Service) run(ctx context.Context, msg jetstream.Msg, job wire.ProbeJob, addr address.Address, target callout.Target, slot *destination.Slot, stopHB func(), start time.Time) {
+func (s *Service) run(ctx context.Context, msg *pull.Msg, job wire.ProbeJob, addr address.Address, target callout.Target, slot *destination.Slot, stopHB func(), start time.Time) {
 	s.m.inFlight.Inc()
 	defer s.m.inFlight.Dec()
 	res, end := s.verifier.VerifyThen(ctx, target, slot)
@@ -354,7 +359,7 @@ func (s *Service) run(ctx context.Context, msg jetstream.Msg, job wire.ProbeJob,
 }
 
 // complete stamps the verdicts with the callout's start and hands them on.
-func (s *Service) complete(ctx context.Context, msg jetstream.Msg, job wire.ProbeJob, addr address.Address, start time.Time, res callout.Result) {
+func (s *Service) complete(ctx context.Context, msg *pull.Msg, job wire.ProbeJob, addr address.Address, start time.Time, res callout.Result) {
 	res.Started(start)
 	if ctx.Err() != nil {
 		// Shutting down: the result is an artefact of the cancellation.
@@ -382,7 +387,7 @@ func (s *Service) complete(ctx context.Context, msg jetstream.Msg, job wire.Prob
 // finish publishes the domain facts, then the address verdict, and only then
 // acks the job: a prober killed before the ack leaves the job to another.
 // Every verdict carries the job's purpose, its view (see kvkey).
-func (s *Service) finish(ctx context.Context, msg jetstream.Msg, addr address.Address, purpose verdict.Purpose, res callout.Result, outcome string) {
+func (s *Service) finish(ctx context.Context, msg *pull.Msg, addr address.Address, purpose verdict.Purpose, res callout.Result, outcome string) {
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if err := s.publishAll(pctx, addr, purpose, &res); err != nil {
@@ -411,7 +416,7 @@ func (s *Service) publishAll(ctx context.Context, addr address.Address, purpose 
 	return s.publish(ctx, s.names.Verdict(kvkey.Address(addr.Domain, addr.Local, purpose, "")), res.Address)
 }
 
-func (s *Service) requeue(msg jetstream.Msg, err error) {
+func (s *Service) requeue(msg *pull.Msg, err error) {
 	s.log.Error("verdict publish failed; job handed back", "subject", msg.Subject(), "err", err)
 	_ = msg.NakWithDelay(time.Second)
 	s.m.jobs.WithLabelValues("requeued").Inc()
