@@ -77,15 +77,30 @@ type Service struct {
 }
 
 // flight is one pending callout that any number of requests wait for.
+// Verdicts arrive on one subscription to every address verdict
+// (onVerdict), which ends the flight of their target: no subscription per
+// callout, each of which would change the server's interest graph twice.
 type flight struct {
+	key  string
 	done chan struct{}
+	once sync.Once
 	v    verdict.Verdict
 	err  error
-	// Verdicts arrive on one subscription to every address verdict
-	// (onVerdict), handed to the flight of their target: no subscription
-	// per callout, each of which would change the server's interest graph
-	// twice.
-	verdicts chan *nats.Msg
+}
+
+// end ends the flight with its answer, once: the first of the verdict,
+// the cache's answer or a failure wins. It leaves the map, and its
+// waiters have the answer.
+func (s *Service) end(f *flight, v verdict.Verdict, err error) {
+	f.once.Do(func() {
+		f.v, f.err = v, err
+		s.mu.Lock()
+		if s.flights[f.key] == f {
+			delete(s.flights, f.key)
+		}
+		s.mu.Unlock()
+		close(f.done)
+	})
 }
 
 // New builds an ingest on an open connection.
@@ -556,7 +571,7 @@ func (s *Service) fetch(ctx context.Context, a address.Address, purpose verdict.
 		s.m.coalesced.Inc()
 		return s.wait(ctx, a, f)
 	}
-	f = &flight{done: make(chan struct{}), verdicts: make(chan *nats.Msg, 4)}
+	f = &flight{key: key, done: make(chan struct{})}
 	s.flights[key] = f
 	s.mu.Unlock()
 	// With every key of the bucket known here, an address without any
@@ -570,16 +585,22 @@ func (s *Service) fetch(ctx context.Context, a address.Address, purpose verdict.
 	subject := s.names.Verdict(kvkey.Address(a.Domain, a.Local, purpose, ""))
 	switch {
 	case look.Hit:
-		f.v = *look.Verdict
-		s.land(key, f)
+		s.end(f, *look.Verdict, nil)
 	case look.Queued || look.Pending:
-		go s.fly(key, subject, f, job, true, look.Pending)
+		go s.fly(f, subject, job, nil, look.Pending)
 	default:
 		if look.QueueError != "" {
 			s.log.Warn("cachekeeper could not queue the job; queueing it here", "address", a.String(), "err", look.QueueError)
 		}
 		look.Adjust(&job)
-		go s.fly(key, subject, f, job, false, false)
+		// Published here, before the flight's goroutine starts: the
+		// callout does not wait for it.
+		ack, err := s.queueAsync(key, job)
+		if err != nil {
+			s.end(f, verdict.Verdict{}, err)
+			break
+		}
+		go s.fly(f, subject, job, ack, false)
 	}
 	return s.wait(ctx, a, f)
 }
@@ -774,17 +795,10 @@ func (s *Service) wait(ctx context.Context, a address.Address, f *flight) verdic
 	}
 }
 
-// land ends a flight: it leaves the map, and its waiters have its answer.
-func (s *Service) land(key string, f *flight) {
-	s.mu.Lock()
-	delete(s.flights, key)
-	s.mu.Unlock()
-	close(f.done)
-}
-
-// fly queues the job (unless the cachekeeper did: queued, and pending if
-// one was queued already) and waits for the verdict (through onVerdict) at
-// most MaxTimeout.
+// fly waits for the flight's verdict (which onVerdict brings) at most
+// MaxTimeout. ack is the PubAck of the job this ingest queued, if it did;
+// pending says the job was found pending (queued by another, or by the
+// cachekeeper for another request).
 //
 // A job already pending is fine: its verdict comes on the same subject,
 // unless it went by before the subscription (the prober publishes, then
@@ -794,53 +808,56 @@ func (s *Service) land(key string, f *flight) {
 // gets the verdict or its own job is queued: a verdict that was neither
 // kept nor stored (a tempfail) then costs a new callout, never a wait to
 // the deadline.
-func (s *Service) fly(key, verdictSubject string, f *flight, job wire.ProbeJob, queued, pending bool) {
-	defer s.land(key, f)
+func (s *Service) fly(f *flight, verdictSubject string, job wire.ProbeJob, ack jetstream.PubAckFuture, pending bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.MaxTimeout)
 	defer cancel()
-	b, err := wire.Encode(&job)
-	if err != nil {
-		f.err = err
-		return
-	}
-	if !queued {
-		if pending, err = s.queue(ctx, key, b); err != nil {
-			f.err = err
+	if ack != nil {
+		select {
+		case <-ack.Ok():
+		case err := <-ack.Err():
+			if !streams.JobPending(err) {
+				s.end(f, verdict.Verdict{}, fmt.Errorf("queue job: %w", err))
+				return
+			}
+			pending = true
+		case <-f.done:
+			return
+		case <-ctx.Done():
+			s.end(f, verdict.Verdict{}, errors.New("no verdict in time"))
 			return
 		}
 	}
 	var retry <-chan time.Time
 	if pending {
 		if v, ok := s.passed(ctx, verdictSubject, job); ok {
-			f.v = v
+			s.end(f, v, nil)
 			return
 		}
 		t := time.NewTicker(s.cfg.PendingRetry)
 		defer t.Stop()
 		retry = t.C
 	}
+	b, err := wire.Encode(&job)
+	if err != nil {
+		s.end(f, verdict.Verdict{}, err)
+		return
+	}
 	for {
 		select {
-		case m := <-f.verdicts:
-			v, err := wire.DecodeVerdict(m.Data)
-			if err != nil {
-				s.log.Error("verdict refused", "subject", m.Subject, "err", err)
-				continue
-			}
-			f.v = v
+		case <-f.done:
 			return
 		case <-retry:
-			if pending, err = s.queue(ctx, key, b); err == nil && !pending {
+			if pending, err = s.queue(ctx, f.key, b); err == nil && !pending {
 				retry = nil // our own job is queued now
 			}
 		case <-ctx.Done():
-			f.err = errors.New("no verdict in time")
+			s.end(f, verdict.Verdict{}, errors.New("no verdict in time"))
 			return
 		}
 	}
 }
 
-// onVerdict hands an address verdict to the flight waiting for it, if any
+// onVerdict ends the flight of an address verdict's target, if any
 // (verdicts of other ingests' callouts pass by).
 func (s *Service) onVerdict(m *nats.Msg) {
 	// The subject is the verdict subject of addr.<target>, the flight's key.
@@ -854,10 +871,25 @@ func (s *Service) onVerdict(m *nats.Msg) {
 	if f == nil {
 		return
 	}
-	select {
-	case f.verdicts <- m:
-	default: // the flight has what it needs
+	v, err := wire.DecodeVerdict(m.Data)
+	if err != nil {
+		s.log.Error("verdict refused", "subject", m.Subject, "err", err)
+		return
 	}
+	s.end(f, v, nil)
+}
+
+// queueAsync publishes the job without waiting for the server's answer.
+func (s *Service) queueAsync(key string, job wire.ProbeJob) (jetstream.PubAckFuture, error) {
+	b, err := wire.Encode(&job)
+	if err != nil {
+		return nil, err
+	}
+	ack, err := s.js.PublishAsync(s.names.Probe(key), b)
+	if err != nil {
+		return nil, fmt.Errorf("queue job: %w", err)
+	}
+	return ack, nil
 }
 
 // queue publishes the job; pending says one for the same target was
