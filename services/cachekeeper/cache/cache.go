@@ -493,14 +493,22 @@ func (s *Store) Flush(ctx context.Context, c wire.FlushCommand) (removed, rev ui
 		return n, rev, err
 	}
 	if c.Only == "" {
-		for _, f := range filters {
-			n, err := s.purge(ctx, "$KV."+s.bucket+"."+f)
-			removed += n
-			if err != nil {
-				return removed, rev, err
-			}
+		// The filters' purges are asked at once: one round trip.
+		counts := make([]uint64, len(filters))
+		errs := make([]error, len(filters))
+		var wg sync.WaitGroup
+		for i, f := range filters {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				counts[i], errs[i] = s.purge(ctx, "$KV."+s.bucket+"."+f)
+			}()
 		}
-		return removed, rev, nil
+		wg.Wait()
+		for _, n := range counts {
+			removed += n
+		}
+		return removed, rev, errors.Join(errs...)
 	}
 	// Only valid or only invalid: entries must be read to know their status.
 	lister, err := s.kv.ListKeysFiltered(ctx, filters...)
