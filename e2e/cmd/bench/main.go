@@ -59,6 +59,7 @@ type bench struct {
 	rows     []row
 	kv       jetstream.KeyValue
 	pprof    map[string]string // process -> its /debug/pprof address (CALLOUT_BENCH_PROFILE)
+	metrics  map[string]string // process -> its /metrics address
 	profDir  string
 }
 
@@ -197,7 +198,7 @@ func start(bin string) (*bench, func(), error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	b := &bench{dir: dir, names: subjects.New(""), procs: map[string]*stack.Proc{}, pprof: map[string]string{}}
+	b := &bench{dir: dir, names: subjects.New(""), procs: map[string]*stack.Proc{}, pprof: map[string]string{}, metrics: map[string]string{}}
 	var order []*stack.Proc
 	stop := func() {
 		for i := len(order) - 1; i >= 0; i-- {
@@ -254,11 +255,16 @@ func start(bin string) (*bench, func(), error) {
 	}
 	launch := func(name, svc string, env ...string) error {
 		env = append(common(svc), env...)
-		if profile != "" {
+		if profile != "" || name == "ingest" {
+			// The ingest's metrics are read (storage); every process's
+			// /debug/pprof when profiling.
 			addr := fmt.Sprintf("127.0.0.1:%d", freePort())
 			env = append(env, "CALLOUT_"+strings.ToUpper(svc)+"_METRICS_ADDR="+addr)
-			profiles = append(profiles, name+" "+addr)
-			b.pprof[name] = addr
+			b.metrics[name] = addr
+			if profile != "" {
+				profiles = append(profiles, name+" "+addr)
+				b.pprof[name] = addr
+			}
 		}
 		p, err := stack.Start(dir, name, filepath.Join(bin, svc), nil, env)
 		if err != nil {
@@ -770,6 +776,25 @@ func (b *bench) saturation() error {
 	return b.flushAll()
 }
 
+// ingestGauge reads one unlabelled gauge from the ingest's /metrics (-1
+// when it cannot).
+func (b *bench) ingestGauge(name string) float64 {
+	resp, err := http.Get("http://" + b.metrics["ingest"] + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			if f, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err == nil {
+				return f
+			}
+		}
+	}
+	return -1
+}
+
 // 3. Callout economy: Zipf-distributed requests over many domains.
 func (b *bench) economy(n int) error {
 	const nDomains, perDomain, nDest = 1000, 50, 20
@@ -993,6 +1018,7 @@ func (b *bench) storage(n int) error {
 		return e.(error)
 	}
 	b.add(sec, "ingest RSS, near cache full (100,000 entries)", rssKB(b.procs["ingest"].Pid())/1024, "MiB")
+	b.add(sec, "ingest known keys (index of the bucket)", b.ingestGauge("callout_ingest_known_keys"), "")
 	flush := func(cmd wire.FlushCommand) (time.Duration, uint64, error) {
 		data, _ := wire.Encode(&cmd)
 		t0 := time.Now()

@@ -19,7 +19,7 @@ type Config struct {
 	LookupTimeout        time.Duration   `envconfig:"LOOKUP_TIMEOUT" default:"1s" desc:"wait for the cache; then go on as a miss"`
 	Workers              int             `default:"2048" desc:"requests handled at once"`
 	NearCacheEntries     int             `envconfig:"NEAR_CACHE_ENTRIES" default:"100000" desc:"cache hits kept in this ingest, answered with no further hop (0: off)"`
-	KnownKeys            int             `envconfig:"KNOWN_KEYS" default:"1000000" desc:"address keys of the cache bucket this ingest indexes (with the near cache on), so that a miss for an address without any is known without asking the cachekeeper; past it every miss asks (0: off)"`
+	KnownKeys            int             `envconfig:"KNOWN_KEYS" default:"2000000" desc:"address keys of the cache bucket this ingest indexes (with the near cache on), so that a miss for an address without any is known without asking the cachekeeper; past it every miss asks (0: off)"`
 	PendingRetry         time.Duration   `envconfig:"PENDING_RETRY" default:"500ms" desc:"while another's job for an address is pending and its verdict was not seen, try to queue one this often"`
 	Replicas             int             `default:"1" desc:"JetStream replicas of streams and buckets"`
 	UnknownDomains       string          `envconfig:"UNKNOWN_DOMAINS" default:"accept" desc:"recipient domains without a policy: accept (unverifiable; relay control stays with the MTA), reject (550 5.7.1) or callout (by MX)"`
