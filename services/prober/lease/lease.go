@@ -49,7 +49,17 @@ type Leases struct {
 	tokTTL time.Duration // life of one token
 	mu     sync.Mutex
 	grants map[string]grant // host -> what is left of the token last taken
+	// Connection slots this prober holds, and slots found taken lately:
+	// neither is asked for again (each ask is a round trip, and a refused
+	// one an error to parse), until it is released or the mark expires.
+	held  map[string]bool
+	taken map[string]time.Time
 }
+
+// takenFor is how long a slot found taken is not asked for again: a slot
+// is held for a connection's life, seconds, and a prober that waits asks
+// again within 20-500 ms anyway.
+const takenFor = 50 * time.Millisecond
 
 // grant is what is left of a rate token this prober took: callouts it may
 // still start before the token's life ends.
@@ -72,7 +82,8 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, n subjects.Names) *L
 	g := max(1, int(math.Floor(cfg.Rate/maxTokens)))
 	tokens := max(1, int(math.Floor(cfg.Rate/float64(g))))
 	ttl := time.Duration(math.Ceil(float64(tokens*g)/cfg.Rate)) * time.Second
-	return &Leases{cfg: cfg, nc: nc, js: js, names: n, tokens: tokens, grant: g, tokTTL: max(ttl, time.Second), grants: map[string]grant{}}
+	return &Leases{cfg: cfg, nc: nc, js: js, names: n, tokens: tokens, grant: g, tokTTL: max(ttl, time.Second), grants: map[string]grant{},
+		held: map[string]bool{}, taken: map[string]time.Time{}}
 }
 
 // spend starts one callout on what is left of host's last token, if any.
@@ -200,20 +211,67 @@ func (l *Leases) Wanted(yield func(host string)) (*nats.Subscription, error) {
 
 // take publishes into the first free of n subjects, starting at a random
 // one so that probers do not collide; ErrBusy when all are taken.
+// Connection slots this prober holds or found taken lately are skipped.
 func (l *Leases) take(ctx context.Context, kind, host string, n int, ttl time.Duration) (string, uint64, error) {
 	start := rand.IntN(n)
+	conn := kind == "conn"
 	for i := 0; i < n; i++ {
 		subj := l.names.Lease(kind, host, (start+i)%n)
+		if conn && l.skip(subj) {
+			continue
+		}
 		seq, err := l.publish(ctx, subj, 0, ttl)
 		if err == nil {
+			if conn {
+				l.mu.Lock()
+				l.held[subj] = true
+				l.mu.Unlock()
+			}
 			return subj, seq, nil
 		}
 		if streams.WrongLastSequence(err) {
+			if conn {
+				l.markTaken(subj)
+			}
 			continue // taken
 		}
 		return "", 0, fmt.Errorf("lease %s: %w", subj, err)
 	}
 	return "", 0, ErrBusy
+}
+
+// markTaken notes a slot another prober holds; marks of hosts no longer
+// asked for go once there are many.
+func (l *Leases) markTaken(subj string) {
+	now := time.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.taken) >= 4096 {
+		for k, until := range l.taken {
+			if !now.Before(until) {
+				delete(l.taken, k)
+			}
+		}
+	}
+	l.taken[subj] = now.Add(takenFor)
+}
+
+// skip reports whether a connection slot is held here or was found taken
+// lately.
+func (l *Leases) skip(subj string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.held[subj] {
+		return true
+	}
+	until, ok := l.taken[subj]
+	if ok && time.Now().Before(until) {
+		return true
+	}
+	if ok {
+		delete(l.taken, subj)
+	}
+	return false
 }
 
 func (l *Leases) publish(ctx context.Context, subj string, last uint64, ttl time.Duration) (uint64, error) {
@@ -228,6 +286,9 @@ func (l *Leases) publish(ctx context.Context, subj string, last uint64, ttl time
 // purge gives a slot back at once; it is not waited for (the TTL frees it
 // anyway).
 func (l *Leases) purge(subj string) {
+	l.mu.Lock()
+	delete(l.held, subj)
+	l.mu.Unlock()
 	req, _ := json.Marshal(map[string]string{"filter": subj})
 	_ = l.nc.Publish("$JS.API.STREAM.PURGE."+l.names.LeaseStream(), req)
 }
