@@ -76,7 +76,8 @@ func Records(v verdict.Verdict) []string {
 type Copy struct {
 	mu      sync.Mutex
 	records map[string]Record
-	facts   map[string]held // domain fact key -> stored entry
+	recRevs map[string]uint64 // record key -> revision of the last record message seen
+	facts   map[string]held   // domain fact key -> stored entry
 	mark    *revision.Mark  // how far the running watch has come; nil while it does not run
 
 	// The address index (maxKeys > 0): domain token -> key hash -> the
@@ -107,7 +108,7 @@ func New(maxKeys int) *Copy {
 }
 
 func (c *Copy) reset() {
-	c.records, c.facts = map[string]Record{}, map[string]held{}
+	c.records, c.recRevs, c.facts = map[string]Record{}, map[string]uint64{}, map[string]held{}
 	c.keys, c.nkeys, c.loaded, c.overflow = map[string]map[uint64]uint64{}, 0, false, false
 }
 
@@ -171,6 +172,15 @@ func (c *Copy) Covers(v verdict.Verdict) bool {
 	return false
 }
 
+// RecordAt returns the flush record held under key and the revision of
+// its last message (zero values when none is held): what a writer of the
+// next record expects to find, unless the copy is behind.
+func (c *Copy) RecordAt(key string) (Record, uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.records[key], c.recRevs[key]
+}
+
 // RecordCount is the number of flush records held.
 func (c *Copy) RecordCount() int {
 	c.mu.Lock()
@@ -212,6 +222,9 @@ func (c *Copy) Merge(key string, data []byte, rev uint64) {
 		}
 	}
 	c.records[key] = cur
+	if rev > c.recRevs[key] {
+		c.recRevs[key] = rev
+	}
 	if !purged || rev == 0 {
 		return
 	}
@@ -361,6 +374,7 @@ func (c *Copy) Prune(now time.Time, longest time.Duration) {
 		// A full flush covers every older record (and purged them).
 		if now.Sub(latest) > longest || (k != kvkey.FlushAll && !latest.After(all)) {
 			delete(c.records, k)
+			delete(c.recRevs, k)
 		}
 	}
 }

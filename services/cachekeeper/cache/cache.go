@@ -325,8 +325,14 @@ func (s *Store) record(ctx context.Context, key string, only verdict.Status, now
 	subject := "$KV." + s.bucket + "." + key
 	ttl := s.ttls.longest()
 	for attempt := 0; attempt < 8; attempt++ {
-		r, last, err := s.flushRecord(ctx, key)
-		if err != nil {
+		var r cachecopy.Record
+		var last uint64
+		var err error
+		if attempt == 0 && s.fl.Running() != nil {
+			// The copy knows the record and its revision, unless it is
+			// behind: then the write is refused and the bucket is read.
+			r, last = s.fl.RecordAt(key)
+		} else if r, last, err = s.flushRecord(ctx, key); err != nil {
 			return 0, err
 		}
 		if slot := r.Slot(only); now.After(*slot) {
@@ -452,6 +458,13 @@ func (s *Store) LookupAfter(ctx context.Context, addr address.Address, purpose v
 // that a verdict whose callout started before it and arrives later is not
 // stored (Put), and the ingests' near caches drop what it covers.
 func (s *Store) Flush(ctx context.Context, c wire.FlushCommand) (removed, rev uint64, err error) {
+	return s.FlushThen(ctx, c, nil)
+}
+
+// FlushThen is Flush that calls recorded with the flush record's revision
+// once it is written, before the purge: what needs only the record (the
+// ingests' confirmation) can go on meanwhile.
+func (s *Store) FlushThen(ctx context.Context, c wire.FlushCommand, recorded func(rev uint64)) (removed, rev uint64, err error) {
 	var filters []string
 	var rec string
 	switch c.Scope {
@@ -477,6 +490,9 @@ func (s *Store) Flush(ctx context.Context, c wire.FlushCommand) (removed, rev ui
 	}
 	if rev, err = s.record(ctx, rec, c.Only, s.now()); err != nil {
 		return 0, 0, err
+	}
+	if recorded != nil {
+		recorded(rev)
 	}
 	if c.Only == "" && c.Scope == wire.ScopeAll {
 		// Everything before the flush record goes in one purge by sequence

@@ -339,14 +339,27 @@ func (s *Service) flush(ctx context.Context, r micro.Request) {
 	fctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	start := time.Now()
-	n, rev, err := s.store.Flush(fctx, cmd)
+	// The ingests confirm the record while the purge runs: their near
+	// caches go by the record, not by the purge.
+	synced := make(chan struct{})
+	var once sync.Once
+	startSync := func(rev uint64) {
+		once.Do(func() {
+			go func() {
+				defer close(synced)
+				s.syncIngests(fctx, rev)
+			}()
+		})
+	}
+	n, rev, err := s.store.FlushThen(fctx, cmd, startSync)
 	rep := wire.FlushReply{Removed: n}
 	if err != nil {
 		rep.Error = err.Error()
 		s.log.Error("flush failed", "scope", cmd.Scope, "err", err)
 	}
 	if rev != 0 {
-		s.syncIngests(fctx, rev)
+		startSync(rev) // a no-op when the record's hook started it
+		<-synced
 	}
 	s.m.flushes.WithLabelValues(cmd.Scope).Inc()
 	s.m.removed.Add(float64(n))
