@@ -78,7 +78,7 @@ type Copy struct {
 	records map[string]Record
 	recRevs map[string]uint64 // record key -> revision of the last record message seen
 	facts   map[string]held   // domain fact key -> stored entry
-	mark    *revision.Mark  // how far the running watch has come; nil while it does not run
+	mark    *revision.Mark    // how far the running watch has come; nil while it does not run
 
 	// The address index (maxKeys > 0): domain token -> key hash -> the
 	// revision of the key's last write.
