@@ -586,3 +586,31 @@ func TestPutWaitsForTheCopy(t *testing.T) {
 		t.Fatal("a flushed verdict is served")
 	}
 }
+
+// A flush record is written from the copy's knowledge of the last one;
+// when the copy is behind (another cachekeeper's record it has not seen),
+// the write is refused and the bucket's record is merged, not lost.
+func TestRecordWhenTheCopyIsBehind(t *testing.T) {
+	s := open(t, DefaultTTLs)
+	ctx := context.Background()
+	key := kvkey.FlushDomain("behind.example")
+	first := time.Now().Add(-time.Minute)
+	if _, err := s.record(ctx, key, "", first); err != nil { // the copy does not run: read from the bucket
+		t.Fatal(err)
+	}
+	mark := &revision.Mark{}
+	mark.Set(1 << 40) // a copy that claims to be current but never saw the record
+	old := s.fl.SetMark(mark)
+	defer s.fl.SetMark(old)
+	second := time.Now()
+	if _, err := s.record(ctx, key, verdict.Valid, second); err != nil {
+		t.Fatal(err)
+	}
+	r, _, err := s.flushRecord(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.Any.Equal(first) || !r.Valid.Equal(second) {
+		t.Fatalf("record %+v, want any %v and valid %v", r, first, second)
+	}
+}
