@@ -13,7 +13,8 @@
 // $JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer> with the inbox as reply
 // subject; the server answers with a message, or with a status without
 // payload: 408 (the request expired), 404 (no messages, for no_wait), 409
-// (the consumer is gone, too many waiting requests, a leadership change).
+// (too many waiting requests, a leadership change), 503 when no consumer
+// answers at all (the client reports it as no responders).
 // Each request has its own reply subject, so a status that answers an
 // earlier request is told apart from the current one's.
 package pull
@@ -55,8 +56,9 @@ func New(nc *nats.Conn, stream, consumer string, wait time.Duration) (*Puller, e
 // Close ends the subscription.
 func (p *Puller) Close() { _ = p.sub.Unsubscribe() }
 
-// ErrPull is a refused pull request (a 409 status: the consumer is gone,
-// too many requests wait, its leader changed): wait a little and ask again.
+// ErrPull is a refused pull request (a 409 status: too many requests
+// wait, the consumer's leader changed; or no consumer answers): wait a
+// little and ask again.
 var ErrPull = errors.New("pull request refused")
 
 // Next asks for one message and waits for it: nil when none came in time.
@@ -75,8 +77,13 @@ func (p *Puller) Next(ctx context.Context) (*Msg, error) {
 	for {
 		m, err := p.sub.NextMsgWithContext(wctx)
 		if err != nil {
-			if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			switch {
+			case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
 				return nil, nil
+			case errors.Is(err, nats.ErrNoResponders):
+				// The client turns a 503 status into this: no consumer
+				// (or stream) answers the request.
+				return nil, fmt.Errorf("%w: %v", ErrPull, err)
 			}
 			return nil, err
 		}

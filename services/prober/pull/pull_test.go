@@ -127,3 +127,21 @@ func TestEarlierRequestsEnd(t *testing.T) {
 		t.Fatalf("second request: %+v", m)
 	}
 }
+
+// A consumer that is gone answers a request with a status, not a hang:
+// Next says so, and the worker waits a little before it asks again.
+func TestConsumerGone(t *testing.T) {
+	ns, js, _ := setup(t)
+	if err := js.DeleteConsumer(context.Background(), "JOBS", "workers"); err != nil {
+		t.Fatal(err)
+	}
+	p, err := New(ns.Connect(t), "JOBS", "workers", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	m, err := p.Next(context.Background())
+	if m != nil || !errors.Is(err, ErrPull) {
+		t.Fatalf("gone consumer: %+v, %v; want %v", m, err, ErrPull)
+	}
+}
