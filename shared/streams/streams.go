@@ -197,6 +197,20 @@ func SetupWith(ctx context.Context, js jetstream.JetStream, n subjects.Names, re
 	return done, nil
 }
 
+// QueueJob publishes an encoded probe job to its subject and waits for the
+// stream's answer; pending says a job for the same target was already
+// queued or in flight (the stream keeps one per target).
+func QueueJob(ctx context.Context, js jetstream.JetStream, subject string, job []byte) (pending bool, err error) {
+	_, err = js.Publish(ctx, subject, job)
+	switch {
+	case err == nil:
+		return false, nil
+	case JobPending(err):
+		return true, nil
+	}
+	return false, fmt.Errorf("queue job: %w", err)
+}
+
 // JobPending reports whether a publish failed because a job for the same
 // target is already queued or in flight (error 10077, "maximum messages per
 // subject exceeded").

@@ -275,17 +275,18 @@ func (s *Service) queue(ctx context.Context, a address.Address, purpose verdict.
 	job.Address, job.Purpose = a.String(), purpose
 	rep.Adjust(&job)
 	b, err := wire.Encode(&job)
+	pending := false
 	if err == nil {
-		_, err = s.js.Publish(ctx, s.names.Probe(kvkey.Target(a.Domain, a.Local, purpose)), b)
+		pending, err = streams.QueueJob(ctx, s.js, s.names.Probe(kvkey.Target(a.Domain, a.Local, purpose)), b)
 	}
 	outcome := "queued"
 	switch {
-	case err == nil:
-		rep.Queued = true
-	case streams.JobPending(err):
+	case err != nil:
+		rep.QueueError, outcome = err.Error(), "error"
+	case pending:
 		rep.Pending, outcome = true, "pending"
 	default:
-		rep.QueueError, outcome = err.Error(), "error"
+		rep.Queued = true
 	}
 	s.m.queued.WithLabelValues(outcome).Inc()
 }
@@ -340,25 +341,22 @@ func (s *Service) flush(ctx context.Context, r micro.Request) {
 	defer cancel()
 	start := time.Now()
 	// The ingests confirm the record while the purge runs: their near
-	// caches go by the record, not by the purge.
-	synced := make(chan struct{})
-	var once sync.Once
-	startSync := func(rev uint64) {
-		once.Do(func() {
-			go func() {
-				defer close(synced)
-				s.syncIngests(fctx, rev)
-			}()
-		})
-	}
-	n, rev, err := s.store.FlushThen(fctx, cmd, startSync)
+	// caches go by the record, not by the purge. (The hook runs on this
+	// goroutine, once the record is written.)
+	var synced chan struct{}
+	n, _, err := s.store.FlushThen(fctx, cmd, func(rev uint64) {
+		synced = make(chan struct{})
+		go func() {
+			defer close(synced)
+			s.syncIngests(fctx, rev)
+		}()
+	})
 	rep := wire.FlushReply{Removed: n}
 	if err != nil {
 		rep.Error = err.Error()
 		s.log.Error("flush failed", "scope", cmd.Scope, "err", err)
 	}
-	if rev != 0 {
-		startSync(rev) // a no-op when the record's hook started it
+	if synced != nil {
 		<-synced
 	}
 	s.m.flushes.WithLabelValues(cmd.Scope).Inc()

@@ -733,7 +733,9 @@ func (s *Service) watchOnce(ctx context.Context, id string) error {
 			}
 			// The index first: the near cache's mark, which a flush's
 			// confirmation waits for, then covers both.
-			s.index.Apply(e.Key(), e.Value(), e.Revision(), e.Operation() != jetstream.KeyValuePut)
+			if s.cfg.KnownKeys > 0 {
+				s.index.Apply(e.Key(), e.Value(), e.Revision(), e.Operation() != jetstream.KeyValuePut)
+			}
 			s.near.Apply(e.Key(), e.Revision())
 		}
 	}
@@ -828,26 +830,27 @@ func (s *Service) fly(f *flight, verdictSubject string, job wire.ProbeJob, ack j
 		}
 	}
 	var retry <-chan time.Time
+	var b []byte // the job, encoded for the retries
 	if pending {
 		if v, ok := s.passed(ctx, verdictSubject, job); ok {
 			s.end(f, v, nil)
+			return
+		}
+		var err error
+		if b, err = wire.Encode(&job); err != nil {
+			s.end(f, verdict.Verdict{}, err)
 			return
 		}
 		t := time.NewTicker(s.cfg.PendingRetry)
 		defer t.Stop()
 		retry = t.C
 	}
-	b, err := wire.Encode(&job)
-	if err != nil {
-		s.end(f, verdict.Verdict{}, err)
-		return
-	}
 	for {
 		select {
 		case <-f.done:
 			return
 		case <-retry:
-			if pending, err = s.queue(ctx, f.key, b); err == nil && !pending {
+			if pending, err := s.queue(ctx, f.key, b); err == nil && !pending {
 				retry = nil // our own job is queued now
 			}
 		case <-ctx.Done():
@@ -895,14 +898,7 @@ func (s *Service) queueAsync(key string, job wire.ProbeJob) (jetstream.PubAckFut
 // queue publishes the job; pending says one for the same target was
 // already queued or in flight.
 func (s *Service) queue(ctx context.Context, key string, job []byte) (pending bool, err error) {
-	_, err = s.js.Publish(ctx, s.names.Probe(key), job)
-	switch {
-	case err == nil:
-		return false, nil
-	case streams.JobPending(err):
-		return true, nil
-	}
-	return false, fmt.Errorf("queue job: %w", err)
+	return streams.QueueJob(ctx, s.js, s.names.Probe(key), job)
 }
 
 // passed looks for a verdict on subject published before the request
