@@ -11,7 +11,6 @@ import (
 	"encoding/base32"
 	"errors"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/callout-mail/callout/services/prober/classify"
@@ -144,13 +143,10 @@ func (v *Verifier) VerifyThen(ctx context.Context, t Target, slot *destination.S
 		}
 		hostEnd()
 	}
-	var once sync.Once
 	return res, func() {
-		once.Do(func() {
-			end()
-			slot.Release()
-			cancel()
-		})
+		end()
+		slot.Release()
+		cancel()
 	}
 }
 
@@ -304,11 +300,7 @@ func (v *Verifier) dialogue(ctx context.Context, d *destination.Dest, host strin
 	keep = keep && t.Trace == nil
 	finish = func() {
 		// Its own deadline: the dialogue's has ended by now.
-		wait := v.cfg.SMTP.CommandTimeout
-		if wait <= 0 {
-			wait = 30 * time.Second // smtpprobe's default
-		}
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), wait)
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), v.cfg.SMTP.CommandWait())
 		defer cancel()
 		v.finish(fctx, d, s, keep, slot)
 	}
@@ -338,8 +330,8 @@ func (v *Verifier) finish(ctx context.Context, d *destination.Dest, s *session, 
 		return
 	}
 	s.c.Quit(ctx)
-	if keep && d.ReuseEnabled() {
-		d.KeepSlot(slot) // the connection is spent, not its slot
+	if keep {
+		d.KeepSlot(slot) // the connection is spent, not its slot (KeepSlot checks that reuse is on)
 	}
 }
 

@@ -58,6 +58,15 @@ type Config struct {
 	Trace          *Transcript // when set, the dialogue is recorded
 }
 
+// CommandWait is how long a reply is waited for: CommandTimeout, or its
+// default when unset.
+func (c Config) CommandWait() time.Duration {
+	if c.CommandTimeout == 0 {
+		return 30 * time.Second
+	}
+	return c.CommandTimeout
+}
+
 func (c *Config) defaults() {
 	if c.HeloName == "" {
 		c.HeloName = "localhost"
@@ -68,9 +77,7 @@ func (c *Config) defaults() {
 	if c.BannerTimeout == 0 {
 		c.BannerTimeout = 30 * time.Second
 	}
-	if c.CommandTimeout == 0 {
-		c.CommandTimeout = 30 * time.Second
-	}
+	c.CommandTimeout = c.CommandWait()
 	if c.QuitTimeout == 0 {
 		c.QuitTimeout = time.Second
 	}
