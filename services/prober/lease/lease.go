@@ -20,6 +20,7 @@ import (
 	"math/rand/v2"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -52,8 +53,10 @@ type Leases struct {
 	// Connection slots this prober holds, and slots found taken lately:
 	// neither is asked for again (each ask is a round trip, and a refused
 	// one an error to parse), until it is released or the mark expires.
-	held  map[string]bool
-	taken map[string]time.Time
+	held     map[string]bool
+	taken    map[string]time.Time
+	asks     atomic.Int64 // connection slots asked of the lease stream
+	takenFor time.Duration
 }
 
 // takenFor is how long a slot found taken is not asked for again: a slot
@@ -83,7 +86,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, n subjects.Names) *L
 	tokens := max(1, int(math.Floor(cfg.Rate/float64(g))))
 	ttl := time.Duration(math.Ceil(float64(tokens*g)/cfg.Rate)) * time.Second
 	return &Leases{cfg: cfg, nc: nc, js: js, names: n, tokens: tokens, grant: g, tokTTL: max(ttl, time.Second), grants: map[string]grant{},
-		held: map[string]bool{}, taken: map[string]time.Time{}}
+		held: map[string]bool{}, taken: map[string]time.Time{}, takenFor: takenFor}
 }
 
 // spend starts one callout on what is left of host's last token, if any.
@@ -253,7 +256,7 @@ func (l *Leases) markTaken(subj string) {
 			}
 		}
 	}
-	l.taken[subj] = now.Add(takenFor)
+	l.taken[subj] = now.Add(l.takenFor)
 }
 
 // skip reports whether a connection slot is held here or was found taken
@@ -275,6 +278,9 @@ func (l *Leases) skip(subj string) bool {
 }
 
 func (l *Leases) publish(ctx context.Context, subj string, last uint64, ttl time.Duration) (uint64, error) {
+	if strings.Contains(subj, ".lease.conn.") {
+		l.asks.Add(1)
+	}
 	ack, err := l.js.PublishMsg(ctx, &nats.Msg{Subject: subj, Data: []byte(l.cfg.Instance)},
 		jetstream.WithMsgTTL(ttl), jetstream.WithExpectLastSequencePerSubject(last))
 	if err != nil {
