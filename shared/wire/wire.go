@@ -291,13 +291,26 @@ func setVersion(m Message) {
 }
 
 // Decode unmarshals data into m and checks its version and required fields.
-func Decode(data []byte, m Message) (err error) {
+func Decode(data []byte, m Message) error {
 	if len(data) == 0 {
 		return ErrEmpty
 	}
 	if len(data) > MaxMessage {
 		return fmt.Errorf("%w: %d bytes", ErrTooLarge, len(data))
 	}
+	if f, ok := m.(fastDecoder); !ok || !f.decodeFast(&reader{b: data}) {
+		if err := decodeReflect(data, m); err != nil {
+			return err
+		}
+	}
+	if v := m.version(); v != Version {
+		return fmt.Errorf("%w: %d (this side speaks %d)", ErrVersion, v, Version)
+	}
+	return m.validate()
+}
+
+// decodeReflect is the general decoder, for every message and form.
+func decodeReflect(data []byte, m Message) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("%w: %v", ErrGarbage, r)
@@ -309,10 +322,7 @@ func Decode(data []byte, m Message) (err error) {
 	if err := msgpack.Unmarshal(data, m); err != nil {
 		return fmt.Errorf("%w: %v", ErrGarbage, err)
 	}
-	if v := m.version(); v != Version {
-		return fmt.Errorf("%w: %d (this side speaks %d)", ErrVersion, v, Version)
-	}
-	return m.validate()
+	return nil
 }
 
 // DecodeJSON is Decode for the JSON form people type; a missing version
