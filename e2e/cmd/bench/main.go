@@ -16,6 +16,7 @@ import (
 	"math/rand"
 	"net"
 	"net/http"
+	_ "net/http/pprof"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -233,6 +234,10 @@ func start(bin string) (*bench, func(), error) {
 		args = append(args, "--profile", strconv.Itoa(pp))
 		profiles = append(profiles, fmt.Sprintf("nats-server 127.0.0.1:%d", pp), "url "+b.url)
 		b.pprof["nats-server"] = fmt.Sprintf("127.0.0.1:%d", pp)
+		// The load generator too: what it spends is not the system's.
+		self := fmt.Sprintf("127.0.0.1:%d", freePort())
+		go func() { _ = http.ListenAndServe(self, nil) }()
+		b.pprof["bench"] = self
 	}
 	ns, err := stack.StartIn(dir, dir, "nats-server", filepath.Join(bin, "nats-server"), args, nil)
 	if err != nil {
