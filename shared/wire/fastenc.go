@@ -58,6 +58,65 @@ func (m *VerifyReply) AppendMsgpack(dst []byte) ([]byte, error) {
 	return b, nil
 }
 
+// AppendMsgpack appends the request's encoding, the struct tags' bytes.
+func (m *VerifyRequest) AppendMsgpack(dst []byte) ([]byte, error) {
+	n := 2
+	for _, present := range []bool{m.Purpose != "", m.ClientAddress != "", m.TimeoutMS != 0, m.Trace} {
+		if present {
+			n++
+		}
+	}
+	b := appendMapLen(dst, n)
+	b = appendInt(appendStr(b, "v"), int64(m.V))
+	b = appendStr(appendStr(b, "address"), m.Address)
+	b = appendOpt(b, "purpose", string(m.Purpose))
+	b = appendOpt(b, "client_address", m.ClientAddress)
+	if m.TimeoutMS != 0 {
+		b = appendInt(appendStr(b, "timeout_ms"), int64(m.TimeoutMS))
+	}
+	if m.Trace {
+		b = append(appendStr(b, "trace"), 0xc3)
+	}
+	return b, nil
+}
+
+// AppendMsgpack appends the job's encoding, the struct tags' bytes.
+func (m *ProbeJob) AppendMsgpack(dst []byte) ([]byte, error) {
+	n := 4
+	for _, present := range []bool{m.SkipRandom, m.Routed, len(m.Route) > 0, m.Sender != "", m.FallbackSender != ""} {
+		if present {
+			n++
+		}
+	}
+	b := appendMapLen(dst, n)
+	b = appendInt(appendStr(b, "v"), int64(m.V))
+	b = appendStr(appendStr(b, "address"), m.Address)
+	b = appendStr(appendStr(b, "purpose"), string(m.Purpose))
+	if m.SkipRandom {
+		b = append(appendStr(b, "skip_random"), 0xc3)
+	}
+	b = appendTime(appendStr(b, "requested_at"), m.RequestedAt)
+	if m.Routed {
+		b = append(appendStr(b, "routed"), 0xc3)
+	}
+	if len(m.Route) > 0 {
+		b = appendArrayLen(appendStr(b, "route"), len(m.Route))
+		for _, h := range m.Route {
+			b = appendStr(b, h)
+		}
+	}
+	b = appendOpt(b, "sender", m.Sender)
+	b = appendOpt(b, "fallback_sender", m.FallbackSender)
+	return b, nil
+}
+
+// AppendMsgpack appends the verdict message's encoding, the struct tags' bytes.
+func (m *verdictMsg) AppendMsgpack(dst []byte) ([]byte, error) {
+	b := appendMapLen(dst, 2)
+	b = appendInt(appendStr(b, "v"), int64(m.V))
+	return appendVerdict(appendStr(b, "Verdict"), &m.Verdict), nil
+}
+
 func appendDecision(b []byte, d *verdict.Decision) []byte {
 	b = appendMapLen(b, 4)
 	b = appendStr(appendStr(b, "action"), string(d.Action))
@@ -117,6 +176,16 @@ func appendMapLen(b []byte, n int) []byte {
 		return binary.BigEndian.AppendUint16(append(b, 0xde), uint16(n))
 	}
 	return binary.BigEndian.AppendUint32(append(b, 0xdf), uint32(n))
+}
+
+func appendArrayLen(b []byte, n int) []byte {
+	switch {
+	case n < 16:
+		return append(b, 0x90|byte(n))
+	case n <= 0xffff:
+		return binary.BigEndian.AppendUint16(append(b, 0xdc), uint16(n))
+	}
+	return binary.BigEndian.AppendUint32(append(b, 0xdd), uint32(n))
 }
 
 func appendStr(b []byte, s string) []byte {

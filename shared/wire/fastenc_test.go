@@ -93,3 +93,34 @@ func BenchmarkEncodeHitReply(b *testing.B) {
 		}
 	})
 }
+
+// The other hand-written encoders write the bytes reflection writes, for
+// the decoder's samples and a few edge cases.
+func TestFastEncoding(t *testing.T) {
+	many := make([]string, 20)
+	for i := range many {
+		many[i] = strings.Repeat("h", i)
+	}
+	ms := append(fastSamples(),
+		&VerifyRequest{}, &ProbeJob{}, &verdictMsg{},
+		&ProbeJob{Address: "a@b.org", Route: many, RequestedAt: time.Date(1960, 1, 1, 0, 0, 0, 0, time.UTC), V: -70000},
+		&VerifyRequest{Address: "a@b.org", TimeoutMS: -1},
+	)
+	for _, m := range ms {
+		a, ok := m.(appender)
+		if !ok {
+			t.Fatalf("%T has no hand-written encoder", m)
+		}
+		fast, err := a.AppendMsgpack(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		plain, err := msgpack.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(fast, plain) {
+			t.Errorf("%T %+v: hand-written encoding differs from the tags'\n%x\n%x", m, m, fast, plain)
+		}
+	}
+}
