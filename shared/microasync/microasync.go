@@ -55,14 +55,11 @@ func (r *Request) Error(code, description string, data []byte) error {
 	}})
 }
 
-// Pool runs requests on their own goroutines, at most limit at once.
-type Pool struct {
-	sem  chan struct{}
-	reqs inflight.Group
-}
+// Pool runs requests on a bounded set of goroutines.
+type Pool struct{ reqs *inflight.Pool }
 
 // NewPool returns a pool of limit goroutines.
-func NewPool(limit int) *Pool { return &Pool{sem: make(chan struct{}, limit)} }
+func NewPool(limit int) *Pool { return &Pool{reqs: inflight.NewPool(limit)} }
 
 // Handler returns a micro handler that runs fn for each request in the
 // pool. Beyond the limit, shed answers at once when given (a request queued
@@ -82,20 +79,13 @@ func (p *Pool) FastHandler(ctx context.Context, nc *nats.Conn, fast func(*Reques
 		if fast != nil && fast(req) {
 			return
 		}
-		if shed != nil {
-			select {
-			case p.sem <- struct{}{}:
-			default:
-				shed(req)
-				return
-			}
-		} else {
-			p.sem <- struct{}{}
-		}
+		run := func() { fn(ctx, req) }
 		// Refused once Wait has begun: the service is stopping and its
 		// caller will time out and ask another instance.
-		if !p.reqs.Go(func() { defer func() { <-p.sem }(); fn(ctx, req) }) {
-			<-p.sem
+		if shed == nil {
+			p.reqs.Do(run)
+		} else if ok, taken := p.reqs.TryDo(run); ok && !taken {
+			shed(req)
 		}
 	})
 }

@@ -126,15 +126,11 @@ func (s *Service) Run(ctx context.Context) error {
 	watched := make(chan struct{})
 	go func() { defer close(watched); s.store.Watch(wctx, s.log) }()
 	defer func() { stopWatch(); <-watched }()
-	sem := make(chan struct{}, s.cfg.StoreWorkers)
-	var stores inflight.Group
+	stores := inflight.NewPool(s.cfg.StoreWorkers)
 	cc, err := cons.Consume(func(msg jetstream.Msg) {
-		sem <- struct{}{}
 		// Refused while stopping: the verdict stays unacked and is
 		// redelivered to a running cachekeeper.
-		if !stores.Go(func() { defer func() { <-sem }(); s.store1(ctx, msg) }) {
-			<-sem
-		}
+		stores.Do(func() { s.store1(ctx, msg) })
 	}, jetstream.PullMaxMessages(4*s.cfg.StoreWorkers))
 	if err != nil {
 		return fmt.Errorf("consume verdicts: %w", err)

@@ -58,7 +58,7 @@ type Service struct {
 	m        *metrics
 	instance string
 	waiting  atomic.Int64   // jobs waiting for a busy host, without a worker
-	parked   sync.WaitGroup // their goroutines
+	parked   *inflight.Pool // their goroutines
 }
 
 // New builds a prober on an open NATS connection. reg receives its metrics.
@@ -75,7 +75,7 @@ func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger)
 	}
 	host, _ := os.Hostname()
 	s := &Service{cfg: cfg, log: log, nc: nc, js: js, names: subjects.New(cfg.NATS.Prefix), domains: domains.NewTable(nil),
-		instance: fmt.Sprintf("%s/%d/%s", host, os.Getpid(), nuid.Next()[:6])}
+		instance: fmt.Sprintf("%s/%d/%s", host, os.Getpid(), nuid.Next()[:6]), parked: inflight.NewPool(max(cfg.MaxWaiting, 1))}
 	s.pool = destination.NewPool(destination.Config{
 		MaxConns: cfg.MaxConns, Rate: cfg.Rate, BreakerFailures: cfg.BreakerFailures, BreakerOpen: cfg.BreakerOpen,
 		MaxNonMail: cfg.MaxNonMail, ReuseRetry: cfg.ReuseRetry, BackoffQuiet: cfg.BackoffQuiet,
@@ -169,7 +169,7 @@ func (s *Service) Run(ctx context.Context) error {
 		}()
 	}
 	wg.Wait()
-	s.parked.Wait()
+	s.parked.Close()
 	cctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	s.pool.Close(cctx)
 	cancel()
@@ -323,9 +323,7 @@ func (s *Service) handle(ctx context.Context, msg *pull.Msg) {
 	if !d.Open() {
 		var ok bool
 		if slot, ok = d.TryAcquire(ctx); !ok && s.waiting.Add(1) <= int64(s.cfg.MaxWaiting) {
-			s.parked.Add(1)
-			go func() {
-				defer s.parked.Done()
+			wait := func() {
 				defer s.waiting.Add(-1)
 				slot, err := d.Acquire(ctx, true)
 				if err != nil {
@@ -335,7 +333,13 @@ func (s *Service) handle(ctx context.Context, msg *pull.Msg) {
 					return
 				}
 				s.run(ctx, msg, job, addr, target, slot, stopHB, start)
-			}()
+			}
+			if !s.parked.Do(wait) {
+				s.waiting.Add(-1)
+				stopHB()
+				_ = msg.NakWithDelay(time.Second) // shutting down
+				s.m.jobs.WithLabelValues("requeued").Inc()
+			}
 			return
 		} else if !ok {
 			s.waiting.Add(-1) // too many waiting already: this worker waits
