@@ -211,7 +211,8 @@ func (s *Server) serve() {
 // for a client that waits for the answer).
 func (s *Server) session(c net.Conn) bool {
 	r := bufio.NewReader(c)
-	var w net.Conn = c
+	w := bufio.NewWriter(c)
+	defer func() { _ = w.Flush() }()
 	say := func(line string) bool {
 		if s.cfg.Delay > 0 {
 			select {
@@ -220,8 +221,15 @@ func (s *Server) session(c net.Conn) bool {
 				return false
 			}
 		}
-		_, err := w.Write([]byte(line + "\r\n"))
-		return err == nil
+		_, _ = w.WriteString(line)
+		_, _ = w.WriteString("\r\n")
+		// Replies to pipelined commands leave together, as Postfix sends
+		// them: one waits while more commands are read already. A slow
+		// server sends each when it is ready.
+		if r.Buffered() > 0 && s.cfg.Delay == 0 {
+			return true
+		}
+		return w.Flush() == nil
 	}
 	if !say(s.cfg.Banner) || !strings.HasPrefix(s.cfg.Banner, "2") {
 		return false
@@ -273,7 +281,7 @@ func (s *Server) session(c net.Conn) bool {
 			if err := tc.Handshake(); err != nil {
 				return false
 			}
-			w = tc
+			w = bufio.NewWriter(tc)
 			r = bufio.NewReader(tc)
 		case "MAIL":
 			from = pathOf(arg)
