@@ -396,9 +396,12 @@ func (s *Service) reply(ctx context.Context, req wire.VerifyRequest, purpose ver
 	if s.log.Enabled(ctx, level) { // the arguments cost allocations: none when the line is off
 		logged := v
 		logLine = func() {
-			s.log.Log(ctx, level, "verify", "address", logged.Address, "purpose", purpose, "client", req.ClientAddress, "action", d.Action,
-				"code", d.Code, "status", logged.Status, "reason", logged.Reason, "source", logged.Source, "host", logged.Host, "dest_code", logged.Code,
-				"dest_text", logged.Text, "took", el.Round(time.Microsecond))
+			// Typed attributes: named string types would go through fmt.
+			s.log.LogAttrs(ctx, level, "verify", slog.String("address", logged.Address), slog.String("purpose", string(purpose)),
+				slog.String("client", req.ClientAddress), slog.String("action", string(d.Action)), slog.Int("code", d.Code),
+				slog.String("status", string(logged.Status)), slog.String("reason", logged.Reason), slog.String("source", string(logged.Source)),
+				slog.String("host", logged.Host), slog.Int("dest_code", logged.Code), slog.String("dest_text", logged.Text),
+				slog.Duration("took", el.Round(time.Microsecond)))
 		}
 	}
 	if later != nil {

@@ -384,8 +384,11 @@ func (s *Service) complete(ctx context.Context, msg *pull.Msg, job wire.ProbeJob
 	a := res.Address
 	s.finish(ctx, msg, addr, job.Purpose, res, "done")
 	// Logged once the verdict is on its way: its ingest does not wait for the line.
-	s.log.Info("callout", "address", a.Address, "purpose", job.Purpose, "host", a.Host, "result", a.Status, "reason", a.Reason,
-		"code", a.Code, "enhanced", a.Enhanced, "text", a.Text, "rcpts", res.Rcpts, "reused", res.Reused, "duration", el.Round(time.Millisecond))
+	// Typed attributes: named string types would go through fmt.
+	s.log.LogAttrs(ctx, slog.LevelInfo, "callout", slog.String("address", a.Address), slog.String("purpose", string(job.Purpose)),
+		slog.String("host", a.Host), slog.String("result", string(a.Status)), slog.String("reason", a.Reason), slog.Int("code", a.Code),
+		slog.String("enhanced", a.Enhanced), slog.String("text", a.Text), slog.Int("rcpts", res.Rcpts), slog.Bool("reused", res.Reused),
+		slog.Duration("duration", el.Round(time.Millisecond)))
 }
 
 // finish publishes the domain facts, then the address verdict, and only then
