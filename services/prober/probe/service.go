@@ -160,15 +160,20 @@ func (s *Service) Run(ctx context.Context) error {
 	defer func() { _ = trace.Unsubscribe(); traces.Close() }()
 	s.log.Info("prober running", "workers", s.cfg.Workers, "stream", s.names.ProbeStream(), "fleet_limits", s.cfg.FleetLimits)
 	go s.sweep(ctx)
+	jobs, err := pull.New(s.nc, s.names.ProbeStream(), s.names.ProbeConsumer(), s.cfg.Workers, 2*time.Second)
+	if err != nil {
+		return fmt.Errorf("job subscription: %w", err)
+	}
 	var wg sync.WaitGroup
 	for i := 0; i < s.cfg.Workers; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.worker(ctx)
+			s.worker(ctx, jobs)
 		}()
 	}
 	wg.Wait()
+	jobs.Close()
 	s.parked.Close()
 	cctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	s.pool.Close(cctx)
@@ -234,17 +239,11 @@ func (s *Service) trace(ctx context.Context, m *nats.Msg) {
 	reply(&wire.TraceReply{Verdict: res.Address, Facts: res.Facts, Transcript: tr.Lines()})
 }
 
-// worker pulls one job at a time: nothing waits in a local buffer while its
-// AckWait runs.
-func (s *Service) worker(ctx context.Context) {
-	p, err := pull.New(s.nc, s.names.ProbeStream(), s.names.ProbeConsumer(), 2*time.Second)
-	if err != nil {
-		s.log.Error("worker subscription", "err", err)
-		return
-	}
-	defer p.Close()
+// worker takes one job at a time: nothing waits in a local buffer while
+// its AckWait runs.
+func (s *Service) worker(ctx context.Context, jobs *pull.Queue) {
 	for ctx.Err() == nil {
-		msg, err := p.Next(ctx)
+		msg, err := jobs.Next(ctx)
 		if err != nil {
 			if ctx.Err() == nil {
 				s.log.Debug("fetch", "err", err)
@@ -255,9 +254,7 @@ func (s *Service) worker(ctx context.Context) {
 			}
 			continue
 		}
-		if msg != nil {
-			s.handle(ctx, msg)
-		}
+		s.handle(ctx, msg)
 	}
 }
 

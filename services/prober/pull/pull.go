@@ -1,22 +1,25 @@
-// Package pull takes messages one at a time from a durable JetStream pull
-// consumer, the way a worker wants its jobs: it asks for one message only
-// when it is free, so nothing waits in a local buffer while its AckWait
-// runs, and it does so on one subscription kept for the worker's life.
+// Package pull takes messages from a durable JetStream pull consumer for a
+// set of workers, the way workers want their jobs: a message is asked for
+// only when a worker is free for it, so nothing waits in a local buffer
+// while its AckWait runs, and all of it goes through one subscription kept
+// for the queue's life.
 //
 // The jetstream client's Fetch opens and closes a subscription for every
 // batch (two changes of the server's interest graph per job) and hands the
-// message over through a goroutine of its own; here a pull request names
-// the worker's own inbox, and the message comes on the connection's
-// delivery to that subscription.
+// message over through a goroutine of its own. And one waiting request per
+// idle worker costs the server a walk over all of them, with an interest
+// check each, every time the consumer looks for work. Here the requests
+// for the idle workers are few and larger: a new one is made when none is
+// open, or when the workers not asked for are a quarter of them.
 //
-// The protocol (ADR-13): a request {"batch":1,"expires":ns} to
-// $JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer> with the inbox as reply
-// subject; the server answers with a message, or with a status without
-// payload: 408 (the request expired), 404 (no messages, for no_wait), 409
-// (too many waiting requests, a leadership change), 503 when no consumer
-// answers at all (the client reports it as no responders).
-// Each request has its own reply subject, so a status that answers an
-// earlier request is told apart from the current one's.
+// The protocol (ADR-13): a request {"batch":n,"expires":ns} to
+// $JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer> with a reply subject of
+// the queue's inbox; the server answers with up to n messages on it, and
+// ends a request early with a status without payload: 408 (it expired),
+// 404 (no messages, for no_wait), 409 (too many waiting requests, a
+// leadership change), 503 when no consumer answers at all. Each request
+// has its own reply subject, so every message and status is told to the
+// request it answers.
 package pull
 
 import (
@@ -24,86 +27,186 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 )
 
-// Puller asks for one message at a time on its own inbox.
-type Puller struct {
+// Queue hands a consumer's messages to workers, one each.
+type Queue struct {
 	nc      *nats.Conn
 	subject string
 	inbox   string // the subscription covers inbox.*
 	sub     *nats.Subscription
-	req     []byte
 	wait    time.Duration
-	n       uint64 // requests made
+	least   int           // a request asks for at least this many, unless none is open
+	ready   chan delivery // delivered, not yet taken by a worker
+	mu      sync.Mutex
+	idle    int                  // workers waiting in Next
+	open    map[string]time.Time // reply subject -> when it expires
+	asked   int                  // messages asked for and not come yet
+	handed  int                  // deliveries in ready, taken off with idle: ask sees both or neither
+	n       uint64               // requests made
 }
 
-// New subscribes a puller of consumer on stream; wait is how long one
-// request waits on the server for a message.
-func New(nc *nats.Conn, stream, consumer string, wait time.Duration) (*Puller, error) {
-	p := &Puller{nc: nc, subject: "$JS.API.CONSUMER.MSG.NEXT." + stream + "." + consumer, inbox: nc.NewInbox(), wait: wait,
-		req: []byte(`{"batch":1,"expires":` + strconv.FormatInt(wait.Nanoseconds(), 10) + `}`)}
-	sub, err := nc.SubscribeSync(p.inbox + ".*")
+type delivery struct {
+	m   *nats.Msg
+	err error
+}
+
+// New subscribes a queue of consumer on stream for up to workers workers;
+// wait is how long one request waits on the server for messages.
+func New(nc *nats.Conn, stream, consumer string, workers int, wait time.Duration) (*Queue, error) {
+	workers = max(workers, 1)
+	q := &Queue{nc: nc, subject: "$JS.API.CONSUMER.MSG.NEXT." + stream + "." + consumer, inbox: nc.NewInbox(), wait: wait,
+		least: max(1, workers/4), open: map[string]time.Time{},
+		// Deliveries never outnumber the workers asked for, and each
+		// request ends with one status at most.
+		ready: make(chan delivery, 2*workers)}
+	sub, err := nc.Subscribe(q.inbox+".*", q.receive)
 	if err != nil {
 		return nil, err
 	}
-	p.sub = sub
-	return p, nil
+	q.sub = sub
+	return q, nil
 }
 
-// Close ends the subscription.
-func (p *Puller) Close() { _ = p.sub.Unsubscribe() }
+// Close ends the subscription and hands back what no worker took.
+func (q *Queue) Close() {
+	_ = q.sub.Unsubscribe()
+	for {
+		select {
+		case d := <-q.ready:
+			if d.m != nil {
+				_ = d.m.Nak()
+			}
+		default:
+			return
+		}
+	}
+}
 
 // ErrPull is a refused pull request (a 409 status: too many requests
 // wait, the consumer's leader changed; or no consumer answers): wait a
 // little and ask again.
 var ErrPull = errors.New("pull request refused")
 
-// Next asks for one message and waits for it: nil when none came in time.
-// A message that answers an earlier request (one that ended here before
-// the server's answer came) is returned too: it was delivered to this
-// worker, which is free.
-func (p *Puller) Next(ctx context.Context) (*Msg, error) {
-	p.n++
-	reply := p.inbox + "." + strconv.FormatUint(p.n, 10)
-	if err := p.nc.PublishRequest(p.subject, reply, p.req); err != nil {
-		return nil, err
-	}
-	// A little past the server's expiry, so that its 408 ends the wait.
-	wctx, cancel := context.WithTimeout(ctx, p.wait+time.Second)
-	defer cancel()
+// Next waits for a message for the calling worker, or for ctx's end; an
+// error wrapping ErrPull means the server refused to hand any out.
+func (q *Queue) Next(ctx context.Context) (*Msg, error) {
+	q.mu.Lock()
+	q.idle++
+	q.ask()
+	q.mu.Unlock()
+	lost := time.NewTimer(q.wait + time.Second)
+	defer lost.Stop()
 	for {
-		m, err := p.sub.NextMsgWithContext(wctx)
-		if err != nil {
-			switch {
-			case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
-				return nil, nil
-			case errors.Is(err, nats.ErrNoResponders):
-				// The client turns a 503 status into this: no consumer
-				// (or stream) answers the request.
-				return nil, fmt.Errorf("%w: %v", ErrPull, err)
+		select {
+		case d := <-q.ready:
+			q.mu.Lock()
+			q.idle--
+			q.handed--
+			q.mu.Unlock()
+			if d.err != nil {
+				return nil, d.err
 			}
-			return nil, err
+			return &Msg{m: d.m}, nil
+		case <-ctx.Done():
+			q.mu.Lock()
+			q.idle--
+			q.mu.Unlock()
+			return nil, ctx.Err()
+		case <-lost.C:
+			// Requests lost on the way (the server restarted) are
+			// forgotten and asked again.
+			q.mu.Lock()
+			q.ask()
+			q.mu.Unlock()
+			lost.Reset(q.wait + time.Second)
 		}
-		status := ""
-		if len(m.Data) == 0 && m.Header != nil {
-			status = m.Header.Get("Status")
+	}
+}
+
+// ask makes a request for the idle workers not asked for yet, if they are
+// enough of them (q.mu held).
+func (q *Queue) ask() {
+	now := time.Now()
+	for subj, until := range q.open {
+		// Filled long ago (a filled request gets no status), or lost.
+		if now.After(until) {
+			delete(q.open, subj)
 		}
-		if status == "" {
-			return &Msg{m: m}, nil
+	}
+	if len(q.open) == 0 {
+		q.asked = 0
+	}
+	n := q.idle - q.asked - q.handed
+	if n <= 0 || (q.asked > 0 && n < q.least) {
+		return
+	}
+	q.n++
+	reply := q.inbox + "." + strconv.FormatUint(q.n, 10)
+	req := []byte(`{"batch":` + strconv.Itoa(n) + `,"expires":` + strconv.FormatInt(q.wait.Nanoseconds(), 10) + `}`)
+	if err := q.nc.PublishRequest(q.subject, reply, req); err != nil {
+		return // closed or reconnecting: the next Next or its timer asks again
+	}
+	q.open[reply] = now.Add(q.wait + time.Second)
+	q.asked += n
+}
+
+// receive takes a message or a status on the subscription's goroutine.
+// Messages come with their own subject, not the request's: they are
+// counted against all requests together. A request that ends early says
+// with its status how many it had left (as nats.go's consumers read it);
+// one that ends without saying leaves the count to be set right when no
+// request is open any more.
+func (q *Queue) receive(m *nats.Msg) {
+	status := ""
+	if len(m.Data) == 0 && m.Header != nil {
+		status = m.Header.Get("Status")
+	}
+	if status == "100" {
+		return // a heartbeat (not asked for)
+	}
+	q.mu.Lock()
+	if status == "" {
+		q.asked = max(q.asked-1, 0)
+	} else {
+		if _, ok := q.open[m.Subject]; ok {
+			delete(q.open, m.Subject)
+			if n, err := strconv.Atoi(m.Header.Get("Nats-Pending-Messages")); err == nil {
+				q.asked = max(q.asked-n, 0)
+			}
 		}
-		if m.Subject != reply {
-			continue // an earlier request's end
+		if len(q.open) == 0 {
+			q.asked = 0
 		}
-		switch status {
-		case "404", "408":
-			return nil, nil
-		case "100":
-			continue // a heartbeat (not asked for)
+	}
+	switch status {
+	case "":
+		q.hand(delivery{m: m})
+	case "404", "408":
+	default:
+		q.hand(delivery{err: fmt.Errorf("%w: %s %s", ErrPull, status, m.Header.Get("Description"))})
+	}
+	// Whoever is idle and not asked for yet is asked for now (counting what
+	// waits in ready), so that none waits for its timer while jobs wait.
+	q.ask()
+	q.mu.Unlock()
+}
+
+// hand puts a delivery where a worker takes it (q.mu held; it never waits).
+func (q *Queue) hand(d delivery) {
+	select {
+	case q.ready <- d:
+		q.handed++
+	default:
+		// Not possible while deliveries follow requests; should the
+		// server send more, the message goes back rather than wait here.
+		if d.m != nil {
+			_ = d.m.Nak()
 		}
-		return nil, fmt.Errorf("%w: %s %s", ErrPull, status, m.Header.Get("Description"))
 	}
 }
 

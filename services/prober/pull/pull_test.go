@@ -39,10 +39,9 @@ func pending(t *testing.T, c jetstream.Consumer) (ackPending, waiting int) {
 	return info.NumAckPending, info.NumWaiting
 }
 
-// One message at a time: the next is not taken before it is asked for;
-// acks, naks and terms reach the consumer; an empty stream answers nil
-// once the request expires.
-func TestOneAtATime(t *testing.T) {
+// Each worker gets one message: no more are taken than workers wait, and
+// acks, naks and terms reach the consumer.
+func TestOneEach(t *testing.T) {
 	ns, js, c := setup(t)
 	ctx := context.Background()
 	for _, s := range []string{"jobs.a", "jobs.b", "jobs.c"} {
@@ -50,17 +49,17 @@ func TestOneAtATime(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	p, err := New(ns.Connect(t), "JOBS", "workers", 500*time.Millisecond)
+	q, err := New(ns.Connect(t), "JOBS", "workers", 4, 500*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer p.Close()
-	m, err := p.Next(ctx)
+	defer q.Close()
+	m, err := q.Next(ctx)
 	if err != nil || m == nil || string(m.Data()) != "jobs.a" || m.Subject() != "jobs.a" || m.NumDelivered() != 1 {
 		t.Fatalf("first: %+v, %v", m, err)
 	}
 	if ack, _ := pending(t, c); ack != 1 {
-		t.Fatalf("%d messages taken for one asked", ack)
+		t.Fatalf("%d messages taken for one worker", ack)
 	}
 	if err := m.Nak(); err != nil {
 		t.Fatal(err)
@@ -69,7 +68,7 @@ func TestOneAtATime(t *testing.T) {
 	// dropped.
 	got := map[string]uint64{}
 	for i := 0; i < 3; i++ {
-		m, err := p.Next(ctx)
+		m, err := q.Next(ctx)
 		if err != nil || m == nil {
 			t.Fatalf("message %d: %+v, %v", i, m, err)
 		}
@@ -85,46 +84,101 @@ func TestOneAtATime(t *testing.T) {
 	if got["jobs.a"] != 2 || got["jobs.b"] != 1 || got["jobs.c"] != 1 {
 		t.Fatalf("deliveries %v", got)
 	}
-	m, err = p.Next(ctx)
-	if err != nil || m != nil {
-		t.Fatalf("empty stream: %+v, %v", m, err)
-	}
-}
-
-// A request that ended here before the server answered (the caller's
-// context) does not confuse the next: its message is still taken, its
-// expiry is not read as the next request's.
-func TestEarlierRequestsEnd(t *testing.T) {
-	ns, js, c := setup(t)
-	p, err := New(ns.Connect(t), "JOBS", "workers", 300*time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	short, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
-	defer cancel()
-	if m, err := p.Next(short); m != nil || !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("cut short: %+v, %v", m, err)
-	}
-	// The first request's expiry comes while the second waits: the second
-	// still gets the message published after it.
-	ctx := context.Background()
-	done := make(chan *Msg, 1)
+	// An empty stream: the worker waits past a request's expiry, and
+	// gets what comes later.
+	late := make(chan *Msg, 1)
 	go func() {
-		m, err := p.Next(ctx)
+		m, err := q.Next(ctx)
 		if err != nil {
 			t.Error(err)
 		}
-		done <- m
+		late <- m
 	}()
-	// Both requests wait on the server, then the first expires.
-	waitfor.Cond(t, 5*time.Second, func() bool { _, w := pending(t, c); return w == 2 })
-	waitfor.Cond(t, 5*time.Second, func() bool { _, w := pending(t, c); return w == 1 })
+	q.mu.Lock()
+	asked := q.n
+	q.mu.Unlock()
+	waitfor.Cond(t, 5*time.Second, func() bool { // expired, and asked again
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		return q.n >= asked+2
+	})
 	if _, err := js.Publish(ctx, "jobs.late", []byte("late")); err != nil {
 		t.Fatal(err)
 	}
-	if m := <-done; m == nil || string(m.Data()) != "late" {
-		t.Fatalf("second request: %+v", m)
+	if m := <-late; m == nil || string(m.Data()) != "late" {
+		t.Fatalf("after an expiry: %+v", m)
+	}
+}
+
+// Idle workers are asked for in few requests, and never beyond their
+// number: 16 waiting workers take 16 of 40 messages at once (long before
+// any request expires), with the rest still in the stream.
+func TestFewRequests(t *testing.T) {
+	ns, js, c := setup(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	nc := ns.Connect(t)
+	q, err := New(nc, "JOBS", "workers", 16, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	got := make(chan *Msg, 40)
+	for i := 0; i < 16; i++ {
+		go func() {
+			if m, err := q.Next(ctx); err == nil {
+				got <- m
+			}
+		}()
+	}
+	waitfor.Cond(t, 5*time.Second, func() bool {
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		return q.idle == 16
+	})
+	if err := nc.Flush(); err != nil { // the requests made have reached the server
+		t.Fatal(err)
+	}
+	if _, w := pending(t, c); w > 4 {
+		t.Fatalf("%d requests wait for 16 workers, want at most 4", w)
+	}
+	for i := 0; i < 40; i++ {
+		if _, err := js.Publish(ctx, "jobs.x", []byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitfor.Cond(t, 10*time.Second, func() bool { return len(got) == 16 })
+	if ack, _ := pending(t, c); ack != 16 {
+		t.Fatalf("%d messages taken for 16 workers", ack)
+	}
+}
+
+// A worker that stops waiting (its context) leaves the message asked for
+// it to the next worker; a status for an earlier request is not mistaken
+// for a later one's.
+func TestWorkerLeaves(t *testing.T) {
+	ns, js, c := setup(t)
+	q, err := New(ns.Connect(t), "JOBS", "workers", 1, 300*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	short, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if m, err := q.Next(short); m != nil || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("cut short: %+v, %v", m, err)
+	}
+	ctx := context.Background()
+	if _, err := js.Publish(ctx, "jobs.x", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	// The request made for the first wait brings it (or has expired, and
+	// the second asks again).
+	if m, err := q.Next(ctx); err != nil || m == nil || string(m.Data()) != "x" {
+		t.Fatalf("second worker: %+v, %v", m, err)
+	}
+	if ack, _ := pending(t, c); ack != 1 {
+		t.Fatalf("%d taken", ack)
 	}
 }
 
@@ -135,12 +189,12 @@ func TestConsumerGone(t *testing.T) {
 	if err := js.DeleteConsumer(context.Background(), "JOBS", "workers"); err != nil {
 		t.Fatal(err)
 	}
-	p, err := New(ns.Connect(t), "JOBS", "workers", 5*time.Second)
+	q, err := New(ns.Connect(t), "JOBS", "workers", 2, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer p.Close()
-	m, err := p.Next(context.Background())
+	defer q.Close()
+	m, err := q.Next(context.Background())
 	if m != nil || !errors.Is(err, ErrPull) {
 		t.Fatalf("gone consumer: %+v, %v; want %v", m, err, ErrPull)
 	}
