@@ -77,8 +77,11 @@ type Copy struct {
 	mu      sync.Mutex
 	records map[string]Record
 	recRevs map[string]uint64 // record key -> revision of the last record message seen
-	facts   map[string]held   // domain fact key -> stored entry
-	mark    *revision.Mark    // how far the running watch has come; nil while it does not run
+	// Domains with records of their own (of the domain or of an address):
+	// a verdict of any other needs only the flush of everything looked at.
+	recDomains map[string]int
+	facts      map[string]held // domain fact key -> stored entry
+	mark       *revision.Mark  // how far the running watch has come; nil while it does not run
 
 	// The address index (maxKeys > 0): domain token -> key hash -> the
 	// revision of the key's last write.
@@ -108,7 +111,7 @@ func New(maxKeys int) *Copy {
 }
 
 func (c *Copy) reset() {
-	c.records, c.recRevs, c.facts = map[string]Record{}, map[string]uint64{}, map[string]held{}
+	c.records, c.recRevs, c.recDomains, c.facts = map[string]Record{}, map[string]uint64{}, map[string]int{}, map[string]held{}
 	c.keys, c.nkeys, c.loaded, c.overflow = map[string]map[uint64]uint64{}, 0, false, false
 }
 
@@ -164,13 +167,20 @@ func (c *Copy) Running() *revision.Mark {
 func (c *Copy) Covers(v verdict.Verdict) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, k := range Records(v) {
+	if r, ok := c.records[kvkey.FlushAll]; ok && r.Covers(v) {
+		return true
+	}
+	if c.recDomains[v.Domain] == 0 {
+		return false // the common case: no keys made, no address parsed
+	}
+	for _, k := range Records(v)[1:] {
 		if r, ok := c.records[k]; ok && r.Covers(v) {
 			return true
 		}
 	}
 	return false
 }
+
 
 // RecordAt returns the flush record held under key and the revision of
 // its last message (zero values when none is held): what a writer of the
@@ -214,7 +224,10 @@ func (c *Copy) Merge(key string, data []byte, rev uint64) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	cur := c.records[key]
+	cur, had := c.records[key]
+	if d, ok := kvkey.FlushDomainOf(key); !had && ok {
+		c.recDomains[d]++
+	}
 	purged := r.Any.After(cur.Any)
 	for _, only := range []verdict.Status{"", verdict.Valid, verdict.Invalid} {
 		if t := *r.Slot(only); t.After(*cur.Slot(only)) {
@@ -375,6 +388,11 @@ func (c *Copy) Prune(now time.Time, longest time.Duration) {
 		if now.Sub(latest) > longest || (k != kvkey.FlushAll && !latest.After(all)) {
 			delete(c.records, k)
 			delete(c.recRevs, k)
+			if d, ok := kvkey.FlushDomainOf(k); ok {
+				if c.recDomains[d]--; c.recDomains[d] <= 0 {
+					delete(c.recDomains, d)
+				}
+			}
 		}
 	}
 }

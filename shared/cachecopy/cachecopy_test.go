@@ -190,3 +190,46 @@ func BenchmarkAnswer(b *testing.B) {
 		}
 	}
 }
+
+// Covers reads the flush of everything, of the verdict's domain and of
+// its address (whatever the domain's spelling in a key), and forgets
+// records Prune drops.
+func TestCovers(t *testing.T) {
+	c := New(0)
+	t0 := time.Now()
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	c.Merge(kvkey.FlushDomain("flushed.example"), record(t, Record{Any: at(0)}), 1)
+	c.Merge(kvkey.FlushAddress("some.example", "bob"), record(t, Record{Any: at(0)}), 2)
+	c.Merge(kvkey.FlushDomain("invalid-only.example"), record(t, Record{Invalid: at(0)}), 3)
+	c.Merge(kvkey.FlushDomain("flushed.example"), record(t, Record{Any: at(-time.Hour)}), 4) // older: no change
+	v := func(addr string, st verdict.Status, checked time.Duration) verdict.Verdict {
+		a := mustParse(t, addr)
+		return verdict.Verdict{Kind: verdict.KindAddress, Address: a.String(), Domain: a.Domain, Status: st, CheckedAt: at(checked)}
+	}
+	for _, tt := range []struct {
+		v    verdict.Verdict
+		want bool
+	}{
+		{v("a@flushed.example", verdict.Valid, -time.Second), true},
+		{v("a@flushed.example", verdict.Valid, time.Second), false}, // checked after the flush
+		{v("bob@some.example", verdict.Invalid, -time.Second), true},
+		{v("alice@some.example", verdict.Invalid, -time.Second), false},
+		{v("a@invalid-only.example", verdict.Invalid, -time.Second), true},
+		{v("a@invalid-only.example", verdict.Valid, -time.Second), false},
+		{v("a@other.example", verdict.Valid, -time.Second), false},
+	} {
+		if got := c.Covers(tt.v); got != tt.want {
+			t.Errorf("Covers(%s %s at %v) = %v", tt.v.Address, tt.v.Status, tt.v.CheckedAt.Sub(t0), got)
+		}
+	}
+	c.Merge(kvkey.FlushAll, record(t, Record{Any: at(0)}), 5)
+	if !c.Covers(v("a@other.example", verdict.Valid, -time.Second)) {
+		t.Error("the flush of everything does not cover another domain")
+	}
+	// Pruned after the longest TTL: nothing covers any more, and the
+	// domains with records are forgotten with them.
+	c.Prune(at(2*time.Hour), time.Hour)
+	if c.Covers(v("a@flushed.example", verdict.Valid, -time.Second)) || len(c.recDomains) != 0 {
+		t.Errorf("after Prune: covered, or domains kept %v", c.recDomains)
+	}
+}

@@ -35,6 +35,7 @@ func Token(s string) string {
 		return "="
 	}
 	var b strings.Builder
+	b.Grow(len(s) + 8) // one allocation for the usual key
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		switch {
@@ -153,6 +154,22 @@ func FlushDomain(domain string) string { return "flush.domain." + Token(domain) 
 // FlushAddress is the flush record of one address.
 func FlushAddress(domain, local string) string {
 	return "flush.addr." + Token(domain) + "." + Token(local)
+}
+
+// FlushDomainOf is the domain a record made by FlushDomain or FlushAddress
+// is about; false for FlushAll and keys this codec did not make.
+func FlushDomainOf(key string) (string, bool) {
+	var tok string
+	if rest, ok := strings.CutPrefix(key, "flush.domain."); ok {
+		tok = rest
+	} else if rest, ok := strings.CutPrefix(key, "flush.addr."); ok {
+		tok, _, _ = strings.Cut(rest, ".")
+	}
+	if tok == "" {
+		return "", false
+	}
+	d, err := ParseToken(tok)
+	return d, err == nil
 }
 
 // EntryFilters cover every verdict entry (not the flush records). A new

@@ -88,3 +88,23 @@ func FuzzToken(f *testing.F) {
 		}
 	})
 }
+
+func TestFlushDomainOf(t *testing.T) {
+	for _, tt := range []struct {
+		key  string
+		want string
+		ok   bool
+	}{
+		{FlushDomain("example.org"), "example.org", true},
+		{FlushAddress("xn--bcher-kva.example", "a.b+c"), "xn--bcher-kva.example", true},
+		{FlushAll, "", false},
+		{"flush.domain.", "", false},
+		{"flush.domain.=zz", "", false},
+		{Address("example.org", "a", "recipient", ""), "", false},
+	} {
+		got, ok := FlushDomainOf(tt.key)
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("FlushDomainOf(%q) = %q, %v; want %q, %v", tt.key, got, ok, tt.want, tt.ok)
+		}
+	}
+}
