@@ -39,20 +39,16 @@ type Queue struct {
 	subject string
 	inbox   string // the subscription covers inbox.*
 	sub     *nats.Subscription
-	wait    time.Duration
-	least   int           // a request asks for at least this many, unless none is open
-	ready   chan delivery // delivered, not yet taken by a worker
-	mu      sync.Mutex
-	idle    int                  // workers waiting in Next
-	open    map[string]time.Time // reply subject -> when it expires
-	asked   int                  // messages asked for and not come yet
-	handed  int                  // deliveries in ready, taken off with idle: ask sees both or neither
-	n       uint64               // requests made
-}
-
-type delivery struct {
-	m   *nats.Msg
-	err error
+	// msgs is filled by the connection's reader itself and read by the
+	// workers: no goroutine in between on a job's way.
+	msgs  chan *nats.Msg
+	wait  time.Duration
+	least int // a request asks for at least this many, unless none is open
+	mu    sync.Mutex
+	idle  int                  // workers waiting in Next
+	open  map[string]time.Time // reply subject -> when it expires
+	asked int                  // messages asked for and not taken yet
+	n     uint64               // requests made
 }
 
 // New subscribes a queue of consumer on stream for up to workers workers;
@@ -62,9 +58,10 @@ func New(nc *nats.Conn, stream, consumer string, workers int, wait time.Duration
 	q := &Queue{nc: nc, subject: "$JS.API.CONSUMER.MSG.NEXT." + stream + "." + consumer, inbox: nc.NewInbox(), wait: wait,
 		least: max(1, workers/4), open: map[string]time.Time{},
 		// Deliveries never outnumber the workers asked for, and each
-		// request ends with one status at most.
-		ready: make(chan delivery, 2*workers)}
-	sub, err := nc.Subscribe(q.inbox+".*", q.receive)
+		// request ends with one status at most: a full channel (which
+		// would drop messages) is out of reach.
+		msgs: make(chan *nats.Msg, 4*workers+64)}
+	sub, err := nc.ChanSubscribe(q.inbox+".*", q.msgs)
 	if err != nil {
 		return nil, err
 	}
@@ -77,9 +74,9 @@ func (q *Queue) Close() {
 	_ = q.sub.Unsubscribe()
 	for {
 		select {
-		case d := <-q.ready:
-			if d.m != nil {
-				_ = d.m.Nak()
+		case m := <-q.msgs:
+			if len(m.Data) > 0 || m.Header.Get("Status") == "" {
+				_ = m.Nak()
 			}
 		default:
 			return
@@ -103,15 +100,10 @@ func (q *Queue) Next(ctx context.Context) (*Msg, error) {
 	defer lost.Stop()
 	for {
 		select {
-		case d := <-q.ready:
-			q.mu.Lock()
-			q.idle--
-			q.handed--
-			q.mu.Unlock()
-			if d.err != nil {
-				return nil, d.err
+		case m := <-q.msgs:
+			if msg, done, err := q.take(m); done {
+				return msg, err
 			}
-			return &Msg{m: d.m}, nil
 		case <-ctx.Done():
 			q.mu.Lock()
 			q.idle--
@@ -128,6 +120,48 @@ func (q *Queue) Next(ctx context.Context) (*Msg, error) {
 	}
 }
 
+// take reads a message or a status for a waiting worker: done when the
+// worker has its message or an error. Messages come with their own
+// subject, not the request's: they are counted against all requests
+// together. A request that ends early says with its status how many it
+// had left (as nats.go's consumers read it); one that ends without saying
+// leaves the count to be set right when no request is open any more.
+func (q *Queue) take(m *nats.Msg) (*Msg, bool, error) {
+	status := ""
+	if len(m.Data) == 0 && m.Header != nil {
+		status = m.Header.Get("Status")
+	}
+	if status == "100" {
+		return nil, false, nil // a heartbeat (not asked for)
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if status == "" {
+		q.asked = max(q.asked-1, 0)
+		q.idle--
+		// Whoever is idle and not asked for yet is asked for now, so that
+		// none waits for its timer while jobs wait.
+		q.ask()
+		return &Msg{m: m}, true, nil
+	}
+	if _, ok := q.open[m.Subject]; ok {
+		delete(q.open, m.Subject)
+		if n, err := strconv.Atoi(m.Header.Get("Nats-Pending-Messages")); err == nil {
+			q.asked = max(q.asked-n, 0)
+		}
+	}
+	if len(q.open) == 0 {
+		q.asked = 0
+	}
+	switch status {
+	case "404", "408":
+		q.ask()
+		return nil, false, nil
+	}
+	q.idle--
+	return nil, true, fmt.Errorf("%w: %s %s", ErrPull, status, m.Header.Get("Description"))
+}
+
 // ask makes a request for the idle workers not asked for yet, if they are
 // enough of them (q.mu held).
 func (q *Queue) ask() {
@@ -141,7 +175,7 @@ func (q *Queue) ask() {
 	if len(q.open) == 0 {
 		q.asked = 0
 	}
-	n := q.idle - q.asked - q.handed
+	n := q.idle - q.asked
 	if n <= 0 || (q.asked > 0 && n < q.least) {
 		return
 	}
@@ -153,61 +187,6 @@ func (q *Queue) ask() {
 	}
 	q.open[reply] = now.Add(q.wait + time.Second)
 	q.asked += n
-}
-
-// receive takes a message or a status on the subscription's goroutine.
-// Messages come with their own subject, not the request's: they are
-// counted against all requests together. A request that ends early says
-// with its status how many it had left (as nats.go's consumers read it);
-// one that ends without saying leaves the count to be set right when no
-// request is open any more.
-func (q *Queue) receive(m *nats.Msg) {
-	status := ""
-	if len(m.Data) == 0 && m.Header != nil {
-		status = m.Header.Get("Status")
-	}
-	if status == "100" {
-		return // a heartbeat (not asked for)
-	}
-	q.mu.Lock()
-	if status == "" {
-		q.asked = max(q.asked-1, 0)
-	} else {
-		if _, ok := q.open[m.Subject]; ok {
-			delete(q.open, m.Subject)
-			if n, err := strconv.Atoi(m.Header.Get("Nats-Pending-Messages")); err == nil {
-				q.asked = max(q.asked-n, 0)
-			}
-		}
-		if len(q.open) == 0 {
-			q.asked = 0
-		}
-	}
-	switch status {
-	case "":
-		q.hand(delivery{m: m})
-	case "404", "408":
-	default:
-		q.hand(delivery{err: fmt.Errorf("%w: %s %s", ErrPull, status, m.Header.Get("Description"))})
-	}
-	// Whoever is idle and not asked for yet is asked for now (counting what
-	// waits in ready), so that none waits for its timer while jobs wait.
-	q.ask()
-	q.mu.Unlock()
-}
-
-// hand puts a delivery where a worker takes it (q.mu held; it never waits).
-func (q *Queue) hand(d delivery) {
-	select {
-	case q.ready <- d:
-		q.handed++
-	default:
-		// Not possible while deliveries follow requests; should the
-		// server send more, the message goes back rather than wait here.
-		if d.m != nil {
-			_ = d.m.Nak()
-		}
-	}
 }
 
 // Msg is one message taken; its acks go to the consumer.
