@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"regexp"
 	"testing"
 )
 
@@ -50,6 +51,27 @@ func FuzzReadReply(f *testing.F) {
 			if rep.Enhanced != "" && rep.Enhanced[0] != byte('0'+rep.Class()) {
 				t.Fatalf("enhanced code %q with reply code %d", rep.Enhanced, rep.Code)
 			}
+		}
+	})
+}
+
+// enhancedRE is what leadingEnhanced reads, as a regular expression.
+var enhancedRE = regexp.MustCompile(`^([245])\.(\d{1,3})\.(\d{1,3})(?:\s|$)`)
+
+// FuzzLeadingEnhanced holds the hand-written reader of enhanced codes to
+// the regular expression.
+func FuzzLeadingEnhanced(f *testing.F) {
+	for _, s := range []string{"5.1.1 no", "2.0.0", "4.7.1\tx", "5.1.1234 x", "5.1234.1", "3.1.1 x", "5.01.001 y", "5.1.", "5..1", "5.1.1x", "5.1.1\n"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, l string) {
+		class, subject, detail, n, ok := leadingEnhanced(l)
+		m := enhancedRE.FindStringSubmatch(l)
+		if ok != (m != nil) {
+			t.Fatalf("%q: read %v, the expression %v", l, ok, m != nil)
+		}
+		if ok && (string(class) != m[1] || subject != m[2] || detail != m[3] || n != len(m[0])) {
+			t.Fatalf("%q: read %c %q %q %d, the expression %q", l, class, subject, detail, n, m)
 		}
 	})
 }

@@ -8,7 +8,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"regexp"
 	"strconv"
 	"strings"
 )
@@ -50,8 +49,6 @@ var (
 	ErrTooMany   = errors.New("SMTP reply has too many lines")
 	ErrTooBig    = errors.New("SMTP reply too large")
 )
-
-var enhancedRE = regexp.MustCompile(`^([245])\.(\d{1,3})\.(\d{1,3})(?:\s|$)`)
 
 // readReply reads one reply within the limits.
 func readReply(r *bufio.Reader, lim Limits) (Reply, error) {
@@ -113,16 +110,52 @@ func readReply(r *bufio.Reader, lim Limits) (Reply, error) {
 func parseEnhanced(rep Reply) string {
 	found := ""
 	for i, l := range rep.Lines {
-		m := enhancedRE.FindStringSubmatch(l)
-		if m == nil || m[1][0]-'0' != byte(rep.Class()) {
+		class, subject, detail, n, ok := leadingEnhanced(l)
+		if !ok || class-'0' != byte(rep.Class()) {
 			continue
 		}
 		if found == "" {
-			found = m[1] + "." + trimZeros(m[2]) + "." + trimZeros(m[3])
+			found = string(class) + "." + trimZeros(subject) + "." + trimZeros(detail)
 		}
-		rep.Lines[i] = strings.TrimSpace(l[len(m[0]):])
+		rep.Lines[i] = strings.TrimSpace(l[n:])
 	}
 	return found
+}
+
+// leadingEnhanced reads "class.subject.detail" at the start of l (class 2,
+// 4 or 5, one to three digits each, then white space or the end); n is the
+// length read, the white space included. (A regular expression did this
+// on every line of every reply; EHLO replies have a dozen.)
+func leadingEnhanced(l string) (class byte, subject, detail string, n int, ok bool) {
+	if len(l) < 5 || (l[0] != '2' && l[0] != '4' && l[0] != '5') || l[1] != '.' {
+		return 0, "", "", 0, false
+	}
+	digits := func(i int) int {
+		j := i
+		for j < len(l) && j-i < 4 && l[j] >= '0' && l[j] <= '9' {
+			j++
+		}
+		return j - i
+	}
+	ns := digits(2)
+	if ns == 0 || ns > 3 || 2+ns >= len(l) || l[2+ns] != '.' {
+		return 0, "", "", 0, false
+	}
+	at := 3 + ns
+	nd := digits(at)
+	if nd == 0 || nd > 3 {
+		return 0, "", "", 0, false
+	}
+	end := at + nd
+	if end < len(l) {
+		switch l[end] {
+		case ' ', '\t', '\n', '\f', '\r':
+			end++
+		default:
+			return 0, "", "", 0, false
+		}
+	}
+	return l[0], l[2 : 2+ns], l[at : at+nd], end, true
 }
 
 func trimZeros(s string) string {
