@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -209,9 +210,9 @@ func (s *Store) Put(ctx context.Context, v verdict.Verdict) (Outcome, error) {
 	// The longest class needs no TTL of its own: the bucket's is the same
 	// (and expires_at is checked on every read), and the header is a fifth
 	// of a stored entry.
-	opts := []jetstream.PublishOpt{jetstream.WithMsgTTL(msgTTL)}
+	ttlHeader := msgTTL.String()
 	if ttl >= s.ttls.longest() {
-		opts = nil
+		ttlHeader = ""
 	}
 	if flushed, err := s.flushedSince(ctx, v); err != nil || flushed {
 		if err != nil {
@@ -225,10 +226,14 @@ func (s *Store) Put(ctx context.Context, v verdict.Verdict) (Outcome, error) {
 	// a message under the key.
 	var last uint64
 	for attempt := 0; attempt < 8; attempt++ {
-		ack, err := s.js.PublishMsg(ctx, &nats.Msg{Subject: subject, Data: data},
-			append(opts, jetstream.WithExpectLastSequencePerSubject(last))...)
+		m := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
+		if ttlHeader != "" {
+			m.Header.Set(jetstream.MsgTTLHeader, ttlHeader)
+		}
+		m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(last, 10))
+		seq, err := streams.Publish(ctx, s.js.Conn(), m)
 		if err == nil {
-			return s.afterWrite(ctx, v, key, ack.Sequence)
+			return s.afterWrite(ctx, v, key, seq)
 		}
 		if !streams.WrongLastSequence(err) {
 			return "", fmt.Errorf("write %s: %w", key, err)

@@ -431,7 +431,7 @@ func (s *Service) publish(ctx context.Context, subject string, v verdict.Verdict
 	if err != nil {
 		return err
 	}
-	_, err = s.js.Publish(ctx, subject, b)
+	_, err = streams.Publish(ctx, s.nc, &nats.Msg{Subject: subject, Data: b})
 	return err
 }
 
