@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -281,12 +282,10 @@ func (l *Leases) publish(ctx context.Context, subj string, last uint64, ttl time
 	if strings.Contains(subj, ".lease.conn.") {
 		l.asks.Add(1)
 	}
-	ack, err := l.js.PublishMsg(ctx, &nats.Msg{Subject: subj, Data: []byte(l.cfg.Instance)},
-		jetstream.WithMsgTTL(ttl), jetstream.WithExpectLastSequencePerSubject(last))
-	if err != nil {
-		return 0, err
-	}
-	return ack.Sequence, nil
+	m := &nats.Msg{Subject: subj, Data: []byte(l.cfg.Instance), Header: nats.Header{}}
+	m.Header.Set(jetstream.MsgTTLHeader, ttl.String())
+	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(last, 10))
+	return streams.Publish(ctx, l.nc, m)
 }
 
 // purge gives a slot back at once; it is not waited for (the TTL frees it

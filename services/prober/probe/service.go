@@ -292,19 +292,7 @@ func (s *Service) handle(ctx context.Context, msg *pull.Msg) {
 	}
 	// Heartbeat so a long dialogue, or a wait for a busy host, is not
 	// redelivered to another prober.
-	hbCtx, stopHB := context.WithCancel(ctx)
-	go func() {
-		t := time.NewTicker(max(s.cfg.AckWait/3, 200*time.Millisecond))
-		defer t.Stop()
-		for {
-			select {
-			case <-hbCtx.Done():
-				return
-			case <-t.C:
-				_ = msg.InProgress()
-			}
-		}
-	}()
+	stopHB := heartbeat(msg, max(s.cfg.AckWait/3, 200*time.Millisecond))
 	start := time.Now()
 	target, done := s.prepare(ctx, job, addr, nil)
 	if done != nil {
@@ -343,6 +331,31 @@ func (s *Service) handle(ctx context.Context, msg *pull.Msg) {
 		}
 	}
 	s.run(ctx, msg, job, addr, target, slot, stopHB, start)
+}
+
+// heartbeat tells the server every interval that msg is in progress,
+// until stop is called (any number of times). A timer, not a goroutine
+// per job: most callouts end before the first beat.
+func heartbeat(msg *pull.Msg, every time.Duration) (stop func()) {
+	var mu sync.Mutex
+	stopped := false
+	var t *time.Timer
+	mu.Lock()
+	t = time.AfterFunc(every, func() {
+		_ = msg.InProgress()
+		mu.Lock()
+		if !stopped {
+			t.Reset(every)
+		}
+		mu.Unlock()
+	})
+	mu.Unlock()
+	return func() {
+		mu.Lock()
+		stopped = true
+		t.Stop()
+		mu.Unlock()
+	}
 }
 
 // run makes the callout (slot, when set, is the first host's) and
