@@ -14,10 +14,10 @@ SERVICES := prober cachekeeper ingest console
 # fuzz coordinator deadline race (golang/go#75804), which the loop below
 # tells apart from a real failure by the reproducer a real one writes.
 FUZZTIME ?= 100000x
-# Fuzz targets, module:package:target.
-FUZZ_TARGETS := shared:./address/:FuzzParse shared:./kvkey/:FuzzToken shared:./wire/:FuzzDecode \
-	shared:./wire/:FuzzDecodeJSON shared:./domains/:FuzzParse services/prober:./smtpprobe/:FuzzReadReply \
-	services/prober:./classify/:FuzzRcpt services/ingest:./policyd/:FuzzReadRequest
+# Fuzz targets, module:package:target: every func Fuzz* in a test file of
+# a module, so that a new target is fuzzed without being listed here.
+FUZZ_TARGETS := $(shell grep -rHo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*' shared services tools | \
+	sed -E 's#^(shared|tools|services/[^/]+)/(.+)/[^/]+_test\.go:func (Fuzz[A-Za-z0-9_]*)$$#\1:./\2/:\3#' | sort)
 export GOFLAGS := -buildvcs=false
 
 .PHONY: all build run test vet staticcheck unit e2e fuzz bench clean tools deploy-check
