@@ -109,7 +109,7 @@ func Parse(s string) (Address, error) {
 		return fail(err, "")
 	}
 	a := Address{Local: local, Domain: domain}
-	if len(a.String())+2 > MaxPath {
+	if len(local)+1+len(domain)+2 > MaxPath { // len(a.String()), not built
 		return fail(ErrPathTooLong, "")
 	}
 	return a, nil
@@ -283,11 +283,12 @@ func normalizeDomain(d string) (string, error) {
 	if len(ascii) > MaxDomain {
 		return "", ErrDomainTooLong
 	}
-	labels := strings.Split(ascii, ".")
-	if len(labels) < 2 {
+	if !strings.Contains(ascii, ".") {
 		return "", fmt.Errorf("%w: needs at least two labels", ErrDomainSyntax)
 	}
-	for _, l := range labels {
+	for rest := ascii; rest != ""; {
+		var l string
+		l, rest, _ = strings.Cut(rest, ".")
 		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
 			return "", ErrDomainSyntax
 		}

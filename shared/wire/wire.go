@@ -265,11 +265,18 @@ type appender interface {
 
 // Encode marshals m with the current version.
 func Encode(m Message) ([]byte, error) {
+	return AppendEncode(make([]byte, 0, 384), m)
+}
+
+// AppendEncode is Encode appending to dst, for a caller that reuses its
+// buffer (a reply, copied out by the publish that sends it).
+func AppendEncode(dst []byte, m Message) ([]byte, error) {
 	setVersion(m)
 	if a, ok := m.(appender); ok {
-		return a.AppendMsgpack(make([]byte, 0, 384)) // the hot path's messages: no encoder
+		return a.AppendMsgpack(dst) // the hot path's messages: no encoder
 	}
-	return msgpack.Marshal(m)
+	b, err := msgpack.Marshal(m)
+	return append(dst, b...), err
 }
 
 func setVersion(m Message) {

@@ -56,20 +56,21 @@ const (
 
 // Service is one ingest instance.
 type Service struct {
-	cfg     Config
-	log     *slog.Logger
-	nc      *nats.Conn
-	js      jetstream.JetStream
-	names   subjects.Names
-	domains *domains.Table
-	brake   *brake.Brake
-	m       *metrics
-	extra   map[string]bool // configured probe senders
-	mu      sync.Mutex
-	flights map[string]*flight
-	ready   chan struct{}
-	near    *nearcache.Cache
-	nearOn  atomic.Bool // the bucket is watched: the near cache may keep entries
+	cfg       Config
+	replyBufs sync.Pool // *[]byte, for encoding replies
+	log       *slog.Logger
+	nc        *nats.Conn
+	js        jetstream.JetStream
+	names     subjects.Names
+	domains   *domains.Table
+	brake     *brake.Brake
+	m         *metrics
+	extra     map[string]bool // configured probe senders
+	mu        sync.Mutex
+	flights   map[string]*flight
+	ready     chan struct{}
+	near      *nearcache.Cache
+	nearOn    atomic.Bool // the bucket is watched: the near cache may keep entries
 	// index is the bucket's address keys and domain facts, kept by the
 	// same watch: a miss of an address without keys is known here.
 	index   *cachecopy.Copy
@@ -240,12 +241,28 @@ func (s *Service) decode(r *microasync.Request, trace bool) (wire.VerifyRequest,
 func isJSON(r *microasync.Request) bool { return r.Header(wire.ContentType) == wire.JSONMediaType }
 
 func (s *Service) respond(r *microasync.Request, rep *wire.VerifyReply) {
-	b, err := encodeReply(rep, isJSON(r))
-	if err != nil {
-		_ = r.Error("500", err.Error(), nil)
+	if isJSON(r) {
+		b, err := encodeReply(rep, true)
+		if err != nil {
+			_ = r.Error("500", err.Error(), nil)
+			return
+		}
+		_ = r.Respond(b)
 		return
 	}
-	_ = r.Respond(b)
+	// The publish copies the reply out: its buffer serves the next one.
+	buf, _ := s.replyBufs.Get().(*[]byte)
+	if buf == nil {
+		buf = new([]byte)
+	}
+	b, err := wire.AppendEncode((*buf)[:0], rep)
+	if err != nil {
+		_ = r.Error("500", err.Error(), nil)
+	} else {
+		_ = r.Respond(b)
+	}
+	*buf = b[:0]
+	s.replyBufs.Put(buf)
 }
 
 // fast answers, on the subscription's goroutine, what needs no NATS round
