@@ -129,49 +129,54 @@ func Definite(v Verdict) bool {
 }
 
 // Decide turns a verdict into the MTA's decision. It is pure: the same
-// verdict and policy always give the same decision.
+// verdict and policy always give the same decision. (Only the text of the
+// decision returned is built: this runs for every request.)
 func Decide(v Verdict, p Policy) Decision {
-	addr := "<" + v.Address + ">"
 	what := "Recipient"
 	if p.Purpose == Sender {
 		what = "Sender"
 	}
-	accept := Decision{Action: Accept, Code: 250, Enhanced: "2.1.5", Text: addr + ": " + what + " OK"}
-	if p.Purpose == Sender {
-		accept.Enhanced = "2.1.0"
+	accept := func() Decision {
+		d := Decision{Action: Accept, Code: 250, Enhanced: "2.1.5", Text: "<" + v.Address + ">: " + what + " OK"}
+		if p.Purpose == Sender {
+			d.Enhanced = "2.1.0"
+		}
+		return d
 	}
-	deferred := Decision{Action: Defer, Code: 450, Enhanced: "4.4.3", Text: addr + ": " + what + " address verification failed temporarily, try again later"}
+	deferred := func() Decision {
+		return Decision{Action: Defer, Code: 450, Enhanced: "4.4.3", Text: "<" + v.Address + ">: " + what + " address verification failed temporarily, try again later"}
+	}
 	switch v.Status {
 	case Valid, CatchAll, Skipped:
-		return accept
+		return accept()
 	case Invalid:
 		if !Definite(v) {
-			return deferred
+			return deferred()
 		}
 		if p.Purpose == Sender {
-			return Decision{Action: Reject, Code: 550, Enhanced: "5.1.0", Text: addr + ": Sender address rejected: undeliverable address"}
+			return Decision{Action: Reject, Code: 550, Enhanced: "5.1.0", Text: "<" + v.Address + ">: Sender address rejected: undeliverable address"}
 		}
-		return Decision{Action: Reject, Code: 550, Enhanced: "5.1.1", Text: addr + ": Recipient address rejected: User unknown"}
+		return Decision{Action: Reject, Code: 550, Enhanced: "5.1.1", Text: "<" + v.Address + ">: Recipient address rejected: User unknown"}
 	case TempFail:
 		if p.OnTempfail == Accept {
-			return accept
+			return accept()
 		}
-		return deferred
+		return deferred()
 	case Unverifiable:
 		if p.OnUnverifiable == Defer {
-			return deferred
+			return deferred()
 		}
-		return accept
+		return accept()
 	case RelayDenied:
 		if p.Purpose == Sender {
-			return accept
+			return accept()
 		}
-		return Decision{Action: Reject, Code: 550, Enhanced: "5.7.1", Text: addr + ": Relay access denied"}
+		return Decision{Action: Reject, Code: 550, Enhanced: "5.7.1", Text: "<" + v.Address + ">: Relay access denied"}
 	case Malformed:
-		return Decision{Action: Reject, Code: 501, Enhanced: "5.1.3", Text: addr + ": Bad address syntax"}
+		return Decision{Action: Reject, Code: 501, Enhanced: "5.1.3", Text: "<" + v.Address + ">: Bad address syntax"}
 	}
 	// NotCatchAll is a domain fact, never an answer; unknown statuses defer.
-	return deferred
+	return deferred()
 }
 
 // Reasons that more than one service interprets.
