@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callout-mail/callout/shared/natstest"
@@ -197,5 +198,55 @@ func TestConsumerGone(t *testing.T) {
 	m, err := q.Next(context.Background())
 	if m != nil || !errors.Is(err, ErrPull) {
 		t.Fatalf("gone consumer: %+v, %v; want %v", m, err, ErrPull)
+	}
+}
+
+// A server restart loses the requests waiting there: the queue asks again
+// once they are past their time, and a waiting worker gets the job
+// published after the restart.
+func TestServerRestart(t *testing.T) {
+	ns, _, _ := setup(t)
+	dir, port := ns.Dir, ns.Port()
+	nc := ns.Connect(t, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	q, err := New(nc, "JOBS", "workers", 2, 300*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	got := make(chan *Msg, 1)
+	go func() {
+		// As the prober's worker does: a refusal (the server says it shuts
+		// down) is waited out a little, then asked again.
+		for {
+			m, err := q.Next(context.Background())
+			if errors.Is(err, ErrPull) {
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
+			if err != nil {
+				t.Error(err)
+			}
+			got <- m
+			return
+		}
+	}()
+	waitfor.Cond(t, 5*time.Second, func() bool { q.mu.Lock(); defer q.mu.Unlock(); return q.idle == 1 && q.asked == 1 })
+	ns.Stop()
+	ns = natstest.StartIn(t, dir, port)
+	waitfor.Cond(t, 10*time.Second, nc.IsConnected)
+	pub, err := jetstream.New(ns.Connect(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pub.Publish(context.Background(), "jobs.after", []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-got:
+		if m == nil || string(m.Data()) != "after" {
+			t.Fatalf("after the restart: %+v", m)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no job after the restart")
 	}
 }
