@@ -52,6 +52,49 @@ type row struct {
 	Reps int      `json:"reps,omitempty"`
 }
 
+// target is one of the figures the project holds itself to: the median of
+// the row whose section and name (a prefix: some names carry a count) match.
+type target struct {
+	Name    string  `json:"name"`
+	Section string  `json:"section"`
+	Row     string  `json:"row"`
+	Op      string  `json:"op"` // ">=" or "<="
+	Bound   float64 `json:"bound"`
+	Unit    string  `json:"unit"`
+	Value   float64 `json:"value"`
+	Met     bool    `json:"met"`
+}
+
+var targets = []target{
+	{Name: "hit ratio, 1 requester", Section: "1 cache hit", Row: "c=1 verify/echo rate ratio", Op: ">=", Bound: 0.6},
+	{Name: "hit ratio, 16 requesters", Section: "1 cache hit", Row: "c=16 verify/echo rate ratio", Op: ">=", Bound: 0.5},
+	{Name: "hit ratio, 64 requesters", Section: "1 cache hit", Row: "c=64 verify/echo rate ratio", Op: ">=", Bound: 0.4},
+	{Name: "hit p99, 16 requesters", Section: "1 cache hit", Row: "c=16 verify p99", Op: "<=", Bound: 2, Unit: "ms"},
+	{Name: "miss overhead p50", Section: "2 miss", Row: "overhead p50", Op: "<=", Bound: 1, Unit: "ms"},
+	{Name: "saturation", Section: "5 saturation", Row: "verifies/s", Op: ">=", Bound: 15000, Unit: "req/s"},
+	{Name: "storage, 1M entries", Section: "4 storage", Row: "KV bytes on disk", Op: "<=", Bound: 150, Unit: "MiB"},
+	{Name: "full flush", Section: "4 storage", Row: "full flush", Op: "<=", Bound: 1000, Unit: "ms"},
+	{Name: "domain flush", Section: "4 storage", Row: "domain flush", Op: "<=", Bound: 10, Unit: "ms"},
+}
+
+// checkTargets holds the rows to the targets; a target whose section did
+// not run is left out.
+func checkTargets(rows []row) []target {
+	var out []target
+	for _, t := range targets {
+		for _, r := range rows {
+			if r.Section != t.Section || !strings.HasPrefix(r.Name, t.Row) {
+				continue
+			}
+			t.Value = r.Value
+			t.Met = (t.Op == ">=" && r.Value >= t.Bound) || (t.Op == "<=" && r.Value <= t.Bound)
+			out = append(out, t)
+			break
+		}
+	}
+	return out
+}
+
 type bench struct {
 	dir, url string
 	nc       *nats.Conn
@@ -161,7 +204,21 @@ func main() {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t\n", r.Section, r.Name, strconv.FormatFloat(r.Value, 'f', 3, 64), lo, hi, r.Unit)
 	}
 	tw.Flush()
-	res := map[string]any{"date": time.Now().UTC().Format(time.RFC3339), "cpus": runtime.NumCPU(), "go": runtime.Version(), "results": b.rows}
+	checks := checkTargets(b.rows)
+	if len(checks) > 0 {
+		fmt.Println()
+		tw = tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "target\tbound\tmedian\tmet\t")
+		for _, c := range checks {
+			met := "no"
+			if c.Met {
+				met = "yes"
+			}
+			fmt.Fprintf(tw, "%s\t%s %s %s\t%s\t%s\t\n", c.Name, c.Op, strconv.FormatFloat(c.Bound, 'f', -1, 64), c.Unit, strconv.FormatFloat(c.Value, 'f', 3, 64), met)
+		}
+		tw.Flush()
+	}
+	res := map[string]any{"date": time.Now().UTC().Format(time.RFC3339), "cpus": runtime.NumCPU(), "go": runtime.Version(), "results": b.rows, "targets": checks}
 	data, _ := json.MarshalIndent(res, "", "  ")
 	if err := os.MkdirAll(filepath.Dir(*out), 0o755); err == nil {
 		_ = os.WriteFile(*out, data, 0o644)
