@@ -181,7 +181,6 @@ func (c *Copy) Covers(v verdict.Verdict) bool {
 	return false
 }
 
-
 // RecordAt returns the flush record held under key and the revision of
 // its last message (zero values when none is held): what a writer of the
 // next record expects to find, unless the copy is behind.
