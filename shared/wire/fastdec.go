@@ -60,42 +60,38 @@ func (r *reader) size(n int) (uint64, bool) {
 }
 
 func (r *reader) mapLen() (int, bool) {
-	c, ok := r.code()
-	if !ok {
-		return 0, false
-	}
-	var n uint64
-	switch {
-	case c >= 0x80 && c <= 0x8f:
-		return int(c & 0x0f), true
-	case c == 0xde:
-		n, ok = r.size(2)
-	case c == 0xdf:
-		n, ok = r.size(4)
-	default:
-		return 0, false
-	}
+	n, ok := r.containerLen(mapFix, mapCode16)
 	// Each entry takes two bytes at least.
-	return int(n), ok && n <= uint64(len(r.b)-r.i)/2
+	return n, ok && n <= (len(r.b)-r.i)/2
 }
 
 func (r *reader) arrayLen() (int, bool) {
+	n, ok := r.containerLen(arrayFix, arrayCode16)
+	return n, ok && n <= len(r.b)-r.i
+}
+
+// containerLen reads a map's or an array's header (see appendContainerLen).
+func (r *reader) containerLen(fix, code16 byte) (int, bool) {
 	c, ok := r.code()
 	if !ok {
 		return 0, false
 	}
 	var n uint64
 	switch {
-	case c >= 0x90 && c <= 0x9f:
+	case c&0xf0 == fix:
 		return int(c & 0x0f), true
-	case c == 0xdc:
+	case c == code16:
 		n, ok = r.size(2)
-	case c == 0xdd:
+	case c == code16+1:
 		n, ok = r.size(4)
 	default:
 		return 0, false
 	}
-	return int(n), ok && n <= uint64(len(r.b)-r.i)
+	// Past the message's length it cannot fit (and is not made an int).
+	if !ok || n > uint64(len(r.b)) {
+		return 0, false
+	}
+	return int(n), true
 }
 
 // strBytes reads a msgpack str (not bin, not nil) without copying it.
@@ -319,16 +315,11 @@ func (m *VerifyReply) decodeFast(r *reader) bool {
 		case "decision":
 			return decodeDecision(r, &m.Decision)
 		case "verdict":
-			return decodeVerdictPtr(r, &m.Verdict)
+			return decodeVerdict(r, fresh(&m.Verdict))
 		case "error":
 			return r.str(&m.Error)
 		case "would":
-			d := new(verdict.Decision)
-			if m.Would != nil {
-				*d = *m.Would
-			}
-			m.Would = d
-			return decodeDecision(r, d)
+			return decodeDecision(r, fresh(&m.Would))
 		case "would_reject":
 			return r.boolean(&m.WouldReject)
 		}
@@ -390,15 +381,16 @@ func decodeDecision(r *reader, d *verdict.Decision) bool {
 	})
 }
 
-// decodeVerdictPtr decodes into a new verdict (a copy of the one *p points
-// to, if any: that one is left as it was should the fast decoder give up).
-func decodeVerdictPtr(r *reader, p **verdict.Verdict) bool {
-	v := new(verdict.Verdict)
+// fresh points *p at a new T, a copy of the one it pointed to, if any, and
+// returns it: a pointer field is decoded into it, so that the value the
+// caller's pointer held is left as it was should the fast decoder give up.
+func fresh[T any](p **T) *T {
+	v := new(T)
 	if *p != nil {
 		*v = **p
 	}
 	*p = v
-	return decodeVerdict(r, v)
+	return v
 }
 
 func decodeVerdict(r *reader, v *verdict.Verdict) bool {

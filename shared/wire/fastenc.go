@@ -168,24 +168,28 @@ func appendOpt(b []byte, k, v string) []byte {
 	return appendStr(appendStr(b, k), v)
 }
 
-func appendMapLen(b []byte, n int) []byte {
-	switch {
-	case n < 16:
-		return append(b, 0x80|byte(n))
-	case n <= 0xffff:
-		return binary.BigEndian.AppendUint16(append(b, 0xde), uint16(n))
-	}
-	return binary.BigEndian.AppendUint32(append(b, 0xdf), uint32(n))
-}
+// Container headers: the fix form's first byte (0x80 for a map, 0x90 for
+// an array), then the 16- and 32-bit forms' codes (0xde, 0xdf for a map;
+// 0xdc, 0xdd for an array).
+const (
+	mapFix, mapCode16     = 0x80, 0xde
+	arrayFix, arrayCode16 = 0x90, 0xdc
+)
 
-func appendArrayLen(b []byte, n int) []byte {
+func appendMapLen(b []byte, n int) []byte { return appendContainerLen(b, n, mapFix, mapCode16) }
+
+func appendArrayLen(b []byte, n int) []byte { return appendContainerLen(b, n, arrayFix, arrayCode16) }
+
+// appendContainerLen writes a header in its smallest form; the 32-bit
+// form's code follows the 16-bit one's.
+func appendContainerLen(b []byte, n int, fix, code16 byte) []byte {
 	switch {
 	case n < 16:
-		return append(b, 0x90|byte(n))
+		return append(b, fix|byte(n))
 	case n <= 0xffff:
-		return binary.BigEndian.AppendUint16(append(b, 0xdc), uint16(n))
+		return binary.BigEndian.AppendUint16(append(b, code16), uint16(n))
 	}
-	return binary.BigEndian.AppendUint32(append(b, 0xdd), uint32(n))
+	return binary.BigEndian.AppendUint32(append(b, code16+1), uint32(n))
 }
 
 func appendStr(b []byte, s string) []byte {
