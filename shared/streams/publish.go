@@ -56,6 +56,18 @@ func Publish(ctx context.Context, nc *nats.Conn, m *nats.Msg) (uint64, error) {
 	return ack.Seq, nil
 }
 
+// ExpectLast is a message for Publish that the stream stores only if the
+// subject's last message is at sequence last (0: the subject has none),
+// and keeps for ttl (0: by the stream's own limits).
+func ExpectLast(subject string, data []byte, last uint64, ttl time.Duration) *nats.Msg {
+	m := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
+	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(last, 10))
+	if ttl > 0 {
+		m.Header.Set(jetstream.MsgTTLHeader, ttl.String())
+	}
+	return m
+}
+
 // quickAck reads the acknowledgement of a stored message as the server
 // writes it, {"stream":"NAME","seq":N}, or with "duplicate":true after;
 // anything else (an error above all) is left to the JSON decoder.

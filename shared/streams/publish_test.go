@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -75,8 +76,7 @@ func TestPublish(t *testing.T) {
 			t.Fatalf("publish %d: %d %v", want, seq, err)
 		}
 	}
-	m := nats.NewMsg("s.a")
-	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, "1")
+	m := ExpectLast("s.a", nil, 1, 0)
 	if _, err := Publish(ctx, nc, m); !WrongLastSequence(err) {
 		t.Fatalf("wrong last sequence: %v", err)
 	}
@@ -86,5 +86,15 @@ func TestPublish(t *testing.T) {
 	}
 	if _, err := Publish(ctx, nc, &nats.Msg{Subject: "nostream.a"}); !errors.Is(err, jetstream.ErrNoStreamResponse) {
 		t.Fatalf("no stream: %v", err)
+	}
+}
+
+func TestExpectLast(t *testing.T) {
+	m := ExpectLast("s.a", []byte("x"), 7, 5*time.Second)
+	if m.Header.Get(jetstream.ExpectedLastSubjSeqHeader) != "7" || m.Header.Get(jetstream.MsgTTLHeader) != "5s" || string(m.Data) != "x" {
+		t.Fatalf("headers %v", m.Header)
+	}
+	if m := ExpectLast("s.a", nil, 0, 0); m.Header.Get(jetstream.ExpectedLastSubjSeqHeader) != "0" || m.Header.Get(jetstream.MsgTTLHeader) != "" {
+		t.Fatalf("no ttl, a new subject: headers %v", m.Header)
 	}
 }

@@ -201,7 +201,7 @@ func SetupWith(ctx context.Context, js jetstream.JetStream, n subjects.Names, re
 // stream's answer; pending says a job for the same target was already
 // queued or in flight (the stream keeps one per target).
 func QueueJob(ctx context.Context, js jetstream.JetStream, subject string, job []byte) (pending bool, err error) {
-	_, err = js.Publish(ctx, subject, job)
+	_, err = Publish(ctx, js.Conn(), &nats.Msg{Subject: subject, Data: job})
 	switch {
 	case err == nil:
 		return false, nil

@@ -12,7 +12,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"time"
 
@@ -210,9 +209,8 @@ func (s *Store) Put(ctx context.Context, v verdict.Verdict) (Outcome, error) {
 	// The longest class needs no TTL of its own: the bucket's is the same
 	// (and expires_at is checked on every read), and the header is a fifth
 	// of a stored entry.
-	ttlHeader := msgTTL.String()
 	if ttl >= s.ttls.longest() {
-		ttlHeader = ""
+		msgTTL = 0
 	}
 	if flushed, err := s.flushedSince(ctx, v); err != nil || flushed {
 		if err != nil {
@@ -226,12 +224,7 @@ func (s *Store) Put(ctx context.Context, v verdict.Verdict) (Outcome, error) {
 	// a message under the key.
 	var last uint64
 	for attempt := 0; attempt < 8; attempt++ {
-		m := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
-		if ttlHeader != "" {
-			m.Header.Set(jetstream.MsgTTLHeader, ttlHeader)
-		}
-		m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(last, 10))
-		seq, err := streams.Publish(ctx, s.js.Conn(), m)
+		seq, err := streams.Publish(ctx, s.js.Conn(), streams.ExpectLast(subject, data, last, msgTTL))
 		if err == nil {
 			return s.afterWrite(ctx, v, key, seq)
 		}

@@ -18,7 +18,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -282,10 +281,7 @@ func (l *Leases) publish(ctx context.Context, subj string, last uint64, ttl time
 	if strings.Contains(subj, ".lease.conn.") {
 		l.asks.Add(1)
 	}
-	m := &nats.Msg{Subject: subj, Data: []byte(l.cfg.Instance), Header: nats.Header{}}
-	m.Header.Set(jetstream.MsgTTLHeader, ttl.String())
-	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(last, 10))
-	return streams.Publish(ctx, l.nc, m)
+	return streams.Publish(ctx, l.nc, streams.ExpectLast(subj, []byte(l.cfg.Instance), last, ttl))
 }
 
 // purge gives a slot back at once; it is not waited for (the TTL frees it
