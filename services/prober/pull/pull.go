@@ -125,7 +125,7 @@ func (q *Queue) Next(ctx context.Context) (*Msg, error) {
 // subject, not the request's: they are counted against all requests
 // together. A request that ends early says with its status how many it
 // had left (as nats.go's consumers read it); one that ends without saying
-// leaves the count to be set right when no request is open any more.
+// leaves the count to ask, which sets it right when no request is open.
 func (q *Queue) take(m *nats.Msg) (*Msg, bool, error) {
 	status := ""
 	if len(m.Data) == 0 && m.Header != nil {
@@ -149,9 +149,6 @@ func (q *Queue) take(m *nats.Msg) (*Msg, bool, error) {
 		if n, err := strconv.Atoi(m.Header.Get("Nats-Pending-Messages")); err == nil {
 			q.asked = max(q.asked-n, 0)
 		}
-	}
-	if len(q.open) == 0 {
-		q.asked = 0
 	}
 	switch status {
 	case "404", "408":
