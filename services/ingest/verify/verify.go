@@ -241,28 +241,25 @@ func (s *Service) decode(r *microasync.Request, trace bool) (wire.VerifyRequest,
 func isJSON(r *microasync.Request) bool { return r.Header(wire.ContentType) == wire.JSONMediaType }
 
 func (s *Service) respond(r *microasync.Request, rep *wire.VerifyReply) {
-	if isJSON(r) {
-		b, err := encodeReply(rep, true)
-		if err != nil {
-			_ = r.Error("500", err.Error(), nil)
-			return
-		}
-		_ = r.Respond(b)
-		return
-	}
 	// The publish copies the reply out: its buffer serves the next one.
 	buf, _ := s.replyBufs.Get().(*[]byte)
 	if buf == nil {
 		buf = new([]byte)
 	}
-	b, err := wire.AppendEncode((*buf)[:0], rep)
+	defer s.replyBufs.Put(buf)
+	var b []byte
+	var err error
+	if isJSON(r) {
+		b, err = encodeReply(rep, true)
+	} else {
+		b, err = wire.AppendEncode((*buf)[:0], rep)
+		*buf = b[:0]
+	}
 	if err != nil {
 		_ = r.Error("500", err.Error(), nil)
-	} else {
-		_ = r.Respond(b)
+		return
 	}
-	*buf = b[:0]
-	s.replyBufs.Put(buf)
+	_ = r.Respond(b)
 }
 
 // fast answers, on the subscription's goroutine, what needs no NATS round
