@@ -173,7 +173,7 @@ func (c *Copy) Covers(v verdict.Verdict) bool {
 	if c.recDomains[v.Domain] == 0 {
 		return false // the common case: no keys made, no address parsed
 	}
-	for _, k := range Records(v)[1:] {
+	for _, k := range Records(v)[1:] { // the first is FlushAll's, looked at above
 		if r, ok := c.records[k]; ok && r.Covers(v) {
 			return true
 		}
