@@ -35,27 +35,34 @@ func TestCloseWaitsAndRefuses(t *testing.T) {
 func TestGoConcurrentWithClose(t *testing.T) {
 	for i := 0; i < 50; i++ {
 		var g Group
-		var wg sync.WaitGroup
-		var ran, refused atomic.Int32
-		for j := 0; j < 8; j++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for k := 0; k < 20; k++ {
-					if g.Go(func() { ran.Add(1) }) {
-						continue
-					}
-					refused.Add(1)
-				}
-			}()
-		}
-		g.Close()
-		wg.Wait()
+		submitWhileClosing(t, g.Go, g.Close)
 		if g.Go(func() {}) {
 			t.Fatal("a closed group took work")
 		}
-		if got := ran.Load() + refused.Load(); got != 160 {
-			t.Fatalf("ran+refused = %d, want 160", got)
-		}
+	}
+}
+
+// submitWhileClosing hands 160 tasks in from 8 goroutines while stop
+// runs: each task either runs or is refused, none is lost.
+func submitWhileClosing(t *testing.T, submit func(func()) bool, stop func()) {
+	t.Helper()
+	var wg sync.WaitGroup
+	var ran, refused atomic.Int32
+	for j := 0; j < 8; j++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := 0; k < 20; k++ {
+				if submit(func() { ran.Add(1) }) {
+					continue
+				}
+				refused.Add(1)
+			}
+		}()
+	}
+	stop()
+	wg.Wait()
+	if got := ran.Load() + refused.Load(); got != 160 {
+		t.Fatalf("ran+refused = %d, want 160", got)
 	}
 }

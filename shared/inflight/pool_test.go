@@ -1,7 +1,6 @@
 package inflight
 
 import (
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -102,24 +101,6 @@ func TestPoolCloseWaitsAndRefuses(t *testing.T) {
 func TestPoolConcurrentWithClose(t *testing.T) {
 	for i := 0; i < 50; i++ {
 		p := NewPool(3)
-		var wg sync.WaitGroup
-		var ran, refused atomic.Int32
-		for j := 0; j < 8; j++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for k := 0; k < 20; k++ {
-					if p.Do(func() { ran.Add(1) }) {
-						continue
-					}
-					refused.Add(1)
-				}
-			}()
-		}
-		p.Close()
-		wg.Wait()
-		if got := ran.Load() + refused.Load(); got != 160 {
-			t.Fatalf("ran+refused = %d, want 160", got)
-		}
+		submitWhileClosing(t, p.Do, p.Close)
 	}
 }
