@@ -24,7 +24,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callout-mail/callout/shared/kvkey"
 	"github.com/callout-mail/callout/shared/streams"
@@ -43,7 +42,6 @@ type Config struct {
 type Leases struct {
 	cfg    Config
 	nc     *nats.Conn
-	js     jetstream.JetStream
 	names  subjects.Names
 	tokens int           // rate tokens per host
 	grant  int           // callouts one token allows
@@ -78,14 +76,14 @@ type grant struct {
 const maxTokens = 32
 
 // New returns leases over the lease stream (streams.LeasesConfig; it must exist).
-func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, n subjects.Names) *Leases {
+func New(cfg Config, nc *nats.Conn, n subjects.Names) *Leases {
 	// n tokens of g callouts that each live ceil(n*g/rate) seconds allow
 	// rate per second on average and never more than n*g in any such
 	// window. g = rate/32 (rounded down) keeps n*g within 3% of rate.
 	g := max(1, int(math.Floor(cfg.Rate/maxTokens)))
 	tokens := max(1, int(math.Floor(cfg.Rate/float64(g))))
 	ttl := time.Duration(math.Ceil(float64(tokens*g)/cfg.Rate)) * time.Second
-	return &Leases{cfg: cfg, nc: nc, js: js, names: n, tokens: tokens, grant: g, tokTTL: max(ttl, time.Second), grants: map[string]grant{},
+	return &Leases{cfg: cfg, nc: nc, names: n, tokens: tokens, grant: g, tokTTL: max(ttl, time.Second), grants: map[string]grant{},
 		held: map[string]bool{}, taken: map[string]time.Time{}, takenFor: takenFor}
 }
 

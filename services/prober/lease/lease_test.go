@@ -21,7 +21,7 @@ func leases(t *testing.T, ns *natstest.Server, cfg Config) *Leases {
 	if _, err := streams.Leases(context.Background(), js, subjects.New(""), 1); err != nil {
 		t.Fatal(err)
 	}
-	return New(cfg, nc, js, subjects.New(""))
+	return New(cfg, nc, subjects.New(""))
 }
 
 // Two probers share a host's connection slots; a released slot is free at
@@ -179,7 +179,8 @@ func TestWantAndRate(t *testing.T) {
 	case <-time.After(100 * time.Millisecond):
 	}
 	ctx := context.Background()
-	s, _ := a.js.Stream(ctx, subjects.New("").LeaseStream())
+	js, _ := jetstream.New(a.nc)
+	s, _ := js.Stream(ctx, subjects.New("").LeaseStream())
 	if info, err := s.Info(ctx); err != nil || info.State.Msgs != 0 {
 		t.Fatalf("lease stream after a want: %v %+v", err, info)
 	}
