@@ -48,10 +48,11 @@ build:
 run: build $(BIN)/nats-server $(BIN)/nats
 	$(BIN)/devrun -bin $(BIN) -dir ./var
 
-## test: vet, staticcheck, unit tests with -race, the e2e suite, every fuzz target (FUZZTIME each), the deployment files.
+## test: gofmt and vet, staticcheck, unit tests with -race, the e2e suite, every fuzz target (FUZZTIME each), the deployment files.
 test: vet staticcheck unit e2e fuzz deploy-check
 
 vet:
+	unformatted=$$(gofmt -l $(MODULES)); if [ -n "$$unformatted" ]; then echo "not gofmt-formatted: $$unformatted"; exit 1; fi
 	for m in $(MODULES); do (cd $$m && go vet ./...); done
 
 staticcheck: $(BIN)/staticcheck
