@@ -963,14 +963,39 @@ func (b *bench) cpuTicks() map[string]float64 {
 		st, _ := strconv.ParseFloat(f[12], 64)
 		ticks[name] = u + st
 	}
+	// The machine's busy, idle and stolen time (/proc/stat's first line:
+	// user, nice, system, idle, iowait, irq, softirq, steal). The host
+	// takes cores from this machine when it is busy itself: what is stolen
+	// explains most of the spread between runs, and the processes' own
+	// figures count some of it as theirs.
+	if data, err := os.ReadFile("/proc/stat"); err == nil {
+		line, _, _ := strings.Cut(string(data), "\n")
+		if f := strings.Fields(line); len(f) > 8 && f[0] == "cpu" {
+			v := make([]float64, 8)
+			for i := range v {
+				v[i], _ = strconv.ParseFloat(f[i+1], 64)
+			}
+			ticks[machineBusy] = v[0] + v[1] + v[2] + v[5] + v[6]
+			ticks[machineIdle], ticks[machineStolen] = v[3]+v[4], v[7]
+		}
+	}
 	return ticks
 }
+
+// Machine-wide entries of cpuTicks, beside the processes'.
+const (
+	machineBusy   = "machine: busy"
+	machineIdle   = "machine: idle"
+	machineStolen = "machine: stolen by the host"
+)
 
 // addCPU reports the cores each process used between two cpuTicks.
 func (b *bench) addCPU(sec string, before, after map[string]float64, el time.Duration, n int64) {
 	names := make([]string, 0, len(after))
 	for n := range after {
-		names = append(names, n)
+		if !strings.HasPrefix(n, "machine: ") {
+			names = append(names, n)
+		}
 	}
 	sort.Strings(names)
 	total := 0.0
@@ -979,8 +1004,16 @@ func (b *bench) addCPU(sec string, before, after map[string]float64, el time.Dur
 		total += (after[n] - before[n]) / 100
 	}
 	b.add(sec, "CPU, all processes", total/el.Seconds(), "cores")
+	for _, m := range []string{machineBusy, machineIdle, machineStolen} {
+		if v, ok := after[m]; ok {
+			b.add(sec, m, (v-before[m])/100/el.Seconds(), "cores")
+		}
+	}
 	if n > 0 {
 		b.add(sec, "CPU per verify, all processes", total/float64(n)*1e6, "µs")
+		if v, ok := after[machineBusy]; ok {
+			b.add(sec, "CPU per verify, machine (stolen time left out)", (v-before[machineBusy])/100/float64(n)*1e6, "µs")
+		}
 	}
 }
 
