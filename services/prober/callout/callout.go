@@ -287,7 +287,12 @@ func (v *Verifier) dialogue(ctx context.Context, d *destination.Dest, host strin
 	reused := s.rcpts > 0
 	res, next, unhealthy, keep := v.transaction(ctx, d, host, t, s)
 	if !keep && reused && s.c.Broken() && res.Address.Status == verdict.TempFail && res.Rcpts == 0 {
-		// The idle connection had died under us: close it, one fresh try.
+		// The idle connection had died under us, or failed the RSET sent
+		// ahead of this callout: close it, one fresh try. A failed RSET
+		// turns reuse off for the host, wherever it was sent.
+		if s.c.ResetFailed() {
+			d.DisableReuse()
+		}
 		s.c.Close()
 		s, fail, next, unhealthy = v.open(ctx, d, host, t, false, slot)
 		if fail != nil {
@@ -321,7 +326,10 @@ func (v *Verifier) finish(ctx context.Context, d *destination.Dest, s *session, 
 	// callout's two (after the random RCPT, and at its end) stay under the
 	// host's non-mail command limit.
 	if keep && d.ReuseEnabled() && s.c.NonMail()+3 <= d.MaxNonMail() {
-		if s.c.Reset(ctx) {
+		// With PIPELINING the RSET leaves with the next callout's MAIL
+		// and RCPT, in one write: a kept connection costs no round trip
+		// of its own. Without, it is sent now, as Exim and Postfix do.
+		if s.c.ResetLater() || s.c.Reset(ctx) {
 			d.Keep(ctx, s.c, s.rcpts, slot)
 			return
 		}

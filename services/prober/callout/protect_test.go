@@ -2,8 +2,10 @@ package callout
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -182,9 +184,34 @@ func TestSlotOutlivesItsConnection(t *testing.T) {
 	})
 }
 
-// The result of a callout is known before the destination answers the
-// RSET that keeps its connection: the verdict does not wait for it. The
-// connection is kept once the RSET is answered.
+// A kept connection's RSET leaves with the next callout's MAIL FROM and
+// RCPT, in one write, when the destination offers PIPELINING: ending a
+// callout costs no round trip, and the next one on the connection costs one.
+func TestRsetWithNextCallout(t *testing.T) {
+	s := server(t, smtptest.Config{Mailboxes: []string{"alice@example.org"}})
+	v, _ := protectVerifier(destination.Config{MaxConns: 1, Rate: 1000, ReuseMaxRcpts: 100, MaxNonMail: 8, IdleTimeout: time.Minute})
+	target := Target{Address: addr(t, "alice@example.org"), Hosts: []string{s.Addr()}, SkipRandom: true}
+	res, end := v.VerifyThen(context.Background(), target, nil)
+	end()
+	if res.Address.Status != verdict.Valid {
+		t.Fatalf("%s/%s", res.Address.Status, res.Address.Reason)
+	}
+	if n := s.Commands("RSET"); n != 0 {
+		t.Fatalf("%d RSETs sent when the callout ended, want none yet", n)
+	}
+	if r := v.Verify(context.Background(), target); r.Address.Status != verdict.Valid || !r.Reused || s.Conns() != 1 {
+		t.Fatalf("second callout: %s, reused %v, %d connections", r.Address.Status, r.Reused, s.Conns())
+	}
+	lines := s.Lines()
+	want := []string{"RSET", "MAIL FROM:<>", "RCPT TO:<alice@example.org>"}
+	if len(lines) < 3 || !slices.Equal(lines[len(lines)-3:], want) {
+		t.Fatalf("dialogue %q, want it to end with %q", lines, want)
+	}
+}
+
+// Without PIPELINING the RSET is sent when the callout ends, off the
+// verdict's path: the result is known before the RSET is answered, and the
+// connection is kept once it is.
 func TestResultBeforeRset(t *testing.T) {
 	release := make(chan struct{})
 	var once sync.Once
@@ -193,7 +220,7 @@ func TestResultBeforeRset(t *testing.T) {
 			<-release
 		}
 	}
-	s := server(t, smtptest.Config{Mailboxes: []string{"alice@example.org"}, Hold: hold})
+	s := server(t, smtptest.Config{Mailboxes: []string{"alice@example.org"}, Hold: hold, EHLO: "250-mx.test\r\n250 ENHANCEDSTATUSCODES"})
 	t.Cleanup(func() { once.Do(func() { close(release) }) })
 	v, _ := protectVerifier(destination.Config{MaxConns: 1, Rate: 1000, ReuseMaxRcpts: 100, MaxNonMail: 8, IdleTimeout: time.Minute})
 	target := Target{Address: addr(t, "alice@example.org"), Hosts: []string{s.Addr()}, SkipRandom: true}
@@ -213,5 +240,32 @@ func TestResultBeforeRset(t *testing.T) {
 	<-ended
 	if r := v.Verify(context.Background(), target); r.Address.Status != verdict.Valid || !r.Reused || s.Conns() != 1 {
 		t.Fatalf("after the RSET: %s, reused %v, %d connections", r.Address.Status, r.Reused, s.Conns())
+	}
+}
+
+// When the RSET sent ahead of a callout is refused, the replies after it
+// belong to no transaction of ours: none of them becomes a verdict (here
+// the RCPT after it is refused as unknown), the callout runs again on a
+// fresh connection, and the host gets no reuse.
+func TestRefusedRsetAheadIsNoVerdict(t *testing.T) {
+	var rcpts atomic.Int32
+	s := server(t, smtptest.Config{Rset: "502 5.5.1 no RSET", Rcpt: func(_, _ string) string {
+		if rcpts.Add(1) == 2 {
+			return "550 5.1.1 unknown user"
+		}
+		return "250 2.1.5 ok"
+	}})
+	v, pool := protectVerifier(destination.Config{MaxConns: 1, Rate: 1000, ReuseMaxRcpts: 100, MaxNonMail: 8, IdleTimeout: time.Minute})
+	target := Target{Address: addr(t, "alice@example.org"), Hosts: []string{s.Addr()}, SkipRandom: true}
+	for i := 0; i < 2; i++ {
+		if r := v.Verify(context.Background(), target); r.Address.Status != verdict.Valid {
+			t.Fatalf("callout %d: %s/%s (%d %s)", i, r.Address.Status, r.Address.Reason, r.Address.Code, r.Address.Text)
+		}
+	}
+	if rcpts.Load() != 3 || s.Conns() != 2 || s.Commands("RSET") != 1 {
+		t.Fatalf("%d RCPTs, %d connections, %d RSETs; want 3, 2, 1", rcpts.Load(), s.Conns(), s.Commands("RSET"))
+	}
+	if pool.Get(s.Addr()).ReuseEnabled() {
+		t.Fatal("reuse still on after a refused RSET")
 	}
 }

@@ -101,7 +101,17 @@ type Conn struct {
 
 	tlsRefused Reply // the reply to a refused STARTTLS
 	nonMail    int   // non-mail commands sent (EHLO, HELO, STARTTLS, RSET, NOOP)
+
+	// An RSET deferred to the next command (ResetLater), and one sent
+	// whose reply is still to be read before that command's.
+	resetDue, resetSent bool
+	resetFailed         bool // a deferred RSET was refused or went unanswered
 }
+
+// ErrResetRefused is the failure of an RSET sent ahead of a command
+// (ResetLater): the commands after it are not answered for, and the
+// connection is broken.
+var ErrResetRefused = errors.New("RSET refused")
 
 // NonMail is the number of non-mail commands sent on the connection: Exim
 // drops a connection after 10 of them by default (smtp_accept_max_nonmail).
@@ -154,6 +164,23 @@ func (c *Conn) read(ctx context.Context, st Stage, timeout time.Duration) (Reply
 	// A cancelled context interrupts a blocked read.
 	stop := context.AfterFunc(ctx, func() { _ = c.nc.SetReadDeadline(time.Now()) })
 	defer stop()
+	if c.resetSent {
+		// The RSET sent ahead answers first; what follows it counts
+		// only if it succeeded.
+		c.resetSent = false
+		rep, err := readReply(c.r, c.cfg.Limits)
+		if err != nil || rep.Class() != 2 {
+			c.broken, c.resetFailed = true, true
+			if err == nil {
+				c.cfg.Trace.reply(c.host, rep)
+				err = fmt.Errorf("%w: %s", ErrResetRefused, rep)
+			} else {
+				err = fmt.Errorf("%w: %w", ErrResetRefused, err)
+			}
+			return Reply{}, &Error{Stage: StageRset, Host: c.host, Err: err}
+		}
+		c.cfg.Trace.reply(c.host, rep)
+	}
 	rep, err := readReply(c.r, c.cfg.Limits)
 	if err == nil {
 		c.cfg.Trace.reply(c.host, rep)
@@ -187,6 +214,12 @@ func (c *Conn) Cmd(ctx context.Context, st Stage, line string) (Reply, error) {
 func (c *Conn) send(ctx context.Context, st Stage, lines ...string) error {
 	if c.broken {
 		return &Error{Stage: st, Host: c.host, Err: errors.New("connection is broken")}
+	}
+	if c.resetDue {
+		// RFC 2920 lets RSET lead a pipelined group.
+		c.resetDue, c.resetSent = false, true
+		lines = append([]string{"RSET"}, lines...)
+		c.nonMail++
 	}
 	n := 0
 	for _, line := range lines {
@@ -322,7 +355,8 @@ func (c *Conn) MailRcpt(ctx context.Context, sender, rcpt string) (mail Reply, r
 		return Reply{}, nil, false, err
 	}
 	if mail, err = c.read(ctx, StageMail, c.cfg.CommandTimeout); err != nil {
-		return mail, nil, true, err
+		// After a refused RSET ahead of them, the RCPT counts as not sent.
+		return mail, nil, !errors.Is(err, ErrResetRefused), err
 	}
 	r, rerr := c.read(ctx, StageRcpt, c.cfg.CommandTimeout)
 	if mail.Class() != 2 {
@@ -336,8 +370,26 @@ func (c *Conn) Rcpt(ctx context.Context, addr string) (Reply, error) {
 	return c.Cmd(ctx, StageRcpt, "RCPT TO:<"+addr+">")
 }
 
+// ResetLater defers the RSET that ends a transaction to the next command,
+// in the same write, when the server offers PIPELINING: a kept connection
+// then costs no round trip of its own between two callouts. It reports
+// false (nothing deferred) without PIPELINING; Reset is then the way.
+// The next command's reply is returned only if the RSET succeeded;
+// otherwise its error wraps ErrResetRefused and the connection is broken.
+func (c *Conn) ResetLater() bool {
+	if c.broken || !c.Has("PIPELINING") {
+		return false
+	}
+	c.resetDue = true
+	return true
+}
+
+// ResetFailed reports whether an RSET sent ahead of a command failed.
+func (c *Conn) ResetFailed() bool { return c.resetFailed }
+
 // Reset sends RSET; it reports whether the server took it.
 func (c *Conn) Reset(ctx context.Context) bool {
+	c.resetDue = false // this one serves
 	rep, err := c.Cmd(ctx, StageRset, "RSET")
 	if err != nil || rep.Class() != 2 {
 		c.broken = true

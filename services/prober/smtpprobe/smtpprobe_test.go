@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -278,5 +279,78 @@ func TestMailRcptPipelined(t *testing.T) {
 	}
 	if _, _, sent, err := c.MailRcpt(context.Background(), "", "a@example.org>\r\nDATA"); err == nil || sent {
 		t.Fatal("a pipelined command with CRLF was sent")
+	}
+}
+
+// An RSET deferred with ResetLater leads the next command group in the
+// same write; its reply is read first, and a refused one makes the
+// group's replies an ErrResetRefused error, not replies.
+func TestResetAhead(t *testing.T) {
+	chunks := make(chan []string, 10)
+	addr := hostile(t, func(c net.Conn) {
+		fmt.Fprint(c, "220 mx.test ESMTP\r\n")
+		buf := make([]byte, 4096)
+		resets := 0
+		for {
+			n, err := c.Read(buf)
+			if err != nil {
+				return
+			}
+			lines := strings.Split(strings.TrimSuffix(string(buf[:n]), "\r\n"), "\r\n")
+			chunks <- lines
+			for _, l := range lines {
+				switch {
+				case strings.HasPrefix(l, "EHLO"):
+					fmt.Fprint(c, "250-mx.test\r\n250 PIPELINING\r\n")
+				case l == "RSET":
+					if resets++; resets > 1 {
+						fmt.Fprint(c, "502 5.5.1 no RSET\r\n")
+					} else {
+						fmt.Fprint(c, "250 2.0.0 ok\r\n")
+					}
+				case strings.HasPrefix(l, "MAIL"):
+					fmt.Fprint(c, "250 2.1.0 ok\r\n")
+				default:
+					fmt.Fprint(c, "550 5.1.1 no such user\r\n")
+				}
+			}
+		}
+	})
+	c, _, err := Dial(context.Background(), addr, Config{CommandTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Hello(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	<-chunks
+	if _, _, _, err := c.MailRcpt(context.Background(), "", "a@example.org"); err != nil {
+		t.Fatal(err)
+	}
+	<-chunks
+	before := c.NonMail()
+	if !c.ResetLater() {
+		t.Fatal("nothing deferred on a PIPELINING connection")
+	}
+	mail, rcpt, sent, err := c.MailRcpt(context.Background(), "", "b@example.org")
+	if err != nil || mail.Code != 250 || rcpt == nil || rcpt.Code != 550 || !sent {
+		t.Fatalf("after RSET: MAIL %v, RCPT %v, sent %v, %v", mail, rcpt, sent, err)
+	}
+	if got, want := <-chunks, []string{"RSET", "MAIL FROM:<>", "RCPT TO:<b@example.org>"}; !slices.Equal(got, want) {
+		t.Fatalf("one write carried %q, want %q", got, want)
+	}
+	if c.NonMail() != before+1 {
+		t.Fatalf("non-mail count %d, want %d", c.NonMail(), before+1)
+	}
+	// Refused: the replies after it are not handed over.
+	c.ResetLater()
+	mail, rcpt, sent, err = c.MailRcpt(context.Background(), "", "c@example.org")
+	if !errors.Is(err, ErrResetRefused) || sent || rcpt != nil || mail.Code != 0 || !c.Broken() || !c.ResetFailed() {
+		t.Fatalf("refused RSET: MAIL %v, RCPT %v, sent %v, broken %v, %v", mail, rcpt, sent, c.Broken(), err)
+	}
+	var se *Error
+	if !errors.As(err, &se) || se.Stage != StageRset {
+		t.Fatalf("error %v, want an *Error at the RSET stage", err)
 	}
 }
