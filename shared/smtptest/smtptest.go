@@ -42,7 +42,8 @@ type Config struct {
 	TLS *tls.Config
 	// MaxNonMail, when set, closes a connection with 421 after that many
 	// non-mail commands (EHLO, HELO, STARTTLS, RSET, NOOP), as Exim does with
-	// smtp_accept_max_nonmail (default 10).
+	// smtp_accept_max_nonmail (default 10). As Exim, it leaves the first
+	// HELO or EHLO, the first STARTTLS and the first RSET uncounted.
 	MaxNonMail int
 	// StartTLS, when set, offers STARTTLS and answers it with this reply
 	// (a refusal such as "454 4.7.0 TLS not available due to local problem").
@@ -235,6 +236,7 @@ func (s *Server) session(c net.Conn) bool {
 		return false
 	}
 	from, inMail, rcpts, nonMail := "", false, 0, 0
+	free := map[string]bool{"HELLO": true, "STARTTLS": true, "RSET": true}
 	for {
 		_ = c.SetReadDeadline(time.Now().Add(time.Minute))
 		line, err := r.ReadString('\n')
@@ -254,6 +256,14 @@ func (s *Server) session(c net.Conn) bool {
 		}
 		switch strings.ToUpper(verb) {
 		case "EHLO", "HELO", "STARTTLS", "RSET", "NOOP":
+			kind := strings.ToUpper(verb)
+			if kind == "EHLO" || kind == "HELO" {
+				kind = "HELLO"
+			}
+			if free[kind] {
+				free[kind] = false
+				break
+			}
 			if nonMail++; s.cfg.MaxNonMail > 0 && nonMail > s.cfg.MaxNonMail {
 				s.mu.Lock()
 				s.verbs["421"]++

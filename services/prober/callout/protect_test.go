@@ -108,6 +108,23 @@ func TestReuseWithinNonMailLimit(t *testing.T) {
 	}
 }
 
+// Counted as Exim counts (the EHLO and the first RSET are free), a
+// connection carries 8 callouts of a domain known not to be a catch-all
+// within the default limit of 8 non-mail commands, with room to spare
+// under Exim's 10.
+func TestCalloutsPerConnection(t *testing.T) {
+	s := server(t, smtptest.Config{Mailboxes: []string{"alice@example.org"}, MaxNonMail: 10})
+	v, _ := protectVerifier(destination.Config{MaxConns: 1, Rate: 1000, ReuseMaxRcpts: 100, IdleTimeout: time.Minute})
+	for i := 0; i < 24; i++ {
+		if r := v.Verify(context.Background(), Target{Address: addr(t, "alice@example.org"), Hosts: []string{s.Addr()}, SkipRandom: true}); r.Address.Status != verdict.Valid {
+			t.Fatalf("callout %d: %s/%s", i, r.Address.Status, r.Address.Reason)
+		}
+	}
+	if s.Conns() != 3 || s.Commands("421") != 0 {
+		t.Fatalf("%d connections (%d dropped) for 24 callouts, want 3", s.Conns(), s.Commands("421"))
+	}
+}
+
 // A host whose RSET failed gets reuse back after a while.
 func TestReuseResumes(t *testing.T) {
 	s := server(t, smtptest.Config{Mailboxes: []string{"alice@example.org"}})

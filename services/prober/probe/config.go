@@ -34,7 +34,7 @@ type Config struct {
 	BreakerOpen     time.Duration   `envconfig:"BREAKER_OPEN" default:"30s" desc:"how long a breaker stays open before one trial callout"`
 	ReuseMaxRcpts   int             `envconfig:"REUSE_MAX_RCPTS" default:"20" desc:"RCPTs on one connection before it is closed (0: no reuse)"`
 	IdleTimeout     time.Duration   `envconfig:"IDLE_TIMEOUT" default:"10s" desc:"how long an idle connection is kept for reuse"`
-	MaxNonMail      int             `envconfig:"MAX_NONMAIL" default:"8" desc:"non-mail commands (EHLO, STARTTLS, RSET) on one connection at most; Exim drops a connection after 10"`
+	MaxNonMail      int             `envconfig:"MAX_NONMAIL" default:"8" desc:"non-mail commands (EHLO, STARTTLS, RSET) on one connection at most, counted as Exim does (the first of each is free); Exim drops a connection after 10"`
 	ReuseRetry      time.Duration   `envconfig:"REUSE_RETRY" default:"10m" desc:"after a failed RSET switched reuse off for a host, try reuse again after this"`
 	BackoffQuiet    time.Duration   `envconfig:"BACKOFF_QUIET" default:"60s" desc:"a throttling host (421, 451 4.7.x, 452 4.5.3) gets half the rate and RCPTs per connection; each quiet period doubles them back"`
 	MaxWaiting      int             `envconfig:"MAX_WAITING" default:"1000" desc:"jobs held waiting for a busy destination host, without a worker"`

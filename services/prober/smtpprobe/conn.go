@@ -100,7 +100,8 @@ type Conn struct {
 	broken bool // a timeout or protocol error: no more commands, no QUIT
 
 	tlsRefused Reply // the reply to a refused STARTTLS
-	nonMail    int   // non-mail commands sent (EHLO, HELO, STARTTLS, RSET, NOOP)
+	nonMail    int   // non-mail commands counted as Exim counts them (see NonMail)
+	sentOnce   map[Stage]bool
 
 	// An RSET deferred to the next command (ResetLater), and one sent
 	// whose reply is still to be read before that command's.
@@ -113,9 +114,28 @@ type Conn struct {
 // connection is broken.
 var ErrResetRefused = errors.New("RSET refused")
 
-// NonMail is the number of non-mail commands sent on the connection: Exim
-// drops a connection after 10 of them by default (smtp_accept_max_nonmail).
+// NonMail is the number of non-mail commands sent on the connection as
+// Exim counts them: it drops a connection after 10 by default
+// (smtp_accept_max_nonmail), and leaves uncounted the first HELO or EHLO,
+// the first STARTTLS and the first RSET (for clients that send one between
+// messages). The EHLO after STARTTLS, which Exim does not count either, is
+// counted here.
 func (c *Conn) NonMail() int { return c.nonMail }
+
+// countNonMail counts one more non-mail command of stage st.
+func (c *Conn) countNonMail(st Stage) {
+	if st == StageHELO {
+		st = StageEHLO // one of the two is free, not one each
+	}
+	if c.sentOnce[st] {
+		c.nonMail++
+		return
+	}
+	if c.sentOnce == nil {
+		c.sentOnce = map[Stage]bool{}
+	}
+	c.sentOnce[st] = true
+}
 
 // Dial connects to host (host:port) and reads the banner. A banner that is
 // not 2xx is returned as the reply with a nil error; the connection is then
@@ -219,7 +239,7 @@ func (c *Conn) send(ctx context.Context, st Stage, lines ...string) error {
 		// RFC 2920 lets RSET lead a pipelined group.
 		c.resetDue, c.resetSent = false, true
 		lines = append([]string{"RSET"}, lines...)
-		c.nonMail++
+		c.countNonMail(StageRset)
 	}
 	n := 0
 	for _, line := range lines {
@@ -231,7 +251,7 @@ func (c *Conn) send(ctx context.Context, st Stage, lines ...string) error {
 	}
 	switch st {
 	case StageEHLO, StageHELO, StageSTARTTLS, StageRset:
-		c.nonMail++
+		c.countNonMail(st)
 	}
 	deadline := time.Now().Add(c.cfg.CommandTimeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {

@@ -340,8 +340,8 @@ func TestResetAhead(t *testing.T) {
 	if got, want := <-chunks, []string{"RSET", "MAIL FROM:<>", "RCPT TO:<b@example.org>"}; !slices.Equal(got, want) {
 		t.Fatalf("one write carried %q, want %q", got, want)
 	}
-	if c.NonMail() != before+1 {
-		t.Fatalf("non-mail count %d, want %d", c.NonMail(), before+1)
+	if c.NonMail() != before {
+		t.Fatalf("non-mail count %d after the first RSET, want %d (Exim leaves it uncounted)", c.NonMail(), before)
 	}
 	// Refused: the replies after it are not handed over.
 	c.ResetLater()
@@ -352,5 +352,37 @@ func TestResetAhead(t *testing.T) {
 	var se *Error
 	if !errors.As(err, &se) || se.Stage != StageRset {
 		t.Fatalf("error %v, want an *Error at the RSET stage", err)
+	}
+}
+
+// Non-mail commands are counted as Exim counts them: the first HELO or
+// EHLO, STARTTLS and RSET are free, every later one counts.
+func TestNonMailCount(t *testing.T) {
+	s := smtptest.Run(t, smtptest.Config{})
+	c, _, err := Dial(context.Background(), s.Addr(), Config{CommandTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	steps := []struct {
+		name string
+		do   func() error
+		want int
+	}{
+		{"EHLO", func() error { _, err := c.Hello(context.Background()); return err }, 0},
+		{"first RSET", func() error { c.Reset(context.Background()); return nil }, 0},
+		{"second RSET", func() error { c.Reset(context.Background()); return nil }, 1},
+		{"second EHLO", func() error { _, err := c.Cmd(context.Background(), StageEHLO, "EHLO verifier.test"); return err }, 2},
+		{"HELO after EHLO", func() error { _, err := c.Cmd(context.Background(), StageHELO, "HELO verifier.test"); return err }, 3},
+		{"MAIL is mail", func() error { _, err := c.Mail(context.Background(), ""); return err }, 3},
+		{"deferred RSET", func() error { c.ResetLater(); _, err := c.Rcpt(context.Background(), "a@example.org"); return err }, 4},
+	}
+	for _, st := range steps {
+		if err := st.do(); err != nil {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+		if got := c.NonMail(); got != st.want {
+			t.Fatalf("after %s: %d counted, want %d", st.name, got, st.want)
+		}
 	}
 }
