@@ -52,15 +52,26 @@ type Leases struct {
 	// neither is asked for again (each ask is a round trip, and a refused
 	// one an error to parse), until it is released or the mark expires.
 	held     map[string]bool
-	taken    map[string]time.Time
+	taken    map[string]takenMark
 	asks     atomic.Int64 // connection slots asked of the lease stream
 	takenFor time.Duration
 }
 
 // takenFor is how long a slot found taken is not asked for again: a slot
 // is held for a connection's life, seconds, and a prober that waits asks
-// again within 20-500 ms anyway.
+// again within 20-500 ms anyway. A slot found taken again as soon as its
+// mark ends is marked twice as long, up to 16 times takenFor: under
+// sustained load another prober keeps its slots across its connections,
+// and asking for them 20 times a second was most of the lease stream's
+// traffic.
 const takenFor = 50 * time.Millisecond
+
+// takenMark is a slot found taken: not asked for again until until; n
+// counts the findings in a row.
+type takenMark struct {
+	until time.Time
+	n     int
+}
 
 // grant is what is left of a rate token this prober took: callouts it may
 // still start before the token's life ends.
@@ -84,7 +95,7 @@ func New(cfg Config, nc *nats.Conn, n subjects.Names) *Leases {
 	tokens := max(1, int(math.Floor(cfg.Rate/float64(g))))
 	ttl := time.Duration(math.Ceil(float64(tokens*g)/cfg.Rate)) * time.Second
 	return &Leases{cfg: cfg, nc: nc, names: n, tokens: tokens, grant: g, tokTTL: max(ttl, time.Second), grants: map[string]grant{},
-		held: map[string]bool{}, taken: map[string]time.Time{}, takenFor: takenFor}
+		held: map[string]bool{}, taken: map[string]takenMark{}, takenFor: takenFor}
 }
 
 // spend starts one callout on what is left of host's last token, if any.
@@ -226,6 +237,7 @@ func (l *Leases) take(ctx context.Context, kind, host string, n int, ttl time.Du
 			if conn {
 				l.mu.Lock()
 				l.held[subj] = true
+				delete(l.taken, subj)
 				l.mu.Unlock()
 			}
 			return subj, seq, nil
@@ -241,20 +253,25 @@ func (l *Leases) take(ctx context.Context, kind, host string, n int, ttl time.Du
 	return "", 0, ErrBusy
 }
 
-// markTaken notes a slot another prober holds; marks of hosts no longer
-// asked for go once there are many.
+// markTaken notes a slot another prober holds, for longer each time in a
+// row; marks long expired go once there are many.
 func (l *Leases) markTaken(subj string) {
 	now := time.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if len(l.taken) >= 4096 {
-		for k, until := range l.taken {
-			if !now.Before(until) {
+		for k, m := range l.taken {
+			if now.Sub(m.until) > l.takenFor {
 				delete(l.taken, k)
 			}
 		}
 	}
-	l.taken[subj] = now.Add(l.takenFor)
+	m := l.taken[subj]
+	// In a row: found taken again within takenFor of its mark's end.
+	if m.until.IsZero() || now.Sub(m.until) > l.takenFor {
+		m.n = 0
+	}
+	l.taken[subj] = takenMark{until: now.Add(l.takenFor << min(m.n, 4)), n: m.n + 1}
 }
 
 // skip reports whether a connection slot is held here or was found taken
@@ -265,14 +282,8 @@ func (l *Leases) skip(subj string) bool {
 	if l.held[subj] {
 		return true
 	}
-	until, ok := l.taken[subj]
-	if ok && time.Now().Before(until) {
-		return true
-	}
-	if ok {
-		delete(l.taken, subj)
-	}
-	return false
+	m, ok := l.taken[subj]
+	return ok && time.Now().Before(m.until)
 }
 
 func (l *Leases) publish(ctx context.Context, subj string, last uint64, ttl time.Duration) (uint64, error) {

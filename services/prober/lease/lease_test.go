@@ -229,3 +229,39 @@ func TestBusySlotsNotAskedAgain(t *testing.T) {
 		t.Fatalf("%d asks for a busy host, want the 2 of b's first try", got)
 	}
 }
+
+// A slot found taken again as soon as its mark ends is left alone twice as
+// long, up to 16 times takenFor; a finding after a pause starts over.
+func TestTakenMarksGrow(t *testing.T) {
+	l := New(Config{MaxConns: 2, Rate: 10, TTL: time.Second}, nil, subjects.New(""))
+	const subj = "callout.lease.conn.x.0"
+	tests := []struct {
+		name  string
+		prior int           // findings in a row so far (0: no mark)
+		ended time.Duration // how long ago the prior mark ended
+		want  time.Duration
+	}{
+		{name: "first finding", want: takenFor},
+		{name: "again, just after the mark", prior: 1, ended: time.Millisecond, want: 2 * takenFor},
+		{name: "fourth in a row", prior: 3, ended: time.Millisecond, want: 8 * takenFor},
+		{name: "capped", prior: 9, ended: time.Millisecond, want: 16 * takenFor},
+		{name: "after a pause", prior: 9, ended: 3 * takenFor, want: takenFor},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			delete(l.taken, subj)
+			if tt.prior > 0 {
+				l.taken[subj] = takenMark{until: time.Now().Add(-tt.ended), n: tt.prior}
+			}
+			start := time.Now()
+			l.markTaken(subj)
+			got := l.taken[subj].until.Sub(start)
+			if got < tt.want || got > tt.want+time.Second {
+				t.Fatalf("marked for %v, want %v", got, tt.want)
+			}
+			if !l.skip(subj) {
+				t.Fatal("a marked slot is asked for")
+			}
+		})
+	}
+}
