@@ -304,10 +304,9 @@ func (v *Verifier) dialogue(ctx context.Context, d *destination.Dest, host strin
 	res.Reused = reused
 	keep = keep && t.Trace == nil
 	finish = func() {
-		// Its own deadline: the dialogue's has ended by now.
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), v.cfg.SMTP.CommandWait())
-		defer cancel()
-		v.finish(fctx, d, s, keep, slot)
+		// Not the dialogue's deadline, which has ended by now: the RSET or
+		// QUIT, if any, is bounded by its own command timeout.
+		v.finish(context.WithoutCancel(ctx), d, s, keep, slot)
 	}
 	if t.Trace != nil {
 		finish()

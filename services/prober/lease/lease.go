@@ -195,6 +195,9 @@ func (l *Leases) TryAcquire(ctx context.Context, host string) (release func(), e
 // TryRate takes a rate token of host alone: a callout on a kept connection
 // already holds its connection slot.
 func (l *Leases) TryRate(ctx context.Context, host string) error {
+	if l.spend(host) {
+		return nil // what is left of the last token: no round trip, no timer
+	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	return l.rate(ctx, host)

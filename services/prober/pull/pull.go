@@ -47,8 +47,17 @@ type Queue struct {
 	mu    sync.Mutex
 	idle  int                  // workers waiting in Next
 	open  map[string]time.Time // reply subject -> when it expires
-	asked int                  // messages asked for and not taken yet
-	n     uint64               // requests made
+	// The open requests in the order they were made, which is the order
+	// they expire in (all wait as long): the expired are found at the
+	// front without a walk over all of them on every ask.
+	byAge []openReq
+	asked int    // messages asked for and not taken yet
+	n     uint64 // requests made
+}
+
+type openReq struct {
+	reply string
+	until time.Time
 }
 
 // New subscribes a queue of consumer on stream for up to workers workers;
@@ -163,11 +172,12 @@ func (q *Queue) take(m *nats.Msg) (*Msg, bool, error) {
 // enough of them (q.mu held).
 func (q *Queue) ask() {
 	now := time.Now()
-	for subj, until := range q.open {
+	for len(q.byAge) > 0 && now.After(q.byAge[0].until) {
 		// Filled long ago (a filled request gets no status), or lost.
-		if now.After(until) {
-			delete(q.open, subj)
-		}
+		// One ended with a status is gone from open already.
+		delete(q.open, q.byAge[0].reply)
+		q.byAge[0] = openReq{}
+		q.byAge = q.byAge[1:]
 	}
 	if len(q.open) == 0 {
 		q.asked = 0
@@ -182,7 +192,9 @@ func (q *Queue) ask() {
 	if err := q.nc.PublishRequest(q.subject, reply, req); err != nil {
 		return // closed or reconnecting: the next Next or its timer asks again
 	}
-	q.open[reply] = now.Add(q.wait + time.Second)
+	until := now.Add(q.wait + time.Second)
+	q.open[reply] = until
+	q.byAge = append(q.byAge, openReq{reply: reply, until: until})
 	q.asked += n
 }
 
