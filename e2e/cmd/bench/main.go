@@ -535,7 +535,7 @@ func (b *bench) cacheHit() error {
 	for _, c := range []int{1, 16, 64} {
 		conns := clients(b.url, min(c, 8))
 		profiled := b.profile(fmt.Sprintf("hit%d", c), 2*time.Second)
-		cpu0 := b.cpuTicks()
+		cpu0, t0 := b.cpuTicks(), time.Now()
 		var n atomic.Int64
 		rate, lat, err := load(c, 3*time.Second, func(w, i int) error {
 			n.Add(1)
@@ -550,7 +550,7 @@ func (b *bench) cacheHit() error {
 			}
 			return nil
 		})
-		cpu1 := b.cpuTicks()
+		cpu1, el := b.cpuTicks(), time.Since(t0)
 		profiled()
 		if err != nil {
 			return err
@@ -582,7 +582,7 @@ func (b *bench) cacheHit() error {
 			}
 			b.add(sec, p+"CPU per verify, all processes", all/100/k*1e6, "µs")
 			b.add(sec, p+"CPU per verify, ingest", (cpu1["ingest"]-cpu0["ingest"])/100/k*1e6, "µs")
-			b.add(sec, p+"machine: stolen by the host", (cpu1[machineStolen]-cpu0[machineStolen])/100/(3*time.Second).Seconds(), "cores")
+			b.add(sec, p+"machine: stolen by the host", (cpu1[machineStolen]-cpu0[machineStolen])/100/el.Seconds(), "cores")
 		}
 	}
 	return b.flushAll()
