@@ -233,6 +233,20 @@ func TestQuitDoesNotWaitLong(t *testing.T) {
 	}
 }
 
+// greeted is a connection to addr past its EHLO, closed when the test ends.
+func greeted(t *testing.T, addr string) *Conn {
+	t.Helper()
+	c, _, err := Dial(context.Background(), addr, Config{CommandTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	if _, err := c.Hello(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 // With PIPELINING, MAIL and RCPT go out together: this server answers
 // only once it has read both lines, so a client waiting for MAIL's reply
 // first would time out. Injection is refused in a pipelined RCPT too.
@@ -260,14 +274,7 @@ func TestMailRcptPipelined(t *testing.T) {
 			fmt.Fprint(c, "250 2.1.0 ok\r\n550 5.1.1 no such user\r\n")
 		}
 	})
-	c, _, err := Dial(context.Background(), addr, Config{CommandTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := c.Hello(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	c := greeted(t, addr)
 	mail, rcpt, sent, err := c.MailRcpt(context.Background(), "", "nobody@example.org")
 	if err != nil || mail.Code != 250 || !sent || rcpt == nil || rcpt.Code != 550 || rcpt.Enhanced != "5.1.1" {
 		t.Fatalf("MAIL %v, RCPT %v, sent %v, %v", mail, rcpt, sent, err)
@@ -316,14 +323,7 @@ func TestResetAhead(t *testing.T) {
 			}
 		}
 	})
-	c, _, err := Dial(context.Background(), addr, Config{CommandTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := c.Hello(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	c := greeted(t, addr)
 	<-chunks
 	if _, _, _, err := c.MailRcpt(context.Background(), "", "a@example.org"); err != nil {
 		t.Fatal(err)
