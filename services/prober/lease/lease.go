@@ -118,6 +118,12 @@ func (l *Leases) rate(ctx context.Context, host string) error {
 	if l.spend(host) {
 		return nil
 	}
+	return l.token(ctx, host)
+}
+
+// token takes a new rate token of host and keeps what it grants beyond
+// this callout.
+func (l *Leases) token(ctx context.Context, host string) error {
 	// The token's life is counted from before it is asked: the server's
 	// starts later, so no grant outlives its token.
 	start := time.Now()
@@ -200,7 +206,7 @@ func (l *Leases) TryRate(ctx context.Context, host string) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	return l.rate(ctx, host)
+	return l.token(ctx, host)
 }
 
 // Want asks every prober keeping an idle connection to host to close one
