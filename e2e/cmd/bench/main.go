@@ -583,14 +583,14 @@ func (b *bench) cacheHit() error {
 		b.add(sec, p+"verify/echo rate ratio", rate/erate, "")
 		if k := float64(n.Load()); k > 0 {
 			all := 0.0
-			for name := range cpu1 {
-				if !strings.HasPrefix(name, "machine: ") {
-					all += cpu1[name] - cpu0[name]
-				}
+			for name, v := range cpu1.procs {
+				all += v - cpu0.procs[name]
 			}
 			b.add(sec, p+"CPU per verify, all processes", all/100/k*1e6, "µs")
-			b.add(sec, p+"CPU per verify, ingest", (cpu1["ingest"]-cpu0["ingest"])/100/k*1e6, "µs")
-			b.add(sec, p+"machine: stolen by the host", (cpu1[machineStolen]-cpu0[machineStolen])/100/el.Seconds(), "cores")
+			b.add(sec, p+"CPU per verify, ingest", (cpu1.procs["ingest"]-cpu0.procs["ingest"])/100/k*1e6, "µs")
+			if cpu1.machine {
+				b.add(sec, p+"machine: stolen by the host", (cpu1.stolen-cpu0.stolen)/100/el.Seconds(), "cores")
+			}
 		}
 	}
 	return b.flushAll()
@@ -995,14 +995,25 @@ func (b *bench) economy(n int) error {
 	return b.flushAll()
 }
 
-// cpuTicks is the CPU time (user and system, in clock ticks of 1/100 s) of
-// each process of the run and of the load generator ("bench").
-func (b *bench) cpuTicks() map[string]float64 {
+// cpuSample is CPU time in clock ticks of 1/100 s: of each process of
+// the run and of the load generator ("bench"), and of the whole machine.
+type cpuSample struct {
+	procs map[string]float64
+	// The machine's busy, idle and stolen time (/proc/stat's first line:
+	// user, nice, system, idle, iowait, irq, softirq, steal), when read.
+	// The host takes cores from this machine when it is busy itself: what
+	// is stolen explains most of the spread between runs, and the
+	// processes' own figures count some of it as theirs.
+	machine            bool
+	busy, idle, stolen float64
+}
+
+func (b *bench) cpuTicks() cpuSample {
 	pids := map[string]int{"bench": os.Getpid()}
 	for name, p := range b.procs {
 		pids[name] = p.Pid()
 	}
-	ticks := map[string]float64{}
+	c := cpuSample{procs: map[string]float64{}}
 	for name, pid := range pids {
 		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 		if err != nil {
@@ -1016,13 +1027,8 @@ func (b *bench) cpuTicks() map[string]float64 {
 		}
 		u, _ := strconv.ParseFloat(f[11], 64)
 		st, _ := strconv.ParseFloat(f[12], 64)
-		ticks[name] = u + st
+		c.procs[name] = u + st
 	}
-	// The machine's busy, idle and stolen time (/proc/stat's first line:
-	// user, nice, system, idle, iowait, irq, softirq, steal). The host
-	// takes cores from this machine when it is busy itself: what is stolen
-	// explains most of the spread between runs, and the processes' own
-	// figures count some of it as theirs.
 	if data, err := os.ReadFile("/proc/stat"); err == nil {
 		line, _, _ := strings.Cut(string(data), "\n")
 		if f := strings.Fields(line); len(f) > 8 && f[0] == "cpu" {
@@ -1030,44 +1036,36 @@ func (b *bench) cpuTicks() map[string]float64 {
 			for i := range v {
 				v[i], _ = strconv.ParseFloat(f[i+1], 64)
 			}
-			ticks[machineBusy] = v[0] + v[1] + v[2] + v[5] + v[6]
-			ticks[machineIdle], ticks[machineStolen] = v[3]+v[4], v[7]
+			c.machine = true
+			c.busy, c.idle, c.stolen = v[0]+v[1]+v[2]+v[5]+v[6], v[3]+v[4], v[7]
 		}
 	}
-	return ticks
+	return c
 }
 
-// Machine-wide entries of cpuTicks, beside the processes'.
-const (
-	machineBusy   = "machine: busy"
-	machineIdle   = "machine: idle"
-	machineStolen = "machine: stolen by the host"
-)
-
-// addCPU reports the cores each process used between two cpuTicks.
-func (b *bench) addCPU(sec string, before, after map[string]float64, el time.Duration, n int64) {
-	names := make([]string, 0, len(after))
-	for n := range after {
-		if !strings.HasPrefix(n, "machine: ") {
-			names = append(names, n)
-		}
+// addCPU reports the cores each process and the machine used between two
+// cpuTicks.
+func (b *bench) addCPU(sec string, before, after cpuSample, el time.Duration, n int64) {
+	names := make([]string, 0, len(after.procs))
+	for n := range after.procs {
+		names = append(names, n)
 	}
 	sort.Strings(names)
 	total := 0.0
 	for _, n := range names {
-		b.add(sec, "CPU "+n, (after[n]-before[n])/100/el.Seconds(), "cores")
-		total += (after[n] - before[n]) / 100
+		b.add(sec, "CPU "+n, (after.procs[n]-before.procs[n])/100/el.Seconds(), "cores")
+		total += (after.procs[n] - before.procs[n]) / 100
 	}
 	b.add(sec, "CPU, all processes", total/el.Seconds(), "cores")
-	for _, m := range []string{machineBusy, machineIdle, machineStolen} {
-		if v, ok := after[m]; ok {
-			b.add(sec, m, (v-before[m])/100/el.Seconds(), "cores")
-		}
+	if after.machine {
+		b.add(sec, "machine: busy", (after.busy-before.busy)/100/el.Seconds(), "cores")
+		b.add(sec, "machine: idle", (after.idle-before.idle)/100/el.Seconds(), "cores")
+		b.add(sec, "machine: stolen by the host", (after.stolen-before.stolen)/100/el.Seconds(), "cores")
 	}
 	if n > 0 {
 		b.add(sec, "CPU per verify, all processes", total/float64(n)*1e6, "µs")
-		if v, ok := after[machineBusy]; ok {
-			b.add(sec, "CPU per verify, machine (stolen time left out)", (v-before[machineBusy])/100/float64(n)*1e6, "µs")
+		if after.machine {
+			b.add(sec, "CPU per verify, machine (stolen time left out)", (after.busy-before.busy)/100/float64(n)*1e6, "µs")
 		}
 	}
 }
