@@ -245,18 +245,19 @@ func (s *Server) session(c net.Conn) bool {
 		}
 		line = strings.TrimRight(line, "\r\n")
 		verb, arg, _ := strings.Cut(line, " ")
+		verb = strings.ToUpper(verb)
 		s.mu.Lock()
-		s.verbs[strings.ToUpper(verb)]++
+		s.verbs[verb]++
 		if len(s.lines) < 10000 {
 			s.lines = append(s.lines, line)
 		}
 		s.mu.Unlock()
 		if s.cfg.Hold != nil {
-			s.cfg.Hold(strings.ToUpper(verb))
+			s.cfg.Hold(verb)
 		}
-		switch strings.ToUpper(verb) {
+		switch verb {
 		case "EHLO", "HELO", "STARTTLS", "RSET", "NOOP":
-			kind := strings.ToUpper(verb)
+			kind := verb
 			if kind == "EHLO" || kind == "HELO" {
 				kind = "HELLO"
 			}
@@ -272,7 +273,7 @@ func (s *Server) session(c net.Conn) bool {
 				return false
 			}
 		}
-		switch strings.ToUpper(verb) {
+		switch verb {
 		case "EHLO":
 			say(s.cfg.EHLO)
 		case "HELO":

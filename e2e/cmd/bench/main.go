@@ -582,11 +582,7 @@ func (b *bench) cacheHit() error {
 		b.add(sec, p+"echo p99", ms(elat.pct(99)), "ms")
 		b.add(sec, p+"verify/echo rate ratio", rate/erate, "")
 		if k := float64(n.Load()); k > 0 {
-			all := 0.0
-			for name, v := range cpu1.procs {
-				all += v - cpu0.procs[name]
-			}
-			b.add(sec, p+"CPU per verify, all processes", all/100/k*1e6, "µs")
+			b.add(sec, p+"CPU per verify, all processes", cpu1.procsSince(cpu0)/100/k*1e6, "µs")
 			b.add(sec, p+"CPU per verify, ingest", (cpu1.procs["ingest"]-cpu0.procs["ingest"])/100/k*1e6, "µs")
 			if cpu1.machine {
 				b.add(sec, p+"machine: stolen by the host", (cpu1.stolen-cpu0.stolen)/100/el.Seconds(), "cores")
@@ -1008,6 +1004,15 @@ type cpuSample struct {
 	busy, idle, stolen float64
 }
 
+// procsSince is the ticks all processes used from before to c.
+func (c cpuSample) procsSince(before cpuSample) float64 {
+	all := 0.0
+	for name, v := range c.procs {
+		all += v - before.procs[name]
+	}
+	return all
+}
+
 func (b *bench) cpuTicks() cpuSample {
 	pids := map[string]int{"bench": os.Getpid()}
 	for name, p := range b.procs {
@@ -1051,11 +1056,10 @@ func (b *bench) addCPU(sec string, before, after cpuSample, el time.Duration, n 
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	total := 0.0
 	for _, n := range names {
 		b.add(sec, "CPU "+n, (after.procs[n]-before.procs[n])/100/el.Seconds(), "cores")
-		total += (after.procs[n] - before.procs[n]) / 100
 	}
+	total := after.procsSince(before) / 100
 	b.add(sec, "CPU, all processes", total/el.Seconds(), "cores")
 	if after.machine {
 		b.add(sec, "machine: busy", (after.busy-before.busy)/100/el.Seconds(), "cores")
