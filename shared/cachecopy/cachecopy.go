@@ -163,10 +163,23 @@ func (c *Copy) Running() *revision.Mark {
 	return c.mark
 }
 
-// Covers reports whether a record held here removes v.
+// uncovered is v unless a record held here covers it (nil stays nil).
+func (c *Copy) uncovered(v *verdict.Verdict) *verdict.Verdict {
+	if v == nil || c.coversLocked(*v) {
+		return nil
+	}
+	return v
+}
+
+// Covers reports whether a record held here removes v: a flush of its
+// scope (and status) at or after its callout started.
 func (c *Copy) Covers(v verdict.Verdict) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.coversLocked(v)
+}
+
+func (c *Copy) coversLocked(v verdict.Verdict) bool {
 	if r, ok := c.records[kvkey.FlushAll]; ok && r.Covers(v) {
 		return true
 	}
@@ -213,9 +226,10 @@ func (c *Copy) Apply(key string, data []byte, rev uint64, deleted bool) {
 }
 
 // Merge takes a record in: records only move forward, so the later of each
-// slot wins whatever the order they are seen in. A record of a flush of
-// everything (not only valid or invalid) at revision rev drops the facts
-// and indexed keys of its scope written before it: the flush purged them.
+// slot wins whatever the order they are seen in. Once the bucket is read
+// (Loaded), a record of a new flush of everything (not only valid or
+// invalid) at revision rev drops the facts and indexed keys of its scope
+// written before it: the flush covers them and purges them.
 func (c *Copy) Merge(key string, data []byte, rev uint64) {
 	var r Record
 	if json.Unmarshal(data, &r) != nil {
@@ -237,7 +251,12 @@ func (c *Copy) Merge(key string, data []byte, rev uint64) {
 	if rev > c.recRevs[key] {
 		c.recRevs[key] = rev
 	}
-	if !purged || rev == 0 {
+	// While the bucket is read (before Loaded), rev is the record's last
+	// write, which may be a later flush of only valid or only invalid
+	// entries: keys and facts read before it may have been written after
+	// the flush of everything it also records, so none is dropped. Those
+	// the flush covers still go by Covers, and its purge removes them.
+	if !purged || rev == 0 || !c.loaded {
 		return
 	}
 	prefix := ""
@@ -476,7 +495,7 @@ func (c *Copy) Answer(a address.Address, purpose verdict.Purpose, senders []stri
 			return wire.LookupReply{}, false
 		}
 	}
-	ca, acc := c.facts[keys[len(senders)]], c.facts[keys[len(senders)+1]]
+	ca, acc := c.uncovered(c.facts[keys[len(senders)]].live(now)), c.uncovered(c.facts[keys[len(senders)+1]].live(now))
 	c.mu.Unlock()
-	return Reply(a, senders, nil, ca.live(now), acc.live(now)), true
+	return Reply(a, senders, nil, ca, acc), true
 }

@@ -244,14 +244,24 @@ func (p Policy) Decision(purpose verdict.Purpose) verdict.Policy {
 // Table is the current set of policies, kept up to date from the bucket.
 type Table struct {
 	mu       sync.RWMutex
-	policies map[string]Policy
-	senders  map[string]bool  // every probe sender of every policy, lower-case
-	bad      map[string]error // domains whose stored policy does not parse
+	policies map[string]Policy // normalized domain -> the policy served
+	senders  map[string]bool   // every probe sender of every policy, lower-case
+	bad      map[string]error  // keys whose stored policy is not used as written
+	// stored is every key read from the bucket: a domain may be stored
+	// under a key that is not its normal form (Example.org), and the key
+	// in normal form wins over such others.
+	stored map[string]storedPolicy
+}
+
+// storedPolicy is the policy one key of the bucket gives its domain.
+type storedPolicy struct {
+	domain string // normalized
+	p      Policy
 }
 
 // NewTable returns a table holding the given policies (for tests and tools).
 func NewTable(p map[string]Policy) *Table {
-	t := &Table{policies: map[string]Policy{}, bad: map[string]error{}}
+	t := &Table{policies: map[string]Policy{}, bad: map[string]error{}, stored: map[string]storedPolicy{}}
 	for d, pol := range p {
 		t.policies[d] = pol
 	}
@@ -259,7 +269,8 @@ func NewTable(p map[string]Policy) *Table {
 	return t
 }
 
-// Lookup returns the policy of domain.
+// Lookup returns the policy of domain (in normal form, as address.Parse
+// gives it).
 func (t *Table) Lookup(domain string) (Policy, bool) {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
@@ -267,14 +278,15 @@ func (t *Table) Lookup(domain string) (Policy, bool) {
 	return p, ok
 }
 
-// Errors is the number of domains whose stored policy does not parse.
+// Errors is the number of keys whose stored policy is not served as
+// written: it does not parse, or its key is not a domain in normal form.
 func (t *Table) Errors() int {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	return len(t.bad)
 }
 
-// Problems maps each domain whose stored policy does not parse to why.
+// Problems maps each such key to why.
 func (t *Table) Problems() map[string]string {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
@@ -287,28 +299,56 @@ func (t *Table) Problems() map[string]string {
 
 // Set replaces the policy of a domain in memory.
 func (t *Table) Set(domain string, p Policy) {
-	t.set(domain, p, nil)
+	t.set(domain, domain, p, nil)
 }
 
-// set stores p; bad is why the stored policy was not usable (nil: it was).
-func (t *Table) set(domain string, p Policy, bad error) {
+// set stores p as what key says of domain; bad is why the stored policy
+// is not used as written (nil: it is).
+func (t *Table) set(key, domain string, p Policy, bad error) {
 	t.mu.Lock()
-	t.policies[domain] = p
+	t.stored[key] = storedPolicy{domain: domain, p: p}
 	if bad != nil {
-		t.bad[domain] = bad
+		t.bad[key] = bad
 	} else {
-		delete(t.bad, domain)
+		delete(t.bad, key)
+	}
+	t.resolve(domain)
+	t.indexSenders()
+	t.mu.Unlock()
+}
+
+func (t *Table) remove(key string) {
+	t.mu.Lock()
+	sp, ok := t.stored[key]
+	delete(t.stored, key)
+	delete(t.bad, key)
+	if ok {
+		t.resolve(sp.domain)
+	} else {
+		delete(t.policies, key)
 	}
 	t.indexSenders()
 	t.mu.Unlock()
 }
 
-func (t *Table) remove(domain string) {
-	t.mu.Lock()
-	delete(t.policies, domain)
-	delete(t.bad, domain)
-	t.indexSenders()
-	t.mu.Unlock()
+// resolve serves domain the policy of its key in normal form, else of the
+// first other key that names it, else none.
+func (t *Table) resolve(domain string) {
+	if sp, ok := t.stored[domain]; ok {
+		t.policies[domain] = sp.p
+		return
+	}
+	best := ""
+	for k, sp := range t.stored {
+		if sp.domain == domain && (best == "" || k < best) {
+			best = k
+		}
+	}
+	if best == "" {
+		delete(t.policies, domain)
+		return
+	}
+	t.policies[domain] = t.stored[best].p
 }
 
 // indexSenders rebuilds the probe-sender set; policies change rarely.
@@ -403,10 +443,14 @@ func Watch(ctx context.Context, kv jetstream.KeyValue, log *slog.Logger) (*Table
 //
 // A stored policy that does not parse (written around the checks, say with
 // `nats kv put`) must never turn a served domain into an unserved one,
-// whose recipients would be refused: the domain keeps its newest good
-// revision from the bucket's history, or, with none, callout with default
-// settings. Every instance reads the same history, so all decide alike,
-// whenever they started. Such domains are counted (Errors) and logged.
+// whose recipients would be refused, nor reject what the operator meant to
+// accept: the domain is served by its newest good revision from the
+// bucket's history, or, with none, by the default policy, in either case
+// in monitor mode (called out, never refused; off stays off). Every
+// instance reads the same history, so all decide alike, whenever they
+// started. A policy stored under a key that is not its domain's normal
+// form (Example.org) serves the normal form, unless that has a key of its
+// own. Such keys are counted (Errors) and logged.
 func (t *Table) Watch(ctx context.Context, kv jetstream.KeyValue, log *slog.Logger) error {
 	w, err := kv.WatchAll(ctx)
 	if err != nil {
@@ -424,26 +468,7 @@ func (t *Table) Watch(ctx context.Context, kv jetstream.KeyValue, log *slog.Logg
 				}
 				continue
 			}
-			if e.Operation() != jetstream.KeyValuePut {
-				t.remove(e.Key())
-				log.Info("domain policy removed", "domain", e.Key())
-				continue
-			}
-			p, err := Parse(e.Key(), e.Value())
-			if err == nil {
-				t.set(e.Key(), p, nil)
-				log.Info("domain policy loaded", "domain", e.Key(), "mode", p.EffectiveMode())
-				continue
-			}
-			p, rev := lastGood(ctx, kv, e.Key(), e.Revision())
-			t.set(e.Key(), p, err)
-			if rev == 0 {
-				log.Error("domain policy does not parse: domain served by callout with default settings until it is fixed",
-					"domain", e.Key(), "revision", e.Revision(), "err", err)
-			} else {
-				log.Error("domain policy does not parse: domain keeps its last good policy until it is fixed",
-					"domain", e.Key(), "revision", e.Revision(), "good_revision", rev, "mode", p.EffectiveMode(), "err", err)
-			}
+			t.take(ctx, kv, e, log)
 		}
 	}()
 	select {
@@ -454,10 +479,62 @@ func (t *Table) Watch(ctx context.Context, kv jetstream.KeyValue, log *slog.Logg
 	}
 }
 
+// take applies one change of the bucket.
+func (t *Table) take(ctx context.Context, kv jetstream.KeyValue, e jetstream.KeyValueEntry, log *slog.Logger) {
+	key := e.Key()
+	if e.Operation() != jetstream.KeyValuePut {
+		t.remove(key)
+		log.Info("domain policy removed", "key", key)
+		return
+	}
+	domain, err := address.NormalizeDomain(key)
+	if err != nil {
+		t.mu.Lock()
+		t.bad[key] = fmt.Errorf("%w: key %q is not a domain: %v", ErrPolicy, key, err)
+		t.mu.Unlock()
+		log.Error("domain policy under a key that is not a domain: ignored", "key", key, "err", err)
+		return
+	}
+	var keyErr error
+	if domain != key {
+		keyErr = fmt.Errorf("%w: stored under %q, the domain is %q", ErrPolicy, key, domain)
+		log.Error("domain policy stored under a key that is not the domain's normal form: it serves the normal form", "key", key, "domain", domain)
+	}
+	p, err := Parse(domain, e.Value())
+	if err == nil {
+		t.set(key, domain, p, keyErr)
+		log.Info("domain policy loaded", "domain", domain, "mode", p.EffectiveMode())
+		return
+	}
+	p, rev := lastGood(ctx, kv, key, domain, e.Revision())
+	p = p.failSafe()
+	t.set(key, domain, p, err)
+	if rev == 0 {
+		log.Error("domain policy does not parse: domain served in monitor mode with default settings until it is fixed",
+			"domain", domain, "revision", e.Revision(), "err", err)
+	} else {
+		log.Error("domain policy does not parse: domain keeps its last good policy, in monitor mode, until it is fixed",
+			"domain", domain, "revision", e.Revision(), "good_revision", rev, "mode", p.EffectiveMode(), "err", err)
+	}
+}
+
+// failSafe is p as served in place of a policy that does not parse: no
+// answer of it may reject, since the operator's intent is not known. A
+// static list may lack the mailbox the broken write added, so it is not
+// used; callouts go on (monitor mode: called out and cached, accepted).
+func (p Policy) failSafe() Policy {
+	if p.EffectiveMode() == ModeOff {
+		return p
+	}
+	p.Mode = ModeMonitor
+	p.Mailboxes, p.index = nil, nil
+	return p
+}
+
 // lastGood returns the newest revision of key before rev that parses, or
 // the default policy and 0. A delete in between ends the search: what came
 // before it was removed on purpose.
-func lastGood(ctx context.Context, kv jetstream.KeyValue, key string, rev uint64) (Policy, uint64) {
+func lastGood(ctx context.Context, kv jetstream.KeyValue, key, domain string, rev uint64) (Policy, uint64) {
 	hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	hist, err := kv.History(hctx, key)
@@ -472,7 +549,7 @@ func lastGood(ctx context.Context, kv jetstream.KeyValue, key string, rev uint64
 		if e.Operation() != jetstream.KeyValuePut {
 			break
 		}
-		if p, err := Parse(key, e.Value()); err == nil {
+		if p, err := Parse(domain, e.Value()); err == nil {
 			return p, e.Revision()
 		}
 	}

@@ -121,12 +121,13 @@ func TestWatchPicksUpChanges(t *testing.T) {
 	if p, _ := late.Lookup("example.org"); p.EffectiveMode() != ModeOff || late.Errors() != 1 {
 		t.Fatalf("late instance: %+v, %d errors", p, late.Errors())
 	}
-	// A bad value with no good one before it: callout with defaults.
+	// A bad value with no good one before it: monitor mode with defaults
+	// (called out by MX, never refused).
 	if _, err := kv.Put(ctx, "new.example", []byte(`{"route":["x"]}`)); err != nil {
 		t.Fatal(err)
 	}
 	waitfor.Cond(t, 10*time.Second, func() bool { return tab.Errors() == 2 })
-	if p, ok := tab.Lookup("new.example"); !ok || p.EffectiveMode() != ModeCallout || !p.UsesMX() {
+	if p, ok := tab.Lookup("new.example"); !ok || p.EffectiveMode() != ModeMonitor || !p.UsesMX() {
 		t.Fatalf("bad new policy: %+v %v", p, ok)
 	}
 	if err := kv.Delete(ctx, "example.org"); err != nil {
@@ -181,4 +182,43 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A policy written around Put under a key that is not the domain's normal
+// form serves the normal form, counted as an error; the key in normal
+// form, once written, wins; removing it gives the domain back to the other.
+func TestWatchNormalizesKeys(t *testing.T) {
+	ns := natstest.Start(t)
+	js, _ := jetstream.New(ns.Connect(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	kv, err := Bucket(ctx, js, subjects.New(""), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, "Example.ORG", []byte(`{"mode":"off"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, "bad_key-.-", []byte(`{"mode":"off"}`)); err != nil {
+		t.Fatal(err)
+	}
+	tab, err := Watch(ctx, kv, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, ok := tab.Lookup("example.org"); !ok || p.EffectiveMode() != ModeOff || tab.Errors() != 2 || tab.Problems()["Example.ORG"] == "" {
+		t.Fatalf("Example.ORG: %+v %v, problems %v", p, ok, tab.Problems())
+	}
+	if err := Put(ctx, kv, "example.org", Policy{Mode: ModeStatic, Mailboxes: []string{"alice"}}); err != nil {
+		t.Fatal(err)
+	}
+	waitfor.Cond(t, 10*time.Second, func() bool { p, _ := tab.Lookup("example.org"); return p.EffectiveMode() == ModeStatic })
+	if err := kv.Delete(ctx, "example.org"); err != nil {
+		t.Fatal(err)
+	}
+	waitfor.Cond(t, 10*time.Second, func() bool { p, _ := tab.Lookup("example.org"); return p.EffectiveMode() == ModeOff })
+	if err := kv.Delete(ctx, "Example.ORG"); err != nil {
+		t.Fatal(err)
+	}
+	waitfor.Cond(t, 10*time.Second, func() bool { _, ok := tab.Lookup("example.org"); return !ok && tab.Errors() == 1 })
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -54,10 +55,7 @@ func (c *Client) Verify(ctx context.Context, req wire.VerifyRequest) (wire.Verif
 	if req.Trace {
 		subject = c.Names.VerifyTrace()
 	}
-	timeout := 25 * time.Second
-	if req.TimeoutMS > 0 {
-		timeout = time.Duration(req.TimeoutMS) * time.Millisecond
-	}
+	timeout := req.Timeout(25*time.Second, 10*time.Minute)
 	b, err := wire.Encode(&req)
 	if err != nil {
 		return rep, err
@@ -161,8 +159,12 @@ func (c *Client) Flush(ctx context.Context, who string, cmd wire.FlushCommand) (
 	if rep.Error != "" {
 		return rep, fmt.Errorf("flush: %s", rep.Error)
 	}
+	result := fmt.Sprintf("removed %d entries", rep.Removed)
+	if len(rep.Unconfirmed) > 0 {
+		result += fmt.Sprintf("; not confirmed in time, fenced until they apply it: %s", strings.Join(rep.Unconfirmed, ", "))
+	}
 	return rep, c.record(ctx, who, audit.Event{What: audit.Flush, Scope: cmd.Scope, Domain: cmd.Domain, Address: cmd.Address, Only: string(cmd.Only),
-		Result: fmt.Sprintf("removed %d entries", rep.Removed)})
+		Result: result})
 }
 
 // Stored is one domain's stored policy.

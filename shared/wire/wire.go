@@ -188,9 +188,26 @@ type FlushReply struct {
 	V       int    `msgpack:"v" json:"v"`
 	Removed uint64 `msgpack:"removed" json:"removed"`
 	Error   string `msgpack:"error,omitempty" json:"error,omitempty"`
+	// Unconfirmed names the ingests (micro service ids) that did not
+	// confirm the flush in time: they are fenced (they serve nothing
+	// from their near caches until they have applied it).
+	Unconfirmed []string `msgpack:"unconfirmed,omitempty" json:"unconfirmed,omitempty"`
 }
 
 func (m *VerifyRequest) version() int { return m.V }
+
+// Timeout is the deadline the request asks for (TimeoutMS; def when it
+// names none), capped at max before it becomes a duration, so that a huge
+// value cannot wrap to a negative one.
+func (m *VerifyRequest) Timeout(def, max time.Duration) time.Duration {
+	if m.TimeoutMS <= 0 {
+		return min(def, max)
+	}
+	if int64(m.TimeoutMS) >= int64(max/time.Millisecond) {
+		return max
+	}
+	return time.Duration(m.TimeoutMS) * time.Millisecond
+}
 func (m *VerifyReply) version() int   { return m.V }
 func (m *ProbeJob) version() int      { return m.V }
 func (m *LookupRequest) version() int { return m.V }

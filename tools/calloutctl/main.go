@@ -255,6 +255,9 @@ func (a *app) flush(ctx context.Context, args []string) error {
 		return err
 	}
 	fmt.Fprintf(a.out, "removed %d entries\n", rep.Removed)
+	for _, id := range rep.Unconfirmed {
+		fmt.Fprintf(a.out, "ingest %s did not confirm in time: it serves nothing from its near cache until it has applied the flush\n", id)
+	}
 	return err
 }
 

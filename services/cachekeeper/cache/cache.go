@@ -406,7 +406,9 @@ func (s *Store) LookupAfter(ctx context.Context, addr address.Address, purpose v
 	keys := cachecopy.LookupKeys(addr, purpose, senders)
 	res := make([]found, len(keys))
 	read := keys
+	copied := false
 	if m := s.fl.Running(); rev > 0 && m != nil && m.Wait(rev, flushWait) {
+		copied = true
 		read = keys[:len(senders)]
 		for i, data := range s.fl.HeldFacts(keys[len(senders):]...) {
 			if data == nil {
@@ -435,6 +437,13 @@ func (s *Store) LookupAfter(ctx context.Context, addr address.Address, purpose v
 			return wire.LookupReply{}, r.err
 		}
 	}
+	// An entry a flush covers is not served, even while its purge has not
+	// reached it yet (a purge of many keys takes seconds, and a
+	// cachekeeper may stop in between): the flush's record is in the
+	// bucket before the purge starts.
+	if err := s.dropCovered(ctx, res, copied); err != nil {
+		return wire.LookupReply{}, err
+	}
 	var own, ca, acc *verdict.Verdict
 	for i := range res[:len(senders)] {
 		if res[i].ok {
@@ -449,6 +458,31 @@ func (s *Store) LookupAfter(ctx context.Context, addr address.Address, purpose v
 		acc = &r.v
 	}
 	return cachecopy.Reply(addr, senders, own, ca, acc), nil
+}
+
+// dropCovered marks absent the entries found that a flush covers. copied
+// says this cachekeeper's copy holds every record the asker had seen;
+// otherwise the records are read from the bucket (only for what was found:
+// a miss costs nothing more).
+func (s *Store) dropCovered(ctx context.Context, res []found, copied bool) error {
+	for i := range res {
+		if !res[i].ok {
+			continue
+		}
+		covered := false
+		if copied {
+			covered = s.fl.Covers(res[i].v)
+		} else {
+			var err error
+			if covered, err = s.readFlushed(ctx, res[i].v); err != nil {
+				return err
+			}
+		}
+		if covered {
+			res[i] = found{}
+		}
+	}
+	return nil
 }
 
 // Flush removes entries in the command's scope and returns how many, with

@@ -51,9 +51,12 @@ func (s *Store) watch(ctx context.Context) error {
 		return err
 	}
 	defer w.Stop()
+	// Read afresh: a purge while the watch was down left no marker.
+	s.fl.Reset()
 	if err := s.load(ctx); err != nil {
 		return err
 	}
+	s.fl.Loaded()
 	mark := &revision.Mark{}
 	mark.Set(start)
 	s.fl.SetMark(mark)

@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -340,11 +342,12 @@ func (s *Service) flush(ctx context.Context, r micro.Request) {
 	// caches go by the record, not by the purge. (The hook runs on this
 	// goroutine, once the record is written.)
 	var synced chan struct{}
+	var unconfirmed []string
 	n, _, err := s.store.FlushThen(fctx, cmd, func(rev uint64) {
 		synced = make(chan struct{})
 		go func() {
 			defer close(synced)
-			s.syncIngests(fctx, rev)
+			unconfirmed = s.syncIngests(fctx, rev)
 		}()
 	})
 	rep := wire.FlushReply{Removed: n}
@@ -354,6 +357,7 @@ func (s *Service) flush(ctx context.Context, r micro.Request) {
 	}
 	if synced != nil {
 		<-synced
+		rep.Unconfirmed = unconfirmed
 	}
 	s.m.flushes.WithLabelValues(cmd.Scope).Inc()
 	s.m.removed.Add(float64(n))
@@ -427,9 +431,12 @@ func (s *Service) sawIngest(id string, at time.Time) {
 
 // syncIngests waits until the running ingests have applied the flush record
 // (bucket revision rev) to their near caches, so that once the flush is
-// answered no ingest serves what it removed. One that does not confirm
-// within a few seconds is logged.
-func (s *Service) syncIngests(ctx context.Context, rev uint64) {
+// answered no ingest serves what it removed, and returns the ids of those
+// that did not confirm within a few seconds. Those are fenced: an ingest
+// asked to confirm serves nothing from its near cache until it has
+// applied the record, and one that did not get the ask is cut off from
+// NATS, when it serves no cached reject.
+func (s *Service) syncIngests(ctx context.Context, rev uint64) []string {
 	s.mu.Lock()
 	count := len(s.ingests)
 	s.mu.Unlock()
@@ -441,28 +448,61 @@ func (s *Service) syncIngests(ctx context.Context, rev uint64) {
 		s.mu.Unlock()
 	}
 	if count == 0 {
-		return
+		return nil
 	}
+	s.mu.Lock()
+	waiting := make(map[string]bool, len(s.ingests))
+	for id := range s.ingests {
+		waiting[id] = true
+	}
+	s.mu.Unlock()
 	inbox := s.nc.NewRespInbox()
 	sub, err := s.nc.SubscribeSync(inbox)
 	if err != nil {
-		return
+		return sorted(waiting)
 	}
 	defer func() { _ = sub.Unsubscribe() }()
 	if err := s.nc.PublishRequest(s.names.NearCacheSync(), inbox, []byte(strconv.FormatUint(rev, 10))); err != nil {
-		return
+		return sorted(waiting)
 	}
 	deadline := time.Now().Add(3 * time.Second)
-	for got := 0; got < count; got++ {
+	for got := 0; got < count && len(waiting) > 0; got++ {
 		m, err := sub.NextMsg(time.Until(deadline))
 		if err != nil {
-			s.log.Warn("flush: not every ingest confirmed it; a near cache may serve removed entries briefly", "ingests", count, "confirmed", got)
-			return
+			break
 		}
-		if string(m.Data) != "true" {
-			s.log.Warn("flush: an ingest had not applied the flush record in time")
+		// "true <id>" or "false <id>" (an ingest of an older version
+		// answers without its id).
+		ok, id, _ := strings.Cut(string(m.Data), " ")
+		if ok != "true" {
+			continue
 		}
+		if id == "" {
+			// Unnamed: counts against any one still waited for.
+			for w := range waiting {
+				delete(waiting, w)
+				break
+			}
+			continue
+		}
+		delete(waiting, id)
 	}
+	if len(waiting) > 0 {
+		s.log.Warn("flush: not every ingest confirmed it; those are fenced until they apply it", "ingests", count, "unconfirmed", sorted(waiting))
+	}
+	return sorted(waiting)
+}
+
+func sorted(set map[string]bool) []string {
+	if len(set) == 0 {
+		return nil
+	}
+	out := make([]string, 0, len(set))
+	for k := range set {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // NATSConfig is the connection part of the settings.

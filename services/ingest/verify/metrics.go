@@ -16,6 +16,10 @@ type metrics struct {
 	shed      prometheus.Counter
 	monitored *prometheus.CounterVec
 	known     prometheus.Counter
+	// unconfirmed: near-cache rejects deferred while a flush may not be
+	// applied here; flushedVerdicts: verdicts a known flush covers, refused.
+	unconfirmed     prometheus.Counter
+	flushedVerdicts prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, policyErrors func() int, near *nearcache.Cache, index *cachecopy.Copy) *metrics {
@@ -40,6 +44,12 @@ func newMetrics(reg prometheus.Registerer, policyErrors func() int, near *nearca
 	m.known = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "callout_ingest_known_misses_total", Help: "Near cache misses answered from this ingest's copy of the bucket's keys and domain facts, without a lookup.",
 	})
+	m.unconfirmed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "callout_ingest_unconfirmed_rejects_total", Help: "Near-cache rejects answered with a defer instead, while this ingest was cut off from NATS or had not yet applied a flush it was asked to confirm.",
+	})
+	m.flushedVerdicts = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "callout_ingest_flushed_verdicts_total", Help: "Verdicts of callouts that started before a flush of their scope, refused as an answer (a fresh callout is asked instead).",
+	})
 	m.shed = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "callout_ingest_shed_total", Help: "Requests answered 451 4.3.2 at once because every worker was busy.",
 	})
@@ -53,7 +63,7 @@ func newMetrics(reg prometheus.Registerer, policyErrors func() int, near *nearca
 	m.monitored = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "callout_ingest_monitor_would_total", Help: "Monitor-mode domains: requests accepted that callout mode would have rejected or deferred, per domain (domains with a policy only).",
 	}, []string{"domain", "action"})
-	reg.MustRegister(m.known,
+	reg.MustRegister(m.known, m.unconfirmed, m.flushedVerdicts,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "callout_ingest_known_keys", Help: "Address keys of the cache bucket indexed in this ingest."},
 			func() float64 { return float64(index.Keys()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "callout_ingest_known_keys_complete", Help: "1 when the index holds every address key of the bucket (misses are known without a lookup)."},
@@ -66,7 +76,7 @@ func newMetrics(reg prometheus.Registerer, policyErrors func() int, near *nearca
 	reg.MustRegister(m.requests, m.latency, m.coalesced, m.deadlines, m.braked, m.shed, m.monitored,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "callout_ingest_domain_policy_errors",
-			Help: "Domains whose stored policy does not parse (served by their last good policy, or callout with defaults).",
+			Help: "Keys of the policy bucket not served as written: the policy does not parse (its domain is served by its last good policy or the defaults, in monitor mode), or the key is not the domain's normal form.",
 		}, func() float64 { return float64(policyErrors()) }))
 	return m
 }

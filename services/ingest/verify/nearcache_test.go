@@ -37,6 +37,13 @@ type twoIngests struct {
 
 func startTwo(t *testing.T, kcfg keeper.Config) *twoIngests {
 	t.Helper()
+	return startTwoDest(t, kcfg, ingestConfig(), smtptest.Config{Mailboxes: []string{"alice@example.org", "flip@example.org"}})
+}
+
+// startTwoDest is startTwo with the ingests' settings and a destination
+// scripted by dcfg.
+func startTwoDest(t *testing.T, kcfg keeper.Config, icfg Config, dcfg smtptest.Config) *twoIngests {
+	t.Helper()
 	dir := t.TempDir()
 	ns := natstest.StartIn(t, dir, -1)
 	s := &twoIngests{ns: ns, dir: dir, port: ns.Port()}
@@ -58,14 +65,14 @@ func startTwo(t *testing.T, kcfg keeper.Config) *twoIngests {
 	}
 	natstest.RunService(t, p)
 	for _, ing := range []**Service{&s.a, &s.b} {
-		if *ing, err = New(ingestConfig(), ns.Connect(t), prometheus.NewRegistry(), quiet); err != nil {
+		if *ing, err = New(icfg, ns.Connect(t), prometheus.NewRegistry(), quiet); err != nil {
 			t.Fatal(err)
 		}
 		natstest.RunService(t, *ing)
 		<-(*ing).Ready()
 	}
 	waitfor.Cond(t, 15*time.Second, func() bool { return s.a.nearOn.Load() && s.b.nearOn.Load() })
-	s.dest = destination(t, smtptest.Config{Mailboxes: []string{"alice@example.org", "flip@example.org"}})
+	s.dest = destination(t, dcfg)
 	if err := domains.Put(context.Background(), s.kv, "example.org", domains.Policy{Route: []string{s.dest.Addr()}}); err != nil {
 		t.Fatal(err)
 	}

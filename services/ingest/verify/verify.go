@@ -52,6 +52,10 @@ const (
 	ReasonPostmaster  = "postmaster"
 	ReasonShed        = "shed"
 	ReasonBypass      = "bypass"
+	// ReasonUnconfirmed defers what the near cache would reject while this
+	// ingest cannot know that no flush removed it: cut off from NATS, or
+	// asked to confirm a flush it has not applied yet.
+	ReasonUnconfirmed = "cache_unconfirmed"
 )
 
 // Service is one ingest instance.
@@ -75,18 +79,41 @@ type Service struct {
 	// same watch: a miss of an address without keys is known here.
 	index   *cachecopy.Copy
 	rewatch chan struct{} // a reconnection: read the bucket afresh
+	// fence is the highest flush record revision a cachekeeper asked this
+	// ingest to confirm: until the watch has applied it, the near cache is
+	// not served (see fenced).
+	fence atomic.Uint64
+	id    atomic.Value // string: the micro service id, named in flush confirmations
 }
 
 // flight is one pending callout that any number of requests wait for.
 // Verdicts arrive on one subscription to every address verdict
 // (onVerdict), which ends the flight of their target: no subscription per
 // callout, each of which would change the server's interest graph twice.
+//
+// A flight never ends with a verdict that a flush known here covers (its
+// callout started before the flush): it asks for a fresh callout instead
+// (refused), so that a request that comes after a flush never gets the
+// verdict of a callout from before it.
 type flight struct {
-	key  string
-	done chan struct{}
-	once sync.Once
-	v    verdict.Verdict
-	err  error
+	key     string
+	subject string        // the verdict subject
+	job     wire.ProbeJob // what it queued or would queue
+	done    chan struct{}
+	refused chan struct{} // a covered verdict came: queue a fresh callout
+	once    sync.Once
+	v       verdict.Verdict
+	err     error
+}
+
+// ended reports whether f has its answer.
+func (f *flight) ended() bool {
+	select {
+	case <-f.done:
+		return true
+	default:
+		return false
+	}
 }
 
 // end ends the flight with its answer, once: the first of the verdict,
@@ -129,6 +156,8 @@ func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger)
 		case s.rewatch <- struct{}{}:
 		default:
 		}
+		// Verdicts published while cut off went by: look for them.
+		go s.recheckFlights()
 	})
 	for _, p := range cfg.ProbeSenders {
 		s.extra[strings.ToLower(strings.TrimSpace(p))] = true
@@ -356,11 +385,7 @@ func (s *Service) answer(ctx context.Context, req wire.VerifyRequest, purpose ve
 		transcript = []wire.TraceLine{}
 	}
 	if m != nil {
-		timeout := s.cfg.Timeout
-		if req.TimeoutMS > 0 {
-			timeout = time.Duration(req.TimeoutMS) * time.Millisecond
-		}
-		timeout = min(timeout, s.cfg.MaxTimeout)
+		timeout := req.Timeout(s.cfg.Timeout, s.cfg.MaxTimeout)
 		// Answer a little before the caller gives up.
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithDeadline(ctx, start.Add(max(timeout-timeout/20, timeout-250*time.Millisecond)))
@@ -531,7 +556,14 @@ func (s *Service) local(req wire.VerifyRequest, purpose verdict.Purpose) (verdic
 	senders := pol.Senders()
 	nearKey := nearcache.Key(as, purpose, senders)
 	if r, ok := s.near.Get(nearKey); ok {
-		return *r.Verdict, dpol, nil
+		if r.Verdict.Status != verdict.Invalid || s.nc.IsConnected() && !s.fenced() {
+			return *r.Verdict, dpol, nil
+		}
+		// A reject this ingest cannot know is current: a flush may have
+		// removed it while the bucket's changes do not reach here.
+		s.m.unconfirmed.Inc()
+		v.Status, v.Reason, v.Source = verdict.TempFail, ReasonUnconfirmed, verdict.SourceCache
+		return v, dpol, nil
 	}
 	return v, dpol, &miss{a: a, pol: pol, dpol: dpol, v: v, senders: senders, nearKey: nearKey}
 }
@@ -544,7 +576,7 @@ func (s *Service) remote(ctx context.Context, req wire.VerifyRequest, purpose ve
 	if req.Trace {
 		return s.traced(ctx, a, newJob(a, purpose, pol), transcript), dpol
 	}
-	rev := s.near.Revision()
+	rev := s.seen()
 	if purpose == verdict.Recipient && s.brake.Braked(req.ClientAddress) {
 		// No callout for this client now: the cache alone answers.
 		if look := s.ask(ctx, a, purpose, senders, nearKey, rev, nil); look.Hit {
@@ -564,7 +596,11 @@ func (s *Service) ask(ctx context.Context, a address.Address, purpose verdict.Pu
 	if err != nil {
 		s.log.Warn("cache lookup failed; treating as a miss", "address", a.String(), "err", err)
 	}
-	if look.Hit && s.nearOn.Load() {
+	if look.Hit && s.index.Covers(*look.Verdict) {
+		// A cachekeeper behind this ingest: the flush it missed holds.
+		return wire.LookupReply{}
+	}
+	if look.Hit && s.nearOn.Load() && !s.fenced() {
 		s.near.Put(nearKey, a.Domain, a.Local, purpose, look, rev)
 	}
 	return look
@@ -588,7 +624,8 @@ func (s *Service) fetch(ctx context.Context, a address.Address, purpose verdict.
 		s.m.coalesced.Inc()
 		return s.wait(ctx, a, f)
 	}
-	f = &flight{key: key, done: make(chan struct{})}
+	subject := s.names.Verdict(kvkey.Address(a.Domain, a.Local, purpose, ""))
+	f = &flight{key: key, subject: subject, job: job, done: make(chan struct{}), refused: make(chan struct{}, 1)}
 	s.flights[key] = f
 	s.mu.Unlock()
 	// With every key of the bucket known here, an address without any
@@ -599,12 +636,11 @@ func (s *Service) fetch(ctx context.Context, a address.Address, purpose verdict.
 	} else {
 		look = s.ask(ctx, a, purpose, senders, nearKey, rev, &job)
 	}
-	subject := s.names.Verdict(kvkey.Address(a.Domain, a.Local, purpose, ""))
 	switch {
 	case look.Hit:
 		s.end(f, *look.Verdict, nil)
 	case look.Queued || look.Pending:
-		go s.fly(f, subject, job, nil, look.Pending)
+		go s.fly(f, job, nil, look.Pending)
 	default:
 		if look.QueueError != "" {
 			s.log.Warn("cachekeeper could not queue the job; queueing it here", "address", a.String(), "err", look.QueueError)
@@ -617,7 +653,10 @@ func (s *Service) fetch(ctx context.Context, a address.Address, purpose verdict.
 			s.end(f, verdict.Verdict{}, err)
 			break
 		}
-		go s.fly(f, subject, job, ack, false)
+		s.mu.Lock()
+		f.job = job // adjusted: what recheckFlights looks for
+		s.mu.Unlock()
+		go s.fly(f, job, ack, false)
 	}
 	return s.wait(ctx, a, f)
 }
@@ -707,11 +746,10 @@ func (s *Service) watchOnce(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	opts := []jetstream.WatchOpt{jetstream.UpdatesOnly(), jetstream.MetaOnly(), jetstream.IgnoreDeletes()}
-	if s.cfg.KnownKeys > 0 {
-		opts = nil // every entry, values and deletes included
-	}
-	w, err := kv.WatchAll(ctx, opts...)
+	// Every entry, values and deletes included: the flush records and
+	// domain facts always (a flight needs the records), the address keys
+	// when the index is on.
+	w, err := kv.WatchAll(ctx)
 	if err != nil {
 		return err
 	}
@@ -724,6 +762,7 @@ func (s *Service) watchOnce(ctx context.Context, id string) error {
 	s.index.Reset()
 	// Cachekeepers wait for this ingest's confirmation of a flush from
 	// now on (before it keeps anything).
+	s.id.Store(id)
 	if err := s.nc.Publish(s.names.NearCacheHello(), []byte(id)); err != nil {
 		return err
 	}
@@ -750,9 +789,7 @@ func (s *Service) watchOnce(ctx context.Context, id string) error {
 			}
 			// The index first: the near cache's mark, which a flush's
 			// confirmation waits for, then covers both.
-			if s.cfg.KnownKeys > 0 {
-				s.index.Apply(e.Key(), e.Value(), e.Revision(), e.Operation() != jetstream.KeyValuePut)
-			}
+			s.index.Apply(e.Key(), e.Value(), e.Revision(), e.Operation() != jetstream.KeyValuePut)
 			s.near.Apply(e.Key(), e.Revision())
 		}
 	}
@@ -761,14 +798,34 @@ func (s *Service) watchOnce(ctx context.Context, id string) error {
 // answerSync confirms to a cachekeeper that a flush record (a bucket
 // revision) is applied here, so that the flush is answered only once no
 // ingest can serve what it removed.
+//
+// The ingest is fenced from the moment it is asked: until its watch has
+// applied rev it serves nothing from its near cache, so that a flush
+// answered without its confirmation (too slow) still holds here.
 func (s *Service) answerSync(m *nats.Msg) {
 	rev, err := strconv.ParseUint(string(m.Data), 10, 64)
 	if err != nil {
 		return
 	}
+	for {
+		cur := s.fence.Load()
+		if cur >= rev || s.fence.CompareAndSwap(cur, rev) {
+			break
+		}
+	}
 	ok := s.near.WaitApplied(rev, 2*time.Second)
-	_ = m.Respond([]byte(strconv.FormatBool(ok)))
+	id, _ := s.id.Load().(string)
+	_ = m.Respond([]byte(strconv.FormatBool(ok) + " " + id))
 }
+
+// fenced reports whether a flush this ingest was asked to confirm is not
+// applied here yet.
+func (s *Service) fenced() bool { return s.near.Revision() < s.fence.Load() }
+
+// seen is the bucket revision whose changes this ingest must not miss
+// in a lookup's answer: what it applied, or the flush it was asked to
+// confirm, if later.
+func (s *Service) seen() uint64 { return max(s.near.Revision(), s.fence.Load()) }
 
 // lookup asks the cache; rev is the bucket revision this ingest had applied,
 // job the job to queue on a miss, if any (see wire.LookupRequest).
@@ -826,8 +883,9 @@ func (s *Service) wait(ctx context.Context, a address.Address, f *flight) verdic
 // (stored). Failing both, it asks again to queue the job until it either
 // gets the verdict or its own job is queued: a verdict that was neither
 // kept nor stored (a tempfail) then costs a new callout, never a wait to
-// the deadline.
-func (s *Service) fly(f *flight, verdictSubject string, job wire.ProbeJob, ack jetstream.PubAckFuture, pending bool) {
+// the deadline. A verdict refused as flushed (onVerdict) starts the same:
+// a fresh callout is queued as soon as none is pending.
+func (s *Service) fly(f *flight, job wire.ProbeJob, ack jetstream.PubAckFuture, pending bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.MaxTimeout)
 	defer cancel()
 	if ack != nil {
@@ -846,29 +904,45 @@ func (s *Service) fly(f *flight, verdictSubject string, job wire.ProbeJob, ack j
 			return
 		}
 	}
+	b, err := wire.Encode(&job) // for the retries
+	if err != nil {
+		s.end(f, verdict.Verdict{}, err)
+		return
+	}
+	// While a job is pending and its verdict unseen, try to queue ours.
+	var ticker *time.Ticker
 	var retry <-chan time.Time
-	var b []byte // the job, encoded for the retries
+	retrying := func(on bool) {
+		switch {
+		case on && ticker == nil:
+			ticker = time.NewTicker(s.cfg.PendingRetry)
+			retry = ticker.C
+		case !on && ticker != nil:
+			ticker.Stop()
+			ticker, retry = nil, nil
+		}
+	}
+	defer retrying(false)
 	if pending {
-		if v, ok := s.passed(ctx, verdictSubject, job); ok {
-			s.end(f, v, nil)
-			return
+		if v, ok := s.passed(ctx, f.subject, job); ok {
+			s.deliver(f, v)
+			if f.ended() {
+				return
+			}
 		}
-		var err error
-		if b, err = wire.Encode(&job); err != nil {
-			s.end(f, verdict.Verdict{}, err)
-			return
-		}
-		t := time.NewTicker(s.cfg.PendingRetry)
-		defer t.Stop()
-		retry = t.C
+		retrying(true)
 	}
 	for {
 		select {
 		case <-f.done:
 			return
+		case <-f.refused:
+			// The verdict that came was a flushed one: ask again now.
+			pending, err := s.queue(ctx, f.key, b)
+			retrying(err != nil || pending)
 		case <-retry:
 			if pending, err := s.queue(ctx, f.key, b); err == nil && !pending {
-				retry = nil // our own job is queued now
+				retrying(false) // our own job is queued now
 			}
 		case <-ctx.Done():
 			s.end(f, verdict.Verdict{}, errors.New("no verdict in time"))
@@ -878,7 +952,8 @@ func (s *Service) fly(f *flight, verdictSubject string, job wire.ProbeJob, ack j
 }
 
 // onVerdict ends the flight of an address verdict's target, if any
-// (verdicts of other ingests' callouts pass by).
+// (verdicts of other ingests' callouts pass by). A verdict that a flush
+// known here covers does not end it: the flight asks for a fresh callout.
 func (s *Service) onVerdict(m *nats.Msg) {
 	// The subject is the verdict subject of addr.<target>, the flight's key.
 	key, ok := strings.CutPrefix(m.Subject, s.names.Verdict("addr."))
@@ -896,7 +971,50 @@ func (s *Service) onVerdict(m *nats.Msg) {
 		s.log.Error("verdict refused", "subject", m.Subject, "err", err)
 		return
 	}
+	s.deliver(f, v)
+}
+
+// deliver ends f with v, unless a flush known here covers v.
+func (s *Service) deliver(f *flight, v verdict.Verdict) {
+	if s.index.Covers(v) {
+		s.m.flushedVerdicts.Inc()
+		select {
+		case f.refused <- struct{}{}:
+		default:
+		}
+		return
+	}
 	s.end(f, v, nil)
+}
+
+// recheckFlights looks, after a reconnection, for the verdicts of the open
+// flights that were published while this ingest was cut off.
+func (s *Service) recheckFlights() {
+	type open struct {
+		f   *flight
+		job wire.ProbeJob
+	}
+	s.mu.Lock()
+	var fs []open
+	for _, f := range s.flights {
+		fs = append(fs, open{f, f.job})
+	}
+	s.mu.Unlock()
+	for _, o := range fs {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.MaxTimeout)
+			defer cancel()
+			if v, ok := s.passed(ctx, o.f.subject, o.job); ok {
+				s.end(o.f, v, nil)
+				return
+			}
+			// None passed: a fresh callout, if none is pending.
+			select {
+			case o.f.refused <- struct{}{}:
+			default:
+			}
+		}()
+	}
 }
 
 // queueAsync publishes the job without waiting for the server's answer.
@@ -930,7 +1048,7 @@ func (s *Service) passed(ctx context.Context, subject string, job wire.ProbeJob)
 	if ok {
 		// The stream keeps verdicts until stored; an old one (cachekeepers
 		// down for long) does not answer for a callout just asked.
-		if v, err := wire.DecodeVerdict(data); err == nil && time.Since(v.CheckedAt) < s.cfg.MaxTimeout+passedMaxAge {
+		if v, err := wire.DecodeVerdict(data); err == nil && time.Since(v.CheckedAt) < s.cfg.MaxTimeout+passedMaxAge && !s.index.Covers(v) {
 			return v, true
 		}
 	}
@@ -939,8 +1057,8 @@ func (s *Service) passed(ctx context.Context, subject string, job wire.ProbeJob)
 		return verdict.Verdict{}, false
 	}
 	senders := domains.Policy{Sender: job.Sender, FallbackSender: job.FallbackSender}.Senders()
-	look, err := s.lookup(ctx, a, job.Purpose, senders, s.near.Revision(), nil)
-	if err == nil && look.Hit {
+	look, err := s.lookup(ctx, a, job.Purpose, senders, s.seen(), nil)
+	if err == nil && look.Hit && !s.index.Covers(*look.Verdict) {
 		return *look.Verdict, true
 	}
 	return verdict.Verdict{}, false
