@@ -20,7 +20,7 @@ FUZZ_TARGETS := $(shell grep -rHo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*
 	sed -E 's#^(shared|tools|services/[^/]+)/(.+)/[^/]+_test\.go:func (Fuzz[A-Za-z0-9_]*)$$#\1:./\2/:\3#' | sort)
 export GOFLAGS := -buildvcs=false
 
-.PHONY: all build run test vet staticcheck unit e2e fuzz bench clean tools deploy-check
+.PHONY: all build run test vet staticcheck unit e2e fuzz bench clean tools deploy-check soak
 
 all: build
 
@@ -75,6 +75,12 @@ fuzz:
 			echo "no failing input written: the fuzz coordinator's deadline race (golang/go#75804), not a finding"; \
 		fi; \
 	done
+
+## soak: long randomized runs: SOAK_HISTORIES fresh cache-protocol histories (seed from the clock, or SOAK_SEED), a failing one shrunk to a minimal one.
+SOAK_HISTORIES ?= 200
+SOAK_SEED ?=
+soak:
+	cd services/ingest && CALLOUT_HISTORIES=$(SOAK_HISTORIES) CALLOUT_HISTORY_SEED=$(SOAK_SEED) go test -race -count=1 -timeout 0 -run '^TestHistorySoak$$' ./verify/
 
 ## deploy-check: systemd units (systemd-analyze verify) and alert rules (promtool check rules).
 deploy-check: build $(BIN)/nats-server

@@ -51,10 +51,14 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// buildAll builds into dir every binary a test runs, as `make build` and
+// `make tools` do: the services, calloutctl and devrun, nats-server, and
+// the nats CLI at the Makefile's pinned version.
 func buildAll(dir string) error {
 	builds := [][2]string{
 		{"../services/prober", "./cmd/prober"}, {"../services/cachekeeper", "./cmd/cachekeeper"},
-		{"../services/ingest", "./cmd/ingest"}, {"../services/console", "./cmd/console"}, {"../tools", "./devrun"}, {".", "github.com/nats-io/nats-server/v2"},
+		{"../services/ingest", "./cmd/ingest"}, {"../services/console", "./cmd/console"}, {"../tools", "./devrun"},
+		{"../tools", "./calloutctl"}, {".", "github.com/nats-io/nats-server/v2"},
 	}
 	for _, b := range builds {
 		out := filepath.Join(dir, filepath.Base(b[1]))
@@ -67,7 +71,31 @@ func buildAll(dir string) error {
 			return fmt.Errorf("%s: %v\n%s", b[1], err, o)
 		}
 	}
+	version, err := makefileVar("../Makefile", "NATSCLI_VERSION")
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command("go", "install", "github.com/nats-io/natscli/nats@"+version)
+	cmd.Env = append(os.Environ(), "GOBIN="+dir)
+	if o, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("nats CLI: %v\n%s", err, o)
+	}
 	return nil
+}
+
+// makefileVar reads a `NAME := value` line of the Makefile, so that a
+// pinned version is written in one place.
+func makefileVar(path, name string) (string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" := "); ok {
+			return strings.TrimSpace(v), nil
+		}
+	}
+	return "", fmt.Errorf("%s: no %s", path, name)
 }
 
 // system is one running callout system.

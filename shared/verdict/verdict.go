@@ -154,6 +154,9 @@ func Decide(v Verdict, p Policy) Decision {
 			return deferred()
 		}
 		if p.Purpose == Sender {
+			if v.Enhanced == EnhancedNullMX {
+				return Decision{Action: Reject, Code: 550, Enhanced: EnhancedNullMX, Text: "<" + v.Address + ">: Sender address has null MX"}
+			}
 			return Decision{Action: Reject, Code: 550, Enhanced: "5.1.0", Text: "<" + v.Address + ">: Sender address rejected: undeliverable address"}
 		}
 		return Decision{Action: Reject, Code: 550, Enhanced: "5.1.1", Text: "<" + v.Address + ">: Recipient address rejected: User unknown"}
@@ -178,6 +181,10 @@ func Decide(v Verdict, p Policy) Decision {
 	// NotCatchAll is a domain fact, never an answer; unknown statuses defer.
 	return deferred()
 }
+
+// EnhancedNullMX is RFC 7505's code for a sender domain that publishes a
+// null MX: it says it takes no mail.
+const EnhancedNullMX = "5.7.27"
 
 // Reasons that more than one service interprets.
 const (

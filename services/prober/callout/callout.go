@@ -432,26 +432,53 @@ func (v *Verifier) transaction(ctx context.Context, d *destination.Dest, host st
 			r.Rcpts = rcpts
 			return r, false, unhealthy, false
 		}
+		if tooManyRecipients(rep) {
+			// As for the real RCPT: no answer about the address, the
+			// connection carried more recipients than the host takes.
+			// Ask again on a fresh connection, once.
+			d.Throttled(rep.String())
+			s.c.Quit(ctx)
+			if fail, unhealthy := v.reopen(ctx, d, host, t, s, sender, facts, rcpts); fail != nil {
+				return *fail, false, unhealthy, false
+			}
+			rep, err = s.c.Rcpt(ctx, random)
+			rcpts++
+			s.rcpts++
+			if err != nil {
+				r, unhealthy := v.failErr(t, host, err)
+				r.Rcpts = rcpts
+				return r, false, unhealthy, false
+			}
+		}
 		c := classify.Rcpt(rep)
 		t.Trace.Add(host, "*", "random address: %s (%s)", c.Status, c.Reason)
-		switch c.Status {
-		case verdict.Valid:
+		switch {
+		case c.Status == verdict.Valid:
 			r := v.result(t, host, sender, verdict.CatchAll, ReasonRandomAccepted, rep)
 			r.Facts = append(facts, v.fact(t, host, kvkey.FactCatchAll, verdict.CatchAll, ReasonRandomAccepted, rep))
 			r.Rcpts = rcpts
 			return r, false, false, true
-		case verdict.Invalid:
+		case c.Status == verdict.Invalid:
 			facts = append(facts, v.fact(t, host, kvkey.FactCatchAll, verdict.NotCatchAll, ReasonRandomRefused, rep))
-		case verdict.TempFail:
+		case c.Status == verdict.TempFail && (throttling(rep) || rep.Code == 421):
+			// The host limits us: back off, ask nothing more now.
 			noteReply(d, rep)
-			// A 4xx on the random address says nothing about the domain.
 			r := v.result(t, host, sender, verdict.TempFail, ReasonRandomDeferred, rep)
 			r.Facts, r.Rcpts = facts, rcpts
 			return r, false, rep.Code == 421, false
-		default:
+		case c.Reason == classify.ReasonProtocol:
 			r := v.result(t, host, sender, c.Status, c.Reason, rep)
 			r.Facts, r.Rcpts = facts, rcpts
 			return r, false, false, false
+		default:
+			// Inconclusive: greylisting (which defers every new triplet,
+			// the random address's too) or a reply that says nothing of
+			// the domain (524 5.2.4, a refusal). No catch-all fact; the
+			// real RCPT is asked in the same session, so that a
+			// greylister lets it through one round earlier and such a
+			// domain is verified at all.
+			noteReply(d, rep)
+			t.Trace.Add(host, "*", "random address inconclusive: asking the real one, no catch-all fact")
 		}
 		// Some servers take one recipient per transaction, some drop the
 		// connection after an unknown one: RSET, or reconnect (also when

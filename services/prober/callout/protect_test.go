@@ -11,6 +11,7 @@ import (
 
 	"github.com/callout-mail/callout/services/prober/destination"
 	"github.com/callout-mail/callout/services/prober/smtpprobe"
+	"github.com/callout-mail/callout/shared/kvkey"
 	"github.com/callout-mail/callout/shared/smtptest"
 	"github.com/callout-mail/callout/shared/verdict"
 	"github.com/callout-mail/callout/shared/waitfor"
@@ -77,6 +78,33 @@ func TestTooManyRecipientsRetried(t *testing.T) {
 	r := v.Verify(context.Background(), Target{Address: addr(t, "nobody@example.org"), Hosts: []string{s.Addr()}, SkipRandom: true})
 	if r.Address.Status != verdict.Invalid || s.Conns() != 2 {
 		t.Fatalf("verdict %s/%s after %d connections", r.Address.Status, r.Address.Reason, s.Conns())
+	}
+}
+
+// 452 4.5.3 on the random address is no answer about the domain either:
+// asked again on a fresh connection, once, and the callout goes on.
+func TestTooManyRecipientsOnRandomRetried(t *testing.T) {
+	var mu sync.Mutex
+	first := true
+	s := server(t, smtptest.Config{Rcpt: func(_, to string) string {
+		mu.Lock()
+		defer mu.Unlock()
+		if first {
+			first = false
+			return "452 4.5.3 Too many recipients"
+		}
+		if to == "alice@example.org" {
+			return "250 2.1.5 Ok"
+		}
+		return "550 5.1.1 <" + to + ">: Recipient address rejected: User unknown in local recipient table"
+	}})
+	v, _ := protectVerifier(destination.Config{MaxConns: 2, Rate: 100})
+	r := v.Verify(context.Background(), Target{Address: addr(t, "alice@example.org"), Hosts: []string{s.Addr()}})
+	if r.Address.Status != verdict.Valid || s.Conns() != 2 || s.Rcpts() != 3 {
+		t.Fatalf("verdict %s/%s after %d connections, %d RCPTs", r.Address.Status, r.Address.Reason, s.Conns(), s.Rcpts())
+	}
+	if f := fact(r, kvkey.FactCatchAll); f == nil || f.Status != verdict.NotCatchAll {
+		t.Fatalf("catch-all fact %+v", f)
 	}
 }
 

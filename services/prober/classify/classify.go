@@ -153,16 +153,26 @@ func permanent(r smtpprobe.Reply, text string) Result {
 		return Result{verdict.Invalid, ReasonUserUnknown}
 	case r.Enhanced == "5.2.1":
 		return Result{verdict.Invalid, ReasonMailboxDisabled}
-	case r.Enhanced == "5.5.0" && strings.Contains(text, "mailbox unavailable"):
-		// outlook.com: "Requested action not taken: mailbox unavailable".
+	case r.Enhanced == "5.5.0" && strings.Contains(text, "mailbox unavailable") && outlookUnknown(text):
+		// outlook.com: "Requested action not taken: mailbox unavailable
+		// (S2017062302)". The same words without outlook's own marker are
+		// RFC 5321's generic 550 text, which policy refusals use too.
 		return Result{verdict.Invalid, ReasonUserUnknown}
-	case r.Enhanced == "5.0.0" && has(text, unknownWords):
+	case r.Enhanced == "5.0.0" && has(rest, unknownWords):
 		return Result{verdict.Invalid, ReasonUserUnknown}
-	case r.Enhanced == "" && r.Code >= 550 && r.Code <= 553 && has(text, unknownWords):
+	case r.Enhanced == "" && r.Code >= 550 && r.Code <= 553 && has(rest, unknownWords):
+		// The words are matched with addresses taken out: "550 User
+		// <x@example.org> unknown" is "user unknown".
 		return Result{verdict.Invalid, ReasonUserUnknown}
 	}
 	// 5.7.x, 5.1.7/5.1.8, 5.3.x, 5.4.x, 5.5.x and bare codes say nothing about the mailbox.
 	return Result{verdict.Unverifiable, ReasonPolicy}
+}
+
+// outlookUnknown reports outlook.com's own form of its not-found reply:
+// its S-code for an unknown mailbox, from an outlook.com host.
+func outlookUnknown(text string) bool {
+	return strings.Contains(text, "(s2017062302)")
 }
 
 func enhancedParts(e string) (subject, detail int) {

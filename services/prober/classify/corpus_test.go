@@ -44,6 +44,11 @@ var corpus = []struct {
 	{"Exim unrouteable", "550 Unrouteable address", verdict.Invalid},
 	{"Exim ACL verify = recipient", "550 Unknown user", verdict.Invalid},
 	{"Exim 4.9x unrouteable with code", "550 5.1.1 <x@example.org>: Unrouteable address", verdict.Invalid},
+	// The address between the words: matched with addresses taken out
+	// (before, the words did not match and it read as a refusal, so
+	// nothing at such a destination was ever verified).
+	{"unknown user, address between the words", "550 User <x@example.org> unknown", verdict.Invalid},
+	{"no such user, address between the words", "550 No such user <x@example.org> here", verdict.Invalid},
 	{"Exim relay not permitted", "550 relay not permitted", verdict.Unverifiable},
 	{"Exim sender verify", "550-Verification failed for <verify@gw.example>\r\n550-Unrouteable address\r\n550 Sender verify failed", verdict.Unverifiable},
 	{"Exim administrative prohibition", "550 Administrative prohibition", verdict.Unverifiable},
@@ -86,6 +91,11 @@ var corpus = []struct {
 	{"Microsoft 365 resolver", "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient x@example.org not found by SMTP address lookup", verdict.Invalid},
 	// outlook.com consumer.
 	{"outlook.com unknown", "550 5.5.0 Requested action not taken: mailbox unavailable (S2017062302). [BN8NAM12FT001.eop-nam12.prod.protection.outlook.com]", verdict.Invalid},
+	// RFC 5321's generic text with 5.5.0 and no provider marker: a policy
+	// refusal as likely as an unknown user (a destination answering it to
+	// every RCPT had every recipient rejected).
+	{"generic 5.5.0 mailbox unavailable", "550 5.5.0 Requested action not taken: mailbox unavailable", verdict.Unverifiable},
+	{"generic 5.5.0 mailbox unavailable, host named", "550 5.5.0 Requested action not taken: mailbox unavailable [mx.example.org]", verdict.Unverifiable},
 	{"outlook.com block list", "550 5.7.1 Unfortunately, messages from [192.0.2.1] weren't sent. Please contact your Internet service provider since part of their network is on our block list (S3150).", verdict.Unverifiable},
 	{"outlook.com rate", "421 4.7.650 The mail server [192.0.2.1] has been temporarily rate limited due to IP reputation.", verdict.TempFail},
 	// Gmail and Google Workspace.

@@ -42,6 +42,7 @@ type Config struct {
 	RandomSecret    string          `envconfig:"RANDOM_SECRET" desc:"secret that derives each domain's catch-all probe local part (set it, the same on every instance)"`
 	DNSServer       string          `envconfig:"DNS_SERVER" desc:"DNS server host:port for MX lookups (default: the system resolver)"`
 	MXPort          int             `envconfig:"MX_PORT" default:"25" desc:"SMTP port of hosts found by MX lookup"`
+	SenderNXDomain  string          `envconfig:"SENDER_NXDOMAIN" default:"defer" desc:"a sender domain DNS says does not exist (NXDOMAIN): defer (450 4.1.8; it may be newly registered) or reject (550 5.1.8)"`
 	AckWait         time.Duration   `envconfig:"ACK_WAIT" default:"30s" desc:"job redelivered if not acked or heartbeated in this time"`
 	MaxDeliver      int             `envconfig:"MAX_DELIVER" default:"4" desc:"deliveries of a job before a final tempfail verdict"`
 	Replicas        int             `default:"1" desc:"JetStream replicas of streams and buckets"`
@@ -53,6 +54,8 @@ func (c *Config) Validate() error {
 	switch {
 	case c.Workers < 1:
 		return errors.New("CALLOUT_PROBER_WORKERS must be at least 1")
+	case c.SenderNXDomain != "defer" && c.SenderNXDomain != "reject":
+		return errors.New("CALLOUT_PROBER_SENDER_NXDOMAIN must be defer or reject")
 	case c.MaxConns < 1:
 		return errors.New("CALLOUT_PROBER_MAX_CONNS must be at least 1")
 	case c.Rate <= 0:

@@ -38,10 +38,12 @@ import (
 
 // Reasons for verdicts the service itself gives.
 const (
-	ReasonGaveUp  = "gave_up"
-	ReasonNoMail  = "domain_accepts_no_mail"
-	ReasonDNS     = "dns_temporary"
-	ReasonNoRoute = "no_route"
+	ReasonGaveUp   = "gave_up"
+	ReasonNoMail   = "domain_accepts_no_mail"
+	ReasonNullMX   = "null_mx"   // a sender domain that publishes a null MX
+	ReasonNoDomain = "no_domain" // a sender domain DNS says does not exist
+	ReasonDNS      = "dns_temporary"
+	ReasonNoRoute  = "no_route"
 )
 
 // Service is one prober instance.
@@ -484,15 +486,24 @@ func (s *Service) prepare(ctx context.Context, job wire.ProbeJob, addr address.A
 }
 
 // dnsResult turns a failed MX lookup into a verdict. A sender domain that
-// does not exist or publishes a null MX takes no mail: a definite invalid. For
-// a recipient domain we serve, it means our set-up is wrong, not the
-// user: unverifiable, never a reject.
+// publishes a null MX says it takes no mail: a definite invalid, refused
+// with RFC 7505's 550 5.7.27. One that DNS says does not exist may be
+// newly registered: deferred (a 4xx the MTA retries, as Postfix's
+// reject_unknown_sender_domain does for a negative answer), or refused
+// with 550 5.1.8 when SENDER_NXDOMAIN says so. For a recipient domain we
+// serve, either means our set-up is wrong, not the user: unverifiable,
+// never a reject.
 func (s *Service) dnsResult(addr address.Address, purpose verdict.Purpose, err error) callout.Result {
 	v := verdict.Verdict{Kind: verdict.KindAddress, Address: addr.String(), Domain: addr.Domain,
 		Text: verdict.CleanText(err.Error()), CheckedAt: time.Now(), Source: verdict.SourceProbe}
 	switch {
-	case errors.Is(err, resolve.ErrNoMail) && purpose == verdict.Sender:
-		v.Status, v.Reason, v.Code, v.Enhanced = verdict.Invalid, ReasonNoMail, 550, "5.1.2"
+	case errors.Is(err, resolve.ErrNullMX) && purpose == verdict.Sender:
+		v.Status, v.Reason, v.Code, v.Enhanced = verdict.Invalid, ReasonNullMX, 550, verdict.EnhancedNullMX
+	case errors.Is(err, resolve.ErrNoDomain) && purpose == verdict.Sender && s.cfg.SenderNXDomain == "reject":
+		v.Status, v.Reason, v.Code, v.Enhanced = verdict.Invalid, ReasonNoDomain, 550, "5.1.8"
+	case errors.Is(err, resolve.ErrNoDomain) && purpose == verdict.Sender:
+		// Invalid but not definite (a 4xx): deferred, never stored.
+		v.Status, v.Reason, v.Code, v.Enhanced = verdict.Invalid, ReasonNoDomain, 450, "4.1.8"
 	case errors.Is(err, resolve.ErrNoMail):
 		v.Status, v.Reason = verdict.Unverifiable, ReasonNoMail
 	default:

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/callout-mail/callout/shared/dnstest"
 	"github.com/callout-mail/callout/shared/domains"
 	"github.com/callout-mail/callout/shared/kvkey"
 	"github.com/callout-mail/callout/shared/natstest"
@@ -296,5 +297,40 @@ func TestSlowDialogueIsNotRedelivered(t *testing.T) {
 	}
 	if n := dest.RcptsFor("slow@example.org"); n != 1 {
 		t.Fatalf("%d RCPTs: the job was redelivered while its dialogue ran", n)
+	}
+}
+
+// A sender domain's DNS answer: a null MX is a definite 550 5.7.27; a
+// domain that does not exist is a 4xx by default (deferred, not stored)
+// and a 550 5.1.8 only when SENDER_NXDOMAIN says reject; for a recipient
+// domain neither is ever a reject.
+func TestSenderDomainDNS(t *testing.T) {
+	for _, tc := range []struct {
+		setting, domain string
+		purpose         verdict.Purpose
+		status          verdict.Status
+		code            int
+		enhanced        string
+	}{
+		{"defer", "nullmx.example", verdict.Sender, verdict.Invalid, 550, "5.7.27"},
+		{"defer", "nxdomain.example", verdict.Sender, verdict.Invalid, 450, "4.1.8"},
+		{"reject", "nxdomain.example", verdict.Sender, verdict.Invalid, 550, "5.1.8"},
+		{"reject", "nxdomain.example", verdict.Recipient, verdict.Unverifiable, 0, ""},
+		{"reject", "nullmx.example", verdict.Recipient, verdict.Unverifiable, 0, ""},
+	} {
+		t.Run(tc.setting+" "+tc.domain+" "+string(tc.purpose), func(t *testing.T) {
+			h := newHarness(t)
+			cfg := testConfig()
+			cfg.SenderNXDomain = tc.setting
+			cfg.DNSServer = dnstest.Start(t, "nullmx.example. 60 IN MX 0 .")
+			h.start(t, cfg)
+			v := h.ask(t, tc.domain, "x", wire.ProbeJob{Address: "x@" + tc.domain, Purpose: tc.purpose}, 10*time.Second)
+			if v.Status != tc.status || v.Code != tc.code || v.Enhanced != tc.enhanced {
+				t.Fatalf("verdict %s %d %s (%s), want %s %d %s", v.Status, v.Code, v.Enhanced, v.Reason, tc.status, tc.code, tc.enhanced)
+			}
+			if tc.code == 450 && verdict.Definite(v) {
+				t.Fatal("a 4xx sender-domain verdict is definite")
+			}
+		})
 	}
 }

@@ -18,6 +18,11 @@ import (
 var (
 	// ErrNoMail: the domain does not exist or publishes a null MX.
 	ErrNoMail = errors.New("domain accepts no mail")
+	// ErrNullMX: the domain says it takes no mail (RFC 7505). An ErrNoMail.
+	ErrNullMX = fmt.Errorf("%w: null MX", ErrNoMail)
+	// ErrNoDomain: DNS says the domain does not exist (NXDOMAIN), which a
+	// newly registered domain may still be told. An ErrNoMail.
+	ErrNoDomain = fmt.Errorf("%w: no such domain", ErrNoMail)
 	// ErrTemporary: DNS did not answer usefully; try later.
 	ErrTemporary = errors.New("temporary DNS failure")
 )
@@ -68,14 +73,14 @@ func (r *Resolver) MX(ctx context.Context, domain string) ([]string, error) {
 		addrs, herr := r.DNS.LookupHost(ctx, domain)
 		if herr != nil {
 			if errors.As(herr, &de) && de.IsNotFound {
-				return nil, fmt.Errorf("%w: %s does not exist", ErrNoMail, domain)
+				return nil, fmt.Errorf("%w: %s does not exist", ErrNoDomain, domain)
 			}
 			return nil, fmt.Errorf("%w: A/AAAA %s: %v", ErrTemporary, domain, herr)
 		}
 		return r.hostPorts(addrs), nil
 	}
 	if len(mxs) == 1 && (mxs[0].Host == "." || mxs[0].Host == "") {
-		return nil, fmt.Errorf("%w: %s publishes a null MX", ErrNoMail, domain)
+		return nil, fmt.Errorf("%w: %s publishes a null MX", ErrNullMX, domain)
 	}
 	sort.SliceStable(mxs, func(i, j int) bool { return mxs[i].Pref < mxs[j].Pref })
 	var hosts []string
@@ -96,7 +101,7 @@ func (r *Resolver) MX(ctx context.Context, domain string) ([]string, error) {
 		if lastErr != nil {
 			return nil, fmt.Errorf("%w: no address for the MX hosts of %s: %v", ErrTemporary, domain, lastErr)
 		}
-		return nil, fmt.Errorf("%w: %s has no usable MX", ErrNoMail, domain)
+		return nil, fmt.Errorf("%w: %s has no usable MX", ErrNullMX, domain)
 	}
 	return hosts, nil
 }

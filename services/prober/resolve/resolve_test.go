@@ -27,8 +27,8 @@ func TestMX(t *testing.T) {
 		{"mx.example", []string{"127.0.0.10:2525", "127.0.0.20:2525", "127.0.0.21:2525"}, nil},
 		{"plain.example", []string{"127.0.0.1:2525"}, nil},
 		{"lame.example", nil, ErrTemporary}, // its MX host has no address
-		{"nullmx.example", nil, ErrNoMail},
-		{"nxdomain.example", nil, ErrNoMail},
+		{"nullmx.example", nil, ErrNullMX},
+		{"nxdomain.example", nil, ErrNoDomain},
 		{"x.fail", nil, ErrTemporary},
 		{"x.slow", nil, ErrTemporary},
 	}
