@@ -416,13 +416,14 @@ func (c *Copy) Prune(now time.Time, longest time.Duration) {
 }
 
 // LookupKeys are the keys a lookup reads: the address's, one per probe
-// sender, then the domain's catch-all and access facts.
+// sender, then the domain's catch-all, access and control facts.
 func LookupKeys(a address.Address, purpose verdict.Purpose, senders []string) []string {
-	keys := make([]string, 0, len(senders)+2)
+	keys := make([]string, 0, len(senders)+3)
 	for _, snd := range senders {
 		keys = append(keys, kvkey.Address(a.Domain, a.Local, purpose, snd))
 	}
-	return append(keys, kvkey.Domain(a.Domain, purpose, kvkey.FactCatchAll), kvkey.Domain(a.Domain, purpose, kvkey.FactAccess))
+	return append(keys, kvkey.Domain(a.Domain, purpose, kvkey.FactCatchAll), kvkey.Domain(a.Domain, purpose, kvkey.FactAccess),
+		kvkey.Domain(a.Domain, purpose, kvkey.FactControl))
 }
 
 // live is the fact held, if it is one and has not expired.
@@ -448,8 +449,9 @@ func Fresh(key string, data []byte, now time.Time) (verdict.Verdict, bool) {
 // Reply is what the cache answers for a: its own entry (own, for one of
 // the senders), else the domain's catch-all fact, else a domain access
 // fact that covers the senders (the last one is the one a callout would
-// use). On a miss it carries the facts the callout needs.
-func Reply(a address.Address, senders []string, own, catchAll, access *verdict.Verdict) wire.LookupReply {
+// use). On a miss it carries the facts the callout needs (control: the
+// control probe's; it never answers for an address).
+func Reply(a address.Address, senders []string, own, catchAll, access, control *verdict.Verdict) wire.LookupReply {
 	if own != nil {
 		return wire.LookupReply{Hit: true, Verdict: own}
 	}
@@ -460,7 +462,7 @@ func Reply(a address.Address, senders []string, own, catchAll, access *verdict.V
 	if access != nil && (!verdict.SenderSpecific(*access) || access.Sender == senders[len(senders)-1]) {
 		return wire.LookupReply{Hit: true, Verdict: forAddress(*access, a)}
 	}
-	return wire.LookupReply{CatchAll: catchAll, Refused: access}
+	return wire.LookupReply{CatchAll: catchAll, Refused: access, Control: control}
 }
 
 // forAddress is a domain fact answering for one address of the domain.
@@ -496,6 +498,7 @@ func (c *Copy) Answer(a address.Address, purpose verdict.Purpose, senders []stri
 		}
 	}
 	ca, acc := c.uncovered(c.facts[keys[len(senders)]].live(now)), c.uncovered(c.facts[keys[len(senders)+1]].live(now))
+	ctl := c.uncovered(c.facts[keys[len(senders)+2]].live(now))
 	c.mu.Unlock()
-	return Reply(a, senders, nil, ca, acc), true
+	return Reply(a, senders, nil, ca, acc, ctl), true
 }

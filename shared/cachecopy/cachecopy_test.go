@@ -233,3 +233,36 @@ func TestCovers(t *testing.T) {
 		t.Errorf("after Prune: covered, or domains kept %v", c.recDomains)
 	}
 }
+
+// While the bucket is read, a record rewritten by a later only-invalid
+// flush (its revision after the entries) drops nothing: the entries may
+// have been written after the flush of everything it records. Once read,
+// a new flush of everything drops what was written before it. A fact or
+// key that a record covers is still never answered (Covers).
+func TestLoadKeepsWhatARewrittenRecordPredates(t *testing.T) {
+	flushedAll := time.Now().Add(-time.Minute)
+	rec := record(t, Record{Any: flushedAll, Invalid: time.Now().Add(-time.Second)})
+	fact := kvkey.Domain("example.org", verdict.Recipient, kvkey.FactCatchAll)
+	for _, loadedFirst := range []bool{false, true} {
+		c := New(100)
+		if loadedFirst {
+			c.Loaded()
+		}
+		c.Apply(addrKey("example.org", "alice"), entry(t, verdict.Valid, "accepted", time.Hour), 5, false)
+		c.Apply(fact, entry(t, verdict.NotCatchAll, "random_refused", time.Hour), 6, false)
+		c.Apply(kvkey.FlushAll, rec, 9, false)
+		c.Loaded()
+		_, aliceKnown := known(t, c, "alice@example.org")
+		r, _ := known(t, c, "nobody@example.org")
+		if loadedFirst {
+			// A live flush of everything at revision 9: both went.
+			if !aliceKnown || c.Keys() != 0 {
+				t.Fatalf("live flush: alice known %v, %d keys", aliceKnown, c.Keys())
+			}
+			continue
+		}
+		if aliceKnown || c.Keys() != 1 || r.CatchAll == nil {
+			t.Fatalf("while loading: alice taken for absent %v, %d keys, catch-all fact %v", aliceKnown, c.Keys(), r.CatchAll)
+		}
+	}
+}

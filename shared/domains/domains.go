@@ -45,6 +45,9 @@ type Policy struct {
 	OnUnverifiable verdict.Action `json:"on_unverifiable,omitempty"` // accept (default) or defer
 	Sender         string         `json:"sender,omitempty"`          // probe MAIL FROM; empty is <>
 	FallbackSender string         `json:"fallback_sender,omitempty"` // used when <> is refused
+	// ControlProbe "off" stops the control probe (RCPT postmaster) for a
+	// hosted domain that provisions no postmaster; "" or "on": probed.
+	ControlProbe string `json:"control_probe,omitempty"`
 
 	index  map[string]struct{} // lower-case mailboxes, built by Normalize
 	bindex map[string]struct{} // lower-case bypass list
@@ -164,6 +167,11 @@ func (p Policy) Validate() error {
 	case "", verdict.Defer, verdict.Accept:
 	default:
 		return fieldErr("on_unverifiable", "%q (want defer or accept)", p.OnUnverifiable)
+	}
+	switch p.ControlProbe {
+	case "", "on", "off":
+	default:
+		return fieldErr("control_probe", "%q (want on or off)", p.ControlProbe)
 	}
 	for name, s := range map[string]string{"sender": p.Sender, "fallback_sender": p.FallbackSender} {
 		if s == "" {

@@ -25,6 +25,10 @@ var ErrBadKey = errors.New("not a callout cache key")
 const (
 	FactCatchAll = "catchall" // catch_all or not_catch_all
 	FactAccess   = "access"   // we are refused: null sender rejected, blocked
+	// FactControl is the control probe's answer: postmaster@domain, which
+	// RFC 5321 requires to exist, accepted (valid) or refused (invalid).
+	// Refused, the destination is refusing the verifier, not the user.
+	FactControl = "postmaster"
 )
 
 const hexdigits = "0123456789ABCDEF"

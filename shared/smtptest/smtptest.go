@@ -349,8 +349,9 @@ func pathOf(arg string) string {
 	return p
 }
 
-// Mailboxes answers 250 for the listed addresses and for any address of a
-// catch-all domain, and 550 5.1.1 for the rest.
+// Mailboxes answers 250 for the listed addresses, for postmaster of every
+// domain (RFC 5321 requires it) and for any address of a catch-all
+// domain, and 550 5.1.1 for the rest.
 func Mailboxes(boxes, catchAll []string) func(from, to string) string {
 	known := map[string]bool{}
 	for _, b := range boxes {
@@ -363,7 +364,7 @@ func Mailboxes(boxes, catchAll []string) func(from, to string) string {
 	return func(_, to string) string {
 		to = strings.ToLower(to)
 		_, domain, _ := strings.Cut(to, "@")
-		if known[to] || all[domain] {
+		if known[to] || all[domain] || strings.HasPrefix(to, "postmaster@") {
 			return "250 2.1.5 Ok"
 		}
 		return "550 5.1.1 <" + to + ">: Recipient address rejected: User unknown in local recipient table"

@@ -348,6 +348,8 @@ func (m *ProbeJob) decodeFast(r *reader) bool {
 			return r.str(&m.Sender)
 		case "fallback_sender":
 			return r.str(&m.FallbackSender)
+		case "control":
+			return r.str(&m.Control)
 		}
 		return false
 	})

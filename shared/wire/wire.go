@@ -57,9 +57,12 @@ type HostInfo struct {
 	Reuse     bool    `json:"reuse"`
 	PlainText bool    `json:"plaintext"`
 	LastReply string  `json:"last_reply,omitempty"`
-	Calls     uint64  `json:"calls"`  // dialogues with the host since the prober started
-	P50MS     float64 `json:"p50_ms"` // dialogue time, over the last 128
-	P99MS     float64 `json:"p99_ms"`
+	// RefusesVerifier is the last domain whose control probe (RCPT
+	// postmaster) this host refused: its 5xx say nothing of users.
+	RefusesVerifier string  `json:"refuses_verifier,omitempty"`
+	Calls           uint64  `json:"calls"`  // dialogues with the host since the prober started
+	P50MS           float64 `json:"p50_ms"` // dialogue time, over the last 128
+	P99MS           float64 `json:"p99_ms"`
 }
 
 // HostsReply is a prober's answer on the hosts subject (JSON), and the
@@ -118,7 +121,18 @@ type ProbeJob struct {
 	Route          []string `msgpack:"route,omitempty"`
 	Sender         string   `msgpack:"sender,omitempty"`
 	FallbackSender string   `msgpack:"fallback_sender,omitempty"`
+	// Control is what is known of the domain's control probe: "" nothing
+	// (the prober asks postmaster when a user-unknown needs it), or one
+	// of the Control* values.
+	Control string `msgpack:"control,omitempty"`
 }
+
+// What a job says of its domain's control probe.
+const (
+	ControlAccepted = "accepted" // postmaster accepted: user unknowns stand
+	ControlRefused  = "refused"  // postmaster refused: the verifier is refused, no 5xx is a user unknown
+	ControlOff      = "off"      // the domain's policy turns the control probe off
+)
 
 // LookupRequest asks the cache what it knows about Address. Senders lists the
 // probe senders whose results count, in order ("" is the null sender).
@@ -149,6 +163,8 @@ type LookupReply struct {
 	// later sender may still pass (the null sender refused, a fallback
 	// configured): the next callout starts with the fallback.
 	Refused *verdict.Verdict `msgpack:"refused,omitempty"`
+	// Control, on a miss, is the domain's control probe fact, when known.
+	Control *verdict.Verdict `msgpack:"control,omitempty"`
 	// For a request with a Job, on a miss: queued, or one for the same
 	// target was pending already, or QueueError says why it was not queued
 	// (then the asker queues it). All unset: the job was not looked at.
@@ -162,6 +178,12 @@ type LookupReply struct {
 // refuse the first probe sender starts with the fallback sender.
 func (r *LookupReply) Adjust(job *ProbeJob) {
 	job.SkipRandom = r.CatchAll != nil && r.CatchAll.Status == verdict.NotCatchAll
+	if f := r.Control; f != nil && job.Control == "" {
+		job.Control = ControlAccepted
+		if f.Status == verdict.Invalid {
+			job.Control = ControlRefused
+		}
+	}
 	if f := r.Refused; f != nil && verdict.SenderSpecific(*f) && f.Sender == job.Sender && job.FallbackSender != "" {
 		job.Sender, job.FallbackSender = job.FallbackSender, ""
 	}

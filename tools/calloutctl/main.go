@@ -500,14 +500,18 @@ func (a *app) hosts(ctx context.Context, args []string) error {
 		return errors.New("hosts: no prober answered")
 	}
 	tw := tabwriter.NewWriter(a.out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PROBER\tHOST\tBREAKER\tCALLS\tP50 MS\tP99 MS\tRATE/S\tBACKOFF\tIN USE\tIDLE\tREUSE\tTLS\tLAST REPLY")
+	fmt.Fprintln(tw, "PROBER\tHOST\tBREAKER\tCALLS\tP50 MS\tP99 MS\tRATE/S\tBACKOFF\tIN USE\tIDLE\tREUSE\tTLS\tREFUSES VERIFIER\tLAST REPLY")
 	for _, ph := range all {
 		for _, h := range ph.Hosts {
 			tlsState := "ok"
 			if h.PlainText {
 				tlsState = "plaintext"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%.1f\t%.1f\t%.2f\t%d\t%d\t%d\t%v\t%s\t%s\n", ph.Instance, h.Host, h.Breaker, h.Calls, h.P50MS, h.P99MS, h.Rate, h.Backoff, h.InUse, h.Idle, h.Reuse, tlsState, h.LastReply)
+			refusing := h.RefusesVerifier
+			if refusing == "" {
+				refusing = "-"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%.1f\t%.1f\t%.2f\t%d\t%d\t%d\t%v\t%s\t%s\t%s\n", ph.Instance, h.Host, h.Breaker, h.Calls, h.P50MS, h.P99MS, h.Rate, h.Backoff, h.InUse, h.Idle, h.Reuse, tlsState, refusing, h.LastReply)
 		}
 		fmt.Fprintf(tw, "%s\t(%d jobs waiting for busy hosts)\n", ph.Instance, ph.Waiting)
 	}

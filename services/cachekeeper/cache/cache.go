@@ -54,6 +54,10 @@ func (t TTLs) For(v verdict.Verdict) time.Duration {
 			return t.NotCatchAll
 		case verdict.Unverifiable:
 			return t.Unverifiable
+		case verdict.Valid: // the control probe's postmaster accepted
+			return t.Valid
+		case verdict.Invalid: // postmaster refused
+			return t.Invalid
 		}
 		return 0
 	}
@@ -145,7 +149,7 @@ func keyOf(v verdict.Verdict, sender string) (string, error) {
 		return "", fmt.Errorf("%w: %q", ErrNoView, v.Purpose)
 	}
 	if v.Kind == verdict.KindDomain {
-		if v.Fact != kvkey.FactCatchAll && v.Fact != kvkey.FactAccess {
+		if v.Fact != kvkey.FactCatchAll && v.Fact != kvkey.FactAccess && v.Fact != kvkey.FactControl {
 			return "", fmt.Errorf("unknown domain fact %q", v.Fact)
 		}
 		d, err := address.NormalizeDomain(v.Domain)
@@ -457,7 +461,11 @@ func (s *Store) LookupAfter(ctx context.Context, addr address.Address, purpose v
 	if r := res[len(senders)+1]; r.ok {
 		acc = &r.v
 	}
-	return cachecopy.Reply(addr, senders, own, ca, acc), nil
+	var ctl *verdict.Verdict
+	if r := res[len(senders)+2]; r.ok {
+		ctl = &r.v
+	}
+	return cachecopy.Reply(addr, senders, own, ca, acc, ctl), nil
 }
 
 // dropCovered marks absent the entries found that a flush covers. copied

@@ -227,6 +227,7 @@ func formPolicy(f url.Values) domains.Policy {
 		OnUnverifiable: verdict.Action(f.Get("on_unverifiable")),
 		Sender:         strings.TrimSpace(f.Get("sender")),
 		FallbackSender: strings.TrimSpace(f.Get("fallback_sender")),
+		ControlProbe:   f.Get("control_probe"),
 	}
 }
 

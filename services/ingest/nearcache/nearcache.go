@@ -192,6 +192,9 @@ func (c *Cache) Apply(key string, rev uint64) {
 		return // legacy or foreign keys are never served from here
 	}
 	if k.Kind == "domain" {
+		if k.Fact == kvkey.FactControl {
+			return // never an answer: the entries held stay as they are
+		}
 		c.dropDomain(k.Domain, kvkey.View(k.Purpose))
 		return
 	}

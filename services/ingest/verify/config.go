@@ -20,6 +20,7 @@ type Config struct {
 	Workers              int             `default:"2048" desc:"requests handled at once"`
 	NearCacheEntries     int             `envconfig:"NEAR_CACHE_ENTRIES" default:"100000" desc:"cache hits kept in this ingest, answered with no further hop (0: off)"`
 	KnownKeys            int             `envconfig:"KNOWN_KEYS" default:"2000000" desc:"address keys of the cache bucket this ingest indexes (with the near cache on), so that a miss for an address without any is known without asking the cachekeeper; past it every miss asks (0: off)"`
+	RefreshAge           time.Duration   `envconfig:"REFRESH_AGE" default:"48h" desc:"a valid entry older than this that the near cache answers is re-probed in the background, at most once per address per period (0: off; the cachekeeper's own REFRESH_AGE covers the lookups it answers)"`
 	PendingRetry         time.Duration   `envconfig:"PENDING_RETRY" default:"500ms" desc:"while another's job for an address is pending and its verdict was not seen, try to queue one this often"`
 	Replicas             int             `default:"1" desc:"JetStream replicas of streams and buckets"`
 	UnknownDomains       string          `envconfig:"UNKNOWN_DOMAINS" default:"accept" desc:"recipient domains without a policy: accept (unverifiable; relay control stays with the MTA), reject (550 5.7.1) or callout (by MX)"`

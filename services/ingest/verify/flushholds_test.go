@@ -73,7 +73,7 @@ func (m *mailboxes) rcpt(_, to string) string {
 		m.held <- to
 		<-c
 	}
-	if valid {
+	if valid || strings.HasPrefix(to, "postmaster@") {
 		return "250 2.1.5 Ok"
 	}
 	return "550 5.1.1 <" + to + ">: Recipient address rejected: User unknown in local recipient table"

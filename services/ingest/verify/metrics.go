@@ -20,6 +20,7 @@ type metrics struct {
 	// applied here; flushedVerdicts: verdicts a known flush covers, refused.
 	unconfirmed     prometheus.Counter
 	flushedVerdicts prometheus.Counter
+	refreshes       prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, policyErrors func() int, near *nearcache.Cache, index *cachecopy.Copy) *metrics {
@@ -50,6 +51,9 @@ func newMetrics(reg prometheus.Registerer, policyErrors func() int, near *nearca
 	m.flushedVerdicts = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "callout_ingest_flushed_verdicts_total", Help: "Verdicts of callouts that started before a flush of their scope, refused as an answer (a fresh callout is asked instead).",
 	})
+	m.refreshes = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "callout_ingest_refreshes_total", Help: "Background re-probes queued for old valid entries the near cache answered.",
+	})
 	m.shed = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "callout_ingest_shed_total", Help: "Requests answered 451 4.3.2 at once because every worker was busy.",
 	})
@@ -63,7 +67,7 @@ func newMetrics(reg prometheus.Registerer, policyErrors func() int, near *nearca
 	m.monitored = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "callout_ingest_monitor_would_total", Help: "Monitor-mode domains: requests accepted that callout mode would have rejected or deferred, per domain (domains with a policy only).",
 	}, []string{"domain", "action"})
-	reg.MustRegister(m.known, m.unconfirmed, m.flushedVerdicts,
+	reg.MustRegister(m.known, m.unconfirmed, m.flushedVerdicts, m.refreshes,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "callout_ingest_known_keys", Help: "Address keys of the cache bucket indexed in this ingest."},
 			func() float64 { return float64(index.Keys()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "callout_ingest_known_keys_complete", Help: "1 when the index holds every address key of the bucket (misses are known without a lookup)."},

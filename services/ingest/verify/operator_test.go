@@ -22,7 +22,7 @@ func TestMonitorMode(t *testing.T) {
 	sys := startSystem(t, ingestConfig())
 	dest := destination(t, smtptest.Config{Mailboxes: []string{"alice@watch.example"}, Rcpt: func(_, to string) string {
 		switch {
-		case strings.HasPrefix(to, "alice@"):
+		case strings.HasPrefix(to, "alice@"), strings.HasPrefix(to, "postmaster@"):
 			return "250 2.1.5 Ok"
 		case strings.HasPrefix(to, "grey@"):
 			return "450 4.2.0 Greylisted"

@@ -84,6 +84,8 @@ type Service struct {
 	// not served (see fenced).
 	fence atomic.Uint64
 	id    atomic.Value // string: the micro service id, named in flush confirmations
+	// refreshes re-probes old valid entries the near cache answers.
+	refreshes refresher
 }
 
 // flight is one pending callout that any number of requests wait for.
@@ -141,6 +143,7 @@ func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger)
 		domains: domains.NewTable(nil), brake: brake.New(brake.Config{Limit: cfg.BrakeLimit, Window: cfg.BrakeWindow, MaxClients: cfg.BrakeMaxClients, IPv6Prefix: cfg.BrakeIPv6Prefix}),
 		extra: map[string]bool{}, flights: map[string]*flight{}, ready: make(chan struct{})}
 	s.near = nearcache.New(cfg.NearCacheEntries)
+	s.refreshes.age = cfg.RefreshAge
 	s.index = cachecopy.New(cfg.KnownKeys)
 	s.rewatch = make(chan struct{}, 1)
 	s.m = newMetrics(reg, s.domains.Errors, s.near, s.index)
@@ -557,6 +560,7 @@ func (s *Service) local(req wire.VerifyRequest, purpose verdict.Purpose) (verdic
 	nearKey := nearcache.Key(as, purpose, senders)
 	if r, ok := s.near.Get(nearKey); ok {
 		if r.Verdict.Status != verdict.Invalid || s.nc.IsConnected() && !s.fenced() {
+			s.refresh(a, purpose, pol, r.Verdict)
 			return *r.Verdict, dpol, nil
 		}
 		// A reject this ingest cannot know is current: a flush may have
@@ -669,6 +673,9 @@ func newJob(a address.Address, purpose verdict.Purpose, pol domains.Policy) wire
 		Routed: true, Sender: pol.Sender, FallbackSender: pol.FallbackSender}
 	if purpose == verdict.Recipient {
 		job.Route = pol.Route
+	}
+	if pol.ControlProbe == "off" {
+		job.Control = wire.ControlOff
 	}
 	return job
 }

@@ -54,13 +54,13 @@ func (s *system) drained(t *testing.T) {
 	})
 }
 
-// A sender check of a served domain goes by MX (here: none, the domain has
-// no public DNS) and finds it takes no mail. That must never answer a
-// recipient check, which goes by the domain's route.
+// A sender check of a served domain goes by MX (here: a null MX, the
+// domain's public DNS says it takes no mail) and is refused. That must
+// never answer a recipient check, which goes by the domain's route.
 func TestSenderFactsNeverAnswerRecipients(t *testing.T) {
 	dest := destination(t, smtptest.Config{Mailboxes: []string{"user@corp.example", "other@corp.example"}, Delay: 20 * time.Millisecond})
 	_, port, _ := net.SplitHostPort(dest.Addr())
-	sys := mxSystem(t, ingestConfig(), port) // corp.example: NXDOMAIN
+	sys := mxSystem(t, ingestConfig(), port, "corp.example. 60 IN MX 0 .")
 	sys.policy(t, "corp.example", domains.Policy{Route: []string{dest.Addr()}})
 
 	t.Run("sequential", func(t *testing.T) {
@@ -317,6 +317,9 @@ func TestFlushNotUndoneByOlderVerdict(t *testing.T) {
 	var mu sync.Mutex
 	exists := false
 	dest := destination(t, smtptest.Config{Rcpt: func(_, to string) string {
+		if strings.HasPrefix(to, "postmaster@") {
+			return "250 2.1.5 Ok"
+		}
 		if to != "fixed@example.org" {
 			return "550 5.1.1 User unknown"
 		}
@@ -383,5 +386,37 @@ func TestFallbackSenderFirst(t *testing.T) {
 	defer mu.Unlock()
 	if nulls != 1 {
 		t.Fatalf("MAIL FROM:<> sent %d times, want once", nulls)
+	}
+}
+
+// A destination that answers a relay refusal with the bare "550 Invalid
+// recipient" it uses for unknown users refuses postmaster too (the
+// control probe): none of its 5xx is a reject, the fact is cached (the
+// next unknown address asks no postmaster), and a policy that turns the
+// control probe off gets the rejects back.
+func TestControlProbeCatchesRelayRefusal(t *testing.T) {
+	sys := startSystem(t, ingestConfig())
+	dest := destination(t, smtptest.Config{Rcpt: func(_, to string) string {
+		if strings.HasPrefix(to, "alice@") {
+			return "250 2.1.5 Ok"
+		}
+		return "550 Invalid recipient"
+	}})
+	sys.policy(t, "relay.example", domains.Policy{Route: []string{dest.Addr()}})
+	sys.policy(t, "hosted.example", domains.Policy{Route: []string{dest.Addr()}, ControlProbe: "off"})
+	for _, a := range []string{"bob@relay.example", "carol@relay.example"} {
+		rep := sys.verify(t, rcpt(a))
+		if rep.Decision.Action != verdict.Accept || rep.Verdict.Reason != "destination_refuses_verifier" {
+			t.Fatalf("%s: %+v (%s/%s)", a, rep.Decision, rep.Verdict.Status, rep.Verdict.Reason)
+		}
+		sys.drained(t)
+	}
+	if n := dest.RcptsFor("postmaster@relay.example"); n != 1 {
+		t.Fatalf("postmaster asked %d times, want once", n)
+	}
+	expect(t, sys.verify(t, rcpt("alice@relay.example")), verdict.Accept, 250, verdict.SourceProbe)
+	expect(t, sys.verify(t, rcpt("bob@hosted.example")), verdict.Reject, 550, verdict.SourceProbe)
+	if n := dest.RcptsFor("postmaster@hosted.example"); n != 0 {
+		t.Fatalf("postmaster of a domain with the control probe off asked %d times", n)
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/callout-mail/callout/shared/address"
 	"github.com/callout-mail/callout/shared/kvkey"
 	"github.com/callout-mail/callout/shared/verdict"
+	"github.com/callout-mail/callout/shared/wire"
 )
 
 // Reasons for verdicts that come from the dialogue rather than a RCPT reply.
@@ -35,7 +36,11 @@ const (
 	ReasonRandomAccepted     = "random_accepted"
 	ReasonRandomRefused      = "random_refused"
 	ReasonRandomDeferred     = "random_deferred"
-	ReasonNoDestination      = "no_destination"
+	// ReasonRefusesVerifier: the destination refused postmaster too (the
+	// control probe), so its 5xx is a refusal of the verifier.
+	ReasonRefusesVerifier = "destination_refuses_verifier"
+	ReasonControlAccepted = "postmaster_accepted"
+	ReasonNoDestination   = "no_destination"
 )
 
 // Config is the verifier's settings.
@@ -71,6 +76,7 @@ type Target struct {
 	Sender         string                // MAIL FROM; "" is <>
 	FallbackSender string                // used when the sender is refused
 	SkipRandom     bool                  // the domain is known not to be a catch-all
+	Control        string                // what is known of the control probe (wire.Control*; "": nothing)
 	Trace          *smtpprobe.Transcript // when set, the dialogue is recorded
 }
 
@@ -480,25 +486,8 @@ func (v *Verifier) transaction(ctx context.Context, d *destination.Dest, host st
 			noteReply(d, rep)
 			t.Trace.Add(host, "*", "random address inconclusive: asking the real one, no catch-all fact")
 		}
-		// Some servers take one recipient per transaction, some drop the
-		// connection after an unknown one: RSET, or reconnect (also when
-		// one more RSET would pass the host's non-mail command limit).
-		switch {
-		case s.c.NonMail()+1 > d.MaxNonMail():
-			s.c.Quit(ctx)
-			if fail, unhealthy := v.reopen(ctx, d, host, t, s, sender, facts, rcpts); fail != nil {
-				return *fail, false, unhealthy, false
-			}
-		case !s.c.Reset(ctx):
-			s.c.Close()
-			d.DisableReuse()
-			if fail, unhealthy := v.reopen(ctx, d, host, t, s, sender, facts, rcpts); fail != nil {
-				return *fail, false, unhealthy, false
-			}
-		default:
-			if fail, unhealthy := v.mailAgain(ctx, host, t, s, sender, facts, rcpts); fail != nil {
-				return *fail, false, unhealthy, false
-			}
+		if fail, unhealthy := v.nextTransaction(ctx, d, host, t, s, sender, facts, rcpts); fail != nil {
+			return *fail, false, unhealthy, false
 		}
 	}
 	var rep smtpprobe.Reply
@@ -530,9 +519,75 @@ func (v *Verifier) transaction(ctx context.Context, d *destination.Dest, host st
 	noteReply(d, rep)
 	c := classify.Rcpt(rep)
 	t.Trace.Add(host, "*", "RCPT reply classified %s (%s)", c.Status, c.Reason)
+	if c.Status == verdict.Invalid {
+		refused, fact := v.control(ctx, d, host, t, s, sender, &rcpts)
+		facts = append(facts, fact...)
+		if refused || len(fact) > 0 {
+			d.RefusesVerifier(t.Address.Domain, refused)
+		}
+		if refused {
+			t.Trace.Add(host, "*", "postmaster refused: the destination refuses the verifier, not the user")
+			c = classify.Result{Status: verdict.Unverifiable, Reason: ReasonRefusesVerifier}
+		}
+	}
 	r := v.result(t, host, sender, c.Status, c.Reason, rep)
 	r.Facts, r.Rcpts = facts, rcpts
-	return r, false, rep.Code == 421, rep.Code != 421
+	return r, false, rep.Code == 421, rep.Code != 421 && !s.c.Broken()
+}
+
+// control is the control probe, asked when a user unknown needs it: RCPT
+// postmaster@domain, which RFC 5321 requires to exist. A destination that
+// refuses it too is refusing the verifier (a relay refusal worded as
+// "Invalid recipient", a block), so its 5xx says nothing of the user.
+// What is known already (the job's Control) is not asked again: one RCPT
+// per domain per fact TTL at most, and none for a domain that never says
+// user unknown. A 4xx or a failure gives no fact, and the user unknown
+// stands, as it did before this probe.
+func (v *Verifier) control(ctx context.Context, d *destination.Dest, host string, t Target, s *session, sender string, rcpts *int) (refused bool, facts []verdict.Verdict) {
+	switch t.Control {
+	case wire.ControlRefused:
+		return true, nil
+	case wire.ControlAccepted, wire.ControlOff:
+		return false, nil
+	}
+	if fail, _ := v.nextTransaction(ctx, d, host, t, s, sender, nil, *rcpts); fail != nil {
+		return false, nil
+	}
+	rep, err := s.c.Rcpt(ctx, "postmaster@"+t.Address.Domain)
+	*rcpts++
+	s.rcpts++
+	if err != nil {
+		return false, nil
+	}
+	t.Trace.Add(host, "*", "control probe: postmaster %d %s", rep.Code, rep.Enhanced)
+	switch rep.Class() {
+	case 2:
+		f := v.fact(t, host, kvkey.FactControl, verdict.Valid, ReasonControlAccepted, rep)
+		f.Sender = sender
+		return false, []verdict.Verdict{f}
+	case 5:
+		f := v.fact(t, host, kvkey.FactControl, verdict.Invalid, ReasonRefusesVerifier, rep)
+		f.Sender = sender
+		return true, []verdict.Verdict{f}
+	}
+	return false, nil
+}
+
+// nextTransaction readies s for another transaction with sender. Some
+// servers take one recipient per transaction, some drop the connection
+// after an unknown one: RSET, or reconnect (also when one more RSET would
+// pass the host's non-mail command limit).
+func (v *Verifier) nextTransaction(ctx context.Context, d *destination.Dest, host string, t Target, s *session, sender string, facts []verdict.Verdict, rcpts int) (*Result, bool) {
+	switch {
+	case s.c.NonMail()+1 > d.MaxNonMail():
+		s.c.Quit(ctx)
+		return v.reopen(ctx, d, host, t, s, sender, facts, rcpts)
+	case !s.c.Reset(ctx):
+		s.c.Close()
+		d.DisableReuse()
+		return v.reopen(ctx, d, host, t, s, sender, facts, rcpts)
+	}
+	return v.mailAgain(ctx, host, t, s, sender, facts, rcpts)
 }
 
 // reopen replaces s (closed by the caller) with a new connection past

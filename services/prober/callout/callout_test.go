@@ -16,6 +16,7 @@ import (
 	"github.com/callout-mail/callout/shared/smtptest"
 	"github.com/callout-mail/callout/shared/verdict"
 	"github.com/callout-mail/callout/shared/waitfor"
+	"github.com/callout-mail/callout/shared/wire"
 )
 
 var secret = []byte("test-secret")
@@ -87,7 +88,9 @@ func TestVerify(t *testing.T) {
 			status: verdict.Valid, reason: "accepted", catchAll: verdict.NotCatchAll, rcpts: 2, wantCode: 250},
 		{name: "invalid", cfg: smtptest.Config{Mailboxes: boxes},
 			target: Target{Address: address.Address{Local: "nobody", Domain: "example.org"}},
-			status: verdict.Invalid, reason: "user_unknown", catchAll: verdict.NotCatchAll, rcpts: 2, wantCode: 550, wantEnhcd: "5.1.1"},
+			// The random address, nobody, then postmaster (the control
+			// probe a user unknown needs).
+			status: verdict.Invalid, reason: "user_unknown", catchAll: verdict.NotCatchAll, rcpts: 3, wantCode: 550, wantEnhcd: "5.1.1"},
 		{name: "catch-all: no real RCPT", cfg: smtptest.Config{CatchAll: []string{"example.org"}},
 			target: Target{Address: address.Address{Local: "anyone", Domain: "example.org"}},
 			status: verdict.CatchAll, reason: ReasonRandomAccepted, catchAll: verdict.CatchAll, rcpts: 1, wantCode: 250},
@@ -458,4 +461,64 @@ func TestAbandonedConnectionsClosed(t *testing.T) {
 	}
 	// One connection may stay idle for reuse; every other one is closed.
 	waitfor.Cond(t, 5*time.Second, func() bool { return s.Active() <= 1 })
+}
+
+// The control probe: a user unknown is checked against postmaster, once
+// per domain while the fact is cached. A destination that refuses
+// postmaster too (a server answering a relay refusal with the bare
+// "550 Invalid recipient" it uses for unknown users, a block worded as a
+// user unknown) is refusing the verifier: its 5xx is no user unknown.
+func TestControlProbe(t *testing.T) {
+	relay := func(_, to string) string {
+		if to == "alice@example.org" {
+			return "250 2.1.5 Ok"
+		}
+		return "550 Invalid recipient"
+	}
+	for _, tc := range []struct {
+		name    string
+		rcpt    func(from, to string) string
+		control string
+		addr    string
+		status  verdict.Status
+		reason  string
+		fact    verdict.Status // the control fact published, "" none
+		asked   int            // RCPTs of postmaster
+	}{
+		{"user unknown, postmaster accepted", smtptest.Mailboxes([]string{"alice@example.org"}, nil), "", "nobody", verdict.Invalid, "user_unknown", verdict.Valid, 1},
+		{"postmaster refused too", relay, "", "nobody", verdict.Unverifiable, ReasonRefusesVerifier, verdict.Invalid, 1},
+		{"known refused: not asked again", relay, wire.ControlRefused, "nobody", verdict.Unverifiable, ReasonRefusesVerifier, "", 0},
+		{"known accepted: not asked again", relay, wire.ControlAccepted, "nobody", verdict.Invalid, "user_unknown", "", 0},
+		{"off for the domain", relay, wire.ControlOff, "nobody", verdict.Invalid, "user_unknown", "", 0},
+		{"valid needs no control", relay, "", "alice", verdict.Valid, "accepted", "", 0},
+		{"greylisted postmaster: no fact, the user unknown stands", func(f, to string) string {
+			if strings.HasPrefix(to, "postmaster@") {
+				return "450 4.2.0 Greylisted"
+			}
+			return relay(f, to)
+		}, "", "nobody", verdict.Invalid, "user_unknown", "", 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := server(t, smtptest.Config{Rcpt: tc.rcpt})
+			v := verifier(destination.Config{})
+			r := v.Verify(context.Background(), Target{Address: addr(t, tc.addr+"@example.org"), Hosts: []string{s.Addr()}, Control: tc.control})
+			if r.Address.Status != tc.status || r.Address.Reason != tc.reason {
+				t.Fatalf("verdict %s/%s, want %s/%s", r.Address.Status, r.Address.Reason, tc.status, tc.reason)
+			}
+			f := fact(r, kvkey.FactControl)
+			switch {
+			case tc.fact == "" && f != nil:
+				t.Fatalf("control fact %+v, want none", f)
+			case tc.fact != "" && (f == nil || f.Status != tc.fact || f.Kind != verdict.KindDomain || f.Domain != "example.org"):
+				t.Fatalf("control fact %+v, want %s", f, tc.fact)
+			}
+			if n := s.RcptsFor("postmaster@example.org"); n != tc.asked {
+				t.Fatalf("postmaster asked %d times, want %d", n, tc.asked)
+			}
+			hosts := v.pool.Hosts(1)
+			if refusing := tc.reason == ReasonRefusesVerifier; refusing != (len(hosts) == 1 && hosts[0].RefusesVerifier == "example.org") {
+				t.Fatalf("host info %+v", hosts)
+			}
+		})
+	}
 }

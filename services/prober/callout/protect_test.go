@@ -15,6 +15,7 @@ import (
 	"github.com/callout-mail/callout/shared/smtptest"
 	"github.com/callout-mail/callout/shared/verdict"
 	"github.com/callout-mail/callout/shared/waitfor"
+	"github.com/callout-mail/callout/shared/wire"
 )
 
 func protectVerifier(dcfg destination.Config) (*Verifier, *destination.Pool) {
@@ -75,7 +76,7 @@ func TestTooManyRecipientsRetried(t *testing.T) {
 		return "550 5.1.1 <" + to + ">: Recipient address rejected: User unknown in local recipient table"
 	}})
 	v, _ := protectVerifier(destination.Config{MaxConns: 2, Rate: 100})
-	r := v.Verify(context.Background(), Target{Address: addr(t, "nobody@example.org"), Hosts: []string{s.Addr()}, SkipRandom: true})
+	r := v.Verify(context.Background(), Target{Address: addr(t, "nobody@example.org"), Hosts: []string{s.Addr()}, SkipRandom: true, Control: wire.ControlAccepted})
 	if r.Address.Status != verdict.Invalid || s.Conns() != 2 {
 		t.Fatalf("verdict %s/%s after %d connections", r.Address.Status, r.Address.Reason, s.Conns())
 	}

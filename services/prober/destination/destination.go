@@ -123,6 +123,7 @@ type Dest struct {
 	level        int // halvings in force
 	lastThrottle time.Time
 	lastReply    string // the host's last reply, for operators
+	refusing     string // the last domain whose control probe (postmaster) the host refused, for operators
 	inUse        int
 	calls        uint64
 	took         [128]time.Duration // the last dialogues' durations, a ring
@@ -488,13 +489,27 @@ func (d *Dest) Observe(took time.Duration) {
 	d.mu.Unlock()
 }
 
+// RefusesVerifier records what the control probe of domain said on this
+// host: refused (postmaster refused too) or not.
+func (d *Dest) RefusesVerifier(domain string, refused bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch {
+	case refused:
+		d.refusing = domain
+	case d.refusing == domain:
+		d.refusing = ""
+	}
+}
+
 // Info describes the host now.
 func (d *Dest) Info() Info {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	now := time.Now()
 	in := Info{Host: d.host, Breaker: d.cb.State().String(), Rate: float64(d.lim.Limit()), Backoff: d.level,
-		InUse: d.inUse, Idle: d.idleConnsLocked(), Reuse: d.reuseLocked(now), PlainText: now.Before(d.plainTil), LastReply: d.lastReply, Calls: d.calls}
+		InUse: d.inUse, Idle: d.idleConnsLocked(), Reuse: d.reuseLocked(now), PlainText: now.Before(d.plainTil), LastReply: d.lastReply, Calls: d.calls,
+		RefusesVerifier: d.refusing}
 	if n := min(d.calls, uint64(len(d.took))); n > 0 {
 		lat := append([]time.Duration(nil), d.took[:n]...)
 		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })

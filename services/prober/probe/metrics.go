@@ -14,6 +14,7 @@ type metrics struct {
 	inFlight    prometheus.Gauge
 	jobs        *prometheus.CounterVec
 	leaseErrors prometheus.Counter
+	refusing    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, pool *destination.Pool, policyErrors func() int, waiting func() float64) *metrics {
@@ -35,6 +36,10 @@ func newMetrics(reg prometheus.Registerer, pool *destination.Pool, policyErrors 
 			Name: "callout_prober_jobs_total", Help: "Jobs by outcome: done, garbage, gave_up, requeued.",
 		}, []string{"outcome"}),
 	}
+	m.refusing = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "callout_prober_verifier_refused_total", Help: "User unknowns not taken as such because the destination refused postmaster too (the control probe): it refuses the verifier.",
+	})
+	reg.MustRegister(m.refusing)
 	m.leaseErrors = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "callout_prober_lease_errors_total", Help: "Fleet-wide limits that could not be asked (the prober's own limits applied).",
 	})

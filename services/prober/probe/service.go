@@ -386,6 +386,9 @@ func (s *Service) complete(ctx context.Context, msg *pull.Msg, job wire.ProbeJob
 	el := time.Since(start)
 	s.m.duration.Observe(el.Seconds())
 	s.m.callouts.WithLabelValues(string(res.Address.Status)).Inc()
+	if res.Address.Reason == callout.ReasonRefusesVerifier {
+		s.m.refusing.Inc()
+	}
 	if res.Address.Host != "" && res.Rcpts > 0 {
 		kind := "opened"
 		if res.Reused {
@@ -456,14 +459,17 @@ func (s *Service) publish(ctx context.Context, subject string, v verdict.Verdict
 // Postfix's smtp_mx_address_limit), so a domain with 50 dead MX hosts
 // cannot burn the whole budget.
 func (s *Service) prepare(ctx context.Context, job wire.ProbeJob, addr address.Address, tr *smtpprobe.Transcript) (callout.Target, *callout.Result) {
-	route, sender, fallback := job.Route, job.Sender, job.FallbackSender
+	route, sender, fallback, control := job.Route, job.Sender, job.FallbackSender, job.Control
 	if !job.Routed {
 		pol, known := s.domains.Lookup(addr.Domain)
 		if known {
 			route, sender, fallback = pol.Route, pol.Sender, pol.FallbackSender
+			if pol.ControlProbe == "off" {
+				control = wire.ControlOff
+			}
 		}
 	}
-	target := callout.Target{Address: addr, SkipRandom: job.SkipRandom, Sender: sender, FallbackSender: fallback, Trace: tr}
+	target := callout.Target{Address: addr, SkipRandom: job.SkipRandom, Sender: sender, FallbackSender: fallback, Control: control, Trace: tr}
 	if job.Purpose != verdict.Sender && !(domains.Policy{Route: route}).UsesMX() {
 		target.Hosts = route
 		tr.Add("", "*", "hosts by the domain's route: %s", strings.Join(route, " "))
