@@ -121,8 +121,11 @@ func TestPostfixFlow(t *testing.T) {
 	needPostfix(t)
 	destAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	deadAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	// postmaster is provisioned, as RFC 5321 requires and Postfix's
+	// VIRTUAL_README advises: the control probe asks it before a user
+	// unknown is taken as one.
 	dest := startPostfix(t, "dest-main.cf", destAddr, "", map[string]string{
-		"vmailbox": "alice@dest.example alice/\nbob@dest.example bob/\n",
+		"vmailbox": "alice@dest.example alice/\nbob@dest.example bob/\npostmaster@dest.example postmaster/\n",
 	})
 	s := newSystem(t, options{env: map[string][]string{"ingest": {"CALLOUT_INGEST_TIMEOUT=8s"}}})
 	s.setPolicy("dest.example", domains.Policy{Route: []string{destAddr}})
