@@ -3,6 +3,7 @@ package wire
 import (
 	"bytes"
 	"errors"
+	"math"
 	"testing"
 	"time"
 
@@ -210,6 +211,23 @@ func TestEntry(t *testing.T) {
 	for _, bad := range [][]byte{{0x99, 0x02}, {0x93, 0x02, 0x01, 0xa0}, {0x99, 0x07, 0, 0xa0, 0, 0xa0, 0xa0, 0xa0, 0, 0}} {
 		if _, err := DecodeEntry(key, bad); err == nil {
 			t.Errorf("%x decoded", bad)
+		}
+	}
+}
+
+// A request's timeout is capped before it becomes a duration.
+func TestVerifyRequestTimeout(t *testing.T) {
+	def, max := 25*time.Second, 25*time.Second
+	for _, tc := range []struct {
+		ms   int
+		want time.Duration
+	}{
+		{0, def}, {-1, def}, {math.MinInt, def}, {1, time.Millisecond}, {5000, 5 * time.Second},
+		{25000, max}, {25001, max}, {math.MaxInt / 1000, max}, {math.MaxInt, max},
+	} {
+		req := VerifyRequest{TimeoutMS: tc.ms}
+		if got := req.Timeout(def, max); got != tc.want {
+			t.Errorf("timeout_ms %d: %v, want %v", tc.ms, got, tc.want)
 		}
 	}
 }

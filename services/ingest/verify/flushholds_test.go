@@ -3,6 +3,7 @@ package verify
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"math"
 	"strings"
 	"sync"
@@ -259,20 +260,34 @@ func TestPolicyKeyNormalized(t *testing.T) {
 }
 
 // A request's timeout_ms is capped before it becomes a duration: the
-// largest value must not wrap to an instant deadline.
+// largest value must not wrap to an instant deadline. A near-cache hit
+// needs no deadline; a miss (the near cache off here) does: both accept.
 func TestTimeoutOverflow(t *testing.T) {
-	icfg := ingestConfig()
-	icfg.NearCacheEntries, icfg.KnownKeys = 0, 0
-	sys := startSystem(t, icfg)
-	dest := destination(t, smtptest.Config{Mailboxes: []string{"alice@example.org"}})
-	sys.policy(t, "example.org", domains.Policy{Route: []string{dest.Addr()}})
-	expect(t, sys.verify(t, rcpt("alice@example.org")), verdict.Accept, 250, verdict.SourceProbe)
-	waitfor.Cond(t, 15*time.Second, func() bool { return sys.verify(t, rcpt("alice@example.org")).Verdict.Source == verdict.SourceCache })
-	for _, ms := range []int{math.MaxInt, math.MaxInt / 1000, math.MaxInt / 1000000, -1, math.MinInt} {
-		req := rcpt("alice@example.org")
-		req.TimeoutMS = ms
-		if rep := sys.verify(t, req); rep.Decision.Action != verdict.Accept {
-			t.Fatalf("timeout_ms %d: %+v (%s)", ms, rep.Decision, rep.Verdict.Reason)
-		}
+	for _, near := range []int{0, 10000} {
+		t.Run(fmt.Sprintf("near cache %d", near), func(t *testing.T) {
+			icfg := ingestConfig()
+			icfg.NearCacheEntries = near
+			if near == 0 {
+				icfg.KnownKeys = 0
+			}
+			sys := startSystem(t, icfg)
+			dest := destination(t, smtptest.Config{Mailboxes: []string{"alice@example.org"}})
+			sys.policy(t, "example.org", domains.Policy{Route: []string{dest.Addr()}})
+			expect(t, sys.verify(t, rcpt("alice@example.org")), verdict.Accept, 250, verdict.SourceProbe)
+			waitfor.Cond(t, 15*time.Second, func() bool { return sys.verify(t, rcpt("alice@example.org")).Verdict.Source == verdict.SourceCache })
+			for _, ms := range []int{math.MaxInt, math.MaxInt / 1000, math.MaxInt / 1000000, -1, math.MinInt} {
+				req := rcpt("alice@example.org")
+				req.TimeoutMS = ms
+				if rep := sys.verify(t, req); rep.Decision.Action != verdict.Accept {
+					t.Fatalf("timeout_ms %d: %+v (%s)", ms, rep.Decision, rep.Verdict.Reason)
+				}
+			}
+			// A miss with the largest deadline is called out, not deferred.
+			req := rcpt("nobody@example.org")
+			req.TimeoutMS = math.MaxInt
+			if rep := sys.verify(t, req); rep.Decision.Action != verdict.Reject {
+				t.Fatalf("a miss with timeout_ms MaxInt: %+v (%s)", rep.Decision, rep.Verdict.Reason)
+			}
+		})
 	}
 }

@@ -358,19 +358,36 @@ type firstRcpt struct {
 }
 
 // mail sends MAIL FROM with the sender, falling back to FallbackSender when
-// refused, and with it RCPT TO rcpt. It returns the sender in use and the
-// RCPT's reply, or a result to report.
+// refused, and with it RCPT TO rcpt. A sender refused at the RCPT (Postfix
+// with smtpd_delay_reject=yes answers "Sender address rejected" there) is
+// refused all the same. It returns the sender in use and the RCPT's reply,
+// or a result to report. Of the refusals it met, only the last is a fact:
+// both senders refused is what the fallback's refusal says (the lookup
+// answers it for the last sender), and two facts under one key would have
+// the cache keep either.
 func (v *Verifier) mail(ctx context.Context, d *destination.Dest, host string, t Target, s *session, rcpt string) (string, firstRcpt, *Result, []verdict.Verdict, bool) {
+	sender, first, fail, facts, unhealthy := v.mailOnce(ctx, d, host, t, s, rcpt)
+	if len(facts) > 1 {
+		facts = facts[len(facts)-1:]
+	}
+	return sender, first, fail, facts, unhealthy
+}
+
+func (v *Verifier) mailOnce(ctx context.Context, d *destination.Dest, host string, t Target, s *session, rcpt string) (string, firstRcpt, *Result, []verdict.Verdict, bool) {
 	var facts []verdict.Verdict
 	sender := t.Sender
 	wasted := 0
 	for {
 		rep, rrep, sent, err := s.c.MailRcpt(ctx, sender, rcpt)
-		if rep.Class() == 2 {
+		atRcpt := rep.Class() == 2 && err == nil && rrep != nil && senderRefused(*rrep)
+		if rep.Class() == 2 && !atRcpt {
 			if rrep == nil {
 				rrep = &smtpprobe.Reply{}
 			}
 			return sender, firstRcpt{rep: *rrep, err: err, wasted: wasted}, nil, facts, false
+		}
+		if atRcpt {
+			rep = *rrep // the refusal, given at the RCPT
 		}
 		if sent {
 			wasted++
@@ -633,6 +650,17 @@ func throttling(rep smtpprobe.Reply) bool {
 		return true
 	}
 	return tooManyRecipients(rep)
+}
+
+// senderRefused reports an RCPT reply that refuses the sender, not the
+// recipient: Postfix's "Sender address rejected" (smtpd_delay_reject=yes
+// defers sender restrictions to RCPT), or x.1.7 / x.1.8 (bad sender's
+// mailbox or system address).
+func senderRefused(rep smtpprobe.Reply) bool {
+	if rep.Class() != 5 {
+		return false
+	}
+	return rep.Enhanced == "5.1.7" || rep.Enhanced == "5.1.8" || strings.Contains(strings.ToLower(rep.Text()), "sender address rejected")
 }
 
 func tooManyRecipients(rep smtpprobe.Reply) bool {

@@ -139,6 +139,19 @@ func TestVerify(t *testing.T) {
 		}},
 			target: Target{Address: address.Address{Local: "alice", Domain: "example.org"}, FallbackSender: "verify@gw.test"},
 			status: verdict.Valid, reason: "accepted", catchAll: verdict.NotCatchAll, access: ReasonNullSenderRejected, rcpts: 3, sender: "verify@gw.test", wantCode: 250},
+		{name: "null sender refused at RCPT (smtpd_delay_reject), fallback sender used", cfg: smtptest.Config{Rcpt: func(from, to string) string {
+			if from == "" {
+				return "554 5.7.1 <>: Sender address rejected: Access denied"
+			}
+			return smtptest.Mailboxes(boxes, nil)(from, to)
+		}},
+			target: Target{Address: address.Address{Local: "alice", Domain: "example.org"}, FallbackSender: "verify@gw.test"},
+			status: verdict.Valid, reason: "accepted", catchAll: verdict.NotCatchAll, access: ReasonNullSenderRejected, rcpts: 3, sender: "verify@gw.test", wantCode: 250},
+		{name: "both senders refused at RCPT: the fallback's refusal is the fact", cfg: smtptest.Config{Rcpt: func(from, to string) string {
+			return "553 5.1.8 <" + from + ">: Sender address rejected: Domain not found"
+		}},
+			target: Target{Address: address.Address{Local: "alice", Domain: "example.org"}, FallbackSender: "verify@gw.test"},
+			status: verdict.Unverifiable, reason: ReasonSenderRejected, access: ReasonSenderRejected, rcpts: 2, sender: "verify@gw.test", wantCode: 553},
 		{name: "5.7.1 block is unverifiable", cfg: smtptest.Config{Rcpt: func(_, _ string) string {
 			return "550 5.7.1 Service unavailable; client host blocked using zen.spamhaus.org"
 		}},
@@ -193,6 +206,15 @@ func TestVerify(t *testing.T) {
 				t.Errorf("unexpected catch-all fact %s", f.Status)
 			case tt.catchAll != "" && (f == nil || f.Status != tt.catchAll || f.Kind != verdict.KindDomain):
 				t.Errorf("catch-all fact %+v, want %s", f, tt.catchAll)
+			}
+			accs := 0
+			for _, f := range r.Facts {
+				if f.Fact == kvkey.FactAccess {
+					accs++
+				}
+			}
+			if accs > 1 {
+				t.Errorf("%d access facts: one key holds one", accs)
 			}
 			acc := fact(r, kvkey.FactAccess)
 			switch {
