@@ -48,6 +48,10 @@ type Config struct {
 	// StartTLS, when set, offers STARTTLS and answers it with this reply
 	// (a refusal such as "454 4.7.0 TLS not available due to local problem").
 	StartTLS string
+	// Tarpit, when set, holds the answer to a refused RCPT this long, and
+	// twice as long for each further one on the same connection, as
+	// tarpitting servers do to slow down address harvesting.
+	Tarpit time.Duration
 }
 
 // Server is a running scripted server.
@@ -236,6 +240,7 @@ func (s *Server) session(c net.Conn) bool {
 		return false
 	}
 	from, inMail, rcpts, nonMail := "", false, 0, 0
+	tarpit := s.cfg.Tarpit
 	free := map[string]bool{"HELLO": true, "STARTTLS": true, "RSET": true}
 	for {
 		_ = c.SetReadDeadline(time.Now().Add(time.Minute))
@@ -316,6 +321,14 @@ func (s *Server) session(c net.Conn) bool {
 			}
 			rcpts++
 			rep := s.cfg.Rcpt(from, to)
+			if tarpit > 0 && strings.HasPrefix(rep, "5") {
+				select {
+				case <-time.After(tarpit):
+				case <-s.done:
+					return false
+				}
+				tarpit *= 2
+			}
 			say(rep)
 			if s.cfg.DropAfterUnknown && strings.HasPrefix(rep, "5") {
 				return false

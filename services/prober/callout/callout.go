@@ -49,6 +49,9 @@ type Config struct {
 	DialogueTimeout time.Duration // one host, connect to QUIT
 	Budget          time.Duration // all hosts of one callout
 	RandomSecret    []byte        // derives each domain's random local part
+	// TarpitAfter is how long a refused RCPT may take before its
+	// connection counts as a tarpit's (default 2 s).
+	TarpitAfter time.Duration
 }
 
 // Verifier runs callouts.
@@ -65,6 +68,9 @@ func New(cfg Config, pool *destination.Pool) *Verifier {
 	}
 	if cfg.Budget == 0 {
 		cfg.Budget = 120 * time.Second
+	}
+	if cfg.TarpitAfter == 0 {
+		cfg.TarpitAfter = 2 * time.Second
 	}
 	return &Verifier{cfg: cfg, pool: pool, now: time.Now}
 }
@@ -197,6 +203,17 @@ func (v *Verifier) onHost(ctx context.Context, host string, t Target, held *dest
 type session struct {
 	c     *smtpprobe.Conn
 	rcpts int
+	// tarpit: a refusal came slowly on this connection. Tarpits hold each
+	// further refusal longer (often twice), so the next step of the
+	// callout takes a fresh connection, and this one is not kept.
+	tarpit bool
+}
+
+// refusedSlowly notes on s a 5xx reply that took longer than after.
+func (s *session) refusedSlowly(rep smtpprobe.Reply, took, after time.Duration) {
+	if rep.Class() == 5 && took > after {
+		s.tarpit = true
+	}
 }
 
 // open returns a connection ready for MAIL FROM: an idle one, or a new one
@@ -440,7 +457,9 @@ func (v *Verifier) transaction(ctx context.Context, d *destination.Dest, host st
 	if t.SkipRandom {
 		first = t.Address.String()
 	}
+	asked := time.Now()
 	sender, firstRep, fail, facts, unhealthy := v.mail(ctx, d, host, t, s, first)
+	s.refusedSlowly(firstRep.rep, time.Since(asked), v.cfg.TarpitAfter)
 	if fail != nil {
 		fail.Facts = append(fail.Facts, facts...)
 		return *fail, false, unhealthy, false
@@ -512,7 +531,9 @@ func (v *Verifier) transaction(ctx context.Context, d *destination.Dest, host st
 	if t.SkipRandom {
 		rep, err = firstRep.rep, firstRep.err
 	} else {
+		asked := time.Now()
 		rep, err = s.c.Rcpt(ctx, t.Address.String())
+		s.refusedSlowly(rep, time.Since(asked), v.cfg.TarpitAfter)
 	}
 	rcpts++
 	s.rcpts++
@@ -549,7 +570,7 @@ func (v *Verifier) transaction(ctx context.Context, d *destination.Dest, host st
 	}
 	r := v.result(t, host, sender, c.Status, c.Reason, rep)
 	r.Facts, r.Rcpts = facts, rcpts
-	return r, false, rep.Code == 421, rep.Code != 421 && !s.c.Broken()
+	return r, false, rep.Code == 421, rep.Code != 421 && !s.c.Broken() && !s.tarpit
 }
 
 // control is the control probe, asked when a user unknown needs it: RCPT
@@ -596,7 +617,7 @@ func (v *Verifier) control(ctx context.Context, d *destination.Dest, host string
 // pass the host's non-mail command limit).
 func (v *Verifier) nextTransaction(ctx context.Context, d *destination.Dest, host string, t Target, s *session, sender string, facts []verdict.Verdict, rcpts int) (*Result, bool) {
 	switch {
-	case s.c.NonMail()+1 > d.MaxNonMail():
+	case s.tarpit || s.c.NonMail()+1 > d.MaxNonMail():
 		s.c.Quit(ctx)
 		return v.reopen(ctx, d, host, t, s, sender, facts, rcpts)
 	case !s.c.Reset(ctx):

@@ -315,3 +315,28 @@ func TestRefusedRsetAheadIsNoVerdict(t *testing.T) {
 		t.Fatal("reuse still on after a refused RSET")
 	}
 }
+
+// A destination that tarpits refused RCPTs (each held longer than the
+// last on one connection, 8 s doubling in the wild) would bring a first
+// ask of an unknown user, three RCPTs, near the MTA's deadline: after a
+// slow refusal the next step takes a fresh connection, so no RCPT waits
+// more than the first delay, and a tarpit's connection is not kept.
+func TestTarpitTakesFreshConnections(t *testing.T) {
+	s := server(t, smtptest.Config{Mailboxes: []string{"alice@example.org"}, Tarpit: 300 * time.Millisecond})
+	v := New(Config{
+		SMTP:         smtpprobe.Config{ConnectTimeout: time.Second, BannerTimeout: time.Second, CommandTimeout: 5 * time.Second, HeloName: "verifier.test"},
+		RandomSecret: secret, TarpitAfter: 150 * time.Millisecond,
+	}, destination.NewPool(destination.Config{MaxConns: 2, Rate: 1000, ReuseMaxRcpts: 20, MaxNonMail: 8}, nil))
+	r := v.Verify(context.Background(), Target{Address: addr(t, "nobody@example.org"), Hosts: []string{s.Addr()}})
+	if r.Address.Status != verdict.Invalid {
+		t.Fatalf("verdict %s/%s", r.Address.Status, r.Address.Reason)
+	}
+	// The random address, nobody and postmaster, each on its own
+	// connection: two slow refusals, none doubled.
+	if s.Conns() != 3 || s.Rcpts() != 3 {
+		t.Fatalf("%d connections, %d RCPTs: want 3 and 3", s.Conns(), s.Rcpts())
+	}
+	if idle := v.pool.Hosts(1)[0].Idle; idle != 0 {
+		t.Fatalf("%d idle connections kept after a tarpit", idle)
+	}
+}
