@@ -155,9 +155,11 @@ const FlushAll = "flush.all"
 // FlushDomain is the flush record of a domain.
 func FlushDomain(domain string) string { return "flush.domain." + Token(domain) }
 
-// FlushAddress is the flush record of one address.
+// FlushAddress is the flush record of one address. The local part is
+// folded to lower case: a flush covers the address in any case, as static
+// lists compare it.
 func FlushAddress(domain, local string) string {
-	return "flush.addr." + Token(domain) + "." + Token(local)
+	return "flush.addr." + Token(domain) + "." + Token(strings.ToLower(local))
 }
 
 // FlushDomainOf is the domain a record made by FlushDomain or FlushAddress

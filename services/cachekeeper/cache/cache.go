@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -525,6 +526,15 @@ func (s *Store) FlushThen(ctx context.Context, c wire.FlushCommand, recorded fun
 			return 0, 0, err
 		}
 		filters, rec = kvkey.AddressFilters(a.Domain, a.Local), kvkey.FlushAddress(a.Domain, a.Local)
+		if c.Only == "" {
+			// The local part in any other case: its keys are found by
+			// listing the domain's (an operator's flush, not a hot path).
+			others, err := s.otherCases(ctx, a)
+			if err != nil {
+				return 0, 0, err
+			}
+			filters = append(filters, others...)
+		}
 	default:
 		return 0, 0, fmt.Errorf("unknown flush scope %q", c.Scope)
 	}
@@ -590,6 +600,31 @@ func (s *Store) FlushThen(ctx context.Context, c wire.FlushCommand, recorded fun
 		}
 	}
 	return removed, rev, nil
+}
+
+// otherCases are the filters of a's address keys whose local part differs
+// from a's only in case.
+func (s *Store) otherCases(ctx context.Context, a address.Address) ([]string, error) {
+	lister, err := s.kv.ListKeysFiltered(ctx, "addr."+kvkey.Token(a.Domain)+".>")
+	if err != nil {
+		if errors.Is(err, jetstream.ErrNoKeysFound) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	prefix := "addr." + kvkey.Token(a.Domain) + "."
+	seen := map[string]bool{a.Local: true}
+	var out []string
+	for k := range lister.Keys() {
+		tok, _, _ := strings.Cut(strings.TrimPrefix(k, prefix), ".")
+		local, err := kvkey.ParseToken(tok)
+		if err != nil || seen[local] || !strings.EqualFold(local, a.Local) {
+			continue
+		}
+		seen[local] = true
+		out = append(out, kvkey.AddressFilters(a.Domain, local)...)
+	}
+	return out, nil
 }
 
 // purge removes every message on subject (a filter) with one API call and

@@ -616,3 +616,28 @@ func TestRecordWhenTheCopyIsBehind(t *testing.T) {
 		t.Fatalf("record %+v, want any %v and valid %v", r, first, second)
 	}
 }
+
+// An address flush matches the local part without case, as static lists
+// compare it: every cached case of the address goes, and its record
+// covers them all.
+func TestAddressFlushWithoutCase(t *testing.T) {
+	s := open(t, DefaultTTLs)
+	now := time.Now()
+	for _, a := range []string{"Alice@one.example", "alice@one.example", "ALICE@one.example", "bob@one.example"} {
+		put(t, s, addrVerdict(a, verdict.Invalid, 550, now), Written)
+	}
+	n, _, err := s.Flush(context.Background(), wire.FlushCommand{Scope: wire.ScopeAddress, Address: "aLiCe@one.example"})
+	if err != nil || n != 3 {
+		t.Fatalf("removed %d, %v; want 3", n, err)
+	}
+	for _, a := range []string{"Alice@one.example", "alice@one.example", "ALICE@one.example"} {
+		if r := lookup(t, s, a); r.Hit {
+			t.Errorf("%s still cached", a)
+		}
+		// A verdict of a callout before the flush, in any case, is not stored.
+		put(t, s, addrVerdict(a, verdict.Invalid, 550, now), Flushed)
+	}
+	if r := lookup(t, s, "bob@one.example"); !r.Hit {
+		t.Error("bob flushed too")
+	}
+}

@@ -36,7 +36,7 @@ type Cache struct {
 	entries  map[string]*list.Element
 	lru      list.List
 	byDomain map[string]map[string]struct{} // domain -> keys, for domain facts and flushes
-	byAddr   map[string][]string            // domain NUL local -> keys (one or a few): a verdict drops its address's entries in O(1)
+	byAddr   map[string][]string            // domain NUL lower-case local -> keys (one or a few): a verdict or an address flush drops its address's entries in O(1)
 	applied  revision.Mark                  // highest bucket revision applied
 	hits     uint64
 	misses   uint64
@@ -106,7 +106,7 @@ func (c *Cache) Put(key, domain, local string, purpose verdict.Purpose, r wire.L
 	e := &entry{key: key, domain: domain, local: local, view: kvkey.View(purpose), reply: r, expires: r.Verdict.ExpiresAt}
 	c.entries[key] = c.lru.PushFront(e)
 	index(c.byDomain, domain, key)
-	a := domain + "\x00" + local
+	a := addrIndex(domain, local)
 	c.byAddr[a] = append(c.byAddr[a], key)
 }
 
@@ -139,7 +139,7 @@ func (c *Cache) remove(el *list.Element) {
 	c.lru.Remove(el)
 	delete(c.entries, e.key)
 	unindex(c.byDomain, e.domain, e.key)
-	a := e.domain + "\x00" + e.local
+	a := addrIndex(e.domain, e.local)
 	keys := c.byAddr[a]
 	for i, k := range keys {
 		if k == e.key {
@@ -210,18 +210,24 @@ func (c *Cache) dropDomain(domain, view string) {
 	}
 }
 
+// dropAddress drops the entries of an address of one view ("" for all),
+// its local part in any case: an address flush covers them all, and a
+// verdict's change drops at most a few more than it needs to.
 func (c *Cache) dropAddress(domain, local, view string) {
 	// A copy: remove edits the index.
-	for _, key := range append([]string(nil), c.byAddr[domain+"\x00"+local]...) {
+	for _, key := range append([]string(nil), c.byAddr[addrIndex(domain, local)]...) {
 		el, ok := c.entries[key]
 		if !ok {
 			continue
 		}
-		if e := el.Value.(*entry); e.local == local && (view == "" || e.view == view) {
+		if e := el.Value.(*entry); strings.EqualFold(e.local, local) && (view == "" || e.view == view) {
 			c.remove(el)
 		}
 	}
 }
+
+// addrIndex is the byAddr key of an address.
+func addrIndex(domain, local string) string { return domain + "\x00" + strings.ToLower(local) }
 
 // Clear drops everything (after a reconnection).
 func (c *Cache) Clear() {

@@ -44,7 +44,18 @@ func TestApplyDrops(t *testing.T) {
 	if has(Key("dave@two.example", verdict.Recipient, []string{""})) || !has(o) {
 		t.Fatal("an address flush")
 	}
-	c.Apply(kvkey.FlushAll, 14)
+	// An address flush drops the address in any case; a control fact
+	// drops nothing (it never answers).
+	upper := put("Erin", "two.example", verdict.Recipient)
+	c.Apply(kvkey.Domain("two.example", verdict.Recipient, kvkey.FactControl), 14)
+	if !has(upper) || !has(o) {
+		t.Fatal("a control fact dropped entries")
+	}
+	c.Apply(kvkey.FlushAddress("two.example", "ERIN"), 15)
+	if has(upper) || !has(o) {
+		t.Fatal("an address flush in another case")
+	}
+	c.Apply(kvkey.FlushAll, 16)
 	if has(o) {
 		t.Fatal("a full flush")
 	}

@@ -222,7 +222,7 @@ func TestDisconnectedServesNoReject(t *testing.T) {
 	}
 	s.held(t, "nobody@example.org")
 	s.ns.Stop()
-	waitfor.Cond(t, 10*time.Second, func() bool { return !s.a.nc.IsConnected() })
+	waitfor.Cond(t, 10*time.Second, func() bool { return s.a.offline.Load() })
 	if rep := ask(s.a, "nobody@example.org"); rep.Decision.Action == verdict.Reject {
 		t.Fatalf("disconnected: a cached reject answered: %+v", rep.Decision)
 	}

@@ -83,6 +83,9 @@ type Service struct {
 	// ingest to confirm: until the watch has applied it, the near cache is
 	// not served (see fenced).
 	fence atomic.Uint64
+	// offline: cut off from NATS (the connection's own state, without its
+	// lock on the hot path).
+	offline atomic.Bool
 	id    atomic.Value // string: the micro service id, named in flush confirmations
 	// refreshes re-probes old valid entries the near cache answers.
 	refreshes refresher
@@ -159,8 +162,16 @@ func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger)
 		case s.rewatch <- struct{}{}:
 		default:
 		}
+		s.offline.Store(false)
 		// Verdicts published while cut off went by: look for them.
 		go s.recheckFlights()
+	})
+	oldDisc := nc.Opts.DisconnectedErrCB
+	nc.SetDisconnectErrHandler(func(c *nats.Conn, err error) {
+		s.offline.Store(true)
+		if oldDisc != nil {
+			oldDisc(c, err)
+		}
 	})
 	for _, p := range cfg.ProbeSenders {
 		s.extra[strings.ToLower(strings.TrimSpace(p))] = true
@@ -559,7 +570,7 @@ func (s *Service) local(req wire.VerifyRequest, purpose verdict.Purpose) (verdic
 	senders := pol.Senders()
 	nearKey := nearcache.Key(as, purpose, senders)
 	if r, ok := s.near.Get(nearKey); ok {
-		if r.Verdict.Status != verdict.Invalid || s.nc.IsConnected() && !s.fenced() {
+		if r.Verdict.Status != verdict.Invalid || !s.offline.Load() && !s.fenced() {
 			s.refresh(a, purpose, pol, r.Verdict)
 			return *r.Verdict, dpol, nil
 		}
@@ -827,7 +838,17 @@ func (s *Service) answerSync(m *nats.Msg) {
 
 // fenced reports whether a flush this ingest was asked to confirm is not
 // applied here yet.
-func (s *Service) fenced() bool { return s.near.Revision() < s.fence.Load() }
+func (s *Service) fenced() bool {
+	f := s.fence.Load()
+	if f == 0 {
+		return false // the steady state: one atomic load
+	}
+	if s.near.Revision() < f {
+		return true
+	}
+	s.fence.CompareAndSwap(f, 0) // caught up (a later ask sets it again)
+	return false
+}
 
 // seen is the bucket revision whose changes this ingest must not miss
 // in a lookup's answer: what it applied, or the flush it was asked to
@@ -911,10 +932,14 @@ func (s *Service) fly(f *flight, job wire.ProbeJob, ack jetstream.PubAckFuture, 
 			return
 		}
 	}
-	b, err := wire.Encode(&job) // for the retries
-	if err != nil {
-		s.end(f, verdict.Verdict{}, err)
-		return
+	var b []byte // the job, encoded for a retry when one is needed
+	requeue := func() (pending bool, err error) {
+		if b == nil {
+			if b, err = wire.Encode(&job); err != nil {
+				return false, err
+			}
+		}
+		return s.queue(ctx, f.key, b)
 	}
 	// While a job is pending and its verdict unseen, try to queue ours.
 	var ticker *time.Ticker
@@ -945,10 +970,10 @@ func (s *Service) fly(f *flight, job wire.ProbeJob, ack jetstream.PubAckFuture, 
 			return
 		case <-f.refused:
 			// The verdict that came was a flushed one: ask again now.
-			pending, err := s.queue(ctx, f.key, b)
+			pending, err := requeue()
 			retrying(err != nil || pending)
 		case <-retry:
-			if pending, err := s.queue(ctx, f.key, b); err == nil && !pending {
+			if pending, err := requeue(); err == nil && !pending {
 				retrying(false) // our own job is queued now
 			}
 		case <-ctx.Done():
