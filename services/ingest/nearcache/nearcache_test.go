@@ -59,7 +59,7 @@ func TestApplyDrops(t *testing.T) {
 	if has(o) {
 		t.Fatal("a full flush")
 	}
-	if c.Revision() != 14 {
+	if c.Revision() != 16 {
 		t.Fatalf("revision %d", c.Revision())
 	}
 }
