@@ -356,15 +356,7 @@ func (w *world) watchBucket() {
 		local, domain, _ := strings.Cut(a, "@")
 		keys[kvkey.Address(domain, local, verdict.Recipient, "")] = a
 	}
-	st, err := w.js.Stream(context.Background(), "KV_"+subjects.New("").CacheBucket())
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	info, err := st.Info(context.Background())
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	w.seen.Store(info.State.LastSeq)
+	w.seen.Store(w.lastSeq())
 	watch, err := w.cache.WatchAll(context.Background(), jetstream.UpdatesOnly())
 	if err != nil {
 		w.t.Fatal(err)
@@ -519,6 +511,12 @@ func (w *world) run(ops []op) {
 	}
 	wg.Wait()
 	// Every write so far is recorded before the history is checked.
+	last := w.lastSeq()
+	waitfor.Cond(w.t, 10*time.Second, func() bool { return w.seen.Load() >= last })
+}
+
+// lastSeq is the cache bucket's last revision.
+func (w *world) lastSeq() uint64 {
 	st, err := w.js.Stream(context.Background(), "KV_"+subjects.New("").CacheBucket())
 	if err != nil {
 		w.t.Fatal(err)
@@ -527,7 +525,7 @@ func (w *world) run(ops []op) {
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	waitfor.Cond(w.t, 10*time.Second, func() bool { return w.seen.Load() >= info.State.LastSeq })
+	return info.State.LastSeq
 }
 
 // covers reports whether a flush command covers address a's verdicts of

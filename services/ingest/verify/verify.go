@@ -86,7 +86,7 @@ type Service struct {
 	// offline: cut off from NATS (the connection's own state, without its
 	// lock on the hot path).
 	offline atomic.Bool
-	id    atomic.Value // string: the micro service id, named in flush confirmations
+	id      atomic.Value // string: the micro service id, named in flush confirmations
 	// refreshes re-probes old valid entries the near cache answers.
 	refreshes refresher
 }

@@ -475,17 +475,12 @@ func (v *Verifier) transaction(ctx context.Context, d *destination.Dest, host st
 			return r, false, unhealthy, false
 		}
 		if tooManyRecipients(rep) {
-			// As for the real RCPT: no answer about the address, the
-			// connection carried more recipients than the host takes.
-			// Ask again on a fresh connection, once.
-			d.Throttled(rep.String())
-			s.c.Quit(ctx)
-			if fail, unhealthy := v.reopen(ctx, d, host, t, s, sender, facts, rcpts); fail != nil {
+			// As for the real RCPT: no answer about the address.
+			var fail *Result
+			var unhealthy bool
+			if rep, fail, unhealthy, err = v.askAgainFresh(ctx, d, host, t, s, sender, facts, &rcpts, random, rep); fail != nil {
 				return *fail, false, unhealthy, false
 			}
-			rep, err = s.c.Rcpt(ctx, random)
-			rcpts++
-			s.rcpts++
 			if err != nil {
 				r, unhealthy := v.failErr(t, host, err)
 				r.Rcpts = rcpts
@@ -538,16 +533,11 @@ func (v *Verifier) transaction(ctx context.Context, d *destination.Dest, host st
 	rcpts++
 	s.rcpts++
 	if err == nil && tooManyRecipients(rep) {
-		// Not a verdict: the connection carried more recipients than the
-		// host takes. Ask again on a fresh connection, once.
-		d.Throttled(rep.String())
-		s.c.Quit(ctx)
-		if fail, unhealthy := v.reopen(ctx, d, host, t, s, sender, facts, rcpts); fail != nil {
+		var fail *Result
+		var unhealthy bool
+		if rep, fail, unhealthy, err = v.askAgainFresh(ctx, d, host, t, s, sender, facts, &rcpts, t.Address.String(), rep); fail != nil {
 			return *fail, false, unhealthy, false
 		}
-		rep, err = s.c.Rcpt(ctx, t.Address.String())
-		rcpts++
-		s.rcpts++
 	}
 	if err != nil {
 		r, unhealthy := v.failErr(t, host, err)
@@ -626,6 +616,22 @@ func (v *Verifier) nextTransaction(ctx context.Context, d *destination.Dest, hos
 		return v.reopen(ctx, d, host, t, s, sender, facts, rcpts)
 	}
 	return v.mailAgain(ctx, host, t, s, sender, facts, rcpts)
+}
+
+// askAgainFresh asks RCPT rcpt again, once, on a fresh connection after
+// a 452 4.5.3 (rep): not a verdict, the connection carried more recipients
+// than the host takes. On failure to reconnect it returns the result to
+// report.
+func (v *Verifier) askAgainFresh(ctx context.Context, d *destination.Dest, host string, t Target, s *session, sender string, facts []verdict.Verdict, rcpts *int, rcpt string, rep smtpprobe.Reply) (smtpprobe.Reply, *Result, bool, error) {
+	d.Throttled(rep.String())
+	s.c.Quit(ctx)
+	if fail, unhealthy := v.reopen(ctx, d, host, t, s, sender, facts, *rcpts); fail != nil {
+		return smtpprobe.Reply{}, fail, unhealthy, nil
+	}
+	again, err := s.c.Rcpt(ctx, rcpt)
+	*rcpts++
+	s.rcpts++
+	return again, nil, false, err
 }
 
 // reopen replaces s (closed by the caller) with a new connection past

@@ -61,20 +61,28 @@ func TestBackoff(t *testing.T) {
 	}
 }
 
-// 452 4.5.3 (too many recipients) is no verdict: the RCPT is asked again
-// on a fresh connection.
-func TestTooManyRecipientsRetried(t *testing.T) {
+// firstTooMany answers the first RCPT with 452 4.5.3 (too many
+// recipients), and the others as rest does.
+func firstTooMany(rest func(to string) string) func(from, to string) string {
 	var mu sync.Mutex
 	first := true
-	s := server(t, smtptest.Config{Rcpt: func(_, to string) string {
+	return func(_, to string) string {
 		mu.Lock()
 		defer mu.Unlock()
 		if first {
 			first = false
 			return "452 4.5.3 Too many recipients"
 		}
+		return rest(to)
+	}
+}
+
+// 452 4.5.3 (too many recipients) is no verdict: the RCPT is asked again
+// on a fresh connection.
+func TestTooManyRecipientsRetried(t *testing.T) {
+	s := server(t, smtptest.Config{Rcpt: firstTooMany(func(to string) string {
 		return "550 5.1.1 <" + to + ">: Recipient address rejected: User unknown in local recipient table"
-	}})
+	})})
 	v, _ := protectVerifier(destination.Config{MaxConns: 2, Rate: 100})
 	r := v.Verify(context.Background(), Target{Address: addr(t, "nobody@example.org"), Hosts: []string{s.Addr()}, SkipRandom: true, Control: wire.ControlAccepted})
 	if r.Address.Status != verdict.Invalid || s.Conns() != 2 {
@@ -85,20 +93,12 @@ func TestTooManyRecipientsRetried(t *testing.T) {
 // 452 4.5.3 on the random address is no answer about the domain either:
 // asked again on a fresh connection, once, and the callout goes on.
 func TestTooManyRecipientsOnRandomRetried(t *testing.T) {
-	var mu sync.Mutex
-	first := true
-	s := server(t, smtptest.Config{Rcpt: func(_, to string) string {
-		mu.Lock()
-		defer mu.Unlock()
-		if first {
-			first = false
-			return "452 4.5.3 Too many recipients"
-		}
+	s := server(t, smtptest.Config{Rcpt: firstTooMany(func(to string) string {
 		if to == "alice@example.org" {
 			return "250 2.1.5 Ok"
 		}
 		return "550 5.1.1 <" + to + ">: Recipient address rejected: User unknown in local recipient table"
-	}})
+	})})
 	v, _ := protectVerifier(destination.Config{MaxConns: 2, Rate: 100})
 	r := v.Verify(context.Background(), Target{Address: addr(t, "alice@example.org"), Hosts: []string{s.Addr()}})
 	if r.Address.Status != verdict.Valid || s.Conns() != 2 || s.Rcpts() != 3 {
