@@ -240,8 +240,17 @@ func (s *Server) apiCacheDelete(w http.ResponseWriter, r *http.Request, id *iden
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, map[string]uint64{"removed": rep.Removed})
+	writeJSON(w, http.StatusOK, removed(rep))
 	return nil
+}
+
+// removed is a flush's answer: the entries removed, and the ingests that
+// did not confirm it in time (fenced until they apply it).
+func removed(rep wire.FlushReply) any {
+	return struct {
+		Removed     uint64   `json:"removed"`
+		Unconfirmed []string `json:"unconfirmed,omitempty"`
+	}{rep.Removed, rep.Unconfirmed}
 }
 
 func (s *Server) apiFlush(w http.ResponseWriter, r *http.Request, id *identity) error {
@@ -253,7 +262,7 @@ func (s *Server) apiFlush(w http.ResponseWriter, r *http.Request, id *identity) 
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, map[string]uint64{"removed": rep.Removed})
+	writeJSON(w, http.StatusOK, removed(rep))
 	return nil
 }
 
