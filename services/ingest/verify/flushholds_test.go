@@ -291,3 +291,28 @@ func TestTimeoutOverflow(t *testing.T) {
 		})
 	}
 }
+
+// A flush record whose time is ahead of the verdicts' (a cachekeeper's
+// clock ahead of the probers') makes every fresh verdict look flushed: a
+// flight asks for a fresh callout twice at most, then defers, instead of
+// calling the destination out until its deadline.
+func TestFlushedVerdictsBounded(t *testing.T) {
+	s := startTwo(t, keeperConfig())
+	kv, err := s.js.KeyValue(context.Background(), subjects.New("").CacheBucket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := json.Marshal(cachecopy.Record{Any: time.Now().Add(time.Hour)})
+	rev, err := kv.Put(context.Background(), kvkey.FlushAddress("example.org", "alice"), data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitfor.Cond(t, 10*time.Second, func() bool { return s.a.near.Revision() >= rev })
+	rep := ask(s.a, "alice@example.org")
+	if rep.Decision.Action != verdict.Defer {
+		t.Fatalf("%+v (%s/%s)", rep.Decision, rep.Verdict.Status, rep.Verdict.Reason)
+	}
+	if n := s.dest.RcptsFor("alice@example.org"); n < 1 || n > 1+maxRefused {
+		t.Fatalf("%d callouts of alice, want 1 to %d", n, 1+maxRefused)
+	}
+}

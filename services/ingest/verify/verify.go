@@ -941,6 +941,7 @@ func (s *Service) fly(f *flight, job wire.ProbeJob, ack jetstream.PubAckFuture, 
 		}
 		return s.queue(ctx, f.key, b)
 	}
+	refused := 0
 	// While a job is pending and its verdict unseen, try to queue ours.
 	var ticker *time.Ticker
 	var retry <-chan time.Time
@@ -969,7 +970,14 @@ func (s *Service) fly(f *flight, job wire.ProbeJob, ack jetstream.PubAckFuture, 
 		case <-f.done:
 			return
 		case <-f.refused:
-			// The verdict that came was a flushed one: ask again now.
+			// The verdict that came was a flushed one: ask again now. A
+			// third in a row says the verdicts' clock is behind the
+			// flush records' (NTP): stop calling the destination out,
+			// and defer.
+			if refused++; refused > maxRefused {
+				s.end(f, verdict.Verdict{}, errors.New("every verdict predates a flush of its scope: are the probers' and cachekeepers' clocks apart?"))
+				return
+			}
 			pending, err := requeue()
 			retrying(err != nil || pending)
 		case <-retry:
@@ -982,6 +990,10 @@ func (s *Service) fly(f *flight, job wire.ProbeJob, ack jetstream.PubAckFuture, 
 		}
 	}
 }
+
+// maxRefused is how many flushed verdicts in a row a flight asks a fresh
+// callout for.
+const maxRefused = 2
 
 // onVerdict ends the flight of an address verdict's target, if any
 // (verdicts of other ingests' callouts pass by). A verdict that a flush
