@@ -13,11 +13,14 @@
 //   - After a reconnection (invalidations may have been missed) everything
 //     is dropped.
 //
-// Memory is bounded by a number of entries; the least recently used go first.
+// Memory is bounded by a number of entries; the least recently used go
+// first. An entry keeps only what an answer needs (the destination's text
+// and host only when asked to), in one slice with its links: the LRU, its
+// domain's entries and its address's, so that a drop by domain or by
+// address walks only what it drops.
 package nearcache
 
 import (
-	"container/list"
 	"strings"
 	"sync"
 	"time"
@@ -25,35 +28,63 @@ import (
 	"github.com/callout-mail/callout/shared/kvkey"
 	"github.com/callout-mail/callout/shared/revision"
 	"github.com/callout-mail/callout/shared/verdict"
-	"github.com/callout-mail/callout/shared/wire"
 )
 
-// Cache is a bounded LRU of lookup replies.
+// none ends a list of entries.
+const none = -1
+
+// Cache is a bounded LRU of cached verdicts.
 type Cache struct {
-	mu       sync.Mutex
-	max      int
-	now      func() time.Time
-	entries  map[string]*list.Element
-	lru      list.List
-	byDomain map[string]map[string]struct{} // domain -> keys, for domain facts and flushes
-	byAddr   map[string][]string            // domain NUL lower-case local -> keys (one or a few): a verdict or an address flush drops its address's entries in O(1)
-	applied  revision.Mark                  // highest bucket revision applied
-	hits     uint64
-	misses   uint64
+	mu      sync.Mutex
+	max     int
+	details bool // keep the destination's text and host
+	now     func() time.Time
+	ents    []entry
+	free    int32            // first free slot (linked by next), or none
+	byKey   map[string]int32 // near key -> slot
+	doms    map[string]int32 // domain -> first slot of its entries
+	addrs   map[string]int32 // lower-case address -> first slot of its entries
+	head    int32            // most recently used
+	tail    int32            // least recently used
+	n       int
+	interns map[string]string // reasons, codes, senders: few values, kept once
+	applied revision.Mark     // highest bucket revision applied
+	hits    uint64
+	misses  uint64
 }
 
+// entry is one cached verdict: the near key holds the address, view and
+// senders; the rest is what the answer needs.
 type entry struct {
-	key     string
-	domain  string
-	local   string
-	view    string
-	reply   wire.LookupReply
-	expires time.Time
+	key        string // near key; key[:alen] is the address
+	alen, at   uint16 // the address's length in key and its @
+	view       uint8
+	status     uint8 // index in verdict.Statuses
+	kind       uint8 // 0 address, 1 domain
+	source     uint8 // 0 cache, 1 probe, 2 static
+	code       int16
+	reason     string
+	enhanced   string
+	sender     string
+	details    *[2]string // the destination's text and host, when kept
+	checked    int64      // unix nanoseconds
+	expires    int64
+	// Links: the LRU (prev, next), the domain's entries (dprev, dnext)
+	// and the address's (aprev, anext).
+	prev, next, dprev, dnext, aprev, anext int32
 }
 
-// New returns a cache of at most max entries (0: off).
-func New(max int) *Cache {
-	return &Cache{max: max, now: time.Now, entries: map[string]*list.Element{}, byDomain: map[string]map[string]struct{}{}, byAddr: map[string][]string{}}
+// New returns a cache of at most max entries (0: off). details keeps the
+// destination's text and host of each verdict (replies that show them).
+func New(max int, details bool) *Cache {
+	c := &Cache{max: max, details: details, now: time.Now}
+	c.reset()
+	return c
+}
+
+func (c *Cache) reset() {
+	c.ents, c.free, c.head, c.tail, c.n = nil, none, none, none, 0
+	c.byKey, c.doms, c.addrs, c.interns = map[string]int32{}, map[string]int32{}, map[string]int32{}, map[string]string{}
 }
 
 // Key is the cache key of a lookup: address, view and probe senders.
@@ -61,35 +92,77 @@ func Key(addr string, purpose verdict.Purpose, senders []string) string {
 	return addr + "\x00" + kvkey.View(purpose) + "\x00" + strings.Join(senders, "\x00")
 }
 
-// Get returns the reply stored under key, if it has not expired.
-func (c *Cache) Get(key string) (wire.LookupReply, bool) {
+var sources = []verdict.Source{verdict.SourceCache, verdict.SourceProbe, verdict.SourceStatic}
+
+// Get returns the verdict stored under key, if it has not expired.
+func (c *Cache) Get(key string) (verdict.Verdict, bool) {
 	if c == nil || c.max == 0 {
-		return wire.LookupReply{}, false
+		return verdict.Verdict{}, false
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	el, ok := c.entries[key]
+	i, ok := c.byKey[key]
 	if !ok {
 		c.misses++
-		return wire.LookupReply{}, false
+		return verdict.Verdict{}, false
 	}
-	e := el.Value.(*entry)
-	if !c.now().Before(e.expires) {
-		c.remove(el)
+	e := &c.ents[i]
+	if c.now().UnixNano() >= e.expires {
+		c.remove(i)
 		c.misses++
-		return wire.LookupReply{}, false
+		return verdict.Verdict{}, false
 	}
-	c.lru.MoveToFront(el)
+	c.touch(i)
 	c.hits++
-	return e.reply, true
+	return e.verdict(), true
 }
 
-// Put keeps a hit (replies without an expiring verdict are not kept).
-// rev is the bucket revision the ingest had applied when it asked: a
-// change applied since may have been missed by the lookup's answer, so the
-// reply is then dropped rather than kept stale.
-func (c *Cache) Put(key, domain, local string, purpose verdict.Purpose, r wire.LookupReply, rev uint64) {
-	if c == nil || c.max == 0 || !r.Hit || r.Verdict == nil || r.Verdict.ExpiresAt.IsZero() {
+// verdict is the entry as the lookup gave it.
+func (e *entry) verdict() verdict.Verdict {
+	addr := e.key[:e.alen]
+	v := verdict.Verdict{Kind: verdict.KindAddress, Address: addr, Domain: addr[e.at+1:], Purpose: verdict.Recipient,
+		Sender: e.sender, Status: verdict.Statuses[e.status], Reason: e.reason, Code: int(e.code), Enhanced: e.enhanced,
+		CheckedAt: time.Unix(0, e.checked), ExpiresAt: time.Unix(0, e.expires), Source: sources[e.source]}
+	if e.details != nil {
+		v.Text, v.Host = e.details[0], e.details[1]
+	}
+	if e.kind == 1 {
+		v.Kind = verdict.KindDomain
+	}
+	if e.view == 1 {
+		v.Purpose = verdict.Sender
+	}
+	return v
+}
+
+// Put keeps a hit's verdict (one without an expires_at is not kept). rev
+// is the bucket revision the ingest had applied when it asked: a change
+// applied since may have been missed by the lookup's answer, so the reply
+// is then dropped rather than kept stale. key is Key of the address
+// domain and local make.
+func (c *Cache) Put(key, domain, local string, purpose verdict.Purpose, v verdict.Verdict, rev uint64) {
+	if c == nil || c.max == 0 || v.ExpiresAt.IsZero() {
+		return
+	}
+	alen := len(local) + 1 + len(domain)
+	if alen >= len(key) || alen > 0xffff || key[len(local)] != '@' || key[alen] != 0 {
+		return // not a key of this address: never served wrong
+	}
+	st := -1
+	for j, s := range verdict.Statuses {
+		if s == v.Status {
+			st = j
+			break
+		}
+	}
+	src := 0
+	for j, s := range sources {
+		if s == v.Source {
+			src = j
+		}
+	}
+	code := v.Code
+	if st < 0 || code < -32768 || code > 32767 {
 		return
 	}
 	c.mu.Lock()
@@ -97,33 +170,136 @@ func (c *Cache) Put(key, domain, local string, purpose verdict.Purpose, r wire.L
 	if c.applied.Get() != rev {
 		return
 	}
-	if el, ok := c.entries[key]; ok {
-		c.remove(el)
+	if i, ok := c.byKey[key]; ok {
+		c.remove(i)
 	}
-	for len(c.entries) >= c.max {
-		c.remove(c.lru.Back())
+	for c.n >= c.max {
+		c.remove(c.tail)
 	}
-	e := &entry{key: key, domain: domain, local: local, view: kvkey.View(purpose), reply: r, expires: r.Verdict.ExpiresAt}
-	c.entries[key] = c.lru.PushFront(e)
-	index(c.byDomain, domain, key)
-	a := addrIndex(domain, local)
-	c.byAddr[a] = append(c.byAddr[a], key)
+	i := c.alloc()
+	e := &c.ents[i]
+	*e = entry{key: key, alen: uint16(alen), at: uint16(len(local)), status: uint8(st), source: uint8(src), code: int16(code),
+		reason: c.intern(v.Reason), enhanced: c.intern(v.Enhanced), sender: c.intern(v.Sender),
+		checked: v.CheckedAt.UnixNano(), expires: v.ExpiresAt.UnixNano(), prev: none, next: none}
+	if v.Kind == verdict.KindDomain {
+		e.kind = 1
+	}
+	if purpose == verdict.Sender {
+		e.view = 1
+	}
+	if c.details {
+		e.details = &[2]string{v.Text, v.Host}
+	}
+	c.byKey[key] = i
+	c.pushFront(i)
+	e.dprev, e.dnext = none, none
+	if h, ok := c.doms[domain]; ok {
+		e.dnext = h
+		c.ents[h].dprev = i
+	}
+	c.doms[domain] = i
+	a := strings.ToLower(key[:alen]) // no copy for the usual lower-case address
+	e.aprev, e.anext = none, none
+	if h, ok := c.addrs[a]; ok {
+		e.anext = h
+		c.ents[h].aprev = i
+	}
+	c.addrs[a] = i
+	c.n++
 }
 
-func index(m map[string]map[string]struct{}, k, key string) {
-	if m[k] == nil {
-		m[k] = map[string]struct{}{}
+// intern returns s, kept once: a reason, a code or a sender repeats over
+// many entries.
+func (c *Cache) intern(s string) string {
+	if s == "" {
+		return ""
 	}
-	m[k][key] = struct{}{}
+	if k, ok := c.interns[s]; ok {
+		return k
+	}
+	if len(c.interns) < 4096 {
+		c.interns[s] = s
+	}
+	return s
 }
 
-func unindex(m map[string]map[string]struct{}, k, key string) {
-	if set := m[k]; set != nil {
-		delete(set, key)
-		if len(set) == 0 {
-			delete(m, k)
-		}
+func (c *Cache) alloc() int32 {
+	if c.free != none {
+		i := c.free
+		c.free = c.ents[i].next
+		return i
 	}
+	c.ents = append(c.ents, entry{})
+	return int32(len(c.ents) - 1)
+}
+
+func (c *Cache) pushFront(i int32) {
+	e := &c.ents[i]
+	e.prev, e.next = none, c.head
+	if c.head != none {
+		c.ents[c.head].prev = i
+	}
+	c.head = i
+	if c.tail == none {
+		c.tail = i
+	}
+}
+
+func (c *Cache) unlink(i int32) {
+	e := &c.ents[i]
+	if e.prev != none {
+		c.ents[e.prev].next = e.next
+	} else {
+		c.head = e.next
+	}
+	if e.next != none {
+		c.ents[e.next].prev = e.prev
+	} else {
+		c.tail = e.prev
+	}
+}
+
+func (c *Cache) touch(i int32) {
+	if c.head == i {
+		return
+	}
+	c.unlink(i)
+	c.pushFront(i)
+}
+
+// remove drops slot i from every list and map and frees it.
+func (c *Cache) remove(i int32) {
+	e := &c.ents[i]
+	c.unlink(i)
+	delete(c.byKey, e.key)
+	addr := e.key[:e.alen]
+	domain := addr[e.at+1:]
+	switch {
+	case e.dprev != none:
+		c.ents[e.dprev].dnext = e.dnext
+	case e.dnext != none:
+		c.doms[domain] = e.dnext
+	default:
+		delete(c.doms, domain)
+	}
+	if e.dnext != none {
+		c.ents[e.dnext].dprev = e.dprev
+	}
+	a := strings.ToLower(addr)
+	switch {
+	case e.aprev != none:
+		c.ents[e.aprev].anext = e.anext
+	case e.anext != none:
+		c.addrs[a] = e.anext
+	default:
+		delete(c.addrs, a)
+	}
+	if e.anext != none {
+		c.ents[e.anext].aprev = e.aprev
+	}
+	*e = entry{next: c.free}
+	c.free = i
+	c.n--
 }
 
 // Revision is the highest bucket revision applied; pass it to Put.
@@ -132,27 +308,6 @@ func (c *Cache) Revision() uint64 {
 		return 0
 	}
 	return c.applied.Get()
-}
-
-func (c *Cache) remove(el *list.Element) {
-	e := el.Value.(*entry)
-	c.lru.Remove(el)
-	delete(c.entries, e.key)
-	unindex(c.byDomain, e.domain, e.key)
-	a := addrIndex(e.domain, e.local)
-	keys := c.byAddr[a]
-	for i, k := range keys {
-		if k == e.key {
-			keys[i] = keys[len(keys)-1]
-			keys = keys[:len(keys)-1]
-			break
-		}
-	}
-	if len(keys) == 0 {
-		delete(c.byAddr, a)
-	} else {
-		c.byAddr[a] = keys
-	}
 }
 
 // Apply takes one change of the bucket (its key and revision) and drops
@@ -169,11 +324,11 @@ func (c *Cache) Apply(key string, rev uint64) {
 	}()
 	switch {
 	case key == kvkey.FlushAll:
-		c.clearLocked()
+		c.reset()
 		return
 	case strings.HasPrefix(key, "flush.domain."):
 		if d, err := kvkey.ParseToken(strings.TrimPrefix(key, "flush.domain.")); err == nil {
-			c.dropDomain(d, "")
+			c.dropDomain(d, -1)
 		}
 		return
 	case strings.HasPrefix(key, "flush.addr."):
@@ -182,7 +337,7 @@ func (c *Cache) Apply(key string, rev uint64) {
 			d, err1 := kvkey.ParseToken(parts[0])
 			l, err2 := kvkey.ParseToken(parts[1])
 			if err1 == nil && err2 == nil {
-				c.dropAddress(d, l, "")
+				c.dropAddress(d, l, -1)
 			}
 		}
 		return
@@ -191,43 +346,45 @@ func (c *Cache) Apply(key string, rev uint64) {
 	if err != nil {
 		return // legacy or foreign keys are never served from here
 	}
+	view := 0
+	if k.Purpose == verdict.Sender {
+		view = 1
+	}
 	if k.Kind == "domain" {
 		if k.Fact == kvkey.FactControl {
 			return // never an answer: the entries held stay as they are
 		}
-		c.dropDomain(k.Domain, kvkey.View(k.Purpose))
+		c.dropDomain(k.Domain, view)
 		return
 	}
-	c.dropAddress(k.Domain, k.Local, kvkey.View(k.Purpose))
+	c.dropAddress(k.Domain, k.Local, view)
 }
 
-// dropDomain drops the domain's entries of one view ("" for all).
-func (c *Cache) dropDomain(domain, view string) {
-	for key := range c.byDomain[domain] {
-		if el, ok := c.entries[key]; ok && (view == "" || el.Value.(*entry).view == view) {
-			c.remove(el)
+// dropDomain drops the domain's entries of one view (-1 for all).
+func (c *Cache) dropDomain(domain string, view int) {
+	i, ok := c.doms[domain]
+	for ok && i != none {
+		next := c.ents[i].dnext
+		if view < 0 || int(c.ents[i].view) == view {
+			c.remove(i)
 		}
+		i = next
 	}
 }
 
-// dropAddress drops the entries of an address of one view ("" for all),
+// dropAddress drops the entries of an address of one view (-1 for all),
 // its local part in any case: an address flush covers them all, and a
 // verdict's change drops at most a few more than it needs to.
-func (c *Cache) dropAddress(domain, local, view string) {
-	// A copy: remove edits the index.
-	for _, key := range append([]string(nil), c.byAddr[addrIndex(domain, local)]...) {
-		el, ok := c.entries[key]
-		if !ok {
-			continue
+func (c *Cache) dropAddress(domain, local string, view int) {
+	i, ok := c.addrs[strings.ToLower(local+"@"+domain)]
+	for ok && i != none {
+		next := c.ents[i].anext
+		if view < 0 || int(c.ents[i].view) == view {
+			c.remove(i)
 		}
-		if e := el.Value.(*entry); strings.EqualFold(e.local, local) && (view == "" || e.view == view) {
-			c.remove(el)
-		}
+		i = next
 	}
 }
-
-// addrIndex is the byAddr key of an address.
-func addrIndex(domain, local string) string { return domain + "\x00" + strings.ToLower(local) }
 
 // Clear drops everything (after a reconnection).
 func (c *Cache) Clear() {
@@ -235,15 +392,8 @@ func (c *Cache) Clear() {
 		return
 	}
 	c.mu.Lock()
-	c.clearLocked()
+	c.reset()
 	c.mu.Unlock()
-}
-
-func (c *Cache) clearLocked() {
-	c.entries = map[string]*list.Element{}
-	c.byDomain = map[string]map[string]struct{}{}
-	c.byAddr = map[string][]string{}
-	c.lru.Init()
 }
 
 // WaitApplied waits until changes up to rev are applied, or until timeout.
@@ -261,5 +411,5 @@ func (c *Cache) Stats() (entries int, hits, misses uint64) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return len(c.entries), c.hits, c.misses
+	return c.n, c.hits, c.misses
 }

@@ -145,7 +145,7 @@ func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger)
 	s := &Service{cfg: cfg, log: log, nc: nc, js: js, names: subjects.New(cfg.NATS.Prefix),
 		domains: domains.NewTable(nil), brake: brake.New(brake.Config{Limit: cfg.BrakeLimit, Window: cfg.BrakeWindow, MaxClients: cfg.BrakeMaxClients, IPv6Prefix: cfg.BrakeIPv6Prefix}),
 		extra: map[string]bool{}, flights: map[string]*flight{}, ready: make(chan struct{})}
-	s.near = nearcache.New(cfg.NearCacheEntries)
+	s.near = nearcache.New(cfg.NearCacheEntries, cfg.ReplyDetails)
 	s.refreshes.age = cfg.RefreshAge
 	s.index = cachecopy.New(cfg.KnownKeys)
 	s.rewatch = make(chan struct{}, 1)
@@ -569,10 +569,10 @@ func (s *Service) local(req wire.VerifyRequest, purpose verdict.Purpose) (verdic
 	// Without a policy, pol is the zero policy: the null sender only.
 	senders := pol.Senders()
 	nearKey := nearcache.Key(as, purpose, senders)
-	if r, ok := s.near.Get(nearKey); ok {
-		if r.Verdict.Status != verdict.Invalid || !s.offline.Load() && !s.fenced() {
-			s.refresh(a, purpose, pol, r.Verdict)
-			return *r.Verdict, dpol, nil
+	if hit, ok := s.near.Get(nearKey); ok {
+		if hit.Status != verdict.Invalid || !s.offline.Load() && !s.fenced() {
+			s.refresh(a, purpose, pol, &hit)
+			return hit, dpol, nil
 		}
 		// A reject this ingest cannot know is current: a flush may have
 		// removed it while the bucket's changes do not reach here.
@@ -616,7 +616,7 @@ func (s *Service) ask(ctx context.Context, a address.Address, purpose verdict.Pu
 		return wire.LookupReply{}
 	}
 	if look.Hit && s.nearOn.Load() && !s.fenced() {
-		s.near.Put(nearKey, a.Domain, a.Local, purpose, look, rev)
+		s.near.Put(nearKey, a.Domain, a.Local, purpose, *look.Verdict, rev)
 	}
 	return look
 }
