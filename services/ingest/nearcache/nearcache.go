@@ -56,19 +56,19 @@ type Cache struct {
 // entry is one cached verdict: the near key holds the address, view and
 // senders; the rest is what the answer needs.
 type entry struct {
-	key        string // near key; key[:alen] is the address
-	alen, at   uint16 // the address's length in key and its @
-	view       uint8
-	status     uint8 // index in verdict.Statuses
-	kind       uint8 // 0 address, 1 domain
-	source     uint8 // 0 cache, 1 probe, 2 static
-	code       int16
-	reason     string
-	enhanced   string
-	sender     string
-	details    *[2]string // the destination's text and host, when kept
-	checked    int64      // unix nanoseconds
-	expires    int64
+	key      string // near key; key[:alen] is the address
+	alen, at uint16 // the address's length in key and its @
+	view     uint8
+	status   uint8 // index in verdict.Statuses
+	kind     uint8 // 0 address, 1 domain
+	source   uint8 // 0 cache, 1 probe, 2 static
+	code     int16
+	reason   string
+	enhanced string
+	sender   string
+	details  *[2]string // the destination's text and host, when kept
+	checked  int64      // unix nanoseconds
+	expires  int64
 	// Links: the LRU (prev, next), the domain's entries (dprev, dnext)
 	// and the address's (aprev, anext).
 	prev, next, dprev, dnext, aprev, anext int32
