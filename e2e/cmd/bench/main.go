@@ -76,6 +76,8 @@ var targets = []target{
 	{Name: "storage, 1M entries", Section: "4 storage", Row: "KV bytes on disk", Op: "<=", Bound: 150, Unit: "MiB"},
 	{Name: "full flush", Section: "4 storage", Row: "full flush", Op: "<=", Bound: 1000, Unit: "ms"},
 	{Name: "domain flush", Section: "4 storage", Row: "domain flush", Op: "<=", Bound: 10, Unit: "ms"},
+	{Name: "ingest memory per near-cache entry", Section: "4 storage", Row: "ingest heap per near-cache entry", Op: "<=", Bound: 400, Unit: "B"},
+	{Name: "ingest memory per known key", Section: "4 storage", Row: "ingest heap per known key", Op: "<=", Bound: 48, Unit: "B"},
 	// The callout economy: at most one RCPT per distinct address plus two
 	// per domain (the catch-all probe and the control probe), and at
 	// least five RCPTs per connection.
@@ -1111,10 +1113,30 @@ func dirBytes(root string) int64 {
 	return n
 }
 
+// ingestLiveHeap is the ingest's live heap: a heap profile asked with
+// gc=1 collects garbage first, and the metrics read right after.
+func (b *bench) ingestLiveHeap() float64 {
+	resp, err := http.Get("http://" + b.metrics["ingest"] + "/debug/pprof/heap?gc=1")
+	if err != nil {
+		return -1
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return b.ingestGauge("go_memstats_heap_alloc_bytes")
+}
+
 // 4. Storage: n entries written as the cachekeeper writes them, then flushes.
 func (b *bench) storage(n int) error {
 	ctx := context.Background()
 	const perDomain = 1000
+	// The ingest's memory is measured against itself empty: what the
+	// sections before left in the cache goes first.
+	if data, err := wire.Encode(&wire.FlushCommand{Scope: wire.ScopeAll}); err == nil {
+		if _, err := b.nc.Request(b.names.Flush(), data, 5*time.Minute); err != nil {
+			return fmt.Errorf("storage: flush before: %w", err)
+		}
+	}
+	heapEmpty := b.ingestLiveHeap()
 	now := time.Now()
 	start := time.Now()
 	for i := 0; i < n; i++ {
@@ -1157,6 +1179,14 @@ func (b *bench) storage(n int) error {
 	b.add(sec, "all streams on disk", float64(dirBytes(filepath.Join(b.dir, "var")))/(1<<20), "MiB")
 	b.add(sec, "cachekeeper RSS", rssKB(b.procs["cachekeeper"].Pid())/1024, "MiB")
 	b.add(sec, "nats-server RSS", rssKB(b.procs["nats-server"].Pid())/1024, "MiB")
+	// The ingest's index of the bucket's keys, once its watch has them all.
+	deadline := time.Now().Add(2 * time.Minute)
+	for b.ingestGauge("callout_ingest_known_keys") < float64(n) && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond) // polling a gauge of another process
+	}
+	keys := b.ingestGauge("callout_ingest_known_keys")
+	heapIndexed := b.ingestLiveHeap()
+	b.add(sec, "ingest heap per known key", (heapIndexed-heapEmpty)/max(keys, 1), "B")
 	// The ingest with its near cache full at its default bound (100,000):
 	// verify that many stored addresses, then read its memory.
 	const near = 100000
@@ -1189,6 +1219,7 @@ func (b *bench) storage(n int) error {
 		return e.(error)
 	}
 	b.add(sec, "ingest RSS, near cache full (100,000 entries)", rssKB(b.procs["ingest"].Pid())/1024, "MiB")
+	b.add(sec, "ingest heap per near-cache entry", (b.ingestLiveHeap()-heapIndexed)/near, "B")
 	b.add(sec, "ingest known keys (index of the bucket)", b.ingestGauge("callout_ingest_known_keys"), "")
 	flush := func(cmd wire.FlushCommand) (time.Duration, uint64, error) {
 		data, _ := wire.Encode(&cmd)
