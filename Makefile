@@ -20,7 +20,7 @@ FUZZ_TARGETS := $(shell grep -rHo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*
 	sed -E 's#^(shared|tools|services/[^/]+)/(.+)/[^/]+_test\.go:func (Fuzz[A-Za-z0-9_]*)$$#\1:./\2/:\3#' | sort)
 export GOFLAGS := -buildvcs=false
 
-.PHONY: all build run test vet staticcheck unit e2e fuzz bench clean tools deploy-check soak
+.PHONY: all build run test vet staticcheck unit e2e fuzz bench clean tools deploy-check soak screenshots
 
 all: build
 
@@ -75,6 +75,10 @@ fuzz:
 			echo "no failing input written: the fuzz coordinator's deadline race (golang/go#75804), not a finding"; \
 		fi; \
 	done
+
+## screenshots: the console's screenshots in docs/ (the browser test takes them; other test runs write them to a temporary directory).
+screenshots: build $(BIN)/nats-server
+	cd e2e && CALLOUT_BIN=$(BIN) CALLOUT_SCREENSHOTS=$(CURDIR)/docs go test -count=1 -run '^TestConsoleBrowser$$' ./...
 
 ## soak: long randomized runs: SOAK_HISTORIES fresh cache-protocol histories (seed from the clock, or SOAK_SEED), a failing one shrunk to a minimal one.
 SOAK_HISTORIES ?= 200

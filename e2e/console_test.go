@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -315,12 +316,21 @@ func TestConsoleBrowser(t *testing.T) {
 	}
 }
 
-// shot saves a screenshot of the page for the README.
+// shot takes a screenshot of the page: into CALLOUT_SCREENSHOTS when set
+// (`make screenshots` sets it to docs/, for the README), else into the
+// test's temporary directory, so that a test run leaves the tree as it was.
 func shot(t *testing.T, ctx context.Context, name string) {
 	t.Helper()
 	var png []byte
 	run(t, ctx, "screenshot", chromedp.FullScreenshot(&png, 100) /* 100: PNG */)
-	if err := os.WriteFile(filepath.Join("..", "docs", name), png, 0o644); err != nil {
+	if !bytes.HasPrefix(png, []byte("\x89PNG")) {
+		t.Fatalf("screenshot %s is not a PNG (%d bytes)", name, len(png))
+	}
+	dir := os.Getenv("CALLOUT_SCREENSHOTS")
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	if err := os.WriteFile(filepath.Join(dir, name), png, 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
