@@ -1,0 +1,58 @@
+package main
+
+// The figures the project holds itself to.
+
+import (
+	_ "net/http/pprof"
+	"strings"
+)
+
+// target is one of the figures the project holds itself to: the median of
+// the row whose section and name (a prefix: some names carry a count) match.
+type target struct {
+	Name    string  `json:"name"`
+	Section string  `json:"section"`
+	Row     string  `json:"row"`
+	Op      string  `json:"op"` // ">=" or "<="
+	Bound   float64 `json:"bound"`
+	Unit    string  `json:"unit"`
+	Value   float64 `json:"value"`
+	Met     bool    `json:"met"`
+}
+
+var targets = []target{
+	{Name: "hit ratio, 1 requester", Section: "1 cache hit", Row: "c=1 verify/echo rate ratio", Op: ">=", Bound: 0.6},
+	{Name: "hit ratio, 16 requesters", Section: "1 cache hit", Row: "c=16 verify/echo rate ratio", Op: ">=", Bound: 0.5},
+	{Name: "hit ratio, 64 requesters", Section: "1 cache hit", Row: "c=64 verify/echo rate ratio", Op: ">=", Bound: 0.4},
+	{Name: "hit p99, 16 requesters", Section: "1 cache hit", Row: "c=16 verify p99", Op: "<=", Bound: 2, Unit: "ms"},
+	{Name: "miss overhead p50", Section: "2 miss", Row: "overhead p50", Op: "<=", Bound: 1, Unit: "ms"},
+	{Name: "saturation", Section: "5 saturation", Row: "verifies/s", Op: ">=", Bound: 15000, Unit: "req/s"},
+	{Name: "storage, 1M entries", Section: "4 storage", Row: "KV bytes on disk", Op: "<=", Bound: 150, Unit: "MiB"},
+	{Name: "full flush", Section: "4 storage", Row: "full flush", Op: "<=", Bound: 1000, Unit: "ms"},
+	{Name: "domain flush", Section: "4 storage", Row: "domain flush", Op: "<=", Bound: 10, Unit: "ms"},
+	{Name: "ingest memory per near-cache entry", Section: "4 storage", Row: "ingest heap per near-cache entry", Op: "<=", Bound: 400, Unit: "B"},
+	{Name: "ingest memory per known key", Section: "4 storage", Row: "ingest heap per known key", Op: "<=", Bound: 48, Unit: "B"},
+	// The callout economy: at most one RCPT per distinct address plus two
+	// per domain (the catch-all probe and the control probe), and at
+	// least five RCPTs per connection.
+	{Name: "economy: RCPTs within the budget", Section: "3 economy", Row: "RCPTs past the budget", Op: "<=", Bound: 0},
+	{Name: "economy: connections per RCPT", Section: "3 economy", Row: "connections per RCPT", Op: "<=", Bound: 0.2},
+}
+
+// checkTargets holds the rows to the targets; a target whose section did
+// not run is left out.
+func checkTargets(rows []row) []target {
+	var out []target
+	for _, t := range targets {
+		for _, r := range rows {
+			if r.Section != t.Section || !strings.HasPrefix(r.Name, t.Row) {
+				continue
+			}
+			t.Value = r.Value
+			t.Met = (t.Op == ">=" && r.Value >= t.Bound) || (t.Op == "<=" && r.Value <= t.Bound)
+			out = append(out, t)
+			break
+		}
+	}
+	return out
+}
