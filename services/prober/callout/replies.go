@@ -1,0 +1,92 @@
+package callout
+
+// Replies: what they say of the host, and the results and facts made of them.
+
+import (
+	"errors"
+	"strings"
+
+	"github.com/callout-mail/callout/services/prober/destination"
+	"github.com/callout-mail/callout/services/prober/smtpprobe"
+	"github.com/callout-mail/callout/shared/verdict"
+)
+
+// throttling reports a reply that says the host is overloaded or limits
+// us: 421 at any stage, 451 4.7.x (Microsoft 365's 4.7.500-699 among
+// them), 450 4.7.1 "too many ...", 452 4.5.3 too many recipients.
+func throttling(rep smtpprobe.Reply) bool {
+	switch {
+	case rep.Code == 421:
+		return true
+	case rep.Code == 451 && strings.HasPrefix(rep.Enhanced, "4.7."):
+		return true
+	case rep.Code == 450 && rep.Enhanced == "4.7.1" && strings.Contains(strings.ToLower(rep.Text()), "too many"):
+		return true
+	}
+	return tooManyRecipients(rep)
+}
+
+// senderRefused reports an RCPT reply that refuses the sender, not the
+// recipient: Postfix's "Sender address rejected" (smtpd_delay_reject=yes
+// defers sender restrictions to RCPT), or x.1.7 / x.1.8 (bad sender's
+// mailbox or system address).
+func senderRefused(rep smtpprobe.Reply) bool {
+	if rep.Class() != 5 {
+		return false
+	}
+	return rep.Enhanced == "5.1.7" || rep.Enhanced == "5.1.8" || strings.Contains(strings.ToLower(rep.Text()), "sender address rejected")
+}
+
+func tooManyRecipients(rep smtpprobe.Reply) bool {
+	return rep.Code == 452 && rep.Enhanced == "4.5.3"
+}
+
+// noteReply tells the host's state about a reply.
+func noteReply(d *destination.Dest, rep smtpprobe.Reply) {
+	if throttling(rep) {
+		d.Throttled(rep.String())
+		return
+	}
+	d.Replied(rep.String())
+}
+
+func (v *Verifier) result(t Target, host, sender string, st verdict.Status, reason string, rep smtpprobe.Reply) Result {
+	r := v.fail(t, host, st, reason, rep)
+	r.Address.Sender = sender
+	return r
+}
+
+func (v *Verifier) fail(t Target, host string, st verdict.Status, reason string, rep smtpprobe.Reply) Result {
+	return Result{Address: verdict.Verdict{
+		Kind: verdict.KindAddress, Address: t.Address.String(), Domain: t.Address.Domain,
+		Sender: t.Sender, Status: st, Reason: reason,
+		Code: rep.Code, Enhanced: rep.Enhanced, Text: verdict.CleanText(rep.Text()),
+		Host: host, CheckedAt: v.now(), Source: verdict.SourceProbe,
+	}}
+}
+
+func (v *Verifier) fact(t Target, host, fact string, st verdict.Status, reason string, rep smtpprobe.Reply) verdict.Verdict {
+	return verdict.Verdict{
+		Kind: verdict.KindDomain, Domain: t.Address.Domain, Fact: fact, Sender: t.Sender,
+		Status: st, Reason: reason, Code: rep.Code, Enhanced: rep.Enhanced,
+		Text: verdict.CleanText(rep.Text()), Host: host, CheckedAt: v.now(), Source: verdict.SourceProbe,
+	}
+}
+
+// failErr turns a network or protocol error into a tempfail; timeouts and
+// refused connections count against the breaker.
+func (v *Verifier) failErr(t Target, host string, err error) (Result, bool) {
+	var se *smtpprobe.Error
+	reason, unhealthy := ReasonProtocol, false
+	if errors.As(err, &se) {
+		switch {
+		case se.Timeout():
+			reason, unhealthy = ReasonTimeout, true
+		case se.Stage == smtpprobe.StageConnect:
+			reason, unhealthy = ReasonConnect, true
+		}
+	}
+	r := v.fail(t, host, verdict.TempFail, reason, smtpprobe.Reply{})
+	r.Address.Text = verdict.CleanText(err.Error())
+	return r, unhealthy
+}
