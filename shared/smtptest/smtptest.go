@@ -3,6 +3,9 @@
 // and hostile peers. It counts connections and RCPT commands.
 package smtptest
 
+// Over 400 lines on purpose: one scripted server, whose session loop
+// reads best whole.
+
 import (
 	"bufio"
 	"crypto/tls"

@@ -1,5 +1,8 @@
 package console
 
+// Over 400 lines on purpose: the HTML pages' handlers, one per page, which
+// share the rendering and form helpers here.
+
 import (
 	"bytes"
 	"encoding/json"

@@ -20,6 +20,9 @@
 // address walks only what it drops.
 package nearcache
 
+// Over 400 lines on purpose: one structure, an LRU whose entries are also
+// linked by domain and by address, whose list operations belong together.
+
 import (
 	"strings"
 	"sync"

@@ -1,5 +1,8 @@
 package smtpprobe
 
+// Over 400 lines on purpose: one SMTP connection's commands and their
+// bounded reads, each small, which share the connection's state.
+
 import (
 	"bufio"
 	"context"
