@@ -317,7 +317,7 @@ func TestConsoleBrowser(t *testing.T) {
 }
 
 // shot takes a screenshot of the page: into CALLOUT_SCREENSHOTS when set
-// (`make screenshots` sets it to docs/, for the README), else into the
+// (`make screenshots` sets it to docs/, for docs/console.md), else into the
 // test's temporary directory, so that a test run leaves the tree as it was.
 func shot(t *testing.T, ctx context.Context, name string) {
 	t.Helper()

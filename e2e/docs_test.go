@@ -8,9 +8,10 @@ import (
 	"testing"
 )
 
-// The README's settings tables are what the binaries say they take.
+// The settings tables of docs/services.md are what the binaries say they
+// take.
 func TestREADMESettings(t *testing.T) {
-	readme, err := os.ReadFile("../README.md")
+	readme, err := os.ReadFile("../docs/services.md")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -25,7 +26,7 @@ func TestREADMESettings(t *testing.T) {
 		}
 		for _, row := range rows {
 			if !strings.Contains(string(readme), row+"\n") {
-				t.Errorf("README lacks the %s setting row %s", svc, row)
+				t.Errorf("docs/services.md lacks the %s setting row %s", svc, row)
 			}
 		}
 	}

@@ -12,7 +12,7 @@ import (
 	"github.com/callout-mail/callout/shared/smtptest"
 )
 
-// What the README tells operators to type with the standard nats CLI works.
+// What the docs tell operators to type with the standard nats CLI works.
 func TestNatsCLI(t *testing.T) {
 	natsBin := filepath.Join(binDir, "nats")
 	if _, err := os.Stat(natsBin); err != nil {

@@ -47,7 +47,7 @@ func Usage(w io.Writer, prefix string, spec any) error {
 }
 
 // Markdown writes the settings of spec as the rows of a Markdown table
-// (variable, default, description), the form the README shows.
+// (variable, default, description), the form docs/services.md shows.
 func Markdown(w io.Writer, prefix string, spec any) error {
 	format := "{{range .}}| `{{usage_key .}}` | {{with usage_default .}}`{{.}}`{{end}} | {{usage_description .}} |\n{{end}}"
 	return envconfig.Usagef(prefix, spec, w, format)
