@@ -3,12 +3,35 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"text/tabwriter"
+	"time"
 
 	"github.com/kelseyhightower/envconfig"
 )
+
+// Common are the settings every service takes; each service's Config
+// embeds them, so that they are loaded, checked and listed (Usage,
+// Markdown) with the rest.
+type Common struct {
+	LogLevel      slog.Level    `envconfig:"LOG_LEVEL" default:"info" desc:"debug, info, warn or error"`
+	StatsInterval time.Duration `envconfig:"STATS_INTERVAL" default:"5s" desc:"how often the stats message is published on PREFIX.stats.SERVICE.INSTANCE (0: off)"`
+}
+
+// CommonSettings returns the common settings (promoted to the Config that
+// embeds them).
+func (c Common) CommonSettings() Common { return c }
+
+// Check checks values envconfig cannot.
+func (c Common) Check() error {
+	if c.StatsInterval < 0 || (c.StatsInterval > 0 && c.StatsInterval < 100*time.Millisecond) {
+		return errors.New("STATS_INTERVAL: a duration of at least 100ms, or 0 (off)")
+	}
+	return nil
+}
 
 // Load fills spec from variables named PREFIX_SETTING. A bad value is an
 // error naming the variable.

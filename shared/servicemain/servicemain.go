@@ -23,10 +23,12 @@ import (
 	"github.com/callout-mail/callout/shared/subjects"
 )
 
-// Settings is what servicemain needs of a service's configuration.
+// Settings is what servicemain needs of a service's configuration (which
+// embeds config.Common).
 type Settings interface {
 	NATSConfig() natsconn.Config
 	MetricsListen() string
+	CommonSettings() config.Common
 }
 
 // Service runs until its context ends.
@@ -39,15 +41,6 @@ type Build func(nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger) (Ser
 
 // Main runs a service and exits: 2 for bad settings, 1 when it fails.
 func Main(name, envPrefix, about string, cfg Settings, build Build) {
-	// The log level is read first, so that setting errors are logged at it.
-	var level slog.Level
-	if v := os.Getenv(envPrefix + "_LOG_LEVEL"); v != "" {
-		if err := level.UnmarshalText([]byte(v)); err != nil {
-			fmt.Fprintf(os.Stderr, "setting %s_LOG_LEVEL: %v\n", envPrefix, err)
-			os.Exit(2)
-		}
-	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("service", name)
 	if len(os.Args) > 1 && os.Args[1] == "--help-markdown" {
 		_ = config.Markdown(os.Stdout, envPrefix, cfg)
 		return
@@ -55,23 +48,20 @@ func Main(name, envPrefix, about string, cfg Settings, build Build) {
 	if len(os.Args) > 1 && (os.Args[1] == "-h" || os.Args[1] == "--help") {
 		fmt.Printf("%s: %s\n\nSettings (environment variables):\n", name, about)
 		_ = config.Usage(os.Stdout, envPrefix, cfg)
-		fmt.Printf("%s_LOG_LEVEL  info  debug, info, warn or error\n", envPrefix)
-		fmt.Printf("%s_STATS_INTERVAL  5s  how often the stats message is published on <prefix>.stats.%s.<instance> (0: off)\n", envPrefix, name)
 		return
 	}
-	if err := config.Load(envPrefix, cfg); err != nil {
+	err := config.Load(envPrefix, cfg)
+	if err == nil {
+		if err = cfg.CommonSettings().Check(); err != nil {
+			err = fmt.Errorf("settings: %s_%w", envPrefix, err)
+		}
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.CommonSettings().LogLevel})).With("service", name)
+	if err != nil {
 		log.Error("bad configuration", "err", err)
 		os.Exit(2)
 	}
-	interval := 5 * time.Second
-	if v := os.Getenv(envPrefix + "_STATS_INTERVAL"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil || d < 0 || (d > 0 && d < 100*time.Millisecond) {
-			log.Error("bad configuration", "err", fmt.Sprintf("%s_STATS_INTERVAL: a duration of at least 100ms, or 0 (off)", envPrefix))
-			os.Exit(2)
-		}
-		interval = d
-	}
+	interval := cfg.CommonSettings().StatsInterval
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, name, cfg, build, interval, log); err != nil {

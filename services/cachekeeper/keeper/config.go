@@ -7,11 +7,13 @@ import (
 	"time"
 
 	"github.com/callout-mail/callout/services/cachekeeper/cache"
+	"github.com/callout-mail/callout/shared/config"
 	"github.com/callout-mail/callout/shared/natsconn"
 )
 
 // Config is the cachekeeper's settings, from CALLOUT_CACHEKEEPER_* variables.
 type Config struct {
+	config.Common
 	NATS            natsconn.Config `envconfig:"NATS"`
 	Replicas        int             `default:"1" desc:"replicas of the cache bucket and streams (3 in a cluster)"`
 	TTLValid        time.Duration   `envconfig:"TTL_VALID" default:"96h" desc:"how long an existing mailbox is cached"`

@@ -9,11 +9,13 @@ import (
 	"os"
 	"time"
 
+	"github.com/callout-mail/callout/shared/config"
 	"github.com/callout-mail/callout/shared/natsconn"
 )
 
 // Config is the console's settings, from CALLOUT_CONSOLE_* variables.
 type Config struct {
+	config.Common
 	NATS           natsconn.Config `envconfig:"NATS"`
 	ViewerUser     string          `envconfig:"VIEWER_NATS_USER" desc:"NATS user (read-only role) for viewers' requests; empty: viewers' requests use the admin connection, limited by the console"`
 	ViewerPassword string          `envconfig:"VIEWER_NATS_PASSWORD" desc:"password of CALLOUT_CONSOLE_VIEWER_NATS_USER"`

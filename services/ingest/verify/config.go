@@ -7,12 +7,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/callout-mail/callout/shared/config"
 	"github.com/callout-mail/callout/shared/natsconn"
 	"github.com/callout-mail/callout/shared/verdict"
 )
 
 // Config is the ingest's settings, from CALLOUT_INGEST_* variables.
 type Config struct {
+	config.Common
 	NATS                 natsconn.Config `envconfig:"NATS"`
 	Timeout              time.Duration   `default:"25s" desc:"answer deadline when the request names none"`
 	MaxTimeout           time.Duration   `envconfig:"MAX_TIMEOUT" default:"25s" desc:"cap on a request's own deadline"`

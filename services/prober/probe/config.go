@@ -7,11 +7,13 @@ import (
 	"os"
 	"time"
 
+	"github.com/callout-mail/callout/shared/config"
 	"github.com/callout-mail/callout/shared/natsconn"
 )
 
 // Config is the prober's settings, from CALLOUT_PROBER_* variables.
 type Config struct {
+	config.Common
 	NATS            natsconn.Config `envconfig:"NATS"`
 	Workers         int             `default:"16" desc:"concurrent callouts per instance"`
 	HeloName        string          `envconfig:"HELO_NAME" desc:"name sent in EHLO/HELO (default: the host name)"`
