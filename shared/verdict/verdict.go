@@ -146,6 +146,16 @@ func Decide(v Verdict, p Policy) Decision {
 	deferred := func() Decision {
 		return Decision{Action: Defer, Code: 450, Enhanced: "4.4.3", Text: "<" + v.Address + ">: " + what + " address verification failed temporarily, try again later"}
 	}
+	if v.Status == TempFail {
+		switch v.Reason {
+		case ReasonBraked:
+			return Decision{Action: Defer, Code: 450, Enhanced: "4.7.1", Text: "<" + v.Address + ">: Too many unknown recipients, try again later"}
+		case ReasonShed:
+			return Decision{Action: Defer, Code: 451, Enhanced: "4.3.2", Text: "System busy, try again later"}
+		case ReasonBadRequest:
+			return Decision{Action: Defer, Code: 451, Enhanced: "4.3.5", Text: "Verify request not understood"}
+		}
+	}
 	switch v.Status {
 	case Valid, CatchAll, Skipped:
 		return accept()
@@ -191,6 +201,11 @@ const (
 	ReasonNullSenderRejected = "null_sender_rejected" // domain fact: MAIL FROM:<> refused
 	ReasonSenderRejected     = "sender_rejected"      // domain fact: the configured sender refused
 	ReasonMailboxDisabled    = "mailbox_disabled"     // 5.2.1: invalid, cached for a shorter time
+	// Reasons about the request, not the address: always deferred,
+	// whatever the policy says of tempfails.
+	ReasonBraked     = "too_many_unknown_recipients" // the client's unknown recipients passed the brake's limit
+	ReasonShed       = "shed"                        // every worker was busy
+	ReasonBadRequest = "bad_request"                 // the verify request was not understood
 )
 
 // SenderSpecific reports whether a domain fact concerns only the sender it

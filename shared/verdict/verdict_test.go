@@ -101,3 +101,20 @@ func TestCleanText(t *testing.T) {
 		t.Errorf("CleanText kept %d bytes", len(got))
 	}
 }
+
+// Reasons about the request, not the address, are always deferred, with
+// their own codes, whatever the policy says of tempfails.
+func TestDecideRequestReasons(t *testing.T) {
+	for _, tc := range []struct {
+		reason   string
+		code     int
+		enhanced string
+	}{{ReasonBraked, 450, "4.7.1"}, {ReasonShed, 451, "4.3.2"}, {ReasonBadRequest, 451, "4.3.5"}} {
+		for _, pol := range []Policy{{}, {OnTempfail: Accept}} {
+			d := Decide(Verdict{Address: "a@example.org", Status: TempFail, Reason: tc.reason}, pol)
+			if d.Action != Defer || d.Code != tc.code || d.Enhanced != tc.enhanced {
+				t.Errorf("%s under %+v: %+v", tc.reason, pol, d)
+			}
+		}
+	}
+}

@@ -109,10 +109,10 @@ func (s *Service) reply(ctx context.Context, req wire.VerifyRequest, purpose ver
 
 // decide applies the policy and the configured texts.
 func (s *Service) decide(v verdict.Verdict, pol verdict.Policy) verdict.Decision {
-	if v.Reason == ReasonBraked && v.Status == verdict.TempFail {
-		return verdict.Decision{Action: verdict.Defer, Code: 450, Enhanced: "4.7.1", Text: "<" + v.Address + ">: Too many unknown recipients, try again later"}
-	}
 	d := verdict.Decide(v, pol)
+	if v.Status == verdict.TempFail && (v.Reason == verdict.ReasonBraked || v.Reason == verdict.ReasonShed) {
+		return d // about the request: the configured defer text is not for it
+	}
 	text := ""
 	switch d.Action {
 	case verdict.Reject:

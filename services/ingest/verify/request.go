@@ -37,7 +37,7 @@ func (s *Service) decode(r *microasync.Request, trace bool) (wire.VerifyRequest,
 	}
 	if err != nil {
 		s.m.requests.WithLabelValues(string(verdict.Defer), "error").Inc()
-		rep := wire.VerifyReply{Decision: verdict.Decision{Action: verdict.Defer, Code: 451, Enhanced: "4.3.5", Text: "Verify request not understood"}, Error: err.Error()}
+		rep := wire.VerifyReply{Decision: verdict.Decide(verdict.Verdict{Status: verdict.TempFail, Reason: verdict.ReasonBadRequest}, verdict.Policy{}), Error: err.Error()}
 		b, _ := encodeReply(&rep, isJSON(r))
 		_ = r.Error("400", err.Error(), b)
 		return req, false
@@ -134,8 +134,8 @@ func encodeReply(rep *wire.VerifyReply, isJSON bool) ([]byte, error) {
 func (s *Service) shed(r *microasync.Request) {
 	s.m.shed.Inc()
 	s.m.requests.WithLabelValues(string(verdict.Defer), "shed").Inc()
-	rep := wire.VerifyReply{Decision: verdict.Decision{Action: verdict.Defer, Code: 451, Enhanced: "4.3.2", Text: "System busy, try again later"},
-		Verdict: &verdict.Verdict{Kind: verdict.KindAddress, Status: verdict.TempFail, Reason: ReasonShed, CheckedAt: time.Now(), Source: verdict.SourceStatic}}
+	v := verdict.Verdict{Kind: verdict.KindAddress, Status: verdict.TempFail, Reason: ReasonShed, CheckedAt: time.Now(), Source: verdict.SourceStatic}
+	rep := wire.VerifyReply{Decision: verdict.Decide(v, verdict.Policy{}), Verdict: &v}
 	if b, err := encodeReply(&rep, isJSON(r)); err == nil {
 		_ = r.Respond(b)
 	}

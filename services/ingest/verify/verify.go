@@ -21,6 +21,7 @@ import (
 	"github.com/callout-mail/callout/shared/microasync"
 	"github.com/callout-mail/callout/shared/streams"
 	"github.com/callout-mail/callout/shared/subjects"
+	"github.com/callout-mail/callout/shared/verdict"
 )
 
 // Version of the micro service.
@@ -33,14 +34,14 @@ const (
 	ReasonListed      = "listed"
 	ReasonNotListed   = "not_listed"
 	ReasonNotServed   = "not_served"
-	ReasonBraked      = "too_many_unknown_recipients"
+	ReasonBraked      = verdict.ReasonBraked
 	ReasonDeadline    = "deadline"
 	ReasonQueue       = "queue_unavailable"
 	ReasonSyntax      = "syntax"
 	ReasonUnprobeable = "unprobeable_form"
 	ReasonNullSender  = "null_sender"
 	ReasonPostmaster  = "postmaster"
-	ReasonShed        = "shed"
+	ReasonShed        = verdict.ReasonShed
 	ReasonBypass      = "bypass"
 	// ReasonUnconfirmed defers what the near cache would reject while this
 	// ingest cannot know that no flush removed it: cut off from NATS, or
