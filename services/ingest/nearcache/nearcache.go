@@ -195,19 +195,8 @@ func (c *Cache) Put(key, domain, local string, purpose verdict.Purpose, v verdic
 	}
 	c.byKey[key] = i
 	c.pushFront(i)
-	e.dprev, e.dnext = none, none
-	if h, ok := c.doms[domain]; ok {
-		e.dnext = h
-		c.ents[h].dprev = i
-	}
-	c.doms[domain] = i
-	a := strings.ToLower(key[:alen]) // no copy for the usual lower-case address
-	e.aprev, e.anext = none, none
-	if h, ok := c.addrs[a]; ok {
-		e.anext = h
-		c.ents[h].aprev = i
-	}
-	c.addrs[a] = i
+	c.linkTo(c.doms, domain, i, byDomain)
+	c.linkTo(c.addrs, strings.ToLower(key[:alen]), i, byAddress) // no copy for the usual lower-case address
 	c.n++
 }
 
@@ -270,6 +259,40 @@ func (c *Cache) touch(i int32) {
 	c.pushFront(i)
 }
 
+// The lists of entries by domain and by address: their links in an entry.
+func byDomain(e *entry) (prev, next *int32)  { return &e.dprev, &e.dnext }
+func byAddress(e *entry) (prev, next *int32) { return &e.aprev, &e.anext }
+
+// linkTo puts slot i first in the list headed in heads[k].
+func (c *Cache) linkTo(heads map[string]int32, k string, i int32, links func(*entry) (prev, next *int32)) {
+	prev, next := links(&c.ents[i])
+	*prev, *next = none, none
+	if h, ok := heads[k]; ok {
+		*next = h
+		hp, _ := links(&c.ents[h])
+		*hp = i
+	}
+	heads[k] = i
+}
+
+// unlinkFrom takes slot i out of the list headed in heads[k].
+func (c *Cache) unlinkFrom(heads map[string]int32, k string, i int32, links func(*entry) (prev, next *int32)) {
+	prev, next := links(&c.ents[i])
+	switch {
+	case *prev != none:
+		_, pn := links(&c.ents[*prev])
+		*pn = *next
+	case *next != none:
+		heads[k] = *next
+	default:
+		delete(heads, k)
+	}
+	if *next != none {
+		np, _ := links(&c.ents[*next])
+		*np = *prev
+	}
+}
+
 // remove drops slot i from every list and map and frees it.
 func (c *Cache) remove(i int32) {
 	e := &c.ents[i]
@@ -277,29 +300,8 @@ func (c *Cache) remove(i int32) {
 	delete(c.byKey, e.key)
 	addr := e.key[:e.alen]
 	domain := addr[e.at+1:]
-	switch {
-	case e.dprev != none:
-		c.ents[e.dprev].dnext = e.dnext
-	case e.dnext != none:
-		c.doms[domain] = e.dnext
-	default:
-		delete(c.doms, domain)
-	}
-	if e.dnext != none {
-		c.ents[e.dnext].dprev = e.dprev
-	}
-	a := strings.ToLower(addr)
-	switch {
-	case e.aprev != none:
-		c.ents[e.aprev].anext = e.anext
-	case e.anext != none:
-		c.addrs[a] = e.anext
-	default:
-		delete(c.addrs, a)
-	}
-	if e.anext != none {
-		c.ents[e.anext].aprev = e.aprev
-	}
+	c.unlinkFrom(c.doms, domain, i, byDomain)
+	c.unlinkFrom(c.addrs, strings.ToLower(addr), i, byAddress)
 	*e = entry{next: c.free}
 	c.free = i
 	c.n--
