@@ -47,10 +47,6 @@ func (s *Service) ask(ctx context.Context, a address.Address, purpose verdict.Pu
 	if err != nil {
 		s.log.Warn("cache lookup failed; treating as a miss", "address", a.String(), "err", err)
 	}
-	if look.Hit && s.index.Covers(*look.Verdict) {
-		// A cachekeeper behind this ingest: the flush it missed holds.
-		return wire.LookupReply{}
-	}
 	if look.Hit && s.nearOn.Load() && !s.fenced() {
 		s.near.Put(nearKey, a.Domain, a.Local, purpose, *look.Verdict, rev)
 	}
@@ -76,7 +72,7 @@ func (s *Service) fetch(ctx context.Context, a address.Address, purpose verdict.
 		return s.wait(ctx, a, f)
 	}
 	subject := s.names.Verdict(kvkey.Address(a.Domain, a.Local, purpose, ""))
-	f = &flight{key: key, subject: subject, job: job, done: make(chan struct{}), refused: make(chan struct{}, 1)}
+	f = &flight{key: key, subject: subject, job: job, done: make(chan struct{}), refused: make(chan struct{}, 1), again: make(chan struct{}, 1)}
 	s.flights[key] = f
 	s.mu.Unlock()
 	// With every key of the bucket known here, an address without any
@@ -151,7 +147,9 @@ func (s *Service) traced(ctx context.Context, a address.Address, job wire.ProbeJ
 }
 
 // lookup asks the cache; rev is the bucket revision this ingest had applied,
-// job the job to queue on a miss, if any (see wire.LookupRequest).
+// job the job to queue on a miss, if any (see wire.LookupRequest). A hit
+// that a flush known here covers answers as a miss (never queued): every
+// path that asks the cache goes through here.
 func (s *Service) lookup(ctx context.Context, a address.Address, purpose verdict.Purpose, senders []string, rev uint64, job *wire.ProbeJob) (wire.LookupReply, error) {
 	b, err := wire.Encode(&wire.LookupRequest{Address: a.String(), Purpose: purpose, Senders: senders, Rev: rev, Job: job})
 	if err != nil {
@@ -172,6 +170,10 @@ func (s *Service) lookup(ctx context.Context, a address.Address, purpose verdict
 	}
 	if r.Hit && r.Verdict == nil {
 		return wire.LookupReply{}, errors.New("cache: hit without verdict")
+	}
+	if r.Hit && s.index.Covers(*r.Verdict) {
+		// A cachekeeper behind this ingest: the flush it missed holds.
+		return wire.LookupReply{}, nil
 	}
 	return r, nil
 }
@@ -217,7 +219,7 @@ func (s *Service) passed(ctx context.Context, subject string, job wire.ProbeJob)
 	}
 	senders := domains.Policy{Sender: job.Sender, FallbackSender: job.FallbackSender}.Senders()
 	look, err := s.lookup(ctx, a, job.Purpose, senders, s.seen(), nil)
-	if err == nil && look.Hit && !s.index.Covers(*look.Verdict) {
+	if err == nil && look.Hit {
 		return *look.Verdict, true
 	}
 	return verdict.Verdict{}, false

@@ -33,20 +33,11 @@ type flight struct {
 	subject string        // the verdict subject
 	job     wire.ProbeJob // what it queued or would queue
 	done    chan struct{}
-	refused chan struct{} // a covered verdict came: queue a fresh callout
+	refused chan struct{} // a covered verdict came: queue a fresh callout (counted)
+	again   chan struct{} // none came while cut off: queue a fresh callout
 	once    sync.Once
 	v       verdict.Verdict
 	err     error
-}
-
-// ended reports whether f has its answer.
-func (f *flight) ended() bool {
-	select {
-	case <-f.done:
-		return true
-	default:
-		return false
-	}
 }
 
 // end ends the flight with its answer, once: the first of the verdict,
@@ -139,12 +130,14 @@ func (s *Service) fly(f *flight, job wire.ProbeJob, ack jetstream.PubAckFuture, 
 		}
 	}
 	defer retrying(false)
+	askAgain := func() {
+		pending, err := requeue()
+		retrying(err != nil || pending)
+	}
 	if pending {
 		if v, ok := s.passed(ctx, f.subject, job); ok {
-			s.deliver(f, v)
-			if f.ended() {
-				return
-			}
+			s.end(f, v, nil)
+			return
 		}
 		retrying(true)
 	}
@@ -161,8 +154,9 @@ func (s *Service) fly(f *flight, job wire.ProbeJob, ack jetstream.PubAckFuture, 
 				s.end(f, verdict.Verdict{}, errors.New("every verdict predates a flush of its scope: are the probers' and cachekeepers' clocks apart?"))
 				return
 			}
-			pending, err := requeue()
-			retrying(err != nil || pending)
+			askAgain()
+		case <-f.again:
+			askAgain()
 		case <-retry:
 			if pending, err := requeue(); err == nil && !pending {
 				retrying(false) // our own job is queued now
@@ -235,9 +229,10 @@ func (s *Service) recheckFlights() {
 				s.end(o.f, v, nil)
 				return
 			}
-			// None passed: a fresh callout, if none is pending.
+			// None passed: a fresh callout, if none is pending (not
+			// counted as a flushed verdict).
 			select {
-			case o.f.refused <- struct{}{}:
+			case o.f.again <- struct{}{}:
 			default:
 			}
 		}()
