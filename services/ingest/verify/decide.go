@@ -208,8 +208,10 @@ func (s *Service) local(req wire.VerifyRequest, purpose verdict.Purpose) (verdic
 	// Without a policy, pol is the zero policy: the null sender only.
 	senders := pol.Senders()
 	nearKey := nearcache.Key(as, purpose, senders)
-	if hit, ok := s.near.Get(nearKey); ok {
-		if hit.Status != verdict.Invalid || !s.offline.Load() && !s.fenced() {
+	// Fenced (a flush this ingest was asked to confirm is not applied
+	// here yet), the near cache serves nothing: the cache answers.
+	if hit, ok := s.nearHit(nearKey); ok {
+		if hit.Status != verdict.Invalid || !s.offline.Load() {
 			s.refresh(a, purpose, pol, &hit)
 			return hit, dpol, nil
 		}
@@ -220,6 +222,15 @@ func (s *Service) local(req wire.VerifyRequest, purpose verdict.Purpose) (verdic
 		return v, dpol, nil
 	}
 	return v, dpol, &miss{a: a, pol: pol, dpol: dpol, v: v, senders: senders, nearKey: nearKey}
+}
+
+// nearHit is the near cache's entry under key, unless this ingest is
+// fenced.
+func (s *Service) nearHit(key string) (verdict.Verdict, bool) {
+	if s.fenced() {
+		return verdict.Verdict{}, false
+	}
+	return s.near.Get(key)
 }
 
 // special answers the addresses that are never called out: the null

@@ -316,3 +316,29 @@ func TestFlushedVerdictsBounded(t *testing.T) {
 		t.Fatalf("%d callouts of alice, want 1 to %d", n, 1+maxRefused)
 	}
 }
+
+// An ingest asked to confirm a flush it has not applied yet (fenced)
+// serves nothing from its near cache: the cache answers, with the flush's
+// revision as the one it must not miss. Once it has caught up, the near
+// cache serves again.
+func TestFencedServesNoNearCache(t *testing.T) {
+	s := startTwo(t, keeperConfig())
+	s.held(t, "alice@example.org")
+	s.a.fence.Store(s.a.near.Revision() + 1) // asked to confirm the next change
+	_, hits0, _ := s.a.near.Stats()
+	if rep := ask(s.a, "alice@example.org"); rep.Decision.Action != verdict.Accept || rep.Verdict.Source != verdict.SourceCache {
+		t.Fatalf("fenced: %+v from %s", rep.Decision, rep.Verdict.Source)
+	}
+	if _, hits, _ := s.a.near.Stats(); hits != hits0 {
+		t.Fatalf("fenced: %d near-cache hits", hits-hits0)
+	}
+	// Any change of the bucket brings the watch past the fence.
+	if rep := ask(s.a, "bob@example.org"); rep.Decision.Action != verdict.Reject {
+		t.Fatalf("bob: %+v", rep.Decision)
+	}
+	waitfor.Cond(t, 10*time.Second, func() bool {
+		ask(s.a, "alice@example.org")
+		_, hits, _ := s.a.near.Stats()
+		return hits > hits0
+	})
+}

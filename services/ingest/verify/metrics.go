@@ -46,7 +46,7 @@ func newMetrics(reg prometheus.Registerer, policyErrors func() int, near *nearca
 		Name: "callout_ingest_known_misses_total", Help: "Near cache misses answered from this ingest's copy of the bucket's keys and domain facts, without a lookup.",
 	})
 	m.unconfirmed = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "callout_ingest_unconfirmed_rejects_total", Help: "Near-cache rejects answered with a defer instead, while this ingest was cut off from NATS or had not yet applied a flush it was asked to confirm.",
+		Name: "callout_ingest_unconfirmed_rejects_total", Help: "Near-cache rejects answered with a defer instead, while this ingest was cut off from NATS.",
 	})
 	m.flushedVerdicts = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "callout_ingest_flushed_verdicts_total", Help: "Verdicts of callouts that started before a flush of their scope, refused as an answer (a fresh callout is asked instead).",
