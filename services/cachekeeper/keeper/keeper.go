@@ -19,6 +19,7 @@ import (
 	"github.com/callout-mail/callout/shared/backoff"
 	"github.com/callout-mail/callout/shared/inflight"
 	"github.com/callout-mail/callout/shared/microasync"
+	"github.com/callout-mail/callout/shared/refresh"
 	"github.com/callout-mail/callout/shared/streams"
 	"github.com/callout-mail/callout/shared/subjects"
 	"github.com/callout-mail/callout/shared/wire"
@@ -37,7 +38,7 @@ type Service struct {
 	store   *cache.Store
 	m       *metrics
 	mu      sync.Mutex
-	refresh map[string]time.Time // key -> last background re-probe
+	refresh refresh.Ahead // background re-probes of old valid entries
 	ready   chan struct{}
 	pool    *microasync.Pool
 	ingests map[string]time.Time // running ingests (micro id) and when last seen
@@ -52,7 +53,7 @@ func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger)
 	if err != nil {
 		return nil, err
 	}
-	return &Service{cfg: cfg, log: log, nc: nc, js: js, names: subjects.New(cfg.NATS.Prefix), m: newMetrics(reg), refresh: map[string]time.Time{}, ingests: map[string]time.Time{}, ready: make(chan struct{})}, nil
+	return &Service{cfg: cfg, log: log, nc: nc, js: js, names: subjects.New(cfg.NATS.Prefix), m: newMetrics(reg), refresh: refresh.Ahead{Age: cfg.RefreshAge}, ingests: map[string]time.Time{}, ready: make(chan struct{})}, nil
 }
 
 // Run serves until ctx ends.

@@ -81,21 +81,10 @@ func (s *Service) queue(ctx context.Context, a address.Address, purpose verdict.
 // maybeRefresh re-probes an old valid entry in the background, at most once
 // per key per refresh period; the answer still comes from the cache.
 func (s *Service) maybeRefresh(ctx context.Context, a address.Address, v verdict.Verdict) {
-	if s.cfg.RefreshAge <= 0 || v.Status != verdict.Valid || v.Kind != verdict.KindAddress || time.Since(v.CheckedAt) < s.cfg.RefreshAge {
-		return
-	}
-	key := kvkey.Address(a.Domain, a.Local, v.Purpose, v.Sender)
 	now := time.Now()
-	s.mu.Lock()
-	if last, ok := s.refresh[key]; ok && now.Sub(last) < s.cfg.RefreshAge {
-		s.mu.Unlock()
+	if !s.refresh.Due(&v, now, func() string { return kvkey.Address(a.Domain, a.Local, v.Purpose, v.Sender) }) {
 		return
 	}
-	if len(s.refresh) > 100000 {
-		s.refresh = map[string]time.Time{} // bound the memory; a few extra re-probes at worst
-	}
-	s.refresh[key] = now
-	s.mu.Unlock()
 	job := wire.ProbeJob{Address: a.String(), Purpose: v.Purpose, SkipRandom: true, RequestedAt: now}
 	b, err := wire.Encode(&job)
 	if err != nil {

@@ -19,6 +19,7 @@ import (
 	"github.com/callout-mail/callout/shared/cachecopy"
 	"github.com/callout-mail/callout/shared/domains"
 	"github.com/callout-mail/callout/shared/microasync"
+	"github.com/callout-mail/callout/shared/refresh"
 	"github.com/callout-mail/callout/shared/streams"
 	"github.com/callout-mail/callout/shared/subjects"
 	"github.com/callout-mail/callout/shared/verdict"
@@ -44,8 +45,7 @@ const (
 	ReasonShed        = verdict.ReasonShed
 	ReasonBypass      = "bypass"
 	// ReasonUnconfirmed defers what the near cache would reject while this
-	// ingest cannot know that no flush removed it: cut off from NATS, or
-	// asked to confirm a flush it has not applied yet.
+	// ingest cannot know that no flush removed it: cut off from NATS.
 	ReasonUnconfirmed = "cache_unconfirmed"
 )
 
@@ -79,7 +79,7 @@ type Service struct {
 	offline atomic.Bool
 	id      atomic.Value // string: the micro service id, named in flush confirmations
 	// refreshes re-probes old valid entries the near cache answers.
-	refreshes refresher
+	refreshes refresh.Ahead
 }
 
 // New builds an ingest on an open connection.
@@ -92,7 +92,7 @@ func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger)
 		domains: domains.NewTable(nil), brake: brake.New(brake.Config{Limit: cfg.BrakeLimit, Window: cfg.BrakeWindow, MaxClients: cfg.BrakeMaxClients, IPv6Prefix: cfg.BrakeIPv6Prefix}),
 		extra: map[string]bool{}, flights: map[string]*flight{}, ready: make(chan struct{})}
 	s.near = nearcache.New(cfg.NearCacheEntries, cfg.ReplyDetails)
-	s.refreshes.age = cfg.RefreshAge
+	s.refreshes.Age = cfg.RefreshAge
 	s.index = cachecopy.New(cfg.KnownKeys)
 	s.rewatch = make(chan struct{}, 1)
 	s.m = newMetrics(reg, s.domains.Errors, s.near, s.index)
