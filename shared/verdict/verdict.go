@@ -146,7 +146,7 @@ func Decide(v Verdict, p Policy) Decision {
 	deferred := func() Decision {
 		return Decision{Action: Defer, Code: 450, Enhanced: "4.4.3", Text: "<" + v.Address + ">: " + what + " address verification failed temporarily, try again later"}
 	}
-	if v.Status == TempFail {
+	if v.AboutRequest() {
 		switch v.Reason {
 		case ReasonBraked:
 			return Decision{Action: Defer, Code: 450, Enhanced: "4.7.1", Text: "<" + v.Address + ">: Too many unknown recipients, try again later"}
@@ -207,6 +207,13 @@ const (
 	ReasonShed       = "shed"                        // every worker was busy
 	ReasonBadRequest = "bad_request"                 // the verify request was not understood
 )
+
+// AboutRequest reports a verdict about the request, not the address (the
+// brake, shedding, a request not understood): always deferred, with its
+// own code and text, whatever the policy says of tempfails.
+func (v Verdict) AboutRequest() bool {
+	return v.Status == TempFail && (v.Reason == ReasonBraked || v.Reason == ReasonShed || v.Reason == ReasonBadRequest)
+}
 
 // SenderSpecific reports whether a domain fact concerns only the sender it
 // was learnt with, so that another sender may still get through.

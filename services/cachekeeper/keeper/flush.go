@@ -131,25 +131,16 @@ func (s *Service) sawIngest(id string, at time.Time) {
 // applied the record, and one that did not get the ask is cut off from
 // NATS, when it serves no cached reject.
 func (s *Service) syncIngests(ctx context.Context, rev uint64) []string {
-	s.mu.Lock()
-	count := len(s.ingests)
-	s.mu.Unlock()
-	if count == 0 {
+	waiting := s.knownIngests()
+	if len(waiting) == 0 {
 		// None known yet (this cachekeeper just started): ask now.
 		s.pingIngests(100 * time.Millisecond)
-		s.mu.Lock()
-		count = len(s.ingests)
-		s.mu.Unlock()
+		waiting = s.knownIngests()
 	}
-	if count == 0 {
+	if len(waiting) == 0 {
 		return nil
 	}
-	s.mu.Lock()
-	waiting := make(map[string]bool, len(s.ingests))
-	for id := range s.ingests {
-		waiting[id] = true
-	}
-	s.mu.Unlock()
+	count := len(waiting)
 	inbox := s.nc.NewRespInbox()
 	sub, err := s.nc.SubscribeSync(inbox)
 	if err != nil {
@@ -185,6 +176,17 @@ func (s *Service) syncIngests(ctx context.Context, rev uint64) []string {
 		s.log.Warn("flush: not every ingest confirmed it; those are fenced until they apply it", "ingests", count, "unconfirmed", sorted(waiting))
 	}
 	return sorted(waiting)
+}
+
+// knownIngests is the set of running ingests known now.
+func (s *Service) knownIngests() map[string]bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	set := make(map[string]bool, len(s.ingests))
+	for id := range s.ingests {
+		set[id] = true
+	}
+	return set
 }
 
 func sorted(set map[string]bool) []string {

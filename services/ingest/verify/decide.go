@@ -110,8 +110,8 @@ func (s *Service) reply(ctx context.Context, req wire.VerifyRequest, purpose ver
 // decide applies the policy and the configured texts.
 func (s *Service) decide(v verdict.Verdict, pol verdict.Policy) verdict.Decision {
 	d := verdict.Decide(v, pol)
-	if v.Status == verdict.TempFail && (v.Reason == verdict.ReasonBraked || v.Reason == verdict.ReasonShed) {
-		return d // about the request: the configured defer text is not for it
+	if v.AboutRequest() {
+		return d // the configured defer text is not for it
 	}
 	text := ""
 	switch d.Action {

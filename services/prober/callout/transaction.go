@@ -117,23 +117,18 @@ func (v *Verifier) transaction(ctx context.Context, d *destination.Dest, host st
 		rep, err := firstRep.rep, firstRep.err
 		rcpts++
 		s.rcpts++
-		if err != nil {
-			r, unhealthy := v.failErr(t, host, err)
-			r.Rcpts = rcpts
-			return r, false, unhealthy, false
-		}
-		if tooManyRecipients(rep) {
+		if err == nil && tooManyRecipients(rep) {
 			// As for the real RCPT: no answer about the address.
 			var fail *Result
 			var unhealthy bool
 			if rep, fail, unhealthy, err = v.askAgainFresh(ctx, d, host, t, s, sender, facts, &rcpts, random, rep); fail != nil {
 				return *fail, false, unhealthy, false
 			}
-			if err != nil {
-				r, unhealthy := v.failErr(t, host, err)
-				r.Rcpts = rcpts
-				return r, false, unhealthy, false
-			}
+		}
+		if err != nil {
+			r, unhealthy := v.failErr(t, host, err)
+			r.Rcpts = rcpts
+			return r, false, unhealthy, false
 		}
 		c := classify.Rcpt(rep)
 		t.Trace.Add(host, "*", "random address: %s (%s)", c.Status, c.Reason)
