@@ -124,14 +124,9 @@ func (s *Store) dropCovered(ctx context.Context, res []found, copied bool) error
 		if !res[i].ok {
 			continue
 		}
-		covered := false
-		if copied {
-			covered = s.fl.Covers(res[i].v)
-		} else {
-			var err error
-			if covered, err = s.readFlushed(ctx, res[i].v); err != nil {
-				return err
-			}
+		covered, err := s.covered(ctx, res[i].v, copied)
+		if err != nil {
+			return err
 		}
 		if covered {
 			res[i] = found{}

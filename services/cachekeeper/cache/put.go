@@ -132,7 +132,13 @@ func (s *Store) afterWrite(ctx context.Context, v verdict.Verdict, key string, s
 // or the bucket while the copy is not kept. (Only afterWrite's answer
 // decides; this one spares a write.)
 func (s *Store) flushedSince(ctx context.Context, v verdict.Verdict) (bool, error) {
-	if s.fl.Running() != nil {
+	return s.covered(ctx, v, s.fl.Running() != nil)
+}
+
+// covered reports whether a flush record covers v: from the copy when it
+// holds every record that matters (fromCopy), else from the bucket.
+func (s *Store) covered(ctx context.Context, v verdict.Verdict, fromCopy bool) (bool, error) {
+	if fromCopy {
 		return s.fl.Covers(v), nil
 	}
 	return s.readFlushed(ctx, v)
