@@ -23,8 +23,19 @@ const (
 	Malformed    Status = "malformed"     // the address itself is bad
 )
 
-// Statuses lists every status, for tests and documentation.
+// Statuses lists every status, in the order of their compact codes
+// (StatusIndex): stored entries and the near cache keep the index.
 var Statuses = []Status{Valid, Invalid, CatchAll, NotCatchAll, TempFail, Unverifiable, Skipped, RelayDenied, Malformed}
+
+// StatusIndex is s's index in Statuses, or -1 for an unknown status.
+func StatusIndex(s Status) int {
+	for i, x := range Statuses {
+		if x == s {
+			return i
+		}
+	}
+	return -1
+}
 
 // Kind tells what a verdict is about.
 type Kind string

@@ -22,7 +22,7 @@ const EntryVersion = 2
 
 // EncodeEntry is the stored form of v.
 func EncodeEntry(v verdict.Verdict) ([]byte, error) {
-	st := statusIndex(v.Status)
+	st := verdict.StatusIndex(v.Status)
 	if st < 0 {
 		return nil, fmt.Errorf("%w: status %q", ErrGarbage, v.Status)
 	}
@@ -102,13 +102,4 @@ func DecodeEntry(key string, data []byte) (verdict.Verdict, error) {
 		v.Kind, v.Address, v.Sender = verdict.KindAddress, k.Local+"@"+k.Domain, k.Sender
 	}
 	return v, nil
-}
-
-func statusIndex(s verdict.Status) int {
-	for i, x := range verdict.Statuses {
-		if x == s {
-			return i
-		}
-	}
-	return -1
 }

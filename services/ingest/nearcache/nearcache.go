@@ -151,13 +151,7 @@ func (c *Cache) Put(key, domain, local string, purpose verdict.Purpose, v verdic
 	if alen >= len(key) || alen > 0xffff || key[len(local)] != '@' || key[alen] != 0 {
 		return // not a key of this address: never served wrong
 	}
-	st := -1
-	for j, s := range verdict.Statuses {
-		if s == v.Status {
-			st = j
-			break
-		}
-	}
+	st := verdict.StatusIndex(v.Status)
 	src := 0
 	for j, s := range sources {
 		if s == v.Source {
