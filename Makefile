@@ -8,16 +8,17 @@ NATS_SERVER_VERSION := v2.15.2
 STATICCHECK_VERSION := v0.8.2
 NATSCLI_VERSION := v0.5.1
 BIN := $(CURDIR)/bin
-MODULES := shared services/prober services/cachekeeper services/ingest services/console tools e2e
+# One Go module: shared below services below tools and e2e.
+DIRS := shared services tools e2e
 SERVICES := prober cachekeeper ingest console
 # Count-based by default: a duration (FUZZTIME=10m) goes through Go 1.26's
 # fuzz coordinator deadline race (golang/go#75804), which the loop below
 # tells apart from a real failure by the reproducer a real one writes.
 FUZZTIME ?= 100000x
-# Fuzz targets, module:package:target: every func Fuzz* in a test file of
-# a module, so that a new target is fuzzed without being listed here.
+# Fuzz targets, package:target: every func Fuzz* in a test file, so that a
+# new target is fuzzed without being listed here.
 FUZZ_TARGETS := $(shell grep -rHo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*' shared services tools | \
-	sed -E 's#^(shared|tools|services/[^/]+)/(.+)/[^/]+_test\.go:func (Fuzz[A-Za-z0-9_]*)$$#\1:./\2/:\3#' | sort)
+	sed -E 's#^(.+)/[^/]+_test\.go:func (Fuzz[A-Za-z0-9_]*)$$#./\1/:\2#' | sort)
 export GOFLAGS := -buildvcs=false
 
 .PHONY: all build run test vet staticcheck unit e2e fuzz bench clean tools deploy-check soak screenshots
@@ -38,11 +39,9 @@ tools: $(BIN)/nats-server $(BIN)/staticcheck $(BIN)/nats
 
 build:
 	@mkdir -p $(BIN)
-	cd services/prober && go build -o $(BIN)/prober ./cmd/prober
-	cd services/cachekeeper && go build -o $(BIN)/cachekeeper ./cmd/cachekeeper
-	cd services/ingest && go build -o $(BIN)/ingest ./cmd/ingest
-	cd services/console && go build -o $(BIN)/console ./cmd/console
-	cd tools && go build -o $(BIN)/calloutctl ./calloutctl && go build -o $(BIN)/devrun ./devrun
+	for s in $(SERVICES); do go build -o $(BIN)/$$s ./services/$$s/cmd/$$s; done
+	go build -o $(BIN)/calloutctl ./tools/calloutctl
+	go build -o $(BIN)/devrun ./tools/devrun
 
 ## run: everything on loopback with a demo destination; Ctrl-C stops it. Installs the nats CLI into ./bin too.
 run: build $(BIN)/nats-server $(BIN)/nats
@@ -52,25 +51,25 @@ run: build $(BIN)/nats-server $(BIN)/nats
 test: vet staticcheck unit e2e fuzz deploy-check
 
 vet:
-	unformatted=$$(gofmt -l $(MODULES)); if [ -n "$$unformatted" ]; then echo "not gofmt-formatted: $$unformatted"; exit 1; fi
-	for m in $(MODULES); do (cd $$m && go vet ./...); done
+	unformatted=$$(gofmt -l $(DIRS)); if [ -n "$$unformatted" ]; then echo "not gofmt-formatted: $$unformatted"; exit 1; fi
+	go vet ./...
 
 staticcheck: $(BIN)/staticcheck
-	for m in $(MODULES); do (cd $$m && $(BIN)/staticcheck ./...); done
+	$(BIN)/staticcheck ./...
 
 unit:
-	for m in shared services/prober services/cachekeeper services/ingest services/console tools; do (cd $$m && go test -race -count=1 -timeout 10m ./...); done
+	go test -race -count=1 -timeout 15m $$(go list ./... | grep -v '/e2e')
 
 e2e: build $(BIN)/nats-server $(BIN)/nats
-	cd e2e && CALLOUT_BIN=$(BIN) go test -count=1 -timeout 12m $(if $(RUN),-run '$(RUN)' -v,) ./...
+	CALLOUT_BIN=$(BIN) go test -count=1 -timeout 12m $(if $(RUN),-run '$(RUN)' -v,) ./e2e/...
 
 ## fuzz: every fuzz target for FUZZTIME (make fuzz FUZZTIME=10m for a long run).
 fuzz:
 	for t in $(FUZZ_TARGETS); do \
-		IFS=: read -r mod pkg name <<< "$$t"; \
-		echo "fuzz $$mod $$pkg $$name"; \
-		dir=$$mod/$$pkg/testdata/fuzz/$$name; before=$$( (ls $$dir 2>/dev/null || true) | wc -l); \
-		if ! (cd $$mod && go test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 1s $$pkg); then \
+		IFS=: read -r pkg name <<< "$$t"; \
+		echo "fuzz $$pkg $$name"; \
+		dir=$$pkg/testdata/fuzz/$$name; before=$$( (ls $$dir 2>/dev/null || true) | wc -l); \
+		if ! go test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 1s $$pkg; then \
 			if [ "$$( (ls $$dir 2>/dev/null || true) | wc -l)" != "$$before" ]; then echo "failing input written to $$dir"; exit 1; fi; \
 			echo "no failing input written: the fuzz coordinator's deadline race (golang/go#75804), not a finding"; \
 		fi; \
@@ -78,13 +77,13 @@ fuzz:
 
 ## screenshots: the console's screenshots in docs/ (the browser test takes them; other test runs write them to a temporary directory).
 screenshots: build $(BIN)/nats-server
-	cd e2e && CALLOUT_BIN=$(BIN) CALLOUT_SCREENSHOTS=$(CURDIR)/docs go test -count=1 -run '^TestConsoleBrowser$$' ./...
+	CALLOUT_BIN=$(BIN) CALLOUT_SCREENSHOTS=$(CURDIR)/docs go test -count=1 -run '^TestConsoleBrowser$$' ./e2e/...
 
 ## soak: long randomized runs: SOAK_HISTORIES fresh cache-protocol histories (seed from the clock, or SOAK_SEED), a failing one shrunk to a minimal one.
 SOAK_HISTORIES ?= 200
 SOAK_SEED ?=
 soak:
-	cd services/ingest && CALLOUT_HISTORIES=$(SOAK_HISTORIES) CALLOUT_HISTORY_SEED=$(SOAK_SEED) go test -race -count=1 -timeout 0 -run '^TestHistorySoak$$' ./verify/
+	CALLOUT_HISTORIES=$(SOAK_HISTORIES) CALLOUT_HISTORY_SEED=$(SOAK_SEED) go test -race -count=1 -timeout 0 -run '^TestHistorySoak$$' ./services/ingest/verify/
 
 ## deploy-check: systemd units (systemd-analyze verify) and alert rules (promtool check rules).
 deploy-check: build $(BIN)/nats-server
@@ -93,7 +92,7 @@ deploy-check: build $(BIN)/nats-server
 ## bench: the performance figures (table on stdout, JSON in bench/results.json).
 bench: build $(BIN)/nats-server
 	@mkdir -p bench
-	cd e2e && CALLOUT_BIN=$(BIN) go run ./cmd/bench -out ../bench/results.json
+	CALLOUT_BIN=$(BIN) go run ./e2e/cmd/bench -out bench/results.json
 
 clean:
 	rm -rf $(BIN) ./var

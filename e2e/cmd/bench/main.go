@@ -101,8 +101,8 @@ func main() {
 	// default: its own collections delay the answers it times, the echo's
 	// and the services' alike. The services run with Go's defaults.
 	debug.SetGCPercent(400)
-	bin := flag.String("bin", "../bin", "directory with nats-server and the service binaries")
-	out := flag.String("out", "../bench/results.json", "JSON output")
+	bin := flag.String("bin", "bin", "directory with nats-server and the service binaries (run from the repository root)")
+	out := flag.String("out", "bench/results.json", "JSON output")
 	requests := flag.Int("requests", 100000, "callout economy: verify requests")
 	entries := flag.Int("entries", 1000000, "storage: cached entries")
 	only := flag.String("only", "", "run one section: hit, miss, saturation, economy, storage, protection")
@@ -240,7 +240,7 @@ func start(bin string) (*bench, func(), error) {
 	}
 	port := freePort()
 	b.url = fmt.Sprintf("nats://127.0.0.1:%d", port)
-	conf, _ := filepath.Abs("../deploy/nats/dev.conf")
+	conf, _ := filepath.Abs("deploy/nats/dev.conf")
 	// CALLOUT_BENCH_PROFILE (a file) gives every process a /debug/pprof
 	// address and lists them there, one "name address" line each, to
 	// profile a run from outside.
