@@ -83,7 +83,7 @@ screenshots: build $(BIN)/nats-server
 SOAK_HISTORIES ?= 200
 SOAK_SEED ?=
 soak:
-	CALLOUT_HISTORIES=$(SOAK_HISTORIES) CALLOUT_HISTORY_SEED=$(SOAK_SEED) go test -race -count=1 -timeout 0 -run '^TestHistorySoak$$' ./services/ingest/verify/
+	CALLOUT_HISTORIES=$(SOAK_HISTORIES) CALLOUT_HISTORY_SEED=$(SOAK_SEED) go test -race -count=1 -timeout 0 -run '^TestHistorySoak$$' ./services/ingest/ingest/
 
 ## deploy-check: systemd units (systemd-analyze verify) and alert rules (promtool check rules).
 deploy-check: build $(BIN)/nats-server

@@ -1,6 +1,3 @@
-// Package console is the operators' web interface and HTTP API. It speaks to
-// the rest of the system only through NATS, as the admin role (and, when
-// configured, as a read-only viewer role for viewers' requests).
 package console
 
 import (

@@ -22,9 +22,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/crypto/bcrypt"
 
-	"github.com/callout-mail/callout/services/cachekeeper/keeper"
-	"github.com/callout-mail/callout/services/ingest/verify"
-	"github.com/callout-mail/callout/services/prober/probe"
+	"github.com/callout-mail/callout/services/cachekeeper/cachekeeper"
+	"github.com/callout-mail/callout/services/ingest/ingest"
+	"github.com/callout-mail/callout/services/prober/prober"
 	"github.com/callout-mail/callout/shared/config"
 	"github.com/callout-mail/callout/shared/natstest"
 	"github.com/callout-mail/callout/shared/smtptest"
@@ -81,31 +81,31 @@ func startSystem(t *testing.T, tweak func(*Config)) *system {
 		nc := ns.Connect(t)
 		go stats.Publish(ctx, nc, subjects.New("").Stats(service, service+"-1"), service, service+"-1", reg, 200*time.Millisecond, extra, quiet)
 	}
-	var kc keeper.Config
+	var kc cachekeeper.Config
 	defaults(t, &kc)
 	kreg := prometheus.NewRegistry()
-	k, err := keeper.New(kc, ns.Connect(t), kreg, quiet)
+	k, err := cachekeeper.New(kc, ns.Connect(t), kreg, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
 	natstest.RunService(t, k)
 	<-k.Ready()
 	publish("cachekeeper", kreg, nil)
-	var pc probe.Config
+	var pc prober.Config
 	defaults(t, &pc)
 	pc.HeloName, pc.RandomSecret, pc.FleetLimits, pc.Workers = "verifier.test", "secret", false, 4
 	preg := prometheus.NewRegistry()
-	p, err := probe.New(pc, ns.Connect(t), preg, quiet)
+	p, err := prober.New(pc, ns.Connect(t), preg, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
 	natstest.RunService(t, p)
 	publish("prober", preg, p.StatsExtra)
-	var ic verify.Config
+	var ic ingest.Config
 	defaults(t, &ic)
 	ic.Timeout, ic.MaxTimeout = 10*time.Second, 10*time.Second
 	ireg := prometheus.NewRegistry()
-	ing, err := verify.New(ic, ns.Connect(t), ireg, quiet)
+	ing, err := ingest.New(ic, ns.Connect(t), ireg, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}

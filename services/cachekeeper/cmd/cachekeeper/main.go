@@ -8,14 +8,14 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/callout-mail/callout/services/cachekeeper/keeper"
+	"github.com/callout-mail/callout/services/cachekeeper/cachekeeper"
 	"github.com/callout-mail/callout/shared/servicemain"
 )
 
 func main() {
-	var cfg keeper.Config
+	var cfg cachekeeper.Config
 	servicemain.Main("cachekeeper", "CALLOUT_CACHEKEEPER", "the callout verdict cache (JetStream KV)", &cfg,
 		func(nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger) (servicemain.Service, error) {
-			return keeper.New(cfg, nc, reg, log)
+			return cachekeeper.New(cfg, nc, reg, log)
 		})
 }

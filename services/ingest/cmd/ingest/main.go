@@ -8,14 +8,14 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/callout-mail/callout/services/ingest/verify"
+	"github.com/callout-mail/callout/services/ingest/ingest"
 	"github.com/callout-mail/callout/shared/servicemain"
 )
 
 func main() {
-	var cfg verify.Config
+	var cfg ingest.Config
 	servicemain.Main("ingest", "CALLOUT_INGEST", "verify requests from MTAs (NATS and Postfix policy)", &cfg,
 		func(nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger) (servicemain.Service, error) {
-			return verify.NewWithPolicy(cfg, nc, reg, log)
+			return ingest.NewWithPolicy(cfg, nc, reg, log)
 		})
 }

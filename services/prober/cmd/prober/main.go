@@ -7,14 +7,14 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/callout-mail/callout/services/prober/probe"
+	"github.com/callout-mail/callout/services/prober/prober"
 	"github.com/callout-mail/callout/shared/servicemain"
 )
 
 func main() {
-	var cfg probe.Config
+	var cfg prober.Config
 	servicemain.Main("prober", "CALLOUT_PROBER", "SMTP callouts for probe jobs from NATS JetStream", &cfg,
 		func(nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger) (servicemain.Service, error) {
-			return probe.New(cfg, nc, reg, log)
+			return prober.New(cfg, nc, reg, log)
 		})
 }

@@ -1,0 +1,352 @@
+package cachekeeper
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/callout-mail/callout/services/cachekeeper/cache"
+	"github.com/callout-mail/callout/shared/kvkey"
+	"github.com/callout-mail/callout/shared/natstest"
+	"github.com/callout-mail/callout/shared/streams"
+	"github.com/callout-mail/callout/shared/subjects"
+	"github.com/callout-mail/callout/shared/verdict"
+	"github.com/callout-mail/callout/shared/waitfor"
+	"github.com/callout-mail/callout/shared/wire"
+)
+
+func testConfig() Config {
+	return Config{Replicas: 1, TTLValid: 96 * time.Hour, TTLInvalid: 2 * time.Hour, TTLDisabled: 30 * time.Minute,
+		TTLCatchAll: 96 * time.Hour, TTLNotCatchAll: 2 * time.Hour, TTLUnverifiable: 2 * time.Hour,
+		RefreshAge: 48 * time.Hour, Workers: 8, StoreWorkers: 4}
+}
+
+func start(t *testing.T, ns *natstest.Server, cfg Config) (stop func()) {
+	t.Helper()
+	nc := ns.Connect(t)
+	svc, err := New(cfg, nc, prometheus.NewRegistry(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := natstest.RunService(t, svc)
+	select {
+	case <-svc.Ready():
+	case <-time.After(15 * time.Second):
+		t.Fatal("cachekeeper not ready")
+	}
+	// A stopped cachekeeper is a process gone: its connection closes, and
+	// with it the pull requests the server still holds for it.
+	return func() { run(); nc.Close() }
+}
+
+func publishVerdict(t *testing.T, js jetstream.JetStream, v verdict.Verdict) {
+	t.Helper()
+	n := subjects.New("")
+	b, err := wire.EncodeVerdict(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := cache.SubjectKey(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subj := n.Verdict(key)
+	if _, err := js.Publish(context.Background(), subj, b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func lookup(t *testing.T, nc *nats.Conn, addr string) wire.LookupReply {
+	t.Helper()
+	b, _ := wire.Encode(&wire.LookupRequest{Address: addr})
+	m, err := nc.Request(subjects.New("").CacheLookup(), b, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := m.Header.Get(micro.ErrorHeader); e != "" {
+		t.Fatalf("lookup error %s", e)
+	}
+	var r wire.LookupReply
+	if err := wire.Decode(m.Data, &r); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func valid(a, d string, at time.Time) verdict.Verdict {
+	return verdict.Verdict{Kind: verdict.KindAddress, Address: a, Domain: d, Purpose: verdict.Recipient, Status: verdict.Valid, Code: 250, CheckedAt: at, Source: verdict.SourceProbe}
+}
+
+// Verdicts published while no cachekeeper runs are stored when one starts.
+func TestRestartLosesNothing(t *testing.T) {
+	ns := natstest.Start(t)
+	nc := ns.Connect(t)
+	js, _ := jetstream.New(nc)
+	ctx := context.Background()
+	if _, err := streams.Verdicts(ctx, js, subjects.New(""), 1); err != nil {
+		t.Fatal(err)
+	}
+	stop := start(t, ns, testConfig())
+	publishVerdict(t, js, valid("a@example.org", "example.org", time.Now()))
+	waitfor.Cond(t, 15*time.Second, func() bool { return lookup(t, nc, "a@example.org").Hit })
+	stop()
+	// Publish once the server has dropped the stopped instance's pull
+	// requests; a verdict handed to a gone process waits out AckWait.
+	n := subjects.New("")
+	waitfor.Cond(t, 15*time.Second, func() bool {
+		c, err := js.Consumer(ctx, n.VerdictStream(), n.VerdictConsumer())
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(ctx)
+		return err == nil && info.NumWaiting == 0
+	})
+	for _, l := range []string{"b", "c", "d"} {
+		publishVerdict(t, js, valid(l+"@example.org", "example.org", time.Now()))
+	}
+	start(t, ns, testConfig())
+	waitfor.Cond(t, 15*time.Second, func() bool {
+		return lookup(t, nc, "b@example.org").Hit && lookup(t, nc, "c@example.org").Hit && lookup(t, nc, "d@example.org").Hit
+	})
+}
+
+func TestLookupGarbage(t *testing.T) {
+	ns := natstest.Start(t)
+	nc := ns.Connect(t)
+	start(t, ns, testConfig())
+	for _, data := range [][]byte{[]byte("\xc1\xc1"), []byte(`{"address":"x"}`), nil} {
+		m, err := nc.Request(subjects.New("").CacheLookup(), data, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Header.Get(micro.ErrorCodeHeader) != "400" || m.Header.Get(micro.ErrorHeader) == "" {
+			t.Fatalf("garbage %q: headers %v", data, m.Header)
+		}
+	}
+	b, _ := wire.Encode(&wire.LookupRequest{Address: "bad\r\naddress@x.org"})
+	m, err := nc.Request(subjects.New("").CacheLookup(), b, 5*time.Second)
+	if err != nil || m.Header.Get(micro.ErrorCodeHeader) != "400" {
+		t.Fatalf("bad address: %v %v", m, err)
+	}
+	// Still serving.
+	if r := lookup(t, nc, "nobody@example.org"); r.Hit {
+		t.Fatal("hit on an empty cache")
+	}
+}
+
+// Every instance applies a flush; a request gets the count.
+func TestFlushControl(t *testing.T) {
+	ns := natstest.Start(t)
+	nc := ns.Connect(t)
+	js, _ := jetstream.New(nc)
+	start(t, ns, testConfig())
+	start(t, ns, testConfig())
+	now := time.Now()
+	for _, l := range []string{"a", "b", "c"} {
+		publishVerdict(t, js, valid(l+"@example.org", "example.org", now))
+	}
+	waitfor.Cond(t, 15*time.Second, func() bool {
+		return lookup(t, nc, "c@example.org").Hit && lookup(t, nc, "a@example.org").Hit && lookup(t, nc, "b@example.org").Hit
+	})
+
+	// Broadcast: both instances answer.
+	inbox := nats.NewInbox()
+	sub, _ := nc.SubscribeSync(inbox)
+	b, _ := wire.Encode(&wire.FlushCommand{Scope: wire.ScopeAddress, Address: "a@example.org"})
+	if err := nc.PublishRequest(subjects.New("").Flush(), inbox, b); err != nil {
+		t.Fatal(err)
+	}
+	var total uint64
+	for i := 0; i < 2; i++ {
+		m, err := sub.NextMsg(5 * time.Second)
+		if err != nil {
+			t.Fatalf("answer %d: %v", i, err)
+		}
+		var r wire.FlushReply
+		if err := wire.Decode(m.Data, &r); err != nil || r.Error != "" {
+			t.Fatalf("reply %v %+v", err, r)
+		}
+		total += r.Removed
+	}
+	if total != 1 {
+		t.Fatalf("removed %d in all, want 1", total)
+	}
+	if lookup(t, nc, "a@example.org").Hit || !lookup(t, nc, "b@example.org").Hit {
+		t.Fatal("address flush scope wrong")
+	}
+	// JSON for people, as `nats req` sends it.
+	msg := nats.NewMsg(subjects.New("").Flush())
+	msg.Header.Set("Content-Type", "application/json")
+	msg.Data = []byte(`{"scope":"all"}`)
+	m, err := nc.RequestMsg(msg, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var jr wire.FlushReply
+	if err := json.Unmarshal(m.Data, &jr); err != nil {
+		t.Fatalf("JSON reply %q: %v", m.Data, err)
+	}
+	waitfor.Cond(t, 15*time.Second, func() bool { return !lookup(t, nc, "b@example.org").Hit && !lookup(t, nc, "c@example.org").Hit })
+	// A bad command gets an error and changes nothing.
+	msg.Data = []byte(`{"scope":"everything"}`)
+	m, err = nc.RequestMsg(msg, 5*time.Second)
+	if err != nil || m.Header.Get(micro.ErrorCodeHeader) != "400" {
+		t.Fatalf("bad flush: %v %v", m, err)
+	}
+}
+
+func TestRefreshAhead(t *testing.T) {
+	ns := natstest.Start(t)
+	nc := ns.Connect(t)
+	js, _ := jetstream.New(nc)
+	cfg := testConfig()
+	cfg.RefreshAge = time.Hour
+	start(t, ns, cfg)
+	n := subjects.New("")
+	jobs, _ := nc.SubscribeSync(n.ProbeAll())
+	publishVerdict(t, js, valid("old@example.org", "example.org", time.Now().Add(-2*time.Hour)))
+	publishVerdict(t, js, valid("new@example.org", "example.org", time.Now()))
+	waitfor.Cond(t, 15*time.Second, func() bool { return lookup(t, nc, "old@example.org").Hit && lookup(t, nc, "new@example.org").Hit })
+	for i := 0; i < 3; i++ {
+		if r := lookup(t, nc, "old@example.org"); !r.Hit || r.Verdict.Status != verdict.Valid {
+			t.Fatal("old entry not served from cache")
+		}
+	}
+	m, err := jobs.NextMsg(5 * time.Second)
+	if err != nil {
+		t.Fatal("no refresh job")
+	}
+	var job wire.ProbeJob
+	if err := wire.Decode(m.Data, &job); err != nil || job.Address != "old@example.org" {
+		t.Fatalf("job %+v %v", job, err)
+	}
+	// One job per refresh period, and none for the fresh entry.
+	if m, err := jobs.NextMsg(300 * time.Millisecond); err == nil {
+		t.Fatalf("second refresh job: %s", m.Subject)
+	}
+}
+
+// A verdict is stored only under the subject it came on: a prober (the one
+// process that parses hostile replies) cannot write one address's verdict
+// through another's subject, nor a verdict without its view.
+func TestVerdictMustMatchSubject(t *testing.T) {
+	ns := natstest.Start(t)
+	nc := ns.Connect(t)
+	js, _ := jetstream.New(nc)
+	ctx := context.Background()
+	n := subjects.New("")
+	if _, err := streams.Verdicts(ctx, js, n, 1); err != nil {
+		t.Fatal(err)
+	}
+	start(t, ns, testConfig())
+	send := func(subject string, v verdict.Verdict) {
+		b, _ := wire.EncodeVerdict(v)
+		if _, err := js.Publish(ctx, subject, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mallory := valid("mallory@example.org", "example.org", time.Now())
+	send(n.Verdict("addr.example/org.alice.rcpt"), mallory) // another address's subject
+	asSender := valid("bob@example.org", "example.org", time.Now())
+	asSender.Purpose = verdict.Sender
+	send(n.Verdict("addr.example/org.bob.rcpt"), asSender) // another view's subject
+	noView := valid("carol@example.org", "example.org", time.Now())
+	noView.Purpose = ""
+	send(n.Verdict("addr.example/org.carol.rcpt"), noView)
+	publishVerdict(t, js, valid("dave@example.org", "example.org", time.Now())) // a good one
+	// Every verdict handled: the work-queue stream is empty.
+	waitfor.Cond(t, 15*time.Second, func() bool {
+		st, err := js.Stream(ctx, n.VerdictStream())
+		if err != nil {
+			return false
+		}
+		info, err := st.Info(ctx)
+		return err == nil && info.State.Msgs == 0
+	})
+	if !lookup(t, nc, "dave@example.org").Hit {
+		t.Fatal("a good verdict was not stored")
+	}
+	for _, a := range []string{"alice@example.org", "mallory@example.org", "bob@example.org", "carol@example.org"} {
+		if lookup(t, nc, a).Hit {
+			t.Errorf("%s stored from a mismatched verdict", a)
+		}
+	}
+}
+
+func ask(t *testing.T, nc *nats.Conn, req wire.LookupRequest) wire.LookupReply {
+	t.Helper()
+	b, _ := wire.Encode(&req)
+	m, err := nc.Request(subjects.New("").CacheLookup(), b, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r wire.LookupReply
+	if err := wire.Decode(m.Data, &r); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// A lookup that brings its job has it queued on a miss, for the address
+// and view looked up (whatever the job says) and fitted to what the cache
+// knows of the domain; a second one finds it pending; a hit queues nothing.
+func TestQueueOnMiss(t *testing.T) {
+	ns := natstest.Start(t)
+	nc := ns.Connect(t)
+	js, _ := jetstream.New(nc)
+	start(t, ns, testConfig())
+	n := subjects.New("")
+	fact := verdict.Verdict{Kind: verdict.KindDomain, Domain: "example.org", Purpose: verdict.Recipient, Fact: "catchall",
+		Status: verdict.NotCatchAll, CheckedAt: time.Now(), Source: verdict.SourceProbe}
+	publishVerdict(t, js, fact)
+	publishVerdict(t, js, valid("known@example.org", "example.org", time.Now()))
+	waitfor.Cond(t, 15*time.Second, func() bool {
+		return lookup(t, nc, "new@example.org").CatchAll != nil && lookup(t, nc, "known@example.org").Hit
+	})
+	jobs, _ := nc.SubscribeSync(n.ProbeAll())
+	_ = nc.Flush()
+	job := &wire.ProbeJob{Address: "someone@else.example", Routed: true, Route: []string{"127.0.0.1:2525"}}
+	r := ask(t, nc, wire.LookupRequest{Address: "new@example.org", Job: job})
+	if r.Hit || !r.Queued || r.Pending || r.QueueError != "" {
+		t.Fatalf("first ask: %+v", r)
+	}
+	m, err := jobs.NextMsg(5 * time.Second)
+	if err != nil {
+		t.Fatal("no job queued")
+	}
+	var got wire.ProbeJob
+	if err := wire.Decode(m.Data, &got); err != nil {
+		t.Fatal(err)
+	}
+	if m.Subject != n.Probe(kvkey.Target("example.org", "new", verdict.Recipient)) || got.Address != "new@example.org" || got.Purpose != verdict.Recipient || !got.SkipRandom || len(got.Route) != 1 {
+		t.Fatalf("queued %s %+v", m.Subject, got)
+	}
+	if r := ask(t, nc, wire.LookupRequest{Address: "new@example.org", Job: job}); !r.Pending || r.Queued {
+		t.Fatalf("second ask: %+v", r)
+	}
+	st, err := js.Stream(context.Background(), n.ProbeStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := st.Info(context.Background()); err != nil || info.State.Msgs != 1 {
+		t.Fatalf("jobs in the stream: %v %v, want 1", info, err)
+	}
+	// A hit publishes nothing (a pending job's refused publish was seen by
+	// the first subscription: this one is new).
+	after, _ := nc.SubscribeSync(n.ProbeAll())
+	_ = nc.Flush()
+	if r := ask(t, nc, wire.LookupRequest{Address: "known@example.org", Job: job}); !r.Hit || r.Queued || r.Pending {
+		t.Fatalf("hit: %+v", r)
+	}
+	if m, err := after.NextMsg(300 * time.Millisecond); err == nil {
+		t.Fatalf("a job for a hit: %s", m.Subject)
+	}
+}

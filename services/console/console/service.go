@@ -1,0 +1,135 @@
+package console
+
+import (
+	"context"
+	"embed"
+	"fmt"
+	"html/template"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/callout-mail/callout/shared/natsconn"
+	"github.com/callout-mail/callout/shared/operate"
+	"github.com/callout-mail/callout/shared/stats"
+	"github.com/callout-mail/callout/shared/subjects"
+)
+
+//go:embed web openapi.yaml
+var files embed.FS
+
+// Server is one console instance.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	users   *Users
+	sess    *sessions
+	limit   *loginLimiter
+	admin   *operate.Client
+	viewer  *operate.Client // the viewer connection's client, or admin
+	browse  map[Role]*browser
+	col     *stats.Collector
+	hist    *history
+	pages   map[string]*template.Template
+	ready   chan struct{}
+	addr    net.Addr
+	m       *metrics
+	ownConn *nats.Conn // the viewer connection this console opened
+}
+
+// New builds a console on the admin connection nc.
+func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger) (*Server, error) {
+	users, err := cfg.LoadUsers()
+	if err != nil {
+		return nil, err
+	}
+	names := subjects.New(cfg.NATS.Prefix)
+	admin, err := operate.New(nc, names)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: log, users: users, sess: newSessions(cfg.SessionTTL), limit: newLoginLimiter(cfg.LoginRate),
+		admin: admin, viewer: admin, col: stats.NewCollector(time.Minute), hist: newHistory(cfg.HistorySize, cfg.HistoryEvery),
+		ready: make(chan struct{})}
+	if cfg.ViewerUser != "" {
+		vc := cfg.NATS
+		vc.User, vc.Password, vc.InboxPrefix, vc.Creds, vc.NKeyFile = cfg.ViewerUser, cfg.ViewerPassword, cfg.ViewerInbox, "", ""
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		vnc, err := natsconn.Connect(ctx, vc, "console-viewer", log)
+		if err != nil {
+			return nil, fmt.Errorf("viewer connection: %w", err)
+		}
+		if s.viewer, err = operate.New(vnc, names); err != nil {
+			vnc.Close()
+			return nil, err
+		}
+		s.ownConn = vnc
+	}
+	s.browse = map[Role]*browser{
+		RoleAdmin:  {js: s.admin.JS, bucket: names.CacheBucket()},
+		RoleViewer: {js: s.viewer.JS, bucket: names.CacheBucket()},
+	}
+	s.m = newMetrics(reg)
+	if s.pages, err = parsePages(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Ready is closed once the console listens.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// Addr is the listening address, once ready.
+func (s *Server) Addr() net.Addr { return s.addr }
+
+// Run serves until ctx ends.
+func (s *Server) Run(ctx context.Context) error {
+	if s.ownConn != nil {
+		defer s.ownConn.Close()
+	}
+	sub, err := s.col.Subscribe(s.admin.NC, s.admin.Names.StatsAll())
+	if err != nil {
+		return err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	go s.hist.run(ctx, s.col)
+	ln, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return err
+	}
+	s.addr = ln.Addr()
+	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute, WriteTimeout: 2 * time.Minute, IdleTimeout: 2 * time.Minute,
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+	errc := make(chan error, 1)
+	go func() {
+		if s.cfg.TLSCert != "" {
+			errc <- srv.ServeTLS(ln, s.cfg.TLSCert, s.cfg.TLSKey)
+		} else {
+			errc <- srv.Serve(ln)
+		}
+	}()
+	scheme := "http"
+	if s.cfg.TLSCert != "" {
+		scheme = "https"
+	}
+	s.log.Info("console running", "url", scheme+"://"+ln.Addr().String())
+	close(s.ready)
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		return err
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return srv.Shutdown(sctx)
+}
+
+const cookieName = "callout_session"
+
+// maxBody bounds a request body (a pasted mailbox list fits).
+const maxBody = 8 << 20

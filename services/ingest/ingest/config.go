@@ -1,0 +1,77 @@
+package ingest
+
+import (
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/callout-mail/callout/shared/config"
+	"github.com/callout-mail/callout/shared/natsconn"
+	"github.com/callout-mail/callout/shared/verdict"
+)
+
+// Config is the ingest's settings, from CALLOUT_INGEST_* variables.
+type Config struct {
+	config.Common
+	NATS                 natsconn.Config `envconfig:"NATS"`
+	Timeout              time.Duration   `default:"25s" desc:"answer deadline when the request names none"`
+	MaxTimeout           time.Duration   `envconfig:"MAX_TIMEOUT" default:"25s" desc:"cap on a request's own deadline"`
+	LookupTimeout        time.Duration   `envconfig:"LOOKUP_TIMEOUT" default:"1s" desc:"wait for the cache; then go on as a miss"`
+	Workers              int             `default:"2048" desc:"requests handled at once"`
+	NearCacheEntries     int             `envconfig:"NEAR_CACHE_ENTRIES" default:"100000" desc:"cache hits kept in this ingest, answered with no further hop (0: off)"`
+	KnownKeys            int             `envconfig:"KNOWN_KEYS" default:"2000000" desc:"address keys of the cache bucket this ingest indexes (with the near cache on), so that a miss for an address without any is known without asking the cachekeeper; past it every miss asks (0: off)"`
+	RefreshAge           time.Duration   `envconfig:"REFRESH_AGE" default:"48h" desc:"a valid entry older than this that the near cache answers is re-probed in the background, at most once per address per period (0: off; the cachekeeper's own REFRESH_AGE covers the lookups it answers)"`
+	PendingRetry         time.Duration   `envconfig:"PENDING_RETRY" default:"500ms" desc:"while another's job for an address is pending and its verdict was not seen, try to queue one this often"`
+	Replicas             int             `default:"1" desc:"JetStream replicas of streams and buckets"`
+	UnknownDomains       string          `envconfig:"UNKNOWN_DOMAINS" default:"accept" desc:"recipient domains without a policy: accept (unverifiable; relay control stays with the MTA), reject (550 5.7.1) or callout (by MX)"`
+	RecipientDelimiter   string          `envconfig:"RECIPIENT_DELIMITER" default:"+" desc:"sub-address delimiters, as Postfix's recipient_delimiter: static mode lists alice for alice+tag (empty: none)"`
+	SenderOnTempfail     verdict.Action  `envconfig:"SENDER_ON_TEMPFAIL" default:"accept" desc:"sender verification that cannot finish: accept or defer"`
+	SenderOnUnverifiable verdict.Action  `envconfig:"SENDER_ON_UNVERIFIABLE" default:"accept" desc:"sender whose server refuses us: accept or defer"`
+	RejectText           string          `envconfig:"REJECT_TEXT" desc:"text for rejects; {address} is replaced (default: Recipient address rejected: User unknown)"`
+	DeferText            string          `envconfig:"DEFER_TEXT" desc:"text for defers; {address} is replaced"`
+	ReplyDetails         bool            `envconfig:"REPLY_DETAILS" default:"false" desc:"include the destination host and its text in replies (they are always logged)"`
+	BrakeLimit           int             `envconfig:"BRAKE_LIMIT" default:"50" desc:"unknown recipients from one client address before its further unknown recipients are deferred (0: off)"`
+	BrakeWindow          time.Duration   `envconfig:"BRAKE_WINDOW" default:"10m" desc:"window of the dictionary-attack brake"`
+	BrakeMaxClients      int             `envconfig:"BRAKE_MAX_CLIENTS" default:"100000" desc:"clients the brake remembers at most (the least recently seen are forgotten)"`
+	BrakeIPv6Prefix      int             `envconfig:"BRAKE_IPV6_PREFIX" default:"64" desc:"IPv6 clients are counted per prefix of this length"`
+	ProbeSenders         []string        `envconfig:"PROBE_SENDERS" desc:"more addresses never to verify (other verifiers' probe senders), comma-separated"`
+	PolicyAddr           string          `envconfig:"POLICY_ADDR" default:"127.0.0.1:10040" desc:"Postfix policy listener address (empty: off)"`
+	PolicySenders        bool            `envconfig:"POLICY_SENDERS" default:"false" desc:"verify the sender too in Postfix policy requests"`
+	PolicyMalformed      string          `envconfig:"POLICY_MALFORMED" default:"defer" desc:"answer to a malformed policy request: dunno or defer"`
+	PolicyDeferIfPermit  bool            `envconfig:"POLICY_DEFER_IF_PERMIT" default:"false" desc:"answer defers as DEFER_IF_PERMIT instead of 450"`
+	PolicyMaxConns       int             `envconfig:"POLICY_MAX_CONNS" default:"1000" desc:"policy connections at once"`
+	PolicyIdleTimeout    time.Duration   `envconfig:"POLICY_IDLE_TIMEOUT" default:"300s" desc:"close an idle policy connection after this"`
+	MetricsAddr          string          `envconfig:"METRICS_ADDR" default:"127.0.0.1:9101" desc:"Prometheus /metrics listen address (empty: off)"`
+}
+
+// Validate checks values envconfig cannot.
+func (c *Config) Validate() error {
+	switch {
+	case c.Timeout <= 0 || c.MaxTimeout <= 0 || c.LookupTimeout <= 0 || c.PendingRetry <= 0:
+		return errors.New("CALLOUT_INGEST_TIMEOUT, _MAX_TIMEOUT, _LOOKUP_TIMEOUT and _PENDING_RETRY must be positive")
+	case c.BrakeMaxClients < 1 || c.BrakeIPv6Prefix < 1 || c.BrakeIPv6Prefix > 128:
+		return errors.New("CALLOUT_INGEST_BRAKE_MAX_CLIENTS must be at least 1, _BRAKE_IPV6_PREFIX 1 to 128")
+	case c.NearCacheEntries < 0:
+		return errors.New("CALLOUT_INGEST_NEAR_CACHE_ENTRIES must not be negative")
+	case c.Workers < 1:
+		return errors.New("CALLOUT_INGEST_WORKERS must be at least 1")
+	case c.UnknownDomains != "accept" && c.UnknownDomains != "reject" && c.UnknownDomains != "callout":
+		return errors.New("CALLOUT_INGEST_UNKNOWN_DOMAINS must be accept, reject or callout")
+	case strings.ContainsAny(c.RecipientDelimiter, "@\"\r\n\x00 "):
+		return errors.New("CALLOUT_INGEST_RECIPIENT_DELIMITER: characters of a local part, not @, quote or space")
+	case c.SenderOnTempfail != verdict.Accept && c.SenderOnTempfail != verdict.Defer,
+		c.SenderOnUnverifiable != verdict.Accept && c.SenderOnUnverifiable != verdict.Defer:
+		return errors.New("CALLOUT_INGEST_SENDER_ON_*: accept or defer")
+	case c.PolicyMalformed != "dunno" && c.PolicyMalformed != "defer":
+		return errors.New("CALLOUT_INGEST_POLICY_MALFORMED must be dunno or defer")
+	case strings.ContainsAny(c.RejectText+c.DeferText, "\r\n\x00"):
+		return errors.New("CALLOUT_INGEST_REJECT_TEXT/_DEFER_TEXT: one line")
+	}
+	return nil
+}
+
+// NATSConfig is the connection part of the settings.
+func (c *Config) NATSConfig() natsconn.Config { return c.NATS }
+
+// MetricsListen is the metrics listen address.
+func (c *Config) MetricsListen() string { return c.MetricsAddr }

@@ -1,0 +1,86 @@
+package ingest
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/callout-mail/callout/services/ingest/nearcache"
+	"github.com/callout-mail/callout/shared/cachecopy"
+)
+
+type metrics struct {
+	requests  *prometheus.CounterVec
+	latency   prometheus.Histogram
+	coalesced prometheus.Counter
+	deadlines prometheus.Counter
+	braked    prometheus.Counter
+	shed      prometheus.Counter
+	monitored *prometheus.CounterVec
+	known     prometheus.Counter
+	// unconfirmed: near-cache rejects deferred while a flush may not be
+	// applied here; flushedVerdicts: verdicts a known flush covers, refused.
+	unconfirmed     prometheus.Counter
+	flushedVerdicts prometheus.Counter
+	refreshes       prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer, policyErrors func() int, near *nearcache.Cache, index *cachecopy.Copy) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "callout_ingest_requests_total", Help: "Verify requests by action and verdict source (cache, probe, static, error).",
+		}, []string{"action", "source"}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "callout_ingest_request_seconds", Help: "Time to answer a verify request.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 25},
+		}),
+		coalesced: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "callout_ingest_coalesced_total", Help: "Requests that joined a callout already under way in this instance.",
+		}),
+		deadlines: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "callout_ingest_deadlines_total", Help: "Requests answered with a defer because no verdict came in time.",
+		}),
+		braked: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "callout_ingest_braked_total", Help: "Unknown recipients deferred by the dictionary-attack brake.",
+		}),
+	}
+	m.known = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "callout_ingest_known_misses_total", Help: "Near cache misses answered from this ingest's copy of the bucket's keys and domain facts, without a lookup.",
+	})
+	m.unconfirmed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "callout_ingest_unconfirmed_rejects_total", Help: "Near-cache rejects answered with a defer instead, while this ingest was cut off from NATS.",
+	})
+	m.flushedVerdicts = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "callout_ingest_flushed_verdicts_total", Help: "Verdicts of callouts that started before a flush of their scope, refused as an answer (a fresh callout is asked instead).",
+	})
+	m.refreshes = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "callout_ingest_refreshes_total", Help: "Background re-probes queued for old valid entries the near cache answered.",
+	})
+	m.shed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "callout_ingest_shed_total", Help: "Requests answered 451 4.3.2 at once because every worker was busy.",
+	})
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "callout_ingest_near_cache_entries", Help: "Cache hits held in this ingest."},
+			func() float64 { n, _, _ := near.Stats(); return float64(n) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "callout_ingest_near_cache_hits_total", Help: "Lookups answered by the near cache."},
+			func() float64 { _, h, _ := near.Stats(); return float64(h) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "callout_ingest_near_cache_misses_total", Help: "Lookups the near cache could not answer."},
+			func() float64 { _, _, m := near.Stats(); return float64(m) }))
+	m.monitored = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "callout_ingest_monitor_would_total", Help: "Monitor-mode domains: requests accepted that callout mode would have rejected or deferred, per domain (domains with a policy only).",
+	}, []string{"domain", "action"})
+	reg.MustRegister(m.known, m.unconfirmed, m.flushedVerdicts, m.refreshes,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "callout_ingest_known_keys", Help: "Address keys of the cache bucket indexed in this ingest."},
+			func() float64 { return float64(index.Keys()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "callout_ingest_known_keys_complete", Help: "1 when the index holds every address key of the bucket (misses are known without a lookup)."},
+			func() float64 {
+				if index.Complete() {
+					return 1
+				}
+				return 0
+			}))
+	reg.MustRegister(m.requests, m.latency, m.coalesced, m.deadlines, m.braked, m.shed, m.monitored,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "callout_ingest_domain_policy_errors",
+			Help: "Keys of the policy bucket not served as written: the policy does not parse (its domain is served by its last good policy or the defaults, in monitor mode), or the key is not the domain's normal form.",
+		}, func() float64 { return float64(policyErrors()) }))
+	return m
+}
