@@ -21,7 +21,7 @@ FUZZ_TARGETS := $(shell grep -rHo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*
 	sed -E 's#^(.+)/[^/]+_test\.go:func (Fuzz[A-Za-z0-9_]*)$$#./\1/:\2#' | sort)
 export GOFLAGS := -buildvcs=false
 
-.PHONY: all build run test vet staticcheck unit e2e fuzz bench clean tools deploy-check soak screenshots
+.PHONY: all build run test vet staticcheck unit e2e fuzz bench clean tools deploy-check soak screenshots docs
 
 all: build
 
@@ -74,6 +74,10 @@ fuzz:
 			echo "no failing input written: the fuzz coordinator's deadline race (golang/go#75804), not a finding"; \
 		fi; \
 	done
+
+## docs: render the generated parts of docs/ (settings tables, the reason table); a unit test fails when they are stale.
+docs:
+	go run ./tools/docgen -docs docs
 
 ## screenshots: the console's screenshots in docs/ (the browser test takes them; other test runs write them to a temporary directory).
 screenshots: build $(BIN)/nats-server

@@ -11,7 +11,7 @@ import (
 	"github.com/callout-mail/callout/shared/wire"
 )
 
-func entry(t *testing.T, st verdict.Status, reason string, ttl time.Duration) []byte {
+func entry(t *testing.T, st verdict.Status, reason verdict.Reason, ttl time.Duration) []byte {
 	t.Helper()
 	now := time.Now()
 	b, err := wire.EncodeEntry(verdict.Verdict{Status: st, Reason: reason, Code: 250, CheckedAt: now, ExpiresAt: now.Add(ttl)})

@@ -64,7 +64,7 @@ type Verdict struct {
 	Sender    string    `msgpack:"sender,omitempty" json:"sender,omitempty"`   // MAIL FROM used; "" is <>
 	Fact      string    `msgpack:"fact,omitempty" json:"fact,omitempty"`       // domain facts: kvkey.FactCatchAll, kvkey.FactAccess
 	Status    Status    `msgpack:"status" json:"status"`
-	Reason    string    `msgpack:"reason,omitempty" json:"reason,omitempty"` // short machine-readable cause
+	Reason    Reason    `msgpack:"reason,omitempty" json:"reason,omitempty"` // short machine-readable cause: one of Reasons
 	Code      int       `msgpack:"code,omitempty" json:"code,omitempty"`
 	Enhanced  string    `msgpack:"enhanced,omitempty" json:"enhanced,omitempty"`
 	Text      string    `msgpack:"text,omitempty" json:"text,omitempty"` // the destination's words, cleaned
@@ -206,18 +206,6 @@ func Decide(v Verdict, p Policy) Decision {
 // EnhancedNullMX is RFC 7505's code for a sender domain that publishes a
 // null MX: it says it takes no mail.
 const EnhancedNullMX = "5.7.27"
-
-// Reasons that more than one service interprets.
-const (
-	ReasonNullSenderRejected = "null_sender_rejected" // domain fact: MAIL FROM:<> refused
-	ReasonSenderRejected     = "sender_rejected"      // domain fact: the configured sender refused
-	ReasonMailboxDisabled    = "mailbox_disabled"     // 5.2.1: invalid, cached for a shorter time
-	// Reasons about the request, not the address: always deferred,
-	// whatever the policy says of tempfails.
-	ReasonBraked     = "too_many_unknown_recipients" // the client's unknown recipients passed the brake's limit
-	ReasonShed       = "shed"                        // every worker was busy
-	ReasonBadRequest = "bad_request"                 // the verify request was not understood
-)
 
 // AboutRequest reports a verdict about the request, not the address (the
 // brake, shedding, a request not understood): always deferred, with its

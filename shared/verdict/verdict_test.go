@@ -106,7 +106,7 @@ func TestCleanText(t *testing.T) {
 // their own codes, whatever the policy says of tempfails.
 func TestDecideRequestReasons(t *testing.T) {
 	for _, tc := range []struct {
-		reason   string
+		reason   Reason
 		code     int
 		enhanced string
 	}{{ReasonBraked, 450, "4.7.1"}, {ReasonShed, 451, "4.3.2"}, {ReasonBadRequest, 451, "4.3.5"}} {

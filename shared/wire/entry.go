@@ -33,7 +33,7 @@ func EncodeEntry(v verdict.Verdict) ([]byte, error) {
 		ttl = int64(v.ExpiresAt.Sub(v.CheckedAt) / time.Second)
 	}
 	for _, err := range []error{
-		enc.EncodeArrayLen(9), enc.EncodeInt(EntryVersion), enc.EncodeInt(int64(st)), enc.EncodeString(v.Reason),
+		enc.EncodeArrayLen(9), enc.EncodeInt(EntryVersion), enc.EncodeInt(int64(st)), enc.EncodeString(string(v.Reason)),
 		enc.EncodeInt(int64(v.Code)), enc.EncodeString(v.Enhanced), enc.EncodeString(v.Text), enc.EncodeString(v.Host),
 		enc.EncodeInt(v.CheckedAt.UnixMicro()), enc.EncodeInt(ttl),
 	} {
@@ -91,7 +91,7 @@ func DecodeEntry(key string, data []byte) (verdict.Verdict, error) {
 	if st < 0 || int(st) >= len(verdict.Statuses) {
 		return verdict.Verdict{}, fmt.Errorf("%w: status %d", ErrGarbage, st)
 	}
-	v := verdict.Verdict{Domain: k.Domain, Purpose: k.Purpose, Status: verdict.Statuses[st], Reason: reason, Code: int(code),
+	v := verdict.Verdict{Domain: k.Domain, Purpose: k.Purpose, Status: verdict.Statuses[st], Reason: verdict.Reason(reason), Code: int(code),
 		Enhanced: enhanced, Text: text, Host: host, CheckedAt: time.UnixMicro(checked), Source: verdict.SourceProbe}
 	if ttl > 0 {
 		v.ExpiresAt = v.CheckedAt.Add(time.Duration(ttl) * time.Second)

@@ -416,7 +416,7 @@ func decodeVerdict(r *reader, v *verdict.Verdict) bool {
 		case "status":
 			return r.word((*string)(&v.Status), statuses)
 		case "reason":
-			return r.str(&v.Reason)
+			return r.str((*string)(&v.Reason))
 		case "code":
 			return r.integer(&v.Code)
 		case "enhanced":

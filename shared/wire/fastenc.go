@@ -128,7 +128,7 @@ func appendDecision(b []byte, d *verdict.Decision) []byte {
 
 func appendVerdict(b []byte, v *verdict.Verdict) []byte {
 	n := 5 // kind, domain, status, checked_at, source; then what is set
-	for _, s := range []string{v.Address, string(v.Purpose), v.Sender, v.Fact, v.Reason, v.Enhanced, v.Text, v.Host} {
+	for _, s := range []string{v.Address, string(v.Purpose), v.Sender, v.Fact, string(v.Reason), v.Enhanced, v.Text, v.Host} {
 		if s != "" {
 			n++
 		}
@@ -147,7 +147,7 @@ func appendVerdict(b []byte, v *verdict.Verdict) []byte {
 	b = appendOpt(b, "sender", v.Sender)
 	b = appendOpt(b, "fact", v.Fact)
 	b = appendStr(appendStr(b, "status"), string(v.Status))
-	b = appendOpt(b, "reason", v.Reason)
+	b = appendOpt(b, "reason", string(v.Reason))
 	if v.Code != 0 {
 		b = appendInt(appendStr(b, "code"), int64(v.Code))
 	}

@@ -40,7 +40,7 @@ func TestFastReplyEncoding(t *testing.T) {
 		// three forms of timestamps (32-bit: whole seconds; 64-bit; 96-bit:
 		// before 1970 or after 2514).
 		"long texts": {V: Version, Decision: verdict.Decision{Action: verdict.Defer, Code: 451, Text: strings.Repeat("x", 31)},
-			Verdict: &verdict.Verdict{Text: strings.Repeat("t", 32), Host: strings.Repeat("h", 255), Reason: strings.Repeat("r", 256), Enhanced: strings.Repeat("e", 70000),
+			Verdict: &verdict.Verdict{Text: strings.Repeat("t", 32), Host: strings.Repeat("h", 255), Reason: verdict.Reason(strings.Repeat("r", 256)), Enhanced: strings.Repeat("e", 70000),
 				Code: 128, CheckedAt: time.Unix(1700000000, 0), ExpiresAt: time.Date(1960, 1, 1, 0, 0, 0, 5, time.UTC)}},
 		"numbers":  {V: 255, Decision: verdict.Decision{Code: 65535}, Error: "e", Verdict: &verdict.Verdict{Code: 70000, CheckedAt: time.Date(2600, 1, 1, 0, 0, 0, 0, time.UTC)}},
 		"negative": {V: -1, Decision: verdict.Decision{Code: -33}, Verdict: &verdict.Verdict{Code: -200, CheckedAt: now}, Would: &verdict.Decision{Code: -40000}},

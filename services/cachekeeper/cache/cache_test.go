@@ -36,7 +36,7 @@ func addrVerdict(a string, st verdict.Status, code int, at time.Time) verdict.Ve
 	return verdict.Verdict{Kind: verdict.KindAddress, Address: p.String(), Domain: p.Domain, Purpose: verdict.Recipient, Status: st, Code: code, CheckedAt: at, Source: verdict.SourceProbe, Text: "destination said so"}
 }
 
-func domainFact(d, fact string, st verdict.Status, reason string, at time.Time) verdict.Verdict {
+func domainFact(d, fact string, st verdict.Status, reason verdict.Reason, at time.Time) verdict.Verdict {
 	return verdict.Verdict{Kind: verdict.KindDomain, Domain: d, Purpose: verdict.Recipient, Fact: fact, Status: st, Reason: reason, CheckedAt: at, Source: verdict.SourceProbe}
 }
 

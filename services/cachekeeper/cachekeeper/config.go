@@ -11,6 +11,9 @@ import (
 	"github.com/callout-mail/callout/shared/natsconn"
 )
 
+// EnvPrefix begins the name of every setting (CALLOUT_CACHEKEEPER_TIMEOUT, ...).
+const EnvPrefix = "CALLOUT_CACHEKEEPER"
+
 // Config is the cachekeeper's settings, from CALLOUT_CACHEKEEPER_* variables.
 type Config struct {
 	config.Common

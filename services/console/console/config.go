@@ -10,6 +10,9 @@ import (
 	"github.com/callout-mail/callout/shared/natsconn"
 )
 
+// EnvPrefix begins the name of every setting (CALLOUT_CONSOLE_TIMEOUT, ...).
+const EnvPrefix = "CALLOUT_CONSOLE"
+
 // Config is the console's settings, from CALLOUT_CONSOLE_* variables.
 type Config struct {
 	config.Common

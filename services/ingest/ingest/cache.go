@@ -34,7 +34,7 @@ func (s *Service) remote(ctx context.Context, req wire.VerifyRequest, purpose ve
 			return *look.Verdict, dpol
 		}
 		s.m.braked.Inc()
-		v.Status, v.Reason = verdict.TempFail, ReasonBraked
+		v.Status, v.Reason = verdict.TempFail, verdict.ReasonBraked
 		return v, dpol
 	}
 	return s.fetch(ctx, a, purpose, senders, nearKey, rev, newJob(a, purpose, pol)), dpol
@@ -129,17 +129,17 @@ func (s *Service) traced(ctx context.Context, a address.Address, job wire.ProbeJ
 	v := base(a, "")
 	b, err := wire.Encode(&job)
 	if err != nil {
-		v.Status, v.Reason, v.Text = verdict.TempFail, ReasonQueue, err.Error()
+		v.Status, v.Reason, v.Text = verdict.TempFail, verdict.ReasonQueue, err.Error()
 		return v
 	}
 	m, err := s.nc.RequestWithContext(ctx, s.names.ProberTrace(), b)
 	if err != nil {
-		v.Status, v.Reason, v.Text = verdict.TempFail, ReasonDeadline, "traced callout: "+err.Error()
+		v.Status, v.Reason, v.Text = verdict.TempFail, verdict.ReasonDeadline, "traced callout: "+err.Error()
 		return v
 	}
 	var r wire.TraceReply
 	if err := wire.Decode(m.Data, &r); err != nil || r.Error != "" {
-		v.Status, v.Reason, v.Text = verdict.TempFail, ReasonQueue, fmt.Sprintf("traced callout: %v %s", err, r.Error)
+		v.Status, v.Reason, v.Text = verdict.TempFail, verdict.ReasonQueue, fmt.Sprintf("traced callout: %v %s", err, r.Error)
 		return v
 	}
 	*transcript = r.Transcript

@@ -10,6 +10,9 @@ import (
 	"github.com/callout-mail/callout/shared/verdict"
 )
 
+// EnvPrefix begins the name of every setting (CALLOUT_INGEST_TIMEOUT, ...).
+const EnvPrefix = "CALLOUT_INGEST"
+
 // Config is the ingest's settings, from CALLOUT_INGEST_* variables.
 type Config struct {
 	config.Common

@@ -91,7 +91,7 @@ func (s *Service) reply(ctx context.Context, req wire.VerifyRequest, purpose ver
 			// Typed attributes: named string types would go through fmt.
 			s.log.LogAttrs(ctx, level, "verify", slog.String("address", logged.Address), slog.String("purpose", string(purpose)),
 				slog.String("client", req.ClientAddress), slog.String("action", string(d.Action)), slog.Int("code", d.Code),
-				slog.String("status", string(logged.Status)), slog.String("reason", logged.Reason), slog.String("source", string(logged.Source)),
+				slog.String("status", string(logged.Status)), slog.String("reason", string(logged.Reason)), slog.String("source", string(logged.Source)),
 				slog.String("host", logged.Host), slog.Int("dest_code", logged.Code), slog.String("dest_text", logged.Text),
 				slog.Duration("took", el.Round(time.Microsecond)))
 		}
@@ -159,19 +159,19 @@ func (s *Service) local(req wire.VerifyRequest, purpose verdict.Purpose) (verdic
 		v := base(address.Address{}, verdict.CleanText(req.Address))
 		v.Text = err.Error()
 		if address.Broken(err) {
-			v.Status, v.Reason = verdict.Malformed, ReasonSyntax
+			v.Status, v.Reason = verdict.Malformed, verdict.ReasonSyntax
 		} else {
 			// Real mail uses these forms (literals, internationalized or
 			// odd local parts, underscores or one label in the domain):
 			// they are only not safe to call out for. Never a reject.
-			v.Status, v.Reason = verdict.Unverifiable, ReasonUnprobeable
+			v.Status, v.Reason = verdict.Unverifiable, verdict.ReasonUnprobeable
 		}
 		return v, verdict.Policy{Purpose: purpose}, nil
 	}
 	v := base(a, "")
 	as := v.Address // a.String(), built once
 	if s.extra[strings.ToLower(as)] || s.domains.IsProbeSender(as) {
-		v.Status, v.Reason = verdict.Skipped, ReasonProbeSender
+		v.Status, v.Reason = verdict.Skipped, verdict.ReasonProbeSender
 		return v, verdict.Policy{Purpose: purpose}, nil
 	}
 	pol, known := s.domains.Lookup(a.Domain)
@@ -181,23 +181,23 @@ func (s *Service) local(req wire.VerifyRequest, purpose verdict.Purpose) (verdic
 	} else {
 		switch {
 		case known && pol.Bypassed(a.Local, s.cfg.RecipientDelimiter):
-			v.Status, v.Reason = verdict.Skipped, ReasonBypass
+			v.Status, v.Reason = verdict.Skipped, verdict.ReasonBypass
 			return v, dpol, nil
 		case !known && s.cfg.UnknownDomains == "reject":
-			v.Status, v.Reason = verdict.RelayDenied, ReasonNotServed
+			v.Status, v.Reason = verdict.RelayDenied, verdict.ReasonNotServed
 			return v, dpol, nil
 		case !known && s.cfg.UnknownDomains == "accept":
 			// Nothing the destination said: relay control is the MTA's.
-			v.Status, v.Reason = verdict.Unverifiable, ReasonNotServed
+			v.Status, v.Reason = verdict.Unverifiable, verdict.ReasonNotServed
 			return v, dpol, nil
 		case pol.EffectiveMode() == domains.ModeOff:
-			v.Status, v.Reason = verdict.Skipped, ReasonPolicyOff
+			v.Status, v.Reason = verdict.Skipped, verdict.ReasonPolicyOff
 			return v, dpol, nil
 		case pol.EffectiveMode() == domains.ModeStatic:
 			if pol.Listed(a.Local, s.cfg.RecipientDelimiter) {
-				v.Status, v.Reason = verdict.Valid, ReasonListed
+				v.Status, v.Reason = verdict.Valid, verdict.ReasonListed
 			} else {
-				v.Status, v.Reason = verdict.Invalid, ReasonNotListed
+				v.Status, v.Reason = verdict.Invalid, verdict.ReasonNotListed
 			}
 			return v, dpol, nil
 		}
@@ -218,7 +218,7 @@ func (s *Service) local(req wire.VerifyRequest, purpose verdict.Purpose) (verdic
 		// A reject this ingest cannot know is current: a flush may have
 		// removed it while the bucket's changes do not reach here.
 		s.m.unconfirmed.Inc()
-		v.Status, v.Reason, v.Source = verdict.TempFail, ReasonUnconfirmed, verdict.SourceCache
+		v.Status, v.Reason, v.Source = verdict.TempFail, verdict.ReasonUnconfirmed, verdict.SourceCache
 		return v, dpol, nil
 	}
 	return v, dpol, &miss{a: a, pol: pol, dpol: dpol, v: v, senders: senders, nearKey: nearKey}
@@ -244,15 +244,15 @@ func special(raw string, purpose verdict.Purpose) (verdict.Verdict, bool) {
 	v := verdict.Verdict{Kind: verdict.KindAddress, Address: s, CheckedAt: time.Now(), Source: verdict.SourceStatic, Status: verdict.Skipped}
 	switch {
 	case s == "" && purpose == verdict.Sender:
-		v.Reason = ReasonNullSender
+		v.Reason = verdict.ReasonNullSender
 		return v, true
 	case strings.EqualFold(s, "postmaster"):
-		v.Reason = ReasonPostmaster
+		v.Reason = verdict.ReasonPostmaster
 		return v, true
 	}
 	local, domain, ok := strings.Cut(s, "@")
 	if ok && strings.EqualFold(local, "postmaster") && !strings.ContainsRune(domain, '@') && !strings.ContainsFunc(domain, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
-		v.Reason = ReasonPostmaster
+		v.Reason = verdict.ReasonPostmaster
 		if d, err := address.NormalizeDomain(domain); err == nil {
 			v.Address, v.Domain = "postmaster@"+d, d
 		}

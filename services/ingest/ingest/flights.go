@@ -62,13 +62,13 @@ func (s *Service) wait(ctx context.Context, a address.Address, f *flight) verdic
 	select {
 	case <-f.done:
 		if f.err != nil {
-			v.Status, v.Reason, v.Text = verdict.TempFail, ReasonQueue, f.err.Error()
+			v.Status, v.Reason, v.Text = verdict.TempFail, verdict.ReasonQueue, f.err.Error()
 			return v
 		}
 		return f.v
 	case <-ctx.Done():
 		s.m.deadlines.Inc()
-		v.Status, v.Reason = verdict.TempFail, ReasonDeadline
+		v.Status, v.Reason = verdict.TempFail, verdict.ReasonDeadline
 		return v
 	}
 }

@@ -591,7 +591,7 @@ func check(events []event) []string {
 		case q.rep.Decision.Action == verdict.Accept && v.Status == verdict.Valid:
 			st = verdict.Valid
 		default:
-			if v.Reason == ReasonDeadline {
+			if v.Reason == verdict.ReasonDeadline {
 				bad = append(bad, fmt.Sprintf("I4: %s ingest%d %s at %s waited to its deadline (%s)", q.via, q.ingest, q.addr, at(q.start), at(q.end)))
 			}
 			continue

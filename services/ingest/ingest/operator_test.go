@@ -63,7 +63,7 @@ func TestBypassList(t *testing.T) {
 	sys.policy(t, "example.org", domains.Policy{Route: []string{dest.Addr()}, Bypass: []string{"abuse", "Sales@example.org"}})
 	for _, a := range []string{"abuse@example.org", "ABUSE@example.org", "sales+eu@example.org"} {
 		rep := sys.verify(t, rcpt(a))
-		if rep.Decision.Action != verdict.Accept || rep.Verdict.Reason != ReasonBypass {
+		if rep.Decision.Action != verdict.Accept || rep.Verdict.Reason != verdict.ReasonBypass {
 			t.Fatalf("%s: %+v %+v", a, rep.Decision, rep.Verdict)
 		}
 	}

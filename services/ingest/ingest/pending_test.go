@@ -70,7 +70,7 @@ func TestPendingJobVerdictNotMissed(t *testing.T) {
 		job("gone")
 		publish("gone", verdict.Invalid, 550)
 		rep := <-verify("gone")
-		if rep.Decision.Action != verdict.Reject || rep.Verdict.Reason == ReasonDeadline {
+		if rep.Decision.Action != verdict.Reject || rep.Verdict.Reason == verdict.ReasonDeadline {
 			t.Fatalf("%+v %+v", rep.Decision, rep.Verdict)
 		}
 		drainJob(t, cons)
@@ -146,7 +146,7 @@ func TestShedWhenBusy(t *testing.T) {
 	waitfor.Cond(t, 10*time.Second, func() bool { return dest.RcptsFor("slow@example.org") == 1 })
 	start := time.Now()
 	rep := sys.verify(t, rcpt("other@example.org"))
-	if rep.Decision.Action != verdict.Defer || rep.Decision.Code != 451 || rep.Decision.Enhanced != "4.3.2" || rep.Verdict.Reason != ReasonShed {
+	if rep.Decision.Action != verdict.Defer || rep.Decision.Code != 451 || rep.Decision.Enhanced != "4.3.2" || rep.Verdict.Reason != verdict.ReasonShed {
 		t.Fatalf("busy answer %+v %+v", rep.Decision, rep.Verdict)
 	}
 	if el := time.Since(start); el > cfg.Timeout/2 {

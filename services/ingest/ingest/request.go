@@ -134,7 +134,7 @@ func encodeReply(rep *wire.VerifyReply, isJSON bool) ([]byte, error) {
 func (s *Service) shed(r *microasync.Request) {
 	s.m.shed.Inc()
 	s.m.requests.WithLabelValues(string(verdict.Defer), "shed").Inc()
-	v := verdict.Verdict{Kind: verdict.KindAddress, Status: verdict.TempFail, Reason: ReasonShed, CheckedAt: time.Now(), Source: verdict.SourceStatic}
+	v := verdict.Verdict{Kind: verdict.KindAddress, Status: verdict.TempFail, Reason: verdict.ReasonShed, CheckedAt: time.Now(), Source: verdict.SourceStatic}
 	rep := wire.VerifyReply{Decision: verdict.Decide(v, verdict.Policy{}), Verdict: &v}
 	if b, err := encodeReply(&rep, isJSON(r)); err == nil {
 		_ = r.Respond(b)

@@ -22,32 +22,10 @@ import (
 	"github.com/callout-mail/callout/shared/refresh"
 	"github.com/callout-mail/callout/shared/streams"
 	"github.com/callout-mail/callout/shared/subjects"
-	"github.com/callout-mail/callout/shared/verdict"
 )
 
 // Version of the micro service.
 const Version = "1.0.0"
-
-// Reasons the ingest gives itself.
-const (
-	ReasonProbeSender = "probe_sender"
-	ReasonPolicyOff   = "policy_off"
-	ReasonListed      = "listed"
-	ReasonNotListed   = "not_listed"
-	ReasonNotServed   = "not_served"
-	ReasonBraked      = verdict.ReasonBraked
-	ReasonDeadline    = "deadline"
-	ReasonQueue       = "queue_unavailable"
-	ReasonSyntax      = "syntax"
-	ReasonUnprobeable = "unprobeable_form"
-	ReasonNullSender  = "null_sender"
-	ReasonPostmaster  = "postmaster"
-	ReasonShed        = verdict.ReasonShed
-	ReasonBypass      = "bypass"
-	// ReasonUnconfirmed defers what the near cache would reject while this
-	// ingest cannot know that no flush removed it: cut off from NATS.
-	ReasonUnconfirmed = "cache_unconfirmed"
-)
 
 // Service is one ingest instance.
 type Service struct {

@@ -214,7 +214,7 @@ func TestPaths(t *testing.T) {
 		for _, a := range []string{"taro..yamada@example.org", ".dot@example.org", "user@[192.0.2.1]", "jörg@example.org"} {
 			for _, p := range []verdict.Purpose{verdict.Recipient, verdict.Sender} {
 				rep := sys.verify(t, wire.VerifyRequest{Address: a, Purpose: p})
-				if rep.Decision.Action != verdict.Accept || rep.Verdict.Reason != ReasonUnprobeable {
+				if rep.Decision.Action != verdict.Accept || rep.Verdict.Reason != verdict.ReasonUnprobeable {
 					t.Fatalf("%q as %s: %+v %+v", a, p, rep.Decision, rep.Verdict)
 				}
 			}
@@ -253,7 +253,7 @@ func TestPaths(t *testing.T) {
 		sys.policy(t, "withsender.example", domains.Policy{Route: []string{dest.Addr()}, Sender: "verify@example.org"})
 		before := dest.Rcpts()
 		rep := sys.verify(t, rcpt("verify@example.org"))
-		if rep.Decision.Action != verdict.Accept || rep.Verdict.Reason != ReasonProbeSender || dest.Rcpts() != before {
+		if rep.Decision.Action != verdict.Accept || rep.Verdict.Reason != verdict.ReasonProbeSender || dest.Rcpts() != before {
 			t.Fatalf("probe sender verified: %+v", rep.Verdict)
 		}
 	})
@@ -296,7 +296,7 @@ func TestDeadlineDefers(t *testing.T) {
 	sys.policy(t, "example.org", domains.Policy{Route: []string{dest.Addr()}})
 	rep := sys.verify(t, rcpt("nobody@example.org"))
 	expect(t, rep, verdict.Defer, 450, "")
-	if rep.Decision.Enhanced != "4.4.3" || rep.Verdict.Reason != ReasonDeadline {
+	if rep.Decision.Enhanced != "4.4.3" || rep.Verdict.Reason != verdict.ReasonDeadline {
 		t.Fatalf("deadline answer %+v %+v", rep.Decision, rep.Verdict)
 	}
 	// The request's own shorter deadline is honoured.

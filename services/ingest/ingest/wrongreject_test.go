@@ -114,7 +114,7 @@ func TestAcceptedForms(t *testing.T) {
 	t.Run("null sender", func(t *testing.T) {
 		for _, a := range []string{"", "<>", " <> "} {
 			rep := sys.verify(t, sender(a))
-			if rep.Decision.Action != verdict.Accept || rep.Verdict.Reason != ReasonNullSender {
+			if rep.Decision.Action != verdict.Accept || rep.Verdict.Reason != verdict.ReasonNullSender {
 				t.Fatalf("%q: %+v %+v", a, rep.Decision, rep.Verdict)
 			}
 		}
@@ -123,7 +123,7 @@ func TestAcceptedForms(t *testing.T) {
 		before := dest.Rcpts()
 		for _, a := range []string{"postmaster", "<Postmaster>", "postmaster@example.org", "POSTMASTER@static.example", "postmaster@elsewhere.example"} {
 			rep := sys.verify(t, rcpt(a))
-			if rep.Decision.Action != verdict.Accept || rep.Verdict.Reason != ReasonPostmaster {
+			if rep.Decision.Action != verdict.Accept || rep.Verdict.Reason != verdict.ReasonPostmaster {
 				t.Fatalf("%q: %+v %+v", a, rep.Decision, rep.Verdict)
 			}
 		}
@@ -152,7 +152,7 @@ func TestAcceptedForms(t *testing.T) {
 	t.Run("unknown recipient domain is accepted by default", func(t *testing.T) {
 		rep := sys.verify(t, rcpt("x@not-served.example"))
 		expect(t, rep, verdict.Accept, 250, verdict.SourceStatic)
-		if rep.Verdict.Status != verdict.Unverifiable || rep.Verdict.Reason != ReasonNotServed {
+		if rep.Verdict.Status != verdict.Unverifiable || rep.Verdict.Reason != verdict.ReasonNotServed {
 			t.Fatalf("verdict %+v", rep.Verdict)
 		}
 	})

@@ -66,7 +66,7 @@ type entry struct {
 	kind     uint8 // 0 address, 1 domain
 	source   uint8 // 0 cache, 1 probe, 2 static
 	code     int16
-	reason   string
+	reason   verdict.Reason
 	enhanced string
 	sender   string
 	details  *[2]string // the destination's text and host, when kept
@@ -176,7 +176,7 @@ func (c *Cache) Put(key, domain, local string, purpose verdict.Purpose, v verdic
 	i := c.alloc()
 	e := &c.ents[i]
 	*e = entry{key: key, alen: uint16(alen), at: uint16(len(local)), status: uint8(st), source: uint8(src), code: int16(code),
-		reason: c.intern(v.Reason), enhanced: c.intern(v.Enhanced), sender: c.intern(v.Sender),
+		reason: verdict.Reason(c.intern(string(v.Reason))), enhanced: c.intern(v.Enhanced), sender: c.intern(v.Sender),
 		checked: v.CheckedAt.UnixNano(), expires: v.ExpiresAt.UnixNano(), prev: none, next: none}
 	if v.Kind == verdict.KindDomain {
 		e.kind = 1

@@ -19,27 +19,6 @@ import (
 	"github.com/callout-mail/callout/shared/verdict"
 )
 
-// Reasons for verdicts that come from the dialogue rather than a RCPT reply.
-const (
-	ReasonConnect            = "connect_failed"
-	ReasonTimeout            = "timeout"
-	ReasonProtocol           = "protocol_error"
-	ReasonBreakerOpen        = "breaker_open"
-	ReasonRefusedBanner      = "refused_at_banner"
-	ReasonRefusedHelo        = "refused_at_helo"
-	ReasonNullSenderRejected = verdict.ReasonNullSenderRejected
-	ReasonSenderRejected     = verdict.ReasonSenderRejected
-	ReasonDeferred           = "deferred"
-	ReasonRandomAccepted     = "random_accepted"
-	ReasonRandomRefused      = "random_refused"
-	ReasonRandomDeferred     = "random_deferred"
-	// ReasonRefusesVerifier: the destination refused postmaster too (the
-	// control probe), so its 5xx is a refusal of the verifier.
-	ReasonRefusesVerifier = "destination_refuses_verifier"
-	ReasonControlAccepted = "postmaster_accepted"
-	ReasonNoDestination   = "no_destination"
-)
-
 // Config is the verifier's settings.
 type Config struct {
 	SMTP            smtpprobe.Config
@@ -132,7 +111,7 @@ func (v *Verifier) VerifyHeld(ctx context.Context, t Target, slot *destination.S
 // wait for the destination's reply to RSET or QUIT.
 func (v *Verifier) VerifyThen(ctx context.Context, t Target, slot *destination.Slot) (Result, func()) {
 	ctx, cancel := context.WithTimeout(ctx, v.cfg.Budget)
-	res := v.fail(t, "", verdict.TempFail, ReasonNoDestination, smtpprobe.Reply{})
+	res := v.fail(t, "", verdict.TempFail, verdict.ReasonNoDestination, smtpprobe.Reply{})
 	end := func() {}
 	for i, host := range t.Hosts {
 		if ctx.Err() != nil {
@@ -167,12 +146,12 @@ func (v *Verifier) onHost(ctx context.Context, host string, t Target, held *dest
 	d := v.pool.Get(host)
 	if d.Open() {
 		t.Trace.Add(host, "*", "breaker open: not asked")
-		return v.fail(t, host, verdict.TempFail, ReasonBreakerOpen, smtpprobe.Reply{}), true, end
+		return v.fail(t, host, verdict.TempFail, verdict.ReasonBreakerOpen, smtpprobe.Reply{}), true, end
 	}
 	if held == nil {
 		var err error
 		if held, err = d.Acquire(ctx, t.Trace == nil); err != nil {
-			return v.fail(t, host, verdict.TempFail, ReasonTimeout, smtpprobe.Reply{}), false, end
+			return v.fail(t, host, verdict.TempFail, verdict.ReasonTimeout, smtpprobe.Reply{}), false, end
 		}
 		own := held
 		end = own.Release
@@ -191,7 +170,7 @@ func (v *Verifier) onHost(ctx context.Context, host string, t Target, held *dest
 		return nil
 	})
 	if errors.Is(err, destination.ErrOpen) {
-		return v.fail(t, host, verdict.TempFail, ReasonBreakerOpen, smtpprobe.Reply{}), true, end
+		return v.fail(t, host, verdict.TempFail, verdict.ReasonBreakerOpen, smtpprobe.Reply{}), true, end
 	}
 	return res, next, end
 }

@@ -75,9 +75,9 @@ func TestVerify(t *testing.T) {
 		cfg       smtptest.Config
 		target    Target
 		status    verdict.Status
-		reason    string
+		reason    verdict.Reason
 		catchAll  verdict.Status // "" when no catch-all fact is expected
-		access    string         // reason of the access fact, "" when none
+		access    verdict.Reason // reason of the access fact, "" when none
 		rcpts     int
 		sender    string
 		wantCode  int
@@ -93,7 +93,7 @@ func TestVerify(t *testing.T) {
 			status: verdict.Invalid, reason: "user_unknown", catchAll: verdict.NotCatchAll, rcpts: 3, wantCode: 550, wantEnhcd: "5.1.1"},
 		{name: "catch-all: no real RCPT", cfg: smtptest.Config{CatchAll: []string{"example.org"}},
 			target: Target{Address: address.Address{Local: "anyone", Domain: "example.org"}},
-			status: verdict.CatchAll, reason: ReasonRandomAccepted, catchAll: verdict.CatchAll, rcpts: 1, wantCode: 250},
+			status: verdict.CatchAll, reason: verdict.ReasonRandomAccepted, catchAll: verdict.CatchAll, rcpts: 1, wantCode: 250},
 		{name: "known not catch-all skips the random check", cfg: smtptest.Config{Mailboxes: boxes},
 			target: Target{Address: address.Address{Local: "alice", Domain: "example.org"}, SkipRandom: true},
 			status: verdict.Valid, reason: "accepted", rcpts: 1, wantCode: 250},
@@ -102,7 +102,7 @@ func TestVerify(t *testing.T) {
 			status: verdict.TempFail, reason: "temporary", rcpts: 2, wantCode: 450},
 		{name: "throttled random: nothing more asked", cfg: smtptest.Config{Rcpt: func(_, _ string) string { return "451 4.7.500 Server busy, try again later" }},
 			target: Target{Address: address.Address{Local: "alice", Domain: "example.org"}},
-			status: verdict.TempFail, reason: ReasonRandomDeferred, rcpts: 1, wantCode: 451},
+			status: verdict.TempFail, reason: verdict.ReasonRandomDeferred, rcpts: 1, wantCode: 451},
 		{name: "inconclusive random (524 5.2.4): the real one verified, no domain fact", cfg: smtptest.Config{Rcpt: func(_, to string) string {
 			if to == "alice@example.org" {
 				return "250 2.1.5 Ok"
@@ -122,7 +122,7 @@ func TestVerify(t *testing.T) {
 		}},
 			target: Target{Address: address.Address{Local: "alice", Domain: "example.org"}},
 			// The RCPT pipelined with the refused MAIL went out (and got 503).
-			status: verdict.Unverifiable, reason: ReasonNullSenderRejected, access: ReasonNullSenderRejected, rcpts: 1, wantCode: 550},
+			status: verdict.Unverifiable, reason: verdict.ReasonNullSenderRejected, access: verdict.ReasonNullSenderRejected, rcpts: 1, wantCode: 550},
 		{name: "null sender refused, no pipelining", cfg: smtptest.Config{Mailboxes: boxes, EHLO: "250-mx.test\r\n250 ENHANCEDSTATUSCODES", Mail: func(f string) string {
 			if f == "" {
 				return "550 5.7.1 null sender not accepted here"
@@ -130,7 +130,7 @@ func TestVerify(t *testing.T) {
 			return "250 ok"
 		}},
 			target: Target{Address: address.Address{Local: "alice", Domain: "example.org"}},
-			status: verdict.Unverifiable, reason: ReasonNullSenderRejected, access: ReasonNullSenderRejected, rcpts: 0, wantCode: 550},
+			status: verdict.Unverifiable, reason: verdict.ReasonNullSenderRejected, access: verdict.ReasonNullSenderRejected, rcpts: 0, wantCode: 550},
 		{name: "null sender refused, fallback sender used", cfg: smtptest.Config{Mailboxes: boxes, Mail: func(f string) string {
 			if f == "" {
 				return "550 5.7.1 null sender not accepted here"
@@ -138,7 +138,7 @@ func TestVerify(t *testing.T) {
 			return "250 ok"
 		}},
 			target: Target{Address: address.Address{Local: "alice", Domain: "example.org"}, FallbackSender: "verify@gw.test"},
-			status: verdict.Valid, reason: "accepted", catchAll: verdict.NotCatchAll, access: ReasonNullSenderRejected, rcpts: 3, sender: "verify@gw.test", wantCode: 250},
+			status: verdict.Valid, reason: "accepted", catchAll: verdict.NotCatchAll, access: verdict.ReasonNullSenderRejected, rcpts: 3, sender: "verify@gw.test", wantCode: 250},
 		{name: "null sender refused at RCPT (smtpd_delay_reject), fallback sender used", cfg: smtptest.Config{Rcpt: func(from, to string) string {
 			if from == "" {
 				return "554 5.7.1 <>: Sender address rejected: Access denied"
@@ -146,12 +146,12 @@ func TestVerify(t *testing.T) {
 			return smtptest.Mailboxes(boxes, nil)(from, to)
 		}},
 			target: Target{Address: address.Address{Local: "alice", Domain: "example.org"}, FallbackSender: "verify@gw.test"},
-			status: verdict.Valid, reason: "accepted", catchAll: verdict.NotCatchAll, access: ReasonNullSenderRejected, rcpts: 3, sender: "verify@gw.test", wantCode: 250},
+			status: verdict.Valid, reason: "accepted", catchAll: verdict.NotCatchAll, access: verdict.ReasonNullSenderRejected, rcpts: 3, sender: "verify@gw.test", wantCode: 250},
 		{name: "both senders refused at RCPT: the fallback's refusal is the fact", cfg: smtptest.Config{Rcpt: func(from, to string) string {
 			return "553 5.1.8 <" + from + ">: Sender address rejected: Domain not found"
 		}},
 			target: Target{Address: address.Address{Local: "alice", Domain: "example.org"}, FallbackSender: "verify@gw.test"},
-			status: verdict.Unverifiable, reason: ReasonSenderRejected, access: ReasonSenderRejected, rcpts: 2, sender: "verify@gw.test", wantCode: 553},
+			status: verdict.Unverifiable, reason: verdict.ReasonSenderRejected, access: verdict.ReasonSenderRejected, rcpts: 2, sender: "verify@gw.test", wantCode: 553},
 		{name: "5.7.1 block is unverifiable", cfg: smtptest.Config{Rcpt: func(_, _ string) string {
 			return "550 5.7.1 Service unavailable; client host blocked using zen.spamhaus.org"
 		}},
@@ -159,13 +159,13 @@ func TestVerify(t *testing.T) {
 			status: verdict.Unverifiable, reason: "policy", rcpts: 2, wantCode: 550, wantEnhcd: "5.7.1"},
 		{name: "554 banner is a domain fact", cfg: smtptest.Config{Banner: "554 5.7.1 go away"},
 			target: Target{Address: address.Address{Local: "alice", Domain: "example.org"}},
-			status: verdict.Unverifiable, reason: ReasonRefusedBanner, access: ReasonRefusedBanner, rcpts: 0, wantCode: 554},
+			status: verdict.Unverifiable, reason: verdict.ReasonRefusedBanner, access: verdict.ReasonRefusedBanner, rcpts: 0, wantCode: 554},
 		{name: "421 banner is temporary", cfg: smtptest.Config{Banner: "421 4.3.2 busy"},
 			target: Target{Address: address.Address{Local: "alice", Domain: "example.org"}},
-			status: verdict.TempFail, reason: ReasonDeferred, rcpts: 0, wantCode: 421},
+			status: verdict.TempFail, reason: verdict.ReasonDeferred, rcpts: 0, wantCode: 421},
 		{name: "EHLO and HELO refused", cfg: smtptest.Config{EHLO: "550 5.7.1 not you", HELO: "550 5.7.1 not you either"},
 			target: Target{Address: address.Address{Local: "alice", Domain: "example.org"}},
-			status: verdict.Unverifiable, reason: ReasonRefusedHelo, access: ReasonRefusedHelo, rcpts: 0},
+			status: verdict.Unverifiable, reason: verdict.ReasonRefusedHelo, access: verdict.ReasonRefusedHelo, rcpts: 0},
 		{name: "server drops the connection after an unknown recipient", cfg: smtptest.Config{Mailboxes: boxes, DropAfterUnknown: true},
 			target: Target{Address: address.Address{Local: "alice", Domain: "example.org"}},
 			status: verdict.Valid, reason: "accepted", catchAll: verdict.NotCatchAll, rcpts: 2, wantCode: 250},
@@ -282,7 +282,7 @@ func TestTimeoutIsTempfail(t *testing.T) {
 	s := server(t, smtptest.Config{Mailboxes: []string{"alice@example.org"}, Delay: 3 * time.Second})
 	v := New(Config{SMTP: smtpprobe.Config{BannerTimeout: 200 * time.Millisecond}, RandomSecret: secret}, destination.NewPool(destination.Config{Rate: 1000}, nil))
 	r := v.Verify(context.Background(), Target{Address: addr(t, "alice@example.org"), Hosts: []string{s.Addr()}})
-	if r.Address.Status != verdict.TempFail || r.Address.Reason != ReasonTimeout {
+	if r.Address.Status != verdict.TempFail || r.Address.Reason != verdict.ReasonTimeout {
 		t.Fatalf("slow server: %+v", r.Address)
 	}
 }
@@ -310,11 +310,11 @@ func TestBreaker(t *testing.T) {
 	v := verifier(destination.Config{BreakerFailures: 2, BreakerOpen: 200 * time.Millisecond})
 	target := Target{Address: addr(t, "alice@example.org"), Hosts: []string{dead}}
 	for i := 0; i < 2; i++ {
-		if r := v.Verify(context.Background(), target); r.Address.Reason != ReasonConnect {
+		if r := v.Verify(context.Background(), target); r.Address.Reason != verdict.ReasonConnect {
 			t.Fatalf("attempt %d: %s", i, r.Address.Reason)
 		}
 	}
-	if r := v.Verify(context.Background(), target); r.Address.Reason != ReasonBreakerOpen || r.Address.Status != verdict.TempFail {
+	if r := v.Verify(context.Background(), target); r.Address.Reason != verdict.ReasonBreakerOpen || r.Address.Status != verdict.TempFail {
 		t.Fatalf("breaker not open: %+v", r.Address)
 	}
 	// The destination comes back on the same port: after the open period the
@@ -330,7 +330,7 @@ func TestBreaker(t *testing.T) {
 		if r.Address.Status == verdict.Valid {
 			break
 		}
-		if r.Address.Reason != ReasonBreakerOpen || time.Now().After(deadline) {
+		if r.Address.Reason != verdict.ReasonBreakerOpen || time.Now().After(deadline) {
 			t.Fatalf("after recovery: %+v", r.Address)
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -431,7 +431,7 @@ func TestDialogueTimeout(t *testing.T) {
 	v := New(Config{SMTP: smtpprobe.Config{BannerTimeout: time.Second, CommandTimeout: time.Second}, DialogueTimeout: 400 * time.Millisecond, RandomSecret: secret},
 		destination.NewPool(destination.Config{Rate: 1000}, nil))
 	r := v.Verify(context.Background(), Target{Address: addr(t, "a@example.org"), Hosts: []string{s.Addr()}})
-	if r.Address.Status != verdict.TempFail || r.Address.Reason != ReasonTimeout {
+	if r.Address.Status != verdict.TempFail || r.Address.Reason != verdict.ReasonTimeout {
 		t.Fatalf("slow dialogue: %+v", r.Address)
 	}
 }
@@ -503,13 +503,13 @@ func TestControlProbe(t *testing.T) {
 		control string
 		addr    string
 		status  verdict.Status
-		reason  string
+		reason  verdict.Reason
 		fact    verdict.Status // the control fact published, "" none
 		asked   int            // RCPTs of postmaster
 	}{
 		{"user unknown, postmaster accepted", smtptest.Mailboxes([]string{"alice@example.org"}, nil), "", "nobody", verdict.Invalid, "user_unknown", verdict.Valid, 1},
-		{"postmaster refused too", relay, "", "nobody", verdict.Unverifiable, ReasonRefusesVerifier, verdict.Invalid, 1},
-		{"known refused: not asked again", relay, wire.ControlRefused, "nobody", verdict.Unverifiable, ReasonRefusesVerifier, "", 0},
+		{"postmaster refused too", relay, "", "nobody", verdict.Unverifiable, verdict.ReasonRefusesVerifier, verdict.Invalid, 1},
+		{"known refused: not asked again", relay, wire.ControlRefused, "nobody", verdict.Unverifiable, verdict.ReasonRefusesVerifier, "", 0},
 		{"known accepted: not asked again", relay, wire.ControlAccepted, "nobody", verdict.Invalid, "user_unknown", "", 0},
 		{"off for the domain", relay, wire.ControlOff, "nobody", verdict.Invalid, "user_unknown", "", 0},
 		{"valid needs no control", relay, "", "alice", verdict.Valid, "accepted", "", 0},
@@ -538,7 +538,7 @@ func TestControlProbe(t *testing.T) {
 				t.Fatalf("postmaster asked %d times, want %d", n, tc.asked)
 			}
 			hosts := v.pool.Hosts(1)
-			if refusing := tc.reason == ReasonRefusesVerifier; refusing != (len(hosts) == 1 && hosts[0].RefusesVerifier == "example.org") {
+			if refusing := tc.reason == verdict.ReasonRefusesVerifier; refusing != (len(hosts) == 1 && hosts[0].RefusesVerifier == "example.org") {
 				t.Fatalf("host info %+v", hosts)
 			}
 		})

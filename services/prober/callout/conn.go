@@ -81,7 +81,7 @@ func (v *Verifier) dial(ctx context.Context, host string, t Target, cfg smtpprob
 		return nil, &dialFail{Result: r}, true, unhealthy
 	}
 	if c == nil {
-		return nil, &dialFail{Result: *v.refusedReply(t, host, banner, ReasonRefusedBanner)}, true, banner.Code == 421
+		return nil, &dialFail{Result: *v.refusedReply(t, host, banner, verdict.ReasonRefusedBanner)}, true, banner.Code == 421
 	}
 	rep, err := c.Hello(ctx)
 	if err != nil {
@@ -91,16 +91,16 @@ func (v *Verifier) dial(ctx context.Context, host string, t Target, cfg smtpprob
 	}
 	if rep.Class() != 2 {
 		c.Quit(ctx)
-		return nil, &dialFail{Result: *v.refusedReply(t, host, rep, ReasonRefusedHelo)}, true, rep.Code == 421
+		return nil, &dialFail{Result: *v.refusedReply(t, host, rep, verdict.ReasonRefusedHelo)}, true, rep.Code == 421
 	}
 	return &session{c: c}, nil, false, false
 }
 
 // refusedReply is the result of a non-2xx banner or HELO: 4xx is
 // temporary; 5xx means this host refuses us, a domain fact.
-func (v *Verifier) refusedReply(t Target, host string, rep smtpprobe.Reply, reason string) *Result {
+func (v *Verifier) refusedReply(t Target, host string, rep smtpprobe.Reply, reason verdict.Reason) *Result {
 	if rep.Class() == 4 {
-		r := v.fail(t, host, verdict.TempFail, ReasonDeferred, rep)
+		r := v.fail(t, host, verdict.TempFail, verdict.ReasonDeferred, rep)
 		return &r
 	}
 	r := v.fail(t, host, verdict.Unverifiable, reason, rep)

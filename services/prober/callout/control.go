@@ -38,11 +38,11 @@ func (v *Verifier) control(ctx context.Context, d *destination.Dest, host string
 	t.Trace.Add(host, "*", "control probe: postmaster %d %s", rep.Code, rep.Enhanced)
 	switch rep.Class() {
 	case 2:
-		f := v.fact(t, host, kvkey.FactControl, verdict.Valid, ReasonControlAccepted, rep)
+		f := v.fact(t, host, kvkey.FactControl, verdict.Valid, verdict.ReasonControlAccepted, rep)
 		f.Sender = sender
 		return false, []verdict.Verdict{f}
 	case 5:
-		f := v.fact(t, host, kvkey.FactControl, verdict.Invalid, ReasonRefusesVerifier, rep)
+		f := v.fact(t, host, kvkey.FactControl, verdict.Invalid, verdict.ReasonRefusesVerifier, rep)
 		f.Sender = sender
 		return true, []verdict.Verdict{f}
 	}

@@ -50,13 +50,13 @@ func noteReply(d *destination.Dest, rep smtpprobe.Reply) {
 	d.Replied(rep.String())
 }
 
-func (v *Verifier) result(t Target, host, sender string, st verdict.Status, reason string, rep smtpprobe.Reply) Result {
+func (v *Verifier) result(t Target, host, sender string, st verdict.Status, reason verdict.Reason, rep smtpprobe.Reply) Result {
 	r := v.fail(t, host, st, reason, rep)
 	r.Address.Sender = sender
 	return r
 }
 
-func (v *Verifier) fail(t Target, host string, st verdict.Status, reason string, rep smtpprobe.Reply) Result {
+func (v *Verifier) fail(t Target, host string, st verdict.Status, reason verdict.Reason, rep smtpprobe.Reply) Result {
 	return Result{Address: verdict.Verdict{
 		Kind: verdict.KindAddress, Address: t.Address.String(), Domain: t.Address.Domain,
 		Sender: t.Sender, Status: st, Reason: reason,
@@ -65,7 +65,7 @@ func (v *Verifier) fail(t Target, host string, st verdict.Status, reason string,
 	}}
 }
 
-func (v *Verifier) fact(t Target, host, fact string, st verdict.Status, reason string, rep smtpprobe.Reply) verdict.Verdict {
+func (v *Verifier) fact(t Target, host, fact string, st verdict.Status, reason verdict.Reason, rep smtpprobe.Reply) verdict.Verdict {
 	return verdict.Verdict{
 		Kind: verdict.KindDomain, Domain: t.Address.Domain, Fact: fact, Sender: t.Sender,
 		Status: st, Reason: reason, Code: rep.Code, Enhanced: rep.Enhanced,
@@ -77,13 +77,13 @@ func (v *Verifier) fact(t Target, host, fact string, st verdict.Status, reason s
 // refused connections count against the breaker.
 func (v *Verifier) failErr(t Target, host string, err error) (Result, bool) {
 	var se *smtpprobe.Error
-	reason, unhealthy := ReasonProtocol, false
+	reason, unhealthy := verdict.ReasonProtocolError, false
 	if errors.As(err, &se) {
 		switch {
 		case se.Timeout():
-			reason, unhealthy = ReasonTimeout, true
+			reason, unhealthy = verdict.ReasonTimeout, true
 		case se.Stage == smtpprobe.StageConnect:
-			reason, unhealthy = ReasonConnect, true
+			reason, unhealthy = verdict.ReasonConnect, true
 		}
 	}
 	r := v.fail(t, host, verdict.TempFail, reason, smtpprobe.Reply{})

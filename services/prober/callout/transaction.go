@@ -65,13 +65,13 @@ func (v *Verifier) mailOnce(ctx context.Context, d *destination.Dest, host strin
 		}
 		if rep.Class() == 4 {
 			noteReply(d, rep)
-			r := v.fail(t, host, verdict.TempFail, ReasonDeferred, rep)
+			r := v.fail(t, host, verdict.TempFail, verdict.ReasonDeferred, rep)
 			r.Rcpts = wasted
 			return "", firstRcpt{}, &r, facts, rep.Code == 421
 		}
-		reason := ReasonSenderRejected
+		reason := verdict.ReasonSenderRejected
 		if sender == "" {
-			reason = ReasonNullSenderRejected
+			reason = verdict.ReasonNullSenderRejected
 		}
 		f := v.fact(t, host, kvkey.FactAccess, verdict.Unverifiable, reason, rep)
 		f.Sender = sender
@@ -134,19 +134,19 @@ func (v *Verifier) transaction(ctx context.Context, d *destination.Dest, host st
 		t.Trace.Add(host, "*", "random address: %s (%s)", c.Status, c.Reason)
 		switch {
 		case c.Status == verdict.Valid:
-			r := v.result(t, host, sender, verdict.CatchAll, ReasonRandomAccepted, rep)
-			r.Facts = append(facts, v.fact(t, host, kvkey.FactCatchAll, verdict.CatchAll, ReasonRandomAccepted, rep))
+			r := v.result(t, host, sender, verdict.CatchAll, verdict.ReasonRandomAccepted, rep)
+			r.Facts = append(facts, v.fact(t, host, kvkey.FactCatchAll, verdict.CatchAll, verdict.ReasonRandomAccepted, rep))
 			r.Rcpts = rcpts
 			return r, false, false, true
 		case c.Status == verdict.Invalid:
-			facts = append(facts, v.fact(t, host, kvkey.FactCatchAll, verdict.NotCatchAll, ReasonRandomRefused, rep))
+			facts = append(facts, v.fact(t, host, kvkey.FactCatchAll, verdict.NotCatchAll, verdict.ReasonRandomRefused, rep))
 		case c.Status == verdict.TempFail && (throttling(rep) || rep.Code == 421):
 			// The host limits us: back off, ask nothing more now.
 			noteReply(d, rep)
-			r := v.result(t, host, sender, verdict.TempFail, ReasonRandomDeferred, rep)
+			r := v.result(t, host, sender, verdict.TempFail, verdict.ReasonRandomDeferred, rep)
 			r.Facts, r.Rcpts = facts, rcpts
 			return r, false, rep.Code == 421, false
-		case c.Reason == classify.ReasonProtocol:
+		case c.Reason == verdict.ReasonRcptProtocol:
 			r := v.result(t, host, sender, c.Status, c.Reason, rep)
 			r.Facts, r.Rcpts = facts, rcpts
 			return r, false, false, false
@@ -198,7 +198,7 @@ func (v *Verifier) transaction(ctx context.Context, d *destination.Dest, host st
 		}
 		if refused {
 			t.Trace.Add(host, "*", "postmaster refused: the destination refuses the verifier, not the user")
-			c = classify.Result{Status: verdict.Unverifiable, Reason: ReasonRefusesVerifier}
+			c = classify.Result{Status: verdict.Unverifiable, Reason: verdict.ReasonRefusesVerifier}
 		}
 	}
 	r := v.result(t, host, sender, c.Status, c.Reason, rep)
@@ -263,7 +263,7 @@ func (v *Verifier) mailAgain(ctx context.Context, host string, t Target, s *sess
 	if err != nil {
 		r, unhealthy = v.failErr(t, host, err)
 	} else {
-		r = v.fail(t, host, verdict.TempFail, ReasonDeferred, rep)
+		r = v.fail(t, host, verdict.TempFail, verdict.ReasonDeferred, rep)
 	}
 	r.Facts, r.Rcpts = facts, rcpts
 	return &r, unhealthy

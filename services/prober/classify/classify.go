@@ -10,23 +10,10 @@ import (
 	"github.com/callout-mail/callout/shared/verdict"
 )
 
-// Reasons recorded in verdicts.
-const (
-	ReasonAccepted        = "accepted"
-	ReasonCannotVerify    = "cannot_verify"
-	ReasonUserUnknown     = "user_unknown"
-	ReasonMailboxDisabled = verdict.ReasonMailboxDisabled
-	ReasonOverQuota       = "over_quota"
-	ReasonPolicy          = "policy"
-	ReasonProtocol        = "protocol"
-	ReasonTemporary       = "temporary"
-	ReasonUnexpected      = "unexpected_reply"
-)
-
 // Result is the classification of one RCPT reply.
 type Result struct {
 	Status verdict.Status
-	Reason string
+	Reason verdict.Reason
 }
 
 // Texts that mean the destination refuses us, not the address. They win over
@@ -110,63 +97,63 @@ func Rcpt(r smtpprobe.Reply) Result {
 	switch r.Class() {
 	case 2:
 		if r.Code == 250 || r.Code == 251 {
-			return Result{verdict.Valid, ReasonAccepted}
+			return Result{verdict.Valid, verdict.ReasonAccepted}
 		}
-		return Result{verdict.Unverifiable, ReasonCannotVerify} // 252 and other 2xx
+		return Result{verdict.Unverifiable, verdict.ReasonCannotVerify} // 252 and other 2xx
 	case 3:
-		return Result{verdict.TempFail, ReasonUnexpected}
+		return Result{verdict.TempFail, verdict.ReasonUnexpected}
 	case 4:
 		// Over quota: the mailbox exists. 452 4.5.3 (too many recipients) does not say so.
 		if subject == 2 && detail == 2 || r.Enhanced == "" && r.Code == 452 && has(text, []string{"quota", "mailbox full", "mailbox is full", "insufficient"}) {
-			return Result{verdict.Valid, ReasonOverQuota}
+			return Result{verdict.Valid, verdict.ReasonOverQuota}
 		}
-		return Result{verdict.TempFail, ReasonTemporary}
+		return Result{verdict.TempFail, verdict.ReasonTemporary}
 	case 5:
 		return permanent(r, text)
 	}
-	return Result{verdict.TempFail, ReasonUnexpected}
+	return Result{verdict.TempFail, verdict.ReasonUnexpected}
 }
 
 func permanent(r smtpprobe.Reply, text string) Result {
 	if r.Code == 500 || r.Code == 501 || r.Code == 502 || r.Code == 503 || r.Code == 504 {
-		return Result{verdict.Unverifiable, ReasonProtocol}
+		return Result{verdict.Unverifiable, verdict.ReasonRcptProtocol}
 	}
 	switch {
 	case r.Enhanced == "5.2.2":
-		return Result{verdict.Valid, ReasonOverQuota}
+		return Result{verdict.Valid, verdict.ReasonOverQuota}
 	case r.Enhanced == "5.4.1" && strings.Contains(text, "recipient address rejected: access denied"):
 		// Microsoft 365 directory-based edge blocking: the mailbox is not in the directory.
-		return Result{verdict.Invalid, ReasonUserUnknown}
+		return Result{verdict.Invalid, verdict.ReasonUserUnknown}
 	}
 	// Postfix names the table that does not know the user; "relay" in
 	// "relay recipient table" is not a relay denial. Such a phrase is taken
 	// out before looking for policy words, so words elsewhere still count.
 	rest, named := cutTablePhrase(withoutAddresses(text))
 	if has(rest, policyWords) {
-		return Result{verdict.Unverifiable, ReasonPolicy}
+		return Result{verdict.Unverifiable, verdict.ReasonPolicy}
 	}
 	if named && (r.Enhanced == "5.1.1" || r.Enhanced == "") {
-		return Result{verdict.Invalid, ReasonUserUnknown}
+		return Result{verdict.Invalid, verdict.ReasonUserUnknown}
 	}
 	switch {
 	case r.Enhanced == "5.1.1" || r.Enhanced == "5.1.10" || r.Enhanced == "5.1.6":
-		return Result{verdict.Invalid, ReasonUserUnknown}
+		return Result{verdict.Invalid, verdict.ReasonUserUnknown}
 	case r.Enhanced == "5.2.1":
-		return Result{verdict.Invalid, ReasonMailboxDisabled}
+		return Result{verdict.Invalid, verdict.ReasonMailboxDisabled}
 	case r.Enhanced == "5.5.0" && strings.Contains(text, "mailbox unavailable") && outlookUnknown(text):
 		// outlook.com: "Requested action not taken: mailbox unavailable
 		// (S2017062302)". The same words without outlook's own marker are
 		// RFC 5321's generic 550 text, which policy refusals use too.
-		return Result{verdict.Invalid, ReasonUserUnknown}
+		return Result{verdict.Invalid, verdict.ReasonUserUnknown}
 	case r.Enhanced == "5.0.0" && has(rest, unknownWords):
-		return Result{verdict.Invalid, ReasonUserUnknown}
+		return Result{verdict.Invalid, verdict.ReasonUserUnknown}
 	case r.Enhanced == "" && r.Code >= 550 && r.Code <= 553 && has(rest, unknownWords):
 		// The words are matched with addresses taken out: "550 User
 		// <x@example.org> unknown" is "user unknown".
-		return Result{verdict.Invalid, ReasonUserUnknown}
+		return Result{verdict.Invalid, verdict.ReasonUserUnknown}
 	}
 	// 5.7.x, 5.1.7/5.1.8, 5.3.x, 5.4.x, 5.5.x and bare codes say nothing about the mailbox.
-	return Result{verdict.Unverifiable, ReasonPolicy}
+	return Result{verdict.Unverifiable, verdict.ReasonPolicy}
 }
 
 // outlookUnknown reports outlook.com's own form of its not-found reply:

@@ -9,6 +9,9 @@ import (
 	"github.com/callout-mail/callout/shared/natsconn"
 )
 
+// EnvPrefix begins the name of every setting (CALLOUT_PROBER_TIMEOUT, ...).
+const EnvPrefix = "CALLOUT_PROBER"
+
 // Config is the prober's settings, from CALLOUT_PROBER_* variables.
 type Config struct {
 	config.Common

@@ -68,7 +68,7 @@ func (s *Service) handle(ctx context.Context, msg *pull.Msg) {
 	if n := msg.NumDelivered(); int(n) > s.cfg.MaxDeliver {
 		// Earlier deliveries died mid-callout: answer rather than retry forever.
 		v := verdict.Verdict{Kind: verdict.KindAddress, Address: addr.String(), Domain: addr.Domain, Status: verdict.TempFail,
-			Reason: ReasonGaveUp, Text: fmt.Sprintf("no result after %d deliveries", n-1), CheckedAt: time.Now(), Source: verdict.SourceProbe}
+			Reason: verdict.ReasonGaveUp, Text: fmt.Sprintf("no result after %d deliveries", n-1), CheckedAt: time.Now(), Source: verdict.SourceProbe}
 		s.finish(ctx, msg, addr, job.Purpose, callout.Result{Address: v}, "gave_up")
 		return
 	}
@@ -166,7 +166,7 @@ func (s *Service) complete(ctx context.Context, msg *pull.Msg, job wire.ProbeJob
 	el := time.Since(start)
 	s.m.duration.Observe(el.Seconds())
 	s.m.callouts.WithLabelValues(string(res.Address.Status)).Inc()
-	if res.Address.Reason == callout.ReasonRefusesVerifier {
+	if res.Address.Reason == verdict.ReasonRefusesVerifier {
 		s.m.refusing.Inc()
 	}
 	if res.Address.Host != "" && res.Rcpts > 0 {
@@ -181,7 +181,7 @@ func (s *Service) complete(ctx context.Context, msg *pull.Msg, job wire.ProbeJob
 	// Logged once the verdict is on its way: its ingest does not wait for the line.
 	// Typed attributes: named string types would go through fmt.
 	s.log.LogAttrs(ctx, slog.LevelInfo, "callout", slog.String("address", a.Address), slog.String("purpose", string(job.Purpose)),
-		slog.String("host", a.Host), slog.String("result", string(a.Status)), slog.String("reason", a.Reason), slog.Int("code", a.Code),
+		slog.String("host", a.Host), slog.String("result", string(a.Status)), slog.String("reason", string(a.Reason)), slog.Int("code", a.Code),
 		slog.String("enhanced", a.Enhanced), slog.String("text", a.Text), slog.Int("rcpts", res.Rcpts), slog.Bool("reused", res.Reused),
 		slog.Duration("duration", el.Round(time.Millisecond)))
 }

@@ -68,16 +68,16 @@ func (s *Service) dnsResult(addr address.Address, purpose verdict.Purpose, err e
 		Text: verdict.CleanText(err.Error()), CheckedAt: time.Now(), Source: verdict.SourceProbe}
 	switch {
 	case errors.Is(err, resolve.ErrNullMX) && purpose == verdict.Sender:
-		v.Status, v.Reason, v.Code, v.Enhanced = verdict.Invalid, ReasonNullMX, 550, verdict.EnhancedNullMX
+		v.Status, v.Reason, v.Code, v.Enhanced = verdict.Invalid, verdict.ReasonNullMX, 550, verdict.EnhancedNullMX
 	case errors.Is(err, resolve.ErrNoDomain) && purpose == verdict.Sender && s.cfg.SenderNXDomain == "reject":
-		v.Status, v.Reason, v.Code, v.Enhanced = verdict.Invalid, ReasonNoDomain, 550, "5.1.8"
+		v.Status, v.Reason, v.Code, v.Enhanced = verdict.Invalid, verdict.ReasonNoDomain, 550, "5.1.8"
 	case errors.Is(err, resolve.ErrNoDomain) && purpose == verdict.Sender:
 		// Invalid but not definite (a 4xx): deferred, never stored.
-		v.Status, v.Reason, v.Code, v.Enhanced = verdict.Invalid, ReasonNoDomain, 450, "4.1.8"
+		v.Status, v.Reason, v.Code, v.Enhanced = verdict.Invalid, verdict.ReasonNoDomain, 450, "4.1.8"
 	case errors.Is(err, resolve.ErrNoMail):
-		v.Status, v.Reason = verdict.Unverifiable, ReasonNoMail
+		v.Status, v.Reason = verdict.Unverifiable, verdict.ReasonNoMail
 	default:
-		v.Status, v.Reason = verdict.TempFail, ReasonDNS
+		v.Status, v.Reason = verdict.TempFail, verdict.ReasonDNS
 	}
 	return callout.Result{Address: v}
 }

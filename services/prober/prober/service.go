@@ -29,16 +29,6 @@ import (
 	"github.com/callout-mail/callout/shared/subjects"
 )
 
-// Reasons for verdicts the service itself gives.
-const (
-	ReasonGaveUp   = "gave_up"
-	ReasonNoMail   = "domain_accepts_no_mail"
-	ReasonNullMX   = "null_mx"   // a sender domain that publishes a null MX
-	ReasonNoDomain = "no_domain" // a sender domain DNS says does not exist
-	ReasonDNS      = "dns_temporary"
-	ReasonNoRoute  = "no_route"
-)
-
 // Service is one prober instance.
 type Service struct {
 	cfg      Config

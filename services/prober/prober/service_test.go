@@ -250,7 +250,7 @@ func TestGivesUpAfterMaxDeliver(t *testing.T) {
 		t.Fatal("no final verdict")
 	}
 	v, _ := wire.DecodeVerdict(m.Data)
-	if v.Status != verdict.TempFail || v.Reason != ReasonGaveUp {
+	if v.Status != verdict.TempFail || v.Reason != verdict.ReasonGaveUp {
 		t.Fatalf("verdict %+v", v)
 	}
 }

@@ -14,7 +14,7 @@ import (
 
 func main() {
 	var cfg cachekeeper.Config
-	servicemain.Main("cachekeeper", "CALLOUT_CACHEKEEPER", "the callout verdict cache (JetStream KV)", &cfg,
+	servicemain.Main("cachekeeper", cachekeeper.EnvPrefix, "the callout verdict cache (JetStream KV)", &cfg,
 		func(nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger) (servicemain.Service, error) {
 			return cachekeeper.New(cfg, nc, reg, log)
 		})

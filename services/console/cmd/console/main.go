@@ -43,7 +43,7 @@ func main() {
 		}
 	}
 	var cfg console.Config
-	servicemain.Main("console", "CALLOUT_CONSOLE", "the operators' web interface and HTTP API", &cfg,
+	servicemain.Main("console", console.EnvPrefix, "the operators' web interface and HTTP API", &cfg,
 		func(nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger) (servicemain.Service, error) {
 			return console.New(cfg, nc, reg, log)
 		})

@@ -14,7 +14,7 @@ import (
 
 func main() {
 	var cfg ingest.Config
-	servicemain.Main("ingest", "CALLOUT_INGEST", "verify requests from MTAs (NATS and Postfix policy)", &cfg,
+	servicemain.Main("ingest", ingest.EnvPrefix, "verify requests from MTAs (NATS and Postfix policy)", &cfg,
 		func(nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger) (servicemain.Service, error) {
 			return ingest.NewWithPolicy(cfg, nc, reg, log)
 		})

@@ -13,7 +13,7 @@ import (
 
 func main() {
 	var cfg prober.Config
-	servicemain.Main("prober", "CALLOUT_PROBER", "SMTP callouts for probe jobs from NATS JetStream", &cfg,
+	servicemain.Main("prober", prober.EnvPrefix, "SMTP callouts for probe jobs from NATS JetStream", &cfg,
 		func(nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger) (servicemain.Service, error) {
 			return prober.New(cfg, nc, reg, log)
 		})
