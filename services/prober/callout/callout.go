@@ -156,21 +156,19 @@ func (v *Verifier) onHost(ctx context.Context, host string, t Target, held *dest
 		own := held
 		end = own.Release
 	}
+	// The breaker counts the errors that wrap destination.ErrUnhealthy.
 	err := d.Do(func() error {
-		var unhealthy bool
-		var finish func()
 		start := time.Now()
-		res, next, unhealthy, finish = v.dialogue(ctx, d, host, t, held)
+		var finish func()
+		var err error
+		res, finish, err = v.dialogue(ctx, d, host, t, held)
 		d.Observe(time.Since(start))
 		release := end
 		end = func() { finish(); release() }
-		if unhealthy {
-			return destination.ErrUnhealthy
-		}
-		return nil
+		return err
 	})
 	if errors.Is(err, destination.ErrOpen) {
 		return v.fail(t, host, verdict.TempFail, verdict.ReasonBreakerOpen, smtpprobe.Reply{}), true, end
 	}
-	return res, next, end
+	return res, errors.Is(err, errNextHost), end
 }

@@ -544,3 +544,37 @@ func TestControlProbe(t *testing.T) {
 		})
 	}
 }
+
+// What one host's failure means for the next host and for its breaker:
+// a host that cannot be spoken to sends the callout on to the next host
+// either way; only a 421 or an unreachable host counts against its
+// breaker, a 5xx refusal does not.
+func TestHostFaults(t *testing.T) {
+	good := server(t, smtptest.Config{Mailboxes: []string{"alice@example.org"}})
+	for _, tc := range []struct {
+		name      string
+		bad       string
+		reason    verdict.Reason
+		unhealthy bool
+	}{
+		{"421 at banner", server(t, smtptest.Config{Banner: "421 4.3.2 shutting down"}).Addr(), verdict.ReasonDeferred, true},
+		{"554 at banner", server(t, smtptest.Config{Banner: "554 5.7.1 no verifiers"}).Addr(), verdict.ReasonRefusedBanner, false},
+		{"unreachable", deadHost(t), verdict.ReasonConnect, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := verifier(destination.Config{BreakerFailures: 1, BreakerOpen: time.Minute})
+			both := Target{Address: addr(t, "alice@example.org"), Hosts: []string{tc.bad, good.Addr()}}
+			if r := v.Verify(context.Background(), both); r.Address.Status != verdict.Valid {
+				t.Fatalf("the next host was not asked: %s %s", r.Address.Status, r.Address.Reason)
+			}
+			alone := Target{Address: addr(t, "alice@example.org"), Hosts: []string{tc.bad}}
+			want := tc.reason
+			if tc.unhealthy {
+				want = verdict.ReasonBreakerOpen
+			}
+			if r := v.Verify(context.Background(), alone); r.Address.Reason != want {
+				t.Fatalf("then alone: %s, want %s", r.Address.Reason, want)
+			}
+		})
+	}
+}

@@ -31,13 +31,14 @@ func (s *session) refusedSlowly(rep smtpprobe.Reply, took, after time.Duration) 
 }
 
 // open returns a connection ready for MAIL FROM: an idle one, or a new one
-// past banner and EHLO. On failure it returns the result to report.
-func (v *Verifier) open(ctx context.Context, d *destination.Dest, host string, t Target, reuse bool, slot *destination.Slot) (*session, *Result, bool, bool) {
+// past banner and EHLO. On failure it returns the result to report and
+// its fault (see failErr).
+func (v *Verifier) open(ctx context.Context, d *destination.Dest, host string, t Target, reuse bool, slot *destination.Slot) (*session, *Result, error) {
 	// A kept connection comes with its slot; one not to be reused is closed
 	// before another is opened in its slot.
 	if c, n := slot.Conn(); c != nil {
 		if reuse {
-			return &session{c: c, rcpts: n}, nil, false, false
+			return &session{c: c, rcpts: n}, nil, nil
 		}
 		c.Quit(ctx)
 	}
@@ -47,14 +48,14 @@ func (v *Verifier) open(ctx context.Context, d *destination.Dest, host string, t
 		cfg.StartTLS = false
 		t.Trace.Add(host, "*", "plaintext: the host refused STARTTLS or failed its handshake lately")
 	}
-	s, fail, next, unhealthy := v.dial(ctx, host, t, cfg)
+	s, fail, fault := v.dial(ctx, host, t, cfg)
 	if fail != nil && fail.tlsFailed && !cfg.TLSVerify {
 		// Opportunistic TLS that failed its handshake: the session state is
 		// unknown, so a new connection carries on in plaintext, and the host
 		// is spoken to in plaintext for a while. Verified TLS never falls back.
 		d.NoTLS()
 		cfg.StartTLS = false
-		s, fail, next, unhealthy = v.dial(ctx, host, t, cfg)
+		s, fail, fault = v.dial(ctx, host, t, cfg)
 	}
 	if s != nil && s.c.TLSRefused().Code != 0 {
 		d.NoTLS()
@@ -63,9 +64,9 @@ func (v *Verifier) open(ctx context.Context, d *destination.Dest, host string, t
 		if a := fail.Address; a.Code != 0 {
 			noteReply(d, smtpprobe.Reply{Code: a.Code, Enhanced: a.Enhanced, Lines: []string{a.Text}})
 		}
-		return nil, &fail.Result, next, unhealthy
+		return nil, &fail.Result, fault
 	}
-	return s, nil, false, false
+	return s, nil, nil
 }
 
 // dialFail is a failed dial with what the caller needs to decide on a retry.
@@ -74,26 +75,26 @@ type dialFail struct {
 	tlsFailed bool
 }
 
-func (v *Verifier) dial(ctx context.Context, host string, t Target, cfg smtpprobe.Config) (*session, *dialFail, bool, bool) {
+func (v *Verifier) dial(ctx context.Context, host string, t Target, cfg smtpprobe.Config) (*session, *dialFail, error) {
 	c, banner, err := smtpprobe.Dial(ctx, host, cfg)
 	if err != nil {
-		r, unhealthy := v.failErr(t, host, err)
-		return nil, &dialFail{Result: r}, true, unhealthy
+		r, fault := v.failErr(t, host, err)
+		return nil, &dialFail{Result: r}, fault
 	}
 	if c == nil {
-		return nil, &dialFail{Result: *v.refusedReply(t, host, banner, verdict.ReasonRefusedBanner)}, true, banner.Code == 421
+		return nil, &dialFail{Result: *v.refusedReply(t, host, banner, verdict.ReasonRefusedBanner)}, faultIf421(banner)
 	}
 	rep, err := c.Hello(ctx)
 	if err != nil {
 		c.Close()
-		r, unhealthy := v.failErr(t, host, err)
-		return nil, &dialFail{Result: r, tlsFailed: errors.Is(err, smtpprobe.ErrTLS)}, true, unhealthy
+		r, fault := v.failErr(t, host, err)
+		return nil, &dialFail{Result: r, tlsFailed: errors.Is(err, smtpprobe.ErrTLS)}, fault
 	}
 	if rep.Class() != 2 {
 		c.Quit(ctx)
-		return nil, &dialFail{Result: *v.refusedReply(t, host, rep, verdict.ReasonRefusedHelo)}, true, rep.Code == 421
+		return nil, &dialFail{Result: *v.refusedReply(t, host, rep, verdict.ReasonRefusedHelo)}, faultIf421(rep)
 	}
-	return &session{c: c}, nil, false, false
+	return &session{c: c}, nil, nil
 }
 
 // refusedReply is the result of a non-2xx banner or HELO: 4xx is
@@ -111,18 +112,21 @@ func (v *Verifier) refusedReply(t Target, host string, rep smtpprobe.Reply, reas
 // dialogue runs the callout on one host's connection; finish ends the
 // connection (RSET to keep it, or QUIT) once called. A traced callout ends
 // it before it returns, so that its transcript shows the whole dialogue.
-func (v *Verifier) dialogue(ctx context.Context, d *destination.Dest, host string, t Target, slot *destination.Slot) (res Result, next, unhealthy bool, finish func()) {
+// err is nil when the host answered; it wraps errNextHost when the host
+// could not be spoken to, and destination.ErrUnhealthy when the failure
+// counts against its breaker.
+func (v *Verifier) dialogue(ctx context.Context, d *destination.Dest, host string, t Target, slot *destination.Slot) (res Result, finish func(), err error) {
 	finish = func() {}
 	ctx, cancel := context.WithTimeout(ctx, v.cfg.DialogueTimeout)
 	defer cancel()
 	// A traced callout opens its own connection and keeps none: the
 	// transcript shows the whole dialogue, and no later callout records into it.
-	s, fail, next, unhealthy := v.open(ctx, d, host, t, d.ReuseEnabled() && t.Trace == nil, slot)
+	s, fail, fault := v.open(ctx, d, host, t, d.ReuseEnabled() && t.Trace == nil, slot)
 	if fail != nil {
-		return *fail, next, unhealthy, finish
+		return *fail, finish, errors.Join(errNextHost, fault)
 	}
 	reused := s.rcpts > 0
-	res, next, unhealthy, keep := v.transaction(ctx, d, host, t, s)
+	res, keep, fault := v.transaction(ctx, d, host, t, s)
 	if !keep && reused && s.c.Broken() && res.Address.Status == verdict.TempFail && res.Rcpts == 0 {
 		// The idle connection had died under us, or failed the RSET sent
 		// ahead of this callout: close it, one fresh try. A failed RSET
@@ -131,11 +135,11 @@ func (v *Verifier) dialogue(ctx context.Context, d *destination.Dest, host strin
 			d.DisableReuse()
 		}
 		s.c.Close()
-		s, fail, next, unhealthy = v.open(ctx, d, host, t, false, slot)
+		s, fail, fault = v.open(ctx, d, host, t, false, slot)
 		if fail != nil {
-			return *fail, next, unhealthy, finish
+			return *fail, finish, errors.Join(errNextHost, fault)
 		}
-		res, next, unhealthy, keep = v.transaction(ctx, d, host, t, s)
+		res, keep, fault = v.transaction(ctx, d, host, t, s)
 		reused = false
 	}
 	res.Reused = reused
@@ -149,7 +153,7 @@ func (v *Verifier) dialogue(ctx context.Context, d *destination.Dest, host strin
 		finish()
 		finish = func() {}
 	}
-	return res, next, unhealthy, finish
+	return res, finish, fault
 }
 
 // finish keeps the connection, with its slot, after RSET, or closes it.

@@ -4,6 +4,7 @@ package callout
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 
 	"github.com/callout-mail/callout/services/prober/destination"
@@ -73,20 +74,36 @@ func (v *Verifier) fact(t Target, host, fact string, st verdict.Status, reason v
 	}
 }
 
-// failErr turns a network or protocol error into a tempfail; timeouts and
-// refused connections count against the breaker.
-func (v *Verifier) failErr(t Target, host string, err error) (Result, bool) {
+// failErr turns a network or protocol error into a tempfail and its
+// fault: timeouts and refused connections count against the host's
+// breaker (the fault wraps destination.ErrUnhealthy); other errors do not
+// (nil).
+func (v *Verifier) failErr(t Target, host string, err error) (Result, error) {
 	var se *smtpprobe.Error
-	reason, unhealthy := verdict.ReasonProtocolError, false
+	reason, fault := verdict.ReasonProtocolError, error(nil)
 	if errors.As(err, &se) {
 		switch {
 		case se.Timeout():
-			reason, unhealthy = verdict.ReasonTimeout, true
+			reason, fault = verdict.ReasonTimeout, fmt.Errorf("%w: %w", destination.ErrUnhealthy, err)
 		case se.Stage == smtpprobe.StageConnect:
-			reason, unhealthy = verdict.ReasonConnect, true
+			reason, fault = verdict.ReasonConnect, fmt.Errorf("%w: %w", destination.ErrUnhealthy, err)
 		}
 	}
 	r := v.fail(t, host, verdict.TempFail, reason, smtpprobe.Reply{})
 	r.Address.Text = verdict.CleanText(err.Error())
-	return r, unhealthy
+	return r, fault
 }
+
+// faultIf421 is the fault of a reply: a 421 (the host closes the
+// connection, overloaded or shutting down) counts against its breaker.
+func faultIf421(rep smtpprobe.Reply) error {
+	if rep.Code == 421 {
+		return fmt.Errorf("%w: %s", destination.ErrUnhealthy, rep.String())
+	}
+	return nil
+}
+
+// errNextHost marks a host that could not be spoken to (unreachable, or
+// refusing at banner or EHLO): it said nothing about the address, so the
+// next host is tried.
+var errNextHost = errors.New("no dialogue with this host")

@@ -30,15 +30,15 @@ type firstRcpt struct {
 // both senders refused is what the fallback's refusal says (the lookup
 // answers it for the last sender), and two facts under one key would have
 // the cache keep either.
-func (v *Verifier) mail(ctx context.Context, d *destination.Dest, host string, t Target, s *session, rcpt string) (string, firstRcpt, *Result, []verdict.Verdict, bool) {
-	sender, first, fail, facts, unhealthy := v.mailOnce(ctx, d, host, t, s, rcpt)
+func (v *Verifier) mail(ctx context.Context, d *destination.Dest, host string, t Target, s *session, rcpt string) (string, firstRcpt, *Result, []verdict.Verdict, error) {
+	sender, first, fail, facts, fault := v.mailOnce(ctx, d, host, t, s, rcpt)
 	if len(facts) > 1 {
 		facts = facts[len(facts)-1:]
 	}
-	return sender, first, fail, facts, unhealthy
+	return sender, first, fail, facts, fault
 }
 
-func (v *Verifier) mailOnce(ctx context.Context, d *destination.Dest, host string, t Target, s *session, rcpt string) (string, firstRcpt, *Result, []verdict.Verdict, bool) {
+func (v *Verifier) mailOnce(ctx context.Context, d *destination.Dest, host string, t Target, s *session, rcpt string) (string, firstRcpt, *Result, []verdict.Verdict, error) {
 	var facts []verdict.Verdict
 	sender := t.Sender
 	wasted := 0
@@ -49,7 +49,7 @@ func (v *Verifier) mailOnce(ctx context.Context, d *destination.Dest, host strin
 			if rrep == nil {
 				rrep = &smtpprobe.Reply{}
 			}
-			return sender, firstRcpt{rep: *rrep, err: err, wasted: wasted}, nil, facts, false
+			return sender, firstRcpt{rep: *rrep, err: err, wasted: wasted}, nil, facts, nil
 		}
 		if atRcpt {
 			rep = *rrep // the refusal, given at the RCPT
@@ -59,15 +59,15 @@ func (v *Verifier) mailOnce(ctx context.Context, d *destination.Dest, host strin
 			s.rcpts++
 		}
 		if err != nil {
-			r, unhealthy := v.failErr(t, host, err)
+			r, fault := v.failErr(t, host, err)
 			r.Rcpts = wasted
-			return "", firstRcpt{}, &r, facts, unhealthy
+			return "", firstRcpt{}, &r, facts, fault
 		}
 		if rep.Class() == 4 {
 			noteReply(d, rep)
 			r := v.fail(t, host, verdict.TempFail, verdict.ReasonDeferred, rep)
 			r.Rcpts = wasted
-			return "", firstRcpt{}, &r, facts, rep.Code == 421
+			return "", firstRcpt{}, &r, facts, faultIf421(rep)
 		}
 		reason := verdict.ReasonSenderRejected
 		if sender == "" {
@@ -80,15 +80,15 @@ func (v *Verifier) mailOnce(ctx context.Context, d *destination.Dest, host strin
 			r := v.fail(t, host, verdict.Unverifiable, reason, rep)
 			r.Address.Sender = sender
 			r.Rcpts = wasted
-			return "", firstRcpt{}, &r, facts, false
+			return "", firstRcpt{}, &r, facts, nil
 		}
 		sender = t.FallbackSender
 		if !s.c.Reset(ctx) {
 			s.c.Close()
-			ns, fail, _, unhealthy := v.open(ctx, d, host, t, false, nil)
+			ns, fail, fault := v.open(ctx, d, host, t, false, nil)
 			if fail != nil {
 				fail.Rcpts = wasted
-				return "", firstRcpt{}, fail, facts, unhealthy
+				return "", firstRcpt{}, fail, facts, fault
 			}
 			*s = *ns
 		}
@@ -96,21 +96,22 @@ func (v *Verifier) mailOnce(ctx context.Context, d *destination.Dest, host strin
 }
 
 // transaction runs MAIL FROM, the catch-all check and the real RCPT on s.
-// keep says whether the connection is fit for reuse. The first RCPT (the
+// keep says whether the connection is fit for reuse; fault whether the
+// failure counts against the host's breaker (see failErr). The first RCPT (the
 // random address, or the real one when the domain is known not to be a
 // catch-all) goes with MAIL FROM.
-func (v *Verifier) transaction(ctx context.Context, d *destination.Dest, host string, t Target, s *session) (res Result, next, unhealthy, keep bool) {
+func (v *Verifier) transaction(ctx context.Context, d *destination.Dest, host string, t Target, s *session) (res Result, keep bool, fault error) {
 	random := RandomLocal(v.cfg.RandomSecret, t.Address.Domain) + "@" + t.Address.Domain
 	first := random
 	if t.SkipRandom {
 		first = t.Address.String()
 	}
 	asked := time.Now()
-	sender, firstRep, fail, facts, unhealthy := v.mail(ctx, d, host, t, s, first)
+	sender, firstRep, fail, facts, fault := v.mail(ctx, d, host, t, s, first)
 	s.refusedSlowly(firstRep.rep, time.Since(asked), v.cfg.TarpitAfter)
 	if fail != nil {
 		fail.Facts = append(fail.Facts, facts...)
-		return *fail, false, unhealthy, false
+		return *fail, false, fault
 	}
 	rcpts := firstRep.wasted
 	if !t.SkipRandom {
@@ -120,15 +121,14 @@ func (v *Verifier) transaction(ctx context.Context, d *destination.Dest, host st
 		if err == nil && tooManyRecipients(rep) {
 			// As for the real RCPT: no answer about the address.
 			var fail *Result
-			var unhealthy bool
-			if rep, fail, unhealthy, err = v.askAgainFresh(ctx, d, host, t, s, sender, facts, &rcpts, random, rep); fail != nil {
-				return *fail, false, unhealthy, false
+			if rep, fail, fault, err = v.askAgainFresh(ctx, d, host, t, s, sender, facts, &rcpts, random, rep); fail != nil {
+				return *fail, false, fault
 			}
 		}
 		if err != nil {
-			r, unhealthy := v.failErr(t, host, err)
+			r, fault := v.failErr(t, host, err)
 			r.Rcpts = rcpts
-			return r, false, unhealthy, false
+			return r, false, fault
 		}
 		c := classify.Rcpt(rep)
 		t.Trace.Add(host, "*", "random address: %s (%s)", c.Status, c.Reason)
@@ -137,7 +137,7 @@ func (v *Verifier) transaction(ctx context.Context, d *destination.Dest, host st
 			r := v.result(t, host, sender, verdict.CatchAll, verdict.ReasonRandomAccepted, rep)
 			r.Facts = append(facts, v.fact(t, host, kvkey.FactCatchAll, verdict.CatchAll, verdict.ReasonRandomAccepted, rep))
 			r.Rcpts = rcpts
-			return r, false, false, true
+			return r, true, nil
 		case c.Status == verdict.Invalid:
 			facts = append(facts, v.fact(t, host, kvkey.FactCatchAll, verdict.NotCatchAll, verdict.ReasonRandomRefused, rep))
 		case c.Status == verdict.TempFail && (throttling(rep) || rep.Code == 421):
@@ -145,11 +145,11 @@ func (v *Verifier) transaction(ctx context.Context, d *destination.Dest, host st
 			noteReply(d, rep)
 			r := v.result(t, host, sender, verdict.TempFail, verdict.ReasonRandomDeferred, rep)
 			r.Facts, r.Rcpts = facts, rcpts
-			return r, false, rep.Code == 421, false
+			return r, false, faultIf421(rep)
 		case c.Reason == verdict.ReasonRcptProtocol:
 			r := v.result(t, host, sender, c.Status, c.Reason, rep)
 			r.Facts, r.Rcpts = facts, rcpts
-			return r, false, false, false
+			return r, false, nil
 		default:
 			// Inconclusive: greylisting (which defers every new triplet,
 			// the random address's too) or a reply that says nothing of
@@ -160,8 +160,8 @@ func (v *Verifier) transaction(ctx context.Context, d *destination.Dest, host st
 			noteReply(d, rep)
 			t.Trace.Add(host, "*", "random address inconclusive: asking the real one, no catch-all fact")
 		}
-		if fail, unhealthy := v.nextTransaction(ctx, d, host, t, s, sender, facts, rcpts); fail != nil {
-			return *fail, false, unhealthy, false
+		if fail, fault := v.nextTransaction(ctx, d, host, t, s, sender, facts, rcpts); fail != nil {
+			return *fail, false, fault
 		}
 	}
 	var rep smtpprobe.Reply
@@ -177,15 +177,14 @@ func (v *Verifier) transaction(ctx context.Context, d *destination.Dest, host st
 	s.rcpts++
 	if err == nil && tooManyRecipients(rep) {
 		var fail *Result
-		var unhealthy bool
-		if rep, fail, unhealthy, err = v.askAgainFresh(ctx, d, host, t, s, sender, facts, &rcpts, t.Address.String(), rep); fail != nil {
-			return *fail, false, unhealthy, false
+		if rep, fail, fault, err = v.askAgainFresh(ctx, d, host, t, s, sender, facts, &rcpts, t.Address.String(), rep); fail != nil {
+			return *fail, false, fault
 		}
 	}
 	if err != nil {
-		r, unhealthy := v.failErr(t, host, err)
+		r, fault := v.failErr(t, host, err)
 		r.Facts, r.Rcpts = facts, rcpts
-		return r, false, unhealthy, false
+		return r, false, fault
 	}
 	noteReply(d, rep)
 	c := classify.Rcpt(rep)
@@ -203,14 +202,14 @@ func (v *Verifier) transaction(ctx context.Context, d *destination.Dest, host st
 	}
 	r := v.result(t, host, sender, c.Status, c.Reason, rep)
 	r.Facts, r.Rcpts = facts, rcpts
-	return r, false, rep.Code == 421, rep.Code != 421 && !s.c.Broken() && !s.tarpit
+	return r, rep.Code != 421 && !s.c.Broken() && !s.tarpit, faultIf421(rep)
 }
 
 // nextTransaction readies s for another transaction with sender. Some
 // servers take one recipient per transaction, some drop the connection
 // after an unknown one: RSET, or reconnect (also when one more RSET would
 // pass the host's non-mail command limit).
-func (v *Verifier) nextTransaction(ctx context.Context, d *destination.Dest, host string, t Target, s *session, sender string, facts []verdict.Verdict, rcpts int) (*Result, bool) {
+func (v *Verifier) nextTransaction(ctx context.Context, d *destination.Dest, host string, t Target, s *session, sender string, facts []verdict.Verdict, rcpts int) (*Result, error) {
 	switch {
 	case s.tarpit || s.c.NonMail()+1 > d.MaxNonMail():
 		s.c.Quit(ctx)
@@ -227,44 +226,44 @@ func (v *Verifier) nextTransaction(ctx context.Context, d *destination.Dest, hos
 // a 452 4.5.3 (rep): not a verdict, the connection carried more recipients
 // than the host takes. On failure to reconnect it returns the result to
 // report.
-func (v *Verifier) askAgainFresh(ctx context.Context, d *destination.Dest, host string, t Target, s *session, sender string, facts []verdict.Verdict, rcpts *int, rcpt string, rep smtpprobe.Reply) (smtpprobe.Reply, *Result, bool, error) {
+func (v *Verifier) askAgainFresh(ctx context.Context, d *destination.Dest, host string, t Target, s *session, sender string, facts []verdict.Verdict, rcpts *int, rcpt string, rep smtpprobe.Reply) (again smtpprobe.Reply, fail *Result, fault, err error) {
 	d.Throttled(rep.String())
 	s.c.Quit(ctx)
-	if fail, unhealthy := v.reopen(ctx, d, host, t, s, sender, facts, *rcpts); fail != nil {
-		return smtpprobe.Reply{}, fail, unhealthy, nil
+	if fail, fault := v.reopen(ctx, d, host, t, s, sender, facts, *rcpts); fail != nil {
+		return smtpprobe.Reply{}, fail, fault, nil
 	}
-	again, err := s.c.Rcpt(ctx, rcpt)
+	again, err = s.c.Rcpt(ctx, rcpt)
 	*rcpts++
 	s.rcpts++
-	return again, nil, false, err
+	return again, nil, nil, err
 }
 
 // reopen replaces s (closed by the caller) with a new connection past
 // MAIL FROM. On failure it returns the result to report.
-func (v *Verifier) reopen(ctx context.Context, d *destination.Dest, host string, t Target, s *session, sender string, facts []verdict.Verdict, rcpts int) (*Result, bool) {
-	ns, fail, _, unhealthy := v.open(ctx, d, host, t, false, nil)
+func (v *Verifier) reopen(ctx context.Context, d *destination.Dest, host string, t Target, s *session, sender string, facts []verdict.Verdict, rcpts int) (*Result, error) {
+	ns, fail, fault := v.open(ctx, d, host, t, false, nil)
 	if fail != nil {
 		fail.Facts = append(fail.Facts, facts...)
 		fail.Rcpts = rcpts
-		return fail, unhealthy
+		return fail, fault
 	}
 	*s = *ns
 	return v.mailAgain(ctx, host, t, s, sender, facts, rcpts)
 }
 
 // mailAgain starts a new transaction on s with sender.
-func (v *Verifier) mailAgain(ctx context.Context, host string, t Target, s *session, sender string, facts []verdict.Verdict, rcpts int) (*Result, bool) {
+func (v *Verifier) mailAgain(ctx context.Context, host string, t Target, s *session, sender string, facts []verdict.Verdict, rcpts int) (*Result, error) {
 	rep, err := s.c.Mail(ctx, sender)
 	if err == nil && rep.Class() == 2 {
-		return nil, false
+		return nil, nil
 	}
 	var r Result
-	unhealthy := false
+	var fault error
 	if err != nil {
-		r, unhealthy = v.failErr(t, host, err)
+		r, fault = v.failErr(t, host, err)
 	} else {
 		r = v.fail(t, host, verdict.TempFail, verdict.ReasonDeferred, rep)
 	}
 	r.Facts, r.Rcpts = facts, rcpts
-	return &r, unhealthy
+	return &r, fault
 }
