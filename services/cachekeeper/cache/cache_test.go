@@ -196,7 +196,7 @@ func lookupAfter(t *testing.T, s *Store, rev uint64, a string, senders ...string
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := s.LookupAfter(context.Background(), p, verdict.Recipient, senders, rev)
+	r, err := s.LookupAsOf(context.Background(), p, verdict.Recipient, senders, rev)
 	if err != nil {
 		t.Fatal(err)
 	}

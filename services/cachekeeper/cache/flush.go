@@ -77,13 +77,13 @@ func (s *Store) record(ctx context.Context, key string, only verdict.Status, now
 // that a verdict whose callout started before it and arrives later is not
 // stored (Put), and the ingests' near caches drop what it covers.
 func (s *Store) Flush(ctx context.Context, c wire.FlushCommand) (removed, rev uint64, err error) {
-	return s.FlushThen(ctx, c, nil)
+	return s.FlushOnRecord(ctx, c, nil)
 }
 
-// FlushThen is Flush that calls recorded with the flush record's revision
+// FlushOnRecord is Flush that calls recorded with the flush record's revision
 // once it is written, before the purge: what needs only the record (the
 // ingests' confirmation) can go on meanwhile.
-func (s *Store) FlushThen(ctx context.Context, c wire.FlushCommand, recorded func(rev uint64)) (removed, rev uint64, err error) {
+func (s *Store) FlushOnRecord(ctx context.Context, c wire.FlushCommand, recorded func(rev uint64)) (removed, rev uint64, err error) {
 	var filters []string
 	var rec string
 	switch c.Scope {

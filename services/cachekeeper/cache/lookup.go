@@ -36,7 +36,7 @@ func (s *Store) get(ctx context.Context, key string) (verdict.Verdict, bool, err
 // else the domain's catch-all fact, else a domain access fact that covers
 // the senders. CatchAll carries the domain's catch-all fact on a miss.
 func (s *Store) Lookup(ctx context.Context, addr address.Address, purpose verdict.Purpose, senders []string) (wire.LookupReply, error) {
-	return s.LookupAfter(ctx, addr, purpose, senders, 0)
+	return s.LookupAsOf(ctx, addr, purpose, senders, 0)
 }
 
 // found is one key's live entry, if any.
@@ -46,11 +46,11 @@ type found struct {
 	err error
 }
 
-// LookupAfter is Lookup for an asker that had applied bucket revision rev
+// LookupAsOf is Lookup for an asker that had applied bucket revision rev
 // (an ingest; 0: unknown). Once this cachekeeper's copy has come that far,
 // the domain facts come from the copy and only the address's own keys are
 // read: the copy then holds every change the asker saw, flushes included.
-func (s *Store) LookupAfter(ctx context.Context, addr address.Address, purpose verdict.Purpose, senders []string, rev uint64) (wire.LookupReply, error) {
+func (s *Store) LookupAsOf(ctx context.Context, addr address.Address, purpose verdict.Purpose, senders []string, rev uint64) (wire.LookupReply, error) {
 	if len(senders) == 0 {
 		senders = []string{""}
 	}

@@ -37,7 +37,7 @@ func (s *Service) flush(ctx context.Context, r micro.Request) {
 	// goroutine, once the record is written.)
 	var synced chan struct{}
 	var unconfirmed []string
-	n, _, err := s.store.FlushThen(fctx, cmd, func(rev uint64) {
+	n, _, err := s.store.FlushOnRecord(fctx, cmd, func(rev uint64) {
 		synced = make(chan struct{})
 		go func() {
 			defer close(synced)

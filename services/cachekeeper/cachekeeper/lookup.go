@@ -33,7 +33,7 @@ func (s *Service) lookup(ctx context.Context, r *microasync.Request) {
 	if purpose == "" {
 		purpose = verdict.Recipient
 	}
-	rep, err := s.store.LookupAfter(lctx, a, purpose, req.Senders, req.Rev)
+	rep, err := s.store.LookupAsOf(lctx, a, purpose, req.Senders, req.Rev)
 	if err != nil {
 		s.m.lookups.WithLabelValues("error").Inc()
 		_ = r.Error("503", err.Error(), nil)

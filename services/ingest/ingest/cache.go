@@ -19,10 +19,10 @@ import (
 	"github.com/callout-mail/callout/shared/wire"
 )
 
-// remote answers a miss: a traced callout (req.Trace, only from
+// answerMiss answers a miss: a traced callout (req.Trace, only from
 // callout.verify.trace, reads no cache: a prober makes a fresh callout and
 // *transcript gets its dialogue), or the cache's answer, or a callout.
-func (s *Service) remote(ctx context.Context, req wire.VerifyRequest, purpose verdict.Purpose, m *miss, transcript *[]wire.TraceLine) (verdict.Verdict, verdict.Policy) {
+func (s *Service) answerMiss(ctx context.Context, req wire.VerifyRequest, purpose verdict.Purpose, m *miss, transcript *[]wire.TraceLine) (verdict.Verdict, verdict.Policy) {
 	a, pol, dpol, v, senders, nearKey := m.a, m.pol, m.dpol, m.v, m.senders, m.nearKey
 	if req.Trace {
 		return s.traced(ctx, a, newJob(a, purpose, pol), transcript), dpol
@@ -30,20 +30,20 @@ func (s *Service) remote(ctx context.Context, req wire.VerifyRequest, purpose ve
 	rev := s.seen()
 	if purpose == verdict.Recipient && s.brake.Braked(req.ClientAddress) {
 		// No callout for this client now: the cache alone answers.
-		if look := s.ask(ctx, a, purpose, senders, nearKey, rev, nil); look.Hit {
+		if look := s.askCache(ctx, a, purpose, senders, nearKey, rev, nil); look.Hit {
 			return *look.Verdict, dpol
 		}
 		s.m.braked.Inc()
 		v.Status, v.Reason = verdict.TempFail, verdict.ReasonBraked
 		return v, dpol
 	}
-	return s.fetch(ctx, a, purpose, senders, nearKey, rev, newJob(a, purpose, pol)), dpol
+	return s.joinOrStartFlight(ctx, a, purpose, senders, nearKey, rev, newJob(a, purpose, pol)), dpol
 }
 
-// ask asks the cache (with the job to queue on a miss, if any); a failure
+// askCache asks the cache (with the job to queue on a miss, if any); a failure
 // to ask is logged and answers as a miss, a hit is kept in the near cache.
-func (s *Service) ask(ctx context.Context, a address.Address, purpose verdict.Purpose, senders []string, nearKey string, rev uint64, job *wire.ProbeJob) wire.LookupReply {
-	look, err := s.lookup(ctx, a, purpose, senders, rev, job)
+func (s *Service) askCache(ctx context.Context, a address.Address, purpose verdict.Purpose, senders []string, nearKey string, rev uint64, job *wire.ProbeJob) wire.LookupReply {
+	look, err := s.requestLookup(ctx, a, purpose, senders, rev, job)
 	if err != nil {
 		s.log.Warn("cache lookup failed; treating as a miss", "address", a.String(), "err", err)
 	}
@@ -53,14 +53,14 @@ func (s *Service) ask(ctx context.Context, a address.Address, purpose verdict.Pu
 	return look
 }
 
-// fetch answers a miss of the near cache: it joins the flight of a callout
+// joinOrStartFlight answers a miss of the near cache: it joins the flight of a callout
 // for the same target in this ingest, or starts one. A new flight asks the
 // cache with the job attached: on a miss the cachekeeper queues it at once
 // (the callout starts without waiting for the answer to travel back); if it
 // cannot, this ingest queues it. The flight is there before the ask, so a
 // verdict that comes before the answer is not missed, and requests that
 // come meanwhile join it instead of asking again.
-func (s *Service) fetch(ctx context.Context, a address.Address, purpose verdict.Purpose, senders []string, nearKey string, rev uint64, job wire.ProbeJob) verdict.Verdict {
+func (s *Service) joinOrStartFlight(ctx context.Context, a address.Address, purpose verdict.Purpose, senders []string, nearKey string, rev uint64, job wire.ProbeJob) verdict.Verdict {
 	// One flight per address and view: a sender check never shares a
 	// recipient check's callout.
 	key := kvkey.Target(a.Domain, a.Local, purpose)
@@ -81,13 +81,13 @@ func (s *Service) fetch(ctx context.Context, a address.Address, purpose verdict.
 	if known {
 		s.m.known.Inc()
 	} else {
-		look = s.ask(ctx, a, purpose, senders, nearKey, rev, &job)
+		look = s.askCache(ctx, a, purpose, senders, nearKey, rev, &job)
 	}
 	switch {
 	case look.Hit:
 		s.end(f, *look.Verdict, nil)
 	case look.Queued || look.Pending:
-		go s.fly(f, job, nil, look.Pending)
+		go s.followFlight(f, job, nil, look.Pending)
 	default:
 		if look.QueueError != "" {
 			s.log.Warn("cachekeeper could not queue the job; queueing it here", "address", a.String(), "err", look.QueueError)
@@ -103,7 +103,7 @@ func (s *Service) fetch(ctx context.Context, a address.Address, purpose verdict.
 		s.mu.Lock()
 		f.job = job // adjusted: what recheckFlights looks for
 		s.mu.Unlock()
-		go s.fly(f, job, ack, false)
+		go s.followFlight(f, job, ack, false)
 	}
 	return s.wait(ctx, a, f)
 }
@@ -126,7 +126,7 @@ func newJob(a address.Address, purpose verdict.Purpose, pol domains.Policy) wire
 // traced hands a job to one prober, which runs it with its dialogue
 // recorded, and returns the verdict; the transcript goes to *transcript.
 func (s *Service) traced(ctx context.Context, a address.Address, job wire.ProbeJob, transcript *[]wire.TraceLine) verdict.Verdict {
-	v := base(a, "")
+	v := newVerdict(a, "")
 	b, err := wire.Encode(&job)
 	if err != nil {
 		v.Status, v.Reason, v.Text = verdict.TempFail, verdict.ReasonQueue, err.Error()
@@ -146,11 +146,11 @@ func (s *Service) traced(ctx context.Context, a address.Address, job wire.ProbeJ
 	return r.Verdict
 }
 
-// lookup asks the cache; rev is the bucket revision this ingest had applied,
+// requestLookup asks the cache; rev is the bucket revision this ingest had applied,
 // job the job to queue on a miss, if any (see wire.LookupRequest). A hit
 // that a flush known here covers answers as a miss (never queued): every
 // path that asks the cache goes through here.
-func (s *Service) lookup(ctx context.Context, a address.Address, purpose verdict.Purpose, senders []string, rev uint64, job *wire.ProbeJob) (wire.LookupReply, error) {
+func (s *Service) requestLookup(ctx context.Context, a address.Address, purpose verdict.Purpose, senders []string, rev uint64, job *wire.ProbeJob) (wire.LookupReply, error) {
 	b, err := wire.Encode(&wire.LookupRequest{Address: a.String(), Purpose: purpose, Senders: senders, Rev: rev, Job: job})
 	if err != nil {
 		return wire.LookupReply{}, err
@@ -218,7 +218,7 @@ func (s *Service) passed(ctx context.Context, subject string, job wire.ProbeJob)
 		return verdict.Verdict{}, false
 	}
 	senders := domains.Policy{Sender: job.Sender, FallbackSender: job.FallbackSender}.Senders()
-	look, err := s.lookup(ctx, a, job.Purpose, senders, s.seen(), nil)
+	look, err := s.requestLookup(ctx, a, job.Purpose, senders, s.seen(), nil)
 	if err == nil && look.Hit {
 		return *look.Verdict, true
 	}

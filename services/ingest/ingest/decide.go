@@ -1,6 +1,6 @@
 package ingest
 
-// The answer of one request: what memory knows (local), then the policy's decision (reply).
+// The answer of one request: what memory knows (answerFromMemory), then the policy's decision (reply).
 
 import (
 	"context"
@@ -25,11 +25,11 @@ func (s *Service) Verify(ctx context.Context, req wire.VerifyRequest) wire.Verif
 // arrival.
 func (s *Service) verify(ctx context.Context, req wire.VerifyRequest, start time.Time) wire.VerifyReply {
 	purpose := purposeOf(req)
-	v, pol, m := s.local(req, purpose)
+	v, pol, m := s.answerFromMemory(req, purpose)
 	return s.answer(ctx, req, purpose, start, v, pol, m, nil)
 }
 
-// answer goes on from local's result: a miss (m) is asked of the cache and
+// answer goes on from answerFromMemory's result: a miss (m) is asked of the cache and
 // the destination before its deadline. The log line goes to *later when
 // set (see reply).
 func (s *Service) answer(ctx context.Context, req wire.VerifyRequest, purpose verdict.Purpose, start time.Time, v verdict.Verdict, pol verdict.Policy, m *miss, later *func()) wire.VerifyReply {
@@ -43,7 +43,7 @@ func (s *Service) answer(ctx context.Context, req wire.VerifyRequest, purpose ve
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithDeadline(ctx, start.Add(max(timeout-timeout/20, timeout-250*time.Millisecond)))
 		defer cancel()
-		v, pol = s.remote(ctx, req, purpose, m, &transcript)
+		v, pol = s.answerMiss(ctx, req, purpose, m, &transcript)
 	}
 	return s.reply(ctx, req, purpose, start, v, pol, transcript, later)
 }
@@ -128,7 +128,7 @@ func (s *Service) decide(v verdict.Verdict, pol verdict.Policy) verdict.Decision
 	return d
 }
 
-func base(a address.Address, raw string) verdict.Verdict {
+func newVerdict(a address.Address, raw string) verdict.Verdict {
 	addr := raw
 	if a.Domain != "" {
 		addr = a.String()
@@ -136,7 +136,7 @@ func base(a address.Address, raw string) verdict.Verdict {
 	return verdict.Verdict{Kind: verdict.KindAddress, Address: addr, Domain: a.Domain, CheckedAt: time.Now(), Source: verdict.SourceStatic}
 }
 
-// miss is what local learned about a request it could not answer.
+// miss is what answerFromMemory learned about a request it could not answer.
 type miss struct {
 	a       address.Address
 	pol     domains.Policy
@@ -146,17 +146,17 @@ type miss struct {
 	nearKey string
 }
 
-// local returns the verdict that answers the request and the policy to
+// answerFromMemory returns the verdict that answers the request and the policy to
 // apply when memory has it: the null sender and postmaster, bad input, the
 // policy's own answers, a near-cache hit. Otherwise it returns a miss for
-// remote. It never waits.
-func (s *Service) local(req wire.VerifyRequest, purpose verdict.Purpose) (verdict.Verdict, verdict.Policy, *miss) {
-	if v, ok := special(req.Address, purpose); ok {
+// answerMiss. It never waits.
+func (s *Service) answerFromMemory(req wire.VerifyRequest, purpose verdict.Purpose) (verdict.Verdict, verdict.Policy, *miss) {
+	if v, ok := neverCalledOut(req.Address, purpose); ok {
 		return v, verdict.Policy{Purpose: purpose}, nil
 	}
 	a, err := address.Parse(req.Address)
 	if err != nil {
-		v := base(address.Address{}, verdict.CleanText(req.Address))
+		v := newVerdict(address.Address{}, verdict.CleanText(req.Address))
 		v.Text = err.Error()
 		if address.Broken(err) {
 			v.Status, v.Reason = verdict.Malformed, verdict.ReasonSyntax
@@ -168,7 +168,7 @@ func (s *Service) local(req wire.VerifyRequest, purpose verdict.Purpose) (verdic
 		}
 		return v, verdict.Policy{Purpose: purpose}, nil
 	}
-	v := base(a, "")
+	v := newVerdict(a, "")
 	as := v.Address // a.String(), built once
 	if s.extra[strings.ToLower(as)] || s.domains.IsProbeSender(as) {
 		v.Status, v.Reason = verdict.Skipped, verdict.ReasonProbeSender
@@ -233,10 +233,10 @@ func (s *Service) nearHit(key string) (verdict.Verdict, bool) {
 	return s.near.Get(key)
 }
 
-// special answers the addresses that are never called out: the null
+// neverCalledOut answers the addresses that are never called out: the null
 // sender (the bounce sender) and postmaster, which every domain must
 // accept (RFC 5321 section 4.5.1), qualified or not.
-func special(raw string, purpose verdict.Purpose) (verdict.Verdict, bool) {
+func neverCalledOut(raw string, purpose verdict.Purpose) (verdict.Verdict, bool) {
 	s := strings.TrimSpace(raw)
 	if strings.HasPrefix(s, "<") && strings.HasSuffix(s, ">") {
 		s = strings.TrimSpace(s[1 : len(s)-1])

@@ -58,7 +58,7 @@ func (s *Service) end(f *flight, v verdict.Verdict, err error) {
 // wait waits for the flight's verdict until ctx ends; then the answer is
 // a tempfail, never a reject.
 func (s *Service) wait(ctx context.Context, a address.Address, f *flight) verdict.Verdict {
-	v := base(a, "")
+	v := newVerdict(a, "")
 	select {
 	case <-f.done:
 		if f.err != nil {
@@ -73,7 +73,7 @@ func (s *Service) wait(ctx context.Context, a address.Address, f *flight) verdic
 	}
 }
 
-// fly waits for the flight's verdict (which onVerdict brings) at most
+// followFlight waits for the flight's verdict (which onVerdict brings) at most
 // MaxTimeout. ack is the PubAck of the job this ingest queued, if it did;
 // pending says the job was found pending (queued by another, or by the
 // cachekeeper for another request).
@@ -87,7 +87,7 @@ func (s *Service) wait(ctx context.Context, a address.Address, f *flight) verdic
 // kept nor stored (a tempfail) then costs a new callout, never a wait to
 // the deadline. A verdict refused as flushed (onVerdict) starts the same:
 // a fresh callout is queued as soon as none is pending.
-func (s *Service) fly(f *flight, job wire.ProbeJob, ack jetstream.PubAckFuture, pending bool) {
+func (s *Service) followFlight(f *flight, job wire.ProbeJob, ack jetstream.PubAckFuture, pending bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.MaxTimeout)
 	defer cancel()
 	if ack != nil {

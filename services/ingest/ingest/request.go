@@ -70,17 +70,17 @@ func (s *Service) respond(r *microasync.Request, rep *wire.VerifyReply) {
 	_ = r.Respond(b)
 }
 
-// fast answers, on the subscription's goroutine, what needs no NATS round
+// answerInline answers, on the subscription's goroutine, what needs no NATS round
 // trip: bad requests, the addresses never called out, the policy's own
 // answers and near-cache hits (the steady state of a gateway). Everything
 // else goes on to a pool worker with the decoded request.
-func (s *Service) fast(r *microasync.Request) bool {
+func (s *Service) answerInline(r *microasync.Request) bool {
 	req, ok := s.decode(r, false)
 	if !ok {
 		return true
 	}
 	purpose := purposeOf(req)
-	v, pol, m := s.local(req, purpose)
+	v, pol, m := s.answerFromMemory(req, purpose)
 	if m != nil {
 		// The worker goes on from here rather than starting over.
 		r.State = &pending{req: req, purpose: purpose, v: v, pol: pol, m: m}
@@ -93,7 +93,7 @@ func (s *Service) fast(r *microasync.Request) bool {
 	return true
 }
 
-// pending is a request fast found no answer for in memory, with what it
+// pending is a request answerInline found no answer for in memory, with what it
 // learnt: the worker asks the cache (and the destination) from there.
 type pending struct {
 	req     wire.VerifyRequest
@@ -114,7 +114,7 @@ func (s *Service) serve(ctx context.Context, r *microasync.Request, trace bool) 
 			return
 		}
 		purpose := purposeOf(req)
-		v, pol, m := s.local(req, purpose)
+		v, pol, m := s.answerFromMemory(req, purpose)
 		rep = s.answer(ctx, req, purpose, r.Arrived(), v, pol, m, &logLine)
 	}
 	s.respond(r, &rep)

@@ -146,7 +146,7 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	// micro calls handlers one at a time: requests go to a bounded pool.
 	pool := microasync.NewPool(s.cfg.Workers)
-	err = svc.AddEndpoint("verify", pool.FastHandler(ctx, s.nc, s.fast, s.serveNATS, s.shed),
+	err = svc.AddEndpoint("verify", pool.FastHandler(ctx, s.nc, s.answerInline, s.serveNATS, s.shed),
 		micro.WithEndpointSubject(s.names.Verify()))
 	if err != nil {
 		return err

@@ -92,24 +92,24 @@ func RandomLocal(secret []byte, domain string) string {
 // Verify runs the callout. It always returns a verdict; it never returns
 // Invalid unless a destination said 5xx "user unknown" to this address.
 func (v *Verifier) Verify(ctx context.Context, t Target) Result {
-	return v.VerifyHeld(ctx, t, nil)
+	return v.VerifyWithSlot(ctx, t, nil)
 }
 
-// VerifyHeld is Verify with the first host's slot already taken: the
+// VerifyWithSlot is Verify with the first host's slot already taken: the
 // scheduler takes it without waiting, so that a job whose host is busy
 // waits without a worker. The slot is given back (or kept with its
 // connection for reuse) when the callout ends.
-func (v *Verifier) VerifyHeld(ctx context.Context, t Target, slot *destination.Slot) Result {
-	res, end := v.VerifyThen(ctx, t, slot)
+func (v *Verifier) VerifyWithSlot(ctx context.Context, t Target, slot *destination.Slot) Result {
+	res, end := v.VerifyResultFirst(ctx, t, slot)
 	end()
 	return res
 }
 
-// VerifyThen is VerifyHeld that returns as soon as the result is known:
+// VerifyResultFirst is VerifyWithSlot that returns as soon as the result is known:
 // end (to be called once) then ends the last host's connection (RSET to
 // keep it, or QUIT) and gives its slot back, so that the verdict need not
 // wait for the destination's reply to RSET or QUIT.
-func (v *Verifier) VerifyThen(ctx context.Context, t Target, slot *destination.Slot) (Result, func()) {
+func (v *Verifier) VerifyResultFirst(ctx context.Context, t Target, slot *destination.Slot) (Result, func()) {
 	ctx, cancel := context.WithTimeout(ctx, v.cfg.Budget)
 	res := v.fail(t, "", verdict.TempFail, verdict.ReasonNoDestination, smtpprobe.Reply{})
 	end := func() {}

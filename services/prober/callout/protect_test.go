@@ -237,7 +237,7 @@ func TestRsetWithNextCallout(t *testing.T) {
 	s := server(t, smtptest.Config{Mailboxes: []string{"alice@example.org"}})
 	v, _ := protectVerifier(destination.Config{MaxConns: 1, Rate: 1000, ReuseMaxRcpts: 100, MaxNonMail: 8, IdleTimeout: time.Minute})
 	target := Target{Address: addr(t, "alice@example.org"), Hosts: []string{s.Addr()}, SkipRandom: true}
-	res, end := v.VerifyThen(context.Background(), target, nil)
+	res, end := v.VerifyResultFirst(context.Background(), target, nil)
 	end()
 	if res.Address.Status != verdict.Valid {
 		t.Fatalf("%s/%s", res.Address.Status, res.Address.Reason)
@@ -270,7 +270,7 @@ func TestResultBeforeRset(t *testing.T) {
 	t.Cleanup(func() { once.Do(func() { close(release) }) })
 	v, _ := protectVerifier(destination.Config{MaxConns: 1, Rate: 1000, ReuseMaxRcpts: 100, MaxNonMail: 8, IdleTimeout: time.Minute})
 	target := Target{Address: addr(t, "alice@example.org"), Hosts: []string{s.Addr()}, SkipRandom: true}
-	res, end := v.VerifyThen(context.Background(), target, nil)
+	res, end := v.VerifyResultFirst(context.Background(), target, nil)
 	if res.Address.Status != verdict.Valid {
 		t.Fatalf("%s/%s", res.Address.Status, res.Address.Reason)
 	}

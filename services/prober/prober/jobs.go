@@ -145,7 +145,7 @@ func heartbeat(msg *pull.Msg, every time.Duration) (stop func()) {
 func (s *Service) run(ctx context.Context, msg *pull.Msg, job wire.ProbeJob, addr address.Address, target callout.Target, slot *destination.Slot, stopHB func(), start time.Time) {
 	s.m.inFlight.Inc()
 	defer s.m.inFlight.Dec()
-	res, end := s.verifier.VerifyThen(ctx, target, slot)
+	res, end := s.verifier.VerifyResultFirst(ctx, target, slot)
 	stopHB()
 	// The verdict goes first: it does not wait for the destination's reply
 	// to the connection's RSET (or QUIT), which comes next, before the
