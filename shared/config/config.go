@@ -59,6 +59,11 @@ func asParseError(err error, target **envconfig.ParseError) bool {
 	return ok
 }
 
+// Defaults fills spec with the defaults of its struct tags, as a service
+// started with none of its variables set would have them: tests start from
+// here and set only what they need to differ.
+func Defaults(spec any) error { return Load("CALLOUT_DEFAULTS_ONLY", spec) }
+
 // Usage writes a table of the settings of spec.
 func Usage(w io.Writer, prefix string, spec any) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)

@@ -38,7 +38,7 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 // defaults fills a service's settings with their defaults.
 func defaults(t *testing.T, cfg any) {
 	t.Helper()
-	if err := config.Load("CALLOUT_CONSOLE_TEST_UNSET", cfg); err != nil {
+	if err := config.Defaults(cfg); err != nil {
 		t.Fatal(err)
 	}
 }

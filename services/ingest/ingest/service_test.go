@@ -19,6 +19,7 @@ import (
 
 	"github.com/callout-mail/callout/services/cachekeeper/cachekeeper"
 	"github.com/callout-mail/callout/services/prober/prober"
+	"github.com/callout-mail/callout/shared/config"
 	"github.com/callout-mail/callout/shared/dnstest"
 	"github.com/callout-mail/callout/shared/domains"
 	"github.com/callout-mail/callout/shared/natstest"
@@ -31,24 +32,41 @@ import (
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
+// The services' settings in these tests: their defaults (config.Defaults),
+// then what the tests need to differ, on purpose: shorter waits, smaller
+// sizes, no fleet-wide leases or rate limit to wait on, no STARTTLS.
+
 func ingestConfig() Config {
-	return Config{Timeout: 10 * time.Second, MaxTimeout: 10 * time.Second, LookupTimeout: time.Second, PendingRetry: 100 * time.Millisecond, Workers: 512, NearCacheEntries: 10000, KnownKeys: 100000, Replicas: 1,
-		UnknownDomains: "accept", RecipientDelimiter: "+", SenderOnTempfail: verdict.Accept, SenderOnUnverifiable: verdict.Accept,
-		BrakeLimit: 50, BrakeWindow: 10 * time.Minute, BrakeMaxClients: 100000, BrakeIPv6Prefix: 64}
+	var c Config
+	mustDefaults(&c)
+	c.Timeout, c.MaxTimeout, c.PendingRetry = 10*time.Second, 10*time.Second, 100*time.Millisecond
+	c.Workers, c.NearCacheEntries, c.KnownKeys = 512, 10000, 100000
+	c.RefreshAge, c.StatsInterval = 0, 0
+	return c
 }
 
 func proberConfig() prober.Config {
-	return prober.Config{Workers: 8, HeloName: "verifier.test", ConnectTimeout: time.Second, BannerTimeout: 5 * time.Second,
-		CommandTimeout: 5 * time.Second, DialogueTimeout: 10 * time.Second, Budget: 20 * time.Second,
-		MaxReplyLine: 2048, MaxReplyLines: 64, MaxReplyBytes: 16384, MaxConns: 2, Rate: 1000,
-		BreakerFailures: 5, BreakerOpen: time.Second, ReuseMaxRcpts: 20, IdleTimeout: time.Second,
-		RandomSecret: "s", AckWait: 5 * time.Second, MaxDeliver: 4, Replicas: 1,
-		MaxNonMail: 8, ReuseRetry: time.Minute, BackoffQuiet: time.Minute, MaxWaiting: 1000, MXLimit: 5}
+	var c prober.Config
+	mustDefaults(&c)
+	c.Workers, c.HeloName, c.RandomSecret, c.StartTLS = 8, "verifier.test", "s", false
+	c.ConnectTimeout, c.BannerTimeout, c.CommandTimeout = time.Second, 5*time.Second, 5*time.Second
+	c.DialogueTimeout, c.Budget, c.AckWait = 10*time.Second, 20*time.Second, 5*time.Second
+	c.Rate, c.FleetLimits, c.BreakerOpen, c.IdleTimeout, c.ReuseRetry = 1000, false, time.Second, time.Second, time.Minute
+	c.StatsInterval = 0
+	return c
 }
 
 func keeperConfig() cachekeeper.Config {
-	return cachekeeper.Config{Replicas: 1, TTLValid: 96 * time.Hour, TTLInvalid: 2 * time.Hour, TTLDisabled: 30 * time.Minute,
-		TTLCatchAll: 96 * time.Hour, TTLNotCatchAll: 2 * time.Hour, TTLUnverifiable: 2 * time.Hour, Workers: 64, StoreWorkers: 4}
+	var c cachekeeper.Config
+	mustDefaults(&c)
+	c.StoreWorkers, c.RefreshAge, c.StatsInterval = 4, 0, 0
+	return c
+}
+
+func mustDefaults(spec any) {
+	if err := config.Defaults(spec); err != nil {
+		panic(err)
+	}
 }
 
 type system struct {
