@@ -53,7 +53,8 @@ func docBlocks(t *testing.T) []docBlock {
 // The command blocks of the docs marked <!-- doc-test --> run as written
 // against a running system: ./bin/ is the built binaries, the example
 // destination addresses (10.0.0.5:25, 10.0.0.6:25) are a scripted
-// destination on loopback, and a trailing "# text ... text" comment is
+// destination on loopback, the console's address (127.0.0.1:8080) is a
+// console's with $T its admin's API token, and a trailing "# text ... text" comment is
 // what the output must contain, piece by piece.
 func TestDocCommands(t *testing.T) {
 	blocks := docBlocks(t)
@@ -66,7 +67,8 @@ func TestDocCommands(t *testing.T) {
 	if err := os.Symlink(binDir, filepath.Join(dir, "bin")); err != nil {
 		t.Fatal(err)
 	}
-	env := append(os.Environ(), "CALLOUT_NATS_URL="+s.url, "HOME="+t.TempDir(), "PATH="+binDir+":"+os.Getenv("PATH"))
+	console := s.startConsole("admin-pw", "viewer-pw")
+	env := append(os.Environ(), "CALLOUT_NATS_URL="+s.url, "HOME="+t.TempDir(), "PATH="+binDir+":"+os.Getenv("PATH"), "T="+consoleToken)
 	for _, b := range blocks {
 		for _, line := range b.lines {
 			cmdline, want, _ := strings.Cut(line, "  # ")
@@ -74,7 +76,7 @@ func TestDocCommands(t *testing.T) {
 			if cmdline == "" || strings.HasPrefix(cmdline, "#") {
 				continue
 			}
-			cmdline = strings.NewReplacer("10.0.0.5:25", dest.Addr(), "10.0.0.6:25", dest.Addr()).Replace(cmdline)
+			cmdline = strings.NewReplacer("10.0.0.5:25", dest.Addr(), "10.0.0.6:25", dest.Addr(), "http://127.0.0.1:8080", console).Replace(cmdline)
 			if strings.HasPrefix(cmdline, "nats ") {
 				cmdline = "nats --server " + s.url + strings.TrimPrefix(cmdline, "nats")
 			}
