@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,4 +31,32 @@ func TestREADMESettings(t *testing.T) {
 			}
 		}
 	}
+}
+
+// docSnippet is the fenced block of docs/services.md after the line
+// "<!-- e2e: NAME -->": configuration the e2e suite runs as written.
+func docSnippet(t testing.TB, name string) string {
+	t.Helper()
+	f, err := os.Open("../docs/services.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	marked, in := false, false
+	var b strings.Builder
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case in && strings.HasPrefix(line, "```"):
+			return b.String()
+		case in:
+			b.WriteString(line + "\n")
+		case marked && strings.HasPrefix(line, "```"):
+			in = true
+		}
+		marked = marked || line == "<!-- e2e: "+name+" -->"
+	}
+	t.Fatalf("docs/services.md has no block marked %q", name)
+	return ""
 }

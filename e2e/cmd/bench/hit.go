@@ -67,28 +67,11 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // 1. Cache hits against a bare request-reply echo on the same server.
 func (b *bench) cacheHit() error {
-	dest, err := mailDest(func(string) bool { return false })
+	addrs, done, err := b.cachedAddrs("hit.bench", 1000)
 	if err != nil {
 		return err
 	}
-	defer dest.Close()
-	if err := b.policies(map[string]string{"hit.bench": dest.Addr()}); err != nil {
-		return err
-	}
-	var addrs []string
-	for i := 1; len(addrs) < 1000; i++ {
-		if i%3 != 0 {
-			addrs = append(addrs, fmt.Sprintf("u%d@hit.bench", i))
-		}
-	}
-	for _, a := range addrs {
-		if _, err := b.verify(a, 30*time.Second); err != nil {
-			return err
-		}
-	}
-	if err := b.waitCached(addrs); err != nil {
-		return err
-	}
+	defer func() { _ = done() }()
 	echo, err := nats.Connect(b.url)
 	if err != nil {
 		return err
@@ -147,7 +130,37 @@ func (b *bench) cacheHit() error {
 			}
 		}
 	}
-	return b.flushAll()
+	return nil
+}
+
+// cachedAddrs makes n addresses of domain whose verdicts (valid) are in
+// the cache, behind a scripted destination; done flushes them and stops
+// the destination.
+func (b *bench) cachedAddrs(domain string, n int) (addrs []string, done func() error, err error) {
+	dest, err := mailDest(func(string) bool { return false })
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := b.policies(map[string]string{domain: dest.Addr()}); err != nil {
+		dest.Close()
+		return nil, nil, err
+	}
+	for i := 1; len(addrs) < n; i++ {
+		if i%3 != 0 {
+			addrs = append(addrs, fmt.Sprintf("u%d@%s", i, domain))
+		}
+	}
+	for _, a := range addrs {
+		if _, err := b.verify(a, 30*time.Second); err != nil {
+			dest.Close()
+			return nil, nil, err
+		}
+	}
+	if err := b.waitCached(addrs); err != nil {
+		dest.Close()
+		return nil, nil, err
+	}
+	return addrs, func() error { dest.Close(); return b.flushAll() }, nil
 }
 
 func clients(url string, n int) []*nats.Conn {

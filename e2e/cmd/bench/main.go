@@ -48,16 +48,17 @@ type row struct {
 }
 
 type bench struct {
-	dir, url string
-	nc       *nats.Conn
-	js       jetstream.JetStream
-	names    subjects.Names
-	procs    map[string]*stack.Proc
-	rows     []row
-	kv       jetstream.KeyValue
-	pprof    map[string]string // process -> its /debug/pprof address (CALLOUT_BENCH_PROFILE)
-	metrics  map[string]string // process -> its /metrics address
-	profDir  string
+	dir, url   string
+	nc         *nats.Conn
+	js         jetstream.JetStream
+	names      subjects.Names
+	procs      map[string]*stack.Proc
+	rows       []row
+	kv         jetstream.KeyValue
+	pprof      map[string]string // process -> its /debug/pprof address (CALLOUT_BENCH_PROFILE)
+	policyAddr string            // the ingest's Postfix policy listener
+	metrics    map[string]string // process -> its /metrics address
+	profDir    string
 }
 
 // profile takes a CPU profile of every process for the next d, into
@@ -105,8 +106,8 @@ func main() {
 	out := flag.String("out", "bench/results.json", "JSON output")
 	requests := flag.Int("requests", 100000, "callout economy: verify requests")
 	entries := flag.Int("entries", 1000000, "storage: cached entries")
-	only := flag.String("only", "", "run one section: hit, miss, saturation, economy, storage, protection")
-	reps := flag.Int("reps", 3, "repetitions of the hit, miss and saturation sections")
+	only := flag.String("only", "", "run one section: hit, miss, saturation, economy, storage, protection, mta")
+	reps := flag.Int("reps", 3, "repetitions of the hit, miss, saturation and MTA-path sections")
 	flag.Parse()
 	absBin, _ := filepath.Abs(*bin)
 	b, stop, err := start(absBin)
@@ -132,7 +133,7 @@ func main() {
 			return nil
 		}
 	}
-	hit, miss, sat := three(b.cacheHit), three(b.miss), three(b.saturation)
+	hit, miss, sat, mta := three(b.cacheHit), three(b.miss), three(b.saturation), three(b.mtaPaths)
 	// Storage first: its bytes on disk are then the million entries', not
 	// also blocks the other sections' entries left behind them (the file
 	// store compacts them later). It ends with a full flush.
@@ -140,10 +141,10 @@ func main() {
 	for i := 0; i < *reps; i++ {
 		steps = append(steps, b.cacheHit, b.miss, b.saturation)
 	}
-	steps = append(steps, func() error { return b.economy(*requests) }, protection)
+	steps = append(steps, func() error { return b.economy(*requests) }, protection, mta)
 	if *only != "" {
 		steps = map[string][]func() error{"hit": {hit}, "miss": {miss}, "saturation": {sat}, "economy": {func() error { return b.economy(*requests) }},
-			"storage": {func() error { return b.storage(*entries) }}, "protection": {protection}}[*only]
+			"storage": {func() error { return b.storage(*entries) }}, "protection": {protection}, "mta": {mta}}[*only]
 	}
 	for _, step := range steps {
 		if err := step(); err != nil {
@@ -312,7 +313,8 @@ func start(bin string) (*bench, func(), error) {
 			return nil, stop, err
 		}
 	}
-	if err := launch("ingest", "ingest", "CALLOUT_INGEST_BRAKE_LIMIT=0", "CALLOUT_INGEST_POLICY_ADDR="); err != nil {
+	b.policyAddr = fmt.Sprintf("127.0.0.1:%d", freePort())
+	if err := launch("ingest", "ingest", "CALLOUT_INGEST_BRAKE_LIMIT=0", "CALLOUT_INGEST_POLICY_ADDR="+b.policyAddr); err != nil {
 		return nil, stop, err
 	}
 	if profile != "" {

@@ -43,7 +43,7 @@ func serve(t *testing.T, cfg Config) string {
 	return ln.Addr().String()
 }
 
-func request(attrs ...string) string {
+func policyRequest(attrs ...string) string {
 	return strings.Join(append([]string{"request=smtpd_access_policy", "protocol_state=RCPT", "client_address=192.0.2.7"}, attrs...), "\n") + "\n\n"
 }
 
@@ -73,17 +73,21 @@ func TestProtocol(t *testing.T) {
 	defer c.Close()
 	r := bufio.NewReader(c)
 	tests := []struct{ req, want string }{
-		{request("sender=a@b.example", "recipient=alice@example.org"), "action=DUNNO"},
-		{request("sender=a@b.example", "recipient=unknown@example.org"), "action=550 5.1.1 <unknown@example.org>: Recipient address rejected: User unknown"},
-		{request("sender=a@b.example", "recipient=slow@example.org"), "action=450 4.4.3 <slow@example.org>: try again later"},
-		{request("sender=forged@b.example", "recipient=alice@example.org"), "action=550 5.1.0 <forged@b.example>: Sender address rejected: undeliverable address"},
-		{request("sender=", "recipient=alice@example.org", "unknown_attribute=whatever"), "action=DUNNO"},
+		{policyRequest("sender=a@b.example", "recipient=alice@example.org"), "action=DUNNO"},
+		// Postfix puts "<unknown@example.org>: Recipient address rejected: "
+		// in front of the text itself.
+		{policyRequest("sender=a@b.example", "recipient=unknown@example.org"), "action=550 5.1.1 User unknown"},
+		{policyRequest("sender=a@b.example", "recipient=slow@example.org"), "action=450 4.4.3 try again later"},
+		// A client that shows the text as it is asks for all of it.
+		{policyRequest("recipient=unknown@example.org", "callout_text=full"), "action=550 5.1.1 <unknown@example.org>: Recipient address rejected: User unknown"},
+		{policyRequest("sender=forged@b.example", "recipient=alice@example.org"), "action=550 5.1.0 <forged@b.example>: Sender address rejected: undeliverable address"},
+		{policyRequest("sender=", "recipient=alice@example.org", "unknown_attribute=whatever"), "action=DUNNO"},
 		{"request=smtpd_access_policy\nprotocol_state=MAIL\nsender=a@b.example\n\n", "action=DUNNO"},
 		{"this is not an attribute\nrecipient=alice@example.org\n\n", "action=451 4.3.5 Policy request not understood"},
 		{"request=other\nrecipient=alice@example.org\n\n", "action=451 4.3.5 Policy request not understood"},
 		{"recipient=" + strings.Repeat("x", 5000) + "\n\n", "action=451 4.3.5 Policy request not understood"},
 		// The connection is still in step after all that.
-		{request("recipient=unknown@example.org"), "action=550 5.1.1 <unknown@example.org>: Recipient address rejected: User unknown"},
+		{policyRequest("recipient=unknown@example.org"), "action=550 5.1.1 User unknown"},
 	}
 	for _, tt := range tests {
 		if got := roundTrip(t, c, r, tt.req); got != tt.want {
@@ -100,11 +104,11 @@ func TestMalformedDunnoAndDeferIfPermit(t *testing.T) {
 	if got := roundTrip(t, c, r, "garbage\n\n"); got != "action=DUNNO" {
 		t.Fatalf("malformed: %q", got)
 	}
-	if got := roundTrip(t, c, r, request("recipient=slow@example.org")); got != "action=DEFER_IF_PERMIT 4.4.3 <slow@example.org>: try again later" {
+	if got := roundTrip(t, c, r, policyRequest("recipient=slow@example.org")); got != "action=DEFER_IF_PERMIT 4.4.3 try again later" {
 		t.Fatalf("defer: %q", got)
 	}
 	// Sender verification off: a forged sender is not looked at.
-	if got := roundTrip(t, c, r, request("sender=forged@b.example", "recipient=alice@example.org")); got != "action=DUNNO" {
+	if got := roundTrip(t, c, r, policyRequest("sender=forged@b.example", "recipient=alice@example.org")); got != "action=DUNNO" {
 		t.Fatalf("sender checked though off: %q", got)
 	}
 }
@@ -118,7 +122,7 @@ func TestHalfClose(t *testing.T) {
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	io.WriteString(c, request("recipient=unknown@example.org"))
+	io.WriteString(c, policyRequest("recipient=unknown@example.org", "callout_text=full"))
 	c.(*net.TCPConn).CloseWrite()
 	all, err := io.ReadAll(c)
 	if err != nil {
@@ -148,9 +152,9 @@ func TestManyConnections(t *testing.T) {
 				want := "action=DUNNO"
 				rcpt := "alice@example.org"
 				if j%2 == 1 {
-					rcpt, want = "unknown@example.org", "action=550 5.1.1 <unknown@example.org>: Recipient address rejected: User unknown"
+					rcpt, want = "unknown@example.org", "action=550 5.1.1 User unknown"
 				}
-				if got := roundTrip(t, c, r, request("recipient="+rcpt)); got != want {
+				if got := roundTrip(t, c, r, policyRequest("recipient="+rcpt)); got != want {
 					t.Errorf("got %q want %q", got, want)
 					return
 				}
