@@ -1,7 +1,7 @@
 package e2e
 
 import (
-	"bytes"
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -9,9 +9,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"text/template"
 	"time"
 
+	"github.com/callout-mail/callout/e2e/postfix"
 	"github.com/callout-mail/callout/shared/domains"
 )
 
@@ -34,70 +34,24 @@ type postfixInstance struct {
 
 func startPostfix(t *testing.T, mainCf string, listen string, policy string, files map[string]string) *postfixInstance {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "callout-postfix-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Postfix wants its directories reachable by its own user.
-	_ = os.Chmod(dir, 0o755)
-	p := &postfixInstance{dir: dir, addr: listen}
-	data := map[string]string{"Dir": dir, "Listen": listen, "Policy": policy}
+	data := map[string]string{"Policy": policy}
 	if policy != "" {
 		// The restrictions and policy client settings are the docs'.
 		data["DocPolicy"] = strings.ReplaceAll(docSnippet(t, "postfix main.cf"), "127.0.0.1:10040", policy)
 	}
-	for src, dst := range map[string]string{mainCf: "main.cf", "master.cf": "master.cf"} {
-		tmpl, err := template.ParseFiles(filepath.Join("postfix", src))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var b bytes.Buffer
-		if err := tmpl.Execute(&b, data); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, dst), b.Bytes(), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for name, content := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, d := range []string{"queue", "data", "vmail"} {
-		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	_ = os.Chown(filepath.Join(dir, "vmail"), 65534, 65534)
-	run := func(args ...string) error {
-		out, err := exec.Command("postfix", append([]string{"-c", dir}, args...)...).CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("postfix %v: %v %s (see %s/maillog)", args, err, out, dir)
-		}
-		return nil
-	}
-	_ = run("set-permissions", "create-missing") // warns about ownership of a test directory; harmless
-	if err := run("start"); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	p, err := postfix.Start(ctx, mainCf, listen, data, files)
+	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		_ = run("stop")
 		if t.Failed() {
-			if b, err := os.ReadFile(filepath.Join(dir, "maillog")); err == nil {
-				t.Logf("--- %s maillog\n%s", filepath.Base(dir), b)
-			}
+			t.Logf("--- %s maillog\n%s", filepath.Base(p.Dir), p.Maillog())
 		}
-		os.RemoveAll(dir)
+		_ = p.Stop()
 	})
-	waitFor(t, 20*time.Second, func() bool {
-		c, err := net.DialTimeout("tcp", listen, 200*time.Millisecond)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
-	return p
+	return &postfixInstance{dir: p.Dir, addr: p.Addr}
 }
 
 // swaks sends one message through server and returns swaks' transcript.

@@ -106,7 +106,7 @@ func main() {
 	out := flag.String("out", "bench/results.json", "JSON output")
 	requests := flag.Int("requests", 100000, "callout economy: verify requests")
 	entries := flag.Int("entries", 1000000, "storage: cached entries")
-	only := flag.String("only", "", "run one section: hit, miss, saturation, economy, storage, protection, mta")
+	only := flag.String("only", "", "run one section: hit, miss, saturation, economy, storage, protection, mta, postfix")
 	reps := flag.Int("reps", 3, "repetitions of the hit, miss, saturation and MTA-path sections")
 	flag.Parse()
 	absBin, _ := filepath.Abs(*bin)
@@ -141,10 +141,11 @@ func main() {
 	for i := 0; i < *reps; i++ {
 		steps = append(steps, b.cacheHit, b.miss, b.saturation)
 	}
-	steps = append(steps, func() error { return b.economy(*requests) }, protection, mta)
+	pfx := func() error { return b.throughPostfix(*reps) }
+	steps = append(steps, func() error { return b.economy(*requests) }, protection, mta, pfx)
 	if *only != "" {
 		steps = map[string][]func() error{"hit": {hit}, "miss": {miss}, "saturation": {sat}, "economy": {func() error { return b.economy(*requests) }},
-			"storage": {func() error { return b.storage(*entries) }}, "protection": {protection}, "mta": {mta}}[*only]
+			"storage": {func() error { return b.storage(*entries) }}, "protection": {protection}, "mta": {mta}, "postfix": {pfx}}[*only]
 	}
 	for _, step := range steps {
 		if err := step(); err != nil {

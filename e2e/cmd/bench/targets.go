@@ -36,6 +36,12 @@ var targets = []target{
 	// near cache at 16 connections, against a bare server with the same
 	// framing.
 	{Name: "policy protocol hit ratio, 16 connections", Section: "7 policy", Row: "c=16 hit/bare rate ratio", Op: ">=", Bound: 0.7},
+	// Through a real Postfix, cached recipients: callout's policy service
+	// against Postfix's own verify(8) and against no check at all.
+	{Name: "postfix: callout/verify(8) RCPT rate", Section: "9 postfix", Row: "known: callout/verify(8) rate ratio", Op: ">=", Bound: 0.97},
+	{Name: "postfix: callout/no check RCPT rate", Section: "9 postfix", Row: "known: callout/no check rate ratio", Op: ">=", Bound: 0.8},
+	{Name: "postfix: callout/verify(8) p99", Section: "9 postfix", Row: "known: callout/verify(8) p99 ratio", Op: "<=", Bound: 1.1},
+	{Name: "postfix: callout/verify(8) CPU per RCPT", Section: "9 postfix", Row: "known: callout/verify(8) CPU per RCPT ratio", Op: "<=", Bound: 1},
 	// The callout economy: at most one RCPT per distinct address plus two
 	// per domain (the catch-all probe and the control probe), and at
 	// least five RCPTs per connection.

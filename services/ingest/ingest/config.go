@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"errors"
+	"strconv"
 	"strings"
 	"time"
 
@@ -38,7 +39,8 @@ type Config struct {
 	BrakeMaxClients      int             `envconfig:"BRAKE_MAX_CLIENTS" default:"100000" desc:"clients the brake remembers at most (the least recently seen are forgotten)"`
 	BrakeIPv6Prefix      int             `envconfig:"BRAKE_IPV6_PREFIX" default:"64" desc:"IPv6 clients are counted per prefix of this length"`
 	ProbeSenders         []string        `envconfig:"PROBE_SENDERS" desc:"more addresses never to verify (other verifiers' probe senders), comma-separated"`
-	PolicyAddr           string          `envconfig:"POLICY_ADDR" default:"127.0.0.1:10040" desc:"Postfix policy listener address (empty: off)"`
+	PolicyAddr           string          `envconfig:"POLICY_ADDR" default:"127.0.0.1:10040" desc:"Postfix policy listener: host:port, or unix:/path for a UNIX-domain socket, cheaper for a Postfix on the same machine (empty: off)"`
+	PolicySocketMode     string          `envconfig:"POLICY_SOCKET_MODE" default:"0660" desc:"permissions of a unix: policy socket, octal: Postfix's smtpd (user postfix) must be able to connect"`
 	PolicySenders        bool            `envconfig:"POLICY_SENDERS" default:"false" desc:"verify the sender too in Postfix policy requests"`
 	PolicyMalformed      string          `envconfig:"POLICY_MALFORMED" default:"defer" desc:"answer to a malformed policy request: dunno or defer"`
 	PolicyDeferIfPermit  bool            `envconfig:"POLICY_DEFER_IF_PERMIT" default:"false" desc:"answer defers as DEFER_IF_PERMIT instead of 450"`
@@ -65,12 +67,20 @@ func (c *Config) Validate() error {
 	case c.SenderOnTempfail != verdict.Accept && c.SenderOnTempfail != verdict.Defer,
 		c.SenderOnUnverifiable != verdict.Accept && c.SenderOnUnverifiable != verdict.Defer:
 		return errors.New("CALLOUT_INGEST_SENDER_ON_*: accept or defer")
+	case !validMode(c.PolicySocketMode):
+		return errors.New("CALLOUT_INGEST_POLICY_SOCKET_MODE: octal permissions such as 0660")
 	case c.PolicyMalformed != "dunno" && c.PolicyMalformed != "defer":
 		return errors.New("CALLOUT_INGEST_POLICY_MALFORMED must be dunno or defer")
 	case strings.ContainsAny(c.RejectText+c.DeferText, "\r\n\x00"):
 		return errors.New("CALLOUT_INGEST_REJECT_TEXT/_DEFER_TEXT: one line")
 	}
 	return nil
+}
+
+// validMode reports octal file permissions (0660, 666).
+func validMode(m string) bool {
+	v, err := strconv.ParseUint(m, 8, 32)
+	return err == nil && v <= 0o777
 }
 
 // NATSConfig is the connection part of the settings.

@@ -5,8 +5,12 @@ package ingest
 import (
 	"context"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
+	"os"
+	"strconv"
+	"strings"
 
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
@@ -43,7 +47,7 @@ func (w *withPolicy) Run(ctx context.Context) error {
 	if w.srv == nil {
 		return w.Service.Run(ctx)
 	}
-	ln, err := net.Listen("tcp", w.addr)
+	ln, err := policyListener(w.addr, w.cfg.PolicySocketMode)
 	if err != nil {
 		return fmt.Errorf("policy listener: %w", err)
 	}
@@ -56,4 +60,32 @@ func (w *withPolicy) Run(ctx context.Context) error {
 		err = perr
 	}
 	return err
+}
+
+// policyListener listens on host:port, or on a UNIX-domain socket for
+// unix:/path (a socket left by an earlier run is replaced; any other file
+// there is an error) with the given octal permissions.
+func policyListener(addr, mode string) (net.Listener, error) {
+	path, ok := strings.CutPrefix(addr, "unix:")
+	if !ok {
+		return net.Listen("tcp", addr)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != fs.ModeSocket {
+			return nil, fmt.Errorf("%s exists and is not a socket", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, err
+		}
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	perm, _ := strconv.ParseUint(mode, 8, 32) // checked by Validate
+	if err := os.Chmod(path, fs.FileMode(perm)); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
 }

@@ -1,0 +1,283 @@
+package main
+
+// Section 9: through a real Postfix. The same cached recipients asked of
+// three front-end Postfix instances: no recipient check (the ceiling),
+// Postfix's own reject_unverified_recipient (verify(8), its cache warmed),
+// and check_policy_service to the ingest, taking turns three times.
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/callout-mail/callout/e2e/postfix"
+)
+
+// smtpSession is one client session of the load: MAIL FROM, then RCPT TO
+// one at a time, RSET every perMail recipients; never DATA.
+type smtpSession struct {
+	c       net.Conn
+	r       *bufio.Reader
+	inMail  int
+	perMail int
+}
+
+func dialSMTP(addr string, perMail int) (*smtpSession, error) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	s := &smtpSession{c: c, r: bufio.NewReader(c), perMail: perMail}
+	if _, err := s.reply(); err != nil { // banner
+		c.Close()
+		return nil, err
+	}
+	if _, err := s.cmd("EHLO load.bench"); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// reply reads one reply (its last line).
+func (s *smtpSession) reply() (string, error) {
+	_ = s.c.SetReadDeadline(time.Now().Add(90 * time.Second))
+	for {
+		line, err := s.r.ReadString('\n')
+		if err != nil {
+			return "", err
+		}
+		if len(line) < 4 || line[3] != '-' {
+			return strings.TrimRight(line, "\r\n"), nil
+		}
+	}
+}
+
+func (s *smtpSession) cmd(line string) (string, error) {
+	if _, err := s.c.Write([]byte(line + "\r\n")); err != nil {
+		return "", err
+	}
+	return s.reply()
+}
+
+// rcpt asks for one recipient, in a transaction of its own every perMail.
+func (s *smtpSession) rcpt(addr string) (string, error) {
+	if s.inMail == s.perMail {
+		if _, err := s.cmd("RSET"); err != nil {
+			return "", err
+		}
+		s.inMail = 0
+	}
+	if s.inMail == 0 {
+		if r, err := s.cmd("MAIL FROM:<someone@sender.example>"); err != nil || !strings.HasPrefix(r, "250") {
+			return r, fmt.Errorf("MAIL FROM: %q %v", r, err)
+		}
+	}
+	s.inMail++
+	return s.cmd("RCPT TO:<" + addr + ">")
+}
+
+func (s *smtpSession) close() {
+	_, _ = s.cmd("QUIT")
+	s.c.Close()
+}
+
+// havePostfix says why the section cannot run, if it cannot.
+func havePostfix() error {
+	if os.Geteuid() != 0 {
+		return errors.New("not root: Postfix runs its daemons as its own user")
+	}
+	if _, err := exec.LookPath("postfix"); err == nil {
+		return nil
+	}
+	out, err := exec.Command("bash", "-c", "apt-get install -y -q postfix >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postfix)").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("cannot install postfix: %v %s", err, out)
+	}
+	return nil
+}
+
+// 9. Through a real Postfix.
+func (b *bench) throughPostfix(reps int) error {
+	if err := havePostfix(); err != nil {
+		fmt.Fprintf(os.Stderr, "\nbench: SECTION 9 (through a real Postfix) SKIPPED: %v\n\n", err)
+		b.add("9 postfix", "SKIPPED", 1, "")
+		return nil
+	}
+	const domain = "mta.bench"
+	known, done, err := b.cachedAddrs(domain, 1000)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = done() }()
+	// Unknown recipients, cached invalid, for the dictionary mix.
+	var unknown []string
+	for i := 3; len(unknown) < 300; i += 3 {
+		unknown = append(unknown, fmt.Sprintf("u%d@%s", i, domain))
+	}
+	for _, a := range unknown {
+		if _, err := b.verify(a, 30*time.Second); err != nil {
+			return err
+		}
+	}
+	if err := b.waitCached(unknown); err != nil {
+		return err
+	}
+	dest, err := mailDest(func(string) bool { return false })
+	if err != nil {
+		return err
+	}
+	defer dest.Close()
+	host, port, _ := net.SplitHostPort(dest.Addr())
+	transport := map[string]string{"transport": domain + " smtp:[" + host + "]:" + port + "\n"}
+	setups := []struct{ name, check string }{
+		{"no check", ""},
+		{"verify(8)", ", reject_unverified_recipient"},
+		{"callout", ", check_policy_service inet:" + b.policyAddr},
+	}
+	inst := map[string]*postfix.Instance{}
+	for _, su := range setups {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		p, err := postfix.Start(ctx, "bench-main.cf", fmt.Sprintf("127.0.0.1:%d", freePort()), map[string]string{"Domain": domain, "Check": su.check}, transport)
+		cancel()
+		if err != nil {
+			return err
+		}
+		defer p.Stop()
+		inst[su.name] = p
+	}
+	if err := warmVerify(inst["verify(8)"].Addr, append(append([]string(nil), known...), unknown...)); err != nil {
+		return err
+	}
+	for _, mix := range []struct {
+		name    string
+		unknown int // in ten
+	}{{"known", 0}, {"30% unknown", 3}} {
+		for r := 0; r < reps; r++ {
+			got := map[string]postfixResult{}
+			for _, su := range setups {
+				res, err := b.postfixLoad(inst[su.name], su.name, mix.name, mix.unknown, known, unknown)
+				if err != nil {
+					return fmt.Errorf("%s, %s: %w", su.name, mix.name, err)
+				}
+				got[su.name] = res
+			}
+			c, v, none := got["callout"], got["verify(8)"], got["no check"]
+			pre := mix.name + ": "
+			b.add("9 postfix", pre+"callout/verify(8) rate ratio", c.rate/v.rate, "")
+			b.add("9 postfix", pre+"callout/no check rate ratio", c.rate/none.rate, "")
+			b.add("9 postfix", pre+"callout/verify(8) p99 ratio", c.p99/v.p99, "")
+			b.add("9 postfix", pre+"callout/verify(8) CPU per RCPT ratio", (c.postfixCPU+c.ingestCPU)/v.postfixCPU, "")
+		}
+	}
+	return nil
+}
+
+// warmVerify asks verify(8) for every address until it answers from its
+// cache: 250 for a known one, 550 for an unknown one.
+func warmVerify(addr string, addrs []string) error {
+	s, err := dialSMTP(addr, 1000)
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	deadline := time.Now().Add(5 * time.Minute)
+	pending := addrs
+	for len(pending) > 0 {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("verify(8) still probing %d addresses", len(pending))
+		}
+		var next []string
+		for _, a := range pending {
+			r, err := s.rcpt(a)
+			if err != nil {
+				return err
+			}
+			if strings.HasPrefix(r, "4") {
+				next = append(next, a) // probe in progress
+			}
+		}
+		pending = next
+		if len(pending) > 0 {
+			time.Sleep(time.Second)
+		}
+	}
+	return nil
+}
+
+// postfixResult is one load's figures.
+type postfixResult struct {
+	rate, p99             float64
+	postfixCPU, ingestCPU float64 // µs per RCPT
+}
+
+// postfixLoad runs 16 sessions against one instance for 3 s; unknown in
+// ten recipients are unknown ones (cached invalid).
+func (b *bench) postfixLoad(p *postfix.Instance, setup, mix string, unknownIn10 int, known, unknown []string) (postfixResult, error) {
+	const sessions, perMail = 16, 50
+	var ss []*smtpSession
+	for i := 0; i < sessions; i++ {
+		s, err := dialSMTP(p.Addr, perMail)
+		if err != nil {
+			return postfixResult{}, err
+		}
+		defer s.close()
+		ss = append(ss, s)
+	}
+	var n, wrong atomic.Int64
+	profiled := func() {}
+	if setup == "callout" {
+		profiled = b.profile("postfix-"+strings.ReplaceAll(mix, " ", ""), 2*time.Second)
+	}
+	pcpu0, _ := p.CPUTicks()
+	cpu0 := b.cpuTicks()
+	rate, lat, err := load(sessions, 3*time.Second, func(w, i int) error {
+		n.Add(1)
+		a, bad := known[(w*7919+i)%len(known)], i%10 < unknownIn10
+		if bad {
+			a = unknown[(w*31+i)%len(unknown)]
+		}
+		r, err := ss[w].rcpt(a)
+		if err != nil {
+			return err
+		}
+		want := "250"
+		if bad && setup != "no check" {
+			want = "550" // also mid-run: a cached reject still rejects
+		}
+		if !strings.HasPrefix(r, want) {
+			wrong.Add(1)
+		}
+		return nil
+	})
+	cpu1 := b.cpuTicks()
+	pcpu1, _ := p.CPUTicks()
+	profiled()
+	if err != nil {
+		return postfixResult{}, err
+	}
+	if k := wrong.Load(); k > 0 {
+		return postfixResult{}, fmt.Errorf("%d of %d RCPTs got the wrong answer", k, n.Load())
+	}
+	res := postfixResult{rate: rate, p99: ms(lat.pct(99))}
+	if k := float64(n.Load()); k > 0 {
+		res.postfixCPU = (pcpu1 - pcpu0) / 100 / k * 1e6
+		res.ingestCPU = (cpu1.procs["ingest"] - cpu0.procs["ingest"]) / 100 / k * 1e6
+	}
+	sec, pre := "9 postfix", mix+", "+setup+": "
+	b.add(sec, pre+"RCPT rate", rate, "RCPT/s")
+	b.add(sec, pre+"RCPT p50", ms(lat.pct(50)), "ms")
+	b.add(sec, pre+"RCPT p99", res.p99, "ms")
+	b.add(sec, pre+"CPU per RCPT, Postfix", res.postfixCPU, "µs")
+	if setup == "callout" {
+		b.add(sec, pre+"CPU per RCPT, ingest", res.ingestCPU, "µs")
+	}
+	return res, nil
+}
