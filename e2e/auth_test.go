@@ -123,6 +123,8 @@ func TestAuthRoles(t *testing.T) {
 		mta.denied(t, "Subscription", "_INBOX_mta-mx2.>")
 		_ = mta.Publish(s.names.VerifyTrace(), []byte("x")) // denied: traced callouts are for operators
 		mta.denied(t, "Publish", s.names.VerifyTrace())
+		_ = mta.Publish(s.names.VerifyConsole(), []byte("x")) // denied: ask where the brake does not count
+		mta.denied(t, "Publish", s.names.VerifyConsole())
 	})
 	t.Run("cachekeeper", func(t *testing.T) {
 		// allowed: the cachekeeper stored the verdict and answers from it
@@ -225,6 +227,12 @@ func TestAuthRoles(t *testing.T) {
 		vw.denied(t, "Publish", "$KV.callout_domains")
 		_ = vw.Publish(s.names.VerifyTrace(), []byte("x")) // denied: traced callouts
 		vw.denied(t, "Publish", s.names.VerifyTrace())
+		_ = vw.Publish(s.names.Verify(), []byte("x")) // denied: ask as an MTA, where the brake counts
+		vw.denied(t, "Publish", s.names.Verify())
+		// A viewer may not name the client an MTA would ask for.
+		if st, b := consoleCall(t, hc, csrf, "POST", base+"/api/verify", `{"address":"nobody@example.org","client_address":"192.0.2.1"}`); st != http.StatusForbidden {
+			t.Errorf("viewer verify with a client address: %d %s", st, b)
+		}
 	})
 	// The services needed nothing they were not given.
 	for _, name := range []string{"ingest-0", "prober-0", "cachekeeper-0", "console"} {

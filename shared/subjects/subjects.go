@@ -90,6 +90,11 @@ func (n Names) NearCacheHello() string { return n.Prefix + ".nearcache.hello" }
 // VerifyTrace is the operators' traced verify (admin only).
 func (n Names) VerifyTrace() string { return n.Prefix + ".verify.trace" }
 
+// VerifyConsole is where operators' tools (the console, calloutctl) ask as
+// an MTA would: the answer is the same, but it is not mail, so it never
+// counts for the dictionary-attack brake. MTAs may not publish on it.
+func (n Names) VerifyConsole() string { return n.Prefix + ".verify.console" }
+
 // ProberTrace is where an ingest hands a traced job to one prober.
 func (n Names) ProberTrace() string { return n.Prefix + ".prober.trace" }
 

@@ -87,7 +87,7 @@ func (s *Server) apiLogin(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	s.setSessionCookie(w, sid, int(s.cfg.SessionTTL.Seconds()))
+	s.setSessionCookie(w, r, sid, int(s.cfg.SessionTTL.Seconds()))
 	writeJSON(w, http.StatusOK, me(&identity{user: se.user, sess: se}))
 }
 
@@ -95,7 +95,7 @@ func (s *Server) apiLogout(w http.ResponseWriter, r *http.Request, id *identity)
 	if c, err := r.Cookie(cookieName); err == nil {
 		s.sess.remove(c.Value)
 	}
-	s.setSessionCookie(w, "", -1)
+	s.setSessionCookie(w, r, "", -1)
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
@@ -121,6 +121,10 @@ func (s *Server) verify(r *http.Request, id *identity, b verifyBody) (wire.Verif
 	}
 	if b.Trace && id.user.Role != RoleAdmin {
 		return wire.VerifyReply{}, &httpError{http.StatusForbidden, "trace", "a traced callout needs the admin role"}
+	}
+	if b.ClientAddress != "" && id.user.Role != RoleAdmin {
+		// To see what an MTA's client would be answered: for admins only.
+		return wire.VerifyReply{}, &httpError{http.StatusForbidden, "client_address", "asking for a client address needs the admin role"}
 	}
 	req := wire.VerifyRequest{Address: b.Address, Purpose: verdict.Recipient, ClientAddress: b.ClientAddress, TimeoutMS: b.TimeoutMS, Trace: b.Trace}
 	if b.Sender {

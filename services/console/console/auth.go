@@ -1,7 +1,10 @@
 package console
 
 import (
+	"fmt"
+	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -61,26 +64,97 @@ func csrfOK(r *http.Request, id *identity) bool {
 	return sameToken(r.PostFormValue("csrf"), id.sess.csrf)
 }
 
-func (s *Server) setSessionCookie(w http.ResponseWriter, id string, maxAge int) {
-	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: id, Path: "/", HttpOnly: true, Secure: s.cfg.TLSCert != "",
+func (s *Server) setSessionCookie(w http.ResponseWriter, r *http.Request, id string, maxAge int) {
+	_, https := s.clientOf(r)
+	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: id, Path: "/", HttpOnly: true, Secure: https,
 		SameSite: http.SameSiteStrictMode, MaxAge: maxAge})
 }
 
-// login checks a user's password under the per-client limit.
+// login checks a user's password under the per-client and per-account
+// limits, counted before the check.
 func (s *Server) login(r *http.Request, name, password string) (string, *session, error) {
-	client, now := clientKey(r.RemoteAddr), time.Now()
-	if !s.limit.allowed(client, now) {
+	addr, _ := s.clientOf(r)
+	client := clientKey(addr)
+	done, err := s.limit.attempt(client, name)
+	if err != nil {
 		s.m.logins.WithLabelValues("limited").Inc()
-		return "", nil, &httpError{http.StatusTooManyRequests, "", errTooMany.Error()}
+		s.log.Warn("console login limited", "user", name, "client", client, "err", err)
+		return "", nil, &httpError{http.StatusTooManyRequests, "", err.Error()}
 	}
 	u := s.users.Check(name, password)
+	done(u != nil)
 	if u == nil {
-		s.limit.failed(client, now)
 		s.m.logins.WithLabelValues("failed").Inc()
 		s.log.Warn("console login failed", "user", name, "client", client)
 		return "", nil, &httpError{http.StatusUnauthorized, "password", "wrong user name or password"}
 	}
 	s.m.logins.WithLabelValues("ok").Inc()
-	id, se := s.sess.create(u, now)
+	id, se := s.sess.create(u, s.limit.now())
 	return id, se, nil
+}
+
+// clientOf is the client's address and whether it came over HTTPS: the
+// connection's, or, from a proxy listed in TRUSTED_PROXIES, what its
+// X-Forwarded-For (the rightmost address no trusted proxy added) and
+// X-Forwarded-Proto say.
+func (s *Server) clientOf(r *http.Request) (addr string, https bool) {
+	addr, https = r.RemoteAddr, r.TLS != nil || s.cfg.TLSCert != ""
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		addr = host
+	}
+	ip, err := netip.ParseAddr(addr)
+	if err != nil || !s.trusted(ip) {
+		return addr, https
+	}
+	if p := r.Header.Values("X-Forwarded-Proto"); len(p) > 0 {
+		last := strings.Split(p[len(p)-1], ",")
+		https = strings.EqualFold(strings.TrimSpace(last[len(last)-1]), "https")
+	}
+	hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
+	for i := len(hops) - 1; i >= 0; i-- {
+		hop, err := netip.ParseAddr(strings.TrimSpace(hops[i]))
+		if err != nil {
+			break
+		}
+		addr = hop.Unmap().String()
+		if !s.trusted(hop) {
+			break
+		}
+	}
+	return addr, https
+}
+
+func (s *Server) trusted(ip netip.Addr) bool {
+	ip = ip.Unmap()
+	for _, p := range s.proxies {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// parseProxies reads TRUSTED_PROXIES: addresses or CIDR prefixes.
+func parseProxies(list []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, v := range list {
+		v = strings.TrimSpace(v)
+		if v == "" {
+			continue
+		}
+		if !strings.Contains(v, "/") {
+			a, err := netip.ParseAddr(v)
+			if err != nil {
+				return nil, fmt.Errorf("TRUSTED_PROXIES: %q: %w", v, err)
+			}
+			out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+			continue
+		}
+		p, err := netip.ParsePrefix(v)
+		if err != nil {
+			return nil, fmt.Errorf("TRUSTED_PROXIES: %q: %w", v, err)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }

@@ -26,7 +26,8 @@ type Config struct {
 	UsersFile      string          `envconfig:"USERS_FILE" desc:"users, one per line: name:role:bcrypt-hash[:sha256-of-api-token] (role admin or viewer)"`
 	Users          string          `desc:"users in the same form, separated by spaces (added to USERS_FILE's)"`
 	SessionTTL     time.Duration   `envconfig:"SESSION_TTL" default:"12h" desc:"a login lasts this long (idle or not)"`
-	LoginRate      int             `envconfig:"LOGIN_RATE" default:"10" desc:"failed logins allowed per client address per minute"`
+	LoginRate      int             `envconfig:"LOGIN_RATE" default:"10" desc:"login attempts allowed per client address per minute (successes give theirs back); each user name also backs off after 5 failures in a row, up to a minute"`
+	TrustedProxies []string        `envconfig:"TRUSTED_PROXIES" desc:"addresses or CIDR prefixes of reverse proxies whose X-Forwarded-For and X-Forwarded-Proto are believed (comma-separated; empty: none)"`
 	HistoryEvery   time.Duration   `envconfig:"HISTORY_EVERY" default:"5s" desc:"how often the fleet figures are sampled for the dashboard's charts"`
 	HistorySize    int             `envconfig:"HISTORY_SIZE" default:"720" desc:"samples kept for the charts (720 at 5s: one hour)"`
 	MetricsAddr    string          `envconfig:"METRICS_ADDR" default:"127.0.0.1:9104" desc:"Prometheus /metrics listen address (empty: off)"`

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/http"
 	"strings"
@@ -122,6 +123,11 @@ func decodeJSON(r *http.Request, v any) error {
 		}
 		return badRequest("", "body: %v", err)
 	}
+	// Exactly one JSON document: anything but white space after it is
+	// refused rather than ignored.
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return badRequest("", "body: one JSON document, and nothing after it")
+	}
 	return nil
 }
 
@@ -151,7 +157,7 @@ func (s *Server) Handler() http.Handler {
 		h.Set("X-Content-Type-Options", "nosniff")
 		h.Set("Referrer-Policy", "same-origin")
 		h.Set("X-Frame-Options", "DENY")
-		if s.cfg.TLSCert != "" {
+		if _, https := s.clientOf(r); https {
 			h.Set("Strict-Transport-Security", "max-age=31536000")
 		}
 		rec := &statusRecorder{ResponseWriter: w}

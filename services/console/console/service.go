@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -38,7 +39,8 @@ type Server struct {
 	ready   chan struct{}
 	addr    net.Addr
 	m       *metrics
-	ownConn *nats.Conn // the viewer connection this console opened
+	proxies []netip.Prefix // TRUSTED_PROXIES
+	ownConn *nats.Conn     // the viewer connection this console opened
 }
 
 // New builds a console on the admin connection nc.
@@ -75,6 +77,9 @@ func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger)
 		RoleViewer: {js: s.viewer.JS, bucket: names.CacheBucket()},
 	}
 	s.m = newMetrics(reg)
+	if s.proxies, err = parseProxies(cfg.TrustedProxies); err != nil {
+		return nil, err
+	}
 	if s.pages, err = parsePages(); err != nil {
 		return nil, err
 	}

@@ -158,8 +158,19 @@ func back(w http.ResponseWriter, r *http.Request, to, msg string) {
 }
 
 // localPath keeps a redirect target on this site.
+// localPath is where to go after a login: p when it is a path of this
+// site, else "/". Browsers drop tabs and newlines from a URL and take a
+// backslash for a slash, so any of them, or "//" once decoded, could lead
+// elsewhere.
 func localPath(p string) string {
-	if !strings.HasPrefix(p, "/") || strings.HasPrefix(p, "//") || strings.HasPrefix(p, "/\\") {
+	bad := func(s string) bool {
+		return strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f || r == '\\' }) || strings.HasPrefix(s, "//")
+	}
+	if !strings.HasPrefix(p, "/") || bad(p) {
+		return "/"
+	}
+	u, err := url.Parse(p)
+	if err != nil || u.Scheme != "" || u.Host != "" || u.Opaque != "" || !strings.HasPrefix(u.Path, "/") || bad(u.Path) {
 		return "/"
 	}
 	return p
@@ -178,14 +189,14 @@ func (s *Server) routesUI(mux *http.ServeMux) {
 			s.fail(w, "login", p, err)
 			return
 		}
-		s.setSessionCookie(w, sid, int(s.cfg.SessionTTL.Seconds()))
+		s.setSessionCookie(w, r, sid, int(s.cfg.SessionTTL.Seconds()))
 		http.Redirect(w, r, localPath(r.PostFormValue("next")), http.StatusSeeOther)
 	})
 	mux.Handle("POST /logout", s.ui(RoleViewer, "", func(w http.ResponseWriter, r *http.Request, id *identity, p page) {
 		if c, err := r.Cookie(cookieName); err == nil {
 			s.sess.remove(c.Value)
 		}
-		s.setSessionCookie(w, "", -1)
+		s.setSessionCookie(w, r, "", -1)
 		http.Redirect(w, r, "/login", http.StatusSeeOther)
 	}))
 	mux.Handle("GET /{$}", s.ui(RoleViewer, "dashboard", s.pageDashboard))

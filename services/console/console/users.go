@@ -36,6 +36,10 @@ type User struct {
 type Users struct {
 	byName  map[string]*User
 	byToken map[[32]byte]*User
+	// dummy is compared for an unknown user: a hash of the highest cost
+	// among the users', so that the time does not tell which names exist.
+	dummy   []byte
+	compare func(hash, password []byte) error // bcrypt's; tests count the work
 }
 
 // Len is the number of users.
@@ -44,7 +48,7 @@ func (u *Users) Len() int { return len(u.byName) }
 // ParseUsers reads users, one per line or space-separated entry:
 // name:role:bcrypt-hash[:sha256-hex-of-api-token]. # starts a comment.
 func ParseUsers(text string) (*Users, error) {
-	u := &Users{byName: map[string]*User{}, byToken: map[[32]byte]*User{}}
+	u := &Users{byName: map[string]*User{}, byToken: map[[32]byte]*User{}, compare: bcrypt.CompareHashAndPassword}
 	for n, line := range strings.Split(text, "\n") {
 		if i := strings.IndexByte(line, '#'); i >= 0 {
 			line = line[:i]
@@ -78,20 +82,27 @@ func ParseUsers(text string) (*Users, error) {
 			u.byName[user.Name] = user
 		}
 	}
+	cost := bcrypt.MinCost
+	for _, user := range u.byName {
+		if c, _ := bcrypt.Cost(user.hash); c > cost {
+			cost = c
+		}
+	}
+	var err error
+	if u.dummy, err = bcrypt.GenerateFromPassword([]byte("no such user"), cost); err != nil {
+		return nil, err
+	}
 	return u, nil
 }
-
-// dummyHash keeps a login for an unknown user as slow as for a known one.
-var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("no such user"), bcrypt.MinCost+4)
 
 // Check returns the user whose password this is, or nil.
 func (u *Users) Check(name, password string) *User {
 	user := u.byName[name]
 	if user == nil {
-		_ = bcrypt.CompareHashAndPassword(dummyHash, []byte(password))
+		_ = u.compare(u.dummy, []byte(password))
 		return nil
 	}
-	if bcrypt.CompareHashAndPassword(user.hash, []byte(password)) != nil {
+	if u.compare(user.hash, []byte(password)) != nil {
 		return nil
 	}
 	return user
@@ -184,18 +195,95 @@ func sameToken(a, b string) bool {
 // loginLimiter counts failed logins per client address (IPv6 per /64)
 // in fixed one-minute windows, in bounded memory.
 type loginLimiter struct {
-	mu     sync.Mutex
-	max    int
-	window time.Time
-	fails  map[string]int
+	mu       sync.Mutex
+	max      int
+	window   time.Time
+	fails    map[string]int      // attempts per client address this minute
+	accounts map[string]*account // failures per user name, known or not
+	now      func() time.Time
+}
+
+// account is one user name's run of failed logins.
+type account struct {
+	fails int
+	last  time.Time
 }
 
 const maxLimiterClients = 100000
 
+// An account's first failures cost nothing; each one after them doubles
+// the wait before the next attempt at it, up to maxAccountBackoff. A
+// wait, never a lockout: an attacker can slow an account's logins down,
+// not shut its owner out.
+const (
+	accountFreeFailures = 5
+	maxAccountBackoff   = time.Minute
+)
+
 var errTooMany = errors.New("too many failed logins from this address; try again in a minute")
 
 func newLoginLimiter(max int) *loginLimiter {
-	return &loginLimiter{max: max, fails: map[string]int{}}
+	return &loginLimiter{max: max, fails: map[string]int{}, accounts: map[string]*account{}, now: time.Now}
+}
+
+// reset forgets every count.
+func (l *loginLimiter) reset() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.fails, l.accounts = map[string]int{}, map[string]*account{}
+}
+
+func (a *account) wait() time.Duration {
+	if a.fails < accountFreeFailures {
+		return 0
+	}
+	return min(time.Second<<min(a.fails-accountFreeFailures, 10), maxAccountBackoff)
+}
+
+// attempt counts a login attempt before its password is checked, so that
+// attempts made at once cannot pass the limits; done then says how it
+// went. It refuses an attempt past the client's limit for this minute or
+// within the account's back-off.
+func (l *loginLimiter) attempt(client, name string) (done func(ok bool), err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	if w := now.Truncate(time.Minute); !w.Equal(l.window) {
+		l.window, l.fails = w, map[string]int{}
+	}
+	if l.fails[client] >= l.max {
+		return nil, errTooMany
+	}
+	a := l.accounts[name]
+	if a != nil {
+		if until := a.last.Add(a.wait()); now.Before(until) {
+			return nil, fmt.Errorf("too many failed logins for this user; try again in %s", until.Sub(now).Round(time.Second)+time.Second)
+		}
+	}
+	// A flood of new addresses or names is not remembered once full;
+	// known ones still are.
+	if _, ok := l.fails[client]; ok || len(l.fails) < maxLimiterClients {
+		l.fails[client]++
+	}
+	if a == nil && len(l.accounts) < maxLimiterClients {
+		a = &account{}
+		l.accounts[name] = a
+	}
+	if a != nil {
+		a.fails++
+		a.last = now
+	}
+	return func(ok bool) {
+		if !ok {
+			return
+		}
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if l.fails[client] > 0 {
+			l.fails[client]--
+		}
+		delete(l.accounts, name)
+	}, nil
 }
 
 func clientKey(remote string) string {
@@ -208,31 +296,4 @@ func clientKey(remote string) string {
 		return ip.Mask(net.CIDRMask(64, 128)).String()
 	}
 	return host
-}
-
-func (l *loginLimiter) roll(now time.Time) {
-	if w := now.Truncate(time.Minute); !w.Equal(l.window) {
-		l.window, l.fails = w, map[string]int{}
-	}
-}
-
-// allowed says whether the client may try to log in now.
-func (l *loginLimiter) allowed(client string, now time.Time) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.roll(now)
-	return l.fails[client] < l.max
-}
-
-// failed counts a failed login.
-func (l *loginLimiter) failed(client string, now time.Time) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.roll(now)
-	if len(l.fails) >= maxLimiterClients {
-		if _, ok := l.fails[client]; !ok {
-			return // full: a flood of new addresses is not remembered; known ones still are
-		}
-	}
-	l.fails[client]++
 }

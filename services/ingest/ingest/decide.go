@@ -71,7 +71,7 @@ func (s *Service) reply(ctx context.Context, req wire.VerifyRequest, purpose ver
 		s.log.Info("monitor: would not accept", "address", v.Address, "would", w.Action, "code", w.Code, "text", w.Text,
 			"status", v.Status, "reason", v.Reason, "dest_code", v.Code, "dest_text", v.Text)
 	}
-	if d.Action == verdict.Reject && purpose == verdict.Recipient && v.Status == verdict.Invalid {
+	if d.Action == verdict.Reject && purpose == verdict.Recipient && v.Status == verdict.Invalid && isMail(ctx) {
 		s.brake.Invalid(req.ClientAddress)
 	}
 	el := time.Since(start)

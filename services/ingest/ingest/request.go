@@ -14,8 +14,20 @@ import (
 )
 
 func (s *Service) serveTrace(ctx context.Context, r *microasync.Request) {
-	s.serve(ctx, r, true)
+	s.serve(context.WithValue(ctx, notMail{}, true), r, true)
 }
+
+// serveConsole answers operators' verifies (callout.verify.console): as
+// an MTA's, but they never count for the brake.
+func (s *Service) serveConsole(ctx context.Context, r *microasync.Request) {
+	s.serve(context.WithValue(ctx, notMail{}, true), r, false)
+}
+
+// notMail marks a request's context: an operator asks, no MTA; the
+// subject it came on says so, never a field of the request.
+type notMail struct{}
+
+func isMail(ctx context.Context) bool { return ctx.Value(notMail{}) == nil }
 
 func (s *Service) serveNATS(ctx context.Context, r *microasync.Request) {
 	s.serve(ctx, r, false)

@@ -155,6 +155,10 @@ func (s *Service) Run(ctx context.Context) error {
 	// publish to; their transcripts never reach an MTA.
 	err = svc.AddEndpoint("trace", pool.Handler(ctx, s.nc, s.serveTrace, s.shed),
 		micro.WithEndpointSubject(s.names.VerifyTrace()))
+	if err == nil {
+		err = svc.AddEndpoint("console", pool.Handler(ctx, s.nc, s.serveConsole, s.shed),
+			micro.WithEndpointSubject(s.names.VerifyConsole()))
+	}
 	if err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package ingest
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -23,6 +24,7 @@ import (
 	"github.com/callout-mail/callout/shared/dnstest"
 	"github.com/callout-mail/callout/shared/domains"
 	"github.com/callout-mail/callout/shared/natstest"
+	"github.com/callout-mail/callout/shared/operate"
 	"github.com/callout-mail/callout/shared/smtptest"
 	"github.com/callout-mail/callout/shared/subjects"
 	"github.com/callout-mail/callout/shared/verdict"
@@ -387,6 +389,40 @@ func TestDictionaryBrake(t *testing.T) {
 	other.ClientAddress = "192.0.2.99"
 	if rep := sys.verify(t, other); rep.Decision.Action != verdict.Reject {
 		t.Fatalf("other client: %+v", rep.Decision)
+	}
+}
+
+// Operators' verifies (the console, calloutctl) ask on their own subject:
+// they are answered as an MTA's, a braked client's view included, but
+// however many unknown recipients they ask for, they never move the brake.
+func TestConsoleVerifiesDoNotFeedTheBrake(t *testing.T) {
+	cfg := ingestConfig()
+	cfg.BrakeLimit = 3
+	sys := startSystem(t, cfg)
+	dest := destination(t, smtptest.Config{Mailboxes: []string{"real@example.org"}})
+	sys.policy(t, "example.org", domains.Policy{Route: []string{dest.Addr()}})
+	ops, err := operate.New(sys.nc, subjects.New(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 10; i++ {
+		rep, err := ops.Verify(context.Background(), rcpt(fmt.Sprintf("nobody%d@example.org", i)))
+		if err != nil || rep.Decision.Action != verdict.Reject {
+			t.Fatalf("console verify %d: %+v %v", i, rep.Decision, err)
+		}
+	}
+	// The client they named is not braked: an MTA's unknown recipient
+	// from it is still called out and rejected.
+	if rep := sys.verify(t, rcpt("fresh@example.org")); rep.Decision.Action != verdict.Reject {
+		t.Fatalf("the console's verifies braked the client: %+v", rep.Decision)
+	}
+	// Once the MTA's own unknown recipients brake the client, the console
+	// sees what that MTA would.
+	for _, l := range []string{"b", "c"} {
+		sys.verify(t, rcpt(l+"@example.org"))
+	}
+	if rep, err := ops.Verify(context.Background(), rcpt("d@example.org")); err != nil || rep.Decision.Enhanced != "4.7.1" {
+		t.Fatalf("console view of a braked client: %+v %v", rep.Decision, err)
 	}
 }
 
