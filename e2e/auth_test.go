@@ -176,8 +176,20 @@ func TestAuthRoles(t *testing.T) {
 		if _, err := cache.Status(ctx); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := streams.Setup(ctx, js, s.names, 1, 96*time.Hour); err != nil { // allowed: apply settings
-			t.Fatalf("setup as admin: %v", err)
+		// The audit trail is the admin's to add to, not to rewrite.
+		_ = admin.Publish("$JS.API.STREAM.PURGE."+s.names.AuditStream(), nil) // denied
+		admin.denied(t, "Publish", "$JS.API.STREAM.PURGE."+s.names.AuditStream())
+		_ = admin.Publish("$JS.API.STREAM.MSG.DELETE."+s.names.AuditStream(), []byte(`{"seq":1}`)) // denied
+		admin.denied(t, "Publish", "$JS.API.STREAM.MSG.DELETE."+s.names.AuditStream())
+		_ = admin.Publish("$JS.API.STREAM.UPDATE."+s.names.AuditStream(), []byte(`{}`)) // denied: shorten its max_age
+		admin.denied(t, "Publish", "$JS.API.STREAM.UPDATE."+s.names.AuditStream())
+		_ = admin.Publish("$JS.API.STREAM.DELETE."+s.names.AuditStream(), nil) // denied
+		admin.denied(t, "Publish", "$JS.API.STREAM.DELETE."+s.names.AuditStream())
+		// Settings change through the maintenance user: calloutctl setup.
+		maint := connectAs(t, url, "maintenance")
+		mjs, _ := jetstream.New(maint.Conn)
+		if _, err := streams.Setup(ctx, mjs, s.names, 1, 96*time.Hour); err != nil { // allowed: apply settings
+			t.Fatalf("setup as maintenance: %v", err)
 		}
 		// calloutctl as admin: a flush is done and recorded in the audit trail.
 		ctl := func(args ...string) string {

@@ -1,6 +1,6 @@
 // Package audit records every change an operator makes (a policy set or
 // removed, a flush of any scope, a monitor switch) as an event on
-// <prefix>.audit.<what>, kept in a small stream with limits. Events are
+// <prefix>.audit.<what>, kept 90 days in a stream with a size cap. Events are
 // JSON, readable with `nats stream view`; `calloutctl audit` lists them.
 package audit
 
@@ -37,14 +37,16 @@ type Event struct {
 	Result  string          `json:"result,omitempty"` // e.g. "removed 12 entries"
 }
 
-// Limits of the audit stream (defaults: 10,000 events, 90 days).
+// Limits of the audit stream: events are kept by age, with a size cap
+// (the oldest go first past it). A count would let a flood of cheap events
+// push last week's out; the console also limits flushes per user.
 type Limits struct {
-	MaxEvents int64
-	MaxAge    time.Duration
+	MaxAge   time.Duration
+	MaxBytes int64
 }
 
-// DefaultLimits keep 10,000 events or 90 days.
-var DefaultLimits = Limits{MaxEvents: 10000, MaxAge: 90 * 24 * time.Hour}
+// DefaultLimits keep 90 days of events, in at most 1 GiB.
+var DefaultLimits = Limits{MaxAge: 90 * 24 * time.Hour, MaxBytes: 1 << 30}
 
 // StreamConfig is the audit stream.
 func StreamConfig(n subjects.Names, replicas int, l Limits) jetstream.StreamConfig {
@@ -52,8 +54,8 @@ func StreamConfig(n subjects.Names, replicas int, l Limits) jetstream.StreamConf
 		Name:        n.AuditStream(),
 		Description: "callout operator changes (JSON)",
 		Subjects:    []string{n.AuditAll()},
-		MaxMsgs:     l.MaxEvents,
 		MaxAge:      l.MaxAge,
+		MaxBytes:    l.MaxBytes,
 		Storage:     jetstream.FileStorage,
 		Replicas:    max(replicas, 1),
 	}

@@ -176,15 +176,17 @@ func (a *app) setup(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("setup", flag.ContinueOnError)
 	replicas := fs.Int("replicas", 1, "JetStream replicas (3 in a cluster)")
 	cacheTTL := fs.Duration("cache-ttl", 96*time.Hour, "the cache bucket's TTL: the longest TTL class of the cachekeepers")
+	auditAge := fs.Duration("audit-max-age", audit.DefaultLimits.MaxAge, "how long the audit trail keeps an event")
+	auditBytes := fs.Int64("audit-max-bytes", audit.DefaultLimits.MaxBytes, "the audit trail's size cap (the oldest events go first past it)")
 	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
-		return errors.New("usage: setup [-replicas N] [-cache-ttl 96h]")
+		return errors.New("usage: setup [-replicas N] [-cache-ttl 96h] [-audit-max-age 2160h] [-audit-max-bytes N]")
 	}
-	if *replicas < 1 || *cacheTTL < time.Second {
-		return errors.New("setup: -replicas at least 1, -cache-ttl at least 1s")
+	if *replicas < 1 || *cacheTTL < time.Second || *auditAge < time.Hour || *auditBytes < 1<<20 {
+		return errors.New("setup: -replicas at least 1, -cache-ttl at least 1s, -audit-max-age at least 1h, -audit-max-bytes at least 1 MiB")
 	}
 	sctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	done, err := streams.Setup(sctx, a.js, a.names, *replicas, *cacheTTL)
+	done, err := streams.SetupWith(sctx, a.js, a.names, *replicas, *cacheTTL, audit.Limits{MaxAge: *auditAge, MaxBytes: *auditBytes})
 	for _, d := range done {
 		fmt.Fprintf(a.out, "%s: ok\n", d)
 	}

@@ -122,6 +122,22 @@ func TestSetup(t *testing.T) {
 	if st.TTL() != 96*time.Hour {
 		t.Fatalf("setup did not update the ttl: %v", st.TTL())
 	}
+	// The audit trail is kept by age with a size cap, never by count: a
+	// flood of events cannot push last week's out.
+	if _, err := ctl(t, url, "setup", "-audit-max-age", "720h", "-audit-max-bytes", "67108864"); err != nil {
+		t.Fatal(err)
+	}
+	as, err := js.Stream(context.Background(), "CALLOUT_AUDIT")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := as.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := info.Config; c.MaxAge != 720*time.Hour || c.MaxBytes != 64<<20 || c.MaxMsgs > 0 {
+		t.Fatalf("audit stream limits: age %v bytes %d msgs %d", c.MaxAge, c.MaxBytes, c.MaxMsgs)
+	}
 }
 
 // A bad policy is refused where it is written, naming the field.

@@ -3,6 +3,7 @@ package console
 // The API's cache endpoints: browse, look at one entry, delete it, flush.
 
 import (
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -97,7 +98,7 @@ func (s *Server) deleteEntry(r *http.Request, id *identity, key string) (wire.Fl
 	if k.Kind != "addr" {
 		return wire.FlushReply{}, badRequest("key", "a domain fact goes with its domain: flush the domain")
 	}
-	return s.admin.Flush(r.Context(), id.who(), wire.FlushCommand{Scope: wire.ScopeAddress, Address: k.Local + "@" + k.Domain})
+	return s.flush(r, id, wire.FlushCommand{Scope: wire.ScopeAddress, Address: k.Local + "@" + k.Domain})
 }
 
 func (s *Server) apiCacheDelete(w http.ResponseWriter, r *http.Request, id *identity) error {
@@ -118,12 +119,22 @@ func removed(rep wire.FlushReply) any {
 	}{rep.Removed, rep.Unconfirmed}
 }
 
+// flush runs a flush for a user, at most FLUSH_RATE a minute each: a flood
+// is refused (429) rather than recorded as thousands of audit events that
+// push older ones out.
+func (s *Server) flush(r *http.Request, id *identity, cmd wire.FlushCommand) (wire.FlushReply, error) {
+	if !s.flushes.take(id.user.Name, time.Now()) {
+		return wire.FlushReply{}, &httpError{http.StatusTooManyRequests, "", fmt.Sprintf("more than %d flushes a minute by %s; try again in a minute", s.cfg.FlushRate, id.user.Name)}
+	}
+	return s.admin.Flush(r.Context(), id.who(), cmd)
+}
+
 func (s *Server) apiFlush(w http.ResponseWriter, r *http.Request, id *identity) error {
 	var cmd wire.FlushCommand
 	if err := decodeJSON(r, &cmd); err != nil {
 		return err
 	}
-	rep, err := s.admin.Flush(r.Context(), id.who(), cmd)
+	rep, err := s.flush(r, id, cmd)
 	if err != nil {
 		return err
 	}

@@ -27,6 +27,7 @@ type Config struct {
 	Users          string          `desc:"users in the same form, separated by spaces (added to USERS_FILE's)"`
 	SessionTTL     time.Duration   `envconfig:"SESSION_TTL" default:"12h" desc:"a login lasts this long (idle or not)"`
 	LoginRate      int             `envconfig:"LOGIN_RATE" default:"10" desc:"login attempts allowed per client address per minute (successes give theirs back); each user name also backs off after 5 failures in a row, up to a minute"`
+	FlushRate      int             `envconfig:"FLUSH_RATE" default:"30" desc:"flushes (and cache entry deletions) allowed per user per minute; more are refused with 429, not audited"`
 	TrustedProxies []string        `envconfig:"TRUSTED_PROXIES" desc:"addresses or CIDR prefixes of reverse proxies whose X-Forwarded-For and X-Forwarded-Proto are believed (comma-separated; empty: none)"`
 	HistoryEvery   time.Duration   `envconfig:"HISTORY_EVERY" default:"5s" desc:"how often the fleet figures are sampled for the dashboard's charts"`
 	HistorySize    int             `envconfig:"HISTORY_SIZE" default:"720" desc:"samples kept for the charts (720 at 5s: one hour)"`
@@ -44,8 +45,11 @@ func (c *Config) Validate() error {
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return errors.New("CALLOUT_CONSOLE_TLS_CERT and _TLS_KEY go together")
 	}
-	if c.SessionTTL < time.Minute || c.LoginRate < 1 || c.HistoryEvery < 100*time.Millisecond || c.HistorySize < 2 {
-		return errors.New("CALLOUT_CONSOLE_SESSION_TTL at least 1m, _LOGIN_RATE at least 1, _HISTORY_EVERY at least 100ms, _HISTORY_SIZE at least 2")
+	if c.SessionTTL < time.Minute || c.LoginRate < 1 || c.FlushRate < 1 || c.HistoryEvery < 100*time.Millisecond || c.HistorySize < 2 {
+		return errors.New("CALLOUT_CONSOLE_SESSION_TTL at least 1m, _LOGIN_RATE and _FLUSH_RATE at least 1, _HISTORY_EVERY at least 100ms, _HISTORY_SIZE at least 2")
+	}
+	if _, err := parseProxies(c.TrustedProxies); err != nil {
+		return err
 	}
 	if _, err := c.LoadUsers(); err != nil {
 		return err

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/callout-mail/callout/shared/wire"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/crypto/bcrypt"
 )
@@ -77,7 +79,32 @@ func limitedServer(t *testing.T, rate int) *Server {
 		t.Fatal(err)
 	}
 	return &Server{cfg: Config{SessionTTL: time.Hour}, log: quiet, users: users, sess: newSessions(time.Hour),
-		limit: newLoginLimiter(rate), m: newMetrics(prometheus.NewRegistry())}
+		limit: newLoginLimiter(rate), flushes: newPerMinute(3), m: newMetrics(prometheus.NewRegistry())}
+}
+
+// A user's flushes past FLUSH_RATE a minute are refused, not run (and so
+// not audited); another user's are not.
+func TestFlushRateLimited(t *testing.T) {
+	s := limitedServer(t, 10)
+	s.cfg.FlushRate = 3
+	alice, bob := &identity{user: s.users.byName["alice"]}, &identity{user: s.users.byName["bob"]}
+	now := time.Now()
+	for i := 0; i < 3; i++ {
+		if !s.flushes.take(alice.user.Name, now) {
+			t.Fatalf("flush %d refused", i)
+		}
+	}
+	_, err := s.flush(httptest.NewRequest("POST", "/api/flush", nil), alice, wire.FlushCommand{Scope: wire.ScopeAll})
+	var he *httpError
+	if !errors.As(err, &he) || he.status != http.StatusTooManyRequests {
+		t.Fatalf("the fourth flush in a minute: %v", err)
+	}
+	if !s.flushes.take(bob.user.Name, now) {
+		t.Fatal("another user's flush refused")
+	}
+	if !s.flushes.take(alice.user.Name, now.Add(time.Minute)) {
+		t.Fatal("still refused a minute later")
+	}
 }
 
 func loginRequest(remote string) *http.Request {

@@ -40,6 +40,7 @@ type Server struct {
 	addr    net.Addr
 	m       *metrics
 	proxies []netip.Prefix // TRUSTED_PROXIES
+	flushes *perMinute     // per user
 	ownConn *nats.Conn     // the viewer connection this console opened
 }
 
@@ -54,7 +55,7 @@ func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger)
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: log, users: users, sess: newSessions(cfg.SessionTTL), limit: newLoginLimiter(cfg.LoginRate),
+	s := &Server{cfg: cfg, log: log, users: users, sess: newSessions(cfg.SessionTTL), limit: newLoginLimiter(cfg.LoginRate), flushes: newPerMinute(cfg.FlushRate),
 		admin: admin, viewer: admin, col: stats.NewCollector(time.Minute), hist: newHistory(cfg.HistorySize, cfg.HistoryEvery),
 		ready: make(chan struct{})}
 	if cfg.ViewerUser != "" {

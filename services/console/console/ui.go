@@ -360,7 +360,7 @@ func (s *Server) postDomain(w http.ResponseWriter, r *http.Request, id *identity
 func (s *Server) postFlush(w http.ResponseWriter, r *http.Request, id *identity, p page) {
 	cmd := wire.FlushCommand{Scope: p.Form.Get("scope"), Domain: p.Form.Get("domain"), Address: p.Form.Get("address"), Only: verdict.Status(p.Form.Get("only"))}
 	to := localPath(p.Form.Get("back"))
-	rep, err := s.admin.Flush(r.Context(), id.who(), cmd)
+	rep, err := s.flush(r, id, cmd)
 	if err != nil {
 		p.Title = "Flush failed"
 		s.fail(w, "error", p, err)

@@ -196,11 +196,52 @@ func sameToken(a, b string) bool {
 // in fixed one-minute windows, in bounded memory.
 type loginLimiter struct {
 	mu       sync.Mutex
-	max      int
-	window   time.Time
-	fails    map[string]int      // attempts per client address this minute
+	clients  *perMinute          // attempts per client address
 	accounts map[string]*account // failures per user name, known or not
 	now      func() time.Time
+}
+
+// perMinute counts what each key did this minute, up to max (safe for
+// concurrent use). It remembers at most maxLimiterClients keys: a flood of
+// new ones is not counted once full, known ones still are.
+type perMinute struct {
+	mu     sync.Mutex
+	max    int
+	window time.Time
+	counts map[string]int
+}
+
+func newPerMinute(max int) *perMinute { return &perMinute{max: max, counts: map[string]int{}} }
+
+// take counts one for key and reports whether it was under the limit.
+func (p *perMinute) take(key string, now time.Time) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if w := now.Truncate(time.Minute); !w.Equal(p.window) {
+		p.window, p.counts = w, map[string]int{}
+	}
+	if p.counts[key] >= p.max {
+		return false
+	}
+	if _, ok := p.counts[key]; ok || len(p.counts) < maxLimiterClients {
+		p.counts[key]++
+	}
+	return true
+}
+
+// give takes one back for key.
+func (p *perMinute) give(key string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.counts[key] > 0 {
+		p.counts[key]--
+	}
+}
+
+func (p *perMinute) reset() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.counts = map[string]int{}
 }
 
 // account is one user name's run of failed logins.
@@ -223,14 +264,15 @@ const (
 var errTooMany = errors.New("too many failed logins from this address; try again in a minute")
 
 func newLoginLimiter(max int) *loginLimiter {
-	return &loginLimiter{max: max, fails: map[string]int{}, accounts: map[string]*account{}, now: time.Now}
+	return &loginLimiter{clients: newPerMinute(max), accounts: map[string]*account{}, now: time.Now}
 }
 
 // reset forgets every count.
 func (l *loginLimiter) reset() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.fails, l.accounts = map[string]int{}, map[string]*account{}
+	l.clients.reset()
+	l.accounts = map[string]*account{}
 }
 
 func (a *account) wait() time.Duration {
@@ -248,22 +290,14 @@ func (l *loginLimiter) attempt(client, name string) (done func(ok bool), err err
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.now()
-	if w := now.Truncate(time.Minute); !w.Equal(l.window) {
-		l.window, l.fails = w, map[string]int{}
-	}
-	if l.fails[client] >= l.max {
-		return nil, errTooMany
-	}
 	a := l.accounts[name]
 	if a != nil {
 		if until := a.last.Add(a.wait()); now.Before(until) {
 			return nil, fmt.Errorf("too many failed logins for this user; try again in %s", until.Sub(now).Round(time.Second)+time.Second)
 		}
 	}
-	// A flood of new addresses or names is not remembered once full;
-	// known ones still are.
-	if _, ok := l.fails[client]; ok || len(l.fails) < maxLimiterClients {
-		l.fails[client]++
+	if !l.clients.take(client, now) {
+		return nil, errTooMany
 	}
 	if a == nil && len(l.accounts) < maxLimiterClients {
 		a = &account{}
@@ -277,11 +311,9 @@ func (l *loginLimiter) attempt(client, name string) (done func(ok bool), err err
 		if !ok {
 			return
 		}
+		l.clients.give(client)
 		l.mu.Lock()
 		defer l.mu.Unlock()
-		if l.fails[client] > 0 {
-			l.fails[client]--
-		}
 		delete(l.accounts, name)
 	}, nil
 }
