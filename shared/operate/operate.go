@@ -221,19 +221,25 @@ func (c *Client) Policies(ctx context.Context) ([]Stored, error) {
 	if err != nil || kv == nil {
 		return out, err
 	}
-	lister, err := kv.ListKeys(ctx)
+	// One watch delivers every domain's current value: one consumer, not
+	// a request per domain (10,000 domains in one read).
+	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
 	if err != nil {
 		return nil, err
 	}
-	for k := range lister.Keys() {
-		e, err := kv.Get(ctx, k)
-		if err != nil {
-			continue
+	defer func() { _ = w.Stop() }()
+	for {
+		select {
+		case e := <-w.Updates():
+			if e == nil { // the current values are all there
+				sort.Slice(out, func(i, j int) bool { return out[i].Domain < out[j].Domain })
+				return out, nil
+			}
+			out = append(out, stored(e))
+		case <-ctx.Done():
+			return nil, ctx.Err()
 		}
-		out = append(out, stored(e))
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Domain < out[j].Domain })
-	return out, nil
 }
 
 // Policy returns one domain's stored policy.

@@ -1,6 +1,7 @@
 package console
 
 import (
+	"fmt"
 	"net/http"
 	"net/url"
 	"sort"
@@ -501,4 +502,41 @@ func TestParseList(t *testing.T) {
 			t.Errorf("ParseList(%q) = %v, %v; want %s", c.in, got, err, c.want)
 		}
 	}
+}
+
+// The domain list comes a page at a time, searchable, with a Link header
+// to the next page.
+func TestDomainListPages(t *testing.T) {
+	sys := startSystem(t, nil)
+	admin := sys.login("admin", adminPassword)
+	for i := 0; i < 25; i++ {
+		st, b := admin.call("PUT", fmt.Sprintf("/api/domains/page%02d.test", i), map[string]any{"policy": map[string]any{"mode": "off"}})
+		wantStatus(t, "create", st, http.StatusOK, b)
+	}
+	var got []string
+	path := "/api/domains?q=PAGE&limit=10"
+	for pages := 0; path != ""; pages++ {
+		if pages > 3 {
+			t.Fatal("more pages than 25 domains need")
+		}
+		st, b := admin.call("GET", path, nil)
+		wantStatus(t, "list", st, http.StatusOK, b)
+		for _, r := range decode[[]domainRow](t, b) {
+			got = append(got, r.Domain)
+		}
+		path = ""
+		if l := admin.header.Get("Link"); l != "" {
+			path = strings.TrimSuffix(strings.TrimPrefix(l, "<"), `>; rel="next"`)
+		}
+	}
+	if len(got) != 25 || got[0] != "page00.test" || got[24] != "page24.test" || !sort.StringsAreSorted(got) {
+		t.Fatalf("pages gave %v", got)
+	}
+	st, b := admin.call("GET", "/api/domains?q=page1", nil)
+	if rows := decode[[]domainRow](t, b); st != http.StatusOK || len(rows) != 10 || admin.header.Get("Link") != "" {
+		t.Fatalf("search page1: %d rows, link %q", len(rows), admin.header.Get("Link"))
+	}
+	st, b = admin.call("GET", "/api/domains?limit=0", nil)
+	wantStatus(t, "limit 0", st, http.StatusBadRequest, b)
+	wantField(t, "limit 0", b, "limit")
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -24,23 +25,67 @@ type domainRow struct {
 	Would     float64      `json:"monitor_would"`
 }
 
-func (s *Server) domainRows(r *http.Request, id *identity) ([]domainRow, error) {
-	all, err := s.client(id).Policies(r.Context())
-	if err != nil {
-		return nil, err
-	}
-	would := s.col.Fleet(time.Now(), 0).Would
-	rows := make([]domainRow, 0, len(all))
-	for _, st := range all {
-		rows = append(rows, domainRow{Stored: st, Mode: st.Policy.EffectiveMode(), Mailboxes: len(st.Policy.Mailboxes), Bypass: len(st.Policy.Bypass), Would: would[st.Domain]})
-	}
-	return rows, nil
+// domainQuery selects a page of the domain list: the domains containing
+// Q (any case), after the domain After, at most Limit.
+type domainQuery struct {
+	Q, After string
+	Limit    int
 }
 
+// maxDomainPage is the most domains one page holds.
+const maxDomainPage = 1000
+
+func parseDomainQuery(r *http.Request) (domainQuery, error) {
+	q := r.URL.Query()
+	dq := domainQuery{Q: strings.ToLower(strings.TrimSpace(q.Get("q"))), After: strings.ToLower(q.Get("after")), Limit: maxDomainPage}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > maxDomainPage {
+			return dq, badRequest("limit", "a whole number from 1 to %d", maxDomainPage)
+		}
+		dq.Limit = n
+	}
+	return dq, nil
+}
+
+// domainRows is a page of the domain list, and the domain to start the
+// next page after ("" when this is the last).
+func (s *Server) domainRows(r *http.Request, id *identity, dq domainQuery) ([]domainRow, string, error) {
+	all, err := s.client(id).Policies(r.Context())
+	if err != nil {
+		return nil, "", err
+	}
+	would := s.col.Fleet(time.Now(), 0).Would
+	rows := make([]domainRow, 0, min(len(all), dq.Limit))
+	for _, st := range all {
+		if st.Domain <= dq.After || dq.Q != "" && !strings.Contains(st.Domain, dq.Q) {
+			continue
+		}
+		if len(rows) == dq.Limit {
+			return rows, rows[len(rows)-1].Domain, nil
+		}
+		rows = append(rows, domainRow{Stored: st, Mode: st.Policy.EffectiveMode(), Mailboxes: len(st.Policy.Mailboxes), Bypass: len(st.Policy.Bypass), Would: would[st.Domain]})
+	}
+	return rows, "", nil
+}
+
+// apiDomains lists the domains, a page at a time: a Link header with
+// rel="next" names the next page when there is one.
 func (s *Server) apiDomains(w http.ResponseWriter, r *http.Request, id *identity) error {
-	rows, err := s.domainRows(r, id)
+	dq, err := parseDomainQuery(r)
 	if err != nil {
 		return err
+	}
+	rows, next, err := s.domainRows(r, id, dq)
+	if err != nil {
+		return err
+	}
+	if next != "" {
+		v := url.Values{"after": {next}, "limit": {strconv.Itoa(dq.Limit)}}
+		if dq.Q != "" {
+			v.Set("q", dq.Q)
+		}
+		w.Header().Set("Link", "</api/domains?"+v.Encode()+`>; rel="next"`)
 	}
 	writeJSON(w, http.StatusOK, rows)
 	return nil

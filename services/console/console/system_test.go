@@ -162,10 +162,11 @@ func mustRead(t *testing.T, name string) []byte {
 
 // client is one API user: a cookie session or a token.
 type client struct {
-	sys   *system
-	hc    *http.Client
-	csrf  string
-	token string
+	sys    *system
+	hc     *http.Client
+	csrf   string
+	token  string
+	header http.Header // the last response's
 }
 
 func (s *system) anonymous() *client {
@@ -225,6 +226,7 @@ func (c *client) call(method, path string, body any) (int, []byte) {
 		c.sys.t.Fatalf("%s %s: %v", method, path, err)
 	}
 	defer resp.Body.Close()
+	c.header = resp.Header
 	data, _ := io.ReadAll(resp.Body)
 	if strings.HasPrefix(path, "/api/") {
 		c.sys.checkSpec(req, resp, data)

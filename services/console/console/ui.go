@@ -82,6 +82,7 @@ type page struct {
 	Fields map[string]string // errors by form field
 	Form   url.Values        // what was submitted, to show it again
 	D      any
+	Next   string // the next page's URL, if any
 }
 
 func (s *Server) render(w http.ResponseWriter, status int, name string, p page) {
@@ -221,8 +222,20 @@ func (s *Server) pageDashboard(w http.ResponseWriter, r *http.Request, id *ident
 
 func (s *Server) pageDomains(w http.ResponseWriter, r *http.Request, id *identity, p page) {
 	p.Title = "Domains"
-	rows, err := s.domainRows(r, id)
+	dq, err := parseDomainQuery(r)
+	if err != nil {
+		s.fail(w, "domains", p, err)
+		return
+	}
+	if r.URL.Query().Get("limit") == "" {
+		dq.Limit = 200 // a page a person reads
+	}
+	rows, next, err := s.domainRows(r, id, dq)
 	p.D = rows
+	p.Form = url.Values{"q": {dq.Q}}
+	if next != "" {
+		p.Next = "/domains?" + url.Values{"q": {dq.Q}, "after": {next}}.Encode()
+	}
 	if err != nil {
 		s.fail(w, "domains", p, err)
 		return
@@ -254,14 +267,14 @@ func (s *Server) postDomainCreate(w http.ResponseWriter, r *http.Request, id *id
 	d := strings.TrimSpace(p.Form.Get("domain"))
 	if d == "" {
 		p.Title = "Domains"
-		p.D, _ = s.domainRows(r, id)
+		p.D, _, _ = s.domainRows(r, id, domainQuery{Limit: 200})
 		s.fail(w, "domains", p, badRequest("domain", "a domain is needed"))
 		return
 	}
 	st, err := s.admin.SetPolicy(r.Context(), id.who(), d, formPolicy(p.Form), 0)
 	if err != nil {
 		p.Title = "Domains"
-		p.D, _ = s.domainRows(r, id)
+		p.D, _, _ = s.domainRows(r, id, domainQuery{Limit: 200})
 		s.fail(w, "domains", p, err)
 		return
 	}
