@@ -53,7 +53,8 @@ func docBlocks(t *testing.T) []docBlock {
 // The command blocks of the docs marked <!-- doc-test --> run as written
 // against a running system: ./bin/ is the built binaries, the example
 // destination addresses (10.0.0.5:25, 10.0.0.6:25) are a scripted
-// destination on loopback, the console's address (127.0.0.1:8080) is a
+// destination on loopback (a block showing a session runs its "$ " lines
+// only), the console's address (127.0.0.1:8080) is a
 // console's with $T its admin's API token, and a trailing "# text ... text" comment is
 // what the output must contain, piece by piece.
 func TestDocCommands(t *testing.T) {
@@ -70,7 +71,16 @@ func TestDocCommands(t *testing.T) {
 	console := s.startConsole("admin-pw", "viewer-pw")
 	env := append(os.Environ(), "CALLOUT_NATS_URL="+s.url, "HOME="+t.TempDir(), "PATH="+binDir+":"+os.Getenv("PATH"), "T="+consoleToken)
 	for _, b := range blocks {
+		// In a block that shows a session ("$ command" then its output),
+		// only the prompted lines are commands.
+		prompted := false
 		for _, line := range b.lines {
+			prompted = prompted || strings.HasPrefix(line, "$ ")
+		}
+		for _, line := range b.lines {
+			if prompted && !strings.HasPrefix(line, "$ ") {
+				continue
+			}
 			cmdline, want, _ := strings.Cut(line, "  # ")
 			cmdline = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(cmdline), "$ "))
 			if cmdline == "" || strings.HasPrefix(cmdline, "#") {
