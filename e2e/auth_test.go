@@ -208,10 +208,10 @@ func TestAuthRoles(t *testing.T) {
 		admin.denied(t, "Subscription", s.names.Verify())
 	})
 	t.Run("viewer", func(t *testing.T) {
-		// The console speaks as the admin for admins and as the read-only
-		// viewer role for viewers.
-		base := s.startConsole("admin-pw", "viewer-pw", "CALLOUT_CONSOLE_NATS_USER=admin", "CALLOUT_CONSOLE_NATS_PASSWORD=admin-dev-password",
-			"CALLOUT_CONSOLE_NATS_INBOX_PREFIX=_INBOX_admin", "CALLOUT_CONSOLE_VIEWER_NATS_USER=viewer", "CALLOUT_CONSOLE_VIEWER_NATS_PASSWORD=viewer-dev-password")
+		// The console speaks as its own NATS user for admins and as the
+		// read-only viewer role for viewers.
+		base := s.startConsole("admin-pw", "viewer-pw", "CALLOUT_CONSOLE_NATS_USER=console", "CALLOUT_CONSOLE_NATS_PASSWORD=console-dev-password",
+			"CALLOUT_CONSOLE_NATS_INBOX_PREFIX=_INBOX_console", "CALLOUT_CONSOLE_VIEWER_NATS_USER=viewer", "CALLOUT_CONSOLE_VIEWER_NATS_PASSWORD=viewer-dev-password")
 		hc, csrf := consoleLogin(t, base, "viewer", "viewer-pw")
 		for _, c := range []struct{ method, path, body, want string }{
 			{"GET", "/api/domains", "", `"domain": "example.org"`},
@@ -229,9 +229,39 @@ func TestAuthRoles(t *testing.T) {
 		if st, b := consoleCall(t, hc, csrf, "POST", base+"/api/flush", `{"scope":"all"}`); st != http.StatusForbidden {
 			t.Errorf("viewer flush through the console: %d %s", st, b)
 		}
-		if st, b := consoleCall(t, http.DefaultClient, "", "POST", base+"/api/flush", `{"scope":"domain","domain":"example.org"}`); st != http.StatusOK {
-			t.Errorf("admin flush through the console: %d %s", st, b)
+		// Everything an admin does through the console, with the console's
+		// own NATS user (its log is checked for violations below).
+		for _, c := range []struct {
+			method, path, body string
+			want               int
+		}{
+			{"PUT", "/api/domains/console.example", `{"policy":{"mode":"static","mailboxes":["alice"]}}`, http.StatusOK},
+			{"GET", "/api/domains", "", http.StatusOK},
+			{"GET", "/api/domains/console.example", "", http.StatusOK},
+			{"POST", "/api/verify", `{"address":"alice@example.org","client_address":"192.0.2.1"}`, http.StatusOK},
+			{"POST", "/api/verify", `{"address":"bob@example.org","trace":true}`, http.StatusOK},
+			{"GET", "/api/cache?domain=example.org", "", http.StatusOK},
+			{"GET", "/api/cache/entry?key=addr.example/org.alice.rcpt", "", http.StatusOK},
+			{"DELETE", "/api/cache/entry?key=addr.example/org.alice.rcpt", "", http.StatusOK},
+			{"POST", "/api/flush", `{"scope":"domain","domain":"example.org"}`, http.StatusOK},
+			{"GET", "/api/audit", "", http.StatusOK},
+			{"GET", "/api/hosts", "", http.StatusOK},
+			{"GET", "/api/stats", "", http.StatusOK},
+			{"DELETE", "/api/domains/console.example?revision=18446744073709551615", "", http.StatusNoContent},
+		} {
+			if st, b := consoleCall(t, http.DefaultClient, "", c.method, base+c.path, c.body); st != c.want {
+				t.Errorf("admin %s %s through the console: %d %s", c.method, c.path, st, b)
+			}
 		}
+		co := connectAs(t, url, "console")
+		_ = co.Publish("$JS.API.STREAM.PURGE."+s.names.AuditStream(), nil) // denied: rewrite the audit trail
+		co.denied(t, "Publish", "$JS.API.STREAM.PURGE."+s.names.AuditStream())
+		_ = co.Publish("$JS.API.STREAM.DELETE.KV_callout_cache", nil) // denied: delete a bucket
+		co.denied(t, "Publish", "$JS.API.STREAM.DELETE.KV_callout_cache")
+		_ = co.Publish("$KV.callout_cache.addr.example/org.alice.rcpt", []byte("x")) // denied: write a verdict
+		co.denied(t, "Publish", "$KV.callout_cache")
+		_, _ = co.SubscribeSync(s.names.Verify()) // denied: pose as the ingest
+		co.denied(t, "Subscription", s.names.Verify())
 		vw := connectAs(t, url, "viewer")
 		_ = vw.Publish(s.names.Flush(), []byte("x")) // denied: flush
 		vw.denied(t, "Publish", s.names.Flush())
