@@ -21,6 +21,8 @@ const (
 	PolicySet    = "policy.set"
 	PolicyRemove = "policy.rm"
 	Flush        = "flush"
+	Login        = "login"        // a console login
+	LoginFailed  = "login.failed" // a refused one (wrong password, or limited)
 )
 
 // Event is one operator change.
@@ -35,6 +37,7 @@ type Event struct {
 	Before  json.RawMessage `json:"before,omitempty"`
 	After   json.RawMessage `json:"after,omitempty"`
 	Result  string          `json:"result,omitempty"` // e.g. "removed 12 entries"
+	Client  string          `json:"client,omitempty"` // logins: the client's address
 }
 
 // Limits of the audit stream: events are kept by age, with a size cap

@@ -359,6 +359,11 @@ func (c *Client) Audit(ctx context.Context, n int) ([]audit.Event, error) {
 	return audit.List(ctx, c.JS, c.Names, n)
 }
 
+// Record adds an event to the audit trail as who.
+func (c *Client) Record(ctx context.Context, who string, ev audit.Event) error {
+	return c.record(ctx, who, ev)
+}
+
 func (c *Client) record(ctx context.Context, who string, ev audit.Event) error {
 	ev.Who = who
 	if err := audit.Record(ctx, c.JS, c.Names, ev); err != nil {

@@ -184,7 +184,7 @@ func auditParams(q map[string][]string) (auditQuery, error) {
 		}
 		aq.N = n
 	}
-	known := []string{audit.PolicySet, audit.PolicyRemove, audit.Flush}
+	known := []string{audit.PolicySet, audit.PolicyRemove, audit.Flush, audit.Login, audit.LoginFailed}
 	sort.Strings(known)
 	if aq.What != "" {
 		if i := sort.SearchStrings(known, aq.What); i == len(known) || known[i] != aq.What {

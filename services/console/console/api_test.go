@@ -376,12 +376,28 @@ func TestAPI(t *testing.T) {
 	t.Run("audit", func(t *testing.T) {
 		evs := decode[[]audit.Event](t, must(viewer.call("GET", "/api/audit?n=1000", nil)))
 		count := map[string]int{}
+		var changes []audit.Event
 		for _, ev := range evs {
+			count[ev.What]++
+			if ev.What == audit.Login || ev.What == audit.LoginFailed {
+				// Logins: who, from where, when, and why one failed.
+				if ev.Client != "127.0.0.1" || ev.At.IsZero() || !strings.HasPrefix(ev.Who, "console:") || (ev.What == audit.LoginFailed) == (ev.Result == "") {
+					t.Errorf("login event %+v", ev)
+				}
+				continue
+			}
+			changes = append(changes, ev)
 			if ev.Who != "console:admin" || ev.At.IsZero() {
 				t.Errorf("event %+v: want who console:admin and a time", ev)
 			}
-			count[ev.What]++
 		}
+		// Logins above: the admin's and the viewer's, the wrong password
+		// at "auth" and the five guesses (the one the limit refused is
+		// not recorded).
+		if count[audit.Login] < 2 || count[audit.LoginFailed] < 6 {
+			t.Fatalf("login events %v", count)
+		}
+		evs = changes
 		// Writes above: 2 creates, 1 update, 2 list replaces, 1 bypass, 2
 		// monitor switches, 1 create and 1 removal of gone.test; flushes: one
 		// entry delete, valid of a domain, all.

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/callout-mail/callout/shared/audit"
 	"github.com/callout-mail/callout/shared/operate"
 )
 
@@ -86,9 +87,11 @@ func (s *Server) login(r *http.Request, name, password string) (string, *session
 	if u == nil {
 		s.m.logins.WithLabelValues("failed").Inc()
 		s.log.Warn("console login failed", "user", name, "client", client)
+		s.recordLogin(r, audit.LoginFailed, name, addr, "wrong user name or password")
 		return "", nil, &httpError{http.StatusUnauthorized, "password", "wrong user name or password"}
 	}
 	s.m.logins.WithLabelValues("ok").Inc()
+	s.recordLogin(r, audit.Login, name, addr, "")
 	id, se := s.sess.create(u, s.limit.now())
 	return id, se, nil
 }
@@ -157,4 +160,21 @@ func parseProxies(list []string) ([]netip.Prefix, error) {
 		out = append(out, p.Masked())
 	}
 	return out, nil
+}
+
+// recordLogin adds a login to the audit trail: who (as typed, for a failed
+// one; at most 64 bytes), from which address, when. Attempts the limits
+// refuse are not recorded (they are logged and counted): a flood of them
+// would push older events out. The trail being down does not stop a login.
+func (s *Server) recordLogin(r *http.Request, what, name, client, result string) {
+	if s.admin == nil {
+		return
+	}
+	if len(name) > 64 {
+		name = name[:64]
+	}
+	ev := audit.Event{What: what, Client: client, Result: result}
+	if err := s.admin.Record(r.Context(), "console:"+strings.ToValidUTF8(name, "?"), ev); err != nil {
+		s.log.Warn("console login not recorded in the audit trail", "user", name, "err", err)
+	}
 }
