@@ -66,6 +66,10 @@ func TestUnknownUserCostsTheSame(t *testing.T) {
 	if len(costs) != 2 || costs[0] != costs[1] {
 		t.Fatalf("bcrypt costs, known then unknown user: %v", costs)
 	}
+	// Cost 10 is below what the console asks for: it says so at start.
+	if w := u.WeakHashes(); len(w) != 1 || w[0] != "alice" {
+		t.Fatalf("weak hashes: %v", w)
+	}
 }
 
 func limitedServer(t *testing.T, rate int) *Server {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -40,6 +41,21 @@ type Users struct {
 	// among the users', so that the time does not tell which names exist.
 	dummy   []byte
 	compare func(hash, password []byte) error // bcrypt's; tests count the work
+}
+
+// minCost is the bcrypt cost a password hash should have at least.
+const minCost = 12
+
+// WeakHashes names the users whose hash costs less than minCost.
+func (u *Users) WeakHashes() []string {
+	var out []string
+	for name, user := range u.byName {
+		if c, _ := bcrypt.Cost(user.hash); c < minCost {
+			out = append(out, name)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // Len is the number of users.
@@ -118,7 +134,7 @@ func (u *Users) ByToken(token string) *User {
 
 // HashPassword returns a users-file line's hash for a password.
 func HashPassword(password string) (string, error) {
-	b, err := bcrypt.GenerateFromPassword([]byte(password), 12)
+	b, err := bcrypt.GenerateFromPassword([]byte(password), minCost)
 	return string(b), err
 }
 
