@@ -26,26 +26,35 @@ func docBlocks(t *testing.T) []docBlock {
 	}
 	var blocks []docBlock
 	for _, f := range append(files, "../README.md") {
-		fh, err := os.Open(f)
-		if err != nil {
-			t.Fatal(err)
+		blocks = append(blocks, fencedBlocks(t, f, "<!-- doc-test -->")...)
+	}
+	return blocks
+}
+
+// fencedBlocks are the fenced blocks of file whose fence comes right
+// after a line that is marker.
+func fencedBlocks(t testing.TB, file, marker string) []docBlock {
+	t.Helper()
+	fh, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fh.Close()
+	var blocks []docBlock
+	sc := bufio.NewScanner(fh)
+	marked, in := false, false
+	var cur *docBlock
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case in && strings.HasPrefix(line, "```"):
+			blocks, in, cur = append(blocks, *cur), false, nil
+		case in:
+			cur.lines = append(cur.lines, line)
+		case marked && strings.HasPrefix(line, "```"):
+			in, cur = true, &docBlock{file: filepath.Base(file)}
 		}
-		sc := bufio.NewScanner(fh)
-		marked, in := false, false
-		var cur *docBlock
-		for sc.Scan() {
-			line := sc.Text()
-			switch {
-			case in && strings.HasPrefix(line, "```"):
-				blocks, in, cur = append(blocks, *cur), false, nil
-			case in:
-				cur.lines = append(cur.lines, line)
-			case marked && strings.HasPrefix(line, "```"):
-				in, cur = true, &docBlock{file: filepath.Base(f)}
-			}
-			marked = strings.TrimSpace(line) == "<!-- doc-test -->"
-		}
-		fh.Close()
+		marked = strings.TrimSpace(line) == marker
 	}
 	return blocks
 }

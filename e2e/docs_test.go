@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -37,26 +36,9 @@ func TestREADMESettings(t *testing.T) {
 // "<!-- e2e: NAME -->": configuration the e2e suite runs as written.
 func docSnippet(t testing.TB, name string) string {
 	t.Helper()
-	f, err := os.Open("../docs/services.md")
-	if err != nil {
-		t.Fatal(err)
+	blocks := fencedBlocks(t, "../docs/services.md", "<!-- e2e: "+name+" -->")
+	if len(blocks) != 1 {
+		t.Fatalf("docs/services.md has %d blocks marked %q", len(blocks), name)
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	marked, in := false, false
-	var b strings.Builder
-	for sc.Scan() {
-		line := sc.Text()
-		switch {
-		case in && strings.HasPrefix(line, "```"):
-			return b.String()
-		case in:
-			b.WriteString(line + "\n")
-		case marked && strings.HasPrefix(line, "```"):
-			in = true
-		}
-		marked = marked || line == "<!-- e2e: "+name+" -->"
-	}
-	t.Fatalf("docs/services.md has no block marked %q", name)
-	return ""
+	return strings.Join(blocks[0].lines, "\n") + "\n"
 }
