@@ -38,6 +38,94 @@ type Event struct {
 	After   json.RawMessage `json:"after,omitempty"`
 	Result  string          `json:"result,omitempty"` // e.g. "removed 12 entries"
 	Client  string          `json:"client,omitempty"` // logins: the client's address
+	// Lists says what a policy change did to its mailbox and bypass lists;
+	// Before and After then hold each list's size, never the list, so that
+	// an event always fits in a message whatever the list's size.
+	Lists map[string]ListChange `json:"lists,omitempty"`
+}
+
+// ListChange is what one change did to a list.
+type ListChange struct {
+	Count        int      `json:"count"` // entries after the change
+	AddedCount   int      `json:"added_count"`
+	RemovedCount int      `json:"removed_count"`
+	Added        []string `json:"added,omitempty"` // the first ListSample of them
+	Removed      []string `json:"removed,omitempty"`
+}
+
+// ListSample is how many added or removed entries an event names.
+const ListSample = 50
+
+// PolicyChange fills ev's Before, After and Lists from two stored policies
+// (JSON; nil when there is none): the lists (the "mailboxes" and "bypass"
+// arrays) are replaced by their sizes and summarized in Lists.
+func PolicyChange(ev *Event, before, after []byte) {
+	b, bl := summarize(before)
+	a, al := summarize(after)
+	ev.Before, ev.After = b, a
+	for _, name := range []string{"mailboxes", "bypass"} {
+		if len(bl[name]) == 0 && len(al[name]) == 0 {
+			continue
+		}
+		had := map[string]bool{}
+		for _, e := range bl[name] {
+			had[e] = true
+		}
+		lc := ListChange{Count: len(al[name])}
+		for _, e := range al[name] {
+			if had[e] {
+				delete(had, e)
+				continue
+			}
+			lc.AddedCount++
+			if len(lc.Added) < ListSample {
+				lc.Added = append(lc.Added, e)
+			}
+		}
+		for _, e := range bl[name] {
+			if !had[e] {
+				continue
+			}
+			lc.RemovedCount++
+			if len(lc.Removed) < ListSample {
+				lc.Removed = append(lc.Removed, e)
+			}
+		}
+		if ev.Lists == nil {
+			ev.Lists = map[string]ListChange{}
+		}
+		ev.Lists[name] = lc
+	}
+}
+
+// summarize is a stored policy with its lists replaced by their sizes,
+// and the lists. Other JSON is kept as it is, and what is not JSON as a
+// string, so that the event still encodes.
+func summarize(raw []byte) (json.RawMessage, map[string][]string) {
+	if raw == nil {
+		return nil, nil
+	}
+	var fields map[string]json.RawMessage
+	if json.Unmarshal(raw, &fields) != nil {
+		if json.Valid(raw) {
+			return json.RawMessage(raw), nil
+		}
+		s, _ := json.Marshal(string(raw)) // not JSON: kept, as a string
+		return s, nil
+	}
+	lists := map[string][]string{}
+	for _, name := range []string{"mailboxes", "bypass"} {
+		var l []string
+		if v, ok := fields[name]; ok && json.Unmarshal(v, &l) == nil {
+			lists[name] = l
+			fields[name], _ = json.Marshal(len(l))
+		}
+	}
+	out, err := json.Marshal(fields)
+	if err != nil {
+		return json.RawMessage(raw), lists
+	}
+	return out, lists
 }
 
 // Limits of the audit stream: events are kept by age, with a size cap

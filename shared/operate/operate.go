@@ -284,10 +284,12 @@ func (c *Client) SetPolicy(ctx context.Context, who, domain string, p domains.Po
 	if err != nil {
 		return Stored{}, err
 	}
-	ev := audit.Event{What: audit.PolicySet, Domain: d, After: json.RawMessage(after.Value())}
+	ev := audit.Event{What: audit.PolicySet, Domain: d}
+	var was []byte
 	if before != nil {
-		ev.Before = json.RawMessage(before.Value())
+		was = before.Value()
 	}
+	audit.PolicyChange(&ev, was, after.Value())
 	return stored(after), c.record(ctx, who, ev)
 }
 
@@ -319,7 +321,9 @@ func (c *Client) RemovePolicy(ctx context.Context, who, domain string, rev uint6
 		}
 		return err
 	}
-	return c.record(ctx, who, audit.Event{What: audit.PolicyRemove, Domain: d, Before: json.RawMessage(before.Value())})
+	ev := audit.Event{What: audit.PolicyRemove, Domain: d}
+	audit.PolicyChange(&ev, before.Value(), nil)
+	return c.record(ctx, who, ev)
 }
 
 // Hosts asks every prober for its destination hosts, collecting answers
