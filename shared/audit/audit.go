@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -67,14 +68,16 @@ func PolicyChange(ev *Event, before, after []byte) {
 		if len(bl[name]) == 0 && len(al[name]) == 0 {
 			continue
 		}
+		// Entries compare without case, as the ingests compare them.
 		had := map[string]bool{}
 		for _, e := range bl[name] {
-			had[e] = true
+			had[strings.ToLower(e)] = true
 		}
 		lc := ListChange{Count: len(al[name])}
+		kept := map[string]bool{}
 		for _, e := range al[name] {
-			if had[e] {
-				delete(had, e)
+			if k := strings.ToLower(e); had[k] {
+				kept[k] = true
 				continue
 			}
 			lc.AddedCount++
@@ -83,7 +86,7 @@ func PolicyChange(ev *Event, before, after []byte) {
 			}
 		}
 		for _, e := range bl[name] {
-			if !had[e] {
+			if kept[strings.ToLower(e)] {
 				continue
 			}
 			lc.RemovedCount++

@@ -33,8 +33,12 @@ func (s *Server) routesAPI(mux *http.ServeMux) {
 	mux.Handle("GET /api/domains/{domain}", s.api(RoleViewer, s.apiDomain))
 	mux.Handle("PUT /api/domains/{domain}", s.api(RoleAdmin, s.apiDomainPut))
 	mux.Handle("DELETE /api/domains/{domain}", s.api(RoleAdmin, s.apiDomainDelete))
-	mux.Handle("PUT /api/domains/{domain}/mailboxes", s.api(RoleAdmin, s.apiList("mailboxes")))
-	mux.Handle("PUT /api/domains/{domain}/bypass", s.api(RoleAdmin, s.apiList("bypass")))
+	for _, field := range []string{"mailboxes", "bypass"} {
+		mux.Handle("PUT /api/domains/{domain}/"+field, s.api(RoleAdmin, s.apiList(field)))
+		mux.Handle("GET /api/domains/{domain}/"+field, s.api(RoleViewer, s.apiListExport(field)))
+		mux.Handle("POST /api/domains/{domain}/"+field+"/{entry}", s.api(RoleAdmin, s.apiListEntry(field, true)))
+		mux.Handle("DELETE /api/domains/{domain}/"+field+"/{entry}", s.api(RoleAdmin, s.apiListEntry(field, false)))
+	}
 	mux.Handle("POST /api/domains/{domain}/monitor", s.api(RoleAdmin, s.apiMonitor))
 	mux.Handle("GET /api/stats", s.api(RoleViewer, func(w http.ResponseWriter, r *http.Request, id *identity) error {
 		writeJSON(w, http.StatusOK, s.col.Fleet(time.Now(), 20))

@@ -4,6 +4,7 @@ package console
 
 import (
 	"encoding/csv"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/callout-mail/callout/shared/audit"
 	"github.com/callout-mail/callout/shared/domains"
 	"github.com/callout-mail/callout/shared/operate"
 )
@@ -207,24 +209,88 @@ func (s *Server) editPolicy(r *http.Request, id *identity, domain string, rev ui
 	return s.admin.SetPolicy(r.Context(), id.who(), domain, p, rev)
 }
 
+// listOf is the mailbox or bypass list of p.
+func listOf(p *domains.Policy, field string) *[]string {
+	if field == "mailboxes" {
+		return &p.Mailboxes
+	}
+	return &p.Bypass
+}
+
+// listChange says what setting a domain's list to next would change, on
+// the normalized lists (what the ingests compare).
+func listChange(domain, field string, cur domains.Policy, next []string) (audit.ListChange, error) {
+	before, err := cur.Normalize(domain)
+	if err != nil {
+		return audit.ListChange{}, err
+	}
+	after := before
+	*listOf(&after, field) = next
+	if after, err = after.Normalize(domain); err != nil {
+		return audit.ListChange{}, err
+	}
+	b, _ := json.Marshal(map[string][]string{field: *listOf(&before, field)})
+	a, _ := json.Marshal(map[string][]string{field: *listOf(&after, field)})
+	var ev audit.Event
+	audit.PolicyChange(&ev, b, a)
+	return ev.Lists[field], nil
+}
+
+// editList changes a domain's mailbox or bypass list with edit (given the
+// current list, it returns the new one); with dryRun it only says what
+// would change.
+func (s *Server) editList(r *http.Request, id *identity, domain, field string, rev uint64, dryRun bool, edit func(cur []string) ([]string, error)) (any, error) {
+	if dryRun {
+		st, err := s.admin.Policy(r.Context(), domain)
+		if err != nil {
+			return nil, err
+		}
+		next, err := edit(*listOf(&st.Policy, field))
+		if err != nil {
+			return nil, err
+		}
+		lc, err := listChange(st.Domain, field, st.Policy, next)
+		if err != nil {
+			return nil, err
+		}
+		return map[string]any{"dry_run": true, field: lc}, nil
+	}
+	return s.editPolicy(r, id, domain, rev, func(p *domains.Policy) error {
+		next, err := edit(*listOf(p, field))
+		if err != nil {
+			return err
+		}
+		*listOf(p, field) = next
+		return nil
+	})
+}
+
 // replaceList replaces a domain's mailbox or bypass list.
 func (s *Server) replaceList(r *http.Request, id *identity, domain, field, text string, rev uint64) (operate.Stored, error) {
 	list, err := ParseList(text)
 	if err != nil {
 		return operate.Stored{}, err
 	}
-	return s.editPolicy(r, id, domain, rev, func(p *domains.Policy) error {
-		if field == "mailboxes" {
-			p.Mailboxes = list
-		} else {
-			p.Bypass = list
-		}
-		return nil
-	})
+	st, err := s.editList(r, id, domain, field, rev, false, func([]string) ([]string, error) { return list, nil })
+	if err != nil {
+		return operate.Stored{}, err
+	}
+	return st.(operate.Stored), nil
 }
 
+// apiList replaces (mode=replace, the default) or adds to (mode=merge) a
+// list from an upload; dry_run=true says what would change, writing
+// nothing.
 func (s *Server) apiList(field string) apiHandler {
 	return func(w http.ResponseWriter, r *http.Request, id *identity) error {
+		q := r.URL.Query()
+		mode, dryRun := q.Get("mode"), q.Get("dry_run") == "true"
+		if mode != "" && mode != "replace" && mode != "merge" {
+			return badRequest("mode", "replace or merge")
+		}
+		if v := q.Get("dry_run"); v != "" && v != "true" && v != "false" {
+			return badRequest("dry_run", "true or false")
+		}
 		rev, err := revisionParam(r)
 		if err != nil {
 			return err
@@ -233,12 +299,111 @@ func (s *Server) apiList(field string) apiHandler {
 		if err != nil {
 			return err
 		}
-		st, err := s.replaceList(r, id, r.PathValue("domain"), field, string(b), rev)
+		list, err := ParseList(string(b))
+		if err != nil {
+			return err
+		}
+		domain := r.PathValue("domain")
+		out, err := s.editList(r, id, domain, field, rev, dryRun, func(cur []string) ([]string, error) {
+			if mode == "merge" {
+				return mergeList(domain, cur, list), nil
+			}
+			return list, nil
+		})
+		if err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusOK, out)
+		return nil
+	}
+}
+
+// mergeList is cur with the entries of add it lacks, compared as the
+// ingests compare them (local parts, without case); entries that do not
+// parse are kept for the policy's own check to name.
+func mergeList(domain string, cur, add []string) []string {
+	key := func(e string) string {
+		n, err := (domains.Policy{Mailboxes: []string{e}}).Normalize(domain)
+		if err != nil || len(n.Mailboxes) != 1 {
+			return e
+		}
+		return strings.ToLower(n.Mailboxes[0])
+	}
+	out := append([]string(nil), cur...)
+	seen := map[string]bool{}
+	for _, e := range cur {
+		seen[key(e)] = true
+	}
+	for _, e := range add {
+		if k := key(e); !seen[k] {
+			seen[k] = true
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// apiListEntry adds (POST) or removes (DELETE) one entry of a list.
+func (s *Server) apiListEntry(field string, add bool) apiHandler {
+	return func(w http.ResponseWriter, r *http.Request, id *identity) error {
+		rev, err := revisionParam(r)
+		if err != nil {
+			return err
+		}
+		entry := strings.TrimSpace(r.PathValue("entry"))
+		if entry == "" {
+			return badRequest("entry", "an entry is needed")
+		}
+		domain := r.PathValue("domain")
+		st, err := s.editList(r, id, domain, field, rev, false, func(cur []string) ([]string, error) {
+			if add {
+				return mergeList(domain, cur, []string{entry}), nil
+			}
+			// Compare as the ingests do: normalized, without case.
+			one, err := (domains.Policy{Mailboxes: []string{entry}}).Normalize(domain)
+			if err != nil {
+				return nil, badRequest("entry", "%v", err)
+			}
+			var out []string
+			found := false
+			for _, e := range cur {
+				n, err := (domains.Policy{Mailboxes: []string{e}}).Normalize(domain)
+				if err == nil && len(n.Mailboxes) == 1 && strings.EqualFold(n.Mailboxes[0], one.Mailboxes[0]) {
+					found = true
+					continue
+				}
+				out = append(out, e)
+			}
+			if !found {
+				return nil, &httpError{http.StatusNotFound, "entry", entry + " is not on the list"}
+			}
+			return out, nil
+		})
 		if err != nil {
 			return err
 		}
 		writeJSON(w, http.StatusOK, st)
 		return nil
+	}
+}
+
+// apiListExport is a list as CSV, one entry per line under a header that
+// an import skips.
+func (s *Server) apiListExport(field string) apiHandler {
+	return func(w http.ResponseWriter, r *http.Request, id *identity) error {
+		st, err := s.client(id).Policy(r.Context(), r.PathValue("domain"))
+		if err != nil {
+			return err
+		}
+		w.Header().Set("Content-Type", "text/csv; charset=utf-8")
+		w.Header().Set("Content-Disposition", `attachment; filename="`+st.Domain+"-"+field+`.csv"`)
+		cw := csv.NewWriter(w)
+		_ = cw.Write([]string{"local_part"})
+		for _, e := range *listOf(&st.Policy, field) {
+			_ = cw.Write([]string{e})
+		}
+		cw.Flush()
+		return cw.Error()
 	}
 }
 
