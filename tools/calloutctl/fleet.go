@@ -71,8 +71,84 @@ func (a *app) domain(ctx context.Context, args []string) error {
 		}
 		fmt.Fprintf(a.out, "%s\t%s\n", st.Domain, policyText(st))
 		return err
+	case "list":
+		return a.domainList(ctx, args[1:])
 	}
 	return fmt.Errorf("unknown domain command %q", args[0])
+}
+
+// domainList shows or changes one of a domain's lists:
+//
+//	domain list DOMAIN mailboxes|bypass                  the list, one entry per line
+//	domain list DOMAIN mailboxes|bypass add|rm ENTRY
+//	domain list DOMAIN mailboxes|bypass import FILE [-merge] [-dry-run]
+func (a *app) domainList(ctx context.Context, args []string) error {
+	usage := errors.New("usage: domain list DOMAIN mailboxes|bypass [add ENTRY | rm ENTRY | import FILE [-merge] [-dry-run]]")
+	fs := flag.NewFlagSet("domain list", flag.ContinueOnError)
+	merge := fs.Bool("merge", false, "import: add to the list instead of replacing it")
+	dryRun := fs.Bool("dry-run", false, "import: say what would change, write nothing")
+	pos, err := parseMixed(fs, args)
+	if err != nil || len(pos) < 2 {
+		return usage
+	}
+	domain, field := pos[0], pos[1]
+	if len(pos) == 2 {
+		st, err := a.op.Policy(ctx, domain)
+		if err != nil {
+			return err
+		}
+		l, err := operate.List(&st.Policy, field)
+		if err != nil {
+			return err
+		}
+		for _, e := range *l {
+			fmt.Fprintln(a.out, e)
+		}
+		return nil
+	}
+	if len(pos) != 4 {
+		return usage
+	}
+	var edit func(cur []string) ([]string, error)
+	switch pos[2] {
+	case "add":
+		edit = func(cur []string) ([]string, error) { return operate.MergeList(domain, cur, []string{pos[3]}), nil }
+	case "rm":
+		edit = func(cur []string) ([]string, error) { return operate.RemoveFromList(domain, cur, pos[3]) }
+	case "import":
+		data, err := os.ReadFile(pos[3])
+		if err != nil {
+			return err
+		}
+		list, err := operate.ParseList(string(data))
+		if err != nil {
+			return err
+		}
+		edit = func(cur []string) ([]string, error) {
+			if *merge {
+				return operate.MergeList(domain, cur, list), nil
+			}
+			return list, nil
+		}
+	default:
+		return usage
+	}
+	st, lc, err := a.op.EditList(ctx, a.who, domain, field, domains.AnyRevision, *dryRun, edit)
+	if err != nil && !errors.Is(err, operate.ErrNotRecorded) {
+		return err
+	}
+	what := "changed"
+	if *dryRun {
+		what = "would change"
+	}
+	fmt.Fprintf(a.out, "%s %s: %s: %d added, %d removed, %d entries\n", st.Domain, field, what, lc.AddedCount, lc.RemovedCount, lc.Count)
+	for _, e := range lc.Added {
+		fmt.Fprintf(a.out, "+ %s\n", e)
+	}
+	for _, e := range lc.Removed {
+		fmt.Fprintf(a.out, "- %s\n", e)
+	}
+	return err
 }
 
 // policyText is a stored policy as JSON (as stored, when it does not parse).

@@ -30,6 +30,7 @@ Usage:
                                    [-mailboxes a,b] [-bypass a,b] [-on-tempfail defer|accept] [-on-unverifiable accept|defer]
                                    [-sender ADDR] [-fallback-sender ADDR]
   calloutctl [connection flags] domain (get DOMAIN | rm DOMAIN | ls)
+  calloutctl [connection flags] domain list DOMAIN mailboxes|bypass [add ENTRY | rm ENTRY | import FILE [-merge] [-dry-run]]
   calloutctl [connection flags] setup [-replicas 1] [-cache-ttl 96h] [-audit-max-age 2160h] [-audit-max-bytes 1073741824]   (as the maintenance user)
   calloutctl [connection flags] hosts [-wait 1s] [-json]
   calloutctl [connection flags] audit [-n 50] [-json]

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -221,5 +223,41 @@ func TestAuditTrail(t *testing.T) {
 	table, err := ctl(t, url, "audit", "-n", "1")
 	if err != nil || !strings.Contains(table, "policy.rm") || strings.Contains(table, "policy.set") {
 		t.Fatalf("audit -n 1: %q %v", table, err)
+	}
+}
+
+// A domain's list shown, changed one entry at a time, imported with a
+// dry run first.
+func TestDomainList(t *testing.T) {
+	ns := natstest.Start(t)
+	url := ns.ClientURL()
+	if _, err := ctl(t, url, "domain", "set", "lists.test", "-mode", "static", "-mailboxes", "alice,bob"); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := ctl(t, url, "domain", "list", "lists.test", "mailboxes", "add", "Carol@lists.test"); err != nil || !strings.Contains(out, "1 added, 0 removed, 3 entries") {
+		t.Fatalf("add: %q %v", out, err)
+	}
+	if out, err := ctl(t, url, "domain", "list", "lists.test", "mailboxes", "rm", "BOB"); err != nil || !strings.Contains(out, "0 added, 1 removed, 2 entries") {
+		t.Fatalf("rm: %q %v", out, err)
+	}
+	if _, err := ctl(t, url, "domain", "list", "lists.test", "mailboxes", "rm", "nobody"); err == nil {
+		t.Fatal("removed an entry not on the list")
+	}
+	file := filepath.Join(t.TempDir(), "list.csv")
+	if err := os.WriteFile(file, []byte("local_part\ndave\nerin\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := ctl(t, url, "domain", "list", "lists.test", "mailboxes", "import", file, "-dry-run")
+	if err != nil || !strings.Contains(out, "would change: 2 added, 2 removed, 2 entries") || !strings.Contains(out, "+ dave") || !strings.Contains(out, "- alice") {
+		t.Fatalf("dry run: %q %v", out, err)
+	}
+	if out, err := ctl(t, url, "domain", "list", "lists.test", "mailboxes"); err != nil || out != "alice\nCarol\n" {
+		t.Fatalf("after a dry run: %q %v", out, err)
+	}
+	if _, err := ctl(t, url, "domain", "list", "lists.test", "mailboxes", "import", file, "-merge"); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := ctl(t, url, "domain", "list", "lists.test", "mailboxes"); err != nil || out != "alice\nCarol\ndave\nerin\n" {
+		t.Fatalf("after a merge: %q %v", out, err)
 	}
 }

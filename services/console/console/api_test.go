@@ -510,20 +510,6 @@ func TestParseUsers(t *testing.T) {
 	}
 }
 
-func TestParseList(t *testing.T) {
-	for _, c := range []struct{ in, want string }{
-		{"a\nb\n\n# c\nb\n", "a,b"},
-		{"address,name\na@x.test,A\n\"b\",B\n", "a@x.test,b"},
-		{"mailbox;comment\nx;1\ny;2\n", "x,y"},
-		{"  spaced  \r\nnext\r\n", "spaced,next"},
-	} {
-		got, err := ParseList(c.in)
-		if err != nil || strings.Join(got, ",") != c.want {
-			t.Errorf("ParseList(%q) = %v, %v; want %s", c.in, got, err, c.want)
-		}
-	}
-}
-
 // The domain list comes a page at a time, searchable, with a Link header
 // to the next page.
 func TestDomainListPages(t *testing.T) {

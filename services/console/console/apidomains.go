@@ -4,8 +4,7 @@ package console
 
 import (
 	"encoding/csv"
-	"encoding/json"
-	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -13,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/callout-mail/callout/shared/audit"
 	"github.com/callout-mail/callout/shared/domains"
 	"github.com/callout-mail/callout/shared/operate"
 )
@@ -145,52 +143,6 @@ func (s *Server) apiDomainDelete(w http.ResponseWriter, r *http.Request, id *ide
 	return nil
 }
 
-// ParseList reads a pasted or uploaded list: one entry per line, or CSV
-// (the first column; a header line "address", "mailbox" or "local_part" is
-// skipped). Blank lines and lines starting with # are ignored.
-func ParseList(text string) ([]string, error) {
-	var out []string
-	seen := map[string]bool{}
-	add := func(v string) {
-		v = strings.TrimSpace(v)
-		if v == "" || strings.HasPrefix(v, "#") || seen[strings.ToLower(v)] {
-			return
-		}
-		switch strings.ToLower(v) {
-		case "address", "mailbox", "local_part", "email":
-			return
-		}
-		seen[strings.ToLower(v)] = true
-		out = append(out, v)
-	}
-	if strings.ContainsAny(text, ",;") {
-		cr := csv.NewReader(strings.NewReader(text))
-		cr.FieldsPerRecord = -1
-		cr.Comment = '#'
-		cr.TrimLeadingSpace = true
-		if strings.Count(text, ";") > strings.Count(text, ",") {
-			cr.Comma = ';'
-		}
-		for {
-			rec, err := cr.Read()
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			if err != nil {
-				return nil, badRequest("list", "CSV: %v", err)
-			}
-			if len(rec) > 0 {
-				add(rec[0])
-			}
-		}
-		return out, nil
-	}
-	for _, l := range strings.Split(text, "\n") {
-		add(l)
-	}
-	return out, nil
-}
-
 // editPolicy changes the stored policy of domain with edit and writes it
 // back if still at revision rev. A stored policy that does not parse is
 // not edited piecemeal: the whole policy is to be set.
@@ -200,7 +152,7 @@ func (s *Server) editPolicy(r *http.Request, id *identity, domain string, rev ui
 		return operate.Stored{}, err
 	}
 	if st.Error != "" {
-		return operate.Stored{}, &httpError{http.StatusConflict, "policy", "the stored policy does not parse (" + st.Error + "): set the whole policy first"}
+		return operate.Stored{}, fmt.Errorf("%w (%s)", operate.ErrUnparsed, st.Error)
 	}
 	p := st.Policy
 	if err := edit(&p); err != nil {
@@ -209,73 +161,14 @@ func (s *Server) editPolicy(r *http.Request, id *identity, domain string, rev ui
 	return s.admin.SetPolicy(r.Context(), id.who(), domain, p, rev)
 }
 
-// listOf is the mailbox or bypass list of p.
-func listOf(p *domains.Policy, field string) *[]string {
-	if field == "mailboxes" {
-		return &p.Mailboxes
-	}
-	return &p.Bypass
-}
-
-// listChange says what setting a domain's list to next would change, on
-// the normalized lists (what the ingests compare).
-func listChange(domain, field string, cur domains.Policy, next []string) (audit.ListChange, error) {
-	before, err := cur.Normalize(domain)
-	if err != nil {
-		return audit.ListChange{}, err
-	}
-	after := before
-	*listOf(&after, field) = next
-	if after, err = after.Normalize(domain); err != nil {
-		return audit.ListChange{}, err
-	}
-	b, _ := json.Marshal(map[string][]string{field: *listOf(&before, field)})
-	a, _ := json.Marshal(map[string][]string{field: *listOf(&after, field)})
-	var ev audit.Event
-	audit.PolicyChange(&ev, b, a)
-	return ev.Lists[field], nil
-}
-
-// editList changes a domain's mailbox or bypass list with edit (given the
-// current list, it returns the new one); with dryRun it only says what
-// would change.
-func (s *Server) editList(r *http.Request, id *identity, domain, field string, rev uint64, dryRun bool, edit func(cur []string) ([]string, error)) (any, error) {
-	if dryRun {
-		st, err := s.admin.Policy(r.Context(), domain)
-		if err != nil {
-			return nil, err
-		}
-		next, err := edit(*listOf(&st.Policy, field))
-		if err != nil {
-			return nil, err
-		}
-		lc, err := listChange(st.Domain, field, st.Policy, next)
-		if err != nil {
-			return nil, err
-		}
-		return map[string]any{"dry_run": true, field: lc}, nil
-	}
-	return s.editPolicy(r, id, domain, rev, func(p *domains.Policy) error {
-		next, err := edit(*listOf(p, field))
-		if err != nil {
-			return err
-		}
-		*listOf(p, field) = next
-		return nil
-	})
-}
-
 // replaceList replaces a domain's mailbox or bypass list.
 func (s *Server) replaceList(r *http.Request, id *identity, domain, field, text string, rev uint64) (operate.Stored, error) {
-	list, err := ParseList(text)
+	list, err := operate.ParseList(text)
 	if err != nil {
 		return operate.Stored{}, err
 	}
-	st, err := s.editList(r, id, domain, field, rev, false, func([]string) ([]string, error) { return list, nil })
-	if err != nil {
-		return operate.Stored{}, err
-	}
-	return st.(operate.Stored), nil
+	st, _, err := s.admin.EditList(r.Context(), id.who(), domain, field, rev, false, func([]string) ([]string, error) { return list, nil })
+	return st, err
 }
 
 // apiList replaces (mode=replace, the default) or adds to (mode=merge) a
@@ -299,48 +192,27 @@ func (s *Server) apiList(field string) apiHandler {
 		if err != nil {
 			return err
 		}
-		list, err := ParseList(string(b))
+		list, err := operate.ParseList(string(b))
 		if err != nil {
 			return err
 		}
 		domain := r.PathValue("domain")
-		out, err := s.editList(r, id, domain, field, rev, dryRun, func(cur []string) ([]string, error) {
+		st, lc, err := s.admin.EditList(r.Context(), id.who(), domain, field, rev, dryRun, func(cur []string) ([]string, error) {
 			if mode == "merge" {
-				return mergeList(domain, cur, list), nil
+				return operate.MergeList(domain, cur, list), nil
 			}
 			return list, nil
 		})
 		if err != nil {
 			return err
 		}
-		writeJSON(w, http.StatusOK, out)
+		if dryRun {
+			writeJSON(w, http.StatusOK, map[string]any{"dry_run": true, field: lc})
+			return nil
+		}
+		writeJSON(w, http.StatusOK, st)
 		return nil
 	}
-}
-
-// mergeList is cur with the entries of add it lacks, compared as the
-// ingests compare them (local parts, without case); entries that do not
-// parse are kept for the policy's own check to name.
-func mergeList(domain string, cur, add []string) []string {
-	key := func(e string) string {
-		n, err := (domains.Policy{Mailboxes: []string{e}}).Normalize(domain)
-		if err != nil || len(n.Mailboxes) != 1 {
-			return e
-		}
-		return strings.ToLower(n.Mailboxes[0])
-	}
-	out := append([]string(nil), cur...)
-	seen := map[string]bool{}
-	for _, e := range cur {
-		seen[key(e)] = true
-	}
-	for _, e := range add {
-		if k := key(e); !seen[k] {
-			seen[k] = true
-			out = append(out, e)
-		}
-	}
-	return out
 }
 
 // apiListEntry adds (POST) or removes (DELETE) one entry of a list.
@@ -355,29 +227,11 @@ func (s *Server) apiListEntry(field string, add bool) apiHandler {
 			return badRequest("entry", "an entry is needed")
 		}
 		domain := r.PathValue("domain")
-		st, err := s.editList(r, id, domain, field, rev, false, func(cur []string) ([]string, error) {
+		st, _, err := s.admin.EditList(r.Context(), id.who(), domain, field, rev, false, func(cur []string) ([]string, error) {
 			if add {
-				return mergeList(domain, cur, []string{entry}), nil
+				return operate.MergeList(domain, cur, []string{entry}), nil
 			}
-			// Compare as the ingests do: normalized, without case.
-			one, err := (domains.Policy{Mailboxes: []string{entry}}).Normalize(domain)
-			if err != nil {
-				return nil, badRequest("entry", "%v", err)
-			}
-			var out []string
-			found := false
-			for _, e := range cur {
-				n, err := (domains.Policy{Mailboxes: []string{e}}).Normalize(domain)
-				if err == nil && len(n.Mailboxes) == 1 && strings.EqualFold(n.Mailboxes[0], one.Mailboxes[0]) {
-					found = true
-					continue
-				}
-				out = append(out, e)
-			}
-			if !found {
-				return nil, &httpError{http.StatusNotFound, "entry", entry + " is not on the list"}
-			}
-			return out, nil
+			return operate.RemoveFromList(domain, cur, entry)
 		})
 		if err != nil {
 			return err
@@ -399,7 +253,11 @@ func (s *Server) apiListExport(field string) apiHandler {
 		w.Header().Set("Content-Disposition", `attachment; filename="`+st.Domain+"-"+field+`.csv"`)
 		cw := csv.NewWriter(w)
 		_ = cw.Write([]string{"local_part"})
-		for _, e := range *listOf(&st.Policy, field) {
+		l, err := operate.List(&st.Policy, field)
+		if err != nil {
+			return err
+		}
+		for _, e := range *l {
 			_ = cw.Write([]string{e})
 		}
 		cw.Flush()

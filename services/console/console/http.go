@@ -75,7 +75,9 @@ func classify(err error) (int, string, string) {
 		return http.StatusBadRequest, "", err.Error()
 	case errors.Is(err, domains.ErrRevision):
 		return http.StatusConflict, "revision", err.Error() + "; reload and apply your change again"
-	case errors.Is(err, operate.ErrNoPolicy), errors.Is(err, jetstream.ErrKeyNotFound):
+	case errors.Is(err, operate.ErrUnparsed):
+		return http.StatusConflict, "policy", err.Error()
+	case errors.Is(err, operate.ErrNoPolicy), errors.Is(err, operate.ErrNotListed), errors.Is(err, jetstream.ErrKeyNotFound):
 		return http.StatusNotFound, "", err.Error()
 	case errors.Is(err, operate.ErrUnavailable):
 		return http.StatusServiceUnavailable, "", err.Error()

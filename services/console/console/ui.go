@@ -259,7 +259,7 @@ func formPolicy(f url.Values) domains.Policy {
 }
 
 func splitList(s string) []string {
-	l, _ := ParseList(strings.NewReplacer(",", "\n", ";", "\n", " ", "\n").Replace(s))
+	l, _ := operate.ParseList(strings.NewReplacer(",", "\n", ";", "\n", " ", "\n").Replace(s))
 	return l
 }
 
