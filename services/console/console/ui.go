@@ -339,8 +339,31 @@ func (s *Server) postDomain(w http.ResponseWriter, r *http.Request, id *identity
 			f.Close()
 			text = string(b)
 		}
-		_, err = s.replaceList(r, id, d, field, text, rev)
+		if p.Form.Get("merge") == "true" {
+			var list []string
+			if list, err = operate.ParseList(text); err == nil {
+				_, _, err = s.admin.EditList(r.Context(), id.who(), d, field, rev, false, func(cur []string) ([]string, error) { return operate.MergeList(d, cur, list), nil })
+			}
+		} else {
+			_, err = s.replaceList(r, id, d, field, text, rev)
+		}
 		msg = "The " + field + " list is saved."
+	case "mailboxes-entry", "bypass-entry":
+		field, entry := strings.TrimSuffix(action, "-entry"), strings.TrimSpace(p.Form.Get("entry"))
+		if entry == "" {
+			err = badRequest("entry", "an entry is needed")
+			break
+		}
+		_, _, err = s.admin.EditList(r.Context(), id.who(), d, field, rev, false, func(cur []string) ([]string, error) {
+			if p.Form.Get("op") == "rm" {
+				return operate.RemoveFromList(d, cur, entry)
+			}
+			return operate.MergeList(d, cur, []string{entry}), nil
+		})
+		msg = entry + " added to the " + field + " list."
+		if p.Form.Get("op") == "rm" {
+			msg = entry + " removed from the " + field + " list."
+		}
 	case "monitor":
 		_, err = s.setMonitor(r, id, d, p.Form.Get("on") == "true", rev)
 		msg = "Monitor mode is off."

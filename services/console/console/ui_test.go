@@ -96,6 +96,28 @@ func TestPages(t *testing.T) {
 			t.Errorf("domain page lacks %q", want)
 		}
 	}
+	// One mailbox added, one removed, then a merge: as the API's.
+	rev := func() string {
+		_, html, _ := admin.page("GET", "/domains/form.test", nil)
+		_, after, _ := strings.Cut(html, `name="revision" value="`)
+		v, _, _ := strings.Cut(after, `"`)
+		return v
+	}
+	for _, f := range []url.Values{
+		{"csrf": {tok}, "entry": {"carol"}, "op": {"add"}},
+		{"csrf": {tok}, "entry": {"ALICE"}, "op": {"rm"}},
+	} {
+		f.Set("revision", rev())
+		if st, _, resp := admin.page("POST", "/domains/form.test/mailboxes-entry", f); st != http.StatusSeeOther {
+			t.Fatalf("entry %v: %d %s", f, st, resp.Header.Get("Location"))
+		}
+	}
+	if st, _, _ := admin.page("POST", "/domains/form.test/mailboxes", url.Values{"csrf": {tok}, "revision": {rev()}, "mailboxes": {"dave\nbob"}, "merge": {"true"}}); st != http.StatusSeeOther {
+		t.Fatalf("merge: %d", st)
+	}
+	if _, html, _ := admin.page("GET", "/domains/form.test", nil); !strings.Contains(html, "bob\ncarol\ndave\n") || !strings.Contains(html, `id="export-mailboxes"`) {
+		t.Fatalf("after add, remove and merge the list is not bob, carol, dave:\n%s", html)
+	}
 	// What comes back from the system is escaped: an address with angle
 	// brackets and quotes.
 	evil := `"<script>alert('x')</script>"@form.test`
