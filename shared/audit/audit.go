@@ -68,37 +68,42 @@ func PolicyChange(ev *Event, before, after []byte) {
 		if len(bl[name]) == 0 && len(al[name]) == 0 {
 			continue
 		}
-		// Entries compare without case, as the ingests compare them.
-		had := map[string]bool{}
-		for _, e := range bl[name] {
-			had[strings.ToLower(e)] = true
-		}
-		lc := ListChange{Count: len(al[name])}
-		kept := map[string]bool{}
-		for _, e := range al[name] {
-			if k := strings.ToLower(e); had[k] {
-				kept[k] = true
-				continue
-			}
-			lc.AddedCount++
-			if len(lc.Added) < ListSample {
-				lc.Added = append(lc.Added, e)
-			}
-		}
-		for _, e := range bl[name] {
-			if kept[strings.ToLower(e)] {
-				continue
-			}
-			lc.RemovedCount++
-			if len(lc.Removed) < ListSample {
-				lc.Removed = append(lc.Removed, e)
-			}
-		}
 		if ev.Lists == nil {
 			ev.Lists = map[string]ListChange{}
 		}
-		ev.Lists[name] = lc
+		ev.Lists[name] = DiffList(bl[name], al[name])
 	}
+}
+
+// DiffList is what going from list before to list after changed. Entries
+// compare without case, as the ingests compare them.
+func DiffList(before, after []string) ListChange {
+	had := map[string]bool{}
+	for _, e := range before {
+		had[strings.ToLower(e)] = true
+	}
+	lc := ListChange{Count: len(after)}
+	kept := map[string]bool{}
+	for _, e := range after {
+		if k := strings.ToLower(e); had[k] {
+			kept[k] = true
+			continue
+		}
+		lc.AddedCount++
+		if len(lc.Added) < ListSample {
+			lc.Added = append(lc.Added, e)
+		}
+	}
+	for _, e := range before {
+		if kept[strings.ToLower(e)] {
+			continue
+		}
+		lc.RemovedCount++
+		if len(lc.Removed) < ListSample {
+			lc.Removed = append(lc.Removed, e)
+		}
+	}
+	return lc
 }
 
 // summarize is a stored policy with its lists replaced by their sizes,

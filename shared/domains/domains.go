@@ -107,20 +107,44 @@ func localParts(field, d string, list []string) ([]string, error) {
 		if m == "" {
 			continue
 		}
-		in := m
-		if !strings.Contains(m, "@") || strings.HasPrefix(m, `"`) && strings.HasSuffix(m, `"`) {
-			in = m + "@" + d
-		}
-		a, err := address.Parse(in)
+		local, err := entryLocal(d, m)
 		if err != nil {
-			return nil, fieldErr(field, "%q: %v", m, err)
+			return nil, fieldErr(field, "%v", err)
 		}
-		if a.Domain != d {
-			return nil, fieldErr(field, "%q is not an address of %s", m, d)
-		}
-		out = append(out, a.Local)
+		out = append(out, local)
 	}
 	return out, nil
+}
+
+// entryLocal is the local part a list entry of domain d stands for: a
+// local part, or an address of d.
+func entryLocal(d, m string) (string, error) {
+	in := m
+	if !strings.Contains(m, "@") || strings.HasPrefix(m, `"`) && strings.HasSuffix(m, `"`) {
+		in = m + "@" + d
+	}
+	a, err := address.Parse(in)
+	if err != nil {
+		return "", fmt.Errorf("%q: %v", m, err)
+	}
+	if a.Domain != d {
+		return "", fmt.Errorf("%q is not an address of %s", m, d)
+	}
+	return a.Local, nil
+}
+
+// EntryKey is how the ingests compare a list entry of domain: its local
+// part, lower-case (an entry that does not parse is its own key).
+func EntryKey(domain, entry string) string {
+	d, err := address.NormalizeDomain(domain)
+	if err != nil {
+		return entry
+	}
+	local, err := entryLocal(d, strings.TrimSpace(entry))
+	if err != nil {
+		return entry
+	}
+	return strings.ToLower(local)
 }
 
 func lowerSet(list []string) map[string]struct{} {

@@ -6,7 +6,6 @@ package operate
 import (
 	"context"
 	"encoding/csv"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -37,11 +36,36 @@ func List(p *domains.Policy, field string) (*[]string, error) {
 	return nil, &domains.FieldError{Field: "list", Msg: "mailboxes or bypass"}
 }
 
-// EditList changes a domain's list with edit (given the current list, it
-// returns the new one) at revision rev, and says what changed; with dryRun
-// it writes nothing and only says what would change. Entries compare as
-// the ingests compare them: local parts, without case.
-func (c *Client) EditList(ctx context.Context, who, domain, field string, rev uint64, dryRun bool, edit func(cur []string) ([]string, error)) (Stored, audit.ListChange, error) {
+// ImportList replaces a domain's list (field: "mailboxes" or "bypass")
+// with list, or with merge adds the entries of list it lacks, at revision
+// rev, and says what changed; with dryRun it writes nothing and only says
+// what would change.
+func (c *Client) ImportList(ctx context.Context, who, domain, field string, list []string, merge bool, rev uint64, dryRun bool) (Stored, audit.ListChange, error) {
+	return c.editList(ctx, who, domain, field, rev, dryRun, func(cur []string) ([]string, error) {
+		if merge {
+			return mergeList(domain, cur, list), nil
+		}
+		return list, nil
+	})
+}
+
+// EditEntry adds one entry to a domain's list, or removes it
+// (ErrNotListed when it is not on it), at revision rev; with dryRun it
+// only says what would change.
+func (c *Client) EditEntry(ctx context.Context, who, domain, field, entry string, add bool, rev uint64, dryRun bool) (Stored, audit.ListChange, error) {
+	return c.editList(ctx, who, domain, field, rev, dryRun, func(cur []string) ([]string, error) {
+		if add {
+			return mergeList(domain, cur, []string{entry}), nil
+		}
+		return removeFromList(domain, cur, entry)
+	})
+}
+
+// editList changes a domain's list with edit (given the current list, it
+// returns the new one) and says what changed; with dryRun it writes
+// nothing. Entries compare as the ingests compare them: local parts,
+// without case.
+func (c *Client) editList(ctx context.Context, who, domain, field string, rev uint64, dryRun bool, edit func(cur []string) ([]string, error)) (Stored, audit.ListChange, error) {
 	st, err := c.Policy(ctx, domain)
 	if err != nil {
 		return Stored{}, audit.ListChange{}, err
@@ -58,10 +82,13 @@ func (c *Client) EditList(ctx context.Context, who, domain, field string, rev ui
 	if err != nil {
 		return Stored{}, audit.ListChange{}, err
 	}
-	lc, err := listChange(st.Domain, field, st.Policy, next)
-	if err != nil {
+	// Both lists in normal form, as the ingests hold them.
+	after := p
+	*listOf(&after, field) = next
+	if after, err = after.Normalize(st.Domain); err != nil {
 		return Stored{}, audit.ListChange{}, err
 	}
+	lc := audit.DiffList(*cur, *listOf(&after, field))
 	if dryRun {
 		return st, lc, nil
 	}
@@ -70,47 +97,22 @@ func (c *Client) EditList(ctx context.Context, who, domain, field string, rev ui
 	return stored, lc, err
 }
 
-// listChange says what setting a domain's list to next would change, on
-// the normalized lists.
-func listChange(domain, field string, cur domains.Policy, next []string) (audit.ListChange, error) {
-	before, err := cur.Normalize(domain)
-	if err != nil {
-		return audit.ListChange{}, err
-	}
-	after := before
-	l, _ := List(&after, field)
-	*l = next
-	if after, err = after.Normalize(domain); err != nil {
-		return audit.ListChange{}, err
-	}
-	bl, _ := List(&before, field)
-	al, _ := List(&after, field)
-	b, _ := json.Marshal(map[string][]string{field: *bl})
-	a, _ := json.Marshal(map[string][]string{field: *al})
-	var ev audit.Event
-	audit.PolicyChange(&ev, b, a)
-	return ev.Lists[field], nil
+// listOf is List for a field already checked.
+func listOf(p *domains.Policy, field string) *[]string {
+	l, _ := List(p, field)
+	return l
 }
 
-// entryKey is how the ingests compare an entry: its local part, lower-case.
-func entryKey(domain, e string) string {
-	n, err := (domains.Policy{Mailboxes: []string{e}}).Normalize(domain)
-	if err != nil || len(n.Mailboxes) != 1 {
-		return e
-	}
-	return strings.ToLower(n.Mailboxes[0])
-}
-
-// MergeList is cur with the entries of add it lacks; entries that do not
+// mergeList is cur with the entries of add it lacks; entries that do not
 // parse are kept for the policy's own check to name.
-func MergeList(domain string, cur, add []string) []string {
+func mergeList(domain string, cur, add []string) []string {
 	out := append([]string(nil), cur...)
 	seen := map[string]bool{}
 	for _, e := range cur {
-		seen[entryKey(domain, e)] = true
+		seen[domains.EntryKey(domain, e)] = true
 	}
 	for _, e := range add {
-		if k := entryKey(domain, e); !seen[k] {
+		if k := domains.EntryKey(domain, e); !seen[k] {
 			seen[k] = true
 			out = append(out, e)
 		}
@@ -118,13 +120,13 @@ func MergeList(domain string, cur, add []string) []string {
 	return out
 }
 
-// RemoveFromList is cur without entry (ErrNotListed when it is not on it).
-func RemoveFromList(domain string, cur []string, entry string) ([]string, error) {
-	k := entryKey(domain, entry)
+// removeFromList is cur without entry (ErrNotListed when it is not on it).
+func removeFromList(domain string, cur []string, entry string) ([]string, error) {
+	k := domains.EntryKey(domain, entry)
 	var out []string
 	found := false
 	for _, e := range cur {
-		if entryKey(domain, e) == k {
+		if domains.EntryKey(domain, e) == k {
 			found = true
 			continue
 		}

@@ -20,15 +20,15 @@ func TestParseList(t *testing.T) {
 }
 
 func TestMergeAndRemove(t *testing.T) {
-	got := MergeList("x.test", []string{"alice", "Bob"}, []string{"bob@x.test", "carol", "CAROL"})
+	got := mergeList("x.test", []string{"alice", "Bob"}, []string{"bob@x.test", "carol", "CAROL"})
 	if strings.Join(got, ",") != "alice,Bob,carol" {
 		t.Fatalf("merge: %v", got)
 	}
-	got, err := RemoveFromList("x.test", got, "ALICE@x.test")
+	got, err := removeFromList("x.test", got, "ALICE@x.test")
 	if err != nil || strings.Join(got, ",") != "Bob,carol" {
 		t.Fatalf("remove: %v %v", got, err)
 	}
-	if _, err := RemoveFromList("x.test", got, "dave"); err == nil {
+	if _, err := removeFromList("x.test", got, "dave"); err == nil {
 		t.Fatal("removed an entry not on the list")
 	}
 }

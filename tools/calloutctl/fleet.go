@@ -86,7 +86,7 @@ func (a *app) domainList(ctx context.Context, args []string) error {
 	usage := errors.New("usage: domain list DOMAIN mailboxes|bypass [add ENTRY | rm ENTRY | import FILE [-merge] [-dry-run]]")
 	fs := flag.NewFlagSet("domain list", flag.ContinueOnError)
 	merge := fs.Bool("merge", false, "import: add to the list instead of replacing it")
-	dryRun := fs.Bool("dry-run", false, "import: say what would change, write nothing")
+	dryRun := fs.Bool("dry-run", false, "say what would change, write nothing")
 	pos, err := parseMixed(fs, args)
 	if err != nil || len(pos) < 2 {
 		return usage
@@ -109,31 +109,24 @@ func (a *app) domainList(ctx context.Context, args []string) error {
 	if len(pos) != 4 {
 		return usage
 	}
-	var edit func(cur []string) ([]string, error)
+	var st operate.Stored
+	var lc audit.ListChange
 	switch pos[2] {
-	case "add":
-		edit = func(cur []string) ([]string, error) { return operate.MergeList(domain, cur, []string{pos[3]}), nil }
-	case "rm":
-		edit = func(cur []string) ([]string, error) { return operate.RemoveFromList(domain, cur, pos[3]) }
+	case "add", "rm":
+		st, lc, err = a.op.EditEntry(ctx, a.who, domain, field, pos[3], pos[2] == "add", domains.AnyRevision, *dryRun)
 	case "import":
-		data, err := os.ReadFile(pos[3])
-		if err != nil {
-			return err
+		data, rerr := os.ReadFile(pos[3])
+		if rerr != nil {
+			return rerr
 		}
-		list, err := operate.ParseList(string(data))
-		if err != nil {
-			return err
+		list, perr := operate.ParseList(string(data))
+		if perr != nil {
+			return perr
 		}
-		edit = func(cur []string) ([]string, error) {
-			if *merge {
-				return operate.MergeList(domain, cur, list), nil
-			}
-			return list, nil
-		}
+		st, lc, err = a.op.ImportList(ctx, a.who, domain, field, list, *merge, domains.AnyRevision, *dryRun)
 	default:
 		return usage
 	}
-	st, lc, err := a.op.EditList(ctx, a.who, domain, field, domains.AnyRevision, *dryRun, edit)
 	if err != nil && !errors.Is(err, operate.ErrNotRecorded) {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/callout-mail/callout/shared/audit"
 	"github.com/callout-mail/callout/shared/domains"
 	"github.com/callout-mail/callout/shared/operate"
 )
@@ -161,14 +162,15 @@ func (s *Server) editPolicy(r *http.Request, id *identity, domain string, rev ui
 	return s.admin.SetPolicy(r.Context(), id.who(), domain, p, rev)
 }
 
-// replaceList replaces a domain's mailbox or bypass list.
-func (s *Server) replaceList(r *http.Request, id *identity, domain, field, text string, rev uint64) (operate.Stored, error) {
+// importList replaces a domain's mailbox or bypass list with the pasted
+// or uploaded text, or with merge adds what the list lacks (see
+// operate.ImportList).
+func (s *Server) importList(r *http.Request, id *identity, domain, field, text string, merge bool, rev uint64, dryRun bool) (operate.Stored, audit.ListChange, error) {
 	list, err := operate.ParseList(text)
 	if err != nil {
-		return operate.Stored{}, err
+		return operate.Stored{}, audit.ListChange{}, err
 	}
-	st, _, err := s.admin.EditList(r.Context(), id.who(), domain, field, rev, false, func([]string) ([]string, error) { return list, nil })
-	return st, err
+	return s.admin.ImportList(r.Context(), id.who(), domain, field, list, merge, rev, dryRun)
 }
 
 // apiList replaces (mode=replace, the default) or adds to (mode=merge) a
@@ -192,17 +194,7 @@ func (s *Server) apiList(field string) apiHandler {
 		if err != nil {
 			return err
 		}
-		list, err := operate.ParseList(string(b))
-		if err != nil {
-			return err
-		}
-		domain := r.PathValue("domain")
-		st, lc, err := s.admin.EditList(r.Context(), id.who(), domain, field, rev, dryRun, func(cur []string) ([]string, error) {
-			if mode == "merge" {
-				return operate.MergeList(domain, cur, list), nil
-			}
-			return list, nil
-		})
+		st, lc, err := s.importList(r, id, r.PathValue("domain"), field, string(b), mode == "merge", rev, dryRun)
 		if err != nil {
 			return err
 		}
@@ -226,13 +218,7 @@ func (s *Server) apiListEntry(field string, add bool) apiHandler {
 		if entry == "" {
 			return badRequest("entry", "an entry is needed")
 		}
-		domain := r.PathValue("domain")
-		st, _, err := s.admin.EditList(r.Context(), id.who(), domain, field, rev, false, func(cur []string) ([]string, error) {
-			if add {
-				return operate.MergeList(domain, cur, []string{entry}), nil
-			}
-			return operate.RemoveFromList(domain, cur, entry)
-		})
+		st, _, err := s.admin.EditEntry(r.Context(), id.who(), r.PathValue("domain"), field, entry, add, rev, false)
 		if err != nil {
 			return err
 		}

@@ -339,14 +339,7 @@ func (s *Server) postDomain(w http.ResponseWriter, r *http.Request, id *identity
 			f.Close()
 			text = string(b)
 		}
-		if p.Form.Get("merge") == "true" {
-			var list []string
-			if list, err = operate.ParseList(text); err == nil {
-				_, _, err = s.admin.EditList(r.Context(), id.who(), d, field, rev, false, func(cur []string) ([]string, error) { return operate.MergeList(d, cur, list), nil })
-			}
-		} else {
-			_, err = s.replaceList(r, id, d, field, text, rev)
-		}
+		_, _, err = s.importList(r, id, d, field, text, p.Form.Get("merge") == "true", rev, false)
 		msg = "The " + field + " list is saved."
 	case "mailboxes-entry", "bypass-entry":
 		field, entry := strings.TrimSuffix(action, "-entry"), strings.TrimSpace(p.Form.Get("entry"))
@@ -354,12 +347,7 @@ func (s *Server) postDomain(w http.ResponseWriter, r *http.Request, id *identity
 			err = badRequest("entry", "an entry is needed")
 			break
 		}
-		_, _, err = s.admin.EditList(r.Context(), id.who(), d, field, rev, false, func(cur []string) ([]string, error) {
-			if p.Form.Get("op") == "rm" {
-				return operate.RemoveFromList(d, cur, entry)
-			}
-			return operate.MergeList(d, cur, []string{entry}), nil
-		})
+		_, _, err = s.admin.EditEntry(r.Context(), id.who(), d, field, entry, p.Form.Get("op") != "rm", rev, false)
 		msg = entry + " added to the " + field + " list."
 		if p.Form.Get("op") == "rm" {
 			msg = entry + " removed from the " + field + " list."
