@@ -17,6 +17,8 @@ import (
 	"strings"
 	"text/template"
 	"time"
+
+	"github.com/callout-mail/callout/tools/stack"
 )
 
 //go:embed *.cf
@@ -116,37 +118,18 @@ func (p *Instance) CPUTicks() (float64, error) {
 	if err != nil {
 		return 0, err
 	}
-	master := strings.TrimSpace(string(pidData))
-	stat := func(pid string) []string {
-		data, err := os.ReadFile("/proc/" + pid + "/stat")
-		if err != nil {
-			return nil
-		}
-		// After the command (which may hold spaces): ppid is the 4th
-		// field, utime the 14th, stime the 15th, cutime and cstime the
-		// 16th and 17th.
-		return strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
+	master, err := strconv.Atoi(strings.TrimSpace(string(pidData)))
+	if err != nil {
+		return 0, fmt.Errorf("postfix master pid: %w", err)
 	}
-	sum := func(f []string, from, to int) float64 {
-		t := 0.0
-		for i := from; i <= to && i < len(f); i++ {
-			v, _ := strconv.ParseFloat(f[i], 64)
-			t += v
-		}
-		return t
+	m, err := stack.ReadProcCPU(master)
+	if err != nil {
+		return 0, fmt.Errorf("postfix master %d is not running: %w", master, err)
 	}
-	f := stat(master)
-	if f == nil {
-		return 0, fmt.Errorf("postfix master %s is not running", master)
-	}
-	total := sum(f, 11, 14)
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		if e.Name()[0] < '0' || e.Name()[0] > '9' {
-			continue
-		}
-		if c := stat(e.Name()); len(c) > 12 && c[1] == master {
-			total += sum(c, 11, 12)
+	total := m.Self + m.Reaped
+	for _, pid := range stack.Pids() {
+		if c, err := stack.ReadProcCPU(pid); err == nil && c.PPID == master {
+			total += c.Self
 		}
 	}
 	return total, nil

@@ -3,14 +3,14 @@ package main
 // CPU time of the processes and of the machine.
 
 import (
-	"bytes"
-	"fmt"
 	_ "net/http/pprof"
 	"os"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/callout-mail/callout/tools/stack"
 )
 
 // cpuSample is CPU time in clock ticks of 1/100 s: of each process of
@@ -42,19 +42,9 @@ func (b *bench) cpuTicks() cpuSample {
 	}
 	c := cpuSample{procs: map[string]float64{}}
 	for name, pid := range pids {
-		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			continue
+		if pc, err := stack.ReadProcCPU(pid); err == nil {
+			c.procs[name] = pc.Self
 		}
-		// Fields after the command (which may hold spaces): state is the
-		// 3rd field, utime the 14th, stime the 15th.
-		f := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
-		if len(f) < 13 {
-			continue
-		}
-		u, _ := strconv.ParseFloat(f[11], 64)
-		st, _ := strconv.ParseFloat(f[12], 64)
-		c.procs[name] = u + st
 	}
 	if data, err := os.ReadFile("/proc/stat"); err == nil {
 		line, _, _ := strings.Cut(string(data), "\n")
