@@ -50,6 +50,7 @@ func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger)
 	if err != nil {
 		return nil, err
 	}
+	users.prepare()
 	for _, name := range users.WeakHashes() {
 		log.Warn("console user's password hash is cheaper than bcrypt cost 12: make a new one with `console hash-password`", "user", name)
 	}

@@ -40,6 +40,7 @@ type Users struct {
 	// dummy is compared for an unknown user: a hash of the highest cost
 	// among the users', so that the time does not tell which names exist.
 	dummy   []byte
+	once    sync.Once
 	compare func(hash, password []byte) error // bcrypt's; tests count the work
 }
 
@@ -98,23 +99,30 @@ func ParseUsers(text string) (*Users, error) {
 			u.byName[user.Name] = user
 		}
 	}
-	cost := bcrypt.MinCost
-	for _, user := range u.byName {
-		if c, _ := bcrypt.Cost(user.hash); c > cost {
-			cost = c
-		}
-	}
-	var err error
-	if u.dummy, err = bcrypt.GenerateFromPassword([]byte("no such user"), cost); err != nil {
-		return nil, err
-	}
 	return u, nil
+}
+
+// prepare makes the hash an unknown user's password is compared with: of
+// the highest cost among the users'. The console does it once at start
+// (a cost-12 hash takes a quarter of a second; checking the settings need
+// not), Check on first need.
+func (u *Users) prepare() {
+	u.once.Do(func() {
+		cost := bcrypt.MinCost
+		for _, user := range u.byName {
+			if c, _ := bcrypt.Cost(user.hash); c > cost {
+				cost = c
+			}
+		}
+		u.dummy, _ = bcrypt.GenerateFromPassword([]byte("no such user"), cost) // fails only above bcrypt's maximum cost, which Cost refused
+	})
 }
 
 // Check returns the user whose password this is, or nil.
 func (u *Users) Check(name, password string) *User {
 	user := u.byName[name]
 	if user == nil {
+		u.prepare()
 		_ = u.compare(u.dummy, []byte(password))
 		return nil
 	}
