@@ -24,7 +24,14 @@ const (
 	Flush        = "flush"
 	Login        = "login"        // a console login
 	LoginFailed  = "login.failed" // a refused one (wrong password, or limited)
+	UserSet      = "user.set"     // a console user made or changed
+	UserRemove   = "user.rm"
+	TokenAdd     = "token.add" // an API token made
+	TokenRevoke  = "token.rm"
 )
+
+// Kinds are every What, sorted.
+var Kinds = []string{Flush, Login, LoginFailed, PolicyRemove, PolicySet, TokenAdd, TokenRevoke, UserRemove, UserSet}
 
 // Event is one operator change.
 type Event struct {
@@ -38,7 +45,8 @@ type Event struct {
 	Before  json.RawMessage `json:"before,omitempty"`
 	After   json.RawMessage `json:"after,omitempty"`
 	Result  string          `json:"result,omitempty"` // e.g. "removed 12 entries"
-	Client  string          `json:"client,omitempty"` // logins: the client's address
+	Client  string          `json:"client,omitempty"` // the console client's address
+	Target  string          `json:"target,omitempty"` // users and tokens: the user acted on
 	// Lists says what a policy change did to its mailbox and bypass lists;
 	// Before and After then hold each list's size, never the list, so that
 	// an event always fits in a message whatever the list's size.

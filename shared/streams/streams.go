@@ -67,6 +67,15 @@ func DomainsConfig(n subjects.Names, replicas int) jetstream.KeyValueConfig {
 	}
 }
 
+// AccountsConfig is the bucket of the console's users and API tokens
+// (JSON; passwords as bcrypt hashes, tokens as SHA-256).
+func AccountsConfig(n subjects.Names, replicas int) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket: n.AccountsBucket(), History: 5, Replicas: max(replicas, 1),
+		Description: "callout console users and API tokens (JSON)",
+	}
+}
+
 // CacheConfig is the verdict bucket: one bucket with per-entry TTLs, its
 // MaxAge the longest TTL class, limit markers on, no history.
 func CacheConfig(n subjects.Names, replicas int, maxAge time.Duration) jetstream.KeyValueConfig {
@@ -188,7 +197,7 @@ func SetupWith(ctx context.Context, js jetstream.JetStream, n subjects.Names, re
 		}
 		done = append(done, "stream "+cfg.Name)
 	}
-	for _, cfg := range []jetstream.KeyValueConfig{DomainsConfig(n, replicas), CacheConfig(n, replicas, cacheMaxAge)} {
+	for _, cfg := range []jetstream.KeyValueConfig{DomainsConfig(n, replicas), AccountsConfig(n, replicas), CacheConfig(n, replicas, cacheMaxAge)} {
 		if _, err := js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
 			return done, fmt.Errorf("bucket %s: %w", cfg.Bucket, err)
 		}

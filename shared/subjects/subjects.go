@@ -58,6 +58,9 @@ func (n Names) Flush() string { return n.Prefix + ".control.flush" }
 // CacheBucket is the KV bucket of verdicts.
 func (n Names) CacheBucket() string { return n.Prefix + "_cache" }
 
+// AccountsBucket is the KV bucket of the console's users and API tokens.
+func (n Names) AccountsBucket() string { return n.Prefix + "_accounts" }
+
 // DomainsBucket is the KV bucket of per-domain policy.
 func (n Names) DomainsBucket() string { return n.Prefix + "_domains" }
 

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/callout-mail/callout/shared/accounts"
 	"github.com/callout-mail/callout/shared/audit"
 	"github.com/callout-mail/callout/shared/verdict"
 	"github.com/callout-mail/callout/shared/wire"
@@ -19,36 +20,36 @@ func (s *Server) routesAPI(mux *http.ServeMux) {
 		_, _ = w.Write(b)
 	})
 	mux.HandleFunc("POST /api/login", s.apiLogin)
-	mux.Handle("POST /api/logout", s.api(RoleViewer, s.apiLogout))
-	mux.Handle("GET /api/me", s.api(RoleViewer, func(w http.ResponseWriter, r *http.Request, id *identity) error {
+	mux.Handle("POST /api/logout", s.api(anyRead, s.apiLogout))
+	mux.Handle("GET /api/me", s.api(anyRead, func(w http.ResponseWriter, r *http.Request, id *identity) error {
 		writeJSON(w, http.StatusOK, me(id))
 		return nil
 	}))
-	mux.Handle("POST /api/verify", s.api(RoleViewer, s.apiVerify))
-	mux.Handle("GET /api/cache", s.api(RoleViewer, s.apiCache))
-	mux.Handle("GET /api/cache/entry", s.api(RoleViewer, s.apiCacheEntry))
-	mux.Handle("DELETE /api/cache/entry", s.api(RoleAdmin, s.apiCacheDelete))
-	mux.Handle("POST /api/flush", s.api(RoleAdmin, s.apiFlush))
-	mux.Handle("GET /api/domains", s.api(RoleViewer, s.apiDomains))
-	mux.Handle("GET /api/domains/{domain}", s.api(RoleViewer, s.apiDomain))
-	mux.Handle("PUT /api/domains/{domain}", s.api(RoleAdmin, s.apiDomainPut))
-	mux.Handle("DELETE /api/domains/{domain}", s.api(RoleAdmin, s.apiDomainDelete))
+	mux.Handle("POST /api/verify", s.api(anyRead, s.apiVerify))
+	mux.Handle("GET /api/cache", s.api(anyRead, s.apiCache))
+	mux.Handle("GET /api/cache/entry", s.api(anyRead, s.apiCacheEntry))
+	mux.Handle("DELETE /api/cache/entry", s.api(anyWrite, s.apiCacheDelete))
+	mux.Handle("POST /api/flush", s.api(anyWrite, s.apiFlush))
+	mux.Handle("GET /api/domains", s.api(anyRead, s.apiDomains))
+	mux.Handle("GET /api/domains/{domain}", s.api(anyRead, s.apiDomain))
+	mux.Handle("PUT /api/domains/{domain}", s.api(anyWrite, s.apiDomainPut))
+	mux.Handle("DELETE /api/domains/{domain}", s.api(adminWrite, s.apiDomainDelete))
 	for _, field := range []string{"mailboxes", "bypass"} {
-		mux.Handle("PUT /api/domains/{domain}/"+field, s.api(RoleAdmin, s.apiList(field)))
-		mux.Handle("GET /api/domains/{domain}/"+field, s.api(RoleViewer, s.apiListExport(field)))
-		mux.Handle("POST /api/domains/{domain}/"+field+"/{entry}", s.api(RoleAdmin, s.apiListEntry(field, true)))
-		mux.Handle("DELETE /api/domains/{domain}/"+field+"/{entry}", s.api(RoleAdmin, s.apiListEntry(field, false)))
+		mux.Handle("PUT /api/domains/{domain}/"+field, s.api(anyWrite, s.apiList(field)))
+		mux.Handle("GET /api/domains/{domain}/"+field, s.api(anyRead, s.apiListExport(field)))
+		mux.Handle("POST /api/domains/{domain}/"+field+"/{entry}", s.api(anyWrite, s.apiListEntry(field, true)))
+		mux.Handle("DELETE /api/domains/{domain}/"+field+"/{entry}", s.api(anyWrite, s.apiListEntry(field, false)))
 	}
-	mux.Handle("POST /api/domains/{domain}/monitor", s.api(RoleAdmin, s.apiMonitor))
-	mux.Handle("GET /api/stats", s.api(RoleViewer, func(w http.ResponseWriter, r *http.Request, id *identity) error {
+	mux.Handle("POST /api/domains/{domain}/monitor", s.api(anyWrite, s.apiMonitor))
+	mux.Handle("GET /api/stats", s.api(adminRead, func(w http.ResponseWriter, r *http.Request, id *identity) error {
 		writeJSON(w, http.StatusOK, s.col.Fleet(time.Now(), 20))
 		return nil
 	}))
-	mux.Handle("GET /api/stats/history", s.api(RoleViewer, func(w http.ResponseWriter, r *http.Request, id *identity) error {
+	mux.Handle("GET /api/stats/history", s.api(adminRead, func(w http.ResponseWriter, r *http.Request, id *identity) error {
 		writeJSON(w, http.StatusOK, map[string]any{"every_s": s.cfg.HistoryEvery.Seconds(), "samples": s.hist.samples()})
 		return nil
 	}))
-	mux.Handle("GET /api/hosts", s.api(RoleViewer, func(w http.ResponseWriter, r *http.Request, id *identity) error {
+	mux.Handle("GET /api/hosts", s.api(adminRead, func(w http.ResponseWriter, r *http.Request, id *identity) error {
 		hs, err := s.client(id).Hosts(r.Context(), time.Second)
 		if err != nil {
 			return err
@@ -56,20 +57,24 @@ func (s *Server) routesAPI(mux *http.ServeMux) {
 		writeJSON(w, http.StatusOK, hs)
 		return nil
 	}))
-	mux.Handle("GET /api/audit", s.api(RoleViewer, s.apiAudit))
+	mux.Handle("GET /api/audit", s.api(anyRead, s.apiAudit))
+	s.routesAccounts(mux)
 	mux.Handle("/api/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no such endpoint: " + r.Method + " " + r.URL.Path})
 	}))
 }
 
 type meReply struct {
-	User string `json:"user"`
-	Role Role   `json:"role"`
-	CSRF string `json:"csrf,omitempty"`
+	User     string        `json:"user"`
+	Role     accounts.Role `json:"role"`
+	ReadOnly bool          `json:"read_only,omitempty"`
+	// Domains are the identity's domains; absent for every domain.
+	Domains []string `json:"domains,omitempty"`
+	CSRF    string   `json:"csrf,omitempty"`
 }
 
 func me(id *identity) meReply {
-	m := meReply{User: id.user.Name, Role: id.user.Role}
+	m := meReply{User: id.user.Name, Role: id.scope.role, ReadOnly: id.scope.readOnly, Domains: id.scope.domains}
 	if id.sess != nil {
 		m.CSRF = id.sess.csrf
 	}
@@ -92,7 +97,8 @@ func (s *Server) apiLogin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.setSessionCookie(w, r, sid, int(s.cfg.SessionTTL.Seconds()))
-	writeJSON(w, http.StatusOK, me(&identity{user: se.user, sess: se}))
+	u, _ := s.users.table.User(se.user)
+	writeJSON(w, http.StatusOK, me(&identity{user: u, scope: scopeOf(u, nil), sess: se}))
 }
 
 func (s *Server) apiLogout(w http.ResponseWriter, r *http.Request, id *identity) error {
@@ -123,10 +129,13 @@ func (s *Server) verify(r *http.Request, id *identity, b verifyBody) (wire.Verif
 	if b.TimeoutMS < 0 || b.TimeoutMS > 120000 {
 		return wire.VerifyReply{}, badRequest("timeout_ms", "0 to 120000")
 	}
-	if b.Trace && id.user.Role != RoleAdmin {
-		return wire.VerifyReply{}, &httpError{http.StatusForbidden, "trace", "a traced callout needs the admin role"}
+	if err := id.scope.inAddress(b.Address); err != nil {
+		return wire.VerifyReply{}, err
 	}
-	if b.ClientAddress != "" && id.user.Role != RoleAdmin {
+	if b.Trace && !id.scope.canTrace() {
+		return wire.VerifyReply{}, &httpError{http.StatusForbidden, "trace", "a traced callout needs the admin or reseller role"}
+	}
+	if b.ClientAddress != "" && id.scope.role != accounts.Admin {
 		// To see what an MTA's client would be answered: for admins only.
 		return wire.VerifyReply{}, &httpError{http.StatusForbidden, "client_address", "asking for a client address needs the admin role"}
 	}
@@ -174,6 +183,9 @@ func (s *Server) auditEvents(r *http.Request, id *identity, q auditQuery) ([]aud
 		if q.Contain != "" && !strings.Contains(strings.ToLower(ev.Domain+" "+ev.Address), strings.ToLower(q.Contain)) {
 			continue
 		}
+		if !id.scope.seesEvent(ev, id.user.Name) {
+			continue
+		}
 		out = append(out, ev)
 	}
 	return out, nil
@@ -188,8 +200,7 @@ func auditParams(q map[string][]string) (auditQuery, error) {
 		}
 		aq.N = n
 	}
-	known := []string{audit.PolicySet, audit.PolicyRemove, audit.Flush, audit.Login, audit.LoginFailed}
-	sort.Strings(known)
+	known := audit.Kinds
 	if aq.What != "" {
 		if i := sort.SearchStrings(known, aq.What); i == len(known) || known[i] != aq.What {
 			return aq, badRequest("what", "one of %s", strings.Join(known, ", "))

@@ -71,7 +71,7 @@ func (s *Server) apiCache(w http.ResponseWriter, r *http.Request, id *identity) 
 	if err != nil {
 		return err
 	}
-	page, err := s.browse[id.user.Role].Page(r.Context(), cq, time.Now())
+	page, err := s.cachePage(r, id, &cq)
 	if err != nil {
 		return err
 	}
@@ -79,8 +79,29 @@ func (s *Server) apiCache(w http.ResponseWriter, r *http.Request, id *identity) 
 	return nil
 }
 
+// cachePage is a page of the cache in the identity's scope: a tenant
+// browses one of its domains at a time (the one it has, when it has one).
+func (s *Server) cachePage(r *http.Request, id *identity, cq *CacheQuery) (CachePage, error) {
+	if !id.scope.all() {
+		if cq.Domain == "" && len(id.scope.domains) == 1 {
+			cq.Domain = id.scope.domains[0]
+		}
+		if cq.Domain == "" {
+			return CachePage{}, badRequest("domain", "choose one of your domains")
+		}
+		if err := id.scope.inDomain(cq.Domain); err != nil {
+			return CachePage{}, err
+		}
+	}
+	return s.browse[id.scope.readOnly].Page(r.Context(), *cq, time.Now())
+}
+
 func (s *Server) apiCacheEntry(w http.ResponseWriter, r *http.Request, id *identity) error {
-	e, err := s.browse[id.user.Role].Entry(r.Context(), r.URL.Query().Get("key"))
+	key := r.URL.Query().Get("key")
+	if err := id.scope.inKey(key); err != nil {
+		return err
+	}
+	e, err := s.browse[id.scope.readOnly].Entry(r.Context(), key)
 	if err != nil {
 		return err
 	}
@@ -94,6 +115,9 @@ func (s *Server) deleteEntry(r *http.Request, id *identity, key string) (wire.Fl
 	k, err := kvkey.Parse(key)
 	if err != nil {
 		return wire.FlushReply{}, badRequest("key", "%v", err)
+	}
+	if err := id.scope.inKey(key); err != nil {
+		return wire.FlushReply{}, err
 	}
 	if k.Kind != "addr" {
 		return wire.FlushReply{}, badRequest("key", "a domain fact goes with its domain: flush the domain")
@@ -123,6 +147,9 @@ func removed(rep wire.FlushReply) any {
 // is refused (429) rather than recorded as thousands of audit events that
 // push older ones out.
 func (s *Server) flush(r *http.Request, id *identity, cmd wire.FlushCommand) (wire.FlushReply, error) {
+	if err := id.scope.inFlush(cmd); err != nil {
+		return wire.FlushReply{}, err
+	}
 	if !s.flushes.take(id.user.Name, time.Now()) {
 		return wire.FlushReply{}, &httpError{http.StatusTooManyRequests, "", fmt.Sprintf("more than %d flushes a minute by %s; try again in a minute", s.cfg.FlushRate, id.user.Name)}
 	}

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/callout-mail/callout/shared/accounts"
 	"github.com/callout-mail/callout/shared/audit"
 	"github.com/callout-mail/callout/shared/domains"
 	"github.com/callout-mail/callout/shared/operate"
@@ -59,7 +60,7 @@ func (s *Server) domainRows(r *http.Request, id *identity, dq domainQuery) ([]do
 	would := s.col.Fleet(time.Now(), 0).Would
 	rows := make([]domainRow, 0, min(len(all), dq.Limit))
 	for _, st := range all {
-		if st.Domain <= dq.After || dq.Q != "" && !strings.Contains(st.Domain, dq.Q) {
+		if st.Domain <= dq.After || dq.Q != "" && !strings.Contains(st.Domain, dq.Q) || !id.scope.has(st.Domain) {
 			continue
 		}
 		if len(rows) == dq.Limit {
@@ -112,12 +113,30 @@ func (s *Server) apiDomainPut(w http.ResponseWriter, r *http.Request, id *identi
 	if body.Policy == nil {
 		return badRequest("policy", "a policy is needed")
 	}
-	st, err := s.admin.SetPolicy(r.Context(), id.who(), r.PathValue("domain"), *body.Policy, body.Revision)
+	st, err := s.setPolicy(r, id, r.PathValue("domain"), *body.Policy, body.Revision)
 	if err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, st)
 	return nil
+}
+
+// setPolicy writes a domain's policy for an identity: only an admin
+// creates a domain (rev 0) or sets its admin-only fields.
+func (s *Server) setPolicy(r *http.Request, id *identity, domain string, p domains.Policy, rev uint64) (operate.Stored, error) {
+	if id.scope.role != accounts.Admin {
+		if rev == 0 {
+			return operate.Stored{}, &httpError{http.StatusForbidden, "revision", "only an admin creates a domain; give the revision you read"}
+		}
+		cur, err := s.admin.Policy(r.Context(), domain)
+		if err != nil {
+			return operate.Stored{}, err
+		}
+		if err := id.scope.checkPolicyChange(cur.Policy, p); err != nil {
+			return operate.Stored{}, err
+		}
+	}
+	return s.admin.SetPolicy(r.Context(), id.who(), domain, p, rev)
 }
 
 func revisionParam(r *http.Request) (uint64, error) {
@@ -159,7 +178,7 @@ func (s *Server) editPolicy(r *http.Request, id *identity, domain string, rev ui
 	if err := edit(&p); err != nil {
 		return operate.Stored{}, err
 	}
-	return s.admin.SetPolicy(r.Context(), id.who(), domain, p, rev)
+	return s.setPolicy(r, id, domain, p, rev)
 }
 
 // importList replaces a domain's mailbox or bypass list with the pasted

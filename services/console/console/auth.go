@@ -8,44 +8,58 @@ import (
 	"strings"
 	"time"
 
+	"github.com/callout-mail/callout/shared/accounts"
 	"github.com/callout-mail/callout/shared/audit"
 	"github.com/callout-mail/callout/shared/operate"
 )
 
-// identity is who makes a request.
+// identity is who makes a request: the user as stored now, its scope
+// (narrowed by its token, if it came with one).
 type identity struct {
-	user *User
-	sess *session // nil for an API token
+	user  accounts.User
+	scope scope
+	token *accounts.Token // a stored token; nil for a login or a users-file token
+	sess  *session        // nil for an API token
 }
 
 func (id *identity) who() string { return "console:" + id.user.Name }
 
+// client is the NATS client a request goes through: read-only identities
+// use the viewer connection, when there is one.
 func (s *Server) client(id *identity) *operate.Client {
-	if id.user.Role == RoleAdmin {
-		return s.admin
+	if id.scope.readOnly {
+		return s.viewer
 	}
-	return s.viewer
+	return s.admin
 }
 
 func (s *Server) identify(r *http.Request) *identity {
+	now := time.Now()
 	if h := r.Header.Get("Authorization"); h != "" {
 		tok, ok := strings.CutPrefix(h, "Bearer ")
 		if !ok {
 			return nil
 		}
-		if u := s.users.ByToken(strings.TrimSpace(tok)); u != nil {
-			return &identity{user: u}
+		u, t, ok := s.users.ByToken(strings.TrimSpace(tok), now)
+		if !ok {
+			return nil
 		}
-		return nil
+		return &identity{user: u, scope: scopeOf(u, t), token: t}
 	}
 	c, err := r.Cookie(cookieName)
 	if err != nil {
 		return nil
 	}
-	if se := s.sess.get(c.Value, time.Now()); se != nil {
-		return &identity{user: se.user, sess: se}
+	se := s.sess.get(c.Value, now)
+	if se == nil {
+		return nil
 	}
-	return nil
+	u, ok := s.users.table.User(se.user)
+	if !ok || u.Disabled || u.Hash != se.hash {
+		s.sess.remove(c.Value)
+		return nil
+	}
+	return &identity{user: u, scope: scopeOf(u, nil), sess: se}
 }
 
 // csrfOK checks a cookie session's write: the token comes in a header (API)
@@ -82,9 +96,9 @@ func (s *Server) login(r *http.Request, name, password string) (string, *session
 		s.log.Warn("console login limited", "user", name, "client", client, "err", err)
 		return "", nil, &httpError{http.StatusTooManyRequests, "", err.Error()}
 	}
-	u := s.users.Check(name, password)
-	done(u != nil)
-	if u == nil {
+	u, ok := s.users.Check(name, password)
+	done(ok)
+	if !ok {
 		s.m.logins.WithLabelValues("failed").Inc()
 		s.log.Warn("console login failed", "user", name, "client", client)
 		s.recordLogin(r, audit.LoginFailed, name, addr, "wrong user name or password")

@@ -23,8 +23,9 @@ type Config struct {
 	Listen         string          `default:"127.0.0.1:8080" desc:"HTTP(S) listen address"`
 	TLSCert        string          `envconfig:"TLS_CERT" desc:"certificate file (PEM); with TLS_KEY the console serves HTTPS only"`
 	TLSKey         string          `envconfig:"TLS_KEY" desc:"private key file (PEM)"`
-	UsersFile      string          `envconfig:"USERS_FILE" desc:"users, one per line: name:role:bcrypt-hash[:sha256-of-api-token] (role admin or viewer)"`
+	UsersFile      string          `envconfig:"USERS_FILE" desc:"the first users (more are made in the console), one per line: name:role:bcrypt-hash[:sha256-of-api-token] (role admin, or viewer: an admin that only reads)"`
 	Users          string          `desc:"users in the same form, separated by spaces (added to USERS_FILE's)"`
+	PasswordCost   int             `envconfig:"PASSWORD_COST" default:"12" desc:"bcrypt cost of the password hashes the console makes (at least 12)"`
 	SessionTTL     time.Duration   `envconfig:"SESSION_TTL" default:"12h" desc:"a login lasts this long (idle or not)"`
 	LoginRate      int             `envconfig:"LOGIN_RATE" default:"10" desc:"login attempts allowed per client address per minute (successes give theirs back); each user name also backs off after 5 failures in a row, up to a minute"`
 	FlushRate      int             `envconfig:"FLUSH_RATE" default:"30" desc:"flushes (and cache entry deletions) allowed per user per minute; more are refused with 429, not audited"`
@@ -44,6 +45,9 @@ func (c *Config) MetricsListen() string { return c.MetricsAddr }
 func (c *Config) Validate() error {
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return errors.New("CALLOUT_CONSOLE_TLS_CERT and _TLS_KEY go together")
+	}
+	if c.PasswordCost < 12 || c.PasswordCost > 31 {
+		return errors.New("CALLOUT_CONSOLE_PASSWORD_COST: 12 to 31")
 	}
 	if c.SessionTTL < time.Minute || c.LoginRate < 1 || c.FlushRate < 1 || c.HistoryEvery < 100*time.Millisecond || c.HistorySize < 2 {
 		return errors.New("CALLOUT_CONSOLE_SESSION_TTL at least 1m, _LOGIN_RATE and _FLUSH_RATE at least 1, _HISTORY_EVERY at least 100ms, _HISTORY_SIZE at least 2")

@@ -17,8 +17,9 @@ import (
 
 type apiHandler func(w http.ResponseWriter, r *http.Request, id *identity) error
 
-// api wraps a JSON endpoint: authentication, role, CSRF, error mapping.
-func (s *Server) api(role Role, h apiHandler) http.Handler {
+// api wraps a JSON endpoint: authentication, access and scope (see
+// scope.go), CSRF, error mapping.
+func (s *Server) api(a access, h apiHandler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 		id := s.identify(r)
@@ -26,12 +27,12 @@ func (s *Server) api(role Role, h apiHandler) http.Handler {
 		switch {
 		case id == nil:
 			err = &httpError{http.StatusUnauthorized, "", "log in, or send an API token (Authorization: Bearer ...)"}
-		case role == RoleAdmin && id.user.Role != RoleAdmin:
-			err = &httpError{http.StatusForbidden, "", "this needs the admin role"}
 		case !csrfOK(r, id):
 			err = &httpError{http.StatusForbidden, "csrf", "missing or wrong CSRF token (X-CSRF-Token)"}
 		default:
-			err = h(w, r, id)
+			if err = id.scope.allow(a, r); err == nil {
+				err = h(w, r, id)
+			}
 		}
 		if err != nil {
 			s.writeError(w, r, err)
@@ -60,6 +61,9 @@ func classify(err error) (int, string, string) {
 	var qe *errQuery
 	var mbe *http.MaxBytesError
 	var fle *operate.FlushError
+	if st, f, m, ok := accountErr(err); ok {
+		return st, f, m
+	}
 	switch {
 	case errors.As(err, &he):
 		return he.status, he.field, he.msg

@@ -55,6 +55,7 @@ func TestUnknownUserCostsTheSame(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	u.cost = 10 // the cost of the hashes the console makes, as alice's
 	var costs []int
 	u.compare = func(hash, pw []byte) error {
 		c, _ := bcrypt.Cost(hash)
@@ -91,7 +92,9 @@ func limitedServer(t *testing.T, rate int) *Server {
 func TestFlushRateLimited(t *testing.T) {
 	s := limitedServer(t, 10)
 	s.cfg.FlushRate = 3
-	alice, bob := &identity{user: s.users.byName["alice"]}, &identity{user: s.users.byName["bob"]}
+	ua, _ := s.users.table.User("alice")
+	ub, _ := s.users.table.User("bob")
+	alice, bob := &identity{user: ua, scope: scopeOf(ua, nil)}, &identity{user: ub, scope: scopeOf(ub, nil)}
 	now := time.Now()
 	for i := 0; i < 3; i++ {
 		if !s.flushes.take(alice.user.Name, now) {

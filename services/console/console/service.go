@@ -31,8 +31,8 @@ type Server struct {
 	sess    *sessions
 	limit   *loginLimiter
 	admin   *operate.Client
-	viewer  *operate.Client // the viewer connection's client, or admin
-	browse  map[Role]*browser
+	viewer  *operate.Client   // the viewer connection's client, or admin
+	browse  map[bool]*browser // by read-only
 	col     *stats.Collector
 	hist    *history
 	pages   map[string]*template.Template
@@ -50,10 +50,8 @@ func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger)
 	if err != nil {
 		return nil, err
 	}
+	users.cost = cfg.PasswordCost
 	users.prepare()
-	for _, name := range users.WeakHashes() {
-		log.Warn("console user's password hash is cheaper than bcrypt cost 12: make a new one with `console hash-password`", "user", name)
-	}
 	names := subjects.New(cfg.NATS.Prefix)
 	admin, err := operate.New(nc, names)
 	if err != nil {
@@ -77,9 +75,9 @@ func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger)
 		}
 		s.ownConn = vnc
 	}
-	s.browse = map[Role]*browser{
-		RoleAdmin:  {js: s.admin.JS, bucket: names.CacheBucket()},
-		RoleViewer: {js: s.viewer.JS, bucket: names.CacheBucket()},
+	s.browse = map[bool]*browser{
+		false: {js: s.admin.JS, bucket: names.CacheBucket()},
+		true:  {js: s.viewer.JS, bucket: names.CacheBucket()},
 	}
 	s.m = newMetrics(reg)
 	if s.proxies, err = parseProxies(cfg.TrustedProxies); err != nil {
@@ -101,6 +99,16 @@ func (s *Server) Addr() net.Addr { return s.addr }
 func (s *Server) Run(ctx context.Context) error {
 	if s.ownConn != nil {
 		defer s.ownConn.Close()
+	}
+	kv, err := s.admin.Accounts(ctx)
+	if err != nil {
+		return err
+	}
+	if err := s.users.table.Watch(ctx, kv, s.log); err != nil {
+		return err
+	}
+	for _, name := range s.users.WeakHashes() {
+		s.log.Warn("console user's password hash is cheaper than bcrypt cost 12: give it a new password", "user", name)
 	}
 	sub, err := s.col.Subscribe(s.admin.NC, s.admin.Names.StatsAll())
 	if err != nil {

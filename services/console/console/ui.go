@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/callout-mail/callout/shared/accounts"
 	"github.com/callout-mail/callout/shared/domains"
 	"github.com/callout-mail/callout/shared/operate"
 	"github.com/callout-mail/callout/shared/verdict"
@@ -76,7 +77,11 @@ type page struct {
 	Title  string
 	Nav    string
 	Me     *meReply
-	Admin  bool
+	Admin  bool // an admin that may change things
+	Write  bool // may change its domains (not read-only)
+	Trace  bool // may run a traced callout
+	Staff  bool // admin or reseller: manages users
+	All    bool // sees every domain (admin, read-only or not)
 	Msg    string
 	Err    string
 	Fields map[string]string // errors by form field
@@ -100,9 +105,9 @@ func (s *Server) render(w http.ResponseWriter, status int, name string, p page) 
 
 type uiHandler func(w http.ResponseWriter, r *http.Request, id *identity, p page)
 
-// ui wraps a page: a login is needed, the role is checked, writes carry
-// the session's CSRF token.
-func (s *Server) ui(role Role, nav string, h uiHandler) http.Handler {
+// ui wraps a page: a login is needed, access and scope are checked (see
+// scope.go), writes carry the session's CSRF token.
+func (s *Server) ui(a access, nav string, h uiHandler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 		id := s.identify(r)
@@ -111,10 +116,16 @@ func (s *Server) ui(role Role, nav string, h uiHandler) http.Handler {
 			return
 		}
 		m := me(id)
-		p := page{Nav: nav, Me: &m, Admin: id.user.Role == RoleAdmin, Msg: r.URL.Query().Get("msg"), Fields: map[string]string{}}
-		if role == RoleAdmin && !p.Admin {
-			p.Title, p.Err = "Not allowed", "This needs the admin role."
-			s.render(w, http.StatusForbidden, "error", p)
+		sc := id.scope
+		p := page{Nav: nav, Me: &m, Admin: sc.role == accounts.Admin && !sc.readOnly, Write: !sc.readOnly, Trace: sc.canTrace(),
+			Staff: sc.role.Rank() >= accounts.Reseller.Rank(), All: sc.all(), Msg: r.URL.Query().Get("msg"), Fields: map[string]string{}}
+		if err := sc.allow(a, r); err != nil {
+			status, _, msg := classify(err)
+			p.Title, p.Err = "Not allowed", msg
+			if status == http.StatusNotFound {
+				p.Title = "Not found"
+			}
+			s.render(w, status, "error", p)
 			return
 		}
 		if r.Method == http.MethodPost {
@@ -193,28 +204,34 @@ func (s *Server) routesUI(mux *http.ServeMux) {
 		s.setSessionCookie(w, r, sid, int(s.cfg.SessionTTL.Seconds()))
 		http.Redirect(w, r, localPath(r.PostFormValue("next")), http.StatusSeeOther)
 	})
-	mux.Handle("POST /logout", s.ui(RoleViewer, "", func(w http.ResponseWriter, r *http.Request, id *identity, p page) {
+	mux.Handle("POST /logout", s.ui(anyRead, "", func(w http.ResponseWriter, r *http.Request, id *identity, p page) {
 		if c, err := r.Cookie(cookieName); err == nil {
 			s.sess.remove(c.Value)
 		}
 		s.setSessionCookie(w, r, "", -1)
 		http.Redirect(w, r, "/login", http.StatusSeeOther)
 	}))
-	mux.Handle("GET /{$}", s.ui(RoleViewer, "dashboard", s.pageDashboard))
-	mux.Handle("GET /domains", s.ui(RoleViewer, "domains", s.pageDomains))
-	mux.Handle("POST /domains", s.ui(RoleAdmin, "domains", s.postDomainCreate))
-	mux.Handle("GET /domains/{domain}", s.ui(RoleViewer, "domains", s.pageDomain))
-	mux.Handle("POST /domains/{domain}/{action}", s.ui(RoleAdmin, "domains", s.postDomain))
-	mux.Handle("POST /flush", s.ui(RoleAdmin, "", s.postFlush))
-	mux.Handle("GET /cache", s.ui(RoleViewer, "cache", s.pageCache))
-	mux.Handle("POST /cache/delete", s.ui(RoleAdmin, "cache", s.postCacheDelete))
-	mux.Handle("GET /verify", s.ui(RoleViewer, "verify", s.pageVerify))
-	mux.Handle("POST /verify", s.ui(RoleViewer, "verify", s.pageVerify))
-	mux.Handle("GET /audit", s.ui(RoleViewer, "audit", s.pageAudit))
-	mux.Handle("GET /destinations", s.ui(RoleViewer, "destinations", s.pageDestinations))
+	mux.Handle("GET /{$}", s.ui(anyRead, "dashboard", s.pageDashboard))
+	mux.Handle("GET /domains", s.ui(anyRead, "domains", s.pageDomains))
+	mux.Handle("POST /domains", s.ui(adminWrite, "domains", s.postDomainCreate))
+	mux.Handle("GET /domains/{domain}", s.ui(anyRead, "domains", s.pageDomain))
+	mux.Handle("POST /domains/{domain}/{action}", s.ui(anyWrite, "domains", s.postDomain))
+	mux.Handle("POST /flush", s.ui(anyWrite, "", s.postFlush))
+	mux.Handle("GET /cache", s.ui(anyRead, "cache", s.pageCache))
+	mux.Handle("POST /cache/delete", s.ui(anyWrite, "cache", s.postCacheDelete))
+	mux.Handle("GET /verify", s.ui(anyRead, "verify", s.pageVerify))
+	mux.Handle("POST /verify", s.ui(anyRead, "verify", s.pageVerify))
+	mux.Handle("GET /audit", s.ui(anyRead, "audit", s.pageAudit))
+	mux.Handle("GET /destinations", s.ui(adminRead, "destinations", s.pageDestinations))
+	s.routesAccountPages(mux)
 }
 
 func (s *Server) pageDashboard(w http.ResponseWriter, r *http.Request, id *identity, p page) {
+	if !id.scope.all() {
+		// The fleet's figures are every customer's: a tenant starts at its domains.
+		http.Redirect(w, r, "/domains", http.StatusSeeOther)
+		return
+	}
 	p.Title = "Dashboard"
 	p.D = s.col.Fleet(time.Now(), 10)
 	s.render(w, http.StatusOK, "dashboard", p)
@@ -271,7 +288,7 @@ func (s *Server) postDomainCreate(w http.ResponseWriter, r *http.Request, id *id
 		s.fail(w, "domains", p, badRequest("domain", "a domain is needed"))
 		return
 	}
-	st, err := s.admin.SetPolicy(r.Context(), id.who(), d, formPolicy(p.Form), 0)
+	st, err := s.setPolicy(r, id, d, formPolicy(p.Form), 0)
 	if err != nil {
 		p.Title = "Domains"
 		p.D, _, _ = s.domainRows(r, id, domainQuery{Limit: 200})
@@ -329,7 +346,10 @@ func (s *Server) postDomain(w http.ResponseWriter, r *http.Request, id *identity
 		}
 		pol := formPolicy(p.Form)
 		pol.Mailboxes, pol.Bypass = cur.Policy.Mailboxes, cur.Policy.Bypass
-		st, err = s.admin.SetPolicy(r.Context(), id.who(), d, pol, rev)
+		if id.scope.role != accounts.Admin {
+			pol = keepAdminFields(pol, cur.Policy)
+		}
+		st, err = s.setPolicy(r, id, d, pol, rev)
 		msg = "Policy of " + st.Domain + " saved."
 	case "mailboxes", "bypass":
 		field := r.PathValue("action")
@@ -359,6 +379,10 @@ func (s *Server) postDomain(w http.ResponseWriter, r *http.Request, id *identity
 			msg = "Monitor mode is on: callouts run, every recipient is accepted."
 		}
 	case "delete":
+		if id.scope.role != accounts.Admin {
+			err = &httpError{http.StatusForbidden, "", "only an admin removes a domain"}
+			break
+		}
 		err = s.admin.RemovePolicy(r.Context(), id.who(), d, rev)
 		if err == nil {
 			back(w, r, "/domains", "The policy of "+d+" is removed.")
@@ -406,7 +430,7 @@ func (s *Server) pageCache(w http.ResponseWriter, r *http.Request, id *identity,
 	p.D = &cp
 	cq, err := cacheQuery(q)
 	if err == nil {
-		cp.CachePage, err = s.browse[id.user.Role].Page(r.Context(), cq, time.Now())
+		cp.CachePage, err = s.cachePage(r, id, &cq)
 	}
 	if err != nil {
 		s.fail(w, "cache", p, err)

@@ -15,44 +15,32 @@ import (
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/callout-mail/callout/shared/accounts"
 )
 
-// Role is what a console user may do.
-type Role string
-
-const (
-	RoleAdmin  Role = "admin"  // everything
-	RoleViewer Role = "viewer" // read and verify; no change, no flush, no traced callout
-)
-
-// User is one console user.
-type User struct {
-	Name  string
-	Role  Role
-	hash  []byte // bcrypt of the password
-	token []byte // sha256 of the API token, or nil
-}
-
-// Users are the console's users by name.
+// Users are the console's users: the users file's (the bootstrap, read
+// at start) and the accounts bucket's (kept by a watch), and the tokens.
 type Users struct {
-	byName  map[string]*User
-	byToken map[[32]byte]*User
+	table *accounts.Table
+	// fileTokens are the users file's API tokens (SHA-256) by user name:
+	// a file user's token has the user's whole scope and no expiry.
+	fileTokens map[[32]byte]string
 	// dummy is compared for an unknown user: a hash of the highest cost
-	// among the users', so that the time does not tell which names exist.
+	// among the users' and new hashes', so that the time does not tell
+	// which names exist.
 	dummy   []byte
 	once    sync.Once
 	compare func(hash, password []byte) error // bcrypt's; tests count the work
+	cost    int                               // of new hashes
 }
 
-// minCost is the bcrypt cost a password hash should have at least.
-const minCost = 12
-
-// WeakHashes names the users whose hash costs less than minCost.
+// WeakHashes names the users whose hash costs less than accounts.MinCost.
 func (u *Users) WeakHashes() []string {
 	var out []string
-	for name, user := range u.byName {
-		if c, _ := bcrypt.Cost(user.hash); c < minCost {
-			out = append(out, name)
+	for _, user := range u.table.Users() {
+		if c, _ := bcrypt.Cost([]byte(user.Hash)); c < accounts.MinCost {
+			out = append(out, user.Name)
 		}
 	}
 	sort.Strings(out)
@@ -60,12 +48,15 @@ func (u *Users) WeakHashes() []string {
 }
 
 // Len is the number of users.
-func (u *Users) Len() int { return len(u.byName) }
+func (u *Users) Len() int { return len(u.table.Users()) }
 
-// ParseUsers reads users, one per line or space-separated entry:
-// name:role:bcrypt-hash[:sha256-hex-of-api-token]. # starts a comment.
+// ParseUsers reads the users file: one user per line or space-separated
+// entry, name:role:bcrypt-hash[:sha256-hex-of-api-token], role admin or
+// viewer (an admin that only reads). # starts a comment.
 func ParseUsers(text string) (*Users, error) {
-	u := &Users{byName: map[string]*User{}, byToken: map[[32]byte]*User{}, compare: bcrypt.CompareHashAndPassword}
+	u := &Users{fileTokens: map[[32]byte]string{}, compare: bcrypt.CompareHashAndPassword, cost: accounts.MinCost}
+	var list []accounts.User
+	seen := map[string]bool{}
 	for n, line := range strings.Split(text, "\n") {
 		if i := strings.IndexByte(line, '#'); i >= 0 {
 			line = line[:i]
@@ -75,14 +66,18 @@ func ParseUsers(text string) (*Users, error) {
 			if len(parts) < 3 || len(parts) > 4 {
 				return nil, fmt.Errorf("line %d: want name:role:bcrypt-hash[:token-sha256]", n+1)
 			}
-			user := &User{Name: parts[0], Role: Role(parts[1]), hash: []byte(parts[2])}
-			if user.Name == "" || strings.ContainsAny(user.Name, "<>&\"'") {
-				return nil, fmt.Errorf("line %d: a user name is needed, without <>&\"'", n+1)
+			user := accounts.User{Name: parts[0], Role: accounts.Admin, Hash: parts[2]}
+			if err := accounts.CheckName(user.Name); err != nil {
+				return nil, fmt.Errorf("line %d: %w", n+1, err)
 			}
-			if user.Role != RoleAdmin && user.Role != RoleViewer {
-				return nil, fmt.Errorf("line %d: user %s: role %q (want admin or viewer)", n+1, user.Name, user.Role)
+			switch parts[1] {
+			case "admin":
+			case "viewer":
+				user.ReadOnly = true
+			default:
+				return nil, fmt.Errorf("line %d: user %s: role %q (want admin or viewer; other roles are made in the console)", n+1, user.Name, parts[1])
 			}
-			if _, err := bcrypt.Cost(user.hash); err != nil {
+			if _, err := bcrypt.Cost([]byte(user.Hash)); err != nil {
 				return nil, fmt.Errorf("line %d: user %s: not a bcrypt hash: %v", n+1, user.Name, err)
 			}
 			if len(parts) == 4 {
@@ -90,27 +85,28 @@ func ParseUsers(text string) (*Users, error) {
 				if err != nil || len(t) != sha256.Size {
 					return nil, fmt.Errorf("line %d: user %s: the token field is the SHA-256 of the token in hex", n+1, user.Name)
 				}
-				user.token = t
-				u.byToken[[32]byte(t)] = user
+				u.fileTokens[[32]byte(t)] = user.Name
 			}
-			if _, dup := u.byName[user.Name]; dup {
+			if seen[user.Name] {
 				return nil, fmt.Errorf("line %d: user %s given twice", n+1, user.Name)
 			}
-			u.byName[user.Name] = user
+			seen[user.Name] = true
+			list = append(list, user)
 		}
 	}
+	u.table = accounts.NewTable(list)
 	return u, nil
 }
 
 // prepare makes the hash an unknown user's password is compared with: of
-// the highest cost among the users'. The console does it once at start
-// (a cost-12 hash takes a quarter of a second; checking the settings need
-// not), Check on first need.
+// the highest cost among the file's users and new hashes. The console
+// does it once at start (a cost-12 hash takes a quarter of a second;
+// checking the settings need not), Check on first need.
 func (u *Users) prepare() {
 	u.once.Do(func() {
-		cost := bcrypt.MinCost
-		for _, user := range u.byName {
-			if c, _ := bcrypt.Cost(user.hash); c > cost {
+		cost := max(u.cost, bcrypt.MinCost)
+		for _, user := range u.table.FileUsers() {
+			if c, _ := bcrypt.Cost([]byte(user.Hash)); c > cost {
 				cost = c
 			}
 		}
@@ -118,35 +114,54 @@ func (u *Users) prepare() {
 	})
 }
 
-// Check returns the user whose password this is, or nil.
-func (u *Users) Check(name, password string) *User {
-	user := u.byName[name]
-	if user == nil {
+// Check returns the user whose password this is, or false. A disabled
+// user's password is compared too (the time tells nothing) and refused.
+func (u *Users) Check(name, password string) (accounts.User, bool) {
+	user, ok := u.table.User(name)
+	if !ok || user.Hash == "" {
 		u.prepare()
 		_ = u.compare(u.dummy, []byte(password))
-		return nil
+		return accounts.User{}, false
 	}
-	if u.compare(user.hash, []byte(password)) != nil {
-		return nil
+	if u.compare([]byte(user.Hash), []byte(password)) != nil || user.Disabled {
+		return accounts.User{}, false
 	}
-	return user
+	return user, true
 }
 
-// ByToken returns the user of an API token, or nil.
-func (u *Users) ByToken(token string) *User {
-	if token == "" {
-		return nil
+// ByToken returns the user of an API token and the token (nil for a users
+// file's token), or false: unknown, expired, or its user gone or disabled.
+func (u *Users) ByToken(secret string, now time.Time) (accounts.User, *accounts.Token, bool) {
+	if secret == "" {
+		return accounts.User{}, nil, false
 	}
-	return u.byToken[sha256.Sum256([]byte(token))]
+	if name, ok := u.fileTokens[sha256.Sum256([]byte(secret))]; ok {
+		user, ok := u.table.User(name)
+		return user, nil, ok
+	}
+	id, ok := accounts.TokenID(secret)
+	if !ok {
+		return accounts.User{}, nil, false
+	}
+	tok, ok := u.table.Token(id)
+	if !ok || !tok.Matches(secret) || !now.Before(tok.Expires) {
+		return accounts.User{}, nil, false
+	}
+	user, ok := u.table.User(tok.User)
+	if !ok || user.Disabled {
+		return accounts.User{}, nil, false
+	}
+	return user, &tok, true
 }
 
 // HashPassword returns a users-file line's hash for a password.
 func HashPassword(password string) (string, error) {
-	b, err := bcrypt.GenerateFromPassword([]byte(password), minCost)
+	b, err := bcrypt.GenerateFromPassword([]byte(password), accounts.MinCost)
 	return string(b), err
 }
 
-// NewToken returns a new API token and the SHA-256 (hex) the users file keeps.
+// NewToken returns a new users-file API token and the SHA-256 (hex) the
+// file keeps.
 func NewToken() (token, digest string) {
 	token = randomString(32)
 	sum := sha256.Sum256([]byte(token))
@@ -159,9 +174,12 @@ func randomString(n int) string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
-// session is one login.
+// session is one login. It names its user, read again on every request,
+// so that a user disabled, removed or given a new password is logged out
+// at once; hash is the password hash it logged in with.
 type session struct {
-	user    *User
+	user    string
+	hash    string
 	csrf    string
 	expires time.Time
 }
@@ -178,7 +196,7 @@ func newSessions(ttl time.Duration) *sessions {
 	return &sessions{ttl: ttl, m: map[string]*session{}}
 }
 
-func (s *sessions) create(u *User, now time.Time) (string, *session) {
+func (s *sessions) create(u accounts.User, now time.Time) (string, *session) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for id, se := range s.m { // sweep: logins are few
@@ -187,7 +205,7 @@ func (s *sessions) create(u *User, now time.Time) (string, *session) {
 		}
 	}
 	id := randomString(32)
-	se := &session{user: u, csrf: randomString(24), expires: now.Add(s.ttl)}
+	se := &session{user: u.Name, hash: u.Hash, csrf: randomString(24), expires: now.Add(s.ttl)}
 	s.m[id] = se
 	return id, se
 }
