@@ -157,7 +157,9 @@ const tokenPrefix = "cot_"
 // NewToken makes a token: the secret to show once, its id and the hash to
 // keep.
 func NewToken() (secret, id, hash string) {
-	id = random(9)
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	id = hex.EncodeToString(b) // no "_": it ends the id in the token
 	secret = tokenPrefix + id + "_" + random(24)
 	return secret, id, HashToken(secret)
 }

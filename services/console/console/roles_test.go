@@ -7,8 +7,11 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/callout-mail/callout/shared/waitfor"
 
 	"github.com/callout-mail/callout/shared/operate"
 )
@@ -94,16 +97,16 @@ func roleWalk(t *testing.T, sys *system, admin *client) {
 
 	// A cache entry of a.test to look at and delete.
 	must(admin.call("POST", "/api/verify", map[string]any{"address": "nobody@a.test"}))
-	page := decode[CachePage](t, must(admin.call("GET", "/api/cache?domain=a.test", nil)))
 	key := ""
-	for _, e := range page.Entries {
-		if e.Verdict.Address != "" {
-			key = url.QueryEscape(e.Key)
+	waitfor.Cond(t, 10*time.Second, func() bool { // the cachekeeper stores it after the answer
+		page := decode[CachePage](t, must(admin.call("GET", "/api/cache?domain=a.test", nil)))
+		for _, e := range page.Entries {
+			if e.Verdict.Address != "" {
+				key = url.QueryEscape(e.Key)
+			}
 		}
-	}
-	if key == "" {
-		t.Fatalf("no cache entry of an address of a.test: %+v", page)
-	}
+		return key != ""
+	})
 
 	rev := func(domain string) uint64 {
 		return decode[operate.Stored](t, must(admin.call("GET", "/api/domains/"+domain, nil))).Revision
