@@ -253,7 +253,30 @@ func TestAuthRoles(t *testing.T) {
 				t.Errorf("admin %s %s through the console: %d %s", c.method, c.path, st, b)
 			}
 		}
+		// A tenant made and working through the console's own NATS user:
+		// the users and tokens live in the accounts bucket.
+		if st, b := consoleCall(t, http.DefaultClient, "", "POST", base+"/api/users", `{"name":"tenant","role":"domain","domains":["example.org"],"password":"tenant-password"}`); st != http.StatusCreated {
+			t.Fatalf("admin makes a domain user: %d %s", st, b)
+		}
+		th, tcsrf := consoleLogin(t, base, "tenant", "tenant-password")
+		for _, c := range []struct {
+			method, path, body string
+			want               int
+		}{
+			{"GET", "/api/domains", "", http.StatusOK},
+			{"POST", "/api/flush", `{"scope":"domain","domain":"example.org","only":"invalid"}`, http.StatusOK},
+			{"POST", "/api/flush", `{"scope":"all"}`, http.StatusForbidden},
+			{"GET", "/api/domains/other.example", "", http.StatusNotFound},
+			{"POST", "/api/tokens", `{"expires_in_days":1}`, http.StatusCreated},
+			{"GET", "/api/tokens", "", http.StatusOK},
+		} {
+			if st, b := consoleCall(t, th, tcsrf, c.method, base+c.path, c.body); st != c.want {
+				t.Errorf("tenant %s %s through the console: %d %s", c.method, c.path, st, b)
+			}
+		}
 		co := connectAs(t, url, "console")
+		_ = co.Publish("$JS.API.STREAM.PURGE.KV_callout_accounts", nil) // denied: wipe the users
+		co.denied(t, "Publish", "$JS.API.STREAM.PURGE.KV_callout_accounts")
 		_ = co.Publish("$JS.API.STREAM.PURGE."+s.names.AuditStream(), nil) // denied: rewrite the audit trail
 		co.denied(t, "Publish", "$JS.API.STREAM.PURGE."+s.names.AuditStream())
 		_ = co.Publish("$JS.API.STREAM.DELETE.KV_callout_cache", nil) // denied: delete a bucket

@@ -135,7 +135,7 @@ func (s *Server) verify(r *http.Request, id *identity, b verifyBody) (wire.Verif
 	if b.Trace && !id.scope.canTrace() {
 		return wire.VerifyReply{}, &httpError{http.StatusForbidden, "trace", "a traced callout needs the admin or reseller role"}
 	}
-	if b.ClientAddress != "" && id.scope.role != accounts.Admin {
+	if b.ClientAddress != "" && (id.scope.role != accounts.Admin || id.scope.readOnly) {
 		// To see what an MTA's client would be answered: for admins only.
 		return wire.VerifyReply{}, &httpError{http.StatusForbidden, "client_address", "asking for a client address needs the admin role"}
 	}
