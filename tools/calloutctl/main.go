@@ -35,6 +35,13 @@ Usage:
   calloutctl [connection flags] hosts [-wait 1s] [-json]
   calloutctl [connection flags] audit [-n 50] [-json]
   calloutctl [connection flags] stats [-every 5s] [-n 0] [-json]
+  calloutctl [connection flags] user ls
+  calloutctl [connection flags] user add NAME -role admin|reseller|domain [-domains a,b] [-read-only] [-owner RESELLER] [-password-file F]
+  calloutctl [connection flags] user set NAME [-role R] [-domains a,b] [-read-only | -read-write] [-disable | -enable] [-password-file F | -new-password]
+  calloutctl [connection flags] user rm NAME
+  calloutctl [connection flags] token ls [-user NAME]
+  calloutctl [connection flags] token add USER [-role R] [-domains a,b] [-read-only] [-days 90] [-label TEXT]
+  calloutctl [connection flags] token rm ID
 
 Connection flags (or CALLOUT_NATS_URL, CALLOUT_NATS_USER, CALLOUT_NATS_PASSWORD, CALLOUT_NATS_INBOX_PREFIX, CALLOUT_PREFIX):
 `
@@ -119,6 +126,10 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return a.audit(ctx, rest)
 	case "stats":
 		return a.stats(ctx, rest)
+	case "user":
+		return a.user(ctx, rest)
+	case "token":
+		return a.token(ctx, rest)
 	}
 	return fmt.Errorf("unknown command %q", cmd)
 }

@@ -261,3 +261,60 @@ func TestDomainList(t *testing.T) {
 		t.Fatalf("after a merge: %q %v", out, err)
 	}
 }
+
+// Users and tokens from the command line: the console's records, each
+// change in the audit trail.
+func TestUserCommands(t *testing.T) {
+	ns := natstest.Start(t)
+	url := ns.ClientURL()
+	pw := filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(pw, []byte("a-long-password\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ctl(t, url, "user", "add", "carol", "-role", "domain", "-domains", "Example.ORG,b.example", "-password-file", pw); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ctl(t, url, "user", "add", "carol", "-role", "domain", "-domains", "x.example", "-password-file", pw); err == nil {
+		t.Fatal("a second carol was made")
+	}
+	if _, err := ctl(t, url, "user", "add", "dave", "-role", "domain", "-password-file", pw); err == nil {
+		t.Fatal("a domain user without domains was made")
+	}
+	if _, err := ctl(t, url, "user", "set", "carol", "-disable"); err != nil {
+		t.Fatal(err)
+	}
+	out, err := ctl(t, url, "user", "ls")
+	if err != nil || !strings.Contains(out, "carol") || !strings.Contains(out, "b.example,example.org") || !strings.Contains(out, "disabled") {
+		t.Fatalf("user ls: %q %v", out, err)
+	}
+	if _, err := ctl(t, url, "token", "add", "carol", "-role", "admin"); err == nil {
+		t.Fatal("a token above its user's role was made")
+	}
+	if _, err := ctl(t, url, "token", "add", "carol", "-domains", "c.example"); err == nil {
+		t.Fatal("a token of another's domain was made")
+	}
+	out, err = ctl(t, url, "token", "add", "carol", "-domains", "example.org", "-days", "7", "-label", "ci")
+	if err != nil || !strings.Contains(out, "cot_") {
+		t.Fatalf("token add: %q %v", out, err)
+	}
+	id := strings.Fields(out)[1]
+	out, _ = ctl(t, url, "token", "ls", "-user", "carol")
+	if !strings.Contains(out, id) || !strings.Contains(out, "ci") || strings.Contains(out, "cot_") {
+		t.Fatalf("token ls (the token itself is never shown again): %q", out)
+	}
+	if _, err := ctl(t, url, "token", "rm", id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ctl(t, url, "user", "rm", "carol"); err != nil {
+		t.Fatal(err)
+	}
+	out, _ = ctl(t, url, "audit", "-json")
+	for _, what := range []string{`"user.set"`, `"token.add"`, `"token.rm"`, `"user.rm"`} {
+		if !strings.Contains(out, what) {
+			t.Errorf("audit trail lacks %s", what)
+		}
+	}
+	if strings.Contains(out, "$2a$") {
+		t.Error("a password hash is in the audit trail")
+	}
+}
