@@ -81,7 +81,7 @@ docs:
 
 ## screenshots: the console's screenshots in docs/ (the browser test takes them; other test runs write them to a temporary directory).
 screenshots: build $(BIN)/nats-server
-	CALLOUT_BIN=$(BIN) CALLOUT_SCREENSHOTS=$(CURDIR)/docs go test -count=1 -run '^TestConsoleBrowser$$' ./e2e/...
+	CALLOUT_BIN=$(BIN) CALLOUT_SCREENSHOTS=$(CURDIR)/docs go test -count=1 -run '^TestConsole(Tenant)?Browser$$' ./e2e/...
 
 ## soak: long randomized runs: SOAK_HISTORIES fresh cache-protocol histories (seed from the clock, or SOAK_SEED), a failing one shrunk to a minimal one.
 SOAK_HISTORIES ?= 200

@@ -334,3 +334,101 @@ func shot(t *testing.T, ctx context.Context, name string) {
 		t.Fatal(err)
 	}
 }
+
+// TestConsoleTenantBrowser is a reseller making a domain user, and that
+// customer's session, in a real browser: it sees only its domain, flushes
+// its cache, imports a CSV of listSize mailboxes, switches to static,
+// removes one mailbox, reads the audit of its own changes and logs out.
+func TestConsoleTenantBrowser(t *testing.T) {
+	// A domain's lists are still one value in the policy bucket: 3,000
+	// mailboxes fit in the 64 KiB max_payload of deploy/nats; 10,000 need
+	// the lists stored apart from the policy.
+	const listSize = 3000
+	ctx := browser(t)
+	dest := smtptest.Run(t, smtptest.Config{Mailboxes: []string{"alice@shop.test"}})
+	s := newSystem(t, options{})
+	base := s.startConsole("admin-pw", "viewer-pw")
+	for _, c := range []struct{ method, path, body string }{
+		{"PUT", "/api/domains/shop.test", `{"policy":{"mode":"callout","route":["` + dest.Addr() + `"]}}`},
+		{"PUT", "/api/domains/corp.test", `{"policy":{"mode":"callout","route":["` + dest.Addr() + `"]}}`},
+		{"POST", "/api/users", `{"name":"res","role":"reseller","domains":["shop.test"],"password":"reseller-password"}`},
+	} {
+		if st, b := consoleCall(t, http.DefaultClient, "", c.method, base+c.path, c.body); st >= 300 {
+			t.Fatalf("%s %s: %d %s", c.method, c.path, st, b)
+		}
+	}
+
+	// The reseller makes its customer's login.
+	login(t, ctx, base, "res", "reseller-password")
+	run(t, ctx, "new domain user", chromedp.Navigate(base+"/users"), chromedp.WaitVisible("#new-user-name", chromedp.ByQuery),
+		chromedp.SendKeys("#new-user-name", "shop-owner", chromedp.ByQuery), chromedp.SetValue("#new-user-role", "domain", chromedp.ByQuery),
+		chromedp.SendKeys("#new-user-domains", "shop.test", chromedp.ByQuery), chromedp.SendKeys("#new-user-password", "customer-password", chromedp.ByQuery),
+		chromedp.Click("#create-user", chromedp.ByQuery), chromedp.WaitVisible(".msg", chromedp.ByQuery))
+	if !exists(t, ctx, `tr[data-user="shop-owner"]`) {
+		t.Fatal("the new user is not listed")
+	}
+	// Beyond its domains, the reseller is refused.
+	run(t, ctx, "a user of another's domain", chromedp.SendKeys("#new-user-name", "thief", chromedp.ByQuery),
+		chromedp.SendKeys("#new-user-domains", "corp.test", chromedp.ByQuery), chromedp.SendKeys("#new-user-password", "thief-password", chromedp.ByQuery),
+		chromedp.Click("#create-user", chromedp.ByQuery), chromedp.WaitVisible(".fielderr", chromedp.ByQuery))
+	shot(t, ctx, "console-users.png")
+	run(t, ctx, "reseller logs out", chromedp.Click("#logout", chromedp.ByQuery), chromedp.WaitVisible("#login", chromedp.ByQuery))
+
+	// The customer.
+	login(t, ctx, base, "shop-owner", "customer-password")
+	if got := text(t, ctx, "#whoami"); got != "shop-owner (domain)" {
+		t.Fatalf("logged in as %q", got)
+	}
+	run(t, ctx, "domain list", chromedp.Navigate(base+"/domains"), chromedp.WaitVisible("#domains", chromedp.ByQuery))
+	if !exists(t, ctx, `#domains a[href="/domains/shop.test"]`) || exists(t, ctx, `#domains a[href="/domains/corp.test"]`) {
+		t.Fatal("the customer's domain list is not its domain alone")
+	}
+	run(t, ctx, "another's domain", chromedp.Navigate(base+"/domains/corp.test"), chromedp.WaitVisible("h1", chromedp.ByQuery))
+	if got := text(t, ctx, "h1"); got != "Not found" {
+		t.Fatalf("another customer's domain page: %q", got)
+	}
+	run(t, ctx, "flush", chromedp.Navigate(base+"/domains/shop.test"), chromedp.WaitVisible("#flush-domain", chromedp.ByQuery),
+		chromedp.Click("#flush-domain", chromedp.ByQuery), chromedp.WaitVisible(".msg", chromedp.ByQuery))
+	if got := text(t, ctx, ".msg"); !strings.Contains(got, "Flushed") {
+		t.Fatalf("after flush: %q", got)
+	}
+	if exists(t, ctx, `input[name="route"]`) {
+		t.Fatal("a domain user is offered the route")
+	}
+	var csv strings.Builder
+	csv.WriteString("address\n")
+	for i := 0; i < listSize; i++ {
+		fmt.Fprintf(&csv, "u%05d@shop.test\n", i)
+	}
+	file := filepath.Join(t.TempDir(), "mailboxes.csv")
+	if err := os.WriteFile(file, []byte(csv.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	run(t, ctx, "import 10,000 mailboxes", chromedp.SetUploadFiles(`#mailboxes-form input[type="file"]`, []string{file}, chromedp.ByQuery),
+		chromedp.Click("#save-mailboxes", chromedp.ByQuery), chromedp.WaitVisible(".msg", chromedp.ByQuery))
+	if got := text(t, ctx, ".msg"); !strings.Contains(got, "mailboxes list is saved") {
+		t.Fatalf("after the import: %q", got)
+	}
+	run(t, ctx, "switch to static", chromedp.SetValue("#policy-mode", "static", chromedp.ByQuery),
+		chromedp.Click("#save-policy", chromedp.ByQuery), chromedp.WaitVisible(".msg", chromedp.ByQuery))
+	if got := text(t, ctx, "#mode"); got != "static" {
+		t.Fatalf("mode %q", got)
+	}
+	run(t, ctx, "remove one mailbox", chromedp.SendKeys("#mailbox-entry", "u00042", chromedp.ByQuery),
+		chromedp.Click("#remove-mailbox", chromedp.ByQuery), chromedp.WaitVisible(".msg", chromedp.ByQuery))
+	waitFor(t, 10*time.Second, func() bool {
+		return s.verify("u00043@shop.test").Decision.Action == "accept" && s.verify("u00042@shop.test").Decision.Action == "reject"
+	})
+	run(t, ctx, "domain list", chromedp.Navigate(base+"/domains"), chromedp.WaitVisible("#domains", chromedp.ByQuery))
+	if got := text(t, ctx, "#domains tbody tr td:nth-child(4)"); got != strconv.Itoa(listSize-1) {
+		t.Fatalf("mailboxes listed: %q", got)
+	}
+	run(t, ctx, "audit", chromedp.Navigate(base+"/audit"), chromedp.WaitVisible("#audit", chromedp.ByQuery))
+	var rows string
+	run(t, ctx, "audit rows", chromedp.Text("#audit tbody", &rows, chromedp.ByQuery))
+	if !strings.Contains(rows, "console:shop-owner") || !strings.Contains(rows, "policy.set") || !strings.Contains(rows, "flush") || strings.Contains(rows, "corp.test") {
+		t.Fatalf("the customer's audit:\n%s", rows)
+	}
+	shot(t, ctx, "console-tenant-audit.png")
+	run(t, ctx, "log out", chromedp.Click("#logout", chromedp.ByQuery), chromedp.WaitVisible("#login", chromedp.ByQuery))
+}
