@@ -19,6 +19,16 @@ import (
 	"github.com/callout-mail/callout/shared/operate"
 )
 
+// hash is the bcrypt hash of the password in file (its first line), or
+// of a new one it shows.
+func (a *app) hash(file string) (string, error) {
+	pw, err := a.password(file)
+	if err != nil {
+		return "", err
+	}
+	return accounts.HashPassword(pw, 0)
+}
+
 // password reads a password from a file (its first line), or makes one
 // and says so.
 func (a *app) password(file string) (string, error) {
@@ -82,11 +92,7 @@ func (a *app) user(ctx context.Context, args []string) error {
 		if args[0] == "add" {
 			u := accounts.User{Name: pos[0], Role: accounts.Role(*role), ReadOnly: *ro, Domains: split(*doms), Owner: *owner,
 				Created: time.Now().UTC(), CreatedBy: a.who}
-			pw, err := a.password(*pwFile)
-			if err != nil {
-				return err
-			}
-			if u.Hash, err = accounts.HashPassword(pw, 0); err != nil {
+			if u.Hash, err = a.hash(*pwFile); err != nil {
 				return err
 			}
 			_, err = a.op.PutUser(ctx, a.who, u, 0, "")
@@ -118,11 +124,7 @@ func (a *app) user(ctx context.Context, args []string) error {
 			u.Disabled = false
 		}
 		if *pwFile != "" || *newPW {
-			pw, err := a.password(*pwFile)
-			if err != nil {
-				return err
-			}
-			if u.Hash, err = accounts.HashPassword(pw, 0); err != nil {
+			if u.Hash, err = a.hash(*pwFile); err != nil {
 				return err
 			}
 			note = "password reset"

@@ -13,6 +13,7 @@ import (
 
 	"github.com/callout-mail/callout/shared/waitfor"
 
+	"github.com/callout-mail/callout/shared/accounts"
 	"github.com/callout-mail/callout/shared/operate"
 )
 
@@ -251,4 +252,64 @@ func specOperations(t *testing.T) []string {
 		}
 	}
 	return out
+}
+
+// A user disabled, removed or given a new password is logged out at once,
+// and its tokens stop working; an expired token never works.
+func TestAccountLifecycle(t *testing.T) {
+	sys := startSystem(t, nil)
+	sys.console.users.cost = bcrypt.MinCost
+	admin := sys.login("admin", adminPassword)
+	must(admin.call("PUT", "/api/domains/life.test", map[string]any{"policy": map[string]any{"mode": "off"}}))
+	st, b := admin.call("POST", "/api/users", map[string]any{"name": "cust", "role": "domain", "domains": []string{"life.test"}, "password": "first-password"})
+	wantStatus(t, "create", st, http.StatusCreated, b)
+	cust := sys.login("cust", "first-password")
+	tok := sys.withToken(decode[tokenMade](t, must(cust.call("POST", "/api/tokens", map[string]any{"expires_in_days": 1}))).Secret)
+	works := func(c *client) bool { st, _ := c.call("GET", "/api/me", nil); return st == http.StatusOK }
+	if !works(cust) || !works(tok) {
+		t.Fatal("a new user's session or token does not work")
+	}
+	set := func(body map[string]any) {
+		t.Helper()
+		body["revision"] = decode[userView](t, must(admin.call("GET", "/api/users/cust", nil))).Revision
+		st, b := admin.call("PATCH", "/api/users/cust", body)
+		wantStatus(t, "change", st, http.StatusOK, b)
+	}
+	set(map[string]any{"disabled": true})
+	if works(cust) || works(tok) {
+		t.Fatal("a disabled user's session or token still works")
+	}
+	if st, _ := sys.anonymous().call("POST", "/api/login", map[string]string{"user": "cust", "password": "first-password"}); st != http.StatusUnauthorized {
+		t.Fatalf("a disabled user logs in: %d", st)
+	}
+	set(map[string]any{"disabled": false})
+	if !works(tok) || works(cust) {
+		t.Fatal("after enabling: the token should work again, the ended session not")
+	}
+	cust = sys.login("cust", "first-password")
+	set(map[string]any{"password": "second-password"})
+	if works(cust) {
+		t.Fatal("a session outlived its password")
+	}
+	if st, _ := sys.anonymous().call("POST", "/api/login", map[string]string{"user": "cust", "password": "first-password"}); st != http.StatusUnauthorized {
+		t.Fatalf("the old password works: %d", st)
+	}
+	sys.login("cust", "second-password")
+	// An expired token, as the bucket would hold it a day later.
+	secret, id, hash := accounts.NewToken()
+	sys.console.users.table.PutToken(accounts.Token{ID: id, User: "cust", Role: accounts.Domain, Expires: time.Now().Add(-time.Second), Hash: hash})
+	if works(sys.withToken(secret)) {
+		t.Fatal("an expired token works")
+	}
+	rev := decode[userView](t, must(admin.call("GET", "/api/users/cust", nil))).Revision
+	st, b = admin.call("DELETE", fmt.Sprintf("/api/users/cust?revision=%d", rev), nil)
+	wantStatus(t, "remove", st, http.StatusNoContent, b)
+	if works(tok) {
+		t.Fatal("a removed user's token works")
+	}
+	// Every change is in the audit trail, without hashes.
+	evs := string(must(admin.call("GET", "/api/audit?what=user.set", nil)))
+	if !strings.Contains(evs, "password reset") || strings.Contains(evs, "$2a$") {
+		t.Fatalf("audit of user changes: %s", evs)
+	}
 }

@@ -155,10 +155,7 @@ func (u *Users) ByToken(secret string, now time.Time) (accounts.User, *accounts.
 }
 
 // HashPassword returns a users-file line's hash for a password.
-func HashPassword(password string) (string, error) {
-	b, err := bcrypt.GenerateFromPassword([]byte(password), accounts.MinCost)
-	return string(b), err
-}
+func HashPassword(password string) (string, error) { return accounts.HashPassword(password, 0) }
 
 // NewToken returns a new users-file API token and the SHA-256 (hex) the
 // file keeps.
