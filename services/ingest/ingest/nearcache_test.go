@@ -227,8 +227,11 @@ func TestKnownMisses(t *testing.T) {
 		r, _ := known(s.b, "nobody@example.org")
 		return !isKnown && r.CatchAll != nil
 	})
-	if rep := ask(s.b, "alice@example.org"); rep.Verdict.Source != verdict.SourceCache || lookups.Load() != 1 || s.dest.Rcpts() != rcpts {
-		t.Fatalf("a stored address: from %s, %d lookups, %d RCPTs (want the cache, 1 lookup, %d RCPTs)", rep.Verdict.Source, lookups.Load(), s.dest.Rcpts(), rcpts)
+	// One lookup, or none when b already took the verdict as it went by
+	// on its way to the cache (a loaded machine lets it arrive first):
+	// either way from the cache, never a second callout.
+	if rep := ask(s.b, "alice@example.org"); rep.Verdict.Source != verdict.SourceCache || lookups.Load() > 1 || s.dest.Rcpts() != rcpts {
+		t.Fatalf("a stored address: from %s, %d lookups, %d RCPTs (want the cache, at most 1 lookup, %d RCPTs)", rep.Verdict.Source, lookups.Load(), s.dest.Rcpts(), rcpts)
 	}
 	// The domain is known not to be a catch-all: no random RCPT. The
 	// domain's first user unknown is checked against postmaster (the
