@@ -44,6 +44,10 @@ func New(nc *nats.Conn, names subjects.Names) (*Client, error) {
 // could not be stored.
 var ErrNotRecorded = errors.New("the change is made, but not recorded in the audit trail")
 
+// Made reports whether a change was made: err is nil, or says only that
+// its audit event is missing.
+func Made(err error) bool { return err == nil || errors.Is(err, ErrNotRecorded) }
+
 // ErrUnavailable wraps a request no service answered.
 var ErrUnavailable = errors.New("no service answered")
 

@@ -198,7 +198,7 @@ func (a *app) token(ctx context.Context, args []string) error {
 		if t, err = t.Narrow(u, now); err != nil {
 			return err
 		}
-		if err := a.op.AddToken(ctx, a.who, t); err != nil && !errors.Is(err, operate.ErrNotRecorded) {
+		if err := a.op.AddToken(ctx, a.who, t); !operate.Made(err) {
 			return err
 		}
 		fmt.Fprintf(a.out, "token %s of %s (shown once): %s\n", id, u.Name, secret)

@@ -117,7 +117,7 @@ func (a *app) flush(ctx context.Context, args []string) error {
 		return errors.New("usage: flush (-all | -domain D | -address A) [-only invalid|valid]")
 	}
 	rep, err := a.op.Flush(ctx, a.who, cmd)
-	if err != nil && !errors.Is(err, operate.ErrNotRecorded) {
+	if !operate.Made(err) {
 		return err
 	}
 	fmt.Fprintf(a.out, "removed %d entries\n", rep.Removed)

@@ -66,7 +66,7 @@ func (a *app) domain(ctx context.Context, args []string) error {
 		p := domains.Policy{Mode: domains.Mode(*mode), Route: split(*route), Mailboxes: split(*boxes), Bypass: split(*bypass),
 			OnTempfail: verdict.Action(*onTemp), OnUnverifiable: verdict.Action(*onUnv), Sender: *sender, FallbackSender: *fallback}
 		st, err := a.op.SetPolicy(ctx, a.who, pos[0], p, domains.AnyRevision)
-		if err != nil && !errors.Is(err, operate.ErrNotRecorded) {
+		if !operate.Made(err) {
 			return err
 		}
 		fmt.Fprintf(a.out, "%s\t%s\n", st.Domain, policyText(st))
@@ -127,7 +127,7 @@ func (a *app) domainList(ctx context.Context, args []string) error {
 	default:
 		return usage
 	}
-	if err != nil && !errors.Is(err, operate.ErrNotRecorded) {
+	if !operate.Made(err) {
 		return err
 	}
 	what := "changed"

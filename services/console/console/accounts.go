@@ -5,7 +5,6 @@ package console
 // every user its own tokens, within its own scope.
 
 import (
-	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -142,7 +141,7 @@ func (s *Server) createUser(r *http.Request, id *identity, f userForm) (userView
 		return userView{}, err
 	}
 	u, err = s.admin.PutUser(r.Context(), id.who(), u, 0, "")
-	if u.Revision != 0 {
+	if operate.Made(err) {
 		s.users.table.PutUser(u)
 	}
 	if err != nil {
@@ -181,7 +180,7 @@ func (s *Server) updateUser(r *http.Request, id *identity, name string, f userFo
 		note = "password reset"
 	}
 	u, err = s.admin.PutUser(r.Context(), id.who(), u, f.Revision, note)
-	if u.Revision > f.Revision {
+	if operate.Made(err) {
 		s.users.table.PutUser(u)
 	}
 	if err != nil {
@@ -202,7 +201,7 @@ func (s *Server) deleteUser(r *http.Request, id *identity, name string, rev uint
 		return &httpError{http.StatusForbidden, "", "you cannot remove yourself"}
 	}
 	err = s.admin.RemoveUser(r.Context(), id.who(), name, rev)
-	if err == nil || errors.Is(err, operate.ErrNotRecorded) {
+	if operate.Made(err) {
 		s.users.table.RemoveUser(name)
 	}
 	return err
@@ -269,7 +268,7 @@ func (s *Server) createToken(r *http.Request, id *identity, f tokenForm) (tokenM
 		return tokenMade{}, err
 	}
 	err = s.admin.AddToken(r.Context(), id.who(), t)
-	if err == nil || errors.Is(err, operate.ErrNotRecorded) {
+	if operate.Made(err) {
 		s.users.table.PutToken(t)
 	}
 	if err != nil {
@@ -288,22 +287,8 @@ func (s *Server) revokeToken(r *http.Request, id *identity, tid string) error {
 		return &httpError{http.StatusForbidden, "", "this login is read-only: it revokes its own tokens only"}
 	}
 	err := s.admin.RevokeToken(r.Context(), id.who(), tid)
-	if err == nil || errors.Is(err, operate.ErrNotRecorded) {
+	if operate.Made(err) {
 		s.users.table.RemoveToken(tid)
 	}
 	return err
-}
-
-// accountErr maps the accounts package's errors.
-func accountErr(err error) (int, string, string, bool) {
-	var fe *accounts.FieldError
-	switch {
-	case errors.As(err, &fe):
-		return http.StatusBadRequest, fe.Field, fe.Error(), true
-	case errors.Is(err, accounts.ErrRevision):
-		return http.StatusConflict, "revision", err.Error() + "; reload and apply your change again", true
-	case errors.Is(err, accounts.ErrNotFound):
-		return http.StatusNotFound, "", err.Error(), true
-	}
-	return 0, "", "", false
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/callout-mail/callout/shared/accounts"
 	"github.com/callout-mail/callout/shared/domains"
 	"github.com/callout-mail/callout/shared/operate"
 )
@@ -61,9 +62,7 @@ func classify(err error) (int, string, string) {
 	var qe *errQuery
 	var mbe *http.MaxBytesError
 	var fle *operate.FlushError
-	if st, f, m, ok := accountErr(err); ok {
-		return st, f, m
-	}
+	var afe *accounts.FieldError
 	switch {
 	case errors.As(err, &he):
 		return he.status, he.field, he.msg
@@ -75,6 +74,12 @@ func classify(err error) (int, string, string) {
 		return http.StatusRequestEntityTooLarge, "", "request body too large"
 	case errors.As(err, &fle):
 		return http.StatusBadRequest, fle.Field, fle.Error()
+	case errors.As(err, &afe):
+		return http.StatusBadRequest, afe.Field, afe.Error()
+	case errors.Is(err, accounts.ErrRevision):
+		return http.StatusConflict, "revision", err.Error() + "; reload and apply your change again"
+	case errors.Is(err, accounts.ErrNotFound):
+		return http.StatusNotFound, "", err.Error()
 	case errors.Is(err, domains.ErrPolicy):
 		return http.StatusBadRequest, "", err.Error()
 	case errors.Is(err, domains.ErrRevision):
