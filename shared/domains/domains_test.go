@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/callout-mail/callout/shared/natstest"
 	"github.com/callout-mail/callout/shared/subjects"
 	"github.com/callout-mail/callout/shared/waitfor"
@@ -81,7 +79,7 @@ func TestMailboxes(t *testing.T) {
 func TestWatchPicksUpChanges(t *testing.T) {
 	ns := natstest.Start(t)
 	nc := ns.Connect(t)
-	js, _ := jetstream.New(nc)
+	js := natstest.JetStream(t, nc)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	kv, err := Bucket(ctx, js, subjects.New(""), 1)
@@ -189,7 +187,7 @@ func FuzzParse(f *testing.F) {
 // form, once written, wins; removing it gives the domain back to the other.
 func TestWatchNormalizesKeys(t *testing.T) {
 	ns := natstest.Start(t)
-	js, _ := jetstream.New(ns.Connect(t))
+	js := natstest.JetStream(t, ns.Connect(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	kv, err := Bucket(ctx, js, subjects.New(""), 1)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Server is an embedded nats-server on a free loopback port.
@@ -80,4 +81,20 @@ func RunService(t testing.TB, svc interface{ Run(context.Context) error }) (stop
 	stop = func() { once.Do(func() { cancel(); <-done }) }
 	t.Cleanup(stop)
 	return stop
+}
+
+// APITimeout bounds a test's own JetStream API calls. The client's 5 s
+// default is a service's budget on a healthy server; a test machine running
+// many race-instrumented packages at once can stall one call longer than
+// that, and a test's setup step should wait rather than fail.
+const APITimeout = 30 * time.Second
+
+// JetStream is the JetStream client a test uses for its own calls.
+func JetStream(t testing.TB, nc *nats.Conn) jetstream.JetStream {
+	t.Helper()
+	js, err := jetstream.New(nc, jetstream.WithDefaultTimeout(APITimeout))
+	if err != nil {
+		t.Fatalf("jetstream: %v", err)
+	}
+	return js
 }

@@ -19,7 +19,7 @@ import (
 // acked, the subject takes a new job.
 func TestProbeStreamCoalesces(t *testing.T) {
 	ns := natstest.Start(t)
-	js, _ := jetstream.New(ns.Connect(t))
+	js := natstest.JetStream(t, ns.Connect(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	n := subjects.New("")
@@ -63,7 +63,7 @@ func TestProbeStreamCoalesces(t *testing.T) {
 // applies the settings.
 func TestDriftAndSetup(t *testing.T) {
 	ns := natstest.Start(t)
-	js, _ := jetstream.New(ns.Connect(t))
+	js := natstest.JetStream(t, ns.Connect(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	n := subjects.New("")

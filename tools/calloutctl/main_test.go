@@ -56,7 +56,7 @@ func TestDomainCommands(t *testing.T) {
 func TestInspect(t *testing.T) {
 	ns := natstest.Start(t)
 	nc := ns.Connect(t)
-	js, _ := jetstream.New(nc)
+	js := natstest.JetStream(t, nc)
 	ctx := context.Background()
 	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "callout_cache"})
 	if err != nil {
@@ -108,7 +108,7 @@ func TestSetup(t *testing.T) {
 		}
 	}
 	nc := ns.Connect(t)
-	js, _ := jetstream.New(nc)
+	js := natstest.JetStream(t, nc)
 	kv, err := js.KeyValue(context.Background(), "callout_cache")
 	if err != nil {
 		t.Fatal(err)

@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/callout-mail/callout/shared/address"
 	"github.com/callout-mail/callout/shared/kvkey"
 	"github.com/callout-mail/callout/shared/natstest"
@@ -23,7 +21,7 @@ func open(t *testing.T, ttls TTLs) *Store {
 	t.Helper()
 	ns := natstest.Start(t)
 	nc := ns.Connect(t)
-	js, _ := jetstream.New(nc)
+	js := natstest.JetStream(t, nc)
 	s, err := Open(context.Background(), nc, js, subjects.New(""), 1, ttls)
 	if err != nil {
 		t.Fatal(err)

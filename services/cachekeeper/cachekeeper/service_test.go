@@ -89,7 +89,7 @@ func valid(a, d string, at time.Time) verdict.Verdict {
 func TestRestartLosesNothing(t *testing.T) {
 	ns := natstest.Start(t)
 	nc := ns.Connect(t)
-	js, _ := jetstream.New(nc)
+	js := natstest.JetStream(t, nc)
 	ctx := context.Background()
 	if _, err := streams.Verdicts(ctx, js, subjects.New(""), 1); err != nil {
 		t.Fatal(err)
@@ -146,7 +146,7 @@ func TestLookupGarbage(t *testing.T) {
 func TestFlushControl(t *testing.T) {
 	ns := natstest.Start(t)
 	nc := ns.Connect(t)
-	js, _ := jetstream.New(nc)
+	js := natstest.JetStream(t, nc)
 	start(t, ns, testConfig())
 	start(t, ns, testConfig())
 	now := time.Now()
@@ -206,7 +206,7 @@ func TestFlushControl(t *testing.T) {
 func TestRefreshAhead(t *testing.T) {
 	ns := natstest.Start(t)
 	nc := ns.Connect(t)
-	js, _ := jetstream.New(nc)
+	js := natstest.JetStream(t, nc)
 	cfg := testConfig()
 	cfg.RefreshAge = time.Hour
 	start(t, ns, cfg)
@@ -240,7 +240,7 @@ func TestRefreshAhead(t *testing.T) {
 func TestVerdictMustMatchSubject(t *testing.T) {
 	ns := natstest.Start(t)
 	nc := ns.Connect(t)
-	js, _ := jetstream.New(nc)
+	js := natstest.JetStream(t, nc)
 	ctx := context.Background()
 	n := subjects.New("")
 	if _, err := streams.Verdicts(ctx, js, n, 1); err != nil {
@@ -301,7 +301,7 @@ func ask(t *testing.T, nc *nats.Conn, req wire.LookupRequest) wire.LookupReply {
 func TestQueueOnMiss(t *testing.T) {
 	ns := natstest.Start(t)
 	nc := ns.Connect(t)
-	js, _ := jetstream.New(nc)
+	js := natstest.JetStream(t, nc)
 	start(t, ns, testConfig())
 	n := subjects.New("")
 	fact := verdict.Verdict{Kind: verdict.KindDomain, Domain: "example.org", Purpose: verdict.Recipient, Fact: "catchall",

@@ -266,7 +266,7 @@ func startWorld(t *testing.T) *world {
 		w.state[a] = "invalid" // until a step flips it
 	}
 	nc := ns.Connect(t)
-	w.js, _ = jetstream.New(nc)
+	w.js = natstest.JetStream(t, nc)
 	kv, err := domains.Bucket(context.Background(), w.js, subjects.New(""), 1)
 	if err != nil {
 		t.Fatal(err)

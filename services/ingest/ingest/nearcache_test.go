@@ -48,7 +48,7 @@ func startTwoDest(t *testing.T, kcfg cachekeeper.Config, icfg Config, dcfg smtpt
 	ns := natstest.StartIn(t, dir, -1)
 	s := &twoIngests{ns: ns, dir: dir, port: ns.Port()}
 	nc := ns.Connect(t)
-	s.js, _ = jetstream.New(nc)
+	s.js = natstest.JetStream(t, nc)
 	var err error
 	if s.kv, err = domains.Bucket(context.Background(), s.js, subjects.New(""), 1); err != nil {
 		t.Fatal(err)

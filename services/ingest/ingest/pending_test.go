@@ -26,7 +26,7 @@ import (
 func TestPendingJobVerdictNotMissed(t *testing.T) {
 	ns := natstest.Start(t)
 	nc := ns.Connect(t)
-	js, _ := jetstream.New(nc)
+	js := natstest.JetStream(t, nc)
 	n := subjects.New("")
 	ctx := context.Background()
 	cfg := ingestConfig()

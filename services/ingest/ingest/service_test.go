@@ -88,7 +88,7 @@ func startSystemWith(t *testing.T, icfg Config, pcfg prober.Config) *system {
 	t.Helper()
 	ns := natstest.Start(t)
 	sys := &system{ns: ns, nc: ns.Connect(t)}
-	js, _ := jetstream.New(sys.nc)
+	js := natstest.JetStream(t, sys.nc)
 	var err error
 	if sys.kv, err = domains.Bucket(context.Background(), js, subjects.New(""), 1); err != nil {
 		t.Fatal(err)

@@ -11,11 +11,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/callout-mail/callout/services/ingest/policyd"
 	"github.com/callout-mail/callout/shared/dnstest"
 	"github.com/callout-mail/callout/shared/domains"
+	"github.com/callout-mail/callout/shared/natstest"
 	"github.com/callout-mail/callout/shared/smtptest"
 	"github.com/callout-mail/callout/shared/subjects"
 	"github.com/callout-mail/callout/shared/verdict"
@@ -42,7 +41,7 @@ func mxSystem(t *testing.T, icfg Config, mxPort string, records ...string) *syst
 // (The consumer's pending counts can lag a message the stream just took.)
 func (s *system) drained(t *testing.T) {
 	t.Helper()
-	js, _ := jetstream.New(s.nc)
+	js := natstest.JetStream(t, s.nc)
 	n := subjects.New("")
 	waitfor.Cond(t, 15*time.Second, func() bool {
 		st, err := js.Stream(context.Background(), n.VerdictStream())

@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/callout-mail/callout/shared/natstest"
 	"github.com/callout-mail/callout/shared/streams"
 	"github.com/callout-mail/callout/shared/subjects"
@@ -17,7 +15,7 @@ import (
 func leases(t *testing.T, ns *natstest.Server, cfg Config) *Leases {
 	t.Helper()
 	nc := ns.Connect(t)
-	js, _ := jetstream.New(nc)
+	js := natstest.JetStream(t, nc)
 	if _, err := streams.Leases(context.Background(), js, subjects.New(""), 1); err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +177,7 @@ func TestWantAndRate(t *testing.T) {
 	case <-time.After(100 * time.Millisecond):
 	}
 	ctx := context.Background()
-	js, _ := jetstream.New(a.nc)
+	js := natstest.JetStream(t, a.nc)
 	s, _ := js.Stream(ctx, subjects.New("").LeaseStream())
 	if info, err := s.Info(ctx); err != nil || info.State.Msgs != 0 {
 		t.Fatalf("lease stream after a want: %v %+v", err, info)

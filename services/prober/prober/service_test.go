@@ -45,7 +45,7 @@ type harness struct {
 func newHarness(t *testing.T) *harness {
 	ns := natstest.Start(t)
 	nc := ns.Connect(t)
-	js, _ := jetstream.New(nc)
+	js := natstest.JetStream(t, nc)
 	return &harness{ns: ns, nc: nc, js: js, names: subjects.New("")}
 }
 

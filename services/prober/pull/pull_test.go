@@ -16,10 +16,7 @@ import (
 func setup(t *testing.T) (*natstest.Server, jetstream.JetStream, jetstream.Consumer) {
 	t.Helper()
 	ns := natstest.Start(t)
-	js, err := jetstream.New(ns.Connect(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := natstest.JetStream(t, ns.Connect(t))
 	ctx := context.Background()
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "JOBS", Subjects: []string{"jobs.>"}, Retention: jetstream.WorkQueuePolicy}); err != nil {
 		t.Fatal(err)
@@ -234,10 +231,7 @@ func TestServerRestart(t *testing.T) {
 	ns.Stop()
 	ns = natstest.StartIn(t, dir, port)
 	waitfor.Cond(t, 10*time.Second, nc.IsConnected)
-	pub, err := jetstream.New(ns.Connect(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	pub := natstest.JetStream(t, ns.Connect(t))
 	if _, err := pub.Publish(context.Background(), "jobs.after", []byte("after")); err != nil {
 		t.Fatal(err)
 	}
