@@ -4,10 +4,12 @@
 package domains
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 
 	"github.com/callout-mail/callout/shared/address"
@@ -43,7 +45,34 @@ type Policy struct {
 
 	index  map[string]struct{} // lower-case mailboxes, built by Normalize
 	bindex map[string]struct{} // lower-case bypass list
+	// refs are the lists a stored policy keeps in chunks (lists.go), by
+	// field; loaded says the Table has put them in the indexes.
+	refs   map[string]ListRef
+	loaded bool
 }
+
+// list is the list named field (one of listFields).
+func (p *Policy) list(field string) *[]string {
+	if field == "bypass" {
+		return &p.Bypass
+	}
+	return &p.Mailboxes
+}
+
+// Count is the number of entries of the list field ("mailboxes" or
+// "bypass"), whether it is in memory or not.
+func (p Policy) Count(field string) int {
+	if r, ok := p.refs[field]; ok {
+		return r.Count
+	}
+	return len(*p.list(field))
+}
+
+// Complete reports whether every list of p is in memory. A policy read
+// from the bucket whose lists are kept in chunks is not, until the
+// chunks are read (Table, Store.Load): until then no answer may rest on
+// its lists, since an entry may be in a chunk not yet read.
+func (p Policy) Complete() bool { return len(p.refs) == 0 || p.loaded }
 
 // ErrPolicy is returned for a policy that cannot be used.
 var ErrPolicy = errors.New("bad domain policy")
@@ -64,13 +93,38 @@ func fieldErr(field, format string, args ...any) error {
 	return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
 }
 
-// Parse reads a stored JSON policy of domain, normalizes and checks it.
+// Parse reads a stored JSON policy of domain, normalizes and checks it. A
+// list kept in chunks is named, not read (see Complete, Store.Load).
 func Parse(domain string, data []byte) (Policy, error) {
-	var p Policy
-	dec := json.NewDecoder(strings.NewReader(string(data)))
+	var rec record
+	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&p); err != nil {
+	if err := dec.Decode(&rec); err != nil {
 		return Policy{}, fmt.Errorf("%w: %v", ErrPolicy, err)
+	}
+	if dec.More() {
+		return Policy{}, fmt.Errorf("%w: data after the policy", ErrPolicy)
+	}
+	p := rec.Policy
+	for field, ref := range rec.Lists {
+		if !slices.Contains(listFields, field) {
+			return Policy{}, fieldErr("lists", "%q is not a list (want mailboxes or bypass)", field)
+		}
+		if len(*p.list(field)) > 0 {
+			return Policy{}, fieldErr(field, "both inline and in chunks")
+		}
+		if ref.Count < 1 || ref.Count > MaxListEntries || len(ref.Chunks) == 0 || len(ref.Chunks) > ref.Count {
+			return Policy{}, fieldErr(field, "chunked list of %d entries in %d chunks", ref.Count, len(ref.Chunks))
+		}
+		for _, h := range ref.Chunks {
+			if len(h) != hashLen || strings.Trim(h, "0123456789abcdef") != "" {
+				return Policy{}, fieldErr(field, "chunk name %q", h)
+			}
+		}
+		if p.refs == nil {
+			p.refs = map[string]ListRef{}
+		}
+		p.refs[field] = ref
 	}
 	return p.Normalize(domain)
 }
@@ -162,7 +216,7 @@ func (p Policy) Validate() error {
 	default:
 		return fieldErr("mode", "%q (want callout, monitor, off or static)", p.Mode)
 	}
-	if p.Mode == ModeStatic && len(p.Mailboxes) == 0 {
+	if p.Mode == ModeStatic && p.Count("mailboxes") == 0 {
 		return fieldErr("mailboxes", "static mode needs at least one mailbox")
 	}
 	for _, r := range p.Route {

@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"strings"
 	"sync"
 	"time"
@@ -25,6 +26,10 @@ type Table struct {
 	// under a key that is not its normal form (Example.org), and the key
 	// in normal form wins over such others.
 	stored map[string]storedPolicy
+	// chunks are the list chunks read from the lists bucket, by key:
+	// a stored policy whose lists are chunked is served loaded once
+	// every chunk it names is here, and not Complete until then.
+	chunks map[string][]string
 }
 
 // storedPolicy is the policy one key of the bucket gives its domain.
@@ -35,7 +40,7 @@ type storedPolicy struct {
 
 // NewTable returns a table holding the given policies (for tests and tools).
 func NewTable(p map[string]Policy) *Table {
-	t := &Table{policies: map[string]Policy{}, bad: map[string]error{}, stored: map[string]storedPolicy{}}
+	t := &Table{policies: map[string]Policy{}, bad: map[string]error{}, stored: map[string]storedPolicy{}, chunks: map[string][]string{}}
 	for d, pol := range p {
 		t.policies[d] = pol
 	}
@@ -80,7 +85,7 @@ func (t *Table) Set(domain string, p Policy) {
 // is not used as written (nil: it is).
 func (t *Table) set(key, domain string, p Policy, bad error) {
 	t.mu.Lock()
-	t.stored[key] = storedPolicy{domain: domain, p: p}
+	t.stored[key] = storedPolicy{domain: domain, p: t.attach(domain, p)}
 	if bad != nil {
 		t.bad[key] = bad
 	} else {
@@ -103,6 +108,69 @@ func (t *Table) remove(key string) {
 	}
 	t.indexSenders()
 	t.mu.Unlock()
+}
+
+// attach returns p with its chunked lists in its indexes, when every
+// chunk it names has been read; otherwise p as it is (not Complete).
+func (t *Table) attach(domain string, p Policy) Policy {
+	if len(p.refs) == 0 || p.loaded {
+		return p
+	}
+	sets := map[string]map[string]struct{}{}
+	for field, ref := range p.refs {
+		set := make(map[string]struct{}, ref.Count)
+		for _, h := range ref.Chunks {
+			entries, ok := t.chunks[chunkKey(domain, field, h)]
+			if !ok {
+				return p
+			}
+			for _, e := range entries {
+				set[strings.ToLower(e)] = struct{}{}
+			}
+		}
+		sets[field] = set
+	}
+	if set, ok := sets["mailboxes"]; ok {
+		p.index = set
+	}
+	if set, ok := sets["bypass"]; ok {
+		p.bindex = set
+	}
+	p.loaded = true
+	return p
+}
+
+// takeChunk applies one change of the lists bucket: a chunk read in may
+// complete a policy that waited for it.
+func (t *Table) takeChunk(e jetstream.KeyValueEntry, log *slog.Logger) {
+	key := e.Key()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if e.Operation() != jetstream.KeyValuePut {
+		delete(t.chunks, key)
+		return
+	}
+	domain, _, hash, ok := parseChunkKey(key)
+	if !ok {
+		log.Error("list chunk under a key that is not a chunk's: ignored", "key", key)
+		return
+	}
+	entries, err := decodeChunk(e.Value(), hash)
+	if err != nil {
+		log.Error("list chunk does not hold what its name says: ignored", "key", key, "err", err)
+		return
+	}
+	t.chunks[key] = entries
+	for k, sp := range t.stored {
+		if sp.domain == domain && !sp.p.Complete() {
+			sp.p = t.attach(domain, sp.p)
+			t.stored[k] = sp
+			if sp.p.Complete() {
+				t.resolve(domain)
+				log.Info("domain policy lists loaded", "domain", domain, "mailboxes", sp.p.Count("mailboxes"), "bypass", sp.p.Count("bypass"))
+			}
+		}
+	}
 }
 
 // resolve serves domain the policy of its key in normal form, else of the
@@ -145,11 +213,11 @@ func (t *Table) IsProbeSender(addr string) bool {
 	return t.senders[strings.ToLower(addr)]
 }
 
-// Watch fills a table from the bucket and keeps it current until ctx ends.
-// It returns once the initial values are loaded.
-func Watch(ctx context.Context, kv jetstream.KeyValue, log *slog.Logger) (*Table, error) {
+// Watch fills a table from the buckets and keeps it current until ctx
+// ends. It returns once the initial values are loaded.
+func Watch(ctx context.Context, st *Store, log *slog.Logger) (*Table, error) {
 	t := NewTable(nil)
-	return t, t.Watch(ctx, kv, log)
+	return t, t.Watch(ctx, st, log)
 }
 
 // Watch keeps t current from the bucket until ctx ends; it returns once the
@@ -165,14 +233,30 @@ func Watch(ctx context.Context, kv jetstream.KeyValue, log *slog.Logger) (*Table
 // started. A policy stored under a key that is not its domain's normal
 // form (Example.org) serves the normal form, unless that has a key of its
 // own. Such keys are counted (Errors) and logged.
-func (t *Table) Watch(ctx context.Context, kv jetstream.KeyValue, log *slog.Logger) error {
+//
+// The chunks of long lists are read first (st.Lists; nil: lists are not
+// read, and policies with chunked lists are never Complete), then the
+// policies; a policy whose chunks arrive later is served as not
+// Complete until they do.
+func (t *Table) Watch(ctx context.Context, st *Store, log *slog.Logger) error {
+	if st.Lists != nil {
+		if err := follow(ctx, st.Lists, "list chunks", func(e jetstream.KeyValueEntry) { t.takeChunk(e, log) }); err != nil {
+			return err
+		}
+	}
+	return follow(ctx, st.KeyValue, "domain policies", func(e jetstream.KeyValueEntry) { t.take(ctx, st, e, log) })
+}
+
+// follow applies every value of kv, then every change, with take until
+// ctx ends; it returns once the values there were at the start are applied.
+func follow(ctx context.Context, kv jetstream.KeyValue, what string, take func(jetstream.KeyValueEntry)) error {
 	w, err := kv.WatchAll(ctx)
 	if err != nil {
-		return fmt.Errorf("watch domain policies: %w", err)
+		return fmt.Errorf("watch %s: %w", what, err)
 	}
 	ready := make(chan struct{})
 	go func() {
-		defer w.Stop()
+		defer func() { _ = w.Stop() }()
 		loaded := false
 		for e := range w.Updates() {
 			if e == nil {
@@ -182,7 +266,7 @@ func (t *Table) Watch(ctx context.Context, kv jetstream.KeyValue, log *slog.Logg
 				}
 				continue
 			}
-			t.take(ctx, kv, e, log)
+			take(e)
 		}
 	}()
 	select {
@@ -242,6 +326,11 @@ func (p Policy) failSafe() Policy {
 	}
 	p.Mode = ModeMonitor
 	p.Mailboxes, p.index = nil, nil
+	if _, ok := p.refs["mailboxes"]; ok {
+		refs := maps.Clone(p.refs)
+		delete(refs, "mailboxes")
+		p.refs = refs
+	}
 	return p
 }
 

@@ -186,14 +186,15 @@ type Stored struct {
 // ErrNoPolicy is returned for a domain without a policy.
 var ErrNoPolicy = errors.New("no policy for this domain")
 
-// bucket opens the policy bucket for a write, creating it when missing.
-func (c *Client) bucket(ctx context.Context) (jetstream.KeyValue, error) {
+// bucket opens the policy buckets for a write, creating them when missing.
+func (c *Client) bucket(ctx context.Context) (*domains.Store, error) {
 	return domains.Bucket(ctx, c.JS, c.Names, 1)
 }
 
-// readBucket opens the policy bucket for reading (a read-only role may not
-// create it); nil when there is none yet.
-func (c *Client) readBucket(ctx context.Context) (jetstream.KeyValue, error) {
+// readBucket opens the policy buckets for reading (a read-only role may
+// not create them); nil when there is none yet, and no Lists when there
+// are no long lists yet.
+func (c *Client) readBucket(ctx context.Context) (*domains.Store, error) {
 	kv, err := c.JS.KeyValue(ctx, c.Names.DomainsBucket())
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		return nil, nil
@@ -201,7 +202,12 @@ func (c *Client) readBucket(ctx context.Context) (jetstream.KeyValue, error) {
 	if err != nil {
 		return nil, fmt.Errorf("domain policy bucket: %w", err)
 	}
-	return kv, nil
+	st := &domains.Store{KeyValue: kv}
+	st.Lists, err = c.JS.KeyValue(ctx, c.Names.ListsBucket())
+	if err != nil && !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, fmt.Errorf("domain lists bucket: %w", err)
+	}
+	return st, nil
 }
 
 func stored(e jetstream.KeyValueEntry) Stored {
@@ -259,6 +265,22 @@ func (c *Client) Policy(ctx context.Context, domain string) (Stored, error) {
 	if kv == nil {
 		return Stored{}, fmt.Errorf("%s: %w", d, ErrNoPolicy)
 	}
+	return load(ctx, kv, d)
+}
+
+// load reads a domain's stored policy with its lists, whole. A change
+// landing between reading the policy and reading its chunks removes the
+// chunks read for: then it reads again.
+func load(ctx context.Context, kv *domains.Store, d string) (Stored, error) {
+	for try := 1; ; try++ {
+		st, err := loadOnce(ctx, kv, d)
+		if !errors.Is(err, domains.ErrListIncomplete) || try == 3 {
+			return st, err
+		}
+	}
+}
+
+func loadOnce(ctx context.Context, kv *domains.Store, d string) (Stored, error) {
 	e, err := kv.Get(ctx, d)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return Stored{}, fmt.Errorf("%s: %w", d, ErrNoPolicy)
@@ -266,7 +288,13 @@ func (c *Client) Policy(ctx context.Context, domain string) (Stored, error) {
 	if err != nil {
 		return Stored{}, err
 	}
-	return stored(e), nil
+	st := stored(e)
+	if st.Error == "" {
+		if st.Policy, err = kv.Load(ctx, d, st.Policy); err != nil {
+			return Stored{}, err
+		}
+	}
+	return st, nil
 }
 
 // SetPolicy validates and stores a domain's policy: rev is the revision
@@ -280,21 +308,49 @@ func (c *Client) SetPolicy(ctx context.Context, who, domain string, p domains.Po
 	if err != nil {
 		return Stored{}, err
 	}
-	before, _ := kv.Get(ctx, d)
+	// The audit event says what changed, lists as counts and samples of
+	// entries added and removed: never the lists whole.
+	was, err := auditForm(ctx, kv, d)
+	if err != nil && !errors.Is(err, ErrNoPolicy) {
+		return Stored{}, err
+	}
 	if _, err := domains.PutRevision(ctx, kv, d, p, rev); err != nil {
 		return Stored{}, err
 	}
-	after, err := kv.Get(ctx, d)
+	after, err := load(ctx, kv, d)
 	if err != nil {
 		return Stored{}, err
 	}
 	ev := audit.Event{What: audit.PolicySet, Domain: d}
-	var was []byte
-	if before != nil {
-		was = before.Value()
+	audit.PolicyChange(&ev, was, policyJSON(after))
+	return after, c.record(ctx, who, ev)
+}
+
+// auditForm is a domain's stored policy as the audit compares it: with
+// its lists whole, or as stored when it does not parse or its lists
+// cannot be read (a change then repairs it).
+func auditForm(ctx context.Context, kv *domains.Store, d string) ([]byte, error) {
+	st, err := load(ctx, kv, d)
+	if errors.Is(err, domains.ErrListIncomplete) {
+		e, gerr := kv.Get(ctx, d)
+		if gerr != nil {
+			return nil, gerr
+		}
+		return e.Value(), nil
 	}
-	audit.PolicyChange(&ev, was, after.Value())
-	return stored(after), c.record(ctx, who, ev)
+	if err != nil {
+		return nil, err
+	}
+	return policyJSON(st), nil
+}
+
+// policyJSON is a stored policy as the audit compares it.
+func policyJSON(st Stored) []byte {
+	if st.Error != "" {
+		return st.Raw
+	}
+	b, _ := json.Marshal(st.Policy)
+	return b
 }
 
 // RemovePolicy deletes a domain's policy (rev as for SetPolicy; 0 means no
@@ -308,25 +364,15 @@ func (c *Client) RemovePolicy(ctx context.Context, who, domain string, rev uint6
 	if err != nil {
 		return err
 	}
-	before, err := kv.Get(ctx, d)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return fmt.Errorf("%s: %w", d, ErrNoPolicy)
-	}
+	was, err := auditForm(ctx, kv, d)
 	if err != nil {
 		return err
 	}
-	var opts []jetstream.KVDeleteOpt
-	if rev != 0 && rev != domains.AnyRevision {
-		opts = append(opts, jetstream.LastRevision(rev))
-	}
-	if err := kv.Delete(ctx, d, opts...); err != nil {
-		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-			return fmt.Errorf("%w (%s)", domains.ErrRevision, d)
-		}
+	if err := domains.Remove(ctx, kv, d, rev); err != nil {
 		return err
 	}
 	ev := audit.Event{What: audit.PolicyRemove, Domain: d}
-	audit.PolicyChange(&ev, before.Value(), nil)
+	audit.PolicyChange(&ev, was, nil)
 	return c.record(ctx, who, ev)
 }
 

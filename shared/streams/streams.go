@@ -67,6 +67,19 @@ func DomainsConfig(n subjects.Names, replicas int) jetstream.KeyValueConfig {
 	}
 }
 
+// ListsConfig is the bucket of the policies' long lists: chunks named by
+// their content, which a policy record lists (see package domains). A
+// chunk never changes once written, so no history is kept. A chunk no
+// policy names is purged with a marker that expires (per-message TTLs,
+// which LimitMarkerTTL turns on), so removed chunks leave nothing behind.
+func ListsConfig(n subjects.Names, replicas int) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket: n.ListsBucket(), History: 1, Replicas: max(replicas, 1),
+		Description:    "callout policy lists in chunks (one entry per line)",
+		LimitMarkerTTL: time.Hour,
+	}
+}
+
 // AccountsConfig is the bucket of the console's users and API tokens
 // (JSON; passwords as bcrypt hashes, tokens as SHA-256).
 func AccountsConfig(n subjects.Names, replicas int) jetstream.KeyValueConfig {
@@ -197,7 +210,7 @@ func SetupWith(ctx context.Context, js jetstream.JetStream, n subjects.Names, re
 		}
 		done = append(done, "stream "+cfg.Name)
 	}
-	for _, cfg := range []jetstream.KeyValueConfig{DomainsConfig(n, replicas), AccountsConfig(n, replicas), CacheConfig(n, replicas, cacheMaxAge)} {
+	for _, cfg := range []jetstream.KeyValueConfig{DomainsConfig(n, replicas), ListsConfig(n, replicas), AccountsConfig(n, replicas), CacheConfig(n, replicas, cacheMaxAge)} {
 		if _, err := js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
 			return done, fmt.Errorf("bucket %s: %w", cfg.Bucket, err)
 		}

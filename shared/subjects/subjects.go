@@ -64,6 +64,10 @@ func (n Names) AccountsBucket() string { return n.Prefix + "_accounts" }
 // DomainsBucket is the KV bucket of per-domain policy.
 func (n Names) DomainsBucket() string { return n.Prefix + "_domains" }
 
+// ListsBucket holds the long mailbox and bypass lists of the policies,
+// in chunks a policy names.
+func (n Names) ListsBucket() string { return n.Prefix + "_lists" }
+
 // LeaseStream holds destination limits across probers.
 func (n Names) LeaseStream() string { return strings.ToUpper(n.Prefix) + "_LEASES" }
 

@@ -22,6 +22,7 @@ const (
 	ReasonPolicyOff   Reason = "policy_off"
 	ReasonListed      Reason = "listed"
 	ReasonNotListed   Reason = "not_listed"
+	ReasonListLoading Reason = "list_incomplete"
 	ReasonNotServed   Reason = "not_served"
 	ReasonSyntax      Reason = "syntax"
 	ReasonUnprobeable Reason = "unprobeable_form"
@@ -100,6 +101,7 @@ var reasonTable = []ReasonInfo{
 	{ReasonPolicyOff, "ingest", []Status{Skipped}, false, false, "The domain's policy turns callouts off.", "Nothing; set the mode back to callout to verify."},
 	{ReasonListed, "ingest", []Status{Valid}, false, false, "Static mode: the address is in the domain's list of mailboxes.", "Nothing."},
 	{ReasonNotListed, "ingest", []Status{Invalid}, false, true, "Static mode: the address is not in the domain's list of mailboxes.", "Add the mailbox to the domain's list, or switch the domain back to callout mode."},
+	{ReasonListLoading, "ingest", []Status{TempFail}, false, false, "The domain's mailbox or bypass list is stored in chunks and this ingest has not read every chunk yet (start-up, reconnect, a change on its way): no answer rests on part of a list, so the recipient is deferred (or accepted, as on_tempfail says).", "Nothing if it passes within seconds; otherwise check the ingest's access to the callout_lists bucket and its log."},
 	{ReasonNotServed, "ingest", []Status{RelayDenied, Unverifiable}, false, true, "The recipient domain has no policy: UNKNOWN_DOMAINS decides (reject: 550 5.7.1 relay denied; accept: unverifiable).", "Add a policy for the domain if it is yours; relay control otherwise stays with the MTA."},
 	{ReasonSyntax, "ingest", []Status{Malformed}, false, true, "The address does not parse (RFC 5321), or carries bytes that may never reach an SMTP line (CR, LF, NUL).", "Nothing, unless a real address is refused: then report it with the address as sent."},
 	{ReasonUnprobeable, "ingest", []Status{Unverifiable}, false, false, "The address is valid but has a form a callout cannot send safely (a quoted local part, an address literal).", "Nothing: accepted unverified, or deferred as the policy's on_unverifiable says."},

@@ -54,7 +54,7 @@ type bench struct {
 	names      subjects.Names
 	procs      map[string]*stack.Proc
 	rows       []row
-	kv         jetstream.KeyValue
+	kv         *domains.Store
 	pprof      map[string]string // process -> its /debug/pprof address (CALLOUT_BENCH_PROFILE)
 	policyAddr string            // the ingest's Postfix policy listener
 	metrics    map[string]string // process -> its /metrics address

@@ -66,7 +66,7 @@ func (s *Server) domainRows(r *http.Request, id *identity, dq domainQuery) ([]do
 		if len(rows) == dq.Limit {
 			return rows, rows[len(rows)-1].Domain, nil
 		}
-		rows = append(rows, domainRow{Stored: st, Mode: st.Policy.EffectiveMode(), Mailboxes: len(st.Policy.Mailboxes), Bypass: len(st.Policy.Bypass), Would: would[st.Domain]})
+		rows = append(rows, domainRow{Stored: st, Mode: st.Policy.EffectiveMode(), Mailboxes: st.Policy.Count("mailboxes"), Bypass: st.Policy.Count("bypass"), Would: would[st.Domain]})
 	}
 	return rows, "", nil
 }

@@ -88,7 +88,7 @@ func classify(err error) (int, string, string) {
 		return http.StatusConflict, "policy", err.Error()
 	case errors.Is(err, operate.ErrNoPolicy), errors.Is(err, operate.ErrNotListed), errors.Is(err, jetstream.ErrKeyNotFound):
 		return http.StatusNotFound, "", err.Error()
-	case errors.Is(err, operate.ErrUnavailable):
+	case errors.Is(err, operate.ErrUnavailable), errors.Is(err, domains.ErrListIncomplete):
 		return http.StatusServiceUnavailable, "", err.Error()
 	case errors.Is(err, operate.ErrNotRecorded):
 		return http.StatusInternalServerError, "", err.Error()

@@ -149,5 +149,10 @@ func (s *Server) Run(ctx context.Context) error {
 
 const cookieName = "callout_session"
 
+// maxEditable is the longest list the domain page shows in a text box;
+// a longer one is imported from a file, edited an entry at a time and
+// exported.
+const maxEditable = 2000
+
 // maxBody bounds a request body (a pasted mailbox list fits).
 const maxBody = 8 << 20

@@ -39,6 +39,8 @@ var funcs = template.FuncMap{
 		return string(b)
 	},
 	"raw": func(b json.RawMessage) string { return string(b) },
+	// editable: a list short enough to edit in a text box.
+	"editable": func(l []string) bool { return len(l) <= maxEditable },
 	"lines": func(l []string) string {
 		if len(l) == 0 {
 			return ""
@@ -353,11 +355,17 @@ func (s *Server) postDomain(w http.ResponseWriter, r *http.Request, id *identity
 		msg = "Policy of " + st.Domain + " saved."
 	case "mailboxes", "bypass":
 		field := r.PathValue("action")
-		text := p.Form.Get(field)
+		text, given := p.Form.Get(field), p.Form.Has(field)
 		if f, _, ferr := r.FormFile("file"); ferr == nil {
 			b, _ := io.ReadAll(io.LimitReader(f, maxBody))
 			f.Close()
-			text = string(b)
+			text, given = string(b), true
+		}
+		if !given {
+			// A list too long to edit on the page has no text box: an
+			// empty submission is not "replace it with nothing".
+			err = badRequest("list", "choose a file to import")
+			break
 		}
 		_, _, err = s.importList(r, id, d, field, text, p.Form.Get("merge") == "true", rev, false)
 		msg = "The " + field + " list is saved."

@@ -180,6 +180,11 @@ func (s *Service) answerFromMemory(req wire.VerifyRequest, purpose verdict.Purpo
 		dpol.OnTempfail, dpol.OnUnverifiable = s.cfg.SenderOnTempfail, s.cfg.SenderOnUnverifiable
 	} else {
 		switch {
+		case known && !pol.Complete():
+			// A list not yet read whole: an entry may be in a chunk still
+			// on its way, so neither "listed" nor "bypassed" can be said.
+			v.Status, v.Reason = verdict.TempFail, verdict.ReasonListLoading
+			return v, dpol, nil
 		case known && pol.Bypassed(a.Local, s.cfg.RecipientDelimiter):
 			v.Status, v.Reason = verdict.Skipped, verdict.ReasonBypass
 			return v, dpol, nil

@@ -30,7 +30,7 @@ type twoIngests struct {
 	dir  string
 	port int
 	a, b *Service
-	kv   jetstream.KeyValue
+	kv   *domains.Store
 	js   jetstream.JetStream
 	dest *smtptest.Server
 }

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -75,7 +74,7 @@ type system struct {
 	ns     *natstest.Server
 	nc     *nats.Conn
 	ingest *Service
-	kv     jetstream.KeyValue
+	kv     *domains.Store
 }
 
 // startSystem runs ingest, one prober and one cachekeeper on an embedded server.

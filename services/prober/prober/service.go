@@ -92,7 +92,7 @@ func (s *Service) Run(ctx context.Context) error {
 		if _, err := streams.Verdicts(ctx, s.js, s.names, s.cfg.Replicas); streams.Warn(s.log, err) != nil {
 			return err
 		}
-		kv, err := domains.Bucket(ctx, s.js, s.names, s.cfg.Replicas)
+		kv, err := domains.PolicyBucket(ctx, s.js, s.names, s.cfg.Replicas)
 		if err != nil {
 			return err
 		}
