@@ -146,6 +146,8 @@ func TestAuthRoles(t *testing.T) {
 		in.denied(t, "Publish", s.names.Flush())
 		_ = in.Publish("$JS.API.STREAM.UPDATE.CALLOUT_PROBES", []byte("{}")) // denied: change the job stream
 		in.denied(t, "Publish", "$JS.API.STREAM.UPDATE.CALLOUT_PROBES")
+		_ = in.Publish("$KV.callout_lists.example.org.mailboxes.0123456789abcdef01234567", []byte("x")) // denied: write a list it only reads
+		in.denied(t, "Publish", "$KV.callout_lists")
 	})
 	t.Run("prober", func(t *testing.T) {
 		pr := connectAs(t, url, "prober")
@@ -230,7 +232,13 @@ func TestAuthRoles(t *testing.T) {
 			t.Errorf("viewer flush through the console: %d %s", st, b)
 		}
 		// Everything an admin does through the console, with the console's
-		// own NATS user (its log is checked for violations below).
+		// own NATS user (its log is checked for violations below); a long
+		// mailbox list is written, edited and removed in chunks.
+		long := make([]string, 5000)
+		for i := range long {
+			long[i] = fmt.Sprintf(`"m%05d"`, i)
+		}
+		longPolicy := `{"policy":{"mode":"static","mailboxes":[` + strings.Join(long, ",") + `]}}`
 		for _, c := range []struct {
 			method, path, body string
 			want               int
@@ -248,10 +256,20 @@ func TestAuthRoles(t *testing.T) {
 			{"GET", "/api/hosts", "", http.StatusOK},
 			{"GET", "/api/stats", "", http.StatusOK},
 			{"DELETE", "/api/domains/console.example?revision=18446744073709551615", "", http.StatusNoContent},
+			{"PUT", "/api/domains/lists.example", longPolicy, http.StatusOK},
+			{"POST", "/api/domains/lists.example/mailboxes/zed?revision=18446744073709551615", "", http.StatusOK},
+			{"DELETE", "/api/domains/lists.example/mailboxes/m00001?revision=18446744073709551615", "", http.StatusOK},
 		} {
 			if st, b := consoleCall(t, http.DefaultClient, "", c.method, base+c.path, c.body); st != c.want {
 				t.Errorf("admin %s %s through the console: %d %s", c.method, c.path, st, b)
 			}
+		}
+		// The viewer's connection reads the chunks of a long list.
+		if st, b := consoleCall(t, hc, csrf, "GET", base+"/api/domains/lists.example", ""); st != http.StatusOK || !strings.Contains(b, `"m04999"`) || !strings.Contains(b, `"zed"`) || strings.Contains(b, `"m00001"`) {
+			t.Errorf("viewer reads a long list: %d %.300s", st, b)
+		}
+		if st, b := consoleCall(t, http.DefaultClient, "", "DELETE", base+"/api/domains/lists.example?revision=18446744073709551615", ""); st != http.StatusNoContent {
+			t.Errorf("admin removes the long-list domain: %d %s", st, b)
 		}
 		// A tenant made and working through the console's own NATS user:
 		// the users and tokens live in the accounts bucket.
@@ -290,6 +308,8 @@ func TestAuthRoles(t *testing.T) {
 		vw.denied(t, "Publish", s.names.Flush())
 		_ = vw.Publish("$KV.callout_domains.example.org", []byte("{}")) // denied: change a policy
 		vw.denied(t, "Publish", "$KV.callout_domains")
+		_ = vw.Publish("$KV.callout_lists.example.org.mailboxes.0123456789abcdef01234567", []byte("x")) // denied: change a list
+		vw.denied(t, "Publish", "$KV.callout_lists")
 		_ = vw.Publish(s.names.VerifyTrace(), []byte("x")) // denied: traced callouts
 		vw.denied(t, "Publish", s.names.VerifyTrace())
 		_ = vw.Publish(s.names.Verify(), []byte("x")) // denied: ask as an MTA, where the brake counts
