@@ -1,10 +1,12 @@
 package console
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -430,6 +432,7 @@ func TestAPI(t *testing.T) {
 
 	// After the audit counts above: these writes are audited too.
 	t.Run("lists: export, import with a dry run, one entry", func(t *testing.T) { listEdits(t, admin, viewer) })
+	t.Run("a list of 100,000: imported, audited, edited, served, exported", func(t *testing.T) { longList(t, sys, admin, viewer) })
 
 	t.Run("every role, every operation: no leak", func(t *testing.T) { roleWalk(t, sys, admin) })
 
@@ -614,4 +617,67 @@ func listEdits(t *testing.T, admin, viewer *client) {
 	}
 	st, b = admin.call("DELETE", fmt.Sprintf("/api/domains/lists.test/bypass/abuse?revision=%d", got.Revision), nil)
 	wantStatus(t, "remove from bypass", st, http.StatusOK, b)
+}
+
+// A mailbox list of 100,000 entries is imported in one upload, saved and
+// audited (the event says what changed, and fits a message), changed one
+// entry at a time, answered from by the ingest, and exported whole.
+func longList(t *testing.T, sys *system, admin, viewer *client) {
+	const n = 100_000
+	st, b := admin.call("PUT", "/api/domains/big.test", map[string]any{"policy": map[string]any{"mode": "static", "mailboxes": []string{"first"}}})
+	wantStatus(t, "create", st, http.StatusOK, b)
+	rev := decode[operate.Stored](t, b).Revision
+	var up strings.Builder
+	up.WriteString("address\n")
+	for i := range n {
+		fmt.Fprintf(&up, "user%06d@big.test\n", i)
+	}
+	st, b = admin.call("PUT", fmt.Sprintf("/api/domains/big.test/mailboxes?revision=%d", rev), up.String())
+	wantStatus(t, "import 100,000", st, http.StatusOK, b)
+	got := decode[operate.Stored](t, b)
+	if len(got.Policy.Mailboxes) != n || !slices.Contains(got.Policy.Mailboxes, "user099999") || slices.Contains(got.Policy.Mailboxes, "first") {
+		t.Fatalf("imported: %d mailboxes", len(got.Policy.Mailboxes))
+	}
+	// The audit event: counts and samples, and small.
+	st, b = admin.call("GET", "/api/audit?what=policy.set&domain=big.test", nil)
+	wantStatus(t, "audit", st, http.StatusOK, b)
+	evs := decode[[]audit.Event](t, b)
+	if len(evs) == 0 || len(b) > 32<<10 {
+		t.Fatalf("audit: %d events in %d bytes", len(evs), len(b))
+	}
+	if lc := evs[0].Lists["mailboxes"]; lc.AddedCount != n || lc.RemovedCount != 1 || lc.Count != n || len(lc.Added) > audit.ListSample {
+		t.Fatalf("audit of the import: %+v", lc)
+	}
+	// One entry in, one out: the event says just that.
+	st, b = admin.call("POST", fmt.Sprintf("/api/domains/big.test/mailboxes/zoe?revision=%d", got.Revision), nil)
+	wantStatus(t, "add one", st, http.StatusOK, b)
+	got = decode[operate.Stored](t, b)
+	st, b = admin.call("DELETE", fmt.Sprintf("/api/domains/big.test/mailboxes/user000007?revision=%d", got.Revision), nil)
+	wantStatus(t, "remove one", st, http.StatusOK, b)
+	evs = decode[[]audit.Event](t, must(admin.call("GET", "/api/audit?what=policy.set&domain=big.test", nil)))
+	if lc := evs[0].Lists["mailboxes"]; lc.RemovedCount != 1 || lc.Removed[0] != "user000007" || lc.AddedCount != 0 || lc.Count != n {
+		t.Fatalf("audit of one removal: %+v", lc)
+	}
+	if lc := evs[1].Lists["mailboxes"]; lc.AddedCount != 1 || lc.Added[0] != "zoe" || lc.Count != n+1 {
+		t.Fatalf("audit of one addition: %+v", lc)
+	}
+	// The ingests answer from the whole list.
+	for addr, want := range map[string]string{"user099999@big.test": "accept", "zoe@big.test": "accept", "user000007@big.test": "reject", "nobody@big.test": "reject"} {
+		waitfor.Cond(t, 15*time.Second, func() bool {
+			st, b := admin.call("POST", "/api/verify", map[string]any{"address": addr})
+			var rep struct {
+				Decision struct{ Action string } `json:"decision"`
+			}
+			return st == http.StatusOK && json.Unmarshal(b, &rep) == nil && rep.Decision.Action == want
+		})
+	}
+	// The domain list counts without reading the list.
+	st, b = viewer.call("GET", "/api/domains?q=big.test", nil)
+	if rows := decode[[]domainRow](t, b); st != http.StatusOK || len(rows) != 1 || rows[0].Mailboxes != n {
+		t.Fatalf("domain list: %d %.300s", st, b)
+	}
+	st, b = viewer.call("GET", "/api/domains/big.test/mailboxes", nil)
+	if st != http.StatusOK || bytes.Count(b, []byte("\n")) != n+1 || !bytes.Contains(b, []byte("\nzoe\n")) || bytes.Contains(b, []byte("user000007")) {
+		t.Fatalf("export: %d, %d lines", st, bytes.Count(b, []byte("\n")))
+	}
 }
