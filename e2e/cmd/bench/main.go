@@ -106,7 +106,7 @@ func main() {
 	out := flag.String("out", "bench/results.json", "JSON output")
 	requests := flag.Int("requests", 100000, "callout economy: verify requests")
 	entries := flag.Int("entries", 1000000, "storage: cached entries")
-	only := flag.String("only", "", "run one section: hit, miss, saturation, economy, storage, protection, mta, postfix")
+	only := flag.String("only", "", "run one section: hit, miss, saturation, economy, storage, protection, mta, postfix, lists")
 	reps := flag.Int("reps", 3, "repetitions of the hit, miss, saturation and MTA-path sections")
 	flag.Parse()
 	absBin, _ := filepath.Abs(*bin)
@@ -142,10 +142,10 @@ func main() {
 		steps = append(steps, b.cacheHit, b.miss, b.saturation)
 	}
 	pfx := func() error { return b.throughPostfix(*reps) }
-	steps = append(steps, func() error { return b.economy(*requests) }, protection, mta, pfx)
+	steps = append(steps, func() error { return b.economy(*requests) }, protection, mta, pfx, b.staticLists)
 	if *only != "" {
 		steps = map[string][]func() error{"hit": {hit}, "miss": {miss}, "saturation": {sat}, "economy": {func() error { return b.economy(*requests) }},
-			"storage": {func() error { return b.storage(*entries) }}, "protection": {protection}, "mta": {mta}, "postfix": {pfx}}[*only]
+			"storage": {func() error { return b.storage(*entries) }}, "protection": {protection}, "mta": {mta}, "postfix": {pfx}, "lists": {b.staticLists}}[*only]
 	}
 	for _, step := range steps {
 		if err := step(); err != nil {
@@ -365,8 +365,13 @@ func (b *bench) policies(route map[string]string) error {
 }
 
 func (b *bench) verify(addr string, timeout time.Duration) (wire.VerifyReply, error) {
+	return b.verifyOn(b.nc, addr, timeout)
+}
+
+// verifyOn asks over the connection nc.
+func (b *bench) verifyOn(nc *nats.Conn, addr string, timeout time.Duration) (wire.VerifyReply, error) {
 	data, _ := wire.Encode(&wire.VerifyRequest{Address: addr})
-	m, err := b.nc.Request(b.names.Verify(), data, timeout)
+	m, err := nc.Request(b.names.Verify(), data, timeout)
 	if err != nil {
 		return wire.VerifyReply{}, err
 	}

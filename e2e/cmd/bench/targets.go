@@ -42,6 +42,10 @@ var targets = []target{
 	{Name: "postfix: callout/no check RCPT rate", Section: "9 postfix", Row: "known: callout/no check rate ratio", Op: ">=", Bound: 0.8},
 	{Name: "postfix: callout/verify(8) p99", Section: "9 postfix", Row: "known: callout/verify(8) p99 ratio", Op: "<=", Bound: 1.1},
 	{Name: "postfix: callout/verify(8) CPU per RCPT", Section: "9 postfix", Row: "known: callout/verify(8) CPU per RCPT ratio", Op: "<=", Bound: 1},
+	// Static mode: a list of 100,000 answers as fast as one of 10, and
+	// imports in seconds.
+	{Name: "static: 100,000 listed / 10 listed verify rate", Section: "10 static lists", Row: "c=16 100,000/10 listed rate ratio", Op: ">=", Bound: 0.9},
+	{Name: "static: import of 100,000 mailboxes", Section: "10 static lists", Row: "import of 100,000 mailboxes", Op: "<=", Bound: 10000, Unit: "ms"},
 	// The callout economy: at most one RCPT per distinct address plus two
 	// per domain (the catch-all probe and the control probe), and at
 	// least five RCPTs per connection.
