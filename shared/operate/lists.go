@@ -65,7 +65,24 @@ func (c *Client) EditEntry(ctx context.Context, who, domain, field, entry string
 // returns the new one) and says what changed; with dryRun it writes
 // nothing. Entries compare as the ingests compare them: local parts,
 // without case.
+//
+// With rev domains.AnyRevision (calloutctl), the change is applied to the
+// revision it read, and read again when another change lands first: an
+// edit of one entry never undoes someone else's.
 func (c *Client) editList(ctx context.Context, who, domain, field string, rev uint64, dryRun bool, edit func(cur []string) ([]string, error)) (Stored, audit.ListChange, error) {
+	if rev != domains.AnyRevision {
+		return c.editListAt(ctx, who, domain, field, rev, dryRun, edit)
+	}
+	for try := 1; ; try++ {
+		st, lc, err := c.editListAt(ctx, who, domain, field, 0, dryRun, edit)
+		if !errors.Is(err, domains.ErrRevision) || try == 5 {
+			return st, lc, err
+		}
+	}
+}
+
+// editListAt is editList at revision rev (0: the revision it reads).
+func (c *Client) editListAt(ctx context.Context, who, domain, field string, rev uint64, dryRun bool, edit func(cur []string) ([]string, error)) (Stored, audit.ListChange, error) {
 	st, err := c.Policy(ctx, domain)
 	if err != nil {
 		return Stored{}, audit.ListChange{}, err
@@ -93,6 +110,9 @@ func (c *Client) editList(ctx context.Context, who, domain, field string, rev ui
 		return st, lc, nil
 	}
 	*cur = next
+	if rev == 0 {
+		rev = st.Revision
+	}
 	stored, err := c.SetPolicy(ctx, who, st.Domain, p, rev)
 	return stored, lc, err
 }

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -259,6 +261,24 @@ func TestDomainList(t *testing.T) {
 	}
 	if out, err := ctl(t, url, "domain", "list", "lists.test", "mailboxes"); err != nil || out != "alice\nCarol\ndave\nerin\n" {
 		t.Fatalf("after a merge: %q %v", out, err)
+	}
+	// A long list: imported, edited one entry at a time, listed whole.
+	var long strings.Builder
+	for i := range 30_000 {
+		fmt.Fprintf(&long, "u%05d\n", i)
+	}
+	if err := os.WriteFile(file, []byte(long.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := ctl(t, url, "domain", "list", "lists.test", "mailboxes", "import", file); err != nil || !strings.Contains(out, "30000 added, 4 removed, 30000 entries") {
+		t.Fatalf("long import: %q %v", out, err)
+	}
+	if out, err := ctl(t, url, "domain", "list", "lists.test", "mailboxes", "rm", "u00042"); err != nil || !strings.Contains(out, "0 added, 1 removed, 29999 entries") {
+		t.Fatalf("rm from a long list: %q %v", out, err)
+	}
+	out, err = ctl(t, url, "domain", "list", "lists.test", "mailboxes")
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); err != nil || len(lines) != 29_999 || slices.Contains(lines, "u00042") || !slices.Contains(lines, "u29999") {
+		t.Fatalf("long list: %d lines, %v", len(lines), err)
 	}
 }
 
