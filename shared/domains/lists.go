@@ -303,18 +303,6 @@ func storedChunks(domain string, value []byte) map[string]bool {
 	return out
 }
 
-// chunkKeys are the keys of the lists bucket p names (none for inline
-// lists).
-func (p Policy) chunkKeys(domain string) map[string]bool {
-	out := map[string]bool{}
-	for field, ref := range p.refs {
-		for _, h := range ref.Chunks {
-			out[chunkKey(domain, field, h)] = true
-		}
-	}
-	return out
-}
-
 // Load returns p (read from the bucket) with its chunked lists read in,
 // whole and in order; ErrListIncomplete when a chunk cannot be read.
 func (st *Store) Load(ctx context.Context, domain string, p Policy) (Policy, error) {
