@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/callout-mail/callout/shared/subjects"
 )
 
 // Config is the connection part of every service's settings.
@@ -20,6 +22,19 @@ type Config struct {
 	NKeyFile    string `envconfig:"NKEY_FILE" desc:"NATS nkey seed file"`
 	InboxPrefix string `envconfig:"INBOX_PREFIX" desc:"reply inbox prefix; must match the user's permissions (default _INBOX)"`
 	Prefix      string `default:"callout" desc:"subject, stream and bucket name prefix"`
+	Region      string `desc:"the region this instance runs in, in a fleet spread over regions (a name of letters, digits and -; empty: one region)"`
+}
+
+// Names are the subjects, streams and buckets of the configured prefix and
+// region; a region name that cannot be a subject token and part of a
+// bucket name is refused.
+func (c Config) Names() (subjects.Names, error) {
+	for _, r := range c.Region {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+			return subjects.Names{}, fmt.Errorf("region %q: letters, digits and - only", c.Region)
+		}
+	}
+	return subjects.NewIn(c.Prefix, c.Region), nil
 }
 
 // Connect dials the servers and waits for the first connection until ctx

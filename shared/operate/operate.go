@@ -8,7 +8,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -150,6 +152,36 @@ func (c *Client) Flush(ctx context.Context, who string, cmd wire.FlushCommand) (
 	if err != nil {
 		return rep, err
 	}
+	regions, err := c.Regions(ctx)
+	if err != nil {
+		return rep, fmt.Errorf("flush: %w", unavailable(err))
+	}
+	if len(regions) > 0 {
+		rep, err = c.flushRegions(ctx, b, regions)
+	} else {
+		rep, err = c.flushOne(ctx, b)
+	}
+	if err != nil {
+		return rep, err
+	}
+	result := fmt.Sprintf("removed %d entries", rep.Removed)
+	if len(rep.Unconfirmed) > 0 {
+		result += fmt.Sprintf("; not confirmed in time, fenced until they apply it: %s", strings.Join(rep.Unconfirmed, ", "))
+	}
+	if len(rep.Regions) > 0 {
+		result += "; regions " + strings.Join(rep.Regions, ", ")
+	}
+	if len(rep.UnconfirmedRegions) > 0 {
+		result += "; not confirmed by regions " + strings.Join(rep.UnconfirmedRegions, ", ") + " (each applies it from the flush log before it answers again)"
+	}
+	return rep, c.record(ctx, who, audit.Event{What: audit.Flush, Scope: cmd.Scope, Domain: cmd.Domain, Address: cmd.Address, Only: string(cmd.Only),
+		Result: result})
+}
+
+// flushOne asks the cachekeepers of a fleet in one region: the first
+// answer is the bucket's.
+func (c *Client) flushOne(ctx context.Context, b []byte) (wire.FlushReply, error) {
+	var rep wire.FlushReply
 	rctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	m, err := c.NC.RequestWithContext(rctx, c.Names.Flush(), b)
@@ -165,12 +197,80 @@ func (c *Client) Flush(ctx context.Context, who string, cmd wire.FlushCommand) (
 	if rep.Error != "" {
 		return rep, fmt.Errorf("flush: %s", rep.Error)
 	}
-	result := fmt.Sprintf("removed %d entries", rep.Removed)
-	if len(rep.Unconfirmed) > 0 {
-		result += fmt.Sprintf("; not confirmed in time, fenced until they apply it: %s", strings.Join(rep.Unconfirmed, ", "))
+	return rep, nil
+}
+
+// RegionWait is how long a flush over regions waits for the regions that
+// have not answered once one has.
+const RegionWait = 10 * time.Second
+
+// flushRegions writes the flush to the flush log (replicated over the
+// regions: once written, every region applies it, now or when it is
+// back), then asks every region's cachekeepers and waits for an answer
+// from each region of the fleet, naming those that did not answer.
+func (c *Client) flushRegions(ctx context.Context, b []byte, regions []string) (wire.FlushReply, error) {
+	var rep wire.FlushReply
+	ack, err := c.JS.Publish(ctx, c.Names.FlushLog(), b)
+	if err != nil {
+		return rep, fmt.Errorf("flush log: %w", unavailable(err))
 	}
-	return rep, c.record(ctx, who, audit.Event{What: audit.Flush, Scope: cmd.Scope, Domain: cmd.Domain, Address: cmd.Address, Only: string(cmd.Only),
-		Result: result})
+	inbox := c.NC.NewRespInbox()
+	sub, err := c.NC.SubscribeSync(inbox)
+	if err != nil {
+		return rep, err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	msg := nats.NewMsg(c.Names.Flush())
+	msg.Reply, msg.Data = inbox, b
+	msg.Header.Set(wire.FlushSeqHeader, strconv.FormatUint(ack.Sequence, 10))
+	if err := c.NC.PublishMsg(msg); err != nil {
+		return rep, fmt.Errorf("flush: %w", unavailable(err))
+	}
+	waiting := map[string]bool{}
+	for _, r := range regions {
+		waiting[r] = true
+	}
+	deadline := time.Now().Add(time.Minute)
+	for len(waiting) > 0 {
+		m, err := sub.NextMsg(time.Until(deadline))
+		if err != nil {
+			break
+		}
+		var one wire.FlushReply
+		if m.Header.Get(micro.ErrorHeader) != "" || wire.Decode(m.Data, &one) != nil || one.Error != "" || !waiting[one.Region] {
+			continue // the region applies it from the log
+		}
+		delete(waiting, one.Region)
+		rep.Regions = append(rep.Regions, one.Region)
+		rep.Removed = max(rep.Removed, one.Removed)
+		rep.Unconfirmed = append(rep.Unconfirmed, one.Unconfirmed...)
+		if d := time.Now().Add(RegionWait); len(rep.Regions) == 1 && d.Before(deadline) {
+			deadline = d
+		}
+	}
+	slices.Sort(rep.Regions)
+	for r := range waiting {
+		rep.UnconfirmedRegions = append(rep.UnconfirmedRegions, r)
+	}
+	slices.Sort(rep.UnconfirmedRegions)
+	return rep, nil
+}
+
+// Regions lists the regions of a fleet spread over regions (none for a
+// fleet in one region).
+func (c *Client) Regions(ctx context.Context) ([]string, error) {
+	kv, err := c.JS.KeyValue(ctx, c.Names.RegionsBucket())
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	keys, err := kv.Keys(ctx)
+	if errors.Is(err, jetstream.ErrNoKeysFound) {
+		return nil, nil
+	}
+	return keys, err
 }
 
 // Stored is one domain's stored policy.

@@ -20,7 +20,6 @@ import (
 	"github.com/callout-mail/callout/shared/metricshttp"
 	"github.com/callout-mail/callout/shared/natsconn"
 	"github.com/callout-mail/callout/shared/stats"
-	"github.com/callout-mail/callout/shared/subjects"
 )
 
 // Settings is what servicemain needs of a service's configuration (which
@@ -97,7 +96,7 @@ func run(ctx context.Context, name string, cfg Settings, build Build, interval t
 		if e, ok := svc.(StatsExtra); ok {
 			extra = e.StatsExtra
 		}
-		n := subjects.New(cfg.NATSConfig().Prefix)
+		n, _ := cfg.NATSConfig().Names()
 		go stats.Publish(ctx, nc, n.Stats(name, instance), name, instance, reg, interval, extra, log)
 	}
 	return svc.Run(ctx)

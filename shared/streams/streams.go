@@ -46,8 +46,13 @@ func ProbesConfig(n subjects.Names, replicas int) jetstream.StreamConfig {
 
 // VerdictsConfig is the stream that keeps verdicts until a cachekeeper has
 // stored them, so none is lost while no cachekeeper runs.
+//
+// In a fleet spread over regions, every region's cachekeepers store every
+// verdict (a consumer per region): the stream keeps a verdict until each
+// region has it (interest retention), and a region that comes back
+// after a loss catches up from its consumer.
 func VerdictsConfig(n subjects.Names, replicas int) jetstream.StreamConfig {
-	return jetstream.StreamConfig{
+	cfg := jetstream.StreamConfig{
 		Name:        n.VerdictStream(),
 		Description: "callout verdicts waiting to be cached",
 		Subjects:    []string{n.VerdictAll()},
@@ -56,7 +61,43 @@ func VerdictsConfig(n subjects.Names, replicas int) jetstream.StreamConfig {
 		Storage:     jetstream.FileStorage,
 		Replicas:    max(replicas, 1),
 	}
+	if n.Region != "" {
+		cfg.Retention = jetstream.InterestPolicy
+		cfg.Description = "callout verdicts waiting to be cached in every region"
+	}
+	return cfg
 }
+
+// FlushLogMaxAge is how long the flush log keeps a flush: a region away
+// longer flushes its whole cache when it returns.
+const FlushLogMaxAge = 7 * 24 * time.Hour
+
+// FlushLogConfig is the stream of flushes over regions (see
+// subjects.FlushLog).
+func FlushLogConfig(n subjects.Names, replicas int) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        n.FlushLogStream(),
+		Description: "callout flushes, for regions that were away",
+		Subjects:    []string{n.FlushLog()},
+		MaxAge:      FlushLogMaxAge,
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(replicas, 1),
+	}
+}
+
+// RegionsConfig is the bucket of the fleet's regions: each region's
+// cachekeepers put the region in it, and a flush waits for every region
+// named there.
+func RegionsConfig(n subjects.Names, replicas int) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket: n.RegionsBucket(), History: 1, Replicas: max(replicas, 1),
+		Description: "callout regions of the fleet",
+	}
+}
+
+// RegionTag is the server tag that places a region's own streams on the
+// region's servers (nats-server's server_tags).
+func RegionTag(region string) string { return "region:" + region }
 
 // DomainsConfig is the bucket of per-domain policy. Its history lets a bad
 // stored policy fall back to the last good one.
@@ -91,7 +132,23 @@ func AccountsConfig(n subjects.Names, replicas int) jetstream.KeyValueConfig {
 
 // CacheConfig is the verdict bucket: one bucket with per-entry TTLs, its
 // MaxAge the longest TTL class, limit markers on, no history.
+//
+// A region's bucket is placed on its region's servers, one replica: the
+// servers of a fleet over regions keep one replica of the fleet's
+// streams per region (unique_tag), so a region holds one of its own.
+// Its verdicts are all in the verdict stream, so the bucket can be
+// refilled from there.
 func CacheConfig(n subjects.Names, replicas int, maxAge time.Duration) jetstream.KeyValueConfig {
+	if n.Region != "" {
+		cfg := cacheConfig(n, 1, maxAge)
+		cfg.Placement = &jetstream.Placement{Tags: []string{RegionTag(n.Region)}}
+		cfg.Description += "; region " + n.Region
+		return cfg
+	}
+	return cacheConfig(n, replicas, maxAge)
+}
+
+func cacheConfig(n subjects.Names, replicas int, maxAge time.Duration) jetstream.KeyValueConfig {
 	return jetstream.KeyValueConfig{
 		Bucket:         n.CacheBucket(),
 		Description:    "callout verdicts (msgpack), keys addr.<domain>.<local>.<view>[.<sender>], domain.<domain>.<view>.<fact>, flush.<scope>",
@@ -201,20 +258,44 @@ func Setup(ctx context.Context, js jetstream.JetStream, n subjects.Names, replic
 	return SetupWith(ctx, js, n, replicas, cacheMaxAge, audit.DefaultLimits)
 }
 
-// SetupWith is Setup with the audit stream's limits.
-func SetupWith(ctx context.Context, js jetstream.JetStream, n subjects.Names, replicas int, cacheMaxAge time.Duration, auditLimits audit.Limits) ([]string, error) {
+// SetupWith is Setup with the audit stream's limits and, for a fleet over
+// regions, its regions: then the verdict stream keeps each verdict for
+// every region, each region gets its cache bucket, and the flush log and
+// the list of regions are made.
+func SetupWith(ctx context.Context, js jetstream.JetStream, n subjects.Names, replicas int, cacheMaxAge time.Duration, auditLimits audit.Limits, regions ...string) ([]string, error) {
 	var done []string
-	for _, cfg := range []jetstream.StreamConfig{ProbesConfig(n, replicas), VerdictsConfig(n, replicas), LeasesConfig(n, replicas), audit.StreamConfig(n, replicas, auditLimits)} {
+	verdicts, caches := VerdictsConfig(n, replicas), []jetstream.KeyValueConfig{CacheConfig(n, replicas, cacheMaxAge)}
+	extra := []jetstream.StreamConfig{}
+	if len(regions) > 0 {
+		verdicts, caches = VerdictsConfig(subjects.NewIn(n.Prefix, regions[0]), replicas), nil
+		for _, r := range regions {
+			caches = append(caches, CacheConfig(subjects.NewIn(n.Prefix, r), replicas, cacheMaxAge))
+		}
+		extra = append(extra, FlushLogConfig(n, replicas))
+	}
+	for _, cfg := range append([]jetstream.StreamConfig{ProbesConfig(n, replicas), verdicts, LeasesConfig(n, replicas), audit.StreamConfig(n, replicas, auditLimits)}, extra...) {
 		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
 			return done, fmt.Errorf("stream %s: %w", cfg.Name, err)
 		}
 		done = append(done, "stream "+cfg.Name)
 	}
-	for _, cfg := range []jetstream.KeyValueConfig{DomainsConfig(n, replicas), ListsConfig(n, replicas), AccountsConfig(n, replicas), CacheConfig(n, replicas, cacheMaxAge)} {
+	for _, cfg := range append([]jetstream.KeyValueConfig{DomainsConfig(n, replicas), ListsConfig(n, replicas), AccountsConfig(n, replicas)}, caches...) {
 		if _, err := js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
 			return done, fmt.Errorf("bucket %s: %w", cfg.Bucket, err)
 		}
 		done = append(done, "bucket "+cfg.Bucket)
+	}
+	if len(regions) > 0 {
+		kv, err := js.CreateOrUpdateKeyValue(ctx, RegionsConfig(n, replicas))
+		if err != nil {
+			return done, fmt.Errorf("bucket %s: %w", n.RegionsBucket(), err)
+		}
+		for _, r := range regions {
+			if _, err := kv.Put(ctx, r, []byte(`{"bucket":"`+subjects.NewIn(n.Prefix, r).CacheBucket()+`"}`)); err != nil {
+				return done, fmt.Errorf("region %s: %w", r, err)
+			}
+		}
+		done = append(done, "bucket "+n.RegionsBucket()+" (regions "+strings.Join(regions, ", ")+")")
 	}
 	return done, nil
 }

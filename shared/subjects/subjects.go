@@ -10,16 +10,62 @@ import (
 // DefaultPrefix is the subject prefix when none is configured.
 const DefaultPrefix = "callout"
 
-// Names derives all names from one prefix.
-type Names struct{ Prefix string }
+// Names derives all names from one prefix and, in a fleet spread over
+// regions, the region of the instance: what a region keeps for itself
+// (its cache bucket, the lookups and near-cache confirmations of its
+// cachekeepers, its share of the verdicts) carries the region's name;
+// everything else is one for the whole fleet. Without a region the
+// names are those of a fleet in one place.
+type Names struct {
+	Prefix string
+	Region string
+}
 
 // New returns the names under prefix ("" means DefaultPrefix).
 func New(prefix string) Names {
+	return NewIn(prefix, "")
+}
+
+// NewIn returns the names under prefix of an instance in region ("": a
+// fleet in one region).
+func NewIn(prefix, region string) Names {
 	if prefix == "" {
 		prefix = DefaultPrefix
 	}
-	return Names{Prefix: prefix}
+	return Names{Prefix: prefix, Region: region}
 }
+
+// in is name with the region appended after sep, when there is one.
+func (n Names) in(name, sep string) string {
+	if n.Region == "" {
+		return name
+	}
+	return name + sep + n.Region
+}
+
+// VerifyRegion is the verify subject of the ingests of the instance's
+// region only ("" without a region): an MTA that asks on it is answered
+// in its region.
+func (n Names) VerifyRegion() string {
+	if n.Region == "" {
+		return ""
+	}
+	return n.Prefix + ".verify.in." + n.Region
+}
+
+// RegionsBucket lists the regions of the fleet: a flush waits for each.
+func (n Names) RegionsBucket() string { return n.Prefix + "_regions" }
+
+// FlushLog is the subject of the flush log: every flush over regions,
+// kept so that a region that was away applies what it missed.
+func (n Names) FlushLog() string { return n.Prefix + ".flushlog" }
+
+// FlushLogStream keeps the flush log.
+func (n Names) FlushLogStream() string { return strings.ToUpper(n.Prefix) + "_FLUSHES" }
+
+// FlushLogConsumer is the durable consumer of the flush log a region's
+// cachekeepers share.
+func (n Names) FlushLogConsumer() string { return n.in("flushes", "_") }
 
 // Verify is the MTA-facing request subject.
 func (n Names) Verify() string { return n.Prefix + ".verify" }
@@ -46,17 +92,18 @@ func (n Names) VerdictAll() string { return n.Prefix + ".verdict.>" }
 // VerdictStream keeps verdicts until the cachekeeper has stored them.
 func (n Names) VerdictStream() string { return strings.ToUpper(n.Prefix) + "_VERDICTS" }
 
-// VerdictConsumer is the durable consumer all cachekeepers share.
-func (n Names) VerdictConsumer() string { return "cachekeepers" }
+// VerdictConsumer is the durable consumer all cachekeepers (of a region)
+// share: each region stores every verdict in its own bucket.
+func (n Names) VerdictConsumer() string { return n.in("cachekeepers", "_") }
 
-// CacheLookup is the cache's request subject.
-func (n Names) CacheLookup() string { return n.Prefix + ".cache.lookup" }
+// CacheLookup is the cache's request subject (the region's cache).
+func (n Names) CacheLookup() string { return n.in(n.Prefix+".cache.lookup", ".") }
 
 // Flush is the control subject every cachekeeper listens on.
 func (n Names) Flush() string { return n.Prefix + ".control.flush" }
 
-// CacheBucket is the KV bucket of verdicts.
-func (n Names) CacheBucket() string { return n.Prefix + "_cache" }
+// CacheBucket is the KV bucket of verdicts (the region's own).
+func (n Names) CacheBucket() string { return n.in(n.Prefix+"_cache", "_") }
 
 // AccountsBucket is the KV bucket of the console's users and API tokens.
 func (n Names) AccountsBucket() string { return n.Prefix + "_accounts" }
@@ -89,10 +136,10 @@ func (n Names) ProberHosts() string { return n.Prefix + ".prober.hosts" }
 
 // NearCacheSync asks every ingest to confirm it applied the cache bucket up
 // to a revision (a flush record) before a flush is answered.
-func (n Names) NearCacheSync() string { return n.Prefix + ".nearcache.sync" }
+func (n Names) NearCacheSync() string { return n.in(n.Prefix+".nearcache.sync", ".") }
 
 // NearCacheHello is where an ingest says it keeps a near cache.
-func (n Names) NearCacheHello() string { return n.Prefix + ".nearcache.hello" }
+func (n Names) NearCacheHello() string { return n.in(n.Prefix+".nearcache.hello", ".") }
 
 // VerifyTrace is the operators' traced verify (admin only).
 func (n Names) VerifyTrace() string { return n.Prefix + ".verify.trace" }

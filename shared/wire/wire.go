@@ -208,6 +208,10 @@ type FlushCommand struct {
 	Only    verdict.Status `msgpack:"only,omitempty" json:"only,omitempty"`
 }
 
+// FlushSeqHeader carries, on a flush over regions, the command's sequence
+// in the flush log: a cachekeeper that applied it live skips it there.
+const FlushSeqHeader = "Callout-Flush-Seq"
+
 // FlushReply tells how many entries one cachekeeper removed.
 type FlushReply struct {
 	V       int    `msgpack:"v" json:"v"`
@@ -217,6 +221,13 @@ type FlushReply struct {
 	// confirm the flush in time: they are fenced (they serve nothing
 	// from their near caches until they have applied it).
 	Unconfirmed []string `msgpack:"unconfirmed,omitempty" json:"unconfirmed,omitempty"`
+	// Region is the region of the cachekeeper that answered ("" in a
+	// fleet in one region). A flush over regions is answered with the
+	// regions that applied it (Regions) and those that did not answer in
+	// time (UnconfirmedRegions: they apply it from the flush log).
+	Region             string   `msgpack:"region,omitempty" json:"region,omitempty"`
+	Regions            []string `msgpack:"regions,omitempty" json:"regions,omitempty"`
+	UnconfirmedRegions []string `msgpack:"unconfirmed_regions,omitempty" json:"unconfirmed_regions,omitempty"`
 }
 
 func (m *VerifyRequest) version() int { return m.V }

@@ -44,7 +44,10 @@ func (s *Service) flush(ctx context.Context, r micro.Request) {
 			unconfirmed = s.syncIngests(fctx, rev)
 		}()
 	})
-	rep := wire.FlushReply{Removed: n}
+	rep := wire.FlushReply{Removed: n, Region: s.names.Region}
+	if seq, perr := strconv.ParseUint(r.Headers().Get(wire.FlushSeqHeader), 10, 64); perr == nil && err == nil {
+		s.appliedLive(seq)
+	}
 	if err != nil {
 		rep.Error = err.Error()
 		s.log.Error("flush failed", "scope", cmd.Scope, "err", err)
@@ -109,9 +112,11 @@ func (s *Service) pingIngests(window time.Duration) {
 			return
 		}
 		var ping struct {
-			ID string `json:"id"`
+			ID       string            `json:"id"`
+			Metadata map[string]string `json:"metadata"`
 		}
-		if json.Unmarshal(m.Data, &ping) == nil && ping.ID != "" {
+		// Only the region's ingests: they read this region's bucket.
+		if json.Unmarshal(m.Data, &ping) == nil && ping.ID != "" && ping.Metadata["region"] == s.names.Region {
 			s.sawIngest(ping.ID, time.Now())
 		}
 	}

@@ -40,6 +40,7 @@ type Service struct {
 	ready   chan struct{}
 	pool    *microasync.Pool
 	ingests map[string]time.Time // running ingests (micro id) and when last seen
+	live    map[uint64]time.Time // flush log sequences applied live, and when
 }
 
 // Ready is closed once the service stores verdicts and answers requests.
@@ -47,11 +48,15 @@ func (s *Service) Ready() <-chan struct{} { return s.ready }
 
 // New builds a cachekeeper on an open connection.
 func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger) (*Service, error) {
+	names, err := cfg.NATS.Names()
+	if err != nil {
+		return nil, err
+	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, err
 	}
-	return &Service{cfg: cfg, log: log, nc: nc, js: js, names: subjects.New(cfg.NATS.Prefix), m: newMetrics(reg), refresh: refresh.Ahead{Age: cfg.RefreshAge}, ingests: map[string]time.Time{}, ready: make(chan struct{})}, nil
+	return &Service{cfg: cfg, log: log, nc: nc, js: js, names: names, m: newMetrics(reg), refresh: refresh.Ahead{Age: cfg.RefreshAge}, ingests: map[string]time.Time{}, ready: make(chan struct{})}, nil
 }
 
 // Run serves until ctx ends.
@@ -83,6 +88,25 @@ func (s *Service) Run(ctx context.Context) error {
 	watched := make(chan struct{})
 	go func() { defer close(watched); s.store.Watch(wctx, s.log) }()
 	defer func() { stopWatch(); <-watched }()
+	// In a fleet over regions: the flushes this region missed first.
+	if s.names.Region != "" {
+		var flog jetstream.Consumer
+		err := backoff.Retry(ctx, s.log, "flush log", 5*time.Second, func(ctx context.Context) error {
+			var err error
+			if flog, err = s.joinRegion(ctx); err != nil {
+				return err
+			}
+			return s.catchUp(ctx, flog)
+		})
+		if err != nil {
+			return nil // asked to stop
+		}
+		fc, err := s.followLog(ctx, flog)
+		if err != nil {
+			return fmt.Errorf("follow the flush log: %w", err)
+		}
+		defer fc.Stop()
+	}
 	stores := inflight.NewPool(s.cfg.StoreWorkers)
 	cc, err := cons.Consume(func(msg jetstream.Msg) {
 		// Refused while stopping: the verdict stays unacked and is

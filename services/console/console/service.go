@@ -17,7 +17,6 @@ import (
 	"github.com/callout-mail/callout/shared/natsconn"
 	"github.com/callout-mail/callout/shared/operate"
 	"github.com/callout-mail/callout/shared/stats"
-	"github.com/callout-mail/callout/shared/subjects"
 )
 
 //go:embed web openapi.yaml
@@ -52,7 +51,10 @@ func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger)
 	}
 	users.cost = cfg.PasswordCost
 	users.prepare()
-	names := subjects.New(cfg.NATS.Prefix)
+	names, err := cfg.NATS.Names()
+	if err != nil {
+		return nil, err
+	}
 	admin, err := operate.New(nc, names)
 	if err != nil {
 		return nil, err

@@ -62,11 +62,15 @@ type Service struct {
 
 // New builds an ingest on an open connection.
 func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger) (*Service, error) {
+	names, err := cfg.NATS.Names()
+	if err != nil {
+		return nil, err
+	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, err
 	}
-	s := &Service{cfg: cfg, log: log, nc: nc, js: js, names: subjects.New(cfg.NATS.Prefix),
+	s := &Service{cfg: cfg, log: log, nc: nc, js: js, names: names,
 		domains: domains.NewTable(nil), brake: brake.New(brake.Config{Limit: cfg.BrakeLimit, Window: cfg.BrakeWindow, MaxClients: cfg.BrakeMaxClients, IPv6Prefix: cfg.BrakeIPv6Prefix}),
 		extra: map[string]bool{}, flights: map[string]*flight{}, ready: make(chan struct{})}
 	s.near = nearcache.New(cfg.NearCacheEntries, cfg.ReplyDetails)
@@ -131,7 +135,7 @@ func (s *Service) Run(ctx context.Context) error {
 	defer func() { _ = verdicts.Unsubscribe() }()
 	svc, err := micro.AddService(s.nc, micro.Config{
 		Name: "callout-ingest", Version: Version, Description: "verify e-mail addresses at their destination",
-		QueueGroup: "callout-ingest",
+		QueueGroup: "callout-ingest", Metadata: map[string]string{"region": s.names.Region},
 	})
 	if err != nil {
 		return err
@@ -148,6 +152,11 @@ func (s *Service) Run(ctx context.Context) error {
 	pool := microasync.NewPool(s.cfg.Workers)
 	err = svc.AddEndpoint("verify", pool.FastHandler(ctx, s.nc, s.answerInline, s.serveNATS, s.shed),
 		micro.WithEndpointSubject(s.names.Verify()))
+	if err == nil && s.names.VerifyRegion() != "" {
+		// In a fleet over regions, MTAs of a region ask its ingests alone.
+		err = svc.AddEndpoint("verify-region", pool.FastHandler(ctx, s.nc, s.answerInline, s.serveNATS, s.shed),
+			micro.WithEndpointSubject(s.names.VerifyRegion()))
+	}
 	if err != nil {
 		return err
 	}

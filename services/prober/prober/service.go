@@ -48,6 +48,10 @@ type Service struct {
 
 // New builds a prober on an open NATS connection. reg receives its metrics.
 func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger) (*Service, error) {
+	names, err := cfg.NATS.Names()
+	if err != nil {
+		return nil, err
+	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, err
@@ -59,7 +63,7 @@ func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger)
 		log.Warn("CALLOUT_PROBER_RANDOM_SECRET is not set: the catch-all probe address changes at each start and differs between instances")
 	}
 	host, _ := os.Hostname()
-	s := &Service{cfg: cfg, log: log, nc: nc, js: js, names: subjects.New(cfg.NATS.Prefix), domains: domains.NewTable(nil),
+	s := &Service{cfg: cfg, log: log, nc: nc, js: js, names: names, domains: domains.NewTable(nil),
 		instance: fmt.Sprintf("%s/%d/%s", host, os.Getpid(), nuid.Next()[:6]), parked: inflight.NewPool(max(cfg.MaxWaiting, 1))}
 	s.pool = destination.NewPool(destination.Config{
 		MaxConns: cfg.MaxConns, Rate: cfg.Rate, BreakerFailures: cfg.BreakerFailures, BreakerOpen: cfg.BreakerOpen,

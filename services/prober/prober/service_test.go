@@ -85,9 +85,18 @@ func (h *harness) route(t *testing.T, domain string, p domains.Policy) {
 func (h *harness) ask(t *testing.T, domain, local string, job wire.ProbeJob, wait time.Duration) verdict.Verdict {
 	t.Helper()
 	ctx := context.Background()
-	if _, err := streams.Probes(ctx, h.js, h.names, 1); err != nil {
-		t.Fatal(err)
-	}
+	// The prober creates the stream as it starts; a JetStream API request
+	// that meets that creation on a loaded machine can go unanswered, so
+	// each try has a deadline of its own.
+	waitfor.Cond(t, 60*time.Second, func() bool {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		_, err := streams.Probes(cctx, h.js, h.names, 1)
+		if err != nil {
+			t.Logf("probe stream: %v", err)
+		}
+		return err == nil
+	})
 	sub, err := h.nc.SubscribeSync(h.names.Verdict("addr." + kvkey.Target(domain, local, job.Purpose)))
 	if err != nil {
 		t.Fatal(err)

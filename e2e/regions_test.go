@@ -1,0 +1,453 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/callout-mail/callout/shared/audit"
+	"github.com/callout-mail/callout/shared/domains"
+	"github.com/callout-mail/callout/shared/operate"
+	"github.com/callout-mail/callout/shared/smtptest"
+	"github.com/callout-mail/callout/shared/streams"
+	"github.com/callout-mail/callout/shared/subjects"
+	"github.com/callout-mail/callout/shared/verdict"
+	"github.com/callout-mail/callout/shared/wire"
+	"github.com/callout-mail/callout/tools/stack"
+)
+
+// fleet is three regions on loopback: in each a nats-server of the
+// cluster of deploy/nats/regions/ and an ingest, a cachekeeper and a
+// prober that name the region and connect to its server only.
+type fleet struct {
+	t       *testing.T
+	dir     string
+	regions []string
+	servers map[string]*stack.Proc
+	args    map[string][]string // each server's command line, to restart it
+	urls    map[string]string   // client URL per region
+	monitor map[string]int      // HTTP monitoring port per region
+	procs   map[string][]*stack.Proc
+	conns   map[string]*nats.Conn // a client per region, on its server
+	env     []string              // extra environment for every service
+}
+
+func startFleet(t *testing.T, env ...string) *fleet {
+	t.Helper()
+	f := &fleet{t: t, dir: t.TempDir(), regions: []string{"a", "b", "c"}, servers: map[string]*stack.Proc{}, args: map[string][]string{},
+		urls: map[string]string{}, monitor: map[string]int{}, procs: map[string][]*stack.Proc{}, conns: map[string]*nats.Conn{}, env: env}
+	routes := map[string]int{}
+	var routeURLs []string
+	for _, r := range f.regions {
+		routes[r] = freePort(t)
+		routeURLs = append(routeURLs, fmt.Sprintf("nats-route://127.0.0.1:%d", routes[r]))
+	}
+	for _, r := range f.regions {
+		port := freePort(t)
+		f.monitor[r] = freePort(t)
+		f.urls[r] = fmt.Sprintf("nats://127.0.0.1:%d", port)
+		conf, _ := filepath.Abs("../deploy/nats/regions/" + r + ".conf")
+		f.args[r] = []string{"-c", conf, "-p", strconv.Itoa(port), "-m", strconv.Itoa(f.monitor[r]),
+			"--cluster", fmt.Sprintf("nats://127.0.0.1:%d", routes[r]), "--routes", strings.Join(routeURLs, ",")}
+		f.startServer(r)
+	}
+	t.Cleanup(func() {
+		for _, r := range f.regions {
+			for _, p := range f.procs[r] {
+				_ = p.Stop(10 * time.Second)
+			}
+		}
+		for _, p := range f.servers {
+			_ = p.Stop(10 * time.Second)
+		}
+		if t.Failed() {
+			f.dumpLogs()
+		}
+	})
+	for _, r := range f.regions {
+		nc, err := nats.Connect(f.urls[r], nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		f.conns[r] = nc
+	}
+	js := f.js("a")
+	var lastErr error
+	waitFor(t, 30*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_, lastErr = js.AccountInfo(ctx)
+		if lastErr != nil {
+			t.Log(lastErr)
+		}
+		return lastErr == nil
+	})
+	// The operator's one-time step, as for one cluster: every stream and
+	// bucket with three replicas (one per region), each region's cache.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := streams.SetupWith(ctx, js, subjects.New(""), 3, 96*time.Hour, audit.DefaultLimits, f.regions...); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range f.regions {
+		f.startServices(r)
+	}
+	for _, r := range f.regions {
+		f.waitRegion(r)
+	}
+	return f
+}
+
+func (f *fleet) startServer(r string) {
+	f.t.Helper()
+	p, err := stack.StartIn(f.dir, f.dir, "nats-"+r, filepath.Join(binDir, "nats-server"), f.args[r], nil)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.servers[r] = p
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := stack.WaitNATS(ctx, f.urls[r]); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+func (f *fleet) js(r string) jetstream.JetStream {
+	js, _ := jetstream.New(f.conns[r], jetstream.WithDefaultTimeout(30*time.Second))
+	return js
+}
+
+func (f *fleet) startServices(r string) {
+	f.t.Helper()
+	for _, name := range []string{"cachekeeper", "prober", "ingest"} {
+		up := "CALLOUT_" + strings.ToUpper(name) + "_"
+		env := []string{up + "NATS_URL=" + f.urls[r], up + "NATS_REGION=" + r, up + "REPLICAS=3", up + "METRICS_ADDR="}
+		switch name {
+		case "prober":
+			env = append(env, up+"RANDOM_SECRET=e2e", up+"HELO_NAME=verifier.test", up+"ACK_WAIT=2s", up+"CONNECT_TIMEOUT=1s",
+				up+"BANNER_TIMEOUT=5s", up+"COMMAND_TIMEOUT=5s")
+		case "ingest":
+			env = append(env, up+"POLICY_ADDR=127.0.0.1:"+strconv.Itoa(freePort(f.t)), up+"TIMEOUT=10s", up+"MAX_TIMEOUT=15s")
+		}
+		for _, e := range f.env {
+			if strings.HasPrefix(e, up) {
+				env = append(env, e)
+			}
+		}
+		p, err := stack.Start(f.dir, fmt.Sprintf("%s-%s-%d", name, r, len(f.procs[r])), filepath.Join(binDir, name), nil, env)
+		if err != nil {
+			f.t.Fatal(err)
+		}
+		f.procs[r] = append(f.procs[r], p)
+	}
+}
+
+// waitRegion waits until the region's ingest answers on the region's
+// subject and its cachekeeper keeps its bucket.
+func (f *fleet) waitRegion(r string) {
+	f.t.Helper()
+	waitFor(f.t, 60*time.Second, func() bool {
+		b, _ := wire.Encode(&wire.VerifyRequest{Address: "postmaster@example.org"})
+		_, err := f.conns[r].Request(subjects.NewIn("", r).VerifyRegion(), b, 2*time.Second)
+		if err != nil {
+			return false
+		}
+		_, err = f.conns[r].Request(subjects.NewIn("", r).CacheLookup(), []byte("x"), 2*time.Second)
+		return err == nil
+	})
+}
+
+// killRegion kills every process of a region, its server included.
+func (f *fleet) killRegion(r string) {
+	for _, p := range f.procs[r] {
+		p.Kill()
+	}
+	f.procs[r] = nil
+	f.servers[r].Kill()
+}
+
+func (f *fleet) verify(r, addr string) wire.VerifyReply {
+	f.t.Helper()
+	b, _ := wire.Encode(&wire.VerifyRequest{Address: addr})
+	m, err := f.conns[r].Request(subjects.NewIn("", r).VerifyRegion(), b, 20*time.Second)
+	if err != nil {
+		f.t.Fatalf("verify %s in %s: %v", addr, r, err)
+	}
+	var rep wire.VerifyReply
+	if err := wire.Decode(m.Data, &rep); err != nil {
+		f.t.Fatal(err)
+	}
+	if rep.Verdict == nil {
+		f.t.Fatalf("verify %s in %s: no verdict", addr, r)
+	}
+	return rep
+}
+
+// waitCached waits until the cache of region r has a verdict for addr,
+// asking its cachekeepers as an ingest does.
+func (f *fleet) waitCached(r, addr string) {
+	f.t.Helper()
+	b, _ := wire.Encode(&wire.LookupRequest{Address: addr, Senders: []string{""}})
+	waitFor(f.t, 15*time.Second, func() bool {
+		m, err := f.conns[r].Request(subjects.NewIn("", r).CacheLookup(), b, 2*time.Second)
+		if err != nil {
+			return false
+		}
+		var rep wire.LookupReply
+		return wire.Decode(m.Data, &rep) == nil && rep.Hit
+	})
+}
+
+// setPolicy stores a policy and waits until every live region answers
+// from it (a static sentinel written after it).
+func (f *fleet) setPolicy(domain string, p domains.Policy, live ...string) {
+	f.t.Helper()
+	ctx := context.Background()
+	st, err := domains.Bucket(ctx, f.js(live[0]), subjects.New(""), 3)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	if err := domains.Put(ctx, st, domain, p); err != nil {
+		f.t.Fatal(err)
+	}
+	sentinel := fmt.Sprintf("sync%d.test", time.Now().UnixNano())
+	if err := domains.Put(ctx, st, sentinel, domains.Policy{Mode: domains.ModeStatic, Mailboxes: []string{"ok"}}); err != nil {
+		f.t.Fatal(err)
+	}
+	for _, r := range live {
+		waitFor(f.t, 20*time.Second, func() bool { return f.verify(r, "ok@"+sentinel).Verdict.Reason == verdict.ReasonListed })
+	}
+}
+
+// routeMsgs is how many messages the server of region r has sent over its
+// routes, to the other regions.
+func (f *fleet) routeMsgs(r string) int64 {
+	f.t.Helper()
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/routez", f.monitor[r]))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var rz struct {
+		Routes []struct {
+			OutMsgs int64 `json:"out_msgs"`
+		} `json:"routes"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&rz); err != nil {
+		f.t.Fatal(err)
+	}
+	var n int64
+	for _, rt := range rz.Routes {
+		n += rt.OutMsgs
+	}
+	return n
+}
+
+func (f *fleet) dumpLogs() {
+	files, _ := filepath.Glob(filepath.Join(f.dir, "*.log"))
+	for _, file := range files {
+		b, _ := os.ReadFile(file)
+		lines := strings.Split(string(b), "\n")
+		if len(lines) > 30 {
+			lines = lines[len(lines)-30:]
+		}
+		f.t.Logf("--- %s (tail)\n%s", filepath.Base(file), strings.Join(lines, "\n"))
+	}
+}
+
+// TestRegions runs one fleet over three regions and proves, with real
+// processes: a verdict made in one region is answered from the cache in
+// the others without a second callout; cache hits stay in their region
+// (nothing crosses the routes for them); the destination's connection
+// limit holds across the regions together; a flush is in effect in
+// every region once answered; a policy change reaches every region; and
+// the loss of a whole region loses nothing: the others answer on, every
+// acknowledged verdict is still answered, and the region, back, catches
+// up with the verdicts and the flushes it missed.
+func TestRegions(t *testing.T) {
+	var known sync.Map // addresses the destination accepts
+	for _, a := range []string{"alice", "dave"} {
+		known.Store(a+"@example.org", true)
+	}
+	var slow atomic.Bool
+	dest := destination(t, smtptest.Config{Rcpt: func(from, to string) string {
+		if slow.Load() {
+			time.Sleep(150 * time.Millisecond)
+		}
+		if _, ok := known.Load(strings.ToLower(to)); ok || strings.HasPrefix(to, "many") || strings.HasPrefix(to, "postmaster@") {
+			return "250 2.1.5 Ok"
+		}
+		return "550 5.1.1 User unknown"
+	}})
+	f := startFleet(t, "CALLOUT_PROBER_MAX_CONNS=2")
+	f.setPolicy("example.org", domains.Policy{Route: []string{dest.Addr()}}, f.regions...)
+
+	t.Run("a verdict made in one region is answered from the cache in the others", func(t *testing.T) {
+		rep := f.verify("a", "alice@example.org")
+		if rep.Decision.Action != verdict.Accept || rep.Verdict.Source != verdict.SourceProbe {
+			t.Fatalf("region a: %+v", rep.Verdict)
+		}
+		made := time.Now()
+		for _, r := range []string{"b", "c"} {
+			f.waitCached(r, "alice@example.org")
+			t.Logf("region %s has the verdict in its cache %v after it was answered in a", r, time.Since(made).Round(time.Millisecond))
+			if rep := f.verify(r, "alice@example.org"); rep.Verdict.Source != verdict.SourceCache || rep.Decision.Action != verdict.Accept {
+				t.Fatalf("region %s: %+v", r, rep.Verdict)
+			}
+		}
+		if n := dest.RcptsFor("alice@example.org"); n != 1 {
+			t.Fatalf("%d RCPTs for alice: the callout was repeated in another region", n)
+		}
+	})
+
+	t.Run("cache hits stay in their region", func(t *testing.T) {
+		window := func(load func()) int64 {
+			var before int64
+			for _, r := range f.regions {
+				before += f.routeMsgs(r)
+			}
+			load()
+			var after int64
+			for _, r := range f.regions {
+				after += f.routeMsgs(r)
+			}
+			return after - before
+		}
+		const hits = 1000
+		idle := window(func() { time.Sleep(2 * time.Second) })
+		busy := window(func() {
+			start := time.Now()
+			for range hits {
+				if rep := f.verify("b", "alice@example.org"); rep.Verdict.Source != verdict.SourceCache {
+					t.Fatalf("not a hit: %+v", rep.Verdict)
+				}
+			}
+			time.Sleep(max(0, 2*time.Second-time.Since(start)))
+		})
+		t.Logf("messages over the routes: %d idle, %d during %d hits (same length)", idle, busy, hits)
+		if busy > idle+hits/10 {
+			t.Fatalf("%d hits sent %d messages over the routes (idle: %d)", hits, busy, idle)
+		}
+	})
+
+	t.Run("a flush is in effect in every region once answered", func(t *testing.T) {
+		for _, r := range f.regions {
+			if rep := f.verify(r, "bob@example.org"); rep.Decision.Action != verdict.Reject {
+				t.Fatalf("bob in %s: %+v", r, rep.Decision)
+			}
+		}
+		for _, r := range f.regions {
+			f.waitCached(r, "bob@example.org")
+		}
+		known.Store("bob@example.org", true) // the destination fixed bob
+		op, err := operate.New(f.conns["a"], subjects.New(""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rep, err := op.Flush(context.Background(), "e2e", wire.FlushCommand{Scope: wire.ScopeAddress, Address: "bob@example.org"})
+		if err != nil || !slices.Equal(rep.Regions, f.regions) || len(rep.UnconfirmedRegions) != 0 {
+			t.Fatalf("flush: %+v %v", rep, err)
+		}
+		for _, r := range f.regions {
+			if rep := f.verify(r, "bob@example.org"); rep.Decision.Action != verdict.Accept {
+				t.Fatalf("bob in %s after the flush: %+v %+v", r, rep.Decision, rep.Verdict)
+			}
+		}
+	})
+
+	t.Run("the destination sees one fleet", func(t *testing.T) {
+		slow.Store(true)
+		defer slow.Store(false)
+		var wg sync.WaitGroup
+		for i := range 24 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r := f.regions[i%3]
+				if rep := f.verify(r, fmt.Sprintf("many%d@example.org", i)); rep.Decision.Action == verdict.Reject {
+					t.Errorf("many%d rejected in %s", i, r)
+				}
+			}()
+		}
+		wg.Wait()
+		if p := dest.Peak(); p > 2 {
+			t.Fatalf("the destination saw %d connections at once from three regions (MAX_CONNS=2)", p)
+		}
+	})
+
+	t.Run("a region lost loses nothing and catches up when back", func(t *testing.T) {
+		// carol is cached unknown in every region, then c is lost.
+		for _, r := range f.regions {
+			f.verify(r, "carol@example.org")
+		}
+		for _, r := range f.regions {
+			f.waitCached(r, "carol@example.org")
+		}
+		f.killRegion("c")
+		// The others answer on: hits, and misses by callout.
+		for _, r := range []string{"a", "b"} {
+			if rep := f.verify(r, "alice@example.org"); rep.Decision.Action != verdict.Accept {
+				t.Fatalf("alice in %s with c lost: %+v", r, rep.Decision)
+			}
+		}
+		// While the replicated streams elect new leaders (seconds), a miss
+		// may be deferred; never rejected.
+		waitFor(t, 30*time.Second, func() bool {
+			rep := f.verify("a", "dave@example.org")
+			if rep.Decision.Action == verdict.Reject {
+				t.Fatalf("dave rejected in a with c lost: %+v", rep.Verdict)
+			}
+			return rep.Decision.Action == verdict.Accept
+		})
+		// carol is fixed and flushed while c is away: c cannot confirm.
+		known.Store("carol@example.org", true)
+		op, _ := operate.New(f.conns["a"], subjects.New(""))
+		// Right after the loss the replicated streams may be electing a
+		// new leader: the operator's tool is told so and tries again.
+		var rep wire.FlushReply
+		var err error
+		for try := 0; try < 5; try++ {
+			if rep, err = op.Flush(context.Background(), "e2e", wire.FlushCommand{Scope: wire.ScopeAddress, Address: "carol@example.org"}); err == nil {
+				break
+			}
+			t.Logf("flush with c lost, try %d: %v", try+1, err)
+		}
+		if err != nil || !slices.Equal(rep.UnconfirmedRegions, []string{"c"}) {
+			t.Fatalf("flush with c lost: %+v %v", rep, err)
+		}
+		// (carol is not asked again before c is back: a new verdict would
+		// reach c and hide whether c applied the flush.)
+		rcpts := dest.RcptsFor("dave@example.org")
+		// c comes back: it applies the flush it missed and stores the
+		// verdicts made meanwhile, without an operator.
+		back := time.Now()
+		f.startServer("c")
+		f.startServices("c")
+		f.waitRegion("c")
+		t.Logf("region c answers again %v after its server started", time.Since(back).Round(time.Millisecond))
+		f.waitCached("c", "dave@example.org")
+		if rep := f.verify("c", "dave@example.org"); rep.Verdict.Source != verdict.SourceCache {
+			t.Fatalf("dave in c, back: %+v", rep.Verdict)
+		}
+		if n := dest.RcptsFor("dave@example.org"); n != rcpts {
+			t.Fatalf("dave called out again in c: %d RCPTs, %d before", n, rcpts)
+		}
+		if rep := f.verify("c", "carol@example.org"); rep.Decision.Action == verdict.Reject {
+			t.Fatalf("c, back, rejects carol, flushed while it was away: %+v", rep.Verdict)
+		}
+	})
+}
