@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -43,25 +45,126 @@ type fleet struct {
 	procs   map[string][]*stack.Proc
 	conns   map[string]*nats.Conn // a client per region, on its server
 	env     []string              // extra environment for every service
+	links   map[[2]string]*link   // the routes, by region from and to
+}
+
+// cut cuts (or mends) every route between region r and the others.
+func (f *fleet) cut(r string, cut bool) {
+	for k, l := range f.links {
+		if k[0] == r || k[1] == r {
+			l.setCut(cut)
+		}
+	}
+}
+
+// link forwards TCP connections on loopback to one server's route port,
+// and can be cut (its connections closed, new ones refused) and mended.
+type link struct {
+	ln    net.Listener
+	to    string
+	mu    sync.Mutex
+	cut   bool
+	conns map[net.Conn]bool
+}
+
+func newLink(t *testing.T, to string) *link {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &link{ln: ln, to: to, conns: map[net.Conn]bool{}}
+	t.Cleanup(func() { _ = ln.Close(); l.setCut(true) })
+	go l.serve()
+	return l
+}
+
+func (l *link) addr() string { return l.ln.Addr().String() }
+
+func (l *link) serve() {
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			return
+		}
+		l.mu.Lock()
+		if l.cut {
+			l.mu.Unlock()
+			_ = c.Close()
+			continue
+		}
+		l.mu.Unlock()
+		d, err := net.DialTimeout("tcp", l.to, 2*time.Second)
+		if err != nil {
+			_ = c.Close()
+			continue
+		}
+		l.mu.Lock()
+		if l.cut {
+			l.mu.Unlock()
+			_ = c.Close()
+			_ = d.Close()
+			continue
+		}
+		l.conns[c], l.conns[d] = true, true
+		l.mu.Unlock()
+		pipe := func(dst, src net.Conn) {
+			_, _ = io.Copy(dst, src)
+			_ = dst.Close()
+			_ = src.Close()
+		}
+		go pipe(d, c)
+		go pipe(c, d)
+	}
+}
+
+func (l *link) setCut(cut bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.cut = cut
+	if cut {
+		for c := range l.conns {
+			_ = c.Close()
+		}
+		l.conns = map[net.Conn]bool{}
+	}
 }
 
 func startFleet(t *testing.T, env ...string) *fleet {
 	t.Helper()
 	f := &fleet{t: t, dir: t.TempDir(), regions: []string{"a", "b", "c"}, servers: map[string]*stack.Proc{}, args: map[string][]string{},
 		urls: map[string]string{}, monitor: map[string]int{}, procs: map[string][]*stack.Proc{}, conns: map[string]*nats.Conn{}, env: env}
+	// Every route between two regions goes through a link of the test's
+	// (one per direction), which it can cut: a partition on loopback. The
+	// servers advertise a closed port, so none finds a way around a cut
+	// link.
 	routes := map[string]int{}
-	var routeURLs []string
 	for _, r := range f.regions {
 		routes[r] = freePort(t)
-		routeURLs = append(routeURLs, fmt.Sprintf("nats-route://127.0.0.1:%d", routes[r]))
 	}
+	f.links = map[[2]string]*link{}
+	for _, from := range f.regions {
+		for _, to := range f.regions {
+			if from != to {
+				f.links[[2]string{from, to}] = newLink(t, fmt.Sprintf("127.0.0.1:%d", routes[to]))
+			}
+		}
+	}
+	dead := freePort(t)
 	for _, r := range f.regions {
 		port := freePort(t)
 		f.monitor[r] = freePort(t)
 		f.urls[r] = fmt.Sprintf("nats://127.0.0.1:%d", port)
+		var routeURLs []string
+		for _, to := range f.regions {
+			if to != r {
+				routeURLs = append(routeURLs, "nats-route://"+f.links[[2]string{r, to}].addr())
+			}
+		}
 		conf, _ := filepath.Abs("../deploy/nats/regions/" + r + ".conf")
 		f.args[r] = []string{"-c", conf, "-p", strconv.Itoa(port), "-m", strconv.Itoa(f.monitor[r]),
-			"--cluster", fmt.Sprintf("nats://127.0.0.1:%d", routes[r]), "--routes", strings.Join(routeURLs, ",")}
+			"--cluster", fmt.Sprintf("nats://127.0.0.1:%d", routes[r]), "--routes", strings.Join(routeURLs, ","),
+			"--cluster_advertise", fmt.Sprintf("127.0.0.1:%d", dead)}
 		f.startServer(r)
 	}
 	t.Cleanup(func() {
@@ -387,6 +490,59 @@ func TestRegions(t *testing.T) {
 		if p := dest.Peak(); p > 2 {
 			t.Fatalf("the destination saw %d connections at once from three regions (MAX_CONNS=2)", p)
 		}
+	})
+
+	t.Run("a region cut off fences its cached rejects; back, it applies what it missed", func(t *testing.T) {
+		for _, r := range f.regions {
+			f.verify(r, "erin@example.org")
+			f.verify(r, "frank@example.org")
+		}
+		for _, r := range f.regions {
+			f.waitCached(r, "erin@example.org")
+			f.waitCached(r, "frank@example.org")
+		}
+		cutAt := time.Now()
+		f.cut("c", true)
+		// c keeps its server and its services, so its ingest sees no
+		// disconnect; within FenceAfter it stops rejecting from its cache.
+		waitFor(t, 15*time.Second, func() bool {
+			rep := f.verify("c", "frank@example.org")
+			return rep.Decision.Action == verdict.Defer && rep.Verdict.Reason == verdict.ReasonUnconfirmed
+		})
+		t.Logf("region c fenced its cached rejects %v after the cut", time.Since(cutAt).Round(time.Millisecond))
+		known.Store("erin@example.org", true)
+		op, _ := operate.New(f.conns["a"], subjects.New(""))
+		var rep wire.FlushReply
+		var err error
+		for try := 0; try < 5; try++ {
+			if rep, err = op.Flush(context.Background(), "e2e", wire.FlushCommand{Scope: wire.ScopeAddress, Address: "erin@example.org"}); err == nil {
+				break
+			}
+			t.Logf("flush with c cut off, try %d: %v", try+1, err)
+		}
+		if err != nil || !slices.Equal(rep.UnconfirmedRegions, []string{"c"}) || !slices.Equal(rep.Regions, []string{"a", "b"}) {
+			t.Fatalf("flush with c cut off: %+v %v", rep, err)
+		}
+		if rep := f.verify("c", "erin@example.org"); rep.Decision.Action == verdict.Reject {
+			t.Fatalf("c, cut off, rejects erin after the flush was answered: %+v", rep.Verdict)
+		}
+		mended := time.Now()
+		f.cut("c", false)
+		// Mended: c applies the flush it missed, then answers again: erin
+		// by a new callout, never the flushed reject; frank (not flushed)
+		// rejected from its cache again.
+		waitFor(t, 60*time.Second, func() bool {
+			rep := f.verify("c", "erin@example.org")
+			if rep.Decision.Action == verdict.Reject {
+				t.Fatalf("c, mended, rejects erin, flushed while it was cut off: %+v", rep.Verdict)
+			}
+			return rep.Decision.Action == verdict.Accept
+		})
+		waitFor(t, 30*time.Second, func() bool {
+			rep := f.verify("c", "frank@example.org")
+			return rep.Decision.Action == verdict.Reject && rep.Verdict.Source == verdict.SourceCache
+		})
+		t.Logf("region c answers from its cache again %v after the routes were mended", time.Since(mended).Round(time.Millisecond))
 	})
 
 	t.Run("a region lost loses nothing and catches up when back", func(t *testing.T) {

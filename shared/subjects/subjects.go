@@ -53,6 +53,13 @@ func (n Names) VerifyRegion() string {
 	return n.Prefix + ".verify.in." + n.Region
 }
 
+// RegionBeat is where a region's cachekeepers say, every second, that the
+// region is there and has applied the flush log (wire.RegionBeat).
+func (n Names) RegionBeat(region string) string { return n.Prefix + ".region.beat." + region }
+
+// RegionBeatAll matches every region's beat.
+func (n Names) RegionBeatAll() string { return n.Prefix + ".region.beat.*" }
+
 // RegionsBucket lists the regions of the fleet: a flush waits for each.
 func (n Names) RegionsBucket() string { return n.Prefix + "_regions" }
 

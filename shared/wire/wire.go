@@ -208,6 +208,16 @@ type FlushCommand struct {
 	Only    verdict.Status `msgpack:"only,omitempty" json:"only,omitempty"`
 }
 
+// RegionBeat is what a region's cachekeepers say every second (JSON, on
+// subjects.RegionBeat): the region is there, whether it has applied every
+// flush of the flush log, and the cache bucket revision of the last one
+// it applied.
+type RegionBeat struct {
+	Region   string `json:"region"`
+	CaughtUp bool   `json:"caught_up"`
+	Rev      uint64 `json:"rev,omitempty"`
+}
+
 // FlushSeqHeader carries, on a flush over regions, the command's sequence
 // in the flush log: a cachekeeper that applied it live skips it there.
 const FlushSeqHeader = "Callout-Flush-Seq"

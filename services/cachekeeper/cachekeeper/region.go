@@ -115,16 +115,43 @@ func (s *Service) applyLogged(ctx context.Context, m jetstream.Msg) {
 	}
 	fctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	n, _, err := s.store.FlushOnRecord(fctx, cmd, nil)
+	n, rev, err := s.store.FlushOnRecord(fctx, cmd, nil)
 	if err != nil {
 		s.log.Error("flush log: flush failed, retried", "seq", meta.Sequence.Stream, "err", err)
 		_ = m.NakWithDelay(time.Second)
 		return
 	}
+	for {
+		cur := s.logRev.Load()
+		if cur >= rev || s.logRev.CompareAndSwap(cur, rev) {
+			break
+		}
+	}
 	s.m.flushes.WithLabelValues(cmd.Scope).Inc()
 	s.m.removed.Add(float64(n))
 	s.log.Info("flush from the log", "seq", meta.Sequence.Stream, "scope", cmd.Scope, "domain", cmd.Domain, "address", cmd.Address, "removed", n)
 	_ = m.Ack()
+}
+
+// beat says, every second until ctx ends, that the region is there and
+// whether it has applied the whole flush log.
+func (s *Service) beat(ctx context.Context, cons jetstream.Consumer) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		ictx, cancel := context.WithTimeout(ctx, time.Second)
+		info, err := cons.Info(ictx)
+		cancel()
+		b := wire.RegionBeat{Region: s.names.Region, Rev: s.logRev.Load(),
+			CaughtUp: err == nil && info.NumPending == 0 && info.NumAckPending == 0}
+		data, _ := json.Marshal(&b)
+		_ = s.nc.Publish(s.names.RegionBeat(s.names.Region), data)
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
 }
 
 // appliedLive notes that the flush of log sequence seq was applied live.

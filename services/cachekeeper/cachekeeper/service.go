@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -41,6 +42,7 @@ type Service struct {
 	pool    *microasync.Pool
 	ingests map[string]time.Time // running ingests (micro id) and when last seen
 	live    map[uint64]time.Time // flush log sequences applied live, and when
+	logRev  atomic.Uint64        // bucket revision of the last flush applied from the log
 }
 
 // Ready is closed once the service stores verdicts and answers requests.
@@ -106,6 +108,7 @@ func (s *Service) Run(ctx context.Context) error {
 			return fmt.Errorf("follow the flush log: %w", err)
 		}
 		defer fc.Stop()
+		go s.beat(ctx, flog)
 	}
 	stores := inflight.NewPool(s.cfg.StoreWorkers)
 	cc, err := cons.Consume(func(msg jetstream.Msg) {

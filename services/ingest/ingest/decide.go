@@ -60,6 +60,11 @@ func purposeOf(req wire.VerifyRequest) verdict.Purpose {
 // set, the log line is left there for the caller to write once the answer
 // is sent: the MTA does not wait for it.
 func (s *Service) reply(ctx context.Context, req wire.VerifyRequest, purpose verdict.Purpose, start time.Time, v verdict.Verdict, pol verdict.Policy, transcript []wire.TraceLine, later *func()) wire.VerifyReply {
+	if v.Status == verdict.Invalid && v.Source == verdict.SourceCache && s.cutOff.Load() {
+		// A reject a flush elsewhere may have removed (region.go).
+		s.m.unconfirmed.Inc()
+		v.Status, v.Reason = verdict.TempFail, verdict.ReasonUnconfirmed
+	}
 	d := s.decide(v, pol)
 	var would *verdict.Decision
 	if pol.Monitor && d.Action != verdict.Accept {
@@ -216,7 +221,7 @@ func (s *Service) answerFromMemory(req wire.VerifyRequest, purpose verdict.Purpo
 	// Fenced (a flush this ingest was asked to confirm is not applied
 	// here yet), the near cache serves nothing: the cache answers.
 	if hit, ok := s.nearHit(nearKey); ok {
-		if hit.Status != verdict.Invalid || !s.offline.Load() {
+		if hit.Status != verdict.Invalid || !s.offline.Load() && !s.cutOff.Load() {
 			s.refresh(a, purpose, pol, &hit)
 			return hit, dpol, nil
 		}

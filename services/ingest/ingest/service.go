@@ -55,6 +55,9 @@ type Service struct {
 	// offline: cut off from NATS (the connection's own state, without its
 	// lock on the hot path).
 	offline atomic.Bool
+	// cutOff: in a fleet over regions, this region is cut off from the
+	// others or has not applied every flush yet (region.go).
+	cutOff atomic.Bool
 	id      atomic.Value // string: the micro service id, named in flush confirmations
 	// refreshes re-probes old valid entries the near cache answers.
 	refreshes refresh.Ahead
@@ -147,6 +150,9 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 		defer func() { _ = sync.Unsubscribe() }()
 		go s.watchCache(ctx, svc.Info().ID)
+	}
+	if s.names.Region != "" {
+		go s.followRegions(ctx)
 	}
 	// micro calls handlers one at a time: requests go to a bounded pool.
 	pool := microasync.NewPool(s.cfg.Workers)

@@ -97,12 +97,7 @@ func (s *Service) answerSync(m *nats.Msg) {
 	if err != nil {
 		return
 	}
-	for {
-		cur := s.fence.Load()
-		if cur >= rev || s.fence.CompareAndSwap(cur, rev) {
-			break
-		}
-	}
+	s.raiseFence(rev)
 	ok := s.near.WaitApplied(rev, 2*time.Second)
 	id, _ := s.id.Load().(string)
 	_ = m.Respond([]byte(strconv.FormatBool(ok) + " " + id))
