@@ -72,6 +72,7 @@ type HostInfo struct {
 // extra part of its stats messages.
 type HostsReply struct {
 	Instance string     `json:"instance"`
+	Region   string     `json:"region,omitempty"` // in a fleet over regions`
 	Waiting  int64      `json:"waiting"`
 	Hosts    []HostInfo `json:"hosts"`
 }

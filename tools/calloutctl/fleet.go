@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -270,6 +271,47 @@ func (a *app) setup(ctx context.Context, args []string) error {
 	return err
 }
 
+// regions shows each region of a fleet over regions: whether it is heard,
+// whether it has applied every flush, how far its cache is behind, and
+// its instances.
+func (a *app) regions(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("regions", flag.ContinueOnError)
+	wait := fs.Duration("wait", time.Second, "how long to collect the instances' answers")
+	asJSON := fs.Bool("json", false, "print the regions as JSON")
+	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
+		return errors.New("usage: regions [-wait 1s] [-json]")
+	}
+	all, err := a.op.RegionStatuses(ctx, *wait)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return a.printJSON(all)
+	}
+	if len(all) == 0 {
+		return errors.New("regions: a fleet in one region (no regions listed; see docs/regions.md)")
+	}
+	tw := tabwriter.NewWriter(a.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "REGION\tSTATE\tFLUSHES\tVERDICT LAG\tFLUSH LAG\tINGESTS\tCACHEKEEPERS")
+	for _, r := range all {
+		state, flushes := "up", "applied"
+		if !r.Heard {
+			state = "not heard (down, or cut off from here)"
+		}
+		if !r.CaughtUp {
+			flushes = "applying"
+		}
+		lag := func(n int64) string {
+			if n < 0 {
+				return "?"
+			}
+			return strconv.FormatInt(n, 10)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\n", r.Region, state, flushes, lag(r.VerdictLag), lag(r.FlushLag), r.Instances["callout-ingest"], r.Instances["callout-cache"])
+	}
+	return tw.Flush()
+}
+
 // hosts asks every prober for its destination hosts and lists them.
 func (a *app) hosts(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("hosts", flag.ContinueOnError)
@@ -291,6 +333,9 @@ func (a *app) hosts(ctx context.Context, args []string) error {
 	tw := tabwriter.NewWriter(a.out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PROBER\tHOST\tBREAKER\tCALLS\tP50 MS\tP99 MS\tRATE/S\tBACKOFF\tIN USE\tIDLE\tREUSE\tTLS\tREFUSES VERIFIER\tLAST REPLY")
 	for _, ph := range all {
+		if ph.Region != "" {
+			ph.Instance += " (" + ph.Region + ")"
+		}
 		for _, h := range ph.Hosts {
 			tlsState := "ok"
 			if h.PlainText {

@@ -33,6 +33,7 @@ Usage:
   calloutctl [connection flags] domain list DOMAIN mailboxes|bypass [add ENTRY | rm ENTRY | import FILE [-merge] [-dry-run]]
   calloutctl [connection flags] setup [-replicas 1] [-cache-ttl 96h] [-audit-max-age 2160h] [-audit-max-bytes 1073741824]   (as the maintenance user)
   calloutctl [connection flags] hosts [-wait 1s] [-json]
+  calloutctl [connection flags] regions [-wait 1s] [-json]
   calloutctl [connection flags] audit [-n 50] [-json]
   calloutctl [connection flags] stats [-every 5s] [-n 0] [-json]
   calloutctl [connection flags] user ls
@@ -122,6 +123,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return a.setup(ctx, rest)
 	case "hosts":
 		return a.hosts(ctx, rest)
+	case "regions":
+		return a.regions(ctx, rest)
 	case "audit":
 		return a.audit(ctx, rest)
 	case "stats":

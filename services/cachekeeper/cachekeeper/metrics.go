@@ -15,6 +15,9 @@ type metrics struct {
 	removed   prometheus.Counter
 	refreshes prometheus.Counter
 	queued    *prometheus.CounterVec
+	// In a fleet over regions: how far this region's cache is behind.
+	verdictLag prometheus.Gauge
+	flushLag   prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -38,7 +41,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "callout_cache_jobs_queued_total", Help: "Ingests' jobs queued on a lookup's miss, by outcome: queued, pending (one for the target was queued already), error (the ingest queues it).",
 		}, []string{"outcome"}),
 	}
-	reg.MustRegister(m.lookups, m.written, m.flushes, m.removed, m.refreshes, m.queued)
+	m.verdictLag = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "callout_cache_region_verdict_lag", Help: "In a fleet over regions: verdicts made anywhere that this region's cache has not stored yet (its consumer's pending and unacknowledged messages).",
+	})
+	m.flushLag = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "callout_cache_region_flush_lag", Help: "In a fleet over regions: flushes of the flush log this region has not applied yet.",
+	})
+	reg.MustRegister(m.lookups, m.written, m.flushes, m.removed, m.refreshes, m.queued, m.verdictLag, m.flushLag)
 	return m
 }
 

@@ -135,12 +135,18 @@ func (s *Service) applyLogged(ctx context.Context, m jetstream.Msg) {
 
 // beat says, every second until ctx ends, that the region is there and
 // whether it has applied the whole flush log.
-func (s *Service) beat(ctx context.Context, cons jetstream.Consumer) {
+func (s *Service) beat(ctx context.Context, cons, verdicts jetstream.Consumer) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
 		ictx, cancel := context.WithTimeout(ctx, time.Second)
 		info, err := cons.Info(ictx)
+		if err == nil {
+			s.m.flushLag.Set(float64(info.NumPending + uint64(info.NumAckPending)))
+		}
+		if vi, err := verdicts.Info(ictx); err == nil {
+			s.m.verdictLag.Set(float64(vi.NumPending + uint64(vi.NumAckPending)))
+		}
 		cancel()
 		b := wire.RegionBeat{Region: s.names.Region, Rev: s.logRev.Load(),
 			CaughtUp: err == nil && info.NumPending == 0 && info.NumAckPending == 0}

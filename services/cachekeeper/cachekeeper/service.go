@@ -108,7 +108,7 @@ func (s *Service) Run(ctx context.Context) error {
 			return fmt.Errorf("follow the flush log: %w", err)
 		}
 		defer fc.Stop()
-		go s.beat(ctx, flog)
+		go s.beat(ctx, flog, cons)
 	}
 	stores := inflight.NewPool(s.cfg.StoreWorkers)
 	cc, err := cons.Consume(func(msg jetstream.Msg) {
@@ -187,7 +187,7 @@ func (s *Service) store1(ctx context.Context, msg jetstream.Msg) {
 
 func (s *Service) serve(ctx context.Context) (micro.Service, error) {
 	svc, err := micro.AddService(s.nc, micro.Config{
-		Name: "callout-cache", Version: Version, Description: "callout verdict cache",
+		Name: "callout-cache", Version: Version, Description: "callout verdict cache", Metadata: map[string]string{"region": s.names.Region},
 		QueueGroup: "callout-cache",
 	})
 	if err != nil {

@@ -19,6 +19,7 @@ type metrics struct {
 	// unconfirmed: near-cache rejects deferred while a flush may not be
 	// applied here; flushedVerdicts: verdicts a known flush covers, refused.
 	unconfirmed     prometheus.Counter
+	cutOff          prometheus.Gauge
 	flushedVerdicts prometheus.Counter
 	refreshes       prometheus.Counter
 }
@@ -46,7 +47,10 @@ func newMetrics(reg prometheus.Registerer, policyErrors func() int, near *nearca
 		Name: "callout_ingest_known_misses_total", Help: "Near cache misses answered from this ingest's copy of the bucket's keys and domain facts, without a lookup.",
 	})
 	m.unconfirmed = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "callout_ingest_unconfirmed_rejects_total", Help: "Near-cache rejects answered with a defer instead, while this ingest was cut off from NATS.",
+		Name: "callout_ingest_unconfirmed_rejects_total", Help: "Cached rejects answered with a defer instead, while this ingest was cut off from NATS, or its region from the fleet's others.",
+	})
+	m.cutOff = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "callout_ingest_region_cut_off", Help: "In a fleet over regions: 1 while this ingest takes its region for cut off from the others, or for not having applied every flush (cached rejects are deferred).",
 	})
 	m.flushedVerdicts = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "callout_ingest_flushed_verdicts_total", Help: "Verdicts of callouts that started before a flush of their scope, refused as an answer (a fresh callout is asked instead).",
@@ -67,7 +71,7 @@ func newMetrics(reg prometheus.Registerer, policyErrors func() int, near *nearca
 	m.monitored = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "callout_ingest_monitor_would_total", Help: "Monitor-mode domains: requests accepted that callout mode would have rejected or deferred, per domain (domains with a policy only).",
 	}, []string{"domain", "action"})
-	reg.MustRegister(m.known, m.unconfirmed, m.flushedVerdicts, m.refreshes,
+	reg.MustRegister(m.known, m.unconfirmed, m.cutOff, m.flushedVerdicts, m.refreshes,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "callout_ingest_known_keys", Help: "Address keys of the cache bucket indexed in this ingest."},
 			func() float64 { return float64(index.Keys()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "callout_ingest_known_keys_complete", Help: "1 when the index holds every address key of the bucket (misses are known without a lookup)."},

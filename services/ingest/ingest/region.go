@@ -39,6 +39,7 @@ type regionView struct {
 // followRegions keeps s.cutOff until ctx ends.
 func (s *Service) followRegions(ctx context.Context) {
 	s.cutOff.Store(true) // until beats say otherwise: a region coming back has not caught up yet
+	s.m.cutOff.Set(1)
 	rv := &regionView{heard: map[string]time.Time{}}
 	sub, err := s.nc.Subscribe(s.names.RegionBeatAll(), func(m *nats.Msg) {
 		var b wire.RegionBeat
@@ -83,6 +84,7 @@ func (s *Service) followRegions(ctx context.Context) {
 		rv.mu.Unlock()
 		if cut != s.cutOff.Load() {
 			s.cutOff.Store(cut)
+			s.m.cutOff.Set(map[bool]float64{false: 0, true: 1}[cut])
 			if cut {
 				s.log.Warn("region cut off from the fleet, or its flushes not applied: cached rejects deferred", "region", s.names.Region, "regions_heard", heard)
 			} else {

@@ -65,5 +65,5 @@ func (s *Service) StatsExtra() any { return s.hostsReply(10) }
 
 // hostsReply describes this prober's n busiest destination hosts.
 func (s *Service) hostsReply(n int) HostsReply {
-	return HostsReply{Instance: s.instance, Waiting: s.waiting.Load(), Hosts: s.pool.Hosts(n)}
+	return HostsReply{Instance: s.instance, Region: s.names.Region, Waiting: s.waiting.Load(), Hosts: s.pool.Hosts(n)}
 }
