@@ -428,6 +428,23 @@ func TestRegions(t *testing.T) {
 		}
 	})
 
+	t.Run("two regions asking for one new address at once make one callout", func(t *testing.T) {
+		var wg sync.WaitGroup
+		for _, r := range f.regions {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if rep := f.verify(r, "grace@example.org"); rep.Decision.Action != verdict.Reject {
+					t.Errorf("grace in %s: %+v", r, rep.Decision)
+				}
+			}()
+		}
+		wg.Wait()
+		if n := dest.RcptsFor("grace@example.org"); n != 1 {
+			t.Fatalf("%d RCPTs for grace asked in three regions at once, want 1", n)
+		}
+	})
+
 	t.Run("cache hits stay in their region", func(t *testing.T) {
 		window := func(load func()) int64 {
 			var before int64
