@@ -106,7 +106,7 @@ func main() {
 	out := flag.String("out", "bench/results.json", "JSON output")
 	requests := flag.Int("requests", 100000, "callout economy: verify requests")
 	entries := flag.Int("entries", 1000000, "storage: cached entries")
-	only := flag.String("only", "", "run one section: hit, miss, saturation, economy, storage, protection, mta, postfix, lists")
+	only := flag.String("only", "", "run one section: hit, miss, saturation, economy, storage, protection, mta, postfix, lists, regions")
 	reps := flag.Int("reps", 3, "repetitions of the hit, miss, saturation and MTA-path sections")
 	flag.Parse()
 	absBin, _ := filepath.Abs(*bin)
@@ -142,10 +142,10 @@ func main() {
 		steps = append(steps, b.cacheHit, b.miss, b.saturation)
 	}
 	pfx := func() error { return b.throughPostfix(*reps) }
-	steps = append(steps, func() error { return b.economy(*requests) }, protection, mta, pfx, b.staticLists)
+	steps = append(steps, func() error { return b.economy(*requests) }, protection, mta, pfx, b.staticLists, func() error { return b.regions(absBin) })
 	if *only != "" {
 		steps = map[string][]func() error{"hit": {hit}, "miss": {miss}, "saturation": {sat}, "economy": {func() error { return b.economy(*requests) }},
-			"storage": {func() error { return b.storage(*entries) }}, "protection": {protection}, "mta": {mta}, "postfix": {pfx}, "lists": {b.staticLists}}[*only]
+			"storage": {func() error { return b.storage(*entries) }}, "protection": {protection}, "mta": {mta}, "postfix": {pfx}, "lists": {b.staticLists}, "regions": {func() error { return b.regions(absBin) }}}[*only]
 	}
 	for _, step := range steps {
 		if err := step(); err != nil {

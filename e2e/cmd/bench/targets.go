@@ -46,6 +46,9 @@ var targets = []target{
 	// imports in seconds.
 	{Name: "static: 100,000 listed / 10 listed verify rate", Section: "10 static lists", Row: "c=16 100,000/10 listed rate ratio", Op: ">=", Bound: 0.9},
 	{Name: "static: import of 100,000 mailboxes", Section: "10 static lists", Row: "import of 100,000 mailboxes", Op: "<=", Bound: 10000, Unit: "ms"},
+	// A fleet over regions: hits in a region as close to the echo as in
+	// one cluster.
+	{Name: "regions: hit ratio, 16 requesters", Section: "11 regions", Row: "c=16 verify/echo rate ratio", Op: ">=", Bound: 0.6},
 	// The callout economy: at most one RCPT per distinct address plus two
 	// per domain (the catch-all probe and the control probe), and at
 	// least five RCPTs per connection.
