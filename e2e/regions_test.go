@@ -551,6 +551,21 @@ func TestRegions(t *testing.T) {
 			t.Fatalf("calloutctl regions with c cut off:\n%s", out)
 		}
 		t.Logf("calloutctl regions with c cut off:\n%s", out)
+		// And the console, connected in region a.
+		con := &system{t: t, dir: f.dir, url: f.urls["a"]}
+		base := con.startConsole("admin-pw", "viewer-pw", "CALLOUT_CONSOLE_NATS_REGION=a")
+		var regions []operate.RegionStatus
+		waitFor(t, 30*time.Second, func() bool {
+			st, b := consoleCall(t, http.DefaultClient, "", "GET", base+"/api/regions", "")
+			return st == http.StatusOK && json.Unmarshal([]byte(b), &regions) == nil && len(regions) == 3
+		})
+		if regions[2].Region != "c" || regions[2].Heard || !regions[0].Heard || regions[0].Instances["callout-ingest"] != 1 {
+			t.Fatalf("the console's regions with c cut off: %+v", regions)
+		}
+		hc, csrf := consoleLogin(t, base, "admin", "admin-pw")
+		if st, b := consoleCall(t, hc, csrf, "GET", base+"/destinations", ""); st != http.StatusOK || !strings.Contains(b, `<tr data-region="c"><td>c</td><td class="down">`) {
+			t.Fatalf("destinations page with c cut off: %d %s", st, b)
+		}
 		known.Store("erin@example.org", true)
 		op, _ := operate.New(f.conns["a"], subjects.New(""))
 		var rep wire.FlushReply
@@ -579,7 +594,7 @@ func TestRegions(t *testing.T) {
 			}
 			return rep.Decision.Action == verdict.Accept
 		})
-		waitFor(t, 30*time.Second, func() bool {
+		waitFor(t, 60*time.Second, func() bool {
 			rep := f.verify("c", "frank@example.org")
 			return rep.Decision.Action == verdict.Reject && rep.Verdict.Source == verdict.SourceCache
 		})

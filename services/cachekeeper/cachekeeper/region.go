@@ -94,7 +94,9 @@ func (s *Service) catchUp(ctx context.Context, cons jetstream.Consumer) error {
 // followLog applies the flushes of the log as they come, skipping those
 // applied live, until ctx ends.
 func (s *Service) followLog(ctx context.Context, cons jetstream.Consumer) (jetstream.ConsumeContext, error) {
-	return cons.Consume(func(m jetstream.Msg) { s.applyLogged(ctx, m) })
+	// Short pulls: after a cut between regions is mended, the next pull
+	// reaches the consumer's (maybe new) leader within seconds.
+	return cons.Consume(func(m jetstream.Msg) { s.applyLogged(ctx, m) }, jetstream.PullExpiry(5*time.Second))
 }
 
 func (s *Service) applyLogged(ctx context.Context, m jetstream.Msg) {

@@ -111,11 +111,17 @@ func (s *Service) Run(ctx context.Context) error {
 		go s.beat(ctx, flog, cons)
 	}
 	stores := inflight.NewPool(s.cfg.StoreWorkers)
+	pull := []jetstream.PullConsumeOpt{jetstream.PullMaxMessages(4 * s.cfg.StoreWorkers)}
+	if s.names.Region != "" {
+		// Short pulls: a region reconnected to the others gets the
+		// verdicts it missed within seconds (see followLog).
+		pull = append(pull, jetstream.PullExpiry(5*time.Second))
+	}
 	cc, err := cons.Consume(func(msg jetstream.Msg) {
 		// Refused while stopping: the verdict stays unacked and is
 		// redelivered to a running cachekeeper.
 		stores.Do(func() { s.store1(ctx, msg) })
-	}, jetstream.PullMaxMessages(4*s.cfg.StoreWorkers))
+	}, pull...)
 	if err != nil {
 		return fmt.Errorf("consume verdicts: %w", err)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/callout-mail/callout/shared/accounts"
 	"github.com/callout-mail/callout/shared/audit"
+	"github.com/callout-mail/callout/shared/operate"
 	"github.com/callout-mail/callout/shared/verdict"
 	"github.com/callout-mail/callout/shared/wire"
 )
@@ -55,6 +56,17 @@ func (s *Server) routesAPI(mux *http.ServeMux) {
 			return err
 		}
 		writeJSON(w, http.StatusOK, hs)
+		return nil
+	}))
+	mux.Handle("GET /api/regions", s.api(adminRead, func(w http.ResponseWriter, r *http.Request, id *identity) error {
+		rs, err := s.client(id).RegionStatuses(r.Context(), 500*time.Millisecond)
+		if err != nil {
+			return err
+		}
+		if rs == nil {
+			rs = []operate.RegionStatus{}
+		}
+		writeJSON(w, http.StatusOK, rs)
 		return nil
 	}))
 	mux.Handle("GET /api/audit", s.api(anyRead, s.apiAudit))

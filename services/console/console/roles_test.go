@@ -147,6 +147,7 @@ func roleWalk(t *testing.T, sys *system, admin *client) {
 		{method: "GET", path: "/api/stats", min: 3, call: fixed("/api/stats"), ok: 200},
 		{method: "GET", path: "/api/stats/history", min: 3, call: fixed("/api/stats/history"), ok: 200},
 		{method: "GET", path: "/api/hosts", min: 3, call: fixed("/api/hosts"), ok: 200},
+		{method: "GET", path: "/api/regions", min: 3, call: fixed("/api/regions"), ok: 200},
 		{method: "GET", path: "/api/audit", min: 1, call: fixed("/api/audit"), ok: 200},
 		{method: "GET", path: "/api/users", min: 2, call: fixed("/api/users"), ok: 200},
 		{method: "POST", path: "/api/users", min: 2, write: true, call: func(*walker) (string, any) {

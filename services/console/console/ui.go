@@ -494,10 +494,21 @@ func (s *Server) pageAudit(w http.ResponseWriter, r *http.Request, id *identity,
 	s.render(w, http.StatusOK, "audit", p)
 }
 
+// destinationsPage is the destinations page: the probers' hosts and, in a
+// fleet over regions, the regions.
+type destinationsPage struct {
+	Hosts   []wire.HostsReply
+	Regions []operate.RegionStatus
+}
+
 func (s *Server) pageDestinations(w http.ResponseWriter, r *http.Request, id *identity, p page) {
 	p.Title = "Destinations"
 	hs, err := s.client(id).Hosts(r.Context(), time.Second)
-	p.D = hs
+	var rs []operate.RegionStatus
+	if err == nil {
+		rs, err = s.client(id).RegionStatuses(r.Context(), 500*time.Millisecond)
+	}
+	p.D = destinationsPage{Hosts: hs, Regions: rs}
 	if err != nil {
 		s.fail(w, "destinations", p, err)
 		return
