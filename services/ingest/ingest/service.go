@@ -58,7 +58,7 @@ type Service struct {
 	// cutOff: in a fleet over regions, this region is cut off from the
 	// others or has not applied every flush yet (region.go).
 	cutOff atomic.Bool
-	id      atomic.Value // string: the micro service id, named in flush confirmations
+	id     atomic.Value // string: the micro service id, named in flush confirmations
 	// refreshes re-probes old valid entries the near cache answers.
 	refreshes refresh.Ahead
 }
