@@ -8,6 +8,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -29,6 +30,7 @@ import (
 
 // regionFleet is the three regions' processes and a client on each server.
 type regionFleet struct {
+	wans  []net.Listener
 	dir   string
 	procs []*stack.Proc
 	urls  map[string]string
@@ -36,6 +38,9 @@ type regionFleet struct {
 }
 
 func (f *regionFleet) stop() {
+	for _, l := range f.wans {
+		_ = l.Close()
+	}
 	for i := len(f.procs) - 1; i >= 0; i-- {
 		_ = f.procs[i].Stop(10 * time.Second)
 	}
@@ -45,24 +50,45 @@ func (f *regionFleet) stop() {
 	os.RemoveAll(f.dir)
 }
 
-func startRegions(bin string, regions []string) (*regionFleet, error) {
+// startRegions runs the fleet; with a delay, every route between two
+// regions goes through a forwarder that holds each byte that long each
+// way: the WAN between regions, emulated in user space, so that only
+// what crosses regions is delayed (tc netem on lo would delay every
+// loopback hop, the hit path's too).
+func startRegions(bin string, regions []string, delay time.Duration) (*regionFleet, error) {
 	dir, err := os.MkdirTemp("", "callout-bench-regions")
 	if err != nil {
 		return nil, err
 	}
 	f := &regionFleet{dir: dir, urls: map[string]string{}, conns: map[string]*nats.Conn{}}
 	routes := map[string]int{}
-	var routeURLs []string
 	for _, r := range regions {
 		routes[r] = freePort()
-		routeURLs = append(routeURLs, fmt.Sprintf("nats-route://127.0.0.1:%d", routes[r]))
 	}
+	dead := freePort()
 	for _, r := range regions {
+		var routeURLs []string
+		for _, to := range regions {
+			if to == r {
+				continue
+			}
+			target := fmt.Sprintf("127.0.0.1:%d", routes[to])
+			if delay > 0 {
+				l, err := newWAN(target, delay)
+				if err != nil {
+					return f, err
+				}
+				f.wans = append(f.wans, l)
+				target = l.Addr().String()
+			}
+			routeURLs = append(routeURLs, "nats-route://"+target)
+		}
 		port := freePort()
 		f.urls[r] = fmt.Sprintf("nats://127.0.0.1:%d", port)
 		conf, _ := filepath.Abs("deploy/nats/regions/" + r + ".conf")
 		p, err := stack.StartIn(dir, dir, "nats-"+r, filepath.Join(bin, "nats-server"), []string{"-c", conf, "-p", strconv.Itoa(port),
-			"-m", strconv.Itoa(freePort()), "--cluster", fmt.Sprintf("nats://127.0.0.1:%d", routes[r]), "--routes", strings.Join(routeURLs, ",")}, nil)
+			"-m", strconv.Itoa(freePort()), "--cluster", fmt.Sprintf("nats://127.0.0.1:%d", routes[r]), "--routes", strings.Join(routeURLs, ","),
+			"--cluster_advertise", fmt.Sprintf("127.0.0.1:%d", dead)}, nil)
 		if err != nil {
 			return f, err
 		}
@@ -158,13 +184,80 @@ func (f *regionFleet) cached(r, addr string) bool {
 	return wire.Decode(m.Data, &rep) == nil && rep.Hit
 }
 
+// newWAN forwards connections to target, each byte held delay each way.
+func newWAN(target string, delay time.Duration) (net.Listener, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			d, err := net.Dial("tcp", target)
+			if err != nil {
+				_ = c.Close()
+				continue
+			}
+			go delayed(d, c, delay)
+			go delayed(c, d, delay)
+		}
+	}()
+	return ln, nil
+}
+
+// delayed copies src to dst, each chunk written delay after it was read,
+// in order.
+func delayed(dst, src net.Conn, delay time.Duration) {
+	type chunk struct {
+		at   time.Time
+		data []byte
+	}
+	q := make(chan chunk, 4096)
+	go func() {
+		defer dst.Close()
+		for c := range q {
+			time.Sleep(time.Until(c.at))
+			if _, err := dst.Write(c.data); err != nil {
+				return
+			}
+		}
+	}()
+	defer close(q)
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			q <- chunk{at: time.Now().Add(delay), data: append([]byte(nil), buf[:n]...)}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
 // 11. Regions: hits in a region against the echo on its server, the time
 // a verdict made in one region takes to be in another's cache, and a
-// miss's cost against a plain dialogue.
+// miss's cost against a plain dialogue; on loopback, then with a WAN
+// delay between the regions.
 func (b *bench) regions(bin string) error {
+	for _, delay := range []time.Duration{0, 20 * time.Millisecond} {
+		if err := b.regionsWith(bin, delay); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *bench) regionsWith(bin string, delay time.Duration) error {
 	sec := "11 regions"
+	if delay > 0 {
+		sec = fmt.Sprintf("11 regions, %v WAN", delay)
+	}
 	regions := []string{"a", "b", "c"}
-	f, err := startRegions(bin, regions)
+	f, err := startRegions(bin, regions, delay)
 	if f != nil {
 		defer f.stop()
 	}
