@@ -188,15 +188,18 @@ func (s *system) startServices() {
 	s.waitReady()
 }
 
-func (s *system) dumpLogs() {
-	files, _ := filepath.Glob(filepath.Join(s.dir, "*.log"))
+func (s *system) dumpLogs() { logTails(s.t, s.dir, 40) }
+
+// logTails logs the last n lines of every process log in dir.
+func logTails(t *testing.T, dir string, n int) {
+	files, _ := filepath.Glob(filepath.Join(dir, "*.log"))
 	for _, f := range files {
 		b, _ := os.ReadFile(f)
 		lines := strings.Split(string(b), "\n")
-		if len(lines) > 40 {
-			lines = lines[len(lines)-40:]
+		if len(lines) > n {
+			lines = lines[len(lines)-n:]
 		}
-		s.t.Logf("--- %s (tail)\n%s", filepath.Base(f), strings.Join(lines, "\n"))
+		t.Logf("--- %s (tail)\n%s", filepath.Base(f), strings.Join(lines, "\n"))
 	}
 }
 

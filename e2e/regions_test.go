@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -371,17 +370,7 @@ func (f *fleet) routeMsgs(r string) int64 {
 	return n
 }
 
-func (f *fleet) dumpLogs() {
-	files, _ := filepath.Glob(filepath.Join(f.dir, "*.log"))
-	for _, file := range files {
-		b, _ := os.ReadFile(file)
-		lines := strings.Split(string(b), "\n")
-		if len(lines) > 30 {
-			lines = lines[len(lines)-30:]
-		}
-		f.t.Logf("--- %s (tail)\n%s", filepath.Base(file), strings.Join(lines, "\n"))
-	}
-}
+func (f *fleet) dumpLogs() { logTails(f.t, f.dir, 30) }
 
 // TestRegions runs one fleet over three regions and proves, with real
 // processes: a verdict made in one region is answered from the cache in

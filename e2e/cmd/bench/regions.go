@@ -372,26 +372,10 @@ func (b *bench) regionsWith(bin string, delay time.Duration) error {
 
 	// A miss in a region (jobs, leases and verdicts replicated over the
 	// three) against the plain dialogue.
-	var lv, ld latencies
-	for i := 2; len(lv) < 200; i++ {
-		if i%3 == 0 {
-			continue
-		}
-		a := fmt.Sprintf("u%d@regions.bench", i)
-		t0 := time.Now()
-		rep, err := f.verify("a", a)
-		if err != nil || rep.Verdict.Source != verdict.SourceProbe {
-			return fmt.Errorf("miss %s: %v", a, err)
-		}
-		lv = append(lv, time.Since(t0))
-		t0 = time.Now()
-		if err := plainDialogue(dest.Addr(), a); err != nil {
-			return err
-		}
-		ld = append(ld, time.Since(t0))
+	lv, ld, err := misses(200, "regions.bench", dest.Addr(), func(a string) (wire.VerifyReply, error) { return f.verify("a", a) })
+	if err != nil {
+		return err
 	}
-	sort.Slice(lv, func(i, j int) bool { return lv[i] < lv[j] })
-	sort.Slice(ld, func(i, j int) bool { return ld[i] < ld[j] })
 	b.add(sec, "verify of a new address p50", ms(lv.pct(50)), "ms")
 	b.add(sec, "miss overhead p50", ms(lv.pct(50)-ld.pct(50)), "ms")
 	for _, r := range b.rows {
