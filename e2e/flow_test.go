@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -60,11 +61,23 @@ func TestNATSFlow(t *testing.T) {
 			_, err := s.cacheEntry(kvkey.Domain("catchall.example", verdict.Recipient, kvkey.FactCatchAll))
 			return err == nil
 		})
-		before := dest.Rcpts()
-		rep := s.verify("second@catchall.example")
-		must(t, rep, verdict.Accept, 250)
-		if rep.Verdict.Status != verdict.CatchAll || dest.Rcpts() != before {
-			t.Fatalf("status %s, %d RCPTs", rep.Verdict.Status, dest.Rcpts()-before)
+		// The fact reaches the ingest's and the cachekeeper's copies of the
+		// bucket a moment after the bucket: on a loaded machine the first
+		// new address may still be called out (a random RCPT, no wrong
+		// answer); from then on none is.
+		n := 0
+		waitFor(t, 15*time.Second, func() bool {
+			n++
+			before := dest.Rcpts()
+			rep := s.verify(fmt.Sprintf("second%d@catchall.example", n))
+			must(t, rep, verdict.Accept, 250)
+			if rep.Verdict.Status != verdict.CatchAll {
+				t.Fatalf("status %s", rep.Verdict.Status)
+			}
+			return dest.Rcpts() == before
+		})
+		if n > 3 {
+			t.Fatalf("%d new addresses of a known catch-all domain were called out", n-1)
 		}
 	})
 	t.Run("greylisting defers", func(t *testing.T) {
