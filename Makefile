@@ -21,7 +21,7 @@ FUZZ_TARGETS := $(shell grep -rHo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*
 	sed -E 's#^(.+)/[^/]+_test\.go:func (Fuzz[A-Za-z0-9_]*)$$#./\1/:\2#' | sort)
 export GOFLAGS := -buildvcs=false
 
-.PHONY: all build run test vet staticcheck unit e2e fuzz bench clean tools deploy-check soak screenshots docs
+.PHONY: all build run test vet staticcheck unit e2e fuzz bench clean tools deploy-check soak screenshots docs regions-auth
 
 all: build
 
@@ -79,15 +79,20 @@ fuzz:
 docs:
 	go run ./tools/docgen -docs docs
 
+## regions-auth: the NATS users of a fleet over regions, from deploy/nats/auth.conf.
+regions-auth:
+	go run ./tools/regionauth -regions a,b,c > deploy/nats/regions/auth.conf
+
 ## screenshots: the console's screenshots in docs/ (the browser test takes them; other test runs write them to a temporary directory).
 screenshots: build $(BIN)/nats-server
 	CALLOUT_BIN=$(BIN) CALLOUT_SCREENSHOTS=$(CURDIR)/docs go test -count=1 -run '^TestConsole(Tenant)?Browser$$' ./e2e/...
 
-## soak: long randomized runs: SOAK_HISTORIES fresh cache-protocol histories (seed from the clock, or SOAK_SEED), a failing one shrunk to a minimal one.
+## soak: long randomized runs: SOAK_HISTORIES fresh cache-protocol histories (seed from the clock, or SOAK_SEED), a failing one shrunk to a minimal one; and the regions scenario with a cut region mended and waited for.
 SOAK_HISTORIES ?= 200
 SOAK_SEED ?=
-soak:
+soak: build $(BIN)/nats-server $(BIN)/nats
 	CALLOUT_HISTORIES=$(SOAK_HISTORIES) CALLOUT_HISTORY_SEED=$(SOAK_SEED) go test -race -count=1 -timeout 0 -run '^TestHistorySoak$$' ./services/ingest/ingest/
+	CALLOUT_REGIONS_MEND=1 CALLOUT_BIN=$(BIN) go test -count=1 -timeout 20m -run '^TestRegion(s|CutOff)$$' ./e2e/
 
 ## deploy-check: systemd units (systemd-analyze verify) and alert rules (promtool check rules).
 deploy-check: build $(BIN)/nats-server

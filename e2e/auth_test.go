@@ -34,15 +34,22 @@ type roleConn struct {
 
 func connectAs(t *testing.T, url, role string) *roleConn {
 	t.Helper()
+	return connectAsUser(t, url, role, role)
+}
+
+// connectAsUser connects as user with the dev password of role (a region's
+// users share their role's).
+func connectAsUser(t *testing.T, url, user, role string) *roleConn {
+	t.Helper()
 	rc := &roleConn{}
-	nc, err := nats.Connect(url, nats.UserInfo(role, role+"-dev-password"), nats.CustomInboxPrefix("_INBOX_"+role),
+	nc, err := nats.Connect(url, nats.UserInfo(user, role+"-dev-password"), nats.CustomInboxPrefix("_INBOX_"+user),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			rc.mu.Lock()
 			rc.violations = append(rc.violations, err.Error())
 			rc.mu.Unlock()
 		}))
 	if err != nil {
-		t.Fatalf("connect as %s: %v", role, err)
+		t.Fatalf("connect as %s: %v", user, err)
 	}
 	t.Cleanup(nc.Close)
 	rc.Conn = nc

@@ -119,8 +119,16 @@ func startRegions(bin string, regions []string, delay time.Duration) (*regionFle
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if _, err := streams.SetupWith(ctx, js, subjects.New(""), 3, 96*time.Hour, audit.DefaultLimits, regions...); err != nil {
-		return f, err
+	// Until every server has joined, an R3 stream finds no peers.
+	for {
+		_, err := streams.SetupWith(ctx, js, subjects.New(""), 3, 96*time.Hour, audit.DefaultLimits, regions...)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return f, err
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 	for _, r := range regions {
 		for _, svc := range []string{"cachekeeper", "prober", "ingest"} {

@@ -92,11 +92,25 @@ func (s *Service) catchUp(ctx context.Context, cons jetstream.Consumer) error {
 }
 
 // followLog applies the flushes of the log as they come, skipping those
-// applied live, until ctx ends.
-func (s *Service) followLog(ctx context.Context, cons jetstream.Consumer) (jetstream.ConsumeContext, error) {
-	// Short pulls: after a cut between regions is mended, the next pull
-	// reaches the consumer's (maybe new) leader within seconds.
-	return cons.Consume(func(m jetstream.Msg) { s.applyLogged(ctx, m) }, jetstream.PullExpiry(5*time.Second))
+// applied live, until ctx ends. A fresh pull every few seconds at most:
+// after a cut between regions is mended (the consumer's leader may have
+// moved, the region's JetStream been resyncing), the next pull gets the
+// flushes it missed, with no state of a long-lived subscription to
+// recover.
+func (s *Service) followLog(ctx context.Context, cons jetstream.Consumer) {
+	for ctx.Err() == nil {
+		batch, err := cons.Fetch(16, jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		for m := range batch.Messages() {
+			s.applyLogged(ctx, m)
+		}
+	}
 }
 
 func (s *Service) applyLogged(ctx context.Context, m jetstream.Msg) {

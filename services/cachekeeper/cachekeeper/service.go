@@ -103,11 +103,7 @@ func (s *Service) Run(ctx context.Context) error {
 		if err != nil {
 			return nil // asked to stop
 		}
-		fc, err := s.followLog(ctx, flog)
-		if err != nil {
-			return fmt.Errorf("follow the flush log: %w", err)
-		}
-		defer fc.Stop()
+		go s.followLog(ctx, flog)
 		go s.beat(ctx, flog, cons)
 	}
 	stores := inflight.NewPool(s.cfg.StoreWorkers)
