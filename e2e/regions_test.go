@@ -667,6 +667,11 @@ func TestRegionCutOff(t *testing.T) {
 			f.waitCached(r, "erin@example.org")
 			f.waitCached(r, "frank@example.org")
 		}
+		// Before the cut, c answers its cached rejects.
+		waitFor(t, 30*time.Second, func() bool {
+			rep := f.verify("c", "frank@example.org")
+			return rep.Decision.Action == verdict.Reject && rep.Verdict.Source == verdict.SourceCache
+		})
 		cutAt := time.Now()
 		f.cut("c", true)
 		// c keeps its server and its services, so its ingest sees no

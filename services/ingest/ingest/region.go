@@ -65,7 +65,11 @@ func (s *Service) followRegions(ctx context.Context) {
 	defer tick.Stop()
 	var listed time.Time
 	for {
-		if time.Since(listed) > 10*time.Second {
+		// The list again every 10 s; every tick until it is known.
+		rv.mu.Lock()
+		known := len(rv.regions) > 0
+		rv.mu.Unlock()
+		if time.Since(listed) > 10*time.Second || !known {
 			if regions, err := s.fleetRegions(ctx); err == nil && len(regions) > 0 {
 				rv.mu.Lock()
 				rv.regions = regions
