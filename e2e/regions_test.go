@@ -349,6 +349,25 @@ func (f *fleet) tryCalloutctl(r string, args ...string) (string, error) {
 	return string(out), err
 }
 
+// flushAddress flushes addr as an operator in region a would. Right after
+// a region is lost or cut off the replicated streams may be electing new
+// leaders: the operator's tool is told so and tries again.
+func (f *fleet) flushAddress(t *testing.T, addr string) (wire.FlushReply, error) {
+	t.Helper()
+	op, err := operate.New(f.conns["a"], subjects.New(""))
+	if err != nil {
+		return wire.FlushReply{}, err
+	}
+	var rep wire.FlushReply
+	for try := 0; try < 5; try++ {
+		if rep, err = op.Flush(context.Background(), "e2e", wire.FlushCommand{Scope: wire.ScopeAddress, Address: addr}); err == nil {
+			break
+		}
+		t.Logf("flush of %s, try %d: %v", addr, try+1, err)
+	}
+	return rep, err
+}
+
 // waitCached waits until the cache of region r has a verdict for addr,
 // asking its cachekeepers as an ingest does.
 func (f *fleet) waitCached(r, addr string) {
@@ -587,17 +606,7 @@ func TestRegions(t *testing.T) {
 		})
 		// carol is fixed and flushed while c is away: c cannot confirm.
 		known.Store("carol@example.org", true)
-		op, _ := operate.New(f.conns["a"], subjects.New(""))
-		// Right after the loss the replicated streams may be electing a
-		// new leader: the operator's tool is told so and tries again.
-		var rep wire.FlushReply
-		var err error
-		for try := 0; try < 5; try++ {
-			if rep, err = op.Flush(context.Background(), "e2e", wire.FlushCommand{Scope: wire.ScopeAddress, Address: "carol@example.org"}); err == nil {
-				break
-			}
-			t.Logf("flush with c lost, try %d: %v", try+1, err)
-		}
+		rep, err := f.flushAddress(t, "carol@example.org")
 		if err != nil || !slices.Equal(rep.UnconfirmedRegions, []string{"c"}) {
 			t.Fatalf("flush with c lost: %+v %v", rep, err)
 		}
@@ -712,15 +721,7 @@ func TestRegionCutOff(t *testing.T) {
 			t.Fatalf("destinations page with c cut off: %d %s", st, b)
 		}
 		known.Store("erin@example.org", true)
-		op, _ := operate.New(f.conns["a"], subjects.New(""))
-		var rep wire.FlushReply
-		var err error
-		for try := 0; try < 5; try++ {
-			if rep, err = op.Flush(context.Background(), "e2e", wire.FlushCommand{Scope: wire.ScopeAddress, Address: "erin@example.org"}); err == nil {
-				break
-			}
-			t.Logf("flush with c cut off, try %d: %v", try+1, err)
-		}
+		rep, err := f.flushAddress(t, "erin@example.org")
 		if err != nil || !slices.Equal(rep.UnconfirmedRegions, []string{"c"}) || !slices.Equal(rep.Regions, []string{"a", "b"}) {
 			t.Fatalf("flush with c cut off: %+v %v", rep, err)
 		}
@@ -751,6 +752,7 @@ func TestRegionCutOff(t *testing.T) {
 			return rep.Decision.Action == verdict.Reject && rep.Verdict.Source == verdict.SourceCache
 		})
 		t.Logf("region c answers from its cache again %v after the routes were mended", time.Since(mended).Round(time.Millisecond))
+		op, _ := operate.New(f.conns["a"], subjects.New(""))
 		var status []operate.RegionStatus
 		waitFor(t, 20*time.Second, func() bool {
 			status, _ = op.RegionStatuses(context.Background(), time.Second)
