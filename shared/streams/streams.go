@@ -95,6 +95,16 @@ func RegionsConfig(n subjects.Names, replicas int) jetstream.KeyValueConfig {
 	}
 }
 
+// RegisterRegion puts region in the fleet's list of regions (the regions
+// bucket), with the cache bucket it keeps.
+func RegisterRegion(ctx context.Context, kv jetstream.KeyValue, prefix, region string) error {
+	b, _ := json.Marshal(map[string]string{"bucket": subjects.NewIn(prefix, region).CacheBucket()})
+	if _, err := kv.Put(ctx, region, b); err != nil {
+		return fmt.Errorf("register region %s: %w", region, err)
+	}
+	return nil
+}
+
 // RegionTag is the server tag that places a region's own streams on the
 // region's servers (nats-server's server_tags).
 func RegionTag(region string) string { return "region:" + region }
@@ -291,8 +301,8 @@ func SetupWith(ctx context.Context, js jetstream.JetStream, n subjects.Names, re
 			return done, fmt.Errorf("bucket %s: %w", n.RegionsBucket(), err)
 		}
 		for _, r := range regions {
-			if _, err := kv.Put(ctx, r, []byte(`{"bucket":"`+subjects.NewIn(n.Prefix, r).CacheBucket()+`"}`)); err != nil {
-				return done, fmt.Errorf("region %s: %w", r, err)
+			if err := RegisterRegion(ctx, kv, n.Prefix, r); err != nil {
+				return done, err
 			}
 		}
 		done = append(done, "bucket "+n.RegionsBucket()+" (regions "+strings.Join(regions, ", ")+")")

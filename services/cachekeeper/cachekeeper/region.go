@@ -32,9 +32,8 @@ func (s *Service) joinRegion(ctx context.Context) (jetstream.Consumer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("regions bucket: %w", err)
 	}
-	b, _ := json.Marshal(map[string]string{"bucket": s.names.CacheBucket()})
-	if _, err := kv.Put(ctx, s.names.Region, b); err != nil {
-		return nil, fmt.Errorf("register region %s: %w", s.names.Region, err)
+	if err := streams.RegisterRegion(ctx, kv, s.names.Prefix, s.names.Region); err != nil {
+		return nil, err
 	}
 	if _, err := streams.Ensure(ctx, s.js, streams.FlushLogConfig(s.names, s.cfg.Replicas)); streams.Warn(s.log, err) != nil {
 		return nil, err
@@ -137,12 +136,7 @@ func (s *Service) applyLogged(ctx context.Context, m jetstream.Msg) {
 		_ = m.NakWithDelay(time.Second)
 		return
 	}
-	for {
-		cur := s.logRev.Load()
-		if cur >= rev || s.logRev.CompareAndSwap(cur, rev) {
-			break
-		}
-	}
+	s.logRev.Set(rev)
 	s.m.flushes.WithLabelValues(cmd.Scope).Inc()
 	s.m.removed.Add(float64(n))
 	s.log.Info("flush from the log", "seq", meta.Sequence.Stream, "scope", cmd.Scope, "domain", cmd.Domain, "address", cmd.Address, "removed", n)
@@ -164,7 +158,7 @@ func (s *Service) beat(ctx context.Context, cons, verdicts jetstream.Consumer) {
 			s.m.verdictLag.Set(float64(vi.NumPending + uint64(vi.NumAckPending)))
 		}
 		cancel()
-		b := wire.RegionBeat{Region: s.names.Region, Rev: s.logRev.Load(),
+		b := wire.RegionBeat{Region: s.names.Region, Rev: s.logRev.Get(),
 			CaughtUp: err == nil && info.NumPending == 0 && info.NumAckPending == 0}
 		data, _ := json.Marshal(&b)
 		_ = s.nc.Publish(s.names.RegionBeat(s.names.Region), data)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -19,6 +18,7 @@ import (
 	"github.com/callout-mail/callout/shared/inflight"
 	"github.com/callout-mail/callout/shared/microasync"
 	"github.com/callout-mail/callout/shared/refresh"
+	"github.com/callout-mail/callout/shared/revision"
 	"github.com/callout-mail/callout/shared/streams"
 	"github.com/callout-mail/callout/shared/subjects"
 	"github.com/callout-mail/callout/shared/wire"
@@ -42,7 +42,7 @@ type Service struct {
 	pool    *microasync.Pool
 	ingests map[string]time.Time // running ingests (micro id) and when last seen
 	live    map[uint64]time.Time // flush log sequences applied live, and when
-	logRev  atomic.Uint64        // bucket revision of the last flush applied from the log
+	logRev  revision.Mark        // bucket revision of the last flush applied from the log
 }
 
 // Ready is closed once the service stores verdicts and answers requests.
