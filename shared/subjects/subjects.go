@@ -175,3 +175,42 @@ func (n Names) Stats(service, instance string) string {
 
 // StatsAll matches every stats subject.
 func (n Names) StatsAll() string { return n.Prefix + ".stats.>" }
+
+// Decision is where an ingest records one answer (decisions.Record): by
+// action and the recipient's domain (decisions.Token), under the region
+// in a fleet over regions, so that a domain's records can be erased by
+// subject.
+func (n Names) Decision(action, domainToken string) string {
+	all := n.DecisionAll()
+	return all[:len(all)-1] + action + "." + domainToken
+}
+
+// DecisionAll matches every record of the instance's region.
+func (n Names) DecisionAll() string {
+	if n.Region == "" {
+		return n.Prefix + ".decision.>"
+	}
+	return n.Prefix + ".decision.in." + n.Region + ".>"
+}
+
+// DecisionDomain matches every record of one domain (its token).
+func (n Names) DecisionDomain(domainToken string) string { return n.Decision("*", domainToken) }
+
+// DecisionStream keeps a region's decision log.
+func (n Names) DecisionStream() string {
+	if n.Region == "" {
+		return strings.ToUpper(n.Prefix) + "_DECISIONS"
+	}
+	return strings.ToUpper(n.Prefix) + "_DECISIONS_" + strings.ToUpper(n.Region)
+}
+
+// DecisionSearch is where a region's cachekeepers answer searches of its
+// decision log (decisions.Query, JSON).
+func (n Names) DecisionSearch() string { return n.in(n.Prefix+".decisions.search", ".") }
+
+// DecisionErase is where a region's cachekeepers erase a domain's
+// records.
+func (n Names) DecisionErase() string { return n.in(n.Prefix+".decisions.erase", ".") }
+
+// HistoryBucket keeps the counts per domain per hour (decisions.Counts).
+func (n Names) HistoryBucket() string { return n.Prefix + "_history" }

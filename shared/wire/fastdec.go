@@ -305,6 +305,12 @@ func (m *VerifyRequest) decodeFast(r *reader) bool {
 			return r.integer(&m.TimeoutMS)
 		case "trace":
 			return r.boolean(&m.Trace)
+		case "sender":
+			return r.str(&m.Sender)
+		case "recipient":
+			return r.str(&m.Recipient)
+		case "helo":
+			return r.str(&m.Helo)
 		}
 		return false
 	})

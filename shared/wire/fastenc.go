@@ -61,7 +61,7 @@ func (m *VerifyReply) AppendMsgpack(dst []byte) ([]byte, error) {
 // AppendMsgpack appends the request's encoding, the struct tags' bytes.
 func (m *VerifyRequest) AppendMsgpack(dst []byte) ([]byte, error) {
 	n := 2
-	for _, present := range []bool{m.Purpose != "", m.ClientAddress != "", m.TimeoutMS != 0, m.Trace} {
+	for _, present := range []bool{m.Purpose != "", m.ClientAddress != "", m.TimeoutMS != 0, m.Trace, m.Sender != "", m.Recipient != "", m.Helo != ""} {
 		if present {
 			n++
 		}
@@ -77,6 +77,9 @@ func (m *VerifyRequest) AppendMsgpack(dst []byte) ([]byte, error) {
 	if m.Trace {
 		b = append(appendStr(b, "trace"), 0xc3)
 	}
+	b = appendOpt(b, "sender", m.Sender)
+	b = appendOpt(b, "recipient", m.Recipient)
+	b = appendOpt(b, "helo", m.Helo)
 	return b, nil
 }
 

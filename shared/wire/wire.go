@@ -20,6 +20,14 @@ import (
 // Version is the wire version this code speaks.
 const Version = 1
 
+// VerifyRequestVersion is the newest version of a VerifyRequest: 2 adds
+// the transaction's other party and the client's HELO (Sender,
+// Recipient, Helo), kept in the decision log. A request that carries
+// none of them is encoded as version 1, which every ingest reads; one
+// that carries them is version 2, which an older ingest refuses by name
+// (ErrVersion) rather than dropping the fields unseen.
+const VerifyRequestVersion = 2
+
 // MaxMessage bounds any message before it is decoded.
 const MaxMessage = 64 << 10
 
@@ -47,7 +55,15 @@ type VerifyRequest struct {
 	ClientAddress string          `msgpack:"client_address,omitempty" json:"client_address,omitempty"` // the SMTP client's IP, for the dictionary-attack brake
 	TimeoutMS     int             `msgpack:"timeout_ms,omitempty" json:"timeout_ms,omitempty"`         // the caller's deadline; capped by the service
 	Trace         bool            `msgpack:"trace,omitempty" json:"trace,omitempty"`                   // a fresh, recorded callout: only on callout.verify.trace
+	// Version 2: what the MTA knows of the transaction besides the
+	// address checked, for the decision log (never for the decision).
+	Sender    string `msgpack:"sender,omitempty" json:"sender,omitempty"`       // the envelope sender, when a recipient is checked
+	Recipient string `msgpack:"recipient,omitempty" json:"recipient,omitempty"` // the envelope recipient, when a sender is checked
+	Helo      string `msgpack:"helo,omitempty" json:"helo,omitempty"`           // the client's HELO/EHLO name
 }
+
+// hasV2 reports fields of version 2.
+func (m *VerifyRequest) hasV2() bool { return m.Sender != "" || m.Recipient != "" || m.Helo != "" }
 
 // HostInfo is what an operator sees of one destination host of a prober.
 type HostInfo struct {
@@ -347,6 +363,9 @@ func setVersion(m Message) {
 	switch t := m.(type) {
 	case *VerifyRequest:
 		t.V = Version
+		if t.hasV2() {
+			t.V = VerifyRequestVersion
+		}
 	case *VerifyReply:
 		t.V = Version
 	case *ProbeJob:
@@ -379,10 +398,22 @@ func Decode(data []byte, m Message) error {
 			return err
 		}
 	}
-	if v := m.version(); v != Version {
-		return fmt.Errorf("%w: %d (this side speaks %d)", ErrVersion, v, Version)
+	if err := checkVersion(m); err != nil {
+		return err
 	}
 	return m.validate()
+}
+
+// checkVersion accepts the versions of m this side reads.
+func checkVersion(m Message) error {
+	v := m.version()
+	if _, ok := m.(*VerifyRequest); ok && v >= Version && v <= VerifyRequestVersion {
+		return nil
+	}
+	if v != Version {
+		return fmt.Errorf("%w: %d (this side speaks %d)", ErrVersion, v, Version)
+	}
+	return nil
 }
 
 // decodeReflect is the general decoder, for every message and form.
@@ -416,8 +447,8 @@ func DecodeJSON(data []byte, m Message) error {
 	if m.version() == 0 {
 		setVersion(m)
 	}
-	if v := m.version(); v != Version {
-		return fmt.Errorf("%w: %d (this side speaks %d)", ErrVersion, v, Version)
+	if err := checkVersion(m); err != nil {
+		return err
 	}
 	return m.validate()
 }

@@ -2,6 +2,7 @@ package wire
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"math"
 	"testing"
@@ -229,5 +230,48 @@ func TestVerifyRequestTimeout(t *testing.T) {
 		if got := req.Timeout(def, max); got != tc.want {
 			t.Errorf("timeout_ms %d: %v, want %v", tc.ms, got, tc.want)
 		}
+	}
+}
+
+// A request with the transaction's other party and HELO is version 2;
+// one without is version 1, as before; an ingest reads both, and a side
+// that speaks only version 1 refuses version 2 by name.
+func TestVerifyRequestVersions(t *testing.T) {
+	plain := &VerifyRequest{Address: "a@example.org"}
+	full := &VerifyRequest{Address: "a@example.org", Sender: "s@example.com", Helo: "mx.example.com", ClientAddress: "192.0.2.1"}
+	for _, tt := range []struct {
+		req  *VerifyRequest
+		want int
+	}{{plain, 1}, {full, 2}} {
+		b, err := Encode(tt.req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got VerifyRequest
+		if err := Decode(b, &got); err != nil || got != *tt.req || got.V != tt.want {
+			t.Fatalf("got %+v (%v), want version %d of %+v", got, err, tt.want, tt.req)
+		}
+		// The general decoder (what an older fast path falls back to) agrees.
+		var slow VerifyRequest
+		if err := decodeReflect(b, &slow); err != nil || slow != got {
+			t.Fatalf("reflect decode %+v %v", slow, err)
+		}
+		j, _ := json.Marshal(tt.req)
+		var gj VerifyRequest
+		if err := DecodeJSON(j, &gj); err != nil || gj.Sender != tt.req.Sender {
+			t.Fatalf("json %s: %+v %v", j, gj, err)
+		}
+	}
+	// Version 3 is nobody's yet.
+	b, _ := msgpack.Marshal(map[string]any{"v": 3, "address": "a@b.org"})
+	var r VerifyRequest
+	if err := Decode(b, &r); !errors.Is(err, ErrVersion) {
+		t.Fatalf("version 3: %v", err)
+	}
+	// Other messages stay at version 1 only.
+	b, _ = msgpack.Marshal(map[string]any{"v": 2, "scope": "all"})
+	var f FlushCommand
+	if err := Decode(b, &f); !errors.Is(err, ErrVersion) {
+		t.Fatalf("flush command version 2: %v", err)
 	}
 }

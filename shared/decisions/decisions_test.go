@@ -1,0 +1,274 @@
+package decisions
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/callout-mail/callout/shared/natstest"
+	"github.com/callout-mail/callout/shared/subjects"
+	"github.com/callout-mail/callout/shared/verdict"
+	"github.com/callout-mail/callout/shared/waitfor"
+)
+
+// logOf starts a server with a decision log holding recs (cleaned, in
+// order: recs[i] is sequence i+1) and an index that followed it.
+func logOf(t *testing.T, recs []Record) (*Index, StreamReader) {
+	t.Helper()
+	srv := natstest.Start(t)
+	nc := srv.Connect(t)
+	js := natstest.JetStream(t, nc)
+	names := subjects.New("")
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if _, err := js.CreateStream(ctx, StreamConfig(names, 1, DefaultLimits, nil)); err != nil {
+		t.Fatal(err)
+	}
+	var dropped atomic.Int64
+	rec, err := NewRecorder(nc, names, 1<<16, func(string) { dropped.Add(1) }, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	go rec.Run(ctx)
+	for i := range recs {
+		rec.Record(&recs[i])
+		recs[i].Clean()
+	}
+	st, _ := js.Stream(ctx, names.DecisionStream())
+	waitfor.Cond(t, 30*time.Second, func() bool {
+		info, err := st.Info(ctx)
+		return err == nil && info.State.Msgs == uint64(len(recs))
+	})
+	if dropped.Load() != 0 {
+		t.Fatalf("%d records dropped", dropped.Load())
+	}
+	x := &Index{}
+	caught := make(chan struct{})
+	go func() { _ = Follow(ctx, js, names.DecisionStream(), x, func() { close(caught) }) }()
+	select {
+	case <-caught:
+	case <-time.After(30 * time.Second):
+		t.Fatal("index did not catch up")
+	}
+	if x.Last() != uint64(len(recs)) {
+		t.Fatalf("index at %d, want %d", x.Last(), len(recs))
+	}
+	return x, StreamReader{NC: nc, Stream: names.DecisionStream()}
+}
+
+var (
+	testDomains = []string{"example.org", "example.net", "Big.Example", "*", "a b.example"}
+	testLocals  = []string{"alice", "bob", "Carol", "*", ">", "dave.x"}
+	testActions = []verdict.Action{verdict.Accept, verdict.Reject, verdict.Defer}
+	testReasons = []verdict.Reason{verdict.ReasonUserUnknown, verdict.ReasonDeferred, verdict.ReasonAccepted}
+	testClients = []string{"192.0.2.1", "192.0.2.200", "198.51.100.7", "2001:db8::1", ""}
+	testSenders = []string{"", "s@example.com", "S@Example.com", "x@other.example"}
+)
+
+func randomRecords(r *rand.Rand, n int, start time.Time) []Record {
+	recs := make([]Record, n)
+	at := start
+	for i := range recs {
+		at = at.Add(time.Duration(r.IntN(600)) * time.Second)
+		recs[i] = Record{
+			At: at.UTC().Truncate(time.Microsecond), Instance: "host/abc", Via: ViaPolicy,
+			Client: testClients[r.IntN(len(testClients))], Helo: "mx\r\n.example",
+			Sender:    testSenders[r.IntN(len(testSenders))],
+			Recipient: testLocals[r.IntN(len(testLocals))] + "@" + testDomains[r.IntN(len(testDomains))],
+			Purpose:   verdict.Recipient, Action: testActions[r.IntN(3)], Code: 250,
+			Reason: testReasons[r.IntN(len(testReasons))], Source: verdict.SourceProbe, DestText: "no\r\nsuch\x00user",
+		}
+		if r.IntN(10) == 0 {
+			recs[i].Purpose = verdict.Sender
+		}
+	}
+	return recs
+}
+
+func randomQuery(r *rand.Rand, start time.Time) Query {
+	var q Query
+	pick := func(p int) bool { return r.IntN(100) < p }
+	if pick(30) {
+		q.Recipient = strings.ToUpper(testLocals[r.IntN(len(testLocals))]) + "@" + testDomains[r.IntN(len(testDomains))]
+	} else if pick(30) {
+		q.Domain = testDomains[r.IntN(len(testDomains))]
+	}
+	if pick(40) {
+		q.Action = testActions[r.IntN(3)]
+	}
+	if pick(20) {
+		q.Reason = testReasons[r.IntN(len(testReasons))]
+	}
+	if pick(15) {
+		q.Client = []string{"192.0.2.0/24", "198.51.100.7", "2001:db8::/32"}[r.IntN(3)]
+	}
+	if pick(15) {
+		q.Sender = []string{"<>", "s@example.com", "x@other.example"}[r.IntN(3)]
+	}
+	if pick(30) {
+		q.Since = start.Add(time.Duration(r.IntN(200)) * time.Hour)
+	}
+	if pick(30) {
+		q.Until = start.Add(time.Duration(200+r.IntN(200)) * time.Hour)
+	}
+	if pick(20) {
+		q.Domains = []string{"example.org", "big.example"}
+	}
+	q.Limit = []int{1, 7, 50, 400}[r.IntN(4)]
+	return q
+}
+
+// Every page of random searches, followed to the last, is what a model
+// (every record checked with Match, newest first) finds.
+func TestSearchAgainstModel(t *testing.T) {
+	seed := uint64(time.Now().UnixNano())
+	r := rand.New(rand.NewPCG(seed, 7))
+	start := time.Date(2026, 11, 28, 0, 0, 0, 0, time.UTC)
+	recs := randomRecords(r, segSize+500, start)
+	x, rd := logOf(t, recs)
+	ctx := context.Background()
+	for i := 0; i < 40; i++ {
+		q := randomQuery(r, start)
+		if err := q.Check(); err != nil {
+			continue // a recipient outside the domain, say
+		}
+		if q.Limit == 1 && q.Recipient == "" {
+			q.Limit = 50 // one record a page: followed over a few records only
+		}
+		var want []uint64
+		for j := len(recs) - 1; j >= 0; j-- {
+			if q.Match(&recs[j]) {
+				want = append(want, uint64(j+1))
+			}
+		}
+		var got []uint64
+		page := q
+		for pages := 0; ; pages++ {
+			res, err := Search(ctx, x, rd, page, len(recs))
+			if err != nil {
+				t.Fatalf("seed %d query %+v: %v", seed, q, err)
+			}
+			if len(res.Records) > q.Limit || pages > len(recs) {
+				t.Fatalf("seed %d: page of %d, limit %d", seed, len(res.Records), q.Limit)
+			}
+			for _, h := range res.Records {
+				got = append(got, h.Seq)
+				if rec := recs[h.Seq-1]; h.Record.Recipient != rec.Recipient || !h.At.Equal(rec.At) || h.DestText != rec.DestText {
+					t.Fatalf("seed %d: record %d read as %+v, stored %+v", seed, h.Seq, h.Record, rec)
+				}
+			}
+			if res.Next == 0 {
+				break
+			}
+			page.Before = res.Next
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("seed %d query %+v:\n got %d records %v\nwant %d records %v", seed, q, len(got), head(got), len(want), head(want))
+		}
+	}
+}
+
+func head(s []uint64) []uint64 { return s[:min(len(s), 10)] }
+
+// A record never holds a raw CR, LF or NUL, nor an over-long field.
+func TestRecordClean(t *testing.T) {
+	r := Record{Helo: "a\r\nb", DestText: "x\x00y" + strings.Repeat("é", 400), Recipient: strings.Repeat("a", 400) + "@x"}
+	r.Clean()
+	for _, f := range []string{r.Helo, r.DestText, r.Recipient} {
+		if strings.ContainsAny(f, "\r\n\x00") || len(f) > maxText {
+			t.Fatalf("not clean: %q", f)
+		}
+	}
+	b, err := Encode(&r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back Record
+	if err := Decode(b, &back); err != nil || back.Helo != r.Helo {
+		t.Fatalf("round trip %+v %v", back, err)
+	}
+	for _, garbage := range [][]byte{nil, []byte("\xc1"), []byte("\x91\x63"), []byte(`{"v":1}`), make([]byte, 20<<10)} {
+		if err := Decode(garbage, &back); !errors.Is(err, ErrRecord) {
+			t.Errorf("garbage %q: %v", garbage[:min(len(garbage), 8)], err)
+		}
+	}
+}
+
+// Malformed filters name their field; a filter's text never widens the
+// search.
+func TestQueryCheck(t *testing.T) {
+	for _, tt := range []struct {
+		q     Query
+		field string
+	}{
+		{Query{Recipient: "nobody"}, "recipient"},
+		{Query{Domain: "a@b"}, "domain"},
+		{Query{Recipient: "a@x.org", Domain: "y.org"}, "domain"},
+		{Query{Client: "300.1.1.1"}, "client"},
+		{Query{Client: "10.0.0.0/99"}, "client"},
+		{Query{Action: "drop"}, "action"},
+		{Query{Reason: "whatever"}, "reason"},
+		{Query{Limit: MaxLimit + 1}, "limit"},
+		{Query{Limit: -1}, "limit"},
+		{Query{Sender: "a\r\nb"}, "sender"},
+		{Query{Recipient: strings.Repeat("a", 400) + "@x"}, "recipient"},
+		{Query{Since: time.Now(), Until: time.Now().Add(-time.Hour)}, "until"},
+		{Query{Purpose: "both"}, "purpose"},
+	} {
+		err := tt.q.Check()
+		var fe *FieldError
+		if !errors.As(err, &fe) || fe.Field != tt.field || !errors.Is(err, ErrBadFilter) {
+			t.Errorf("%+v: %v, want an error on %s", tt.q, err, tt.field)
+		}
+	}
+	q := Query{Recipient: "*@example.org"}
+	if err := q.Check(); err != nil || q.Match(&Record{Recipient: "alice@example.org"}) || !q.Match(&Record{Recipient: "*@example.org"}) {
+		t.Fatalf("a * recipient is text: %v", err)
+	}
+}
+
+// A filter the index cannot answer reads at most its bound, or is refused
+// saying how much it would read.
+func TestSearchBounded(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	start := time.Now().Add(-24 * time.Hour)
+	recs := randomRecords(r, 500, start)
+	x, rd := logOf(t, recs)
+	q := Query{Sender: "s@example.com"}
+	if err := q.Check(); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Search(context.Background(), x, rd, q, 100)
+	var tb *TooBroadError
+	if !errors.As(err, &tb) || tb.Would != 500 || tb.Bound != 100 || !errors.Is(err, ErrTooBroad) {
+		t.Fatalf("got %v", err)
+	}
+	// Narrowed by domain and action, it runs.
+	q = Query{Sender: "s@example.com", Domain: "example.org", Action: verdict.Reject}
+	_ = q.Check()
+	res, err := Search(context.Background(), x, rd, q, 100)
+	if err != nil || res.Candidates > 100 {
+		t.Fatalf("narrowed: %+v %v", res, err)
+	}
+	// An erased domain's entries are no candidates.
+	x.Erase("example.org")
+	if n := x.Count(&Query{Domain: "example.org"}, 0); n != 0 {
+		t.Fatalf("%d candidates after erase", n)
+	}
+	x.Forget(x.Last() + 1)
+	if x.Len() != 0 || x.Count(&Query{}, 0) != 0 {
+		t.Fatalf("forget left %d", x.Len())
+	}
+}
+
+func ExampleToken() {
+	fmt.Println(Token("example.org"), Token("*"), Token("a b.example"), Token(""))
+	// Output: example.org _ _ _
+}

@@ -1,0 +1,52 @@
+package decisions
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Follow reads a region's log into x: from where x stopped (its start,
+// the first time), then each record as it comes, until ctx ends.
+// caughtUp is called once every record there was when it began is in x.
+func Follow(ctx context.Context, js jetstream.JetStream, stream string, x *Index, caughtUp func()) error {
+	st, err := js.Stream(ctx, stream)
+	if err != nil {
+		return fmt.Errorf("decision log %s: %w", stream, err)
+	}
+	last := st.CachedInfo().State.LastSeq
+	var once sync.Once
+	done := func() { once.Do(caughtUp) }
+	if x.Last() >= last {
+		done()
+	}
+	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy}
+	if from := x.Last() + 1; x.Last() > 0 {
+		cfg = jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: from}
+	}
+	cons, err := js.OrderedConsumer(ctx, stream, cfg)
+	if err != nil {
+		return fmt.Errorf("decision log %s: %w", stream, err)
+	}
+	var rec Record
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		md, err := m.Metadata()
+		if err != nil {
+			return
+		}
+		if Decode(m.Data(), &rec) == nil {
+			x.Add(md.Sequence.Stream, &rec)
+		}
+		if md.Sequence.Stream >= last || md.NumPending == 0 {
+			done()
+		}
+	}, jetstream.PullMaxMessages(2048))
+	if err != nil {
+		return fmt.Errorf("decision log %s: %w", stream, err)
+	}
+	<-ctx.Done()
+	cc.Stop()
+	return nil
+}

@@ -1,0 +1,174 @@
+package decisions
+
+import (
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"strings"
+	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/callout-mail/callout/shared/verdict"
+)
+
+// Version is the record version this code writes; it reads it and older.
+const Version = 1
+
+// Where a record's answer was asked.
+const (
+	ViaNATS    = "nats"    // callout.verify (an MTA over NATS)
+	ViaPolicy  = "policy"  // the Postfix policy protocol (and Exim's readsocket)
+	ViaConsole = "console" // an operator's verify from the console or API
+	ViaTrace   = "trace"   // an operator's traced callout
+)
+
+// SourceNear is a record's Source for an answer from the ingest's near
+// cache (the verdict's own source says "cache").
+const SourceNear verdict.Source = "near"
+
+// Field limits: a record stays small whatever a client sends.
+const (
+	maxAddress = 320
+	maxName    = 255
+	maxText    = 512
+)
+
+// Record is one answer an ingest gave. It is encoded as a msgpack array
+// (the field order is the format: fields are only ever appended) behind
+// its version, about 150 bytes.
+type Record struct {
+	_msgpack  struct{}        `msgpack:",as_array"`
+	V         int             `json:"-"`
+	At        time.Time       `json:"at"`
+	Instance  string          `json:"instance"`         // the ingest: host and micro service id
+	Region    string          `json:"region,omitempty"` // in a fleet over regions
+	Via       string          `json:"via"`
+	Client    string          `json:"client,omitempty"` // the SMTP client's address
+	Helo      string          `json:"helo,omitempty"`
+	Sender    string          `json:"sender"` // "" is the null sender (or not given)
+	Recipient string          `json:"recipient,omitempty"`
+	Purpose   verdict.Purpose `json:"purpose"` // which of the two was checked
+	Action    verdict.Action  `json:"action"`
+	Code      int             `json:"code"`
+	Enhanced  string          `json:"enhanced,omitempty"`
+	Text      string          `json:"text,omitempty"` // the answer's text
+	Status    verdict.Status  `json:"status"`
+	Reason    verdict.Reason  `json:"reason,omitempty"`
+	Source    verdict.Source  `json:"source"`              // probe, cache, near, static
+	Host      string          `json:"host,omitempty"`      // the destination host called
+	DestCode  int             `json:"dest_code,omitempty"` // its reply
+	DestText  string          `json:"dest_text,omitempty"` // its text, cleaned
+	TookUS    int64           `json:"took_us"`             // time to answer, microseconds
+	Would     verdict.Action  `json:"would,omitempty"`     // monitor mode: what callout mode would have done
+	CheckedAt time.Time       `json:"checked_at,omitzero"` // when the verdict's callout was made
+}
+
+// Checked is the address the record's check was about.
+func (r *Record) Checked() string {
+	if r.Purpose == verdict.Sender {
+		return r.Sender
+	}
+	return r.Recipient
+}
+
+// Domain is the domain a record belongs to: its recipient's, whoever was
+// checked (mail to a customer's domain is the customer's, its sender
+// check included); "" when no recipient is known.
+func (r *Record) Domain() string { return DomainOf(r.Recipient) }
+
+// DomainOf is the lower-cased domain of an address ("" without one).
+func DomainOf(addr string) string {
+	i := strings.LastIndexByte(addr, '@')
+	if i < 0 {
+		return ""
+	}
+	return strings.ToLower(strings.TrimSuffix(addr[i+1:], "."))
+}
+
+// Clean makes a record safe to store and show: control characters (CR,
+// LF, NUL from a client or a destination) become spaces and every field
+// is cut to its limit, so no record breaks a log line or a CSV row.
+func (r *Record) Clean() {
+	r.Instance = clip(r.Instance, maxName)
+	r.Region = clip(r.Region, maxName)
+	r.Client = clip(r.Client, maxName)
+	r.Helo = clip(r.Helo, maxName)
+	r.Sender = clip(r.Sender, maxAddress)
+	r.Recipient = clip(r.Recipient, maxAddress)
+	r.Host = clip(r.Host, maxName)
+	r.Text = clip(r.Text, maxText)
+	r.DestText = clip(r.DestText, maxText)
+	r.Enhanced = clip(r.Enhanced, 16)
+}
+
+func clip(s string, n int) string {
+	clean := true
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == 0x7f || c >= 0x80 {
+			clean = false
+			break
+		}
+	}
+	if clean && len(s) <= n {
+		return s // the usual case: no copy
+	}
+	s = verdict.CleanText(s)
+	for len(s) > n {
+		// Cut on a rune boundary.
+		s = s[:n]
+		for len(s) > 0 && s[len(s)-1]&0xc0 == 0x80 {
+			s = s[:len(s)-1]
+		}
+		if len(s) > 0 && s[len(s)-1] >= 0xc0 {
+			s = s[:len(s)-1]
+		}
+	}
+	return s
+}
+
+// ErrRecord is a stored record that cannot be read.
+var ErrRecord = errors.New("unreadable decision record")
+
+// Encode encodes a record at the current version.
+func Encode(r *Record) ([]byte, error) {
+	r.V = Version
+	return msgpack.Marshal(r)
+}
+
+// Decode reads a record; garbage or an unknown version is ErrRecord.
+func Decode(b []byte, r *Record) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%w: %v", ErrRecord, p)
+		}
+	}()
+	if len(b) == 0 || len(b) > 16<<10 {
+		return fmt.Errorf("%w: %d bytes", ErrRecord, len(b))
+	}
+	*r = Record{}
+	if err := msgpack.Unmarshal(b, r); err != nil {
+		return fmt.Errorf("%w: %v", ErrRecord, err)
+	}
+	if r.V < 1 || r.V > Version {
+		return fmt.Errorf("%w: version %d", ErrRecord, r.V)
+	}
+	return nil
+}
+
+// hash is the index's key of a string compared without case.
+func hash(s string) uint32 {
+	h := fnv.New32a()
+	var buf [64]byte
+	for len(s) > 0 {
+		n := copy(buf[:], s)
+		for i := 0; i < n; i++ {
+			if c := buf[i]; c >= 'A' && c <= 'Z' {
+				buf[i] = c + 'a' - 'A'
+			}
+		}
+		_, _ = h.Write(buf[:n])
+		s = s[n:]
+	}
+	return h.Sum32()
+}
