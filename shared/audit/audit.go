@@ -28,10 +28,11 @@ const (
 	UserRemove   = "user.rm"
 	TokenAdd     = "token.add" // an API token made
 	TokenRevoke  = "token.rm"
+	LogErase     = "log.erase" // a domain's decision records erased
 )
 
 // Kinds are every What, sorted.
-var Kinds = []string{Flush, Login, LoginFailed, PolicyRemove, PolicySet, TokenAdd, TokenRevoke, UserRemove, UserSet}
+var Kinds = []string{Flush, LogErase, Login, LoginFailed, PolicyRemove, PolicySet, TokenAdd, TokenRevoke, UserRemove, UserSet}
 
 // Event is one operator change.
 type Event struct {

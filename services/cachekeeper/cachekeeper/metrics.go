@@ -5,6 +5,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/callout-mail/callout/shared/decisions"
 	"github.com/callout-mail/callout/shared/wire"
 )
 
@@ -18,9 +19,10 @@ type metrics struct {
 	// In a fleet over regions: how far this region's cache is behind.
 	verdictLag prometheus.Gauge
 	flushLag   prometheus.Gauge
+	searches   *prometheus.CounterVec
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+func newMetrics(reg prometheus.Registerer, index *decisions.Index) *metrics {
 	m := &metrics{
 		lookups: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "callout_cache_lookups_total", Help: "Lookups by result: miss, error, or the status of the hit.",
@@ -47,7 +49,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.flushLag = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "callout_cache_region_flush_lag", Help: "In a fleet over regions: flushes of the flush log this region has not applied yet.",
 	})
-	reg.MustRegister(m.lookups, m.written, m.flushes, m.removed, m.refreshes, m.queued, m.verdictLag, m.flushLag)
+	m.searches = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "callout_cache_decision_searches_total", Help: "Searches of the region's decision log by result: ok, bad (a malformed filter), too_broad, error.",
+	}, []string{"result"})
+	reg.MustRegister(m.lookups, m.written, m.flushes, m.removed, m.refreshes, m.queued, m.verdictLag, m.flushLag, m.searches,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "callout_cache_decision_index_records", Help: "Records of the region's decision log in this cachekeeper's index (9 bytes each).",
+		}, func() float64 { return float64(index.Len()) }))
 	return m
 }
 

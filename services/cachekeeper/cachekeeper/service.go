@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/callout-mail/callout/services/cachekeeper/cache"
 	"github.com/callout-mail/callout/shared/backoff"
+	"github.com/callout-mail/callout/shared/decisions"
 	"github.com/callout-mail/callout/shared/inflight"
 	"github.com/callout-mail/callout/shared/microasync"
 	"github.com/callout-mail/callout/shared/refresh"
@@ -43,6 +45,9 @@ type Service struct {
 	ingests map[string]time.Time // running ingests (micro id) and when last seen
 	live    map[uint64]time.Time // flush log sequences applied live, and when
 	logRev  revision.Mark        // bucket revision of the last flush applied from the log
+	// The region's decision log (decisions.go).
+	index   *decisions.Index
+	indexed atomic.Bool // the index has read the log to its end once
 }
 
 // Ready is closed once the service stores verdicts and answers requests.
@@ -58,7 +63,8 @@ func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger)
 	if err != nil {
 		return nil, err
 	}
-	return &Service{cfg: cfg, log: log, nc: nc, js: js, names: names, m: newMetrics(reg), refresh: refresh.Ahead{Age: cfg.RefreshAge}, ingests: map[string]time.Time{}, ready: make(chan struct{})}, nil
+	index := &decisions.Index{}
+	return &Service{cfg: cfg, log: log, nc: nc, js: js, names: names, m: newMetrics(reg, index), refresh: refresh.Ahead{Age: cfg.RefreshAge}, ingests: map[string]time.Time{}, ready: make(chan struct{}), index: index}, nil
 }
 
 // Run serves until ctx ends.
@@ -130,6 +136,7 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	defer func() { _ = hello.Unsubscribe() }()
 	go s.trackIngests(ctx)
+	go s.followDecisions(ctx)
 	svc, err := s.serve(ctx)
 	if err != nil {
 		cc.Stop()
@@ -199,6 +206,15 @@ func (s *Service) serve(ctx context.Context) (micro.Service, error) {
 	s.pool = microasync.NewPool(s.cfg.Workers)
 	if err := svc.AddEndpoint("lookup", s.pool.Handler(ctx, s.nc, s.lookup, nil),
 		micro.WithEndpointSubject(s.names.CacheLookup())); err != nil {
+		return nil, err
+	}
+	// The decision log: one cachekeeper of the region answers each.
+	if err := svc.AddEndpoint("decisions-search", s.pool.Handler(ctx, s.nc, s.search, nil),
+		micro.WithEndpointSubject(s.names.DecisionSearch())); err != nil {
+		return nil, err
+	}
+	if err := svc.AddEndpoint("decisions-erase", micro.HandlerFunc(func(r micro.Request) { s.erase(ctx, r) }),
+		micro.WithEndpointSubject(s.names.DecisionErase())); err != nil {
 		return nil, err
 	}
 	// Every instance must apply a flush: no queue group.

@@ -45,7 +45,7 @@ func (s *Service) answer(ctx context.Context, req wire.VerifyRequest, purpose ve
 		defer cancel()
 		v, pol = s.answerMiss(ctx, req, purpose, m, &transcript)
 	}
-	return s.reply(ctx, req, purpose, start, v, pol, transcript, later)
+	return s.reply(ctx, req, purpose, start, v, pol, transcript, later, m == nil && v.Source == verdict.SourceCache)
 }
 
 func purposeOf(req wire.VerifyRequest) verdict.Purpose {
@@ -58,8 +58,8 @@ func purposeOf(req wire.VerifyRequest) verdict.Purpose {
 // reply makes the answer of a verdict under a policy: the decision (monitor
 // mode's too), the brake's count, metrics and the log line. With later
 // set, the log line is left there for the caller to write once the answer
-// is sent: the MTA does not wait for it.
-func (s *Service) reply(ctx context.Context, req wire.VerifyRequest, purpose verdict.Purpose, start time.Time, v verdict.Verdict, pol verdict.Policy, transcript []wire.TraceLine, later *func()) wire.VerifyReply {
+// is sent: the MTA does not wait for it. near: v is a near-cache hit.
+func (s *Service) reply(ctx context.Context, req wire.VerifyRequest, purpose verdict.Purpose, start time.Time, v verdict.Verdict, pol verdict.Policy, transcript []wire.TraceLine, later *func(), near bool) wire.VerifyReply {
 	if v.Status == verdict.Invalid && v.Source == verdict.SourceCache && s.cutOff.Load() {
 		// A reject a flush elsewhere may have removed (region.go).
 		s.m.unconfirmed.Inc()
@@ -80,6 +80,7 @@ func (s *Service) reply(ctx context.Context, req wire.VerifyRequest, purpose ver
 		s.brake.Invalid(req.ClientAddress)
 	}
 	el := time.Since(start)
+	s.record(ctx, &req, purpose, &v, d, would, el, near)
 	s.m.requests.WithLabelValues(string(d.Action), string(v.Source)).Inc()
 	s.m.latency.Observe(el.Seconds())
 	// Answers from the cache are the bulk at high rates and repeat what

@@ -5,6 +5,7 @@ import (
 
 	"github.com/callout-mail/callout/services/ingest/nearcache"
 	"github.com/callout-mail/callout/shared/cachecopy"
+	"github.com/callout-mail/callout/shared/decisions"
 )
 
 type metrics struct {
@@ -22,6 +23,10 @@ type metrics struct {
 	cutOff          prometheus.Gauge
 	flushedVerdicts prometheus.Counter
 	refreshes       prometheus.Counter
+	// The decision log (record.go).
+	decisionsDropped *prometheus.CounterVec
+	decisionsSampled prometheus.Counter
+	historyErrors    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, policyErrors func() int, near *nearcache.Cache, index *cachecopy.Copy) *metrics {
@@ -71,6 +76,19 @@ func newMetrics(reg prometheus.Registerer, policyErrors func() int, near *nearca
 	m.monitored = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "callout_ingest_monitor_would_total", Help: "Monitor-mode domains: requests accepted that callout mode would have rejected or deferred, per domain (domains with a policy only).",
 	}, []string{"domain", "action"})
+	m.decisionsDropped = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "callout_ingest_decisions_dropped_total", Help: "Decision records not recorded, by why: buffer (the log slower than the answers), publish, stream (the log missing, full or down), encode. Answers went on.",
+	}, []string{"why"})
+	m.decisionsSampled = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "callout_ingest_decisions_sampled_out_total", Help: "Accepts from a cache left out of the decision log by DECISION_LOG_CACHED_ACCEPTS (counted per domain all the same).",
+	})
+	m.historyErrors = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "callout_ingest_history_errors_total", Help: "Failed writes of the counts per domain per hour (kept and tried again).",
+	})
+	for _, why := range []string{decisions.DropBuffer, decisions.DropPublish, decisions.DropStream, decisions.DropEncode} {
+		m.decisionsDropped.WithLabelValues(why)
+	}
+	reg.MustRegister(m.decisionsDropped, m.decisionsSampled, m.historyErrors)
 	reg.MustRegister(m.known, m.unconfirmed, m.cutOff, m.flushedVerdicts, m.refreshes,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "callout_ingest_known_keys", Help: "Address keys of the cache bucket indexed in this ingest."},
 			func() float64 { return float64(index.Keys()) }),

@@ -16,6 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/callout-mail/callout/services/ingest/policyd"
+	"github.com/callout-mail/callout/shared/decisions"
+	"github.com/callout-mail/callout/shared/wire"
 )
 
 // withPolicy runs the Postfix policy listener beside the NATS service.
@@ -37,7 +39,9 @@ func NewWithPolicy(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *sl
 		w.srv = policyd.New(policyd.Config{
 			Senders: cfg.PolicySenders, MalformedDefer: cfg.PolicyMalformed == "defer", DeferIfPermit: cfg.PolicyDeferIfPermit,
 			MaxConns: cfg.PolicyMaxConns, IdleTimeout: cfg.PolicyIdleTimeout, Timeout: cfg.Timeout,
-		}, s.Verify, log)
+		}, func(ctx context.Context, req wire.VerifyRequest) wire.VerifyReply {
+			return s.Verify(context.WithValue(ctx, viaKey{}, decisions.ViaPolicy), req)
+		}, log)
 	}
 	return w, nil
 }

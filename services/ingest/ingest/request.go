@@ -8,23 +8,25 @@ import (
 	"errors"
 	"time"
 
+	"github.com/callout-mail/callout/shared/decisions"
 	"github.com/callout-mail/callout/shared/microasync"
 	"github.com/callout-mail/callout/shared/verdict"
 	"github.com/callout-mail/callout/shared/wire"
 )
 
 func (s *Service) serveTrace(ctx context.Context, r *microasync.Request) {
-	s.serve(context.WithValue(ctx, notMail{}, true), r, true)
+	s.serve(context.WithValue(ctx, notMail{}, decisions.ViaTrace), r, true)
 }
 
 // serveConsole answers operators' verifies (callout.verify.console): as
 // an MTA's, but they never count for the brake.
 func (s *Service) serveConsole(ctx context.Context, r *microasync.Request) {
-	s.serve(context.WithValue(ctx, notMail{}, true), r, false)
+	s.serve(context.WithValue(ctx, notMail{}, decisions.ViaConsole), r, false)
 }
 
 // notMail marks a request's context: an operator asks, no MTA; the
-// subject it came on says so, never a field of the request.
+// subject it came on says so, never a field of the request. Its value
+// is where it was asked (decisions.ViaTrace or ViaConsole).
 type notMail struct{}
 
 func isMail(ctx context.Context) bool { return ctx.Value(notMail{}) == nil }
@@ -99,7 +101,7 @@ func (s *Service) answerInline(r *microasync.Request) bool {
 		return false
 	}
 	var logLine func()
-	rep := s.reply(context.Background(), req, purpose, r.Arrived(), v, pol, nil, &logLine)
+	rep := s.reply(context.Background(), req, purpose, r.Arrived(), v, pol, nil, &logLine, v.Source == verdict.SourceCache)
 	s.respond(r, &rep)
 	logLine()
 	return true

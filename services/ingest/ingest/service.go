@@ -17,6 +17,7 @@ import (
 	"github.com/callout-mail/callout/services/ingest/nearcache"
 	"github.com/callout-mail/callout/shared/backoff"
 	"github.com/callout-mail/callout/shared/cachecopy"
+	"github.com/callout-mail/callout/shared/decisions"
 	"github.com/callout-mail/callout/shared/domains"
 	"github.com/callout-mail/callout/shared/microasync"
 	"github.com/callout-mail/callout/shared/refresh"
@@ -61,6 +62,11 @@ type Service struct {
 	id     atomic.Value // string: the micro service id, named in flush confirmations
 	// refreshes re-probes old valid entries the near cache answers.
 	refreshes refresh.Ahead
+	// The decision log (record.go): nil when off.
+	recorder *decisions.Recorder
+	counter  *decisions.Counter
+	history  jetstream.KeyValue // set by runHistory alone
+	instance atomic.Pointer[string]
 }
 
 // New builds an ingest on an open connection.
@@ -106,6 +112,12 @@ func New(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *slog.Logger)
 	})
 	for _, p := range cfg.ProbeSenders {
 		s.extra[strings.ToLower(strings.TrimSpace(p))] = true
+	}
+	s.counter = decisions.NewCounter()
+	if cfg.DecisionLog {
+		if s.recorder, err = decisions.NewRecorder(nc, names, cfg.DecisionLogBuffer, func(why string) { s.m.decisionsDropped.WithLabelValues(why).Inc() }, log); err != nil {
+			return nil, err
+		}
 	}
 	return s, nil
 }
@@ -153,6 +165,18 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	if s.names.Region != "" {
 		go s.followRegions(ctx)
+	}
+	s.setInstance(svc.Info().ID)
+	bg, stopBg := context.WithCancel(context.WithoutCancel(ctx))
+	var bgDone sync.WaitGroup
+	defer func() { stopBg(); bgDone.Wait() }()
+	if s.recorder != nil {
+		bgDone.Add(1)
+		go func() { defer bgDone.Done(); s.recorder.Run(bg) }()
+	}
+	if s.cfg.HistoryInterval > 0 {
+		bgDone.Add(1)
+		go func() { defer bgDone.Done(); s.runHistory(bg) }()
 	}
 	// micro calls handlers one at a time: requests go to a bounded pool.
 	pool := microasync.NewPool(s.cfg.Workers)

@@ -159,6 +159,7 @@ type request struct {
 	recipient string
 	sender    string
 	client    string // client_address
+	helo      string // helo_name
 	timeout   string // callout_timeout: a shorter deadline (Exim's ACL)
 	text      string // callout_text: "full" for the whole reply text
 	attrs     int    // attributes read
@@ -221,6 +222,8 @@ func readRequest(r *bufio.Reader, req *request) error {
 			field = &req.sender
 		case "client_address":
 			field = &req.client
+		case "helo_name":
+			field = &req.helo
 		case "callout_timeout":
 			field = &req.timeout
 		case "callout_text":
@@ -262,7 +265,7 @@ func (s *Server) answer(ctx context.Context, c net.Conn, req *request) string {
 	defer cancel()
 	var deferred string
 	if s.cfg.Senders && sender != "" {
-		rep := s.verify(ctx, wire.VerifyRequest{Address: sender, Purpose: verdict.Sender, ClientAddress: client, TimeoutMS: int(timeout.Milliseconds())})
+		rep := s.verify(ctx, wire.VerifyRequest{Address: sender, Purpose: verdict.Sender, ClientAddress: client, TimeoutMS: int(timeout.Milliseconds()), Recipient: rcpt, Helo: req.helo})
 		if brokenInput(rep) {
 			return s.malformed(c, fmt.Errorf("%w: sender %q: %s", errMalformed, sender, rep.Verdict.Text))
 		}
@@ -274,7 +277,7 @@ func (s *Server) answer(ctx context.Context, c net.Conn, req *request) string {
 		}
 	}
 	if rcpt != "" {
-		rep := s.verify(ctx, wire.VerifyRequest{Address: rcpt, Purpose: verdict.Recipient, ClientAddress: client, TimeoutMS: int(timeout.Milliseconds())})
+		rep := s.verify(ctx, wire.VerifyRequest{Address: rcpt, Purpose: verdict.Recipient, ClientAddress: client, TimeoutMS: int(timeout.Milliseconds()), Sender: sender, Helo: req.helo})
 		if brokenInput(rep) {
 			return s.malformed(c, fmt.Errorf("%w: recipient %q: %s", errMalformed, rcpt, rep.Verdict.Text))
 		}
