@@ -22,7 +22,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/callout-mail/callout/shared/audit"
 	"github.com/callout-mail/callout/shared/domains"
 	"github.com/callout-mail/callout/shared/operate"
 	"github.com/callout-mail/callout/shared/smtptest"
@@ -234,7 +233,7 @@ func startFleet(t *testing.T, env ...string) *fleet {
 	// Until every server has joined, an R3 stream finds no peers: the
 	// operator runs setup again.
 	waitFor(t, 60*time.Second, func() bool {
-		_, err := streams.SetupWith(ctx, mjs, subjects.New(""), 3, 96*time.Hour, audit.DefaultLimits, f.regions...)
+		_, err := streams.SetupWith(ctx, mjs, subjects.New(""), 3, 96*time.Hour, streams.DefaultLimits, f.regions...)
 		if err != nil {
 			t.Logf("setup: %v", err)
 		}

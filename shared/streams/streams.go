@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callout-mail/callout/shared/audit"
+	"github.com/callout-mail/callout/shared/decisions"
 	"github.com/callout-mail/callout/shared/subjects"
 )
 
@@ -265,31 +266,43 @@ func streamDiff(cur, want jetstream.StreamConfig) string {
 // Setup creates or updates every stream and bucket with the given settings:
 // the admin's one-time (or on-change) step. It returns what it did.
 func Setup(ctx context.Context, js jetstream.JetStream, n subjects.Names, replicas int, cacheMaxAge time.Duration) ([]string, error) {
-	return SetupWith(ctx, js, n, replicas, cacheMaxAge, audit.DefaultLimits)
+	return SetupWith(ctx, js, n, replicas, cacheMaxAge, DefaultLimits)
 }
 
-// SetupWith is Setup with the audit stream's limits and, for a fleet over
-// regions, its regions: then the verdict stream keeps each verdict for
-// every region, each region gets its cache bucket, and the flush log and
-// the list of regions are made.
-func SetupWith(ctx context.Context, js jetstream.JetStream, n subjects.Names, replicas int, cacheMaxAge time.Duration, auditLimits audit.Limits, regions ...string) ([]string, error) {
+// Limits are the limits of the streams that keep records for operators.
+type Limits struct {
+	Audit     audit.Limits
+	Decisions decisions.Limits
+}
+
+// DefaultLimits are the streams' limits when none are set.
+var DefaultLimits = Limits{Audit: audit.DefaultLimits, Decisions: decisions.DefaultLimits}
+
+// SetupWith is Setup with the limits of the audit stream and the
+// decision log and, for a fleet over regions, its regions: then the
+// verdict stream keeps each verdict for every region, each region gets
+// its cache bucket and its decision log, and the flush log and the list
+// of regions are made.
+func SetupWith(ctx context.Context, js jetstream.JetStream, n subjects.Names, replicas int, cacheMaxAge time.Duration, lim Limits, regions ...string) ([]string, error) {
 	var done []string
 	verdicts, caches := VerdictsConfig(n, replicas), []jetstream.KeyValueConfig{CacheConfig(n, replicas, cacheMaxAge)}
-	extra := []jetstream.StreamConfig{}
+	extra := []jetstream.StreamConfig{decisions.StreamConfig(n, replicas, lim.Decisions, nil)}
 	if len(regions) > 0 {
-		verdicts, caches = VerdictsConfig(subjects.NewIn(n.Prefix, regions[0]), replicas), nil
+		verdicts, caches, extra = VerdictsConfig(subjects.NewIn(n.Prefix, regions[0]), replicas), nil, nil
 		for _, r := range regions {
-			caches = append(caches, CacheConfig(subjects.NewIn(n.Prefix, r), replicas, cacheMaxAge))
+			rn := subjects.NewIn(n.Prefix, r)
+			caches = append(caches, CacheConfig(rn, replicas, cacheMaxAge))
+			extra = append(extra, decisions.StreamConfig(rn, replicas, lim.Decisions, &jetstream.Placement{Tags: []string{RegionTag(r)}}))
 		}
 		extra = append(extra, FlushLogConfig(n, replicas))
 	}
-	for _, cfg := range append([]jetstream.StreamConfig{ProbesConfig(n, replicas), verdicts, LeasesConfig(n, replicas), audit.StreamConfig(n, replicas, auditLimits)}, extra...) {
+	for _, cfg := range append([]jetstream.StreamConfig{ProbesConfig(n, replicas), verdicts, LeasesConfig(n, replicas), audit.StreamConfig(n, replicas, lim.Audit)}, extra...) {
 		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
 			return done, fmt.Errorf("stream %s: %w", cfg.Name, err)
 		}
 		done = append(done, "stream "+cfg.Name)
 	}
-	for _, cfg := range append([]jetstream.KeyValueConfig{DomainsConfig(n, replicas), ListsConfig(n, replicas), AccountsConfig(n, replicas)}, caches...) {
+	for _, cfg := range append([]jetstream.KeyValueConfig{DomainsConfig(n, replicas), ListsConfig(n, replicas), AccountsConfig(n, replicas), decisions.HistoryConfig(n, replicas)}, caches...) {
 		if _, err := js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
 			return done, fmt.Errorf("bucket %s: %w", cfg.Bucket, err)
 		}

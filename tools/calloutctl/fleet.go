@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/callout-mail/callout/shared/audit"
+	"github.com/callout-mail/callout/shared/decisions"
 	"github.com/callout-mail/callout/shared/domains"
 	"github.com/callout-mail/callout/shared/natsconn"
 	"github.com/callout-mail/callout/shared/operate"
@@ -249,9 +250,11 @@ func (a *app) setup(ctx context.Context, args []string) error {
 	cacheTTL := fs.Duration("cache-ttl", 96*time.Hour, "the cache bucket's TTL: the longest TTL class of the cachekeepers")
 	auditAge := fs.Duration("audit-max-age", audit.DefaultLimits.MaxAge, "how long the audit trail keeps an event")
 	auditBytes := fs.Int64("audit-max-bytes", audit.DefaultLimits.MaxBytes, "the audit trail's size cap (the oldest events go first past it)")
+	logAge := fs.Duration("log-max-age", decisions.DefaultLimits.MaxAge, "how long the decision log keeps a record (docs/decisions.md)")
+	logBytes := fs.Int64("log-max-bytes", decisions.DefaultLimits.MaxBytes, "the decision log's size cap, per region (the oldest records go first past it)")
 	regionList := fs.String("regions", "", "a fleet over regions: their names, comma-separated (docs/regions.md)")
 	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
-		return errors.New("usage: setup [-replicas N] [-cache-ttl 96h] [-audit-max-age 2160h] [-audit-max-bytes N] [-regions a,b,c]")
+		return errors.New("usage: setup [-replicas N] [-cache-ttl 96h] [-audit-max-age 2160h] [-audit-max-bytes N] [-log-max-age 192h] [-log-max-bytes N] [-regions a,b,c]")
 	}
 	regions := split(*regionList)
 	for _, r := range regions {
@@ -259,12 +262,12 @@ func (a *app) setup(ctx context.Context, args []string) error {
 			return fmt.Errorf("setup: %w", err)
 		}
 	}
-	if *replicas < 1 || *cacheTTL < time.Second || *auditAge < time.Hour || *auditBytes < 1<<20 {
-		return errors.New("setup: -replicas at least 1, -cache-ttl at least 1s, -audit-max-age at least 1h, -audit-max-bytes at least 1 MiB")
+	if *replicas < 1 || *cacheTTL < time.Second || *auditAge < time.Hour || *auditBytes < 1<<20 || *logAge < time.Minute || *logBytes < 1<<20 {
+		return errors.New("setup: -replicas at least 1, -cache-ttl at least 1s, -audit-max-age at least 1h, -log-max-age at least 1m, -audit-max-bytes and -log-max-bytes at least 1 MiB")
 	}
 	sctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	done, err := streams.SetupWith(sctx, a.js, a.names, *replicas, *cacheTTL, audit.Limits{MaxAge: *auditAge, MaxBytes: *auditBytes}, regions...)
+	done, err := streams.SetupWith(sctx, a.js, a.names, *replicas, *cacheTTL, streams.Limits{Audit: audit.Limits{MaxAge: *auditAge, MaxBytes: *auditBytes}, Decisions: decisions.Limits{MaxAge: *logAge, MaxBytes: *logBytes}}, regions...)
 	for _, d := range done {
 		fmt.Fprintf(a.out, "%s: ok\n", d)
 	}

@@ -31,10 +31,14 @@ Usage:
                                    [-sender ADDR] [-fallback-sender ADDR]
   calloutctl [connection flags] domain (get DOMAIN | rm DOMAIN | ls)
   calloutctl [connection flags] domain list DOMAIN mailboxes|bypass [add ENTRY | rm ENTRY | import FILE [-merge] [-dry-run]]
-  calloutctl [connection flags] setup [-replicas 1] [-cache-ttl 96h] [-audit-max-age 2160h] [-audit-max-bytes 1073741824]   (as the maintenance user)
+  calloutctl [connection flags] setup [-replicas 1] [-cache-ttl 96h] [-audit-max-age 2160h] [-audit-max-bytes 1073741824]
+                                   [-log-max-age 192h] [-log-max-bytes 2147483648] [-regions a,b,c]   (as the maintenance user)
   calloutctl [connection flags] hosts [-wait 1s] [-json]
   calloutctl [connection flags] regions [-wait 1s] [-json]
   calloutctl [connection flags] audit [-n 50] [-json]
+  calloutctl [connection flags] log [-recipient A] [-domain D] [-sender A] [-client IP|NET] [-action A] [-reason R] [-since T] [-until T] [-n 50] [-cursor C] [-json]
+  calloutctl [connection flags] log erase -domain D
+  calloutctl [connection flags] report [-day 2026-12-01] [-domain D] [-json]
   calloutctl [connection flags] stats [-every 5s] [-n 0] [-json]
   calloutctl [connection flags] user ls
   calloutctl [connection flags] user add NAME -role admin|reseller|domain [-domains a,b] [-read-only] [-owner RESELLER] [-password-file F]
@@ -133,6 +137,10 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return a.user(ctx, rest)
 	case "token":
 		return a.token(ctx, rest)
+	case "log":
+		return a.log(ctx, rest)
+	case "report":
+		return a.report(ctx, rest)
 	}
 	return fmt.Errorf("unknown command %q", cmd)
 }

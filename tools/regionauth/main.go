@@ -100,6 +100,11 @@ func regional(block, user, r string) string {
 	b = strings.ReplaceAll(b, `"callout.nearcache.hello"`, `"callout.nearcache.hello.`+r+`"`)
 	b = strings.ReplaceAll(b, `"callout.nearcache.sync"`, `"callout.nearcache.sync.`+r+`"`)
 	b = strings.ReplaceAll(b, "CALLOUT_VERDICTS.cachekeepers", "CALLOUT_VERDICTS.cachekeepers_"+r)
+	// Each region keeps its own decision log.
+	b = strings.ReplaceAll(b, "CALLOUT_DECISIONS", "CALLOUT_DECISIONS_"+strings.ToUpper(r))
+	b = strings.ReplaceAll(b, `"callout.decision.>"`, `"callout.decision.in.`+r+`.>"`)
+	b = strings.ReplaceAll(b, `"callout.decisions.search"`, `"callout.decisions.search.`+r+`"`)
+	b = strings.ReplaceAll(b, `"callout.decisions.erase"`, `"callout.decisions.erase.`+r+`"`)
 	regions := []string{
 		`"$JS.API.STREAM.INFO.KV_callout_regions"`,
 		`"$JS.API.CONSUMER.CREATE.KV_callout_regions.>"`,
@@ -133,6 +138,8 @@ func operator(block, user string, regions []string) string {
 			}
 			continue
 		}
+		l = strings.ReplaceAll(l, `"callout.decisions.search"`, `"callout.decisions.search.*"`)
+		l = strings.ReplaceAll(l, `"callout.decisions.erase"`, `"callout.decisions.erase.*"`)
 		out.WriteString(strings.ReplaceAll(l, `"callout.cache.lookup"`, `"callout.cache.lookup.*"`))
 	}
 	b := out.String()

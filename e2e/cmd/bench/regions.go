@@ -19,7 +19,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/callout-mail/callout/shared/audit"
 	"github.com/callout-mail/callout/shared/domains"
 	"github.com/callout-mail/callout/shared/streams"
 	"github.com/callout-mail/callout/shared/subjects"
@@ -121,7 +120,7 @@ func startRegions(bin string, regions []string, delay time.Duration) (*regionFle
 	}
 	// Until every server has joined, an R3 stream finds no peers.
 	for {
-		_, err := streams.SetupWith(ctx, js, subjects.New(""), 3, 96*time.Hour, audit.DefaultLimits, regions...)
+		_, err := streams.SetupWith(ctx, js, subjects.New(""), 3, 96*time.Hour, streams.DefaultLimits, regions...)
 		if err == nil {
 			break
 		}
