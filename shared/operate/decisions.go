@@ -146,7 +146,9 @@ func (c *Client) SearchDecisions(ctx context.Context, q decisions.Query, cursor 
 	if len(hits) > q.Limit {
 		hits = hits[:q.Limit]
 	}
-	res.Records = hits
+	if hits != nil {
+		res.Records = hits
+	}
 	next := map[string]string{}
 	more := false
 	for _, a := range answers {

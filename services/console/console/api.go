@@ -71,6 +71,7 @@ func (s *Server) routesAPI(mux *http.ServeMux) {
 	}))
 	mux.Handle("GET /api/audit", s.api(anyRead, s.apiAudit))
 	s.routesAccounts(mux)
+	s.routesDecisions(mux)
 	mux.Handle("/api/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no such endpoint: " + r.Method + " " + r.URL.Path})
 	}))

@@ -434,6 +434,7 @@ func TestAPI(t *testing.T) {
 	t.Run("lists: export, import with a dry run, one entry", func(t *testing.T) { listEdits(t, admin, viewer) })
 	t.Run("a list of 100,000: imported, audited, edited, served, exported", func(t *testing.T) { longList(t, sys, admin, viewer) })
 
+	t.Run("decision log: search, CSV, history, erase", func(t *testing.T) { decisionLog(t, sys, admin, viewer) })
 	t.Run("every role, every operation: no leak", func(t *testing.T) { roleWalk(t, sys, admin) })
 
 	t.Run("every operation of openapi.yaml is exercised", func(t *testing.T) {

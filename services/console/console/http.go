@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callout-mail/callout/shared/accounts"
+	"github.com/callout-mail/callout/shared/decisions"
 	"github.com/callout-mail/callout/shared/domains"
 	"github.com/callout-mail/callout/shared/operate"
 )
@@ -63,6 +64,7 @@ func classify(err error) (int, string, string) {
 	var mbe *http.MaxBytesError
 	var fle *operate.FlushError
 	var afe *accounts.FieldError
+	var dfe *decisions.FieldError
 	switch {
 	case errors.As(err, &he):
 		return he.status, he.field, he.msg
@@ -76,6 +78,12 @@ func classify(err error) (int, string, string) {
 		return http.StatusBadRequest, fle.Field, fle.Error()
 	case errors.As(err, &afe):
 		return http.StatusBadRequest, afe.Field, afe.Error()
+	case errors.As(err, &dfe):
+		return http.StatusBadRequest, dfe.Field, dfe.Error()
+	case errors.Is(err, decisions.ErrBadFilter):
+		return http.StatusBadRequest, "", err.Error()
+	case errors.Is(err, decisions.ErrTooBroad):
+		return http.StatusUnprocessableEntity, "", err.Error()
 	case errors.Is(err, accounts.ErrRevision):
 		return http.StatusConflict, "revision", err.Error() + "; reload and apply your change again"
 	case errors.Is(err, accounts.ErrNotFound):

@@ -149,6 +149,12 @@ func roleWalk(t *testing.T, sys *system, admin *client) {
 		{method: "GET", path: "/api/hosts", min: 3, call: fixed("/api/hosts"), ok: 200},
 		{method: "GET", path: "/api/regions", min: 3, call: fixed("/api/regions"), ok: 200},
 		{method: "GET", path: "/api/audit", min: 1, call: fixed("/api/audit"), ok: 200},
+		{method: "GET", path: "/api/decisions", min: 1, call: fixed("/api/decisions?domain=a.test"), scoped: inA, ok: 200},
+		{method: "POST", path: "/api/decisions/erase", min: 3, write: true, call: func(*walker) (string, any) {
+			return "/api/decisions/erase", map[string]any{"domain": "a.test"}
+		}, ok: 200},
+		{method: "GET", path: "/api/domains/{domain}/history", min: 1, call: fixed("/api/domains/a.test/history?days=2"), scoped: inA, ok: 200},
+		{method: "GET", path: "/api/history", min: 3, call: fixed("/api/history"), ok: 200},
 		{method: "GET", path: "/api/users", min: 2, call: fixed("/api/users"), ok: 200},
 		{method: "POST", path: "/api/users", min: 2, write: true, call: func(*walker) (string, any) {
 			n++

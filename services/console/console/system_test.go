@@ -83,6 +83,7 @@ func startSystem(t *testing.T, tweak func(*Config)) *system {
 	}
 	var kc cachekeeper.Config
 	defaults(t, &kc)
+	kc.DecisionSearchMaxRead = 40
 	kreg := prometheus.NewRegistry()
 	k, err := cachekeeper.New(kc, ns.Connect(t), kreg, quiet)
 	if err != nil {
@@ -104,6 +105,7 @@ func startSystem(t *testing.T, tweak func(*Config)) *system {
 	var ic ingest.Config
 	defaults(t, &ic)
 	ic.Timeout, ic.MaxTimeout = 10*time.Second, 10*time.Second
+	ic.HistoryInterval = 200 * time.Millisecond
 	ireg := prometheus.NewRegistry()
 	ing, err := ingest.New(ic, ns.Connect(t), ireg, quiet)
 	if err != nil {
