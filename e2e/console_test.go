@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,6 +28,7 @@ import (
 	"github.com/callout-mail/callout/shared/kvkey"
 	"github.com/callout-mail/callout/shared/smtptest"
 	"github.com/callout-mail/callout/shared/verdict"
+	"github.com/callout-mail/callout/shared/wire"
 	"github.com/callout-mail/callout/tools/stack"
 )
 
@@ -236,6 +238,52 @@ func TestConsoleBrowser(t *testing.T) {
 	}
 	waitFor(t, 10*time.Second, func() bool { return s.verify("nobody@corp.test").Decision.Action == "reject" })
 	s.verify("alice@corp.test")
+
+	// The decision log: why was carol rejected? She exists now; her
+	// cache entry is found from her record and flushed from it, and the
+	// next decision accepts her.
+	var carolExists atomic.Bool
+	late := smtptest.Run(t, smtptest.Config{Rcpt: func(from, to string) string {
+		if strings.EqualFold(to, "carol@late.test") && carolExists.Load() || strings.HasPrefix(strings.ToLower(to), "postmaster@") {
+			return "250 2.1.5 ok"
+		}
+		return "550 5.1.1 no such user here"
+	}})
+	run(t, ctx, "create late.test", chromedp.Navigate(base+"/domains"), chromedp.WaitVisible("#new-domain-name", chromedp.ByQuery),
+		chromedp.SendKeys("#new-domain-name", "late.test", chromedp.ByQuery), chromedp.SetValue("#new-domain-mode", "callout", chromedp.ByQuery),
+		chromedp.SendKeys("#new-domain-route", late.Addr(), chromedp.ByQuery),
+		chromedp.Click("#create-domain", chromedp.ByQuery), chromedp.WaitVisible("#monitor-on", chromedp.ByQuery))
+	waitFor(t, 10*time.Second, func() bool {
+		return s.verifyReq(wire.VerifyRequest{Address: "carol@late.test", ClientAddress: "192.0.2.9", Sender: "friend@example.com", Helo: "mx.example.com"}).Decision.Action == "reject"
+	})
+	carolExists.Store(true)
+	searchCarol := func() {
+		run(t, ctx, "search the decision log", chromedp.Navigate(base+"/decisions"), chromedp.WaitVisible("#f-recipient", chromedp.ByQuery),
+			chromedp.SendKeys("#f-recipient", "carol@late.test", chromedp.ByQuery), chromedp.Click("#search", chromedp.ByQuery),
+			chromedp.WaitVisible(`#decisions[data-recipient="carol@late.test"]`, chromedp.ByQuery))
+	}
+	carolRow := `#decisions tbody tr[data-recipient="carol@late.test"]`
+	waitFor(t, 10*time.Second, func() bool { searchCarol(); return exists(t, ctx, carolRow+`[data-action="reject"]`) })
+	if got := text(t, ctx, carolRow); !strings.Contains(got, "friend@example.com") || !strings.Contains(got, "192.0.2.9") || !strings.Contains(got, "user_unknown") || !strings.Contains(got, "550 5.1.1 no such user here") {
+		t.Fatalf("carol's record: %q", got)
+	}
+	shot(t, ctx, "console-decisions.png")
+	run(t, ctx, "open her cache entry", chromedp.Click(carolRow+" a.to-cache", chromedp.ByQuery), chromedp.WaitVisible("#cache-table", chromedp.ByQuery))
+	if !exists(t, ctx, `tr[data-key="`+kvkey.Address("late.test", "carol", verdict.Recipient, "")+`"]`) {
+		t.Fatal("carol's cache entry is not listed from her record")
+	}
+	searchCarol()
+	run(t, ctx, "flush her from her record", chromedp.Click(carolRow+" button.flush-address", chromedp.ByQuery), chromedp.WaitVisible(".msg", chromedp.ByQuery))
+	if got := text(t, ctx, ".msg"); !strings.Contains(got, "Flushed") {
+		t.Fatalf("after the flush: %q", got)
+	}
+	if got := s.verify("carol@late.test").Decision.Action; got != "accept" {
+		t.Fatalf("carol after the flush: %s", got)
+	}
+	waitFor(t, 10*time.Second, func() bool {
+		searchCarol()
+		return exists(t, ctx, `#decisions tbody tr:first-child[data-action="accept"]`)
+	})
 
 	// The cache browser: delete one entry.
 	nobody := `tr[data-key="` + kvkey.Address("corp.test", "nobody", verdict.Recipient, "") + `"]`

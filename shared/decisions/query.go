@@ -160,3 +160,20 @@ func (q *Query) Match(r *Record) bool {
 }
 
 func knownReason(r verdict.Reason) bool { _, ok := verdict.About(r); return ok }
+
+// ParseWhen reads a search's time as people write it: RFC 3339, a
+// minute or a day (UTC), or a duration back from now ("24h").
+func ParseWhen(s string) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if d, err := time.ParseDuration(s); err == nil && d > 0 {
+		return time.Now().Add(-d), nil
+	}
+	for _, layout := range []string{time.RFC3339Nano, "2006-01-02T15:04", "2006-01-02"} {
+		if t, err := time.Parse(layout, s); err == nil {
+			return t, nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("%q: a time (2026-12-01, 2026-12-01T10:00, 2026-12-01T10:00:00Z) or a duration back from now (24h)", s)
+}

@@ -38,30 +38,31 @@ const (
 // (the field order is the format: fields are only ever appended) behind
 // its version, about 150 bytes.
 type Record struct {
-	_msgpack  struct{}        `msgpack:",as_array"`
-	V         int             `json:"-"`
-	At        time.Time       `json:"at"`
-	Instance  string          `json:"instance"`         // the ingest: host and micro service id
-	Region    string          `json:"region,omitempty"` // in a fleet over regions
-	Via       string          `json:"via"`
-	Client    string          `json:"client,omitempty"` // the SMTP client's address
-	Helo      string          `json:"helo,omitempty"`
-	Sender    string          `json:"sender"` // "" is the null sender (or not given)
-	Recipient string          `json:"recipient,omitempty"`
-	Purpose   verdict.Purpose `json:"purpose"` // which of the two was checked
-	Action    verdict.Action  `json:"action"`
-	Code      int             `json:"code"`
-	Enhanced  string          `json:"enhanced,omitempty"`
-	Text      string          `json:"text,omitempty"` // the answer's text
-	Status    verdict.Status  `json:"status"`
-	Reason    verdict.Reason  `json:"reason,omitempty"`
-	Source    verdict.Source  `json:"source"`              // probe, cache, near, static
-	Host      string          `json:"host,omitempty"`      // the destination host called
-	DestCode  int             `json:"dest_code,omitempty"` // its reply
-	DestText  string          `json:"dest_text,omitempty"` // its text, cleaned
-	TookUS    int64           `json:"took_us"`             // time to answer, microseconds
-	Would     verdict.Action  `json:"would,omitempty"`     // monitor mode: what callout mode would have done
-	CheckedAt time.Time       `json:"checked_at,omitzero"` // when the verdict's callout was made
+	_msgpack     struct{}        `msgpack:",as_array"`
+	V            int             `json:"-"`
+	At           time.Time       `json:"at"`
+	Instance     string          `json:"instance"`         // the ingest: host and micro service id
+	Region       string          `json:"region,omitempty"` // in a fleet over regions
+	Via          string          `json:"via"`
+	Client       string          `json:"client,omitempty"` // the SMTP client's address
+	Helo         string          `json:"helo,omitempty"`
+	Sender       string          `json:"sender"` // "" is the null sender (or not given)
+	Recipient    string          `json:"recipient,omitempty"`
+	Purpose      verdict.Purpose `json:"purpose"` // which of the two was checked
+	Action       verdict.Action  `json:"action"`
+	Code         int             `json:"code"`
+	Enhanced     string          `json:"enhanced,omitempty"`
+	Text         string          `json:"text,omitempty"` // the answer's text
+	Status       verdict.Status  `json:"status"`
+	Reason       verdict.Reason  `json:"reason,omitempty"`
+	Source       verdict.Source  `json:"source"`                  // probe, cache, near, static
+	Host         string          `json:"host,omitempty"`          // the destination host called
+	DestCode     int             `json:"dest_code,omitempty"`     // its reply
+	DestText     string          `json:"dest_text,omitempty"`     // its text, cleaned
+	TookUS       int64           `json:"took_us"`                 // time to answer, microseconds
+	Would        verdict.Action  `json:"would,omitempty"`         // monitor mode: what callout mode would have done
+	CheckedAt    time.Time       `json:"checked_at,omitzero"`     // when the verdict's callout was made
+	DestEnhanced string          `json:"dest_enhanced,omitempty"` // the destination's enhanced status code
 }
 
 // Checked is the address the record's check was about.
@@ -100,6 +101,7 @@ func (r *Record) Clean() {
 	r.Text = clip(r.Text, maxText)
 	r.DestText = clip(r.DestText, maxText)
 	r.Enhanced = clip(r.Enhanced, 16)
+	r.DestEnhanced = clip(r.DestEnhanced, 16)
 }
 
 func clip(s string, n int) string {

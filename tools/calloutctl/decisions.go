@@ -16,23 +16,6 @@ import (
 	"github.com/callout-mail/callout/shared/verdict"
 )
 
-// parseWhen reads a time: RFC 3339, a date (UTC), or a duration back
-// from now ("24h").
-func parseWhen(s string) (time.Time, error) {
-	if s == "" {
-		return time.Time{}, nil
-	}
-	if d, err := time.ParseDuration(s); err == nil && d > 0 {
-		return time.Now().Add(-d), nil
-	}
-	for _, layout := range []string{time.RFC3339, "2006-01-02T15:04", "2006-01-02"} {
-		if t, err := time.Parse(layout, s); err == nil {
-			return t, nil
-		}
-	}
-	return time.Time{}, fmt.Errorf("%q: a time (2026-12-01, 2026-12-01T10:00:00Z) or a duration back from now (24h)", s)
-}
-
 const logUsage = "usage: log [-recipient A] [-domain D] [-sender A] [-client IP|NET] [-action accept|reject|defer] [-reason R] [-since T] [-until T] [-n 50] [-cursor C] [-json]\n       log erase -domain D"
 
 // log searches the decision log, newest first.
@@ -58,10 +41,10 @@ func (a *app) log(ctx context.Context, args []string) error {
 	}
 	q.Action, q.Reason = verdict.Action(*action), verdict.Reason(*reason)
 	var err error
-	if q.Since, err = parseWhen(*since); err != nil {
+	if q.Since, err = decisions.ParseWhen(*since); err != nil {
 		return fmt.Errorf("log: -since %w", err)
 	}
-	if q.Until, err = parseWhen(*until); err != nil {
+	if q.Until, err = decisions.ParseWhen(*until); err != nil {
 		return fmt.Errorf("log: -until %w", err)
 	}
 	res, err := a.op.SearchDecisions(ctx, q, *cursor)

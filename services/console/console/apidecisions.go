@@ -23,8 +23,9 @@ func (s *Server) routesDecisions(mux *http.ServeMux) {
 	mux.Handle("GET /api/history", s.api(adminRead, s.apiHistory))
 }
 
-// decisionQuery reads a search's filters from a query string: a time is
-// RFC 3339; everything else is text, checked by decisions.Query.Check.
+// decisionQuery reads a search's filters from a query string: a time as
+// decisions.ParseWhen reads it; everything else is text, checked by
+// decisions.Query.Check.
 func decisionQuery(v url.Values) (decisions.Query, string, error) {
 	q := decisions.Query{
 		Recipient: v.Get("recipient"), Domain: v.Get("domain"), Sender: v.Get("sender"), Client: v.Get("client"),
@@ -34,13 +35,11 @@ func decisionQuery(v url.Values) (decisions.Query, string, error) {
 		name string
 		dst  *time.Time
 	}{{"since", &q.Since}, {"until", &q.Until}} {
-		if t := v.Get(f.name); t != "" {
-			at, err := time.Parse(time.RFC3339, t)
-			if err != nil {
-				return q, "", badRequest(f.name, "%s: a time such as 2026-12-01T10:00:00Z", f.name)
-			}
-			*f.dst = at
+		at, err := decisions.ParseWhen(v.Get(f.name))
+		if err != nil {
+			return q, "", badRequest(f.name, "%s: %v", f.name, err)
 		}
+		*f.dst = at
 	}
 	if l := v.Get("limit"); l != "" {
 		n, err := strconv.Atoi(l)
@@ -56,23 +55,28 @@ func decisionQuery(v url.Values) (decisions.Query, string, error) {
 	return q, cursor, nil
 }
 
-func (s *Server) apiDecisions(w http.ResponseWriter, r *http.Request, id *identity) error {
+// searchDecisions answers a search in the identity's scope: a tenant's
+// search finds its domains' records only, and naming another domain is
+// the same 404 as everywhere.
+func (s *Server) searchDecisions(r *http.Request, id *identity) (operate.SearchResult, error) {
 	q, cursor, err := decisionQuery(r.URL.Query())
 	if err != nil {
-		return err
+		return operate.SearchResult{}, err
 	}
-	// A tenant's search finds its domains' records only; naming another
-	// domain is the same 404 as everywhere.
 	if !id.scope.all() {
 		if q.Domain != "" && !id.scope.has(q.Domain) || q.Recipient != "" && !id.scope.has(decisions.DomainOf(q.Recipient)) {
-			return errOutOfScope("domain")
+			return operate.SearchResult{}, errOutOfScope("domain")
 		}
 		q.Domains = append([]string{}, id.scope.domains...)
 		if len(q.Domains) == 0 {
 			q.Domains = []string{"."} // no domain: nothing is found
 		}
 	}
-	res, err := s.client(id).SearchDecisions(r.Context(), q, cursor)
+	return s.client(id).SearchDecisions(r.Context(), q, cursor)
+}
+
+func (s *Server) apiDecisions(w http.ResponseWriter, r *http.Request, id *identity) error {
+	res, err := s.searchDecisions(r, id)
 	if err != nil {
 		return err
 	}
@@ -93,11 +97,11 @@ func writeDecisionsCSV(w http.ResponseWriter, res operate.SearchResult) {
 		w.Header().Set("X-Next-Cursor", res.Cursor)
 	}
 	cw := csv.NewWriter(w)
-	_ = cw.Write([]string{"at", "region", "instance", "via", "client", "helo", "sender", "recipient", "purpose", "action", "code", "enhanced", "text", "status", "reason", "source", "host", "dest_code", "dest_text", "took_us"})
+	_ = cw.Write([]string{"at", "region", "instance", "via", "client", "helo", "sender", "recipient", "purpose", "action", "code", "enhanced", "text", "status", "reason", "source", "host", "dest_code", "dest_enhanced", "dest_text", "took_us"})
 	for _, h := range res.Records {
 		_ = cw.Write([]string{h.At.UTC().Format(time.RFC3339Nano), h.Region, h.Instance, h.Via, h.Client, safeCell(h.Helo), safeCell(h.Sender), safeCell(h.Recipient), string(h.Purpose),
 			string(h.Action), strconv.Itoa(h.Code), h.Enhanced, safeCell(h.Text), string(h.Status), string(h.Reason), string(h.Source), h.Host,
-			strconv.Itoa(h.DestCode), safeCell(h.DestText), strconv.FormatInt(h.TookUS, 10)})
+			strconv.Itoa(h.DestCode), h.DestEnhanced, safeCell(h.DestText), strconv.FormatInt(h.TookUS, 10)})
 	}
 	cw.Flush()
 }
@@ -109,6 +113,47 @@ func safeCell(s string) string {
 		return "'" + s
 	}
 	return s
+}
+
+// decisionsPage is the decision log page.
+type decisionsPage struct {
+	operate.SearchResult
+	NextURL, CSVURL string
+	Reasons         []string
+	CanFlush        bool
+}
+
+func (s *Server) pageDecisions(w http.ResponseWriter, r *http.Request, id *identity, p page) {
+	q := r.URL.Query()
+	p.Title, p.Form = "Decision log", q
+	dp := &decisionsPage{CanFlush: !id.scope.readOnly}
+	for _, ri := range verdict.Reasons() {
+		dp.Reasons = append(dp.Reasons, string(ri.Reason))
+	}
+	p.D = dp
+	res, err := s.searchDecisions(r, id)
+	if err != nil {
+		s.fail(w, "decisions", p, err)
+		return
+	}
+	dp.SearchResult = res
+	csvq := url.Values{}
+	for k, v := range q {
+		if k != "cursor" {
+			csvq[k] = v
+		}
+	}
+	csvq.Set("format", "csv")
+	dp.CSVURL = "/api/decisions?" + csvq.Encode()
+	if res.Cursor != "" {
+		nq := url.Values{}
+		for k, v := range q {
+			nq[k] = v
+		}
+		nq.Set("cursor", res.Cursor)
+		dp.NextURL = "/decisions?" + nq.Encode()
+	}
+	s.render(w, http.StatusOK, "decisions", p)
 }
 
 func (s *Server) apiDecisionsErase(w http.ResponseWriter, r *http.Request, id *identity) error {

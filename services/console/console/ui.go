@@ -224,6 +224,7 @@ func (s *Server) routesUI(mux *http.ServeMux) {
 	mux.Handle("GET /verify", s.ui(anyRead, "verify", s.pageVerify))
 	mux.Handle("POST /verify", s.ui(anyRead, "verify", s.pageVerify))
 	mux.Handle("GET /audit", s.ui(anyRead, "audit", s.pageAudit))
+	mux.Handle("GET /decisions", s.ui(anyRead, "decisions", s.pageDecisions))
 	mux.Handle("GET /destinations", s.ui(adminRead, "destinations", s.pageDestinations))
 	s.routesAccountPages(mux)
 }

@@ -40,7 +40,7 @@ func (s *Service) record(ctx context.Context, req *wire.VerifyRequest, purpose v
 		Client: req.ClientAddress, Helo: req.Helo, Purpose: purpose,
 		Action: d.Action, Code: d.Code, Enhanced: d.Enhanced, Text: d.Text,
 		Status: v.Status, Reason: v.Reason, Source: v.Source,
-		Host: v.Host, DestCode: v.Code, DestText: v.Text, TookUS: took.Microseconds(), CheckedAt: v.CheckedAt,
+		Host: v.Host, DestCode: v.Code, DestText: v.Text, TookUS: took.Microseconds(), CheckedAt: v.CheckedAt, DestEnhanced: v.Enhanced,
 	}
 	if p := s.instance.Load(); p != nil {
 		rec.Instance = *p
