@@ -192,7 +192,7 @@ func TestConsoleBrowser(t *testing.T) {
 	ctx := browser(t)
 	dest := smtptest.Run(t, smtptest.Config{Mailboxes: []string{"alice@corp.test", "bob@corp.test"}})
 	s := newSystem(t, options{env: map[string][]string{
-		"ingest": {"CALLOUT_INGEST_STATS_INTERVAL=1s"}, "prober": {"CALLOUT_PROBER_STATS_INTERVAL=1s"}, "cachekeeper": {"CALLOUT_CACHEKEEPER_STATS_INTERVAL=1s"},
+		"ingest": {"CALLOUT_INGEST_STATS_INTERVAL=1s", "CALLOUT_INGEST_HISTORY_INTERVAL=500ms"}, "prober": {"CALLOUT_PROBER_STATS_INTERVAL=1s"}, "cachekeeper": {"CALLOUT_CACHEKEEPER_STATS_INTERVAL=1s"},
 	}})
 	base := s.startConsole("admin-pw", "viewer-pw")
 	login(t, ctx, base, "admin", "admin-pw")
@@ -283,6 +283,15 @@ func TestConsoleBrowser(t *testing.T) {
 	waitFor(t, 10*time.Second, func() bool {
 		searchCarol()
 		return exists(t, ctx, `#decisions tbody tr:first-child[data-action="accept"]`)
+	})
+	// Her domain's page charts its hours: one reject, one accept, a callout each.
+	waitFor(t, 20*time.Second, func() bool {
+		var drawn string
+		run(t, ctx, "domain history", chromedp.Navigate(base+"/domains/late.test"), chromedp.WaitVisible("#chart-domain-history", chromedp.ByQuery),
+			chromedp.Poll(`document.querySelector("#chart-domain-history").dataset.points !== undefined`, nil, chromedp.WithPollingTimeout(5*time.Second)),
+			chromedp.Evaluate(`document.querySelector("#chart-domain-history").dataset.drawn || "0"`, &drawn))
+		n, _ := strconv.Atoi(drawn)
+		return n >= 3 // accept, reject and callouts in the hour
 	})
 
 	// The cache browser: delete one entry.

@@ -77,15 +77,35 @@ function draw(canvas, samples) {
   canvas.dataset.drawn = String(series.reduce((a, s) => a + s.values.filter((v) => v > 0).length, 0));
 }
 
+// hourly turns the counts per hour of the history API into samples: the
+// hit ratio is the answers from a cache over all answers.
+function hourly(hours) {
+  return hours.map((h) => {
+    const total = (h.accept || 0) + (h.reject || 0) + (h.defer || 0);
+    return Object.assign({ hit_ratio: total ? (h.hits || 0) / total : 0 }, h);
+  });
+}
+
+// charts draws each canvas from its data-source (the fleet's recent
+// samples by default; a history URL for counts per hour).
 async function charts() {
   const canvases = document.querySelectorAll("canvas.chart");
   if (!canvases.length) return;
-  try {
-    const r = await fetch("/api/stats/history", { credentials: "same-origin" });
-    if (!r.ok) return;
-    const h = await r.json();
-    canvases.forEach((c) => draw(c, h.samples || []));
-  } catch (e) { /* the next refresh tries again */ }
+  const bySource = new Map();
+  canvases.forEach((c) => {
+    const src = c.dataset.source || "/api/stats/history";
+    if (!bySource.has(src)) bySource.set(src, []);
+    bySource.get(src).push(c);
+  });
+  for (const [src, list] of bySource) {
+    try {
+      const r = await fetch(src, { credentials: "same-origin" });
+      if (!r.ok) continue;
+      const h = await r.json();
+      const samples = h.hours ? hourly(h.hours) : (h.samples || []);
+      list.forEach((c) => draw(c, samples));
+    } catch (e) { /* the next refresh tries again */ }
+  }
 }
 
 document.addEventListener("DOMContentLoaded", () => {
