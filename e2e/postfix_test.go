@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -12,7 +13,10 @@ import (
 	"time"
 
 	"github.com/callout-mail/callout/e2e/postfix"
+	"github.com/callout-mail/callout/shared/decisions"
 	"github.com/callout-mail/callout/shared/domains"
+	"github.com/callout-mail/callout/shared/operate"
+	"github.com/callout-mail/callout/shared/verdict"
 )
 
 // needPostfix makes sure Postfix and swaks are installed, installing them
@@ -85,7 +89,7 @@ func TestPostfixFlow(t *testing.T) {
 	dest := startPostfix(t, "dest-main.cf", destAddr, "", map[string]string{
 		"vmailbox": "alice@dest.example alice/\nbob@dest.example bob/\npostmaster@dest.example postmaster/\n",
 	})
-	s := newSystem(t, options{env: map[string][]string{"ingest": {"CALLOUT_INGEST_TIMEOUT=8s"}}})
+	s := newSystem(t, options{env: map[string][]string{"ingest": {"CALLOUT_INGEST_TIMEOUT=8s", "CALLOUT_INGEST_HISTORY_INTERVAL=500ms"}}})
 	s.setPolicy("dest.example", domains.Policy{Route: []string{destAddr}})
 	s.setPolicy("down.example", domains.Policy{Route: []string{deadAddr}})
 	frontAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
@@ -122,6 +126,53 @@ func TestPostfixFlow(t *testing.T) {
 		tr := swaks(t, frontAddr, "someone@down.example")
 		if r := rcptReply(tr); !strings.HasPrefix(r, "450") {
 			t.Fatalf("RCPT answer %q\n%s", r, tr)
+		}
+	})
+	t.Run("Postfix's decisions are in the decision log and the day's report", func(t *testing.T) {
+		ctl := func(args ...string) []byte {
+			out, err := exec.Command(filepath.Join(binDir, "calloutctl"), append([]string{"-server", s.url}, args...)...).CombinedOutput()
+			if err != nil {
+				t.Fatalf("calloutctl %v: %v\n%s", args, err, out)
+			}
+			return out
+		}
+		var page operate.SearchResult
+		waitFor(t, 10*time.Second, func() bool {
+			page = operate.SearchResult{}
+			_ = json.Unmarshal(ctl("log", "-domain", "dest.example", "-json"), &page)
+			return len(page.Records) >= 2
+		})
+		want := map[string]verdict.Action{"alice@dest.example": verdict.Accept, "nobody@dest.example": verdict.Reject}
+		for _, r := range page.Records {
+			w, ok := want[r.Recipient]
+			if !ok {
+				continue
+			}
+			delete(want, r.Recipient)
+			if r.Action != w || r.Via != decisions.ViaPolicy || r.Client != "127.0.0.1" || r.Helo != "client.example.net" || r.Sender != "sender@example.net" || r.Instance == "" {
+				t.Errorf("record of %s: %+v", r.Recipient, r)
+			}
+			if w == verdict.Reject && (r.Code != 550 || r.Reason != verdict.ReasonUserUnknown || r.DestCode != 550) {
+				t.Errorf("the reject's record: %+v", r)
+			}
+		}
+		if len(want) > 0 {
+			t.Fatalf("not in the log: %v (page %+v)", want, page)
+		}
+		var deferred operate.SearchResult
+		_ = json.Unmarshal(ctl("log", "-recipient", "someone@down.example", "-action", "defer", "-json"), &deferred)
+		if len(deferred.Records) != 1 || deferred.Records[0].Code != 450 || deferred.Records[0].Reason == "" {
+			t.Fatalf("the defer's record: %+v", deferred)
+		}
+		// The day's counts: what Postfix was answered.
+		waitFor(t, 10*time.Second, func() bool {
+			var day map[string]*decisions.Counts
+			_ = json.Unmarshal(ctl("report", "-day", time.Now().UTC().Format("2006-01-02"), "-json"), &day)
+			d, all := day["dest.example"], day[decisions.AllDomains]
+			return d != nil && d.Accept >= 1 && d.Reject >= 1 && d.Reasons["reject/user_unknown"] >= 1 && all != nil && all.Defer >= 1
+		})
+		if out := string(ctl("report", "-day", time.Now().UTC().Format("2006-01-02"))); !strings.Contains(out, "dest.example") || !strings.Contains(out, "reject/user_unknown") {
+			t.Fatalf("report:\n%s", out)
 		}
 	})
 }
