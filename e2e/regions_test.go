@@ -579,6 +579,37 @@ func TestRegions(t *testing.T) {
 		}
 	})
 
+	t.Run("each region keeps its decisions; a search and an erase reach them all", func(t *testing.T) {
+		for _, r := range f.regions {
+			f.verify(r, "zed-"+r+"@example.org")
+		}
+		search := func() operate.SearchResult {
+			out, err := f.tryCalloutctl("b", "log", "-domain", "example.org", "-action", "reject", "-n", "1000", "-json")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var res operate.SearchResult
+			if err := json.Unmarshal([]byte(out), &res); err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+			return res
+		}
+		waitFor(t, 20*time.Second, func() bool {
+			seen := map[string]bool{}
+			res := search()
+			for _, r := range res.Records {
+				seen[r.Region] = seen[r.Region] || r.Recipient == "zed-"+r.Region+"@example.org"
+			}
+			return len(seen) == len(f.regions) && seen["a"] && seen["b"] && seen["c"]
+		})
+		out, err := f.tryCalloutctl("c", "log", "erase", "-domain", "example.org")
+		if err != nil || !strings.Contains(out, "erased") {
+			t.Fatalf("erase: %v %s", err, out)
+		}
+		if res := search(); len(res.Records) != 0 || len(res.Unanswered) != 0 {
+			t.Fatalf("after the erase: %+v", res)
+		}
+	})
 	t.Run("a region lost loses nothing and catches up when back", func(t *testing.T) {
 		// carol is cached unknown in every region, then c is lost.
 		for _, r := range f.regions {

@@ -89,26 +89,44 @@ func (s *Service) search(ctx context.Context, r *microasync.Request) {
 		_ = r.Error("400", err.Error(), nil)
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
+	start := time.Now()
 	res, err := decisions.Search(ctx, s.index, decisions.StreamReader{NC: s.nc, Stream: s.names.DecisionStream()}, q, s.cfg.DecisionSearchMaxRead)
 	res.Region, res.Indexing = s.names.Region, !s.indexed.Load()
 	for i := range res.Records {
 		res.Records[i].Region = s.names.Region
 	}
+	s.log.Debug("decision search", "query", string(r.Data()), "records", len(res.Records), "read", res.Read, "took", time.Since(start), "err", err)
 	switch {
 	case errors.Is(err, decisions.ErrTooBroad):
 		s.m.searches.WithLabelValues("too_broad").Inc()
 		_ = r.Error("422", err.Error(), nil)
 		return
 	case err != nil:
+		s.log.Warn("decision search failed", "query", string(r.Data()), "err", err)
 		s.m.searches.WithLabelValues("error").Inc()
 		_ = r.Error("500", err.Error(), nil)
 		return
 	}
 	s.m.searches.WithLabelValues("ok").Inc()
+	_ = r.Respond(fitPage(&res, int(s.nc.MaxPayload())-1024))
+}
+
+// fitPage encodes a page within a message's size: a page too large is
+// cut, and goes on (Next) from the last record kept.
+func fitPage(res *decisions.Result, limit int) []byte {
 	b, _ := json.Marshal(res)
-	_ = r.Respond(b)
+	for len(b) > limit && len(res.Records) > 1 {
+		keep := max(1, len(res.Records)*limit/len(b)*9/10)
+		if keep >= len(res.Records) {
+			keep = len(res.Records) - 1
+		}
+		res.Records = res.Records[:keep]
+		res.Next = res.Records[keep-1].Seq
+		b, _ = json.Marshal(res)
+	}
+	return b
 }
 
 // erase removes every record of a domain from the region's log: a purge

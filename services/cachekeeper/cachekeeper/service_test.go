@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/callout-mail/callout/services/cachekeeper/cache"
+	"github.com/callout-mail/callout/shared/decisions"
 	"github.com/callout-mail/callout/shared/kvkey"
 	"github.com/callout-mail/callout/shared/natstest"
 	"github.com/callout-mail/callout/shared/streams"
@@ -348,5 +350,18 @@ func TestQueueOnMiss(t *testing.T) {
 	}
 	if m, err := after.NextMsg(300 * time.Millisecond); err == nil {
 		t.Fatalf("a job for a hit: %s", m.Subject)
+	}
+}
+
+// A page that would not fit in a message is cut, and goes on from the
+// last record kept.
+func TestFitPage(t *testing.T) {
+	res := decisions.Result{}
+	for i := 0; i < 500; i++ {
+		res.Records = append(res.Records, decisions.Hit{Seq: uint64(1000 - i), Record: decisions.Record{Recipient: strings.Repeat("a", 100) + "@example.org", Text: strings.Repeat("t", 200)}})
+	}
+	b := fitPage(&res, 64<<10)
+	if len(b) > 64<<10 || len(res.Records) == 0 || len(res.Records) == 500 || res.Next != res.Records[len(res.Records)-1].Seq {
+		t.Fatalf("%d bytes, %d records, next %d", len(b), len(res.Records), res.Next)
 	}
 }
