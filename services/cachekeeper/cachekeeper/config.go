@@ -37,8 +37,8 @@ type Config struct {
 
 // Validate checks values envconfig cannot.
 func (c *Config) Validate() error {
-	if c.DecisionLogMaxAge < time.Minute || c.DecisionLogMaxBytes < 1<<20 || c.DecisionSearchMaxRead < 1 {
-		return errors.New("CALLOUT_CACHEKEEPER_DECISION_LOG_MAX_AGE (at least 1m), _MAX_BYTES (at least 1 MiB) and _DECISION_SEARCH_MAX_READ (at least 1)")
+	if c.DecisionLogMaxAge < time.Second || c.DecisionLogMaxBytes < 1<<20 || c.DecisionSearchMaxRead < 1 {
+		return errors.New("CALLOUT_CACHEKEEPER_DECISION_LOG_MAX_AGE (at least 1s), _MAX_BYTES (at least 1 MiB) and _DECISION_SEARCH_MAX_READ (at least 1)")
 	}
 	if c.Workers < 1 || c.StoreWorkers < 1 {
 		return errors.New("CALLOUT_CACHEKEEPER_WORKERS and _STORE_WORKERS must be at least 1")

@@ -28,7 +28,8 @@ import (
 func testConfig() Config {
 	return Config{Replicas: 1, TTLValid: 96 * time.Hour, TTLInvalid: 2 * time.Hour, TTLDisabled: 30 * time.Minute,
 		TTLCatchAll: 96 * time.Hour, TTLNotCatchAll: 2 * time.Hour, TTLUnverifiable: 2 * time.Hour,
-		RefreshAge: 48 * time.Hour, Workers: 8, StoreWorkers: 4}
+		RefreshAge: 48 * time.Hour, Workers: 8, StoreWorkers: 4,
+		DecisionLogMaxAge: decisions.DefaultLimits.MaxAge, DecisionLogMaxBytes: 1 << 30, DecisionSearchMaxRead: 100000}
 }
 
 func start(t *testing.T, ns *natstest.Server, cfg Config) (stop func()) {
@@ -364,4 +365,42 @@ func TestFitPage(t *testing.T) {
 	if len(b) > 64<<10 || len(res.Records) == 0 || len(res.Records) == 500 || res.Next != res.Records[len(res.Records)-1].Seq {
 		t.Fatalf("%d bytes, %d records, next %d", len(b), len(res.Records), res.Next)
 	}
+}
+
+// The log keeps records as long as its age limit says: with a short
+// one, a record found at first is gone a little later, and a search
+// says so without error; the index forgets it.
+func TestDecisionRetention(t *testing.T) {
+	ns := natstest.Start(t)
+	cfg := testConfig()
+	cfg.DecisionLogMaxAge = 2 * time.Second
+	start(t, ns, cfg)
+	nc := ns.Connect(t)
+	names := subjects.New("")
+	js := natstest.JetStream(t, nc)
+	waitfor.Cond(t, 10*time.Second, func() bool {
+		st, err := js.Stream(context.Background(), names.DecisionStream())
+		return err == nil && st.CachedInfo().Config.MaxAge == 2*time.Second
+	})
+	rec, err := decisions.NewRecorder(nc, names, 16, func(string) { t.Error("dropped") }, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go rec.Run(ctx)
+	rec.Record(&decisions.Record{At: time.Now(), Recipient: "old@example.org", Action: verdict.Reject, Code: 550})
+	search := func() decisions.Result {
+		m, err := nc.Request(names.DecisionSearch(), []byte(`{"recipient":"old@example.org"}`), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var res decisions.Result
+		if err := json.Unmarshal(m.Data, &res); err != nil {
+			t.Fatalf("%v: %s", err, m.Data)
+		}
+		return res
+	}
+	waitfor.Cond(t, 10*time.Second, func() bool { return len(search().Records) == 1 })
+	waitfor.Cond(t, 10*time.Second, func() bool { return len(search().Records) == 0 })
 }
