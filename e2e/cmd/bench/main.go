@@ -59,6 +59,8 @@ type bench struct {
 	policyAddr string            // the ingest's Postfix policy listener
 	metrics    map[string]string // process -> its /metrics address
 	profDir    string
+	// launch starts (or starts again) a process: name, service, settings.
+	launch func(name, svc string, env ...string) error
 }
 
 // profile takes a CPU profile of every process for the next d, into
@@ -106,7 +108,8 @@ func main() {
 	out := flag.String("out", "bench/results.json", "JSON output")
 	requests := flag.Int("requests", 100000, "callout economy: verify requests")
 	entries := flag.Int("entries", 1000000, "storage: cached entries")
-	only := flag.String("only", "", "run one section: hit, miss, saturation, economy, storage, protection, mta, postfix, lists, regions")
+	only := flag.String("only", "", "run one section: hit, miss, saturation, economy, storage, protection, mta, postfix, lists, regions, decisions, decisions-search")
+	records := flag.Int("records", 10000000, "decisions-search: records in the log")
 	reps := flag.Int("reps", 3, "repetitions of the hit, miss, saturation and MTA-path sections")
 	flag.Parse()
 	absBin, _ := filepath.Abs(*bin)
@@ -142,10 +145,12 @@ func main() {
 		steps = append(steps, b.cacheHit, b.miss, b.saturation)
 	}
 	pfx := func() error { return b.throughPostfix(*reps) }
-	steps = append(steps, func() error { return b.economy(*requests) }, protection, mta, pfx, b.staticLists, func() error { return b.regions(absBin) })
+	logCost := func() error { return b.decisionLog(*reps) }
+	steps = append(steps, func() error { return b.economy(*requests) }, protection, mta, pfx, b.staticLists, func() error { return b.regions(absBin) }, logCost)
 	if *only != "" {
 		steps = map[string][]func() error{"hit": {hit}, "miss": {miss}, "saturation": {sat}, "economy": {func() error { return b.economy(*requests) }},
-			"storage": {func() error { return b.storage(*entries) }}, "protection": {protection}, "mta": {mta}, "postfix": {pfx}, "lists": {b.staticLists}, "regions": {func() error { return b.regions(absBin) }}}[*only]
+			"storage": {func() error { return b.storage(*entries) }}, "protection": {protection}, "mta": {mta}, "postfix": {pfx}, "lists": {b.staticLists}, "regions": {func() error { return b.regions(absBin) }},
+			"decisions": {logCost}, "decisions-search": {func() error { return b.decisionSearch(*records) }}}[*only]
 	}
 	for _, step := range steps {
 		if err := step(); err != nil {
@@ -305,6 +310,7 @@ func start(bin string) (*bench, func(), error) {
 		order = append(order, p)
 		return nil
 	}
+	b.launch = launch
 	if err := launch("cachekeeper", "cachekeeper", "CALLOUT_CACHEKEEPER_STORE_WORKERS=32"); err != nil {
 		return nil, stop, err
 	}

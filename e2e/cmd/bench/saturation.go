@@ -17,14 +17,23 @@ import (
 
 // 5. Saturation: 1 ingest, 1 cachekeeper, 2 probers, 90% cache hits.
 func (b *bench) saturation() error {
-	b.add("5 saturation", "machine: a fixed loop on one core, before the load", ms(calibrate()), "ms")
+	_, err := b.saturate(true)
+	return err
+}
+
+// saturate runs the saturation load and returns its rate; with detail,
+// section 5's rows are added.
+func (b *bench) saturate(detail bool) (float64, error) {
+	if detail {
+		b.add("5 saturation", "machine: a fixed loop on one core, before the load", ms(calibrate()), "ms")
+	}
 	dest, err := mailDest(func(string) bool { return false })
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer dest.Close()
 	if err := b.policies(map[string]string{"sat.bench": dest.Addr()}); err != nil {
-		return err
+		return 0, err
 	}
 	var warm []string
 	for i := 1; len(warm) < 5000; i++ {
@@ -39,7 +48,7 @@ func (b *bench) saturation() error {
 	}
 	wg.Wait()
 	if err := b.waitCached(warm); err != nil {
-		return err
+		return 0, err
 	}
 	conns := clients(b.url, 8)
 	defer closeAll(conns)
@@ -78,7 +87,10 @@ func (b *bench) saturation() error {
 		return nil
 	})
 	if err != nil {
-		return err
+		return 0, err
+	}
+	if !detail {
+		return rate, b.flushAll()
 	}
 	b.add("5 saturation", "verifies/s (64 requesters)", rate, "req/s")
 	b.add("5 saturation", "cache hit rate", float64(hits.Load())/float64(total.Load()), "")
@@ -97,7 +109,7 @@ func (b *bench) saturation() error {
 		b.add("5 saturation", k.name+" p99", ms(all.pct(99)), "ms")
 	}
 	b.addCPU("5 saturation", cpu0, b.cpuTicks(), time.Since(t0), total.Load())
-	return b.flushAll()
+	return rate, b.flushAll()
 }
 
 // calibrate times a fixed piece of work on one goroutine (sorting 200,000
