@@ -18,9 +18,10 @@ import (
 	"github.com/callout-mail/callout/shared/waitfor"
 )
 
-// logOf starts a server with a decision log holding recs (cleaned, in
-// order: recs[i] is sequence i+1) and an index that followed it.
-func logOf(t *testing.T, recs []Record) (*Index, StreamReader) {
+// logOf starts a server with a decision log holding recs (cleaned) and
+// an index that followed it; it returns the records as stored, in the
+// log's order, read back message by message.
+func logOf(t *testing.T, recs []Record) (*Index, StreamReader, []Stored) {
 	t.Helper()
 	srv := natstest.Start(t)
 	nc := srv.Connect(t)
@@ -42,9 +43,24 @@ func logOf(t *testing.T, recs []Record) (*Index, StreamReader) {
 		recs[i].Clean()
 	}
 	st, _ := js.Stream(ctx, names.DecisionStream())
+	var stored []Stored
 	waitfor.Cond(t, 30*time.Second, func() bool {
+		stored = stored[:0]
 		info, err := st.Info(ctx)
-		return err == nil && info.State.Msgs == uint64(len(recs))
+		if err != nil || info.State.Msgs == 0 {
+			return false
+		}
+		var seqs []uint64
+		for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
+			seqs = append(seqs, seq)
+		}
+		_ = StreamReader{NC: nc, Stream: names.DecisionStream()}.Messages(ctx, seqs, func(seq uint64, _ string, data []byte) {
+			_ = DecodeBatch(data, func(idx int, r *Record) bool {
+				stored = append(stored, Stored{ID: ID(seq, idx), Record: *r})
+				return true
+			})
+		})
+		return len(stored) == len(recs)
 	})
 	if dropped.Load() != 0 {
 		t.Fatalf("%d records dropped", dropped.Load())
@@ -57,10 +73,27 @@ func logOf(t *testing.T, recs []Record) (*Index, StreamReader) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("index did not catch up")
 	}
-	if x.Last() != uint64(len(recs)) {
-		t.Fatalf("index at %d, want %d", x.Last(), len(recs))
+	if x.Last() != stored[len(stored)-1].ID || x.Len() != len(recs) {
+		t.Fatalf("index at %d with %d, want %d with %d", x.Last(), x.Len(), stored[len(stored)-1].ID, len(recs))
 	}
-	return x, StreamReader{NC: nc, Stream: names.DecisionStream()}
+	// Every record was stored as it was recorded, in batches.
+	count := map[string]int{}
+	key := func(r *Record) string { return fmt.Sprintf("%v|%s|%s|%s|%s", r.At.UnixNano(), r.Recipient, r.Sender, r.Action, r.DestText) }
+	for i := range recs {
+		count[key(&recs[i])]++
+	}
+	for i := range stored {
+		count[key(&stored[i].Record)]--
+	}
+	for k, n := range count {
+		if n != 0 {
+			t.Fatalf("record %s stored %d times too few", k, n)
+		}
+	}
+	if msgs := SeqOf(stored[len(stored)-1].ID); msgs >= uint64(len(recs)) {
+		t.Fatalf("%d records in %d messages: not batched", len(recs), msgs)
+	}
+	return x, StreamReader{NC: nc, Stream: names.DecisionStream()}, stored
 }
 
 var (
@@ -132,7 +165,11 @@ func TestSearchAgainstModel(t *testing.T) {
 	r := rand.New(rand.NewPCG(seed, 7))
 	start := time.Date(2026, 11, 28, 0, 0, 0, 0, time.UTC)
 	recs := randomRecords(r, segSize+500, start)
-	x, rd := logOf(t, recs)
+	x, rd, stored := logOf(t, recs)
+	byID := map[uint64]Record{}
+	for _, st := range stored {
+		byID[st.ID] = st.Record
+	}
 	ctx := context.Background()
 	for i := 0; i < 40; i++ {
 		q := randomQuery(r, start)
@@ -143,9 +180,9 @@ func TestSearchAgainstModel(t *testing.T) {
 			q.Limit = 50 // one record a page: followed over a few records only
 		}
 		var want []uint64
-		for j := len(recs) - 1; j >= 0; j-- {
-			if q.Match(&recs[j]) {
-				want = append(want, uint64(j+1))
+		for j := len(stored) - 1; j >= 0; j-- {
+			if q.Match(&stored[j].Record) {
+				want = append(want, stored[j].ID)
 			}
 		}
 		var got []uint64
@@ -159,9 +196,9 @@ func TestSearchAgainstModel(t *testing.T) {
 				t.Fatalf("seed %d: page of %d, limit %d", seed, len(res.Records), q.Limit)
 			}
 			for _, h := range res.Records {
-				got = append(got, h.Seq)
-				if rec := recs[h.Seq-1]; h.Record.Recipient != rec.Recipient || !h.At.Equal(rec.At) || h.DestText != rec.DestText {
-					t.Fatalf("seed %d: record %d read as %+v, stored %+v", seed, h.Seq, h.Record, rec)
+				got = append(got, h.ID)
+				if rec := byID[h.ID]; h.Record.Recipient != rec.Recipient || !h.At.Equal(rec.At) || h.DestText != rec.DestText {
+					t.Fatalf("seed %d: record %d read as %+v, stored %+v", seed, h.ID, h.Record, rec)
 				}
 			}
 			if res.Next == 0 {
@@ -240,7 +277,7 @@ func TestSearchBounded(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	start := time.Now().Add(-24 * time.Hour)
 	recs := randomRecords(r, 500, start)
-	x, rd := logOf(t, recs)
+	x, rd, _ := logOf(t, recs)
 	q := Query{Sender: "s@example.com"}
 	if err := q.Check(); err != nil {
 		t.Fatal(err)

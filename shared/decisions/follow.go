@@ -19,26 +19,29 @@ func Follow(ctx context.Context, js jetstream.JetStream, stream string, x *Index
 	last := st.CachedInfo().State.LastSeq
 	var once sync.Once
 	done := func() { once.Do(caughtUp) }
-	if x.Last() >= last {
+	if SeqOf(x.Last()) >= last {
 		done()
 	}
 	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy}
-	if from := x.Last() + 1; x.Last() > 0 {
-		cfg = jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: from}
+	if x.Last() > 0 {
+		// From the message of the last record on: its records already
+		// indexed are ignored.
+		cfg = jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: SeqOf(x.Last())}
 	}
 	cons, err := js.OrderedConsumer(ctx, stream, cfg)
 	if err != nil {
 		return fmt.Errorf("decision log %s: %w", stream, err)
 	}
-	var rec Record
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		md, err := m.Metadata()
 		if err != nil {
 			return
 		}
-		if Decode(m.Data(), &rec) == nil {
-			x.Add(md.Sequence.Stream, &rec)
-		}
+		seq := md.Sequence.Stream
+		_ = DecodeBatch(m.Data(), func(idx int, r *Record) bool {
+			x.Add(seq, idx, r)
+			return true
+		})
 		if md.Sequence.Stream >= last || md.NumPending == 0 {
 			done()
 		}

@@ -7,10 +7,11 @@ import (
 )
 
 // Index finds a search's records without reading the log: for each
-// record, by its stream sequence, a hash of its recipient, a hash of its
-// domain and its action (9 bytes), in segments that know the time span
-// of their records. A search reads only the records the index points at;
-// the hashes may collide, so every record read is checked again.
+// record a hash of its recipient, a hash of its domain and its action (9
+// bytes), in the log's order, in segments that know the time span of
+// their records and where each message's batch begins. A search reads
+// only the messages the index points at; the hashes may collide, so
+// every record read is checked again.
 //
 // Why not the stream's own subject index: a subject per recipient would
 // make the server keep millions of subjects, and a filtered read loads
@@ -19,7 +20,7 @@ import (
 type Index struct {
 	mu   sync.RWMutex
 	segs []*segment
-	last uint64 // highest sequence added
+	last uint64 // highest record ID added
 	n    int    // entries held (erased ones included)
 }
 
@@ -27,10 +28,19 @@ type Index struct {
 const segSize = 4096
 
 type segment struct {
-	first        uint64 // sequence of entry 0
 	rh, dh       []uint32
-	act          []uint8 // 0: none (a gap, or erased)
+	act          []uint8 // 0: erased
+	runs         []run   // one per message, in order
 	minAt, maxAt int64   // unix seconds of the records' times
+}
+
+// run is where one message's records begin among a segment's entries
+// (a message's batch may begin in the segment before: idx is the place
+// in its batch of the run's first record).
+type run struct {
+	seq   uint64
+	start uint32
+	idx   uint8
 }
 
 func actionCode(a verdict.Action) uint8 {
@@ -45,30 +55,29 @@ func actionCode(a verdict.Action) uint8 {
 	return 4 // anything else still counts as a record
 }
 
-// Add indexes the record stored at seq. Sequences come in order; one at
-// or below the last is ignored (a redelivery).
-func (x *Index) Add(seq uint64, r *Record) {
+// Add indexes record idx of the message stored at seq. Records come in
+// order; one at or below the last is ignored (a redelivery).
+func (x *Index) Add(seq uint64, idx int, r *Record) {
+	id := ID(seq, idx)
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	if seq <= x.last && x.last != 0 {
+	if id <= x.last && x.last != 0 {
 		return
 	}
-	x.last = seq
+	x.last = id
 	var s *segment
 	if len(x.segs) > 0 {
 		s = x.segs[len(x.segs)-1]
-		if seq >= s.first+segSize {
+		if len(s.act) >= segSize {
 			s = nil
 		}
 	}
 	if s == nil {
-		s = &segment{first: seq, rh: make([]uint32, 0, 64), dh: make([]uint32, 0, 64), act: make([]uint8, 0, 64)}
+		s = &segment{rh: make([]uint32, 0, 64), dh: make([]uint32, 0, 64), act: make([]uint8, 0, 64)}
 		x.segs = append(x.segs, s)
 	}
-	for uint64(len(s.act)) < seq-s.first {
-		// Sequences that are not records (deleted, or never indexed).
-		s.rh, s.dh, s.act = append(s.rh, 0), append(s.dh, 0), append(s.act, 0)
-		x.n++
+	if len(s.runs) == 0 || s.runs[len(s.runs)-1].seq != seq {
+		s.runs = append(s.runs, run{seq: seq, start: uint32(len(s.act)), idx: uint8(idx)})
 	}
 	at := r.At.Unix()
 	if len(s.act) == 0 || at < s.minAt {
@@ -83,7 +92,7 @@ func (x *Index) Add(seq uint64, r *Record) {
 	x.n++
 }
 
-// Last is the highest sequence indexed.
+// Last is the highest record ID indexed.
 func (x *Index) Last() uint64 {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
@@ -103,7 +112,7 @@ func (x *Index) Forget(first uint64) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	i := 0
-	for i < len(x.segs) && x.segs[i].first+uint64(len(x.segs[i].act)) <= first {
+	for i < len(x.segs) && x.segs[i].runs[len(x.segs[i].runs)-1].seq < first {
 		x.n -= len(x.segs[i].act)
 		i++
 	}
@@ -164,23 +173,28 @@ func (f *filter) match(s *segment, i int) bool {
 	return a != 0 && (f.act == 0 || a == f.act) && (!f.byR || s.rh[i] == f.rh) && (!f.byD || s.dh[i] == f.dh) && (f.scope == nil || f.scope[s.dh[i]])
 }
 
-// each calls fn with the sequences of the candidates below before (0:
-// all), newest first, until fn returns false.
-func (x *Index) each(q *Query, before uint64, fn func(seq uint64) bool) {
+// each calls fn with the IDs of the candidates below before (0: all),
+// newest first, until fn returns false.
+func (x *Index) each(q *Query, before uint64, fn func(id uint64) bool) {
 	f := newFilter(q)
 	x.mu.RLock()
 	defer x.mu.RUnlock()
 	for si := len(x.segs) - 1; si >= 0; si-- {
 		s := x.segs[si]
-		if s.maxAt < f.since || s.minAt > f.til || before != 0 && s.first >= before {
+		if s.maxAt < f.since || s.minAt > f.til || before != 0 && ID(s.runs[0].seq, 0) >= before {
 			continue
 		}
+		ri := len(s.runs) - 1
 		for i := len(s.act) - 1; i >= 0; i-- {
-			seq := s.first + uint64(i)
-			if before != 0 && seq >= before || !f.match(s, i) {
+			for uint32(i) < s.runs[ri].start {
+				ri--
+			}
+			rn := s.runs[ri]
+			id := ID(rn.seq, int(rn.idx)+i-int(rn.start))
+			if before != 0 && id >= before || !f.match(s, i) {
 				continue
 			}
-			if !fn(seq) {
+			if !fn(id) {
 				return
 			}
 		}

@@ -23,7 +23,7 @@ type Query struct {
 	Since     time.Time       `json:"since,omitzero"`
 	Until     time.Time       `json:"until,omitzero"`
 	Limit     int             `json:"limit,omitempty"`  // results per page (default 50, at most MaxLimit)
-	Before    uint64          `json:"before,omitempty"` // paging: records older than this sequence
+	Before    uint64          `json:"before,omitempty"` // paging: records older than this record ID
 	Domains   []string        `json:"domains,omitempty"`
 	Purpose   verdict.Purpose `json:"purpose,omitempty"`
 

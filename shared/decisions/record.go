@@ -1,9 +1,11 @@
 package decisions
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"io"
 	"strings"
 	"time"
 
@@ -136,6 +138,57 @@ var ErrRecord = errors.New("unreadable decision record")
 func Encode(r *Record) ([]byte, error) {
 	r.V = Version
 	return msgpack.Marshal(r)
+}
+
+// A message of the log carries a batch of records of one action and
+// domain token, each record's encoding after the other: one publish, one
+// acknowledgement and one stored message for up to MaxBatch records.
+const (
+	MaxBatch      = 255
+	MaxBatchBytes = 32 << 10
+	// BatchHeader says how many records a message carries.
+	BatchHeader = "Callout-Records"
+)
+
+// ID names one record: its message's stream sequence and its place in
+// the message's batch.
+func ID(seq uint64, idx int) uint64 { return seq<<8 | uint64(idx&0xff) }
+
+// SeqOf is the stream sequence of a record's message.
+func SeqOf(id uint64) uint64 { return id >> 8 }
+
+// IdxOf is a record's place in its message.
+func IdxOf(id uint64) int { return int(id & 0xff) }
+
+// DecodeBatch calls fn with each record of a message, in order, until fn
+// returns false. A record that cannot be read ends the batch with
+// ErrRecord.
+func DecodeBatch(b []byte, fn func(idx int, r *Record) bool) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%w: %v", ErrRecord, p)
+		}
+	}()
+	if len(b) == 0 || len(b) > 2*MaxBatchBytes {
+		return fmt.Errorf("%w: batch of %d bytes", ErrRecord, len(b))
+	}
+	dec := msgpack.NewDecoder(bytes.NewReader(b))
+	var r Record
+	for idx := 0; ; idx++ {
+		r = Record{}
+		if err := dec.Decode(&r); err != nil {
+			if errors.Is(err, io.EOF) && idx > 0 {
+				return nil
+			}
+			return fmt.Errorf("%w: record %d: %v", ErrRecord, idx, err)
+		}
+		if r.V < 1 || r.V > Version || idx > MaxBatch {
+			return fmt.Errorf("%w: record %d: version %d", ErrRecord, idx, r.V)
+		}
+		if !fn(idx, &r) {
+			return nil
+		}
+	}
 }
 
 // Decode reads a record; garbage or an unknown version is ErrRecord.

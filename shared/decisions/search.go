@@ -8,20 +8,21 @@ import (
 
 // Stored is a record with its place in its region's log.
 type Stored struct {
-	Seq uint64 `json:"seq"`
+	ID uint64 `json:"id"`
 	Record
 }
 
-// Reader reads records by sequence (a region's log); a sequence whose
+// Reader reads records by ID (a region's log), newest first; an ID whose
 // record is gone is left out.
 type Reader interface {
-	Read(ctx context.Context, seqs []uint64) ([]Stored, error)
+	Read(ctx context.Context, ids []uint64) ([]Stored, error)
 }
 
 // Result is one page of a search.
 type Result struct {
 	Records []Hit `json:"records"`
-	// Next is the Before of the next page (0: this was the last).
+	// Next is the Before of the next page, a record ID (0: this was the
+	// last).
 	Next uint64 `json:"next,omitempty"`
 	// Read is how many records were read; Candidates how many the index
 	// pointed at, the most the search could have read.
@@ -34,9 +35,9 @@ type Result struct {
 	Error    string `json:"error,omitempty"`
 }
 
-// Hit is one result.
+// Hit is one result: ID is its place in its region's log (ID).
 type Hit struct {
-	Seq    uint64 `json:"seq"`
+	ID     uint64 `json:"id"`
 	Region string `json:"region,omitempty"`
 	Record
 }
@@ -95,9 +96,9 @@ func Search(ctx context.Context, x *Index, rd Reader, q Query, maxRead int) (Res
 			if !q.Match(&recs[i].Record) {
 				continue
 			}
-			res.Records = append(res.Records, Hit{Seq: recs[i].Seq, Record: recs[i].Record})
+			res.Records = append(res.Records, Hit{ID: recs[i].ID, Record: recs[i].Record})
 			if len(res.Records) == q.Limit {
-				res.Next = recs[i].Seq
+				res.Next = recs[i].ID
 				return res, nil
 			}
 		}

@@ -11,13 +11,13 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
-// StreamReader reads records from a log stream by sequence with the
-// server's batched direct get: one request for a run of near
-// sequences, never a consumer.
+// StreamReader reads records from a log stream by ID with the server's
+// batched direct get: one request for a run of near messages, never a
+// consumer.
 type StreamReader struct {
 	NC     *nats.Conn
 	Stream string
-	// Gap: sequences closer than this are read in one request (the ones
+	// Gap: messages closer than this are read in one request (the ones
 	// between are read and dropped).
 	Gap uint64
 }
@@ -29,57 +29,76 @@ type directGet struct {
 	MaxBytes int    `json:"max_bytes,omitempty"`
 }
 
-// Read returns the records at seqs (newest first, as asked).
-func (r StreamReader) Read(ctx context.Context, seqs []uint64) ([]Stored, error) {
-	if len(seqs) == 0 {
-		return nil, nil
+// Read returns the records of ids, newest first.
+func (r StreamReader) Read(ctx context.Context, ids []uint64) ([]Stored, error) {
+	wanted := make(map[uint64]bool, len(ids))
+	var seqs []uint64
+	for _, id := range ids {
+		wanted[id] = true
+		seqs = append(seqs, SeqOf(id))
 	}
-	want := slices.Clone(seqs)
-	slices.Sort(want)
+	got := make([]Stored, 0, len(ids))
+	err := r.Messages(ctx, seqs, func(seq uint64, _ string, data []byte) {
+		_ = DecodeBatch(data, func(idx int, rec *Record) bool {
+			if id := ID(seq, idx); wanted[id] {
+				got = append(got, Stored{ID: id, Record: *rec})
+			}
+			return true
+		})
+	})
+	slices.SortFunc(got, func(a, b Stored) int {
+		switch {
+		case a.ID > b.ID:
+			return -1
+		case a.ID < b.ID:
+			return 1
+		}
+		return 0
+	})
+	return got, err
+}
+
+// Messages calls fn with each message of seqs that the log still has
+// (its subject and data), in the order of the log.
+func (r StreamReader) Messages(ctx context.Context, seqs []uint64, fn func(seq uint64, subject string, data []byte)) error {
+	if len(seqs) == 0 {
+		return nil
+	}
+	want := slices.Compact(slices.Sorted(slices.Values(seqs)))
 	gap := r.Gap
 	if gap == 0 {
-		gap = 32
+		gap = 8
 	}
 	inbox := r.NC.NewRespInbox()
 	sub, err := r.NC.SubscribeSync(inbox)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer func() { _ = sub.Unsubscribe() }()
 	wanted := make(map[uint64]bool, len(want))
 	for _, s := range want {
 		wanted[s] = true
 	}
-	got := make([]Stored, 0, len(want))
 	for i := 0; i < len(want); {
 		j := i
-		for j+1 < len(want) && want[j+1]-want[j] <= gap && want[j+1]-want[i] < 1024 {
+		for j+1 < len(want) && want[j+1]-want[j] <= gap && want[j+1]-want[i] < 256 {
 			j++
 		}
 		lo, hi := want[i], want[j]
 		i = j + 1
-		req, _ := json.Marshal(directGet{Seq: lo, Batch: int(hi - lo + 1), UpToSeq: hi, MaxBytes: 8 << 20})
+		req, _ := json.Marshal(directGet{Seq: lo, Batch: int(hi - lo + 1), UpToSeq: hi, MaxBytes: 16 << 20})
 		if err := r.NC.PublishRequest("$JS.API.DIRECT.GET."+r.Stream, inbox, req); err != nil {
-			return nil, err
+			return err
 		}
-		if err := r.collect(ctx, sub, wanted, &got); err != nil {
-			return nil, err
+		if err := r.collect(ctx, sub, wanted, fn); err != nil {
+			return err
 		}
 	}
-	slices.SortFunc(got, func(a, b Stored) int {
-		switch {
-		case a.Seq > b.Seq:
-			return -1
-		case a.Seq < b.Seq:
-			return 1
-		}
-		return 0
-	})
-	return got, nil
+	return nil
 }
 
 // collect reads one batch's messages up to its end.
-func (r StreamReader) collect(ctx context.Context, sub *nats.Subscription, wanted map[uint64]bool, got *[]Stored) error {
+func (r StreamReader) collect(ctx context.Context, sub *nats.Subscription, wanted map[uint64]bool, fn func(seq uint64, subject string, data []byte)) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	for {
@@ -98,11 +117,6 @@ func (r StreamReader) collect(ctx context.Context, sub *nats.Subscription, wante
 		if err != nil || !wanted[seq] {
 			continue
 		}
-		var rec Stored
-		if Decode(m.Data, &rec.Record) != nil {
-			continue // an unreadable record is no result
-		}
-		rec.Seq = seq
-		*got = append(*got, rec)
+		fn(seq, m.Header.Get("Nats-Subject"), m.Data)
 	}
 }

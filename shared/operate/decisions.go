@@ -161,7 +161,7 @@ func (c *Client) SearchDecisions(ctx context.Context, q decisions.Query, cursor 
 		for _, h := range hits {
 			if h.Region == a.region {
 				taken++
-				last = h.Seq
+				last = h.ID
 			}
 		}
 		switch {

@@ -8,9 +8,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 
@@ -123,7 +125,7 @@ func fitPage(res *decisions.Result, limit int) []byte {
 			keep = len(res.Records) - 1
 		}
 		res.Records = res.Records[:keep]
-		res.Next = res.Records[keep-1].Seq
+		res.Next = res.Records[keep-1].ID
 		b, _ = json.Marshal(res)
 	}
 	return b
@@ -166,26 +168,57 @@ func (s *Service) eraseDomain(ctx context.Context, domain string) (int, error) {
 	}
 	removed := 0
 	if tok := decisions.Token(domain); tok == domain {
-		before := st.CachedInfo().State.Msgs
+		// Its records are all under its subject, in messages of their
+		// own; the index counts them (the purge counts messages).
+		removed = s.index.Count(&q, 0)
 		if err := st.Purge(ctx, jetstream.WithPurgeSubject(s.names.DecisionDomain(tok))); err != nil {
 			return 0, err
 		}
-		if info, err := st.Info(ctx); err == nil && info.State.Msgs <= before {
-			removed = int(before - info.State.Msgs)
-		}
 	}
-	// What the purge could not name by subject: read and delete one by one.
+	// What the purge could not name by subject: the messages of domains
+	// that are no plain token, which may hold other such domains' records
+	// too. Each is written again without the domain's records, then
+	// erased.
 	rd := decisions.StreamReader{NC: s.nc, Stream: s.names.DecisionStream()}
 	for {
 		res, err := decisions.Search(ctx, s.index, rd, q, s.cfg.DecisionSearchMaxRead)
 		if err != nil {
 			return removed, err
 		}
+		var seqs []uint64
 		for _, h := range res.Records {
-			if err := st.SecureDeleteMsg(ctx, h.Seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
-				return removed, err
+			seqs = append(seqs, decisions.SeqOf(h.ID))
+		}
+		var rerr error
+		err = rd.Messages(ctx, seqs, func(seq uint64, subject string, data []byte) {
+			if rerr != nil {
+				return
 			}
-			removed++
+			var keep []byte
+			kept, gone := 0, 0
+			_ = decisions.DecodeBatch(data, func(_ int, r *decisions.Record) bool {
+				if r.Domain() == domain {
+					gone++
+				} else if b, err := decisions.Encode(r); err == nil {
+					keep, kept = append(keep, b...), kept+1
+				}
+				return true
+			})
+			if kept > 0 {
+				m := nats.NewMsg(subject)
+				m.Data = keep
+				m.Header.Set(decisions.BatchHeader, strconv.Itoa(kept))
+				if _, rerr = s.js.PublishMsg(ctx, m); rerr != nil {
+					return
+				}
+			}
+			if rerr = st.SecureDeleteMsg(ctx, seq); errors.Is(rerr, jetstream.ErrMsgNotFound) {
+				rerr = nil
+			}
+			removed += gone
+		})
+		if err != nil || rerr != nil {
+			return removed, errors.Join(err, rerr)
 		}
 		if res.Next == 0 {
 			break

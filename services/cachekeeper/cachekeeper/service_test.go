@@ -359,10 +359,10 @@ func TestQueueOnMiss(t *testing.T) {
 func TestFitPage(t *testing.T) {
 	res := decisions.Result{}
 	for i := 0; i < 500; i++ {
-		res.Records = append(res.Records, decisions.Hit{Seq: uint64(1000 - i), Record: decisions.Record{Recipient: strings.Repeat("a", 100) + "@example.org", Text: strings.Repeat("t", 200)}})
+		res.Records = append(res.Records, decisions.Hit{ID: uint64(1000 - i), Record: decisions.Record{Recipient: strings.Repeat("a", 100) + "@example.org", Text: strings.Repeat("t", 200)}})
 	}
 	b := fitPage(&res, 64<<10)
-	if len(b) > 64<<10 || len(res.Records) == 0 || len(res.Records) == 500 || res.Next != res.Records[len(res.Records)-1].Seq {
+	if len(b) > 64<<10 || len(res.Records) == 0 || len(res.Records) == 500 || res.Next != res.Records[len(res.Records)-1].ID {
 		t.Fatalf("%d bytes, %d records, next %d", len(b), len(res.Records), res.Next)
 	}
 }
@@ -403,4 +403,65 @@ func TestDecisionRetention(t *testing.T) {
 	}
 	waitfor.Cond(t, 10*time.Second, func() bool { return len(search().Records) == 1 })
 	waitfor.Cond(t, 10*time.Second, func() bool { return len(search().Records) == 0 })
+}
+
+// An erase removes a domain's records and no other's, whether its
+// records have a subject of their own (purged) or share messages with
+// other domains' (written again without them).
+func TestDecisionErase(t *testing.T) {
+	ns := natstest.Start(t)
+	start(t, ns, testConfig())
+	nc := ns.Connect(t)
+	names := subjects.New("")
+	js := natstest.JetStream(t, nc)
+	waitfor.Cond(t, 10*time.Second, func() bool { _, err := js.Stream(context.Background(), names.DecisionStream()); return err == nil })
+	rec, err := decisions.NewRecorder(nc, names, 64, func(string) { t.Error("dropped") }, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go rec.Run(ctx)
+	// exa_mple.org and other_x.org are no plain subject tokens: their
+	// records share messages.
+	for _, to := range []string{"a@gone.example", "b@gone.example", "a@kept.example", "a@exa_mple.org", "b@other_x.org", "c@exa_mple.org"} {
+		rec.Record(&decisions.Record{At: time.Now(), Recipient: to, Action: verdict.Reject, Code: 550})
+	}
+	count := func(domain string) int {
+		m, err := nc.Request(names.DecisionSearch(), []byte(`{"domain":"`+domain+`"}`), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var res decisions.Result
+		if err := json.Unmarshal(m.Data, &res); err != nil {
+			t.Fatalf("%v: %s", err, m.Data)
+		}
+		return len(res.Records)
+	}
+	waitfor.Cond(t, 10*time.Second, func() bool { return count("exa_mple.org") == 2 && count("gone.example") == 2 })
+	for _, d := range []string{"gone.example", "exa_mple.org"} {
+		m, err := nc.Request(names.DecisionErase(), []byte(`{"domain":"`+d+`"}`), 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rep EraseReply
+		if err := json.Unmarshal(m.Data, &rep); err != nil || rep.Removed != 2 || rep.Error != "" {
+			t.Fatalf("erase %s: %s %v", d, m.Data, err)
+		}
+	}
+	waitfor.Cond(t, 10*time.Second, func() bool {
+		return count("gone.example") == 0 && count("exa_mple.org") == 0 && count("kept.example") == 1 && count("other_x.org") == 1
+	})
+	// Nothing of the erased domains is left in the stream's messages.
+	st, _ := js.Stream(ctx, names.DecisionStream())
+	info, _ := st.Info(ctx)
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
+		m, err := st.GetMsg(ctx, seq)
+		if err != nil {
+			continue
+		}
+		if strings.Contains(string(m.Data), "gone.example") || strings.Contains(string(m.Data), "exa_mple") {
+			t.Fatalf("message %d still holds an erased domain: %q", seq, m.Data)
+		}
+	}
 }

@@ -37,7 +37,7 @@ func decisionLog(t *testing.T, sys *system, admin, viewer *client) {
 	})
 	r := rejects.Records[0]
 	if r.Recipient != "nobody@callout.test" || r.Code != 550 || r.Via != decisions.ViaConsole || r.Reason != verdict.ReasonUserUnknown ||
-		r.Instance == "" || r.At.IsZero() || rejects.Records[0].Seq <= rejects.Records[1].Seq {
+		r.Instance == "" || r.At.IsZero() || rejects.Records[0].ID <= rejects.Records[1].ID {
 		t.Fatalf("reject record %+v", rejects.Records)
 	}
 	// The second was answered from a cache, the first by a callout with
@@ -54,10 +54,15 @@ func decisionLog(t *testing.T, sys *system, admin, viewer *client) {
 		t.Fatalf("first page %+v", page)
 	}
 	next := search(admin, "domain=callout.test&limit=1&cursor="+url.QueryEscape(page.Cursor))
-	if len(next.Records) != 1 || next.Records[0].Seq >= page.Records[0].Seq {
+	if len(next.Records) != 1 || next.Records[0].ID >= page.Records[0].ID {
 		t.Fatalf("second page %+v after %+v", next, page)
 	}
-	if star := search(admin, "recipient="+url.QueryEscape("*@callout.test")); len(star.Records) != 1 || star.Records[0].Recipient != "*@callout.test" {
+	var star operate.SearchResult
+	waitfor.Cond(t, 10*time.Second, func() bool {
+		star = search(admin, "recipient="+url.QueryEscape("*@callout.test"))
+		return len(star.Records) >= 1
+	})
+	if len(star.Records) != 1 || star.Records[0].Recipient != "*@callout.test" {
 		t.Fatalf("a * recipient widened the search: %+v", star)
 	}
 	if none := search(admin, "recipient="+url.QueryEscape(">@callout.test")); len(none.Records) != 0 {

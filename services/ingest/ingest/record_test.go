@@ -20,35 +20,30 @@ import (
 // logged counts the records of the log by action.
 func logged(t *testing.T, js jetstream.JetStream) map[string]uint64 {
 	t.Helper()
-	st, err := js.Stream(context.Background(), subjects.New("").DecisionStream())
+	ctx := context.Background()
+	st, err := js.Stream(ctx, subjects.New("").DecisionStream())
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := st.Info(context.Background(), jetstream.WithSubjectFilter("callout.decision.>"))
+	info, err := st.Info(ctx)
 	if err != nil {
 		t.Fatal(err)
+	}
+	var seqs []uint64
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+		seqs = append(seqs, seq)
 	}
 	out := map[string]uint64{}
-	for subj, n := range info.State.Subjects {
-		var action, domain string
-		if _, err := splitDecisionSubject(subj, &action, &domain); err == nil {
-			out[action] += n
-		}
+	rd := decisions.StreamReader{NC: js.Conn(), Stream: subjects.New("").DecisionStream()}
+	if err := rd.Messages(ctx, seqs, func(_ uint64, _ string, data []byte) {
+		_ = decisions.DecodeBatch(data, func(_ int, r *decisions.Record) bool {
+			out[string(r.Action)]++
+			return true
+		})
+	}); err != nil {
+		t.Fatal(err)
 	}
 	return out
-}
-
-// splitDecisionSubject splits callout.decision.<action>.<domain>.
-func splitDecisionSubject(subj string, action, domain *string) (int, error) {
-	const p = "callout.decision."
-	rest := subj[len(p):]
-	for i := 0; i < len(rest); i++ {
-		if rest[i] == '.' {
-			*action, *domain = rest[:i], rest[i+1:]
-			return 2, nil
-		}
-	}
-	return 0, context.Canceled
 }
 
 // Cached accepts can be left out of the log (sampling); rejects never
