@@ -78,7 +78,9 @@ func logOf(t *testing.T, recs []Record) (*Index, StreamReader, []Stored) {
 	}
 	// Every record was stored as it was recorded, in batches.
 	count := map[string]int{}
-	key := func(r *Record) string { return fmt.Sprintf("%v|%s|%s|%s|%s", r.At.UnixNano(), r.Recipient, r.Sender, r.Action, r.DestText) }
+	key := func(r *Record) string {
+		return fmt.Sprintf("%v|%s|%s|%s|%s", r.At.UnixNano(), r.Recipient, r.Sender, r.Action, r.DestText)
+	}
 	for i := range recs {
 		count[key(&recs[i])]++
 	}
@@ -308,4 +310,44 @@ func TestSearchBounded(t *testing.T) {
 func ExampleToken() {
 	fmt.Println(Token("example.org"), Token("*"), Token("a b.example"), Token(""))
 	// Output: example.org _ _ _
+}
+
+// The index gives each record its message and place back, across gaps
+// in the log's sequences, batches, segment ends and a batch joined in
+// its middle.
+func TestIndexPositions(t *testing.T) {
+	var want []uint64
+	x := &Index{}
+	add := func(seq uint64, idx int) {
+		x.Add(seq, idx, &Record{Recipient: "a@b.example", Action: verdict.Accept, At: time.Unix(int64(seq), 0)})
+		want = append(want, ID(seq, idx))
+	}
+	add(1, 0)
+	add(1, 1)
+	add(2, 0)
+	add(5, 0) // a gap
+	add(5, 1)
+	add(9, 2) // joined in the middle of a batch
+	add(9, 3)
+	for seq := uint64(10); len(want) < 2*segSize+10; seq++ {
+		for idx := 0; idx < int(seq%3)+1; idx++ {
+			add(seq, idx)
+		}
+	}
+	x.Add(3, 0, &Record{}) // older than the last: ignored
+	var got []uint64
+	x.each(&Query{}, 0, func(id uint64) bool { got = append(got, id); return true })
+	slices.Reverse(got)
+	if !slices.Equal(got, want) {
+		for i := range want {
+			if i >= len(got) || got[i] != want[i] {
+				t.Fatalf("entry %d: got %d/%d, want %d/%d", i, SeqOf(got[i]), IdxOf(got[i]), SeqOf(want[i]), IdxOf(want[i]))
+			}
+		}
+		t.Fatalf("got %d entries, want %d", len(got), len(want))
+	}
+	x.Forget(SeqOf(want[segSize+5]))
+	if x.Len() != len(want)-segSize {
+		t.Fatalf("after forget: %d entries, want %d", x.Len(), len(want)-segSize)
+	}
 }

@@ -7,11 +7,13 @@ import (
 )
 
 // Index finds a search's records without reading the log: for each
-// record a hash of its recipient, a hash of its domain and its action (9
-// bytes), in the log's order, in segments that know the time span of
-// their records and where each message's batch begins. A search reads
-// only the messages the index points at; the hashes may collide, so
-// every record read is checked again.
+// record a hash of its recipient, a hash of its domain, its action and
+// its place in its message's batch (10 bytes), in the log's order, in
+// segments that know the time span of their records. A record's message
+// follows from the one before (the next message when its place is 0,
+// the same otherwise) but where the log has a gap, which a run notes.
+// A search reads only the messages the index points at; the hashes may
+// collide, so every record read is checked again.
 //
 // Why not the stream's own subject index: a subject per recipient would
 // make the server keep millions of subjects, and a filtered read loads
@@ -22,6 +24,7 @@ type Index struct {
 	segs []*segment
 	last uint64 // highest record ID added
 	n    int    // entries held (erased ones included)
+	buf  []uint64
 }
 
 // segSize records per segment: time bounds are per segment.
@@ -30,17 +33,33 @@ const segSize = 4096
 type segment struct {
 	rh, dh       []uint32
 	act          []uint8 // 0: erased
-	runs         []run   // one per message, in order
+	idx          []uint8 // the record's place in its message
+	runs         []run   // where the sequence does not follow (entry 0 always)
 	minAt, maxAt int64   // unix seconds of the records' times
 }
 
-// run is where one message's records begin among a segment's entries
-// (a message's batch may begin in the segment before: idx is the place
-// in its batch of the run's first record).
+// run gives the message sequence of the entry at start.
 type run struct {
-	seq   uint64
 	start uint32
-	idx   uint8
+	seq   uint64
+}
+
+// seqs writes each entry's message sequence into buf.
+func (s *segment) seqs(buf []uint64) []uint64 {
+	buf = buf[:0]
+	ri := 0
+	var seq uint64
+	for i := range s.act {
+		switch {
+		case ri < len(s.runs) && s.runs[ri].start == uint32(i):
+			seq = s.runs[ri].seq
+			ri++
+		case s.idx[i] == 0:
+			seq++
+		}
+		buf = append(buf, seq)
+	}
+	return buf
 }
 
 func actionCode(a verdict.Action) uint8 {
@@ -64,7 +83,6 @@ func (x *Index) Add(seq uint64, idx int, r *Record) {
 	if id <= x.last && x.last != 0 {
 		return
 	}
-	x.last = id
 	var s *segment
 	if len(x.segs) > 0 {
 		s = x.segs[len(x.segs)-1]
@@ -72,12 +90,15 @@ func (x *Index) Add(seq uint64, idx int, r *Record) {
 			s = nil
 		}
 	}
+	prev := x.last
+	x.last = id
 	if s == nil {
-		s = &segment{rh: make([]uint32, 0, 64), dh: make([]uint32, 0, 64), act: make([]uint8, 0, 64)}
+		s = &segment{rh: make([]uint32, 0, 64), dh: make([]uint32, 0, 64), act: make([]uint8, 0, 64), idx: make([]uint8, 0, 64)}
 		x.segs = append(x.segs, s)
 	}
-	if len(s.runs) == 0 || s.runs[len(s.runs)-1].seq != seq {
-		s.runs = append(s.runs, run{seq: seq, start: uint32(len(s.act)), idx: uint8(idx)})
+	follows := idx == 0 && seq == SeqOf(prev)+1 || idx > 0 && seq == SeqOf(prev) && idx == IdxOf(prev)+1
+	if len(s.act) == 0 || !follows {
+		s.runs = append(s.runs, run{start: uint32(len(s.act)), seq: seq})
 	}
 	at := r.At.Unix()
 	if len(s.act) == 0 || at < s.minAt {
@@ -89,6 +110,7 @@ func (x *Index) Add(seq uint64, idx int, r *Record) {
 	s.rh = append(s.rh, hash(r.Recipient))
 	s.dh = append(s.dh, hash(r.Domain()))
 	s.act = append(s.act, actionCode(r.Action))
+	s.idx = append(s.idx, uint8(idx))
 	x.n++
 }
 
@@ -112,7 +134,7 @@ func (x *Index) Forget(first uint64) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	i := 0
-	for i < len(x.segs) && x.segs[i].runs[len(x.segs[i].runs)-1].seq < first {
+	for i < len(x.segs) && x.segs[i].last() < first {
 		x.n -= len(x.segs[i].act)
 		i++
 	}
@@ -173,24 +195,32 @@ func (f *filter) match(s *segment, i int) bool {
 	return a != 0 && (f.act == 0 || a == f.act) && (!f.byR || s.rh[i] == f.rh) && (!f.byD || s.dh[i] == f.dh) && (f.scope == nil || f.scope[s.dh[i]])
 }
 
+// last is the sequence of the segment's last message.
+func (s *segment) last() uint64 {
+	r := s.runs[len(s.runs)-1]
+	seq := r.seq
+	for i := int(r.start) + 1; i < len(s.idx); i++ {
+		if s.idx[i] == 0 {
+			seq++
+		}
+	}
+	return seq
+}
+
 // each calls fn with the IDs of the candidates below before (0: all),
 // newest first, until fn returns false.
 func (x *Index) each(q *Query, before uint64, fn func(id uint64) bool) {
 	f := newFilter(q)
-	x.mu.RLock()
-	defer x.mu.RUnlock()
+	x.mu.Lock() // the sequence buffer is shared
+	defer x.mu.Unlock()
 	for si := len(x.segs) - 1; si >= 0; si-- {
 		s := x.segs[si]
-		if s.maxAt < f.since || s.minAt > f.til || before != 0 && ID(s.runs[0].seq, 0) >= before {
+		if s.maxAt < f.since || s.minAt > f.til || before != 0 && ID(s.runs[0].seq, int(s.idx[0])) >= before {
 			continue
 		}
-		ri := len(s.runs) - 1
+		x.buf = s.seqs(x.buf)
 		for i := len(s.act) - 1; i >= 0; i-- {
-			for uint32(i) < s.runs[ri].start {
-				ri--
-			}
-			rn := s.runs[ri]
-			id := ID(rn.seq, int(rn.idx)+i-int(rn.start))
+			id := ID(x.buf[i], int(s.idx[i]))
 			if before != 0 && id >= before || !f.match(s, i) {
 				continue
 			}
