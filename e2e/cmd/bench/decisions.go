@@ -130,10 +130,10 @@ func (b *bench) decisionSearch(n int) error {
 	if err != nil {
 		return err
 	}
-	// Room for the records: the default 2 GiB holds about 8 days of a
+	// Room for the records: the default 2 GiB holds 8 days of a
 	// 500,000-recipient-a-day site, not ten million records.
 	cfg := st.CachedInfo().Config
-	cfg.MaxBytes = 16 << 30
+	cfg.MaxBytes = 6 << 30 // the bench's server has 8 GB for JetStream
 	if _, err := b.js.UpdateStream(ctx, cfg); err != nil {
 		return err
 	}
