@@ -16,5 +16,7 @@
 // path of one request: request.go (decoding), decide.go (the answer),
 // cache.go (a miss: lookup and job), flights.go (one callout that many
 // requests wait for), watch.go (the bucket watch: flushes and the index),
-// refresh.go (refresh-ahead of near-cache hits).
+// refresh.go (refresh-ahead of near-cache hits), record.go (the
+// decision log and the counts per domain per hour: every answer is
+// published on callout.decision.<action>.<domain>).
 package ingest
