@@ -58,8 +58,12 @@ func (r StreamReader) Read(ctx context.Context, ids []uint64) ([]Stored, error) 
 	return got, err
 }
 
+// inFlight is how many batched gets are outstanding at once: scattered
+// messages are read at the pace of the server, not of round trips.
+const inFlight = 64
+
 // Messages calls fn with each message of seqs that the log still has
-// (its subject and data), in the order of the log.
+// (its subject and data).
 func (r StreamReader) Messages(ctx context.Context, seqs []uint64, fn func(seq uint64, subject string, data []byte)) error {
 	if len(seqs) == 0 {
 		return nil
@@ -79,29 +83,23 @@ func (r StreamReader) Messages(ctx context.Context, seqs []uint64, fn func(seq u
 	for _, s := range want {
 		wanted[s] = true
 	}
-	for i := 0; i < len(want); {
-		j := i
-		for j+1 < len(want) && want[j+1]-want[j] <= gap && want[j+1]-want[i] < 256 {
-			j++
-		}
-		lo, hi := want[i], want[j]
-		i = j + 1
-		req, _ := json.Marshal(directGet{Seq: lo, Batch: int(hi - lo + 1), UpToSeq: hi, MaxBytes: 16 << 20})
-		if err := r.NC.PublishRequest("$JS.API.DIRECT.GET."+r.Stream, inbox, req); err != nil {
-			return err
-		}
-		if err := r.collect(ctx, sub, wanted, fn); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// collect reads one batch's messages up to its end.
-func (r StreamReader) collect(ctx context.Context, sub *nats.Subscription, wanted map[uint64]bool, fn func(seq uint64, subject string, data []byte)) error {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	for {
+	pending := 0
+	for i := 0; i < len(want) || pending > 0; {
+		for ; i < len(want) && pending < inFlight; pending++ {
+			j := i
+			for j+1 < len(want) && want[j+1]-want[j] <= gap && want[j+1]-want[i] < 256 {
+				j++
+			}
+			lo, hi := want[i], want[j]
+			i = j + 1
+			req, _ := json.Marshal(directGet{Seq: lo, Batch: int(hi - lo + 1), UpToSeq: hi, MaxBytes: 16 << 20})
+			if err := r.NC.PublishRequest("$JS.API.DIRECT.GET."+r.Stream, inbox, req); err != nil {
+				return err
+			}
+		}
+		// One message: a record's, or the end of one get.
 		m, err := sub.NextMsgWithContext(ctx)
 		if err != nil {
 			return fmt.Errorf("read decision log %s: %w", r.Stream, err)
@@ -109,7 +107,8 @@ func (r StreamReader) collect(ctx context.Context, sub *nats.Subscription, wante
 		switch st := m.Header.Get("Status"); st {
 		case "":
 		case "204", "404":
-			return nil // the end of the batch, or nothing in its range
+			pending-- // the end of a get, or nothing in its range
+			continue
 		default:
 			return fmt.Errorf("read decision log %s: status %s %s", r.Stream, st, m.Header.Get("Description"))
 		}
@@ -119,4 +118,5 @@ func (r StreamReader) collect(ctx context.Context, sub *nats.Subscription, wante
 		}
 		fn(seq, m.Header.Get("Nats-Subject"), m.Data)
 	}
+	return nil
 }

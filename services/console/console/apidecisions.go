@@ -137,23 +137,25 @@ func (s *Server) pageDecisions(w http.ResponseWriter, r *http.Request, id *ident
 		return
 	}
 	dp.SearchResult = res
-	csvq := url.Values{}
-	for k, v := range q {
-		if k != "cursor" {
-			csvq[k] = v
-		}
-	}
-	csvq.Set("format", "csv")
-	dp.CSVURL = "/api/decisions?" + csvq.Encode()
+	dp.CSVURL = withParam("/api/decisions", q, "format", "csv", "cursor")
 	if res.Cursor != "" {
-		nq := url.Values{}
-		for k, v := range q {
-			nq[k] = v
-		}
-		nq.Set("cursor", res.Cursor)
-		dp.NextURL = "/decisions?" + nq.Encode()
+		dp.NextURL = withParam("/decisions", q, "cursor", res.Cursor)
 	}
 	s.render(w, http.StatusOK, "decisions", p)
+}
+
+// withParam is path with the query q, key set to value and the drop
+// parameters left out: the links to a next page or an export.
+func withParam(path string, q url.Values, key, value string, drop ...string) string {
+	nq := url.Values{}
+	for k, v := range q {
+		nq[k] = v
+	}
+	for _, d := range drop {
+		nq.Del(d)
+	}
+	nq.Set(key, value)
+	return path + "?" + nq.Encode()
 }
 
 func (s *Server) apiDecisionsErase(w http.ResponseWriter, r *http.Request, id *identity) error {

@@ -446,12 +446,7 @@ func (s *Server) pageCache(w http.ResponseWriter, r *http.Request, id *identity,
 		return
 	}
 	if cp.Next != "" {
-		nq := url.Values{}
-		for k, v := range q {
-			nq[k] = v
-		}
-		nq.Set("cursor", cp.Next)
-		cp.NextURL = "/cache?" + nq.Encode()
+		cp.NextURL = withParam("/cache", q, "cursor", cp.Next)
 	}
 	s.render(w, http.StatusOK, "cache", p)
 }
