@@ -24,9 +24,11 @@ const (
 // Recorder publishes records to the log without ever holding up the
 // answer that made them: Record only queues; past the buffer, and when
 // the stream is down or refuses, records are dropped and counted. It
-// batches: the records of one action and domain token that come within
-// BatchEvery go in one message (up to MaxBatch, MaxBatchBytes), so that
-// a publish, its acknowledgement and a stored message serve many.
+// batches: the records of one action that come within BatchEvery go in
+// one message (up to MaxBatch, MaxBatchBytes), so that a publish, its
+// acknowledgement and a stored message serve many, and a block of the
+// log holds few messages: a search reads scattered records, and the
+// server indexes each message of every block it loads for one.
 type Recorder struct {
 	js      jetstream.JetStream
 	names   subjects.Names
@@ -38,8 +40,9 @@ type Recorder struct {
 	batches map[string]*batch // by subject; the Run goroutine's alone
 }
 
-// BatchEvery is how long a record waits for others of its batch.
-const BatchEvery = 50 * time.Millisecond
+// BatchEvery is how long a record waits for others of its batch: a
+// record is in the log within it.
+const BatchEvery = time.Second
 
 type batch struct {
 	buf []byte
@@ -125,7 +128,7 @@ func (r *Recorder) add(rec *Record) {
 	if action == "" || !plain(action) {
 		action = "none"
 	}
-	subject := r.names.Decision(action, Token(rec.Domain()))
+	subject := r.names.Decision(action)
 	bt := r.batches[subject]
 	if bt != nil && (bt.n >= MaxBatch || len(bt.buf)+len(b) > MaxBatchBytes) {
 		r.send(subject, bt)

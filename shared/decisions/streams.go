@@ -31,7 +31,7 @@ const HistoryAge = 90 * 24 * time.Hour
 func StreamConfig(n subjects.Names, replicas int, l Limits, placement *jetstream.Placement) jetstream.StreamConfig {
 	cfg := jetstream.StreamConfig{
 		Name:        n.DecisionStream(),
-		Description: "callout decision log (msgpack records, decisions.Record), subjects <action>.<recipient domain>",
+		Description: "callout decision log (batches of msgpack records, decisions.Record), subjects by action",
 		Subjects:    []string{n.DecisionAll()},
 		MaxAge:      l.MaxAge,
 		MaxBytes:    l.MaxBytes,
@@ -60,9 +60,10 @@ func HistoryConfig(n subjects.Names, replicas int) jetstream.KeyValueConfig {
 	}
 }
 
-// Token is a domain as one subject tail and key part: the domain itself
-// when it is plain (lower-case letters, digits and hyphens in labels
-// between dots), else "_" (no domain, or one that cannot be a subject).
+// Token is a domain as a key part of the history bucket: the domain
+// itself when it is plain (lower-case letters, digits and hyphens in
+// labels between dots), else "_" (no domain, or one that cannot be a
+// key).
 func Token(domain string) string {
 	if plain(domain) {
 		return domain

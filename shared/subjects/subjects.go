@@ -176,13 +176,14 @@ func (n Names) Stats(service, instance string) string {
 // StatsAll matches every stats subject.
 func (n Names) StatsAll() string { return n.Prefix + ".stats.>" }
 
-// Decision is where an ingest records one answer (decisions.Record): by
-// action and the recipient's domain (decisions.Token), under the region
-// in a fleet over regions, so that a domain's records can be erased by
-// subject.
-func (n Names) Decision(action, domainToken string) string {
+// Decision is where an ingest records its answers (batches of
+// decisions.Record) by action, under the region in a fleet over regions.
+// The domain is not in the subject: a batch holds the records of every
+// domain that came within its second, so that a block of the log holds
+// few messages (see docs/decisions.md).
+func (n Names) Decision(action string) string {
 	all := n.DecisionAll()
-	return all[:len(all)-1] + action + "." + domainToken
+	return all[:len(all)-1] + action
 }
 
 // DecisionAll matches every record of the instance's region.
@@ -193,8 +194,6 @@ func (n Names) DecisionAll() string {
 	return n.Prefix + ".decision.in." + n.Region + ".>"
 }
 
-// DecisionDomain matches every record of one domain (its token).
-func (n Names) DecisionDomain(domainToken string) string { return n.Decision("*", domainToken) }
 
 // DecisionStream keeps a region's decision log.
 func (n Names) DecisionStream() string {

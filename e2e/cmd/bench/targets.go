@@ -59,8 +59,8 @@ var targets = []target{
 	// in 2 s.
 	{Name: "decision log: on/off saturation", Section: "12 decision log", Row: "log on / log off", Op: ">=", Bound: 0.9},
 	{Name: "decision log: saturation with every decision recorded", Section: "12 decision log", Row: "verifies/s, log on", Op: ">=", Bound: 15000, Unit: "req/s"},
-	{Name: "decision search: one recipient, 10M records", Section: "12s decision search", Row: "one recipient, 7 days, every record (slowest", Op: "<=", Bound: 2, Unit: "s"},
-	{Name: "decision search: one domain and action, 10M records", Section: "12s decision search", Row: "one domain and action, newest 50 (slowest", Op: "<=", Bound: 2, Unit: "s"},
+	{Name: "decision search: one recipient, 10M records", Section: "12s decision search", Row: "one recipient, 7 days, every record (first)", Op: "<=", Bound: 2, Unit: "s"},
+	{Name: "decision search: one domain and action, 10M records", Section: "12s decision search", Row: "one domain and action, newest 50 (first)", Op: "<=", Bound: 2, Unit: "s"},
 }
 
 // checkTargets holds the rows to the targets; a target whose section did

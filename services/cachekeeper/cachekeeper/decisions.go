@@ -131,9 +131,7 @@ func fitPage(res *decisions.Result, limit int) []byte {
 	return b
 }
 
-// erase removes every record of a domain from the region's log: a purge
-// by subject, then a delete of each record the index still finds (those
-// of a domain that is not a plain subject token).
+// erase removes every record of a domain from the region's log.
 func (s *Service) erase(ctx context.Context, r micro.Request) {
 	var req EraseRequest
 	err := json.Unmarshal(r.Data(), &req)
@@ -167,18 +165,9 @@ func (s *Service) eraseDomain(ctx context.Context, domain string) (int, error) {
 		return 0, err
 	}
 	removed := 0
-	if tok := decisions.Token(domain); tok == domain {
-		// Its records are all under its subject, in messages of their
-		// own; the index counts them (the purge counts messages).
-		removed = s.index.Count(&q, 0)
-		if err := st.Purge(ctx, jetstream.WithPurgeSubject(s.names.DecisionDomain(tok))); err != nil {
-			return 0, err
-		}
-	}
-	// What the purge could not name by subject: the messages of domains
-	// that are no plain token, which may hold other such domains' records
-	// too. Each is written again without the domain's records, then
-	// erased.
+	// A message holds the records of every domain of its second: each
+	// message with a record of the domain is written again without
+	// them, then erased (its bytes overwritten).
 	rd := decisions.StreamReader{NC: s.nc, Stream: s.names.DecisionStream()}
 	for {
 		res, err := decisions.Search(ctx, s.index, rd, q, s.cfg.DecisionSearchMaxRead)
