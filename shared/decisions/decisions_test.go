@@ -1,6 +1,7 @@
 package decisions
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/callout-mail/callout/shared/natstest"
 	"github.com/callout-mail/callout/shared/subjects"
@@ -349,5 +352,24 @@ func TestIndexPositions(t *testing.T) {
 	x.Forget(SeqOf(want[segSize+5]))
 	if x.Len() != len(want)-segSize {
 		t.Fatalf("after forget: %d entries, want %d", x.Len(), len(want)-segSize)
+	}
+}
+
+// The hand encoder writes what the msgpack encoder writes, field for
+// field, so that either side of the format reads the other.
+func TestAppendEncode(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	recs := randomRecords(r, 200, time.Now().Add(-time.Hour))
+	recs = append(recs, Record{}, Record{At: time.Unix(1<<35, 5), CheckedAt: time.Unix(0, 1), TookUS: -5, Code: 70000, DestCode: 1 << 40,
+		Text: strings.Repeat("x", 300), DestText: strings.Repeat("y", 70000), Would: verdict.Reject, DestEnhanced: "5.1.1"})
+	for i := range recs {
+		recs[i].V = Version
+		want, err := msgpack.Marshal(&recs[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := AppendEncode(nil, &recs[i]); !bytes.Equal(got, want) {
+			t.Fatalf("record %d:\n got %x\nwant %x", i, got, want)
+		}
 	}
 }

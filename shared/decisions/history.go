@@ -92,17 +92,31 @@ func ParseHourKey(key string) (time.Time, string, error) {
 // the history bucket now and then.
 type Counter struct {
 	mu  sync.Mutex
-	cur map[string]*Counts
+	cur map[hourOf]*Counts
 }
 
+// hourOf is a counter's key: the key is only written out at a flush.
+type hourOf struct {
+	hour   int64 // unix hours
+	domain string
+}
+
+func (h hourOf) key() string { return HourKey(time.Unix(h.hour*3600, 0), h.domain) }
+
 // NewCounter returns an empty counter.
-func NewCounter() *Counter { return &Counter{cur: map[string]*Counts{}} }
+func NewCounter() *Counter { return &Counter{cur: map[hourOf]*Counts{}} }
 
 // Count counts one answer, under its domain and under AllDomains.
 func (c *Counter) Count(r *Record) {
-	d := Token(r.Domain())
+	d := r.Recipient
+	if i := strings.LastIndexByte(d, '@'); i >= 0 && plain(d[i+1:]) {
+		d = d[i+1:] // the usual case: no copy
+	} else {
+		d = Token(r.Domain())
+	}
+	h := r.At.Unix() / 3600
 	c.mu.Lock()
-	for _, k := range [2]string{HourKey(r.At, d), HourKey(r.At, AllDomains)} {
+	for _, k := range [2]hourOf{{h, d}, {h, AllDomains}} {
 		n := c.cur[k]
 		if n == nil {
 			n = &Counts{}
@@ -119,11 +133,17 @@ func (c *Counter) Count(r *Record) {
 func (c *Counter) Flush(ctx context.Context, kv jetstream.KeyValue) error {
 	c.mu.Lock()
 	taken := c.cur
-	c.cur = map[string]*Counts{}
+	c.cur = map[hourOf]*Counts{}
 	c.mu.Unlock()
 	var errs []error
-	for _, k := range slices.Sorted(maps.Keys(taken)) {
-		if err := merge(ctx, kv, k, taken[k]); err != nil {
+	keys := slices.SortedFunc(maps.Keys(taken), func(a, b hourOf) int {
+		if a.hour != b.hour {
+			return int(a.hour - b.hour)
+		}
+		return strings.Compare(a.domain, b.domain)
+	})
+	for _, k := range keys {
+		if err := merge(ctx, kv, k.key(), taken[k]); err != nil {
 			errs = append(errs, err)
 			c.mu.Lock()
 			if n := c.cur[k]; n != nil {
