@@ -284,6 +284,13 @@ func TestConsoleBrowser(t *testing.T) {
 		searchCarol()
 		return exists(t, ctx, `#decisions tbody tr:first-child[data-action="accept"]`)
 	})
+	searchCarol() // her record links to a traced callout
+	run(t, ctx, "a traced callout from her record", chromedp.Click(carolRow+" a.to-verify", chromedp.ByQuery),
+		chromedp.WaitVisible("#verify-trace:checked", chromedp.ByQuery), chromedp.Click("#verify", chromedp.ByQuery),
+		chromedp.WaitVisible("#decision", chromedp.ByQuery))
+	if got := text(t, ctx, "#decision"); got != "accept" {
+		t.Fatalf("carol's traced callout: %s", got)
+	}
 	// Her domain's page charts its hours: one reject, one accept, a callout each.
 	waitFor(t, 20*time.Second, func() bool {
 		var drawn string
