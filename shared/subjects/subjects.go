@@ -194,7 +194,6 @@ func (n Names) DecisionAll() string {
 	return n.Prefix + ".decision.in." + n.Region + ".>"
 }
 
-
 // DecisionStream keeps a region's decision log.
 func (n Names) DecisionStream() string {
 	if n.Region == "" {

@@ -102,10 +102,7 @@ func decisionLog(t *testing.T, sys *system, admin, viewer *client) {
 		if st != http.StatusOK {
 			return false
 		}
-		var h struct {
-			Hours []decisions.Hour `json:"hours"`
-		}
-		h = decode[struct {
+		h := decode[struct {
 			Hours []decisions.Hour `json:"hours"`
 		}](t, b)
 		var c decisions.Counts
