@@ -41,6 +41,7 @@ const (
 // (the field order is the format: fields are only ever appended) behind
 // its version, about 150 bytes.
 type Record struct {
+	//lint:ignore U1000 read by the msgpack decoder: the record is an array
 	_msgpack     struct{}        `msgpack:",as_array"`
 	V            int             `json:"-"`
 	At           time.Time       `json:"at"`
