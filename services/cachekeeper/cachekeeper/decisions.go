@@ -197,7 +197,10 @@ func (s *Service) eraseDomain(ctx context.Context, domain string) (int, error) {
 				m := nats.NewMsg(subject)
 				m.Data = keep
 				m.Header.Set(decisions.BatchHeader, strconv.Itoa(kept))
-				if _, rerr = s.js.PublishMsg(ctx, m); rerr != nil {
+				pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				_, rerr = s.js.PublishMsg(pctx, m)
+				cancel()
+				if rerr != nil {
 					return
 				}
 			}
