@@ -464,6 +464,7 @@ func (s *Server) postCacheDelete(w http.ResponseWriter, r *http.Request, id *ide
 func (s *Server) pageVerify(w http.ResponseWriter, r *http.Request, id *identity, p page) {
 	p.Title = "Verify"
 	if r.Method != http.MethodPost {
+		p.Form = r.URL.Query() // a link may name the address (and trace=on)
 		s.render(w, http.StatusOK, "verify", p)
 		return
 	}
