@@ -22,6 +22,7 @@ const Version = 1
 const (
 	ViaNATS    = "nats"    // callout.verify (an MTA over NATS)
 	ViaPolicy  = "policy"  // the Postfix policy protocol (and Exim's readsocket)
+	ViaMilter  = "milter"  // a milter session (Sendmail, Postfix's smtpd_milters)
 	ViaConsole = "console" // an operator's verify from the console or API
 	ViaTrace   = "trace"   // an operator's traced callout
 )

@@ -46,6 +46,11 @@ type Config struct {
 	PolicyDeferIfPermit      bool            `envconfig:"POLICY_DEFER_IF_PERMIT" default:"false" desc:"answer defers as DEFER_IF_PERMIT instead of 450"`
 	PolicyMaxConns           int             `envconfig:"POLICY_MAX_CONNS" default:"1000" desc:"policy connections at once"`
 	PolicyIdleTimeout        time.Duration   `envconfig:"POLICY_IDLE_TIMEOUT" default:"300s" desc:"close an idle policy connection after this"`
+	MilterAddr               string          `envconfig:"MILTER_ADDR" desc:"milter listener (protocol v6, for Sendmail, Postfix's smtpd_milters and other milter MTAs): host:port, or unix:/path (empty: off)"`
+	MilterSenders            bool            `envconfig:"MILTER_SENDERS" default:"false" desc:"verify the sender at MAIL FROM too in milter sessions"`
+	MilterMaxConns           int             `envconfig:"MILTER_MAX_CONNS" default:"2000" desc:"milter connections at once: one per SMTP session, so above the MTA's smtpd process limit; past it a session gets the MTA's default action"`
+	MilterIdleTimeout        time.Duration   `envconfig:"MILTER_IDLE_TIMEOUT" default:"300s" desc:"close a milter connection the MTA sends nothing on for this long"`
+	MilterProgress           time.Duration   `envconfig:"MILTER_PROGRESS" default:"5s" desc:"while a recipient's verdict is pending, tell the MTA to keep waiting this often (below Sendmail's 10 s reply timeout)"`
 	DecisionLog              bool            `envconfig:"DECISION_LOG" default:"true" desc:"record every answer in the decision log (docs/decisions.md)"`
 	DecisionLogCachedAccepts float64         `envconfig:"DECISION_LOG_CACHED_ACCEPTS" default:"1" desc:"fraction of the accepts answered from a cache that are recorded: 1 all, 0.1 one in ten, 0 none (rejects, defers and other answers are always recorded; the counts per domain count them all)"`
 	DecisionLogBuffer        int             `envconfig:"DECISION_LOG_BUFFER" default:"16384" desc:"records waiting for the log at most; past it (the log slow or down) records are dropped and counted, answers go on"`
@@ -71,6 +76,8 @@ func (c *Config) Validate() error {
 	case c.SenderOnTempfail != verdict.Accept && c.SenderOnTempfail != verdict.Defer,
 		c.SenderOnUnverifiable != verdict.Accept && c.SenderOnUnverifiable != verdict.Defer:
 		return errors.New("CALLOUT_INGEST_SENDER_ON_*: accept or defer")
+	case c.MilterMaxConns < 1 || c.MilterIdleTimeout <= 0 || c.MilterProgress < 100*time.Millisecond:
+		return errors.New("CALLOUT_INGEST_MILTER_MAX_CONNS must be at least 1, _MILTER_IDLE_TIMEOUT positive, _MILTER_PROGRESS at least 100ms")
 	case !validMode(c.PolicySocketMode):
 		return errors.New("CALLOUT_INGEST_POLICY_SOCKET_MODE: octal permissions such as 0660")
 	case c.PolicyMalformed != "dunno" && c.PolicyMalformed != "defer":

@@ -3,6 +3,7 @@ package ingest
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/callout-mail/callout/services/ingest/milterd"
 	"github.com/callout-mail/callout/services/ingest/nearcache"
 	"github.com/callout-mail/callout/shared/cachecopy"
 	"github.com/callout-mail/callout/shared/decisions"
@@ -105,4 +106,13 @@ func newMetrics(reg prometheus.Registerer, policyErrors func() int, near *nearca
 			Help: "Keys of the policy bucket not served as written: the policy does not parse (its domain is served by its last good policy or the defaults, in monitor mode), or the key is not the domain's normal form.",
 		}, func() float64 { return float64(policyErrors()) }))
 	return m
+}
+
+// milter registers the milter listener's figures.
+func (m *metrics) milter(reg prometheus.Registerer, s *milterd.Server) {
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "callout_ingest_milter_connections", Help: "Milter connections open (one per SMTP session of the MTAs)."},
+			func() float64 { return float64(s.C.Conns.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "callout_ingest_milter_refused_total", Help: "Milter connections closed at once at MILTER_MAX_CONNS: those sessions got the MTA's default action."},
+			func() float64 { return float64(s.C.Refused.Load()) }))
 }

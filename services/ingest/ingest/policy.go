@@ -15,16 +15,19 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/callout-mail/callout/services/ingest/milterd"
 	"github.com/callout-mail/callout/services/ingest/policyd"
 	"github.com/callout-mail/callout/shared/decisions"
 	"github.com/callout-mail/callout/shared/wire"
 )
 
-// withPolicy runs the Postfix policy listener beside the NATS service.
+// withPolicy runs the Postfix policy listener and the milter listener
+// beside the NATS service.
 type withPolicy struct {
 	*Service
-	srv  *policyd.Server
-	addr string
+	srv    *policyd.Server
+	addr   string
+	milter *milterd.Server
 }
 
 // NewWithPolicy builds the ingest with its Postfix policy listener (when
@@ -43,25 +46,51 @@ func NewWithPolicy(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *sl
 			return s.Verify(context.WithValue(ctx, viaKey{}, decisions.ViaPolicy), req)
 		}, log)
 	}
+	if cfg.MilterAddr != "" {
+		w.milter = milterd.New(milterd.Config{
+			Senders: cfg.MilterSenders, MalformedDefer: cfg.PolicyMalformed == "defer", MaxConns: cfg.MilterMaxConns,
+			IdleTimeout: cfg.MilterIdleTimeout, Timeout: cfg.Timeout, Progress: cfg.MilterProgress,
+		}, func(ctx context.Context, req wire.VerifyRequest) wire.VerifyReply {
+			return s.Verify(context.WithValue(ctx, viaKey{}, decisions.ViaMilter), req)
+		}, log)
+		s.m.milter(reg, w.milter)
+	}
 	return w, nil
 }
 
-// Run serves NATS and the policy listener until ctx ends.
+// Run serves NATS and the listeners until ctx ends.
 func (w *withPolicy) Run(ctx context.Context) error {
-	if w.srv == nil {
-		return w.Service.Run(ctx)
+	var lns []net.Listener
+	errc := make(chan error, 2)
+	if w.srv != nil {
+		ln, err := policyListener(w.addr, w.cfg.PolicySocketMode)
+		if err != nil {
+			return fmt.Errorf("policy listener: %w", err)
+		}
+		w.log.Info("postfix policy listener", "addr", ln.Addr().String())
+		lns = append(lns, ln)
+		go func() { errc <- w.srv.Serve(ctx, ln) }()
 	}
-	ln, err := policyListener(w.addr, w.cfg.PolicySocketMode)
-	if err != nil {
-		return fmt.Errorf("policy listener: %w", err)
+	if w.milter != nil {
+		ln, err := policyListener(w.cfg.MilterAddr, w.cfg.PolicySocketMode)
+		if err != nil {
+			for _, l := range lns {
+				l.Close()
+			}
+			return fmt.Errorf("milter listener: %w", err)
+		}
+		w.log.Info("milter listener", "addr", ln.Addr().String())
+		lns = append(lns, ln)
+		go func() { errc <- w.milter.Serve(ctx, ln) }()
 	}
-	w.log.Info("postfix policy listener", "addr", ln.Addr().String())
-	errc := make(chan error, 1)
-	go func() { errc <- w.srv.Serve(ctx, ln) }()
-	err = w.Service.Run(ctx)
-	ln.Close()
-	if perr := <-errc; err == nil {
-		err = perr
+	err := w.Service.Run(ctx)
+	for _, ln := range lns {
+		ln.Close()
+	}
+	for range lns {
+		if lerr := <-errc; err == nil {
+			err = lerr
+		}
 	}
 	return err
 }

@@ -42,6 +42,7 @@ func ingestConfig() Config {
 	mustDefaults(&c)
 	c.Timeout, c.MaxTimeout, c.PendingRetry = 10*time.Second, 10*time.Second, 100*time.Millisecond
 	c.Workers, c.NearCacheEntries, c.KnownKeys = 512, 10000, 100000
+	c.PolicyAddr = "" // a test that wants a listener names its address
 	c.RefreshAge, c.StatsInterval = 0, 0
 	return c
 }
@@ -102,11 +103,21 @@ func startSystemWith(t *testing.T, icfg Config, pcfg prober.Config) *system {
 		t.Fatal(err)
 	}
 	natstest.RunService(t, p)
-	sys.ingest, err = New(icfg, ns.Connect(t), prometheus.NewRegistry(), quiet)
-	if err != nil {
-		t.Fatal(err)
+	if icfg.MilterAddr != "" || icfg.PolicyAddr != "" {
+		// With its listeners, as the command runs it.
+		w, err := NewWithPolicy(icfg, ns.Connect(t), prometheus.NewRegistry(), quiet)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sys.ingest = w.Service
+		natstest.RunService(t, w)
+	} else {
+		sys.ingest, err = New(icfg, ns.Connect(t), prometheus.NewRegistry(), quiet)
+		if err != nil {
+			t.Fatal(err)
+		}
+		natstest.RunService(t, sys.ingest)
 	}
-	natstest.RunService(t, sys.ingest)
 	<-sys.ingest.Ready()
 	// The cache answers before tests start.
 	waitfor.Cond(t, 15*time.Second, func() bool {
