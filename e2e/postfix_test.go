@@ -16,6 +16,7 @@ import (
 	"github.com/callout-mail/callout/shared/decisions"
 	"github.com/callout-mail/callout/shared/domains"
 	"github.com/callout-mail/callout/shared/operate"
+	"github.com/callout-mail/callout/shared/smtptest"
 	"github.com/callout-mail/callout/shared/verdict"
 )
 
@@ -181,4 +182,57 @@ func TestPostfixFlow(t *testing.T) {
 func hostPort(addr string) string {
 	h, p, _ := net.SplitHostPort(addr)
 	return h + "]:" + p
+}
+
+// TestPostfixMilter: Postfix with smtpd_milters pointed at the ingest
+// (the docs' settings): a known recipient accepted, an unknown one
+// rejected 550 5.1.1, a greylisting destination deferred 4xx; with the
+// ingest stopped, Postfix's default action (tempfail) defers.
+func TestPostfixMilter(t *testing.T) {
+	needPostfix(t)
+	destAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	startPostfix(t, "dest-main.cf", destAddr, "", map[string]string{
+		"vmailbox": "alice@dest.example alice/\npostmaster@dest.example postmaster/\n",
+	})
+	grey := destination(t, smtptest.Config{Rcpt: func(_, _ string) string { return "451 4.7.1 greylisted, try again later" }})
+	milterAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	s := newSystem(t, options{env: map[string][]string{"ingest": {"CALLOUT_INGEST_TIMEOUT=8s", "CALLOUT_INGEST_MILTER_ADDR=" + milterAddr}}})
+	s.setPolicy("dest.example", domains.Policy{Route: []string{destAddr}})
+	s.setPolicy("grey.example", domains.Policy{Route: []string{grey.Addr()}})
+	frontAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	p, err := postfix.Start(ctx, "milter-main.cf", frontAddr, map[string]string{
+		"DocMilter": strings.ReplaceAll(docSnippet(t, "postfix milter"), "127.0.0.1:10041", milterAddr),
+	}, map[string]string{"transport": fmt.Sprintf("dest.example smtp:[%s\ngrey.example smtp:[%s\n", hostPort(destAddr), hostPort(grey.Addr()))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("--- maillog\n%s", p.Maillog())
+		}
+		_ = p.Stop()
+	})
+	for _, tt := range []struct{ to, want string }{
+		{"alice@dest.example", "250"},
+		{"nobody@dest.example", "550 5.1.1 <nobody@dest.example>: Recipient address rejected: User unknown"},
+		{"someone@grey.example", "45"},
+	} {
+		tr := swaks(t, frontAddr, tt.to)
+		if r := rcptReply(tr); !strings.HasPrefix(r, tt.want) {
+			t.Fatalf("%s: RCPT answer %q, want %q\n%s", tt.to, r, tt.want, tr)
+		}
+	}
+	// The ingest down: Postfix's default action, a temporary failure.
+	for _, p := range s.procs["ingest"] {
+		_ = p.Stop(10 * time.Second)
+	}
+	tr := swaks(t, frontAddr, "alice@dest.example")
+	if r := rcptReply(tr); !strings.HasPrefix(r, "4") {
+		// Postfix may answer the milter's absence at MAIL or at connect.
+		if !strings.Contains(tr, "<** 4") && !strings.Contains(tr, "<-  4") && !strings.Contains(tr, "<~  4") {
+			t.Fatalf("with the ingest down: %q\n%s", r, tr)
+		}
+	}
 }
