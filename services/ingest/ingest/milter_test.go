@@ -1,7 +1,6 @@
 package ingest
 
 import (
-	"context"
 	"net"
 	"strings"
 	"testing"
@@ -13,7 +12,6 @@ import (
 	"github.com/callout-mail/callout/shared/domains"
 	"github.com/callout-mail/callout/shared/natstest"
 	"github.com/callout-mail/callout/shared/smtptest"
-	"github.com/callout-mail/callout/shared/subjects"
 	"github.com/callout-mail/callout/shared/verdict"
 	"github.com/callout-mail/callout/shared/waitfor"
 )
@@ -70,29 +68,12 @@ func TestMilterThroughTheIngest(t *testing.T) {
 	// In the log, with what the MTA told of the session.
 	js := natstest.JetStream(t, sys.nc)
 	waitfor.Cond(t, 10*time.Second, func() bool {
-		ctx := context.Background()
-		st, err := js.Stream(ctx, subjects.New("").DecisionStream())
-		if err != nil {
-			return false
-		}
-		info, err := st.Info(ctx)
-		if err != nil || info.State.Msgs == 0 {
-			return false
-		}
-		var seqs []uint64
-		for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
-			seqs = append(seqs, seq)
-		}
-		found := false
-		_ = decisions.StreamReader{NC: sys.nc, Stream: subjects.New("").DecisionStream()}.Messages(ctx, seqs, func(_ uint64, _ string, data []byte) {
-			_ = decisions.DecodeBatch(data, func(_ int, r *decisions.Record) bool {
-				if r.Recipient == "nobody@milter.test" && r.Via == decisions.ViaMilter && r.Client == "192.0.2.44" && r.Helo == "mx.sender.example" &&
-					r.Sender == "friend@sender.example" && r.Action == verdict.Reject {
-					found = true
-				}
+		for _, r := range records(t, js) {
+			if r.Recipient == "nobody@milter.test" && r.Via == decisions.ViaMilter && r.Client == "192.0.2.44" && r.Helo == "mx.sender.example" &&
+				r.Sender == "friend@sender.example" && r.Action == verdict.Reject {
 				return true
-			})
-		})
-		return found
+			}
+		}
+		return false
 	})
 }

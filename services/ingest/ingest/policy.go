@@ -42,20 +42,24 @@ func NewWithPolicy(cfg Config, nc *nats.Conn, reg prometheus.Registerer, log *sl
 		w.srv = policyd.New(policyd.Config{
 			Senders: cfg.PolicySenders, MalformedDefer: cfg.PolicyMalformed == "defer", DeferIfPermit: cfg.PolicyDeferIfPermit,
 			MaxConns: cfg.PolicyMaxConns, IdleTimeout: cfg.PolicyIdleTimeout, Timeout: cfg.Timeout,
-		}, func(ctx context.Context, req wire.VerifyRequest) wire.VerifyReply {
-			return s.Verify(context.WithValue(ctx, viaKey{}, decisions.ViaPolicy), req)
-		}, log)
+		}, s.verifyVia(decisions.ViaPolicy), log)
 	}
 	if cfg.MilterAddr != "" {
 		w.milter = milterd.New(milterd.Config{
 			Senders: cfg.MilterSenders, MalformedDefer: cfg.PolicyMalformed == "defer", MaxConns: cfg.MilterMaxConns,
 			IdleTimeout: cfg.MilterIdleTimeout, Timeout: cfg.Timeout, Progress: cfg.MilterProgress,
-		}, func(ctx context.Context, req wire.VerifyRequest) wire.VerifyReply {
-			return s.Verify(context.WithValue(ctx, viaKey{}, decisions.ViaMilter), req)
-		}, log)
+		}, s.verifyVia(decisions.ViaMilter), log)
 		s.m.milter(reg, w.milter)
 	}
 	return w, nil
+}
+
+// verifyVia is Verify for a listener: its answers are recorded as asked
+// there.
+func (s *Service) verifyVia(via string) func(context.Context, wire.VerifyRequest) wire.VerifyReply {
+	return func(ctx context.Context, req wire.VerifyRequest) wire.VerifyReply {
+		return s.Verify(context.WithValue(ctx, viaKey{}, via), req)
+	}
 }
 
 // Run serves NATS and the listeners until ctx ends.

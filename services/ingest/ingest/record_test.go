@@ -17,13 +17,13 @@ import (
 	"github.com/callout-mail/callout/shared/waitfor"
 )
 
-// logged counts the records of the log by action.
-func logged(t *testing.T, js jetstream.JetStream) map[string]uint64 {
+// records reads every record of the log, in its order.
+func records(t *testing.T, js jetstream.JetStream) []decisions.Record {
 	t.Helper()
 	ctx := context.Background()
 	st, err := js.Stream(ctx, subjects.New("").DecisionStream())
 	if err != nil {
-		t.Fatal(err)
+		return nil // not made yet
 	}
 	info, err := st.Info(ctx)
 	if err != nil {
@@ -33,15 +33,25 @@ func logged(t *testing.T, js jetstream.JetStream) map[string]uint64 {
 	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
 		seqs = append(seqs, seq)
 	}
-	out := map[string]uint64{}
+	var out []decisions.Record
 	rd := decisions.StreamReader{NC: js.Conn(), Stream: subjects.New("").DecisionStream()}
 	if err := rd.Messages(ctx, seqs, func(_ uint64, _ string, data []byte) {
 		_ = decisions.DecodeBatch(data, func(_ int, r *decisions.Record) bool {
-			out[string(r.Action)]++
+			out = append(out, *r)
 			return true
 		})
 	}); err != nil {
 		t.Fatal(err)
+	}
+	return out
+}
+
+// logged counts the records of the log by action.
+func logged(t *testing.T, js jetstream.JetStream) map[string]uint64 {
+	t.Helper()
+	out := map[string]uint64{}
+	for _, r := range records(t, js) {
+		out[string(r.Action)]++
 	}
 	return out
 }
