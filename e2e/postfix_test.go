@@ -195,16 +195,30 @@ func TestPostfixMilter(t *testing.T) {
 		"vmailbox": "alice@dest.example alice/\npostmaster@dest.example postmaster/\n",
 	})
 	grey := destination(t, smtptest.Config{Rcpt: func(_, _ string) string { return "451 4.7.1 greylisted, try again later" }})
+	// A destination that takes 4 s to answer RCPT: longer than the
+	// milter command timeout Postfix is given here (3 s), so only the
+	// ingest's progress keeps Postfix waiting for the verdict.
+	slow := destination(t, smtptest.Config{Rcpt: func(_, to string) string {
+		switch {
+		case strings.HasPrefix(to, "slow@"):
+			time.Sleep(4 * time.Second)
+			return "250 2.1.5 ok"
+		case strings.HasPrefix(to, "postmaster@"):
+			return "250 2.1.5 ok"
+		}
+		return "550 5.1.1 no such user" // the random address: no catch-all
+	}})
 	milterAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	s := newSystem(t, options{env: map[string][]string{"ingest": {"CALLOUT_INGEST_TIMEOUT=8s", "CALLOUT_INGEST_MILTER_ADDR=" + milterAddr}}})
+	s := newSystem(t, options{env: map[string][]string{"ingest": {"CALLOUT_INGEST_TIMEOUT=12s", "CALLOUT_INGEST_MILTER_ADDR=" + milterAddr, "CALLOUT_INGEST_MILTER_PROGRESS=1s"}}})
 	s.setPolicy("dest.example", domains.Policy{Route: []string{destAddr}})
 	s.setPolicy("grey.example", domains.Policy{Route: []string{grey.Addr()}})
+	s.setPolicy("slow.example", domains.Policy{Route: []string{slow.Addr()}})
 	frontAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	p, err := postfix.Start(ctx, "milter-main.cf", frontAddr, map[string]string{
-		"DocMilter": strings.ReplaceAll(docSnippet(t, "postfix milter"), "127.0.0.1:10041", milterAddr),
-	}, map[string]string{"transport": fmt.Sprintf("dest.example smtp:[%s\ngrey.example smtp:[%s\n", hostPort(destAddr), hostPort(grey.Addr()))})
+		"DocMilter": strings.NewReplacer("127.0.0.1:10041", milterAddr, "command_timeout=30s", "command_timeout=3s").Replace(docSnippet(t, "postfix milter")),
+	}, map[string]string{"transport": fmt.Sprintf("dest.example smtp:[%s\ngrey.example smtp:[%s\nslow.example smtp:[%s\n", hostPort(destAddr), hostPort(grey.Addr()), hostPort(slow.Addr()))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,6 +232,7 @@ func TestPostfixMilter(t *testing.T) {
 		{"alice@dest.example", "250"},
 		{"nobody@dest.example", "550 5.1.1 <nobody@dest.example>: Recipient address rejected: User unknown"},
 		{"someone@grey.example", "45"},
+		{"slow@slow.example", "250"}, // 4 s, past the 3 s command timeout: progress
 	} {
 		tr := swaks(t, frontAddr, tt.to)
 		if r := rcptReply(tr); !strings.HasPrefix(r, tt.want) {

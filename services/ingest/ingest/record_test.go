@@ -103,15 +103,25 @@ func TestDecisionLogSampling(t *testing.T) {
 	})
 }
 
-// Recording never holds up or fails an answer: with the log gone,
-// answers go on and the dropped records are counted.
+// Recording never holds up or fails an answer: with the log refusing
+// every record (full, with new records discarded), answers go on and the
+// dropped records are counted.
 func TestDecisionLogDownAnswersGoOn(t *testing.T) {
 	sys := startSystem(t, ingestConfig())
 	js := natstest.JetStream(t, sys.nc)
 	ctx := context.Background()
-	waitfor.Cond(t, 10*time.Second, func() bool {
-		return js.DeleteStream(ctx, subjects.New("").DecisionStream()) == nil
+	expect(t, sys.verify(t, rcpt("postmaster@nowhere.test")), verdict.Accept, 250, verdict.SourceStatic)
+	var st jetstream.Stream
+	waitfor.Cond(t, 15*time.Second, func() bool {
+		var err error
+		st, err = js.Stream(ctx, subjects.New("").DecisionStream())
+		return err == nil && st.CachedInfo().State.Msgs >= 1
 	})
+	cfg := st.CachedInfo().Config
+	cfg.MaxMsgs, cfg.Discard = 1, jetstream.DiscardNew
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
 	for i := 0; i < 20; i++ {
 		expect(t, sys.verify(t, rcpt("postmaster@nowhere.test")), verdict.Accept, 250, verdict.SourceStatic)
 	}
