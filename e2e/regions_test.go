@@ -358,11 +358,15 @@ func (f *fleet) flushAddress(t *testing.T, addr string) (wire.FlushReply, error)
 		return wire.FlushReply{}, err
 	}
 	var rep wire.FlushReply
-	for try := 0; try < 5; try++ {
-		if rep, err = op.Flush(context.Background(), "e2e", wire.FlushCommand{Scope: wire.ScopeAddress, Address: addr}); err == nil {
+	// A stream whose leader was in the lost region elects another within
+	// seconds (several, on two cores with every stream's group electing).
+	deadline := time.Now().Add(30 * time.Second)
+	for try := 1; ; try++ {
+		if rep, err = op.Flush(context.Background(), "e2e", wire.FlushCommand{Scope: wire.ScopeAddress, Address: addr}); err == nil || time.Now().After(deadline) {
 			break
 		}
-		t.Logf("flush of %s, try %d: %v", addr, try+1, err)
+		t.Logf("flush of %s, try %d: %v", addr, try, err)
+		time.Sleep(500 * time.Millisecond)
 	}
 	return rep, err
 }
