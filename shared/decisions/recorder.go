@@ -95,21 +95,24 @@ func (r *Recorder) Run(ctx context.Context) {
 		case <-t.C:
 			r.sendAll()
 		case <-ctx.Done():
-			deadline := time.After(time.Second)
-			for {
+			// One second in all, for the drain and the acknowledgements: a
+			// closed Done channel (not a time.After, read once) bounds both.
+			last, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			for drained := false; !drained; {
 				select {
 				case rec := <-r.ch:
 					r.add(&rec)
-					continue
-				case <-deadline:
+				case <-last.Done():
+					drained = true
 				default:
+					drained = true
 				}
-				break
 			}
 			r.sendAll()
 			select {
 			case <-r.js.PublishAsyncComplete():
-			case <-deadline:
+			case <-last.Done():
 			}
 			return
 		}
