@@ -161,6 +161,11 @@ func TestAuthRoles(t *testing.T) {
 		if err := pr.Publish(s.names.Verdict("addr.example/org.x.rcpt"), []byte("x")); err != nil { // allowed: publish verdicts
 			t.Fatal(err)
 		}
+		if _, err := pr.Request(s.names.CacheLookup(), []byte("x"), 5*time.Second); err != nil { // allowed: ask the cache whether a job is answered
+			t.Fatal(err)
+		}
+		_ = pr.Publish(s.names.Flush(), []byte("x")) // denied: flush the cache
+		pr.denied(t, "Publish", s.names.Flush())
 		_ = pr.Publish("$KV.callout_cache.addr.example/org.alice.rcpt", []byte("x")) // denied: write the cache directly
 		pr.denied(t, "Publish", "$KV.callout_cache")
 		_ = pr.Publish("$JS.API.STREAM.UPDATE.KV_callout_domains", []byte(`{"max_age":1000000000}`)) // denied: shorten the policy bucket

@@ -359,6 +359,8 @@ func (m *ProbeJob) decodeFast(r *reader) bool {
 			return r.str(&m.FallbackSender)
 		case "control":
 			return r.str(&m.Control)
+		case "refresh":
+			return r.boolean(&m.Refresh)
 		}
 		return false
 	})

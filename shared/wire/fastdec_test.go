@@ -25,7 +25,7 @@ func fastSamples() []Message {
 		&VerifyReply{Decision: d, Verdict: &full, Error: "x", Would: &d, WouldReject: true},
 		&VerifyReply{Decision: verdict.Decision{Action: verdict.Defer, Code: -5}, Verdict: &verdict.Verdict{Code: -200, CheckedAt: time.Unix(1700000000, 0), ExpiresAt: time.Date(1960, 1, 1, 0, 0, 0, 5, time.UTC)}},
 		&ProbeJob{Address: "a@example.org", Purpose: verdict.Recipient, SkipRandom: true, RequestedAt: now, Routed: true, Route: []string{"mx1:25", "mx2:2525"},
-			Sender: "s@x.example", FallbackSender: "f@x.example", Control: ControlRefused},
+			Sender: "s@x.example", FallbackSender: "f@x.example", Control: ControlRefused, Refresh: true},
 		&ProbeJob{Address: "b@example.org", Route: []string{}, RequestedAt: time.Date(2600, 1, 1, 0, 0, 0, 0, time.UTC)},
 		&verdictMsg{Verdict: full},
 		&verdictMsg{Verdict: verdict.Verdict{Kind: verdict.KindDomain, Domain: "example.org", Status: verdict.NotCatchAll, Code: 5000000000}},

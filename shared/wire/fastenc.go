@@ -86,7 +86,7 @@ func (m *VerifyRequest) AppendMsgpack(dst []byte) ([]byte, error) {
 // AppendMsgpack appends the job's encoding, the struct tags' bytes.
 func (m *ProbeJob) AppendMsgpack(dst []byte) ([]byte, error) {
 	n := 4
-	for _, present := range []bool{m.SkipRandom, m.Routed, len(m.Route) > 0, m.Sender != "", m.FallbackSender != "", m.Control != ""} {
+	for _, present := range []bool{m.SkipRandom, m.Routed, len(m.Route) > 0, m.Sender != "", m.FallbackSender != "", m.Control != "", m.Refresh} {
 		if present {
 			n++
 		}
@@ -111,6 +111,9 @@ func (m *ProbeJob) AppendMsgpack(dst []byte) ([]byte, error) {
 	b = appendOpt(b, "sender", m.Sender)
 	b = appendOpt(b, "fallback_sender", m.FallbackSender)
 	b = appendOpt(b, "control", m.Control)
+	if m.Refresh {
+		b = append(appendStr(b, "refresh"), 0xc3)
+	}
 	return b, nil
 }
 

@@ -145,6 +145,10 @@ type ProbeJob struct {
 	// (the prober asks postmaster when a user-unknown needs it), or one
 	// of the Control* values.
 	Control string `msgpack:"control,omitempty"`
+	// Refresh marks a re-probe of an old valid entry: called out even
+	// though the cache answers for the address (see the prober's
+	// answered check).
+	Refresh bool `msgpack:"refresh,omitempty"`
 }
 
 // What a job says of its domain's control probe.

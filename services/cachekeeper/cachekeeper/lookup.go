@@ -85,7 +85,7 @@ func (s *Service) maybeRefresh(ctx context.Context, a address.Address, v verdict
 	if !s.refresh.Due(&v, now, func() string { return kvkey.Address(a.Domain, a.Local, v.Purpose, v.Sender) }) {
 		return
 	}
-	job := wire.ProbeJob{Address: a.String(), Purpose: v.Purpose, SkipRandom: true, RequestedAt: now}
+	job := wire.ProbeJob{Address: a.String(), Purpose: v.Purpose, SkipRandom: true, RequestedAt: now, Refresh: true}
 	b, err := wire.Encode(&job)
 	if err != nil {
 		return

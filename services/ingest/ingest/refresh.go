@@ -20,7 +20,7 @@ func (s *Service) refresh(a address.Address, purpose verdict.Purpose, pol domain
 		return
 	}
 	job := newJob(a, purpose, pol)
-	job.SkipRandom = true
+	job.SkipRandom, job.Refresh = true, true
 	if _, err := s.queueAsync(key, job); err != nil {
 		s.log.Warn("refresh job not queued", "address", a.String(), "err", err)
 		return

@@ -6,15 +6,18 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
 
 	"github.com/callout-mail/callout/services/prober/callout"
 	"github.com/callout-mail/callout/services/prober/destination"
 	"github.com/callout-mail/callout/services/prober/pull"
 	"github.com/callout-mail/callout/shared/address"
+	"github.com/callout-mail/callout/shared/domains"
 	"github.com/callout-mail/callout/shared/kvkey"
 	"github.com/callout-mail/callout/shared/streams"
 	"github.com/callout-mail/callout/shared/verdict"
@@ -75,6 +78,13 @@ func (s *Service) handle(ctx context.Context, msg *pull.Msg) {
 	// Heartbeat so a long dialogue, or a wait for a busy host, is not
 	// redelivered to another prober.
 	stopHB := heartbeat(msg, max(s.cfg.AckWait/3, 200*time.Millisecond))
+	if v, ok := s.answered(ctx, job, addr); ok {
+		// Published again for the ingest that queued this copy: it waits
+		// for a verdict on the subject, and the cache keeps the one it has.
+		stopHB()
+		s.finish(ctx, msg, addr, job.Purpose, callout.Result{Address: v}, "answered")
+		return
+	}
 	start := time.Now()
 	target, done := s.prepare(ctx, job, addr, nil)
 	if done != nil {
@@ -113,6 +123,46 @@ func (s *Service) handle(ctx context.Context, msg *pull.Msg) {
 		}
 	}
 	s.run(ctx, msg, job, addr, target, slot, stopHB, start)
+}
+
+// answeredLookupTimeout bounds the cache lookup before a callout: past
+// it, the callout is made.
+const answeredLookupTimeout = time.Second
+
+// answered reports whether the cache holds a verdict for the job's address
+// from a callout under way or begun when the job was asked (started at
+// most one budget before): a job delivered again after its verdict was
+// published (its ack lost while the stream elected a leader), or queued
+// by an ingest whose lookup came between the verdict's publication and
+// its storing. Like requests that join a callout under way, it shares
+// that callout's verdict; calling out again would only load the
+// destination. A refresh is called out (it is asked of the verdict the
+// cache holds); a flushed verdict is no longer in the cache. A job
+// without a time, or a cache that does not answer, is called out.
+func (s *Service) answered(ctx context.Context, job wire.ProbeJob, addr address.Address) (verdict.Verdict, bool) {
+	if job.RequestedAt.IsZero() || job.Refresh {
+		return verdict.Verdict{}, false
+	}
+	senders := domains.Policy{Sender: job.Sender, FallbackSender: job.FallbackSender}.Senders()
+	b, err := wire.Encode(&wire.LookupRequest{Address: addr.String(), Purpose: job.Purpose, Senders: senders})
+	if err != nil {
+		return verdict.Verdict{}, false
+	}
+	lctx, cancel := context.WithTimeout(ctx, answeredLookupTimeout)
+	defer cancel()
+	m, err := s.nc.RequestWithContext(lctx, s.names.CacheLookup(), b)
+	if err != nil {
+		s.log.Debug("cache lookup before callout", "address", addr.String(), "err", err)
+		return verdict.Verdict{}, false
+	}
+	var r wire.LookupReply
+	if m.Header.Get(micro.ErrorHeader) != "" || wire.Decode(m.Data, &r) != nil || !r.Hit || r.Verdict == nil {
+		return verdict.Verdict{}, false
+	}
+	v := *r.Verdict
+	ok := v.Kind == verdict.KindAddress && strings.EqualFold(v.Address, addr.String()) && v.Purpose == job.Purpose &&
+		v.CheckedAt.After(job.RequestedAt.Add(-s.cfg.Budget))
+	return v, ok
 }
 
 // heartbeat tells the server every interval that msg is in progress,
