@@ -25,40 +25,9 @@ func needExim(t *testing.T) string {
 	needPostfix(t) // root, apt-get and swaks
 	dir := filepath.Join(os.TempDir(), "callout-exim")
 	bin := filepath.Join(dir, "root", "usr", "sbin", "exim4")
-	apt := func(args ...string) {
-		t.Helper()
-		run := func() ([]byte, error) {
-			cmd := exec.Command("apt-get", args...)
-			cmd.Dir = dir
-			cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-			return cmd.CombinedOutput()
-		}
-		if _, err := run(); err == nil {
-			return
-		}
-		// Perhaps the package lists are old or missing: update, then once more.
-		if out, err := exec.Command("apt-get", "update", "-qq").CombinedOutput(); err != nil {
-			t.Fatalf("apt-get update: %v %s", err, out)
-		}
-		if out, err := run(); err != nil {
-			t.Fatalf("apt-get %v: %v %s", args, err, out)
-		}
-	}
-	if _, err := os.Stat(bin); err != nil {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		apt("download", "exim4-daemon-light")
-		debs, _ := filepath.Glob(filepath.Join(dir, "exim4-daemon-light_*.deb"))
-		if len(debs) == 0 {
-			t.Fatal("exim4-daemon-light not downloaded")
-		}
-		if out, err := exec.Command("dpkg", "-x", debs[0], filepath.Join(dir, "root")).CombinedOutput(); err != nil {
-			t.Fatalf("dpkg -x: %v %s", err, out)
-		}
-	}
+	unpackDebs(t, dir, bin, "exim4-daemon-light")
 	if out, err := exec.Command(bin, "-C", "/dev/null", "-bV").CombinedOutput(); err != nil && strings.Contains(string(out), "libidn") {
-		apt("install", "-y", "-qq", "libidn12")
+		aptGet(t, dir, "install", "-y", "-qq", "libidn12")
 	}
 	if _, err := user.Lookup("Debian-exim"); err != nil {
 		_ = exec.Command("groupadd", "--system", "Debian-exim").Run()

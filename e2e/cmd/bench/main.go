@@ -57,6 +57,7 @@ type bench struct {
 	kv         *domains.Store
 	pprof      map[string]string // process -> its /debug/pprof address (CALLOUT_BENCH_PROFILE)
 	policyAddr string            // the ingest's Postfix policy listener
+	milterAddr string            // the ingest's milter listener
 	metrics    map[string]string // process -> its /metrics address
 	profDir    string
 	// launch starts (or starts again) a process: name, service, settings.
@@ -321,7 +322,8 @@ func start(bin string) (*bench, func(), error) {
 		}
 	}
 	b.policyAddr = fmt.Sprintf("127.0.0.1:%d", freePort())
-	if err := launch("ingest", "ingest", "CALLOUT_INGEST_BRAKE_LIMIT=0", "CALLOUT_INGEST_POLICY_ADDR="+b.policyAddr); err != nil {
+	b.milterAddr = fmt.Sprintf("127.0.0.1:%d", freePort())
+	if err := launch("ingest", "ingest", "CALLOUT_INGEST_BRAKE_LIMIT=0", "CALLOUT_INGEST_POLICY_ADDR="+b.policyAddr, "CALLOUT_INGEST_MILTER_ADDR="+b.milterAddr); err != nil {
 		return nil, stop, err
 	}
 	if profile != "" {

@@ -94,9 +94,9 @@ func policyEcho() (net.Listener, error) {
 	return ln, nil
 }
 
-// 7 and 8. Cache hits over the policy protocol (persistent connections)
-// and in Exim's pattern (a connection per request), against the bare
-// server with the same framing.
+// 7, 8 and 7m. Cache hits over the policy protocol (persistent
+// connections), in Exim's pattern (a connection per request) and over
+// the milter protocol, each against a bare server with the same framing.
 func (b *bench) mtaPaths() error {
 	addrs, done, err := b.cachedAddrs("mta.bench", 1000)
 	if err != nil {
@@ -115,6 +115,16 @@ func (b *bench) mtaPaths() error {
 	}
 	for _, c := range []int{1, 16} {
 		if err := b.policyPerRequest(c, addrs, echo.Addr().String()); err != nil {
+			return err
+		}
+	}
+	mecho, stop, err := milterEcho()
+	if err != nil {
+		return err
+	}
+	defer stop()
+	for _, c := range []int{16, 64} {
+		if err := b.milterPersistent(c, addrs, mecho.Addr().String()); err != nil {
 			return err
 		}
 	}

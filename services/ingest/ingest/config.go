@@ -50,7 +50,7 @@ type Config struct {
 	MilterSenders            bool            `envconfig:"MILTER_SENDERS" default:"false" desc:"verify the sender at MAIL FROM too in milter sessions"`
 	MilterMaxConns           int             `envconfig:"MILTER_MAX_CONNS" default:"2000" desc:"milter connections at once: one per SMTP session, so above the MTA's smtpd process limit; past it a session gets the MTA's default action"`
 	MilterIdleTimeout        time.Duration   `envconfig:"MILTER_IDLE_TIMEOUT" default:"300s" desc:"close a milter connection the MTA sends nothing on for this long"`
-	MilterProgress           time.Duration   `envconfig:"MILTER_PROGRESS" default:"5s" desc:"while a recipient's verdict is pending, tell the MTA to keep waiting this often (below Sendmail's 10 s reply timeout)"`
+	MilterProgress           time.Duration   `envconfig:"MILTER_PROGRESS" default:"5s" desc:"while a recipient's verdict is pending, tell Postfix to keep waiting this often (below its milter command_timeout; Sendmail takes no progress at RCPT and gets none)"`
 	DecisionLog              bool            `envconfig:"DECISION_LOG" default:"true" desc:"record every answer in the decision log (docs/decisions.md)"`
 	DecisionLogCachedAccepts float64         `envconfig:"DECISION_LOG_CACHED_ACCEPTS" default:"1" desc:"fraction of the accepts answered from a cache that are recorded: 1 all, 0.1 one in ten, 0 none (rejects, defers and other answers are always recorded; the counts per domain count them all)"`
 	DecisionLogBuffer        int             `envconfig:"DECISION_LOG_BUFFER" default:"16384" desc:"records waiting for the log at most; past it (the log slow or down) records are dropped and counted, answers go on"`

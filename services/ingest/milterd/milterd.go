@@ -3,9 +3,14 @@
 // milter-speaking MTA ask it at RCPT TO, and it answers for that
 // recipient only with the ingest's decision: continue, 5xx reject, 4xx
 // defer. Everything after RCPT is negotiated away (no DATA, headers or
-// body are sent). While a verdict is pending it sends progress every few
-// seconds, so that the MTA keeps waiting (Sendmail's default reply
-// timeout is 10 s, Postfix's 30 s).
+// body are sent). While a verdict is pending it sends Postfix progress
+// every few seconds, so that it keeps waiting. Sendmail takes progress
+// only at the end of a message: at RCPT it is a bogus reply to Sendmail,
+// which then drops the milter and accepts the recipient unverified; it
+// gets none, and its reply timeout (T=R:, with F=T a 4xx) must be above
+// the ingest's deadline. Which MTA asks is told by the version macro v
+// the listener requests at connect ("Postfix 3.7.11"; Sendmail's is its
+// bare version); an MTA that does not say gets no progress.
 package milterd
 
 import (
@@ -35,7 +40,7 @@ type Config struct {
 	MaxConns       int           // milter connections at once (one per SMTP session)
 	IdleTimeout    time.Duration // close a connection the MTA sends nothing on
 	Timeout        time.Duration // per-recipient verify deadline
-	Progress       time.Duration // progress while a verdict is pending
+	Progress       time.Duration // progress to Postfix while a verdict is pending
 }
 
 // Counters are what the listener counts, for the service's metrics.
@@ -87,6 +92,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		// and RCPT; nothing after RCPT is sent at all.
 		milter.WithProtocol(milter.OptNoBody|milter.OptNoHeaders|milter.OptNoEOH|milter.OptNoUnknown|milter.OptNoData|
 			milter.OptNoConnReply|milter.OptNoHeloReply),
+		// The MTA's name and version: whether it takes progress at RCPT.
+		milter.WithMacroRequest(milter.StageConnect, []milter.MacroName{milter.MacroMTAVersion}),
 		milter.WithReadTimeout(s.cfg.IdleTimeout),
 		milter.WithWriteTimeout(10*time.Second),
 	)
@@ -150,12 +157,15 @@ type session struct {
 	client string
 	helo   string
 	sender string
+	// progress: the MTA waits on progress at RCPT (Postfix).
+	progress bool
 }
 
-func (m *session) Connect(host, family string, port uint16, addr string, _ milter.Modifier) (*milter.Response, error) {
+func (m *session) Connect(host, family string, port uint16, addr string, mod milter.Modifier) (*milter.Response, error) {
 	if family == "tcp4" || family == "tcp6" {
 		m.client = addr
 	}
+	m.progress = strings.HasPrefix(mod.Get(milter.MacroMTAVersion), "Postfix")
 	return milter.RespContinue, nil
 }
 
@@ -178,11 +188,15 @@ func (m *session) RcptTo(rcpt, _ string, mod milter.Modifier) (*milter.Response,
 	return m.s.response(rep, "recipient "+rcpt)
 }
 
-// ask verifies, sending progress to the MTA while the answer is pending.
+// ask verifies, sending progress to an MTA that takes it while the answer
+// is pending.
 func (m *session) ask(req wire.VerifyRequest, mod milter.Modifier) wire.VerifyReply {
 	ctx, cancel := context.WithTimeout(m.ctx, m.s.cfg.Timeout)
 	defer cancel()
 	req.TimeoutMS = int(m.s.cfg.Timeout.Milliseconds())
+	if !m.progress {
+		return m.s.verify(ctx, req)
+	}
 	done := make(chan wire.VerifyReply, 1)
 	go func() { done <- m.s.verify(ctx, req) }()
 	t := time.NewTicker(m.s.cfg.Progress)
