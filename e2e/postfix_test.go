@@ -194,25 +194,10 @@ func TestPostfixMilter(t *testing.T) {
 	startPostfix(t, "dest-main.cf", destAddr, "", map[string]string{
 		"vmailbox": "alice@dest.example alice/\npostmaster@dest.example postmaster/\n",
 	})
-	grey := destination(t, smtptest.Config{Rcpt: func(_, _ string) string { return "451 4.7.1 greylisted, try again later" }})
 	// A destination that takes 4 s to answer RCPT: longer than the
 	// milter command timeout Postfix is given here (3 s), so only the
 	// ingest's progress keeps Postfix waiting for the verdict.
-	slow := destination(t, smtptest.Config{Rcpt: func(_, to string) string {
-		switch {
-		case strings.HasPrefix(to, "slow@"):
-			time.Sleep(4 * time.Second)
-			return "250 2.1.5 ok"
-		case strings.HasPrefix(to, "postmaster@"):
-			return "250 2.1.5 ok"
-		}
-		return "550 5.1.1 no such user" // the random address: no catch-all
-	}})
-	milterAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	s := newSystem(t, options{env: map[string][]string{"ingest": {"CALLOUT_INGEST_TIMEOUT=12s", "CALLOUT_INGEST_MILTER_ADDR=" + milterAddr, "CALLOUT_INGEST_MILTER_PROGRESS=1s"}}})
-	s.setPolicy("dest.example", domains.Policy{Route: []string{destAddr}})
-	s.setPolicy("grey.example", domains.Policy{Route: []string{grey.Addr()}})
-	s.setPolicy("slow.example", domains.Policy{Route: []string{slow.Addr()}})
+	s, milterAddr, grey, slow := milterSystem(t, destAddr)
 	frontAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -228,26 +213,63 @@ func TestPostfixMilter(t *testing.T) {
 		}
 		_ = p.Stop()
 	})
+	milterCases(t, frontAddr, "<nobody@dest.example>: Recipient address rejected: User unknown") // slow: 4 s, past the 3 s command timeout: progress
+	// The ingest down: Postfix's default action, a temporary failure.
+	ingestDownDefers(t, s, frontAddr)
+}
+
+// milterSystem is the system a milter test asks: the ingest's milter
+// listener (its address returned) and three routed domains:
+// dest.example to dest, grey.example to a greylisting destination and
+// slow.example to one that answers RCPT for slow* in 4 s.
+func milterSystem(t *testing.T, dest string) (s *system, milterAddr string, grey, slow *smtptest.Server) {
+	t.Helper()
+	grey = destination(t, smtptest.Config{Rcpt: func(_, _ string) string { return "451 4.7.1 greylisted, try again later" }})
+	slow = destination(t, smtptest.Config{Rcpt: func(_, to string) string {
+		switch {
+		case strings.HasPrefix(to, "slow"):
+			time.Sleep(4 * time.Second)
+			return "250 2.1.5 ok"
+		case strings.HasPrefix(to, "postmaster@"):
+			return "250 2.1.5 ok"
+		}
+		return "550 5.1.1 no such user" // the random address: no catch-all
+	}})
+	milterAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	s = newSystem(t, options{env: map[string][]string{"ingest": {"CALLOUT_INGEST_TIMEOUT=12s", "CALLOUT_INGEST_MILTER_ADDR=" + milterAddr, "CALLOUT_INGEST_MILTER_PROGRESS=1s"}}})
+	s.setPolicy("dest.example", domains.Policy{Route: []string{dest}})
+	s.setPolicy("grey.example", domains.Policy{Route: []string{grey.Addr()}})
+	s.setPolicy("slow.example", domains.Policy{Route: []string{slow.Addr()}})
+	return s, milterAddr, grey, slow
+}
+
+// milterCases sends the milter tests' recipients through the MTA at
+// front: known 250, unknown 550 5.1.1 with the text the MTA gives
+// (unknown), greylisted 4xx, the 4 s callout 250.
+func milterCases(t *testing.T, front, unknown string) {
+	t.Helper()
 	for _, tt := range []struct{ to, want string }{
 		{"alice@dest.example", "250"},
-		{"nobody@dest.example", "550 5.1.1 <nobody@dest.example>: Recipient address rejected: User unknown"},
+		{"nobody@dest.example", "550 5.1.1 " + unknown},
 		{"someone@grey.example", "45"},
-		{"slow@slow.example", "250"}, // 4 s, past the 3 s command timeout: progress
+		{"slow@slow.example", "250"},
 	} {
-		tr := swaks(t, frontAddr, tt.to)
+		tr := swaks(t, front, tt.to)
 		if r := rcptReply(tr); !strings.HasPrefix(r, tt.want) {
 			t.Fatalf("%s: RCPT answer %q, want %q\n%s", tt.to, r, tt.want, tr)
 		}
 	}
-	// The ingest down: Postfix's default action, a temporary failure.
+}
+
+// ingestDownDefers stops the ingest: the MTA at front must defer (its
+// default action), at RCPT, MAIL or connect.
+func ingestDownDefers(t *testing.T, s *system, front string) {
+	t.Helper()
 	for _, p := range s.procs["ingest"] {
 		_ = p.Stop(10 * time.Second)
 	}
-	tr := swaks(t, frontAddr, "alice@dest.example")
-	if r := rcptReply(tr); !strings.HasPrefix(r, "4") {
-		// Postfix may answer the milter's absence at MAIL or at connect.
-		if !strings.Contains(tr, "<** 4") && !strings.Contains(tr, "<-  4") && !strings.Contains(tr, "<~  4") {
-			t.Fatalf("with the ingest down: %q\n%s", r, tr)
-		}
+	tr := swaks(t, front, "alice@dest.example")
+	if r := rcptReply(tr); !strings.HasPrefix(r, "4") && !strings.Contains(tr, "<** 4") && !strings.Contains(tr, "<-  4") && !strings.Contains(tr, "<~  4") {
+		t.Fatalf("with the ingest down: %q\n%s", r, tr)
 	}
 }

@@ -77,19 +77,7 @@ func milterLoad(c int, d time.Duration, addr string, addrs []string, n *atomic.I
 }
 
 func (b *bench) milterPersistent(c int, addrs []string, echo string) error {
-	var n, en atomic.Int64
-	profiled := b.profile(fmt.Sprintf("milter%d", c), 2*time.Second)
-	cpu0 := b.cpuTicks()
-	rate, lat, err := milterLoad(c, 3*time.Second, b.milterAddr, addrs, &n)
-	cpu1 := b.cpuTicks()
-	profiled()
-	if err != nil {
-		return err
-	}
-	erate, elat, err := milterLoad(c, 3*time.Second, echo, addrs, &en)
-	if err != nil {
-		return err
-	}
-	b.pathRows("7m milter", fmt.Sprintf("c=%d ", c), rate, lat, erate, elat, cpu0, cpu1, n.Load())
-	return nil
+	return b.measurePath("7m milter", "milter", c, b.milterAddr, echo, func(addr string, n *atomic.Int64) (float64, latencies, error) {
+		return milterLoad(c, 3*time.Second, addr, addrs, n)
+	})
 }

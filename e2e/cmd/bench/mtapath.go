@@ -157,22 +157,31 @@ func persistentLoad(c int, d time.Duration, addr string, addrs []string, n *atom
 	})
 }
 
-func (b *bench) policyPersistent(c int, addrs []string, echo string) error {
+// measurePath runs ask from c requesters against the ingest's address
+// (profiled, its CPU counted), then against the bare server's, and
+// records the path's rows.
+func (b *bench) measurePath(sec, profile string, c int, ingest, echo string, ask func(addr string, n *atomic.Int64) (float64, latencies, error)) error {
 	var n, en atomic.Int64
-	profiled := b.profile(fmt.Sprintf("policy%d", c), 2*time.Second)
+	profiled := b.profile(fmt.Sprintf("%s%d", profile, c), 2*time.Second)
 	cpu0 := b.cpuTicks()
-	rate, lat, err := persistentLoad(c, 3*time.Second, b.policyAddr, addrs, &n)
+	rate, lat, err := ask(ingest, &n)
 	cpu1 := b.cpuTicks()
 	profiled()
 	if err != nil {
 		return err
 	}
-	erate, elat, err := persistentLoad(c, 3*time.Second, echo, addrs, &en)
+	erate, elat, err := ask(echo, &en)
 	if err != nil {
 		return err
 	}
-	b.pathRows("7 policy", fmt.Sprintf("c=%d ", c), rate, lat, erate, elat, cpu0, cpu1, n.Load())
+	b.pathRows(sec, fmt.Sprintf("c=%d ", c), rate, lat, erate, elat, cpu0, cpu1, n.Load())
 	return nil
+}
+
+func (b *bench) policyPersistent(c int, addrs []string, echo string) error {
+	return b.measurePath("7 policy", "policy", c, b.policyAddr, echo, func(addr string, n *atomic.Int64) (float64, latencies, error) {
+		return persistentLoad(c, 3*time.Second, addr, addrs, n)
+	})
 }
 
 // perRequest is Exim's readsocket: connect, write, half-close, read to
@@ -212,21 +221,7 @@ func (b *bench) policyPerRequest(c int, addrs []string, echo string) error {
 			return err
 		})
 	}
-	var n, en atomic.Int64
-	profiled := b.profile(fmt.Sprintf("readsocket%d", c), 2*time.Second)
-	cpu0 := b.cpuTicks()
-	rate, lat, err := ask(b.policyAddr, &n)
-	cpu1 := b.cpuTicks()
-	profiled()
-	if err != nil {
-		return err
-	}
-	erate, elat, err := ask(echo, &en)
-	if err != nil {
-		return err
-	}
-	b.pathRows("8 readsocket", fmt.Sprintf("c=%d ", c), rate, lat, erate, elat, cpu0, cpu1, n.Load())
-	return nil
+	return b.measurePath("8 readsocket", "readsocket", c, b.policyAddr, echo, ask)
 }
 
 // pathRows records one path's figures against its ceiling.
