@@ -145,9 +145,9 @@ type ProbeJob struct {
 	// (the prober asks postmaster when a user-unknown needs it), or one
 	// of the Control* values.
 	Control string `msgpack:"control,omitempty"`
-	// Refresh marks a re-probe of an old valid entry: called out even
-	// though the cache answers for the address (see the prober's
-	// answered check).
+	// Refresh marks a re-probe of an old valid entry: delivered again,
+	// it is answered only by a verdict from after it was asked (see the
+	// prober's answered check).
 	Refresh bool `msgpack:"refresh,omitempty"`
 }
 

@@ -193,8 +193,8 @@ func TestKnownMisses(t *testing.T) {
 	nc := s.ns.Connect(t)
 	var lookups atomic.Int64
 	// The ingests' lookups: they carry the revision their near cache
-	// applied, or a job. (A prober asks the cache too, before a callout,
-	// with neither.)
+	// applied, or a job. (A prober asks the cache too, for a job
+	// delivered again, with neither.)
 	sub, err := nc.Subscribe(subjects.New("").CacheLookup(), func(m *nats.Msg) {
 		var req wire.LookupRequest
 		if wire.Decode(m.Data, &req) == nil && (req.Rev > 0 || req.Job != nil) {

@@ -19,15 +19,12 @@ import (
 
 	"github.com/callout-mail/callout/services/cachekeeper/cachekeeper"
 	"github.com/callout-mail/callout/services/prober/prober"
-	"github.com/callout-mail/callout/shared/address"
 	"github.com/callout-mail/callout/shared/config"
 	"github.com/callout-mail/callout/shared/dnstest"
 	"github.com/callout-mail/callout/shared/domains"
-	"github.com/callout-mail/callout/shared/kvkey"
 	"github.com/callout-mail/callout/shared/natstest"
 	"github.com/callout-mail/callout/shared/operate"
 	"github.com/callout-mail/callout/shared/smtptest"
-	"github.com/callout-mail/callout/shared/streams"
 	"github.com/callout-mail/callout/shared/subjects"
 	"github.com/callout-mail/callout/shared/verdict"
 	"github.com/callout-mail/callout/shared/waitfor"
@@ -317,55 +314,6 @@ func TestCoalescing(t *testing.T) {
 	wg.Wait()
 	if n := dest.RcptsFor("burst@example.org"); n != 1 {
 		t.Fatalf("%d RCPTs for the address, want 1", n)
-	}
-}
-
-// A job that comes again after its verdict was made (an ack lost while a
-// stream elects a leader, or a second copy queued while the first ran)
-// is not called out again: the destination sees one RCPT, even while
-// the verdict is being stored and the address asked again. A job asked
-// as a refresh is called out.
-func TestAnsweredJobIsNotCalledOutAgain(t *testing.T) {
-	sys := startSystem(t, ingestConfig())
-	dest := destination(t, smtptest.Config{Mailboxes: []string{"alice@example.org"}})
-	sys.policy(t, "example.org", domains.Policy{Route: []string{dest.Addr()}})
-	asked := time.Now()
-	expect(t, sys.verify(t, rcpt("alice@example.org")), verdict.Accept, 250, verdict.SourceProbe)
-	waitfor.Cond(t, 15*time.Second, func() bool {
-		// Asked again while the verdict is being stored, the address is
-		// answered (a second job shares the first's verdict), not deferred.
-		rep := sys.verify(t, rcpt("alice@example.org"))
-		expect(t, rep, verdict.Accept, 250, "")
-		return rep.Verdict.Source == verdict.SourceCache
-	})
-	names := subjects.New("")
-	js := natstest.JetStream(t, sys.nc)
-	refresh := false
-	again := func(requested time.Time) {
-		t.Helper()
-		a, _ := address.Parse("alice@example.org")
-		job := newJob(a, verdict.Recipient, domains.Policy{Route: []string{dest.Addr()}})
-		job.RequestedAt, job.Refresh = requested, refresh
-		b, _ := wire.Encode(&job)
-		// Once the queue holds no other job for alice (one per address).
-		waitfor.Cond(t, 15*time.Second, func() bool {
-			pending, err := streams.QueueJob(context.Background(), js, names.Probe(kvkey.Target("example.org", "alice", verdict.Recipient)), b)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return !pending
-		})
-		sys.emptied(t, names.ProbeStream()) // the job was taken and acked
-	}
-	again(asked)
-	if n := dest.RcptsFor("alice@example.org"); n != 1 {
-		t.Fatalf("a job answered since it was asked was called out again: %d RCPTs", n)
-	}
-	// A refresh is asked of the verdict the cache holds: called out.
-	refresh = true
-	again(time.Now())
-	if n := dest.RcptsFor("alice@example.org"); n != 2 {
-		t.Fatalf("a refresh: %d RCPTs, want 2", n)
 	}
 }
 

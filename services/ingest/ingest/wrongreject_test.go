@@ -41,15 +41,10 @@ func mxSystem(t *testing.T, icfg Config, mxPort string, records ...string) *syst
 // (The consumer's pending counts can lag a message the stream just took.)
 func (s *system) drained(t *testing.T) {
 	t.Helper()
-	s.emptied(t, subjects.New("").VerdictStream())
-}
-
-// emptied waits until the work-queue stream holds no message.
-func (s *system) emptied(t *testing.T, stream string) {
-	t.Helper()
 	js := natstest.JetStream(t, s.nc)
+	n := subjects.New("")
 	waitfor.Cond(t, 15*time.Second, func() bool {
-		st, err := js.Stream(context.Background(), stream)
+		st, err := js.Stream(context.Background(), n.VerdictStream())
 		if err != nil {
 			return false
 		}

@@ -157,12 +157,13 @@ func TestSender(t *testing.T) {
 // that does not say what it is, get none: their own reply timeout (with
 // Sendmail's F=T, a 4xx) applies.
 func TestProgress(t *testing.T) {
-	var seen []wire.VerifyRequest
-	addr, _ := serve(t, Config{Progress: 200 * time.Millisecond}, decide(&seen))
 	for _, tt := range []struct {
 		mta      string
 		progress bool
 	}{{postfix, true}, {sendmail, false}, {"", false}} {
+		// A server each: a session timed out leaves its verify running.
+		var seen []wire.VerifyRequest
+		addr, _ := serve(t, Config{Progress: 200 * time.Millisecond}, decide(&seen))
 		s := openSessionAs(t, addr, 700*time.Millisecond, tt.mta) // shorter than the verdict
 		start(t, s)
 		if _, err := s.Mail("", ""); err != nil {

@@ -68,6 +68,14 @@ func (s *Service) handle(ctx context.Context, msg *pull.Msg) {
 		_ = msg.Term()
 		return
 	}
+	if msg.NumDelivered() > 1 {
+		if v, ok := s.answered(ctx, job, addr); ok {
+			// Published again for the ingest that queued the job: it waits
+			// for a verdict on the subject, and the cache keeps the one it has.
+			s.finish(ctx, msg, addr, job.Purpose, callout.Result{Address: v}, "answered")
+			return
+		}
+	}
 	if n := msg.NumDelivered(); int(n) > s.cfg.MaxDeliver {
 		// Earlier deliveries died mid-callout: answer rather than retry forever.
 		v := verdict.Verdict{Kind: verdict.KindAddress, Address: addr.String(), Domain: addr.Domain, Status: verdict.TempFail,
@@ -78,13 +86,6 @@ func (s *Service) handle(ctx context.Context, msg *pull.Msg) {
 	// Heartbeat so a long dialogue, or a wait for a busy host, is not
 	// redelivered to another prober.
 	stopHB := heartbeat(msg, max(s.cfg.AckWait/3, 200*time.Millisecond))
-	if v, ok := s.answered(ctx, job, addr); ok {
-		// Published again for the ingest that queued this copy: it waits
-		// for a verdict on the subject, and the cache keeps the one it has.
-		stopHB()
-		s.finish(ctx, msg, addr, job.Purpose, callout.Result{Address: v}, "answered")
-		return
-	}
 	start := time.Now()
 	target, done := s.prepare(ctx, job, addr, nil)
 	if done != nil {
@@ -129,18 +130,16 @@ func (s *Service) handle(ctx context.Context, msg *pull.Msg) {
 // it, the callout is made.
 const answeredLookupTimeout = time.Second
 
-// answered reports whether the cache holds a verdict for the job's address
-// from a callout under way or begun when the job was asked (started at
-// most one budget before): a job delivered again after its verdict was
-// published (its ack lost while the stream elected a leader), or queued
-// by an ingest whose lookup came between the verdict's publication and
-// its storing. Like requests that join a callout under way, it shares
-// that callout's verdict; calling out again would only load the
-// destination. A refresh is called out (it is asked of the verdict the
-// cache holds); a flushed verdict is no longer in the cache. A job
-// without a time, or a cache that does not answer, is called out.
+// answered reports, for a job delivered again, whether the cache holds
+// a verdict for its address from a callout under way or begun when the
+// job was asked (started at most one budget before; for a refresh, after
+// it was asked): the job's first delivery made it and its ack was lost
+// (while the stream elected a leader, say). By then the verdict is
+// stored; calling out again would only load the destination. A flushed
+// verdict is no longer in the cache. A job without a time, or a cache
+// that does not answer, is called out.
 func (s *Service) answered(ctx context.Context, job wire.ProbeJob, addr address.Address) (verdict.Verdict, bool) {
-	if job.RequestedAt.IsZero() || job.Refresh {
+	if job.RequestedAt.IsZero() {
 		return verdict.Verdict{}, false
 	}
 	senders := domains.Policy{Sender: job.Sender, FallbackSender: job.FallbackSender}.Senders()
@@ -159,9 +158,13 @@ func (s *Service) answered(ctx context.Context, job wire.ProbeJob, addr address.
 	if m.Header.Get(micro.ErrorHeader) != "" || wire.Decode(m.Data, &r) != nil || !r.Hit || r.Verdict == nil {
 		return verdict.Verdict{}, false
 	}
+	since := job.RequestedAt
+	if !job.Refresh {
+		since = since.Add(-s.cfg.Budget)
+	}
 	v := *r.Verdict
 	ok := v.Kind == verdict.KindAddress && strings.EqualFold(v.Address, addr.String()) && v.Purpose == job.Purpose &&
-		v.CheckedAt.After(job.RequestedAt.Add(-s.cfg.Budget))
+		!v.CheckedAt.Before(since)
 	return v, ok
 }
 

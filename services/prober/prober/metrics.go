@@ -33,7 +33,7 @@ func newMetrics(reg prometheus.Registerer, pool *destination.Pool, policyErrors 
 			Name: "callout_prober_jobs_in_flight", Help: "Callouts under way.",
 		}),
 		jobs: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "callout_prober_jobs_total", Help: "Jobs by outcome: done, answered (a verdict made since the job was asked was in the cache: published again, no callout), garbage, gave_up, requeued.",
+			Name: "callout_prober_jobs_total", Help: "Jobs by outcome: done, answered (delivered again, its verdict was in the cache: published again, no callout), garbage, gave_up, requeued.",
 		}, []string{"outcome"}),
 	}
 	m.refusing = prometheus.NewCounter(prometheus.CounterOpts{

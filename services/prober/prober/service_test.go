@@ -12,6 +12,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/callout-mail/callout/services/cachekeeper/cachekeeper"
+	"github.com/callout-mail/callout/shared/config"
 	"github.com/callout-mail/callout/shared/dnstest"
 	"github.com/callout-mail/callout/shared/domains"
 	"github.com/callout-mail/callout/shared/kvkey"
@@ -341,5 +343,86 @@ func TestSenderDomainDNS(t *testing.T) {
 				t.Fatal("a 4xx sender-domain verdict is definite")
 			}
 		})
+	}
+}
+
+// A job delivered again after its callout's verdict was stored (its ack
+// lost, say while the stream elected a leader) is answered from the
+// cache: no second RCPT at the destination, the verdict published again
+// for whoever waits on it. A refresh delivered again whose cached verdict
+// is older than it is called out.
+func TestRedeliveredAnsweredJob(t *testing.T) {
+	h := newHarness(t)
+	var kcfg cachekeeper.Config
+	if err := config.Defaults(&kcfg); err != nil {
+		t.Fatal(err)
+	}
+	kcfg.RefreshAge, kcfg.StatsInterval = 0, 0
+	keeper, err := cachekeeper.New(kcfg, h.ns.Connect(t), prometheus.NewRegistry(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	natstest.RunService(t, keeper)
+	dest := smtptest.Run(t, smtptest.Config{Mailboxes: []string{"alice@example.org"}})
+	h.route(t, "example.org", domains.Policy{Route: []string{dest.Addr()}})
+	cfg := testConfig()
+	cfg.AckWait = time.Second
+	kill := h.start(t, cfg)
+
+	asked := time.Now()
+	job := wire.ProbeJob{Address: "alice@example.org", Purpose: verdict.Recipient, SkipRandom: true, RequestedAt: asked}
+	if v := h.ask(t, "example.org", "alice", job, 10*time.Second); v.Status != verdict.Valid {
+		t.Fatalf("verdict %+v", v)
+	}
+	lookup, _ := wire.Encode(&wire.LookupRequest{Address: "alice@example.org", Senders: []string{""}})
+	waitfor.Cond(t, 15*time.Second, func() bool {
+		m, err := h.nc.Request(h.names.CacheLookup(), lookup, 2*time.Second)
+		var rep wire.LookupReply
+		return err == nil && wire.Decode(m.Data, &rep) == nil && rep.Hit
+	})
+
+	// redeliver queues job, takes its first delivery without an ack (no
+	// prober runs), starts a prober to get it again, and waits until it
+	// is acked; it returns the verdict published for it.
+	subject := h.names.Probe(kvkey.Target("example.org", "alice", verdict.Recipient))
+	redeliver := func(job wire.ProbeJob) verdict.Verdict {
+		t.Helper()
+		kill()
+		ctx := context.Background()
+		sub, _ := h.nc.SubscribeSync(h.names.Verdict("addr." + kvkey.Target("example.org", "alice", verdict.Recipient)))
+		defer sub.Unsubscribe()
+		b, _ := wire.Encode(&job)
+		if _, err := h.js.Publish(ctx, subject, b); err != nil {
+			t.Fatal(err)
+		}
+		cons, err := h.js.Consumer(ctx, h.names.ProbeStream(), h.names.ProbeConsumer())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		kill = h.start(t, cfg)
+		m, err := sub.NextMsg(15 * time.Second)
+		if err != nil {
+			t.Fatal("no verdict for the job delivered again")
+		}
+		v, _ := wire.DecodeVerdict(m.Data)
+		waitfor.Cond(t, 15*time.Second, func() bool {
+			st, err := h.js.Stream(ctx, h.names.ProbeStream())
+			if err != nil {
+				return false
+			}
+			i, err := st.Info(ctx)
+			return err == nil && i.State.Msgs == 0
+		})
+		return v
+	}
+	if v := redeliver(job); v.Status != verdict.Valid || dest.RcptsFor("alice@example.org") != 1 {
+		t.Fatalf("the job delivered again: %+v, %d RCPTs (want the cached verdict, 1)", v, dest.RcptsFor("alice@example.org"))
+	}
+	job.RequestedAt, job.Refresh = time.Now(), true
+	if v := redeliver(job); v.Status != verdict.Valid || dest.RcptsFor("alice@example.org") != 2 {
+		t.Fatalf("a refresh delivered again: %+v, %d RCPTs (want a callout, 2)", v, dest.RcptsFor("alice@example.org"))
 	}
 }
