@@ -83,6 +83,20 @@ func (h *harness) route(t *testing.T, domain string, p domains.Policy) {
 	}
 }
 
+// queueEmpty waits until the work queue holds no job: every one taken
+// and acked (or dropped).
+func (h *harness) queueEmpty(t *testing.T) {
+	t.Helper()
+	waitfor.Cond(t, 15*time.Second, func() bool {
+		st, err := h.js.Stream(context.Background(), h.names.ProbeStream())
+		if err != nil {
+			return false
+		}
+		i, err := st.Info(context.Background())
+		return err == nil && i.State.Msgs == 0
+	})
+}
+
 // ask publishes a job and waits for the address verdict.
 func (h *harness) ask(t *testing.T, domain, local string, job wire.ProbeJob, wait time.Duration) verdict.Verdict {
 	t.Helper()
@@ -149,14 +163,7 @@ func TestJobToVerdict(t *testing.T) {
 			counter(t, reg, "callout_prober_callouts_total", "result", "invalid") == 1
 	})
 	// The job was acked: the work queue is empty again.
-	waitfor.Cond(t, 15*time.Second, func() bool {
-		info, err := h.js.Stream(context.Background(), h.names.ProbeStream())
-		if err != nil {
-			return false
-		}
-		i, err := info.Info(context.Background())
-		return err == nil && i.State.Msgs == 0
-	})
+	h.queueEmpty(t)
 }
 
 // A job for a domain whose MX lookup fails temporarily gets tempfail; the
@@ -171,14 +178,7 @@ func TestGarbageJobIsDropped(t *testing.T) {
 	if _, err := h.js.Publish(ctx, h.names.Probe("x.y"), []byte("\xc1garbage")); err != nil {
 		t.Fatal(err)
 	}
-	waitfor.Cond(t, 15*time.Second, func() bool {
-		s, err := h.js.Stream(ctx, h.names.ProbeStream())
-		if err != nil {
-			return false
-		}
-		i, err := s.Info(ctx)
-		return err == nil && i.State.Msgs == 0
-	})
+	h.queueEmpty(t)
 }
 
 // A prober killed mid-callout loses nothing: the job goes to another.
@@ -408,14 +408,7 @@ func TestRedeliveredAnsweredJob(t *testing.T) {
 			t.Fatal("no verdict for the job delivered again")
 		}
 		v, _ := wire.DecodeVerdict(m.Data)
-		waitfor.Cond(t, 15*time.Second, func() bool {
-			st, err := h.js.Stream(ctx, h.names.ProbeStream())
-			if err != nil {
-				return false
-			}
-			i, err := st.Info(ctx)
-			return err == nil && i.State.Msgs == 0
-		})
+		h.queueEmpty(t)
 		return v
 	}
 	if v := redeliver(job); v.Status != verdict.Valid || dest.RcptsFor("alice@example.org") != 1 {
