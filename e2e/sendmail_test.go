@@ -32,7 +32,8 @@ func needSendmail(t *testing.T) string {
 	}
 	dir := filepath.Join(os.TempDir(), "callout-sendmail")
 	bin := filepath.Join(dir, "root", "usr", "libexec", "sendmail", "sendmail")
-	unpackDebs(t, dir, bin, "sendmail-bin", "sendmail-cf")
+	// The macros are unpacked last: with them there, both packages are.
+	unpackDebs(t, dir, filepath.Join(dir, "root", "usr", "share", "sendmail", "cf", "m4", "cf.m4"), "sendmail-bin", "sendmail-cf")
 	// Even printing its version, Sendmail looks up its host name.
 	files := isolation(t)
 	version := func() (string, error) {
