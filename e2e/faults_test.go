@@ -238,10 +238,14 @@ func TestClusterNodeLoss(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			bs, _ := wire.Encode(&wire.VerifyRequest{Address: b})
-			// An MTA retries a request lost with a node, as Postfix retries its policy service.
-			for try := 0; try < 3; try++ {
+			// An MTA retries a request lost with a node, as Postfix retries
+			// its policy service: a moment later, not at once (while the
+			// ingest's connection moves to another node, a request can
+			// find no responder at once).
+			for end := time.Now().Add(40 * time.Second); time.Now().Before(end); {
 				m, err := nc.Request(s.names.Verify(), bs, 15*time.Second)
 				if err != nil {
+					time.Sleep(500 * time.Millisecond)
 					continue
 				}
 				var rep wire.VerifyReply
