@@ -45,22 +45,7 @@ func aptInstall(t *testing.T, command string, pkgs ...string) string {
 	if _, err := exec.LookPath("apt-get"); err != nil {
 		t.Skipf("%s missing and no apt-get", command)
 	}
-	install := func() error {
-		cmd := exec.Command("apt-get", append([]string{"install", "-y", "-qq"}, pkgs...)...)
-		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("%v: %s", err, out)
-		}
-		return nil
-	}
-	if err := install(); err != nil {
-		if out, err := exec.Command("apt-get", "update", "-qq").CombinedOutput(); err != nil {
-			t.Fatalf("apt-get update: %v %s", err, out)
-		}
-		if err := install(); err != nil {
-			t.Fatalf("apt-get install %v: %v", pkgs, err)
-		}
-	}
+	aptGet(t, "", append([]string{"install", "-y", "-qq"}, pkgs...)...)
 	p, err := exec.LookPath(command)
 	if err != nil {
 		t.Fatalf("%s still missing after installing %v", command, pkgs)

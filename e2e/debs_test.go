@@ -7,8 +7,8 @@ import (
 	"testing"
 )
 
-// aptGet runs apt-get with args in dir; on failure (package lists old or
-// missing) it updates them and tries once more.
+// aptGet runs apt-get with args in dir ("": the current one); on failure
+// (package lists old or missing) it updates them and tries once more.
 func aptGet(t *testing.T, dir string, args ...string) {
 	t.Helper()
 	run := func() ([]byte, error) {
