@@ -279,6 +279,11 @@ func normalizeDomain(d string) (string, error) {
 			return "", fmt.Errorf("%w: %v", ErrDomainSyntax, err)
 		}
 		ascii = strings.ToLower(ascii)
+		// Full stops of other scripts map to "." here, so the root's dot
+		// can appear only now ("bücher.de。").
+		if strings.HasSuffix(ascii, ".") && !strings.HasSuffix(ascii, "..") {
+			ascii = ascii[:len(ascii)-1]
+		}
 	}
 	if len(ascii) > MaxDomain {
 		return "", ErrDomainTooLong
@@ -286,9 +291,9 @@ func normalizeDomain(d string) (string, error) {
 	if !strings.Contains(ascii, ".") {
 		return "", fmt.Errorf("%w: needs at least two labels", ErrDomainSyntax)
 	}
-	for rest := ascii; rest != ""; {
+	for rest, more := ascii, true; more; {
 		var l string
-		l, rest, _ = strings.Cut(rest, ".")
+		l, rest, more = strings.Cut(rest, ".")
 		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
 			return "", ErrDomainSyntax
 		}

@@ -30,6 +30,15 @@ func TestParse(t *testing.T) {
 		{"alice@example.org.", "alice@example.org", nil},
 		{"<alice@Example.ORG.>", "alice@example.org", nil},
 		{"alice@example.org..", "", ErrDomainSyntax},
+		// Full-width and ideographic full stops map to "." under IDNA: the
+		// root's dot they give is dropped as an ASCII one is, and a name
+		// that is one label before it stays refused.
+		{"a@bücher。de。", "a@xn--bcher-kva.de", nil},
+		{"a@bücher.de．", "a@xn--bcher-kva.de", nil},
+		{"a@example.org。", "a@example.org", nil},
+		{"0@ß。", "", ErrDomainSyntax},
+		{"0@xn--tda.", "", ErrDomainSyntax},
+		{"a@bücher.de。。", "", ErrDomainSyntax},
 		{".alice@example.org", "", ErrLocalSyntax},
 		{"al..ice@example.org", "", ErrLocalSyntax},
 		{"al ice@example.org", "", ErrLocalSyntax},
