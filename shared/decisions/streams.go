@@ -44,6 +44,11 @@ func StreamConfig(n subjects.Names, replicas int, l Limits, placement *jetstream
 		cfg.Replicas, cfg.Placement = 1, placement
 		cfg.Description += "; region " + n.Region
 	}
+	if cfg.Replicas == 1 {
+		// Records are kept best-effort (see streams.Transient): on one
+		// server, written to disk in the background.
+		cfg.PersistMode = jetstream.AsyncPersistMode
+	}
 	return cfg
 }
 

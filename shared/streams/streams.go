@@ -24,6 +24,26 @@ import (
 // ProbeMaxAge drops a job nobody finished, so its subject takes new jobs again.
 const ProbeMaxAge = 15 * time.Minute
 
+// Transient is the persist mode of a stream whose messages are work in
+// passing (jobs, verdicts on their way to a cache, decision records):
+// on one server (one replica) its writes are flushed to disk in the
+// background rather than each before its acknowledgement, which cost
+// nats-server a file write per job, per verdict and per removal. A hard
+// kill of the server loses the last few milliseconds of them: their
+// requests are deferred or called out again, never answered wrong. With
+// replicas the server flushes in the background already, the replicas
+// keeping what one loses. Flush records and the cache are never
+// transient: a lost flush would bring back a verdict it removed. The
+// server cannot change the mode of a stream that exists: one made with
+// the other mode keeps it (an idle probe or verdict stream can be
+// deleted for the services to make it again).
+func Transient(replicas int) jetstream.PersistModeType {
+	if replicas > 1 {
+		return jetstream.DefaultPersistMode
+	}
+	return jetstream.AsyncPersistMode
+}
+
 // VerdictMaxAge bounds how long verdicts wait for a cachekeeper.
 const VerdictMaxAge = 24 * time.Hour
 
@@ -42,6 +62,7 @@ func ProbesConfig(n subjects.Names, replicas int) jetstream.StreamConfig {
 		MaxAge:               ProbeMaxAge,
 		Storage:              jetstream.FileStorage,
 		Replicas:             max(replicas, 1),
+		PersistMode:          Transient(replicas),
 	}
 }
 
@@ -61,6 +82,7 @@ func VerdictsConfig(n subjects.Names, replicas int) jetstream.StreamConfig {
 		MaxAge:      VerdictMaxAge,
 		Storage:     jetstream.FileStorage,
 		Replicas:    max(replicas, 1),
+		PersistMode: Transient(replicas),
 	}
 	if n.Region != "" {
 		cfg.Retention = jetstream.InterestPolicy
@@ -254,7 +276,14 @@ func streamDiff(cur, want jetstream.StreamConfig) string {
 	if cur.Replicas != want.Replicas {
 		d = append(d, fmt.Sprintf("replicas %d, want %d", cur.Replicas, want.Replicas))
 	}
-	if cur.MaxMsgsPerSubject != want.MaxMsgsPerSubject || cur.DiscardNewPerSubject != want.DiscardNewPerSubject || cur.Discard != want.Discard {
+	// The server gives an unset per-subject limit (0) as -1.
+	unset := func(n int64) int64 {
+		if n <= 0 {
+			return -1
+		}
+		return n
+	}
+	if unset(cur.MaxMsgsPerSubject) != unset(want.MaxMsgsPerSubject) || cur.DiscardNewPerSubject != want.DiscardNewPerSubject || cur.Discard != want.Discard {
 		d = append(d, "discard policy")
 	}
 	if cur.Description != want.Description {
@@ -297,6 +326,11 @@ func SetupWith(ctx context.Context, js jetstream.JetStream, n subjects.Names, re
 		extra = append(extra, FlushLogConfig(n, replicas))
 	}
 	for _, cfg := range append([]jetstream.StreamConfig{ProbesConfig(n, replicas), verdicts, LeasesConfig(n, replicas), audit.StreamConfig(n, replicas, lim.Audit)}, extra...) {
+		if cur, err := js.Stream(ctx, cfg.Name); err == nil {
+			// The server cannot change a stream's persist mode: an
+			// existing stream keeps its own (see Transient).
+			cfg.PersistMode = cur.CachedInfo().Config.PersistMode
+		}
 		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
 			return done, fmt.Errorf("stream %s: %w", cfg.Name, err)
 		}
