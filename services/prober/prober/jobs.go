@@ -142,7 +142,8 @@ func (s *Service) answered(ctx context.Context, job wire.ProbeJob, addr address.
 	if job.RequestedAt.IsZero() {
 		return verdict.Verdict{}, false
 	}
-	senders := domains.Policy{Sender: job.Sender, FallbackSender: job.FallbackSender}.Senders()
+	_, sender, fallback, _ := s.routing(job, addr)
+	senders := domains.Policy{Sender: sender, FallbackSender: fallback}.Senders()
 	b, err := wire.Encode(&wire.LookupRequest{Address: addr.String(), Purpose: job.Purpose, Senders: senders})
 	if err != nil {
 		return verdict.Verdict{}, false

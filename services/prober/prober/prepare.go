@@ -23,16 +23,7 @@ import (
 // Postfix's smtp_mx_address_limit), so a domain with 50 dead MX hosts
 // cannot burn the whole budget.
 func (s *Service) prepare(ctx context.Context, job wire.ProbeJob, addr address.Address, tr *smtpprobe.Transcript) (callout.Target, *callout.Result) {
-	route, sender, fallback, control := job.Route, job.Sender, job.FallbackSender, job.Control
-	if !job.Routed {
-		pol, known := s.domains.Lookup(addr.Domain)
-		if known {
-			route, sender, fallback = pol.Route, pol.Sender, pol.FallbackSender
-			if pol.ControlProbe == "off" {
-				control = wire.ControlOff
-			}
-		}
-	}
+	route, sender, fallback, control := s.routing(job, addr)
 	target := callout.Target{Address: addr, SkipRandom: job.SkipRandom, Sender: sender, FallbackSender: fallback, Control: control, Trace: tr}
 	if job.Purpose != verdict.Sender && !(domains.Policy{Route: route}).UsesMX() {
 		target.Hosts = route
@@ -53,6 +44,22 @@ func (s *Service) prepare(ctx context.Context, job wire.ProbeJob, addr address.A
 		return target, &r
 	}
 	return target, nil
+}
+
+// routing is a job's route, probe senders and control probe: the
+// ingest's, written into the job, or for a job without them (a
+// cachekeeper's refresh) the policy table's.
+func (s *Service) routing(job wire.ProbeJob, addr address.Address) (route []string, sender, fallback, control string) {
+	route, sender, fallback, control = job.Route, job.Sender, job.FallbackSender, job.Control
+	if !job.Routed {
+		if pol, known := s.domains.Lookup(addr.Domain); known {
+			route, sender, fallback = pol.Route, pol.Sender, pol.FallbackSender
+			if pol.ControlProbe == "off" {
+				control = wire.ControlOff
+			}
+		}
+	}
+	return route, sender, fallback, control
 }
 
 // dnsResult turns a failed MX lookup into a verdict. A sender domain that

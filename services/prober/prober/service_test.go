@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/callout-mail/callout/services/cachekeeper/cachekeeper"
+	"github.com/callout-mail/callout/shared/address"
 	"github.com/callout-mail/callout/shared/config"
 	"github.com/callout-mail/callout/shared/dnstest"
 	"github.com/callout-mail/callout/shared/domains"
@@ -384,15 +385,19 @@ func TestRedeliveredAnsweredJob(t *testing.T) {
 	// redeliver queues job, takes its first delivery without an ack (no
 	// prober runs), starts a prober to get it again, and waits until it
 	// is acked; it returns the verdict published for it.
-	subject := h.names.Probe(kvkey.Target("example.org", "alice", verdict.Recipient))
 	redeliver := func(job wire.ProbeJob) verdict.Verdict {
 		t.Helper()
 		kill()
 		ctx := context.Background()
-		sub, _ := h.nc.SubscribeSync(h.names.Verdict("addr." + kvkey.Target("example.org", "alice", verdict.Recipient)))
+		a, err := address.Parse(job.Address)
+		if err != nil {
+			t.Fatal(err)
+		}
+		target := kvkey.Target(a.Domain, a.Local, verdict.Recipient)
+		sub, _ := h.nc.SubscribeSync(h.names.Verdict("addr." + target))
 		defer sub.Unsubscribe()
 		b, _ := wire.Encode(&job)
-		if _, err := h.js.Publish(ctx, subject, b); err != nil {
+		if _, err := h.js.Publish(ctx, h.names.Probe(target), b); err != nil {
 			t.Fatal(err)
 		}
 		cons, err := h.js.Consumer(ctx, h.names.ProbeStream(), h.names.ProbeConsumer())
@@ -417,5 +422,24 @@ func TestRedeliveredAnsweredJob(t *testing.T) {
 	job.RequestedAt, job.Refresh = time.Now(), true
 	if v := redeliver(job); v.Status != verdict.Valid || dest.RcptsFor("alice@example.org") != 2 {
 		t.Fatalf("a refresh delivered again: %+v, %d RCPTs (want a callout, 2)", v, dest.RcptsFor("alice@example.org"))
+	}
+
+	// A domain that probes with its own sender: a job without a route (a
+	// cachekeeper's refresh) carries no sender, and is looked up with the
+	// policy's, under which its verdict is kept.
+	sent := smtptest.Run(t, smtptest.Config{Mailboxes: []string{"bob@sent.example"}})
+	h.route(t, "sent.example", domains.Policy{Route: []string{sent.Addr()}, Sender: "verify@gw.example"})
+	bob := wire.ProbeJob{Address: "bob@sent.example", Purpose: verdict.Recipient, SkipRandom: true, RequestedAt: time.Now(), Refresh: true}
+	if v := h.ask(t, "sent.example", "bob", bob, 10*time.Second); v.Status != verdict.Valid || v.Sender != "verify@gw.example" {
+		t.Fatalf("verdict %+v", v)
+	}
+	lookup, _ = wire.Encode(&wire.LookupRequest{Address: "bob@sent.example", Senders: []string{"verify@gw.example"}})
+	waitfor.Cond(t, 15*time.Second, func() bool {
+		m, err := h.nc.Request(h.names.CacheLookup(), lookup, 2*time.Second)
+		var rep wire.LookupReply
+		return err == nil && wire.Decode(m.Data, &rep) == nil && rep.Hit
+	})
+	if v := redeliver(bob); v.Status != verdict.Valid || sent.RcptsFor("bob@sent.example") != 1 {
+		t.Fatalf("a refresh with the policy's sender delivered again: %+v, %d RCPTs (want the cached verdict, 1)", v, sent.RcptsFor("bob@sent.example"))
 	}
 }
