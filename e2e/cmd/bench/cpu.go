@@ -3,6 +3,8 @@ package main
 // CPU time of the processes and of the machine.
 
 import (
+	"encoding/json"
+	"net/http"
 	_ "net/http/pprof"
 	"os"
 	"sort"
@@ -84,4 +86,38 @@ func (b *bench) addCPU(sec string, before, after cpuSample, el time.Duration, n 
 			b.add(sec, "CPU per verify, machine (stolen time left out)", (after.busy-before.busy)/100/float64(n)*1e6, "µs")
 		}
 	}
+}
+
+// natsTraffic is what nats-server has received and sent since it started
+// (its /varz): messages and bytes.
+type natsTraffic struct {
+	InMsgs   int64 `json:"in_msgs"`
+	OutMsgs  int64 `json:"out_msgs"`
+	InBytes  int64 `json:"in_bytes"`
+	OutBytes int64 `json:"out_bytes"`
+}
+
+func (b *bench) natsTraffic() natsTraffic {
+	var t natsTraffic
+	r, err := http.Get(b.monitor + "/varz")
+	if err != nil {
+		return t
+	}
+	defer r.Body.Close()
+	_ = json.NewDecoder(r.Body).Decode(&t)
+	return t
+}
+
+// addTraffic adds the messages and bytes through nats-server per verify
+// between two samples: what the design costs the server, whatever the
+// host's speed.
+func (b *bench) addTraffic(sec string, before, after natsTraffic, n int64) {
+	if n == 0 || after.InMsgs == 0 {
+		return
+	}
+	per := func(a, b int64) float64 { return float64(a-b) / float64(n) }
+	b.add(sec, "nats-server: messages in per verify", per(after.InMsgs, before.InMsgs), "")
+	b.add(sec, "nats-server: messages out per verify", per(after.OutMsgs, before.OutMsgs), "")
+	b.add(sec, "nats-server: bytes in per verify", per(after.InBytes, before.InBytes), "B")
+	b.add(sec, "nats-server: bytes out per verify", per(after.OutBytes, before.OutBytes), "B")
 }

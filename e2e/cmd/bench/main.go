@@ -59,6 +59,7 @@ type bench struct {
 	policyAddr string            // the ingest's Postfix policy listener
 	milterAddr string            // the ingest's milter listener
 	metrics    map[string]string // process -> its /metrics address
+	monitor    string            // nats-server's monitoring address (http://host:port)
 	profDir    string
 	// launch starts (or starts again) a process: name, service, settings.
 	launch func(name, svc string, env ...string) error
@@ -254,7 +255,9 @@ func start(bin string) (*bench, func(), error) {
 	// profile a run from outside.
 	profile := os.Getenv("CALLOUT_BENCH_PROFILE")
 	var profiles []string
-	args := []string{"-c", conf, "-p", strconv.Itoa(port), "-m", strconv.Itoa(freePort())}
+	mport := freePort()
+	b.monitor = fmt.Sprintf("http://127.0.0.1:%d", mport)
+	args := []string{"-c", conf, "-p", strconv.Itoa(port), "-m", strconv.Itoa(mport)}
 	if os.Getenv("CALLOUT_BENCH_NATS_TRACE") != "" {
 		args = append(args, "-DV") // every protocol message with its time, in nats-server.log
 	}

@@ -59,7 +59,7 @@ func (b *bench) saturate(detail bool) (float64, error) {
 	// on a miss asks for no hit meanwhile): no lock, one slice each.
 	const requesters = 64
 	var hitLat, missLat [requesters]latencies
-	cpu0, t0 := b.cpuTicks(), time.Now()
+	traffic0, cpu0, t0 := b.natsTraffic(), b.cpuTicks(), time.Now()
 	profiled := b.profile("saturation", 5*time.Second)
 	defer profiled()
 	rate, lat, err := load(requesters, 10*time.Second, func(w, i int) error {
@@ -109,6 +109,7 @@ func (b *bench) saturate(detail bool) (float64, error) {
 		b.add("5 saturation", k.name+" p99", ms(all.pct(99)), "ms")
 	}
 	b.addCPU("5 saturation", cpu0, b.cpuTicks(), time.Since(t0), total.Load())
+	b.addTraffic("5 saturation", traffic0, b.natsTraffic(), total.Load())
 	return rate, b.flushAll()
 }
 
