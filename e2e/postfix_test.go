@@ -160,8 +160,14 @@ func TestPostfixFlow(t *testing.T) {
 		if len(want) > 0 {
 			t.Fatalf("not in the log: %v (page %+v)", want, page)
 		}
+		// Its own batch (records go by action), which may reach the index
+		// after the others.
 		var deferred operate.SearchResult
-		_ = json.Unmarshal(ctl("log", "-recipient", "someone@down.example", "-action", "defer", "-json"), &deferred)
+		waitFor(t, 10*time.Second, func() bool {
+			deferred = operate.SearchResult{}
+			_ = json.Unmarshal(ctl("log", "-recipient", "someone@down.example", "-action", "defer", "-json"), &deferred)
+			return len(deferred.Records) > 0
+		})
 		if len(deferred.Records) != 1 || deferred.Records[0].Code != 450 || deferred.Records[0].Reason == "" {
 			t.Fatalf("the defer's record: %+v", deferred)
 		}
