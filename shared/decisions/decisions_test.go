@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -371,5 +372,80 @@ func TestAppendEncode(t *testing.T) {
 		if got := AppendEncode(nil, &recs[i]); !bytes.Equal(got, want) {
 			t.Fatalf("record %d:\n got %x\nwant %x", i, got, want)
 		}
+	}
+}
+
+// The buffer bounds the records waiting for the log: past it they are
+// dropped and counted, never blocking; a full batch goes at once, the
+// rest within BatchEvery; the caller's record is left as it was.
+func TestRecorderBuffer(t *testing.T) {
+	srv := natstest.Start(t)
+	nc := srv.Connect(t)
+	js := natstest.JetStream(t, nc)
+	names := subjects.New("")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st, err := js.CreateStream(ctx, StreamConfig(names, 1, DefaultLimits, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	dropped := map[string]int{}
+	const buffer = MaxBatch + 10
+	rec, err := NewRecorder(nc, names, buffer, func(why string) { mu.Lock(); dropped[why]++; mu.Unlock() }, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := Record{At: time.Now(), Recipient: "a@example.org", Action: verdict.Reject, Code: 550, DestText: "no\r\nsuch user"}
+	for range buffer + 5 {
+		rec.Record(&r) // no Run yet: nothing is published
+	}
+	if r.DestText != "no\r\nsuch user" {
+		t.Fatalf("the caller's record was changed: %q", r.DestText)
+	}
+	mu.Lock()
+	if dropped[DropBuffer] != 5 || len(dropped) != 1 {
+		t.Fatalf("dropped %v, want 5 for the buffer", dropped)
+	}
+	mu.Unlock()
+	go rec.Run(ctx)
+	count := func() uint64 {
+		info, err := st.Info(ctx)
+		if err != nil {
+			return 0
+		}
+		return info.State.Msgs
+	}
+	// The full batch (MaxBatch records) goes at once, the rest on the
+	// tick; once the first went, its records no longer count against the
+	// buffer.
+	waitfor.Cond(t, 5*time.Second, func() bool { return count() >= 1 })
+	rec.Record(&r)
+	stored := func() int {
+		n := 0
+		var seqs []uint64
+		for seq := uint64(1); seq <= count(); seq++ {
+			seqs = append(seqs, seq)
+		}
+		_ = StreamReader{NC: nc, Stream: names.DecisionStream()}.Messages(ctx, seqs, func(_ uint64, _ string, data []byte) {
+			_ = DecodeBatch(data, func(_ int, got *Record) bool {
+				if got.DestText != "no  such user" {
+					t.Errorf("stored text %q, not cleaned", got.DestText)
+				}
+				n++
+				return true
+			})
+		})
+		return n
+	}
+	waitfor.Cond(t, 5*time.Second, func() bool { return stored() == buffer+1 })
+	// Published, they no longer count against the buffer.
+	for range buffer {
+		rec.Record(&r)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if dropped[DropBuffer] != 5 {
+		t.Fatalf("dropped %v after the log took the first ones", dropped)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -22,22 +23,30 @@ const (
 )
 
 // Recorder publishes records to the log without ever holding up the
-// answer that made them: Record only queues; past the buffer, and when
-// the stream is down or refuses, records are dropped and counted. It
-// batches: the records of one action that come within BatchEvery go in
-// one message (up to MaxBatch, MaxBatchBytes), so that a publish, its
-// acknowledgement and a stored message serve many, and a block of the
-// log holds few messages: a search reads scattered records, and the
-// server indexes each message of every block it loads for one.
+// answer that made them: Record only appends to a batch in memory; past
+// the buffer, and when the stream is down or refuses, records are
+// dropped and counted. It batches: the records of one action that come
+// within BatchEvery go in one message (up to MaxBatch, MaxBatchBytes), so
+// that a publish, its acknowledgement and a stored message serve many,
+// and a block of the log holds few messages: a search reads scattered
+// records, and the server indexes each message of every block it loads
+// for one. Record wakes nothing but for a full batch: with a goroutine
+// woken for every answer, the scheduler took 13% of the ingest's profile
+// under the saturation load and futex calls 6%; 9% and 1.5% without.
 type Recorder struct {
 	js      jetstream.JetStream
 	names   subjects.Names
-	ch      chan Record
 	dropped func(why string)
 	log     *slog.Logger
+	buffer  int
 	// lastErr rate-limits the log line of dropped records.
 	lastErr atomic.Int64
-	batches map[string]*batch // by subject; the Run goroutine's alone
+	kick    chan struct{} // a batch is full (capacity 1)
+
+	mu      sync.Mutex
+	batches map[string]*batch // by subject, filling
+	full    []*batch          // full, waiting for Run
+	waiting int               // records in batches not yet published
 }
 
 // BatchEvery is how long a record waits for others of its batch: a
@@ -45,14 +54,15 @@ type Recorder struct {
 const BatchEvery = time.Second
 
 type batch struct {
-	buf []byte
-	n   int
+	subject string
+	buf     []byte
+	n       int
 }
 
 // NewRecorder makes a recorder for a connection; dropped is told of
-// every dropped record.
+// every dropped record. At most buffer records wait for the log.
 func NewRecorder(nc *nats.Conn, names subjects.Names, buffer int, dropped func(why string), log *slog.Logger) (*Recorder, error) {
-	r := &Recorder{names: names, ch: make(chan Record, max(buffer, 1)), dropped: dropped, log: log, batches: map[string]*batch{}}
+	r := &Recorder{names: names, buffer: max(buffer, 1), kick: make(chan struct{}, 1), dropped: dropped, log: log, batches: map[string]*batch{}}
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(1024), jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
 		n, _ := strconv.Atoi(m.Header.Get(BatchHeader))
 		r.drop(DropStream, max(n, 1), err)
@@ -64,13 +74,44 @@ func NewRecorder(nc *nats.Conn, names subjects.Names, buffer int, dropped func(w
 	return r, nil
 }
 
-// Record queues one record (copied); it never blocks.
+// Record adds a copy of rec to its batch; it never blocks for longer
+// than an append.
 func (r *Recorder) Record(rec *Record) {
-	select {
-	case r.ch <- *rec:
-	default:
-		r.drop(DropBuffer, 1, nil)
+	c := *rec
+	c.Clean()
+	b, err := Encode(&c)
+	if err != nil {
+		r.drop(DropEncode, 1, err)
+		return
 	}
+	action := string(c.Action)
+	if action == "" || !plain(action) {
+		action = "none"
+	}
+	subject := r.names.Decision(action)
+	r.mu.Lock()
+	if r.waiting >= r.buffer {
+		r.mu.Unlock()
+		r.drop(DropBuffer, 1, nil)
+		return
+	}
+	r.waiting++
+	bt := r.batches[subject]
+	if bt != nil && (bt.n >= MaxBatch || len(bt.buf)+len(b) > MaxBatchBytes) {
+		r.full = append(r.full, bt)
+		bt = nil
+		select {
+		case r.kick <- struct{}{}:
+		default:
+		}
+	}
+	if bt == nil {
+		bt = &batch{subject: subject, buf: make([]byte, 0, 4096)}
+		r.batches[subject] = bt
+	}
+	bt.buf = append(bt.buf, b...)
+	bt.n++
+	r.mu.Unlock()
 }
 
 func (r *Recorder) drop(why string, n int, err error) {
@@ -83,80 +124,64 @@ func (r *Recorder) drop(why string, n int, err error) {
 	}
 }
 
-// Run publishes queued records until ctx ends, then those still queued
-// for up to a second.
+// Run publishes the batches until ctx ends (every BatchEvery, and each
+// as soon as it is full), then what is left, waiting up to a second for
+// the acknowledgements.
 func (r *Recorder) Run(ctx context.Context) {
 	t := time.NewTicker(BatchEvery)
 	defer t.Stop()
 	for {
 		select {
-		case rec := <-r.ch:
-			r.add(&rec)
+		case <-r.kick:
+			r.sendFull()
 		case <-t.C:
 			r.sendAll()
 		case <-ctx.Done():
-			// One second in all, for the drain and the acknowledgements: a
-			// closed Done channel (not a time.After, read once) bounds both.
-			last, cancel := context.WithTimeout(context.Background(), time.Second)
-			defer cancel()
-			for drained := false; !drained; {
-				select {
-				case rec := <-r.ch:
-					r.add(&rec)
-				case <-last.Done():
-					drained = true
-				default:
-					drained = true
-				}
-			}
 			r.sendAll()
 			select {
 			case <-r.js.PublishAsyncComplete():
-			case <-last.Done():
+			case <-time.After(time.Second):
 			}
 			return
 		}
 	}
 }
 
-// add puts a record in its batch, sending the batch when full.
-func (r *Recorder) add(rec *Record) {
-	rec.Clean()
-	b, err := Encode(rec)
-	if err != nil {
-		r.drop(DropEncode, 1, err)
-		return
+// sendFull publishes the full batches.
+func (r *Recorder) sendFull() {
+	r.mu.Lock()
+	full := r.full
+	r.full = nil
+	r.mu.Unlock()
+	for _, bt := range full {
+		r.send(bt)
 	}
-	action := string(rec.Action)
-	if action == "" || !plain(action) {
-		action = "none"
-	}
-	subject := r.names.Decision(action)
-	bt := r.batches[subject]
-	if bt != nil && (bt.n >= MaxBatch || len(bt.buf)+len(b) > MaxBatchBytes) {
-		r.send(subject, bt)
-		bt = nil
-	}
-	if bt == nil {
-		bt = &batch{buf: make([]byte, 0, 4096)}
-		r.batches[subject] = bt
-	}
-	bt.buf = append(bt.buf, b...)
-	bt.n++
 }
 
+// sendAll publishes every batch, full or not.
 func (r *Recorder) sendAll() {
+	r.mu.Lock()
+	all := r.full
+	r.full = nil
 	for subject, bt := range r.batches {
-		r.send(subject, bt)
+		all = append(all, bt)
+		delete(r.batches, subject)
+	}
+	r.mu.Unlock()
+	for _, bt := range all {
+		r.send(bt)
 	}
 }
 
-func (r *Recorder) send(subject string, bt *batch) {
-	delete(r.batches, subject)
-	m := nats.NewMsg(subject)
+func (r *Recorder) send(bt *batch) {
+	m := nats.NewMsg(bt.subject)
 	m.Data = bt.buf
 	m.Header.Set(BatchHeader, strconv.Itoa(bt.n))
-	if _, err := r.js.PublishMsgAsync(m); err != nil {
+	_, err := r.js.PublishMsgAsync(m)
+	r.mu.Lock()
+	r.waiting -= bt.n
+	r.mu.Unlock()
+	if err != nil {
 		r.drop(DropPublish, bt.n, err)
 	}
 }
