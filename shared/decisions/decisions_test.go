@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -447,5 +448,97 @@ func TestRecorderBuffer(t *testing.T) {
 	defer mu.Unlock()
 	if dropped[DropBuffer] != 5 {
 		t.Fatalf("dropped %v after the log took the first ones", dropped)
+	}
+}
+
+// decodeBatchReflect is DecodeBatch with the reflecting decoder alone,
+// what the hand decoder must match.
+func decodeBatchReflect(b []byte) (recs []Record, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%w: %v", ErrRecord, p)
+		}
+	}()
+	if len(b) == 0 || len(b) > 2*MaxBatchBytes {
+		return nil, ErrRecord
+	}
+	br := bytes.NewReader(b)
+	dec := msgpack.NewDecoder(br)
+	for idx := 0; br.Len() > 0; idx++ {
+		var r Record
+		if err := dec.Decode(&r); err != nil {
+			return recs, ErrRecord
+		}
+		if r.V < 1 || r.V > Version || idx > MaxBatch {
+			return recs, ErrRecord
+		}
+		recs = append(recs, r)
+	}
+	return recs, nil
+}
+
+// The hand decoder of batches gives what the reflecting decoder gives,
+// for the records AppendEncode writes, an older shorter form mixed in,
+// and those bytes damaged at random.
+func TestDecodeBatchAgainstReflection(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	recs := randomRecords(r, 300, time.Now().Add(-time.Hour))
+	recs = append(recs, Record{At: time.Unix(1<<35, 5), CheckedAt: time.Unix(0, 1), TookUS: -5, Code: 70000, DestCode: 1 << 40,
+		Text: strings.Repeat("x", 300), DestText: strings.Repeat("y", 700), Would: verdict.Reject, DestEnhanced: "5.1.1"})
+	// A record of 23 fields, as written before DestEnhanced was appended.
+	older := AppendEncode(nil, &recs[0])
+	older = older[:len(older)-1] // its DestEnhanced, "": one byte
+	older[2] = recordFields - 1  // array 16: 0xdc, two bytes of length
+	var batches [][]byte
+	for i := 0; i < len(recs); {
+		n := 1 + r.IntN(40)
+		var b []byte
+		for j := i; j < min(i+n, len(recs)); j++ {
+			b = AppendEncode(b, &recs[j])
+			if r.IntN(10) == 0 {
+				b = append(b, older...)
+			}
+		}
+		batches = append(batches, b)
+		i += n
+	}
+	check := func(b []byte) {
+		t.Helper()
+		want, wantErr := decodeBatchReflect(b)
+		var got []Record
+		err := DecodeBatch(b, func(_ int, r *Record) bool { got = append(got, *r); return true })
+		if (err != nil) != (wantErr != nil) || (err != nil && !errors.Is(err, ErrRecord)) {
+			t.Fatalf("batch %x: error %v, want %v", b, err, wantErr)
+		}
+		if len(got) != len(want) {
+			t.Fatalf("batch %x: %d records, want %d", b, len(got), len(want))
+		}
+		for i := range got {
+			if !reflect.DeepEqual(got[i], want[i]) {
+				t.Fatalf("record %d:\n got %+v\nwant %+v", i, got[i], want[i])
+			}
+		}
+	}
+	for _, b := range batches {
+		check(b)
+		for range 20 {
+			d := slices.Clone(b)
+			switch r.IntN(3) {
+			case 0:
+				d[r.IntN(len(d))] = byte(r.IntN(256))
+			case 1:
+				d = d[:r.IntN(len(d))]
+			default:
+				d = append(d, byte(r.IntN(256)))
+			}
+			if len(d) > 0 {
+				check(d)
+			}
+		}
+	}
+	// fn ends the batch when it says so.
+	n := 0
+	if err := DecodeBatch(batches[0], func(int, *Record) bool { n++; return false }); err != nil || n != 1 {
+		t.Fatalf("stopped batch: %d records, %v", n, err)
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"io"
 	"strings"
 	"time"
 
@@ -200,14 +199,33 @@ func DecodeBatch(b []byte, fn func(idx int, r *Record) bool) (err error) {
 	if len(b) == 0 || len(b) > 2*MaxBatchBytes {
 		return fmt.Errorf("%w: batch of %d bytes", ErrRecord, len(b))
 	}
-	dec := msgpack.NewDecoder(bytes.NewReader(b))
+	// Records as AppendEncode writes them are read by hand; from the
+	// first one that is not (an older form, say), the reflecting decoder
+	// reads the rest.
 	var r Record
-	for idx := 0; ; idx++ {
+	idx := 0
+	for rd := wire.NewReader(b); rd.Offset() < len(b); idx++ {
+		start := rd.Offset()
+		r = Record{}
+		if !decodeFast(rd, &r) || r.V < 1 || r.V > Version || idx > MaxBatch {
+			b = b[start:]
+			break
+		}
+		if !fn(idx, &r) {
+			return nil
+		}
+		if rd.Offset() == len(b) {
+			return nil
+		}
+	}
+	// The decoder reads the bytes.Reader as it is (a ByteScanner), so
+	// what it has not read is left in it: the batch ends where a record
+	// ends, a record cut short is unreadable.
+	br := bytes.NewReader(b)
+	dec := msgpack.NewDecoder(br)
+	for ; br.Len() > 0; idx++ {
 		r = Record{}
 		if err := dec.Decode(&r); err != nil {
-			if errors.Is(err, io.EOF) && idx > 0 {
-				return nil
-			}
 			return fmt.Errorf("%w: record %d: %v", ErrRecord, idx, err)
 		}
 		if r.V < 1 || r.V > Version || idx > MaxBatch {
@@ -217,6 +235,26 @@ func DecodeBatch(b []byte, fn func(idx int, r *Record) bool) (err error) {
 			return nil
 		}
 	}
+	return nil
+}
+
+// decodeFast reads one record of recordFields fields as AppendEncode
+// writes it; false for any other form.
+func decodeFast(rd *wire.Reader, r *Record) bool {
+	if n, ok := rd.ArrayLen(); !ok || n != recordFields {
+		return false
+	}
+	var purpose, action, status, reason, source, would string
+	ok := rd.Int(&r.V) && rd.Time(&r.At) &&
+		rd.String(&r.Instance) && rd.String(&r.Region) && rd.String(&r.Via) && rd.String(&r.Client) && rd.String(&r.Helo) &&
+		rd.String(&r.Sender) && rd.String(&r.Recipient) && rd.String(&purpose) && rd.String(&action) &&
+		rd.Int(&r.Code) &&
+		rd.String(&r.Enhanced) && rd.String(&r.Text) && rd.String(&status) && rd.String(&reason) && rd.String(&source) && rd.String(&r.Host) &&
+		rd.Int(&r.DestCode) && rd.String(&r.DestText) && rd.Int64(&r.TookUS) && rd.String(&would) && rd.Time(&r.CheckedAt) &&
+		rd.String(&r.DestEnhanced)
+	r.Purpose, r.Action, r.Status, r.Reason, r.Source, r.Would = verdict.Purpose(purpose), verdict.Action(action),
+		verdict.Status(status), verdict.Reason(reason), verdict.Source(source), verdict.Action(would)
+	return ok
 }
 
 // Decode reads a record; garbage or an unknown version is ErrRecord.
