@@ -202,27 +202,30 @@ func DecodeBatch(b []byte, fn func(idx int, r *Record) bool) (err error) {
 	// Records as AppendEncode writes them are read by hand; from the
 	// first one that is not (an older form, say), the reflecting decoder
 	// reads the rest.
-	var r Record
-	idx := 0
-	for rd := wire.NewReader(b); rd.Offset() < len(b); idx++ {
+	rd := wire.NewReader(b)
+	var r Record // one for the batch: fn's record is valid only during the call
+	for idx := 0; rd.Offset() < len(b); idx++ {
 		start := rd.Offset()
 		r = Record{}
 		if !decodeFast(rd, &r) || r.V < 1 || r.V > Version || idx > MaxBatch {
-			b = b[start:]
-			break
+			return decodeRest(b[start:], idx, fn)
 		}
 		if !fn(idx, &r) {
 			return nil
 		}
-		if rd.Offset() == len(b) {
-			return nil
-		}
 	}
+	return nil
+}
+
+// decodeRest is DecodeBatch with the reflecting decoder, from the
+// record at idx, b's start.
+func decodeRest(b []byte, idx int, fn func(idx int, r *Record) bool) error {
 	// The decoder reads the bytes.Reader as it is (a ByteScanner), so
 	// what it has not read is left in it: the batch ends where a record
 	// ends, a record cut short is unreadable.
 	br := bytes.NewReader(b)
 	dec := msgpack.NewDecoder(br)
+	var r Record
 	for ; br.Len() > 0; idx++ {
 		r = Record{}
 		if err := dec.Decode(&r); err != nil {
