@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callout-mail/callout/shared/kvkey"
 	"github.com/callout-mail/callout/shared/streams"
@@ -36,6 +37,7 @@ type Config struct {
 	Rate     float64       // callouts per second per host, all probers together
 	TTL      time.Duration // a connection slot's lease, renewed while in use
 	Instance string        // this prober, written into its leases
+	Replicas int           // of the lease stream, when it is made again
 }
 
 // Leases takes and gives back fleet-wide slots.
@@ -55,6 +57,9 @@ type Leases struct {
 	taken    map[string]takenMark
 	asks     atomic.Int64 // connection slots asked of the lease stream
 	takenFor time.Duration
+
+	remadeMu sync.Mutex
+	remade   time.Time // when the stream was last found missing and made
 }
 
 // takenFor is how long a slot found taken is not asked for again: a slot
@@ -299,7 +304,37 @@ func (l *Leases) publish(ctx context.Context, subj string, last uint64, ttl time
 	if strings.Contains(subj, ".lease.conn.") {
 		l.asks.Add(1)
 	}
-	return streams.Publish(ctx, l.nc, streams.ExpectLast(subj, []byte(l.cfg.Instance), last, ttl))
+	seq, err := streams.Publish(ctx, l.nc, streams.ExpectLast(subj, []byte(l.cfg.Instance), last, ttl))
+	if errors.Is(err, jetstream.ErrNoStreamResponse) && l.remake(ctx) {
+		seq, err = streams.Publish(ctx, l.nc, streams.ExpectLast(subj, []byte(l.cfg.Instance), last, ttl))
+	}
+	return seq, err
+}
+
+// remakeEvery bounds how often a missing stream is made again: the
+// callouts that found it missing at once make it once.
+const remakeEvery = time.Second
+
+// remake makes the lease stream again when nobody answers for it: a
+// single nats-server forgets its memory streams when it restarts (a
+// cluster keeps their settings). It reports whether the stream is there
+// to be asked again.
+func (l *Leases) remake(ctx context.Context) bool {
+	l.remadeMu.Lock()
+	defer l.remadeMu.Unlock()
+	if time.Since(l.remade) < remakeEvery {
+		return true // made by another callout a moment ago
+	}
+	js, err := jetstream.New(l.nc)
+	if err != nil {
+		return false
+	}
+	var drift *streams.DriftError
+	if _, err := streams.Leases(ctx, js, l.names, l.cfg.Replicas); err != nil && !errors.As(err, &drift) {
+		return false
+	}
+	l.remade = time.Now()
+	return true
 }
 
 // purge gives a slot back at once; it is not waited for (the TTL frees it

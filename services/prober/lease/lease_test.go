@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/callout-mail/callout/shared/natstest"
 	"github.com/callout-mail/callout/shared/streams"
 	"github.com/callout-mail/callout/shared/subjects"
@@ -266,4 +268,37 @@ func TestTakenMarksGrow(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A single nats-server forgets its memory streams when it restarts: the
+// lease stream is made again at the first ask after it, and the
+// fleet-wide limits hold again rather than each callout failing over to
+// the prober's own limits (after half a second of asking nobody).
+func TestServerRestartMakesTheStreamAgain(t *testing.T) {
+	ns := natstest.Start(t)
+	dir, port := ns.Dir, ns.Port()
+	nc := ns.Connect(t, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if _, err := streams.Leases(context.Background(), natstest.JetStream(t, nc), subjects.New(""), 1); err != nil {
+		t.Fatal(err)
+	}
+	l := New(Config{MaxConns: 1, Rate: 1000, TTL: 3 * time.Second}, nc, subjects.New(""))
+	ctx := context.Background()
+	release, err := l.TryAcquire(ctx, "mx.example:25")
+	if err != nil {
+		t.Fatal(err)
+	}
+	release()
+	ns.Stop()
+	ns = natstest.StartIn(t, dir, port)
+	waitfor.Cond(t, 10*time.Second, nc.IsConnected)
+	release, err = l.TryAcquire(ctx, "mx.example:25")
+	if err != nil {
+		t.Fatalf("after the restart: %v", err)
+	}
+	// The limit holds again: the one slot is held.
+	other := New(Config{MaxConns: 1, Rate: 1000, TTL: 3 * time.Second}, ns.Connect(t), subjects.New(""))
+	if _, err := other.TryAcquire(ctx, "mx.example:25"); !other.Busy(err) {
+		t.Fatalf("second slot after the restart: %v, want busy", err)
+	}
+	release()
 }

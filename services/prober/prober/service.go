@@ -121,7 +121,7 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	if s.cfg.FleetLimits {
-		leases := lease.New(lease.Config{MaxConns: s.cfg.MaxConns, Rate: s.cfg.Rate, TTL: s.cfg.LeaseTTL, Instance: s.instance}, s.nc, s.names)
+		leases := lease.New(lease.Config{MaxConns: s.cfg.MaxConns, Rate: s.cfg.Rate, TTL: s.cfg.LeaseTTL, Instance: s.instance, Replicas: s.cfg.Replicas}, s.nc, s.names)
 		s.pool.SetFleet(leases, func(host string, err error) {
 			s.m.leaseErrors.Inc()
 			s.log.Warn("fleet-wide limits unavailable; this prober's own limits apply", "host", host, "err", err)
