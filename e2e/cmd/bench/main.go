@@ -63,6 +63,19 @@ type bench struct {
 	profDir    string
 	// launch starts (or starts again) a process: name, service, settings.
 	launch func(name, svc string, env ...string) error
+	// goThreads starts every service with Go's default GOMAXPROCS (see threads).
+	goThreads bool
+}
+
+// threads is the GOMAXPROCS setting of a service the bench starts: the
+// cachekeeper and the probers run on one thread, as docs/deploy.md
+// advises when the services share a host of few cores (with -go-threads,
+// every service has Go's default, a thread per core).
+func (b *bench) threads(svc string) []string {
+	if b.goThreads || (svc != "cachekeeper" && svc != "prober") {
+		return nil
+	}
+	return []string{"GOMAXPROCS=1"}
 }
 
 // profile takes a CPU profile of every process for the next d, into
@@ -113,9 +126,10 @@ func main() {
 	only := flag.String("only", "", "run one section: hit, miss, saturation, economy, storage, protection, mta, postfix, lists, regions, decisions, decisions-search")
 	records := flag.Int("records", 10000000, "decisions-search: records in the log")
 	reps := flag.Int("reps", 3, "repetitions of the hit, miss, saturation and MTA-path sections")
+	goThreads := flag.Bool("go-threads", false, "start every service with Go's default GOMAXPROCS, the cachekeeper and the probers too")
 	flag.Parse()
 	absBin, _ := filepath.Abs(*bin)
-	b, stop, err := start(absBin)
+	b, stop, err := start(absBin, *goThreads)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -172,6 +186,11 @@ func main() {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t\n", r.Section, r.Name, strconv.FormatFloat(r.Value, 'f', 3, 64), lo, hi, r.Unit)
 	}
 	tw.Flush()
+	threads := "GOMAXPROCS=1 for the cachekeeper and the probers"
+	if b.goThreads {
+		threads = "Go's default GOMAXPROCS for every service"
+	}
+	fmt.Println("threads:", threads)
 	checks := checkTargets(b.rows)
 	if len(checks) > 0 {
 		fmt.Println()
@@ -186,7 +205,7 @@ func main() {
 		}
 		tw.Flush()
 	}
-	res := map[string]any{"date": time.Now().UTC().Format(time.RFC3339), "cpus": runtime.NumCPU(), "go": runtime.Version(), "results": b.rows, "targets": checks}
+	res := map[string]any{"date": time.Now().UTC().Format(time.RFC3339), "cpus": runtime.NumCPU(), "go": runtime.Version(), "threads": threads, "results": b.rows, "targets": checks}
 	data, _ := json.MarshalIndent(res, "", "  ")
 	if err := os.MkdirAll(filepath.Dir(*out), 0o755); err == nil {
 		_ = os.WriteFile(*out, data, 0o644)
@@ -227,12 +246,12 @@ func freePort() int {
 	return p
 }
 
-func start(bin string) (*bench, func(), error) {
+func start(bin string, goThreads bool) (*bench, func(), error) {
 	dir, err := os.MkdirTemp("", "callout-bench")
 	if err != nil {
 		return nil, nil, err
 	}
-	b := &bench{dir: dir, names: subjects.New(""), procs: map[string]*stack.Proc{}, pprof: map[string]string{}, metrics: map[string]string{}}
+	b := &bench{dir: dir, names: subjects.New(""), procs: map[string]*stack.Proc{}, pprof: map[string]string{}, metrics: map[string]string{}, goThreads: goThreads}
 	var order []*stack.Proc
 	stop := func() {
 		for i := len(order) - 1; i >= 0; i-- {
@@ -294,7 +313,7 @@ func start(bin string) (*bench, func(), error) {
 		return []string{up + "NATS_URL=" + b.url, up + "METRICS_ADDR="}
 	}
 	launch := func(name, svc string, env ...string) error {
-		env = append(common(svc), env...)
+		env = append(append(common(svc), b.threads(svc)...), env...)
 		if profile != "" || name == "ingest" {
 			// The ingest's metrics are read (storage); every process's
 			// /debug/pprof when profiling.

@@ -24,9 +24,9 @@ import (
 // without a burst of jobs for the slow one, and the slow one's peak
 // connections (MAX_CONNS holds across the probers).
 func (b *bench) protection(bin string) error {
-	p, err := stack.Start(b.dir, "prober-3", filepath.Join(bin, "prober"), nil, []string{
-		"CALLOUT_PROBER_NATS_URL=" + b.url, "CALLOUT_PROBER_METRICS_ADDR=", "CALLOUT_PROBER_RANDOM_SECRET=bench", "CALLOUT_PROBER_RATE=100000",
-		"CALLOUT_PROBER_MAX_CONNS=8", "CALLOUT_PROBER_WORKERS=64", "CALLOUT_PROBER_HELO_NAME=bench.test"})
+	p, err := stack.Start(b.dir, "prober-3", filepath.Join(bin, "prober"), nil, append(b.threads("prober"),
+		"CALLOUT_PROBER_NATS_URL="+b.url, "CALLOUT_PROBER_METRICS_ADDR=", "CALLOUT_PROBER_RANDOM_SECRET=bench", "CALLOUT_PROBER_RATE=100000",
+		"CALLOUT_PROBER_MAX_CONNS=8", "CALLOUT_PROBER_WORKERS=64", "CALLOUT_PROBER_HELO_NAME=bench.test"))
 	if err != nil {
 		return err
 	}

@@ -54,7 +54,7 @@ func (f *regionFleet) stop() {
 // way: the WAN between regions, emulated in user space, so that only
 // what crosses regions is delayed (tc netem on lo would delay every
 // loopback hop, the hit path's too).
-func startRegions(bin string, regions []string, delay time.Duration) (*regionFleet, error) {
+func startRegions(bin string, regions []string, delay time.Duration, threads func(svc string) []string) (*regionFleet, error) {
 	dir, err := os.MkdirTemp("", "callout-bench-regions")
 	if err != nil {
 		return nil, err
@@ -132,7 +132,7 @@ func startRegions(bin string, regions []string, delay time.Duration) (*regionFle
 	for _, r := range regions {
 		for _, svc := range []string{"cachekeeper", "prober", "ingest"} {
 			up := "CALLOUT_" + strings.ToUpper(svc) + "_"
-			env := []string{up + "NATS_URL=" + f.urls[r], up + "NATS_REGION=" + r, up + "REPLICAS=3", up + "METRICS_ADDR="}
+			env := append(threads(svc), up+"NATS_URL="+f.urls[r], up+"NATS_REGION="+r, up+"REPLICAS=3", up+"METRICS_ADDR=")
 			switch svc {
 			case "prober":
 				env = append(env, up+"RANDOM_SECRET=bench", up+"RATE=100000", up+"MAX_CONNS=8", up+"HELO_NAME=bench.test")
@@ -264,7 +264,7 @@ func (b *bench) regionsWith(bin string, delay time.Duration) error {
 		sec = fmt.Sprintf("11 regions, %v WAN", delay)
 	}
 	regions := []string{"a", "b", "c"}
-	f, err := startRegions(bin, regions, delay)
+	f, err := startRegions(bin, regions, delay, b.threads)
 	if f != nil {
 		defer f.stop()
 	}
