@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -137,10 +138,18 @@ func (b *bench) throughPostfix(reps int) error {
 	defer dest.Close()
 	host, port, _ := net.SplitHostPort(dest.Addr())
 	transport := map[string]string{"transport": domain + " smtp:[" + host + "]:" + port + "\n"}
+	// A second ingest with the decision log off, for this section alone:
+	// what recording every decision costs on the MTA's path.
+	offAddr, err := b.ingestLogOff(append(append([]string(nil), known...), unknown...))
+	if err != nil {
+		return err
+	}
+	defer b.stopProc(logOffIngest)
 	setups := []struct{ name, check string }{
 		{"no check", ""},
 		{"verify(8)", ", reject_unverified_recipient"},
 		{"callout", ", check_policy_service inet:" + b.policyAddr},
+		{"callout, log off", ", check_policy_service inet:" + offAddr},
 	}
 	inst := map[string]*postfix.Instance{}
 	for _, su := range setups {
@@ -169,12 +178,15 @@ func (b *bench) throughPostfix(reps int) error {
 				}
 				got[su.name] = res
 			}
-			c, v, none := got["callout"], got["verify(8)"], got["no check"]
+			c, v, none, off := got["callout"], got["verify(8)"], got["no check"], got["callout, log off"]
 			pre := mix.name + ": "
 			b.add("9 postfix", pre+"callout/verify(8) rate ratio", c.rate/v.rate, "")
 			b.add("9 postfix", pre+"callout/no check rate ratio", c.rate/none.rate, "")
 			b.add("9 postfix", pre+"callout/verify(8) p99 ratio", c.p99/v.p99, "")
 			b.add("9 postfix", pre+"callout/verify(8) CPU per RCPT ratio", (c.postfixCPU+c.ingestCPU)/v.postfixCPU, "")
+			b.add("9 postfix", pre+"callout log on/off rate ratio", c.rate/off.rate, "")
+			b.add("9 postfix", pre+"callout log on/off p99 ratio", c.p99/off.p99, "")
+			b.add("9 postfix", pre+"callout log on/off CPU per RCPT ratio", (c.postfixCPU+c.ingestCPU)/(off.postfixCPU+off.ingestCPU), "")
 		}
 	}
 	return nil
@@ -231,6 +243,10 @@ func (b *bench) postfixLoad(p *postfix.Instance, setup, mix string, unknownIn10 
 		defer s.close()
 		ss = append(ss, s)
 	}
+	proc := "ingest"
+	if setup == "callout, log off" {
+		proc = logOffIngest
+	}
 	var n, wrong atomic.Int64
 	profiled := func() {}
 	if setup == "callout" {
@@ -269,15 +285,60 @@ func (b *bench) postfixLoad(p *postfix.Instance, setup, mix string, unknownIn10 
 	res := postfixResult{rate: rate, p99: ms(lat.pct(99))}
 	if k := float64(n.Load()); k > 0 {
 		res.postfixCPU = (pcpu1 - pcpu0) / 100 / k * 1e6
-		res.ingestCPU = (cpu1.procs["ingest"] - cpu0.procs["ingest"]) / 100 / k * 1e6
+		res.ingestCPU = (cpu1.procs[proc] - cpu0.procs[proc]) / 100 / k * 1e6
 	}
 	sec, pre := "9 postfix", mix+", "+setup+": "
 	b.add(sec, pre+"RCPT rate", rate, "RCPT/s")
 	b.add(sec, pre+"RCPT p50", ms(lat.pct(50)), "ms")
 	b.add(sec, pre+"RCPT p99", res.p99, "ms")
 	b.add(sec, pre+"CPU per RCPT, Postfix", res.postfixCPU, "µs")
-	if setup == "callout" {
+	if setup != "no check" && setup != "verify(8)" {
 		b.add(sec, pre+"CPU per RCPT, ingest", res.ingestCPU, "µs")
 	}
 	return res, nil
+}
+
+// logOffIngest is the second ingest of the Postfix section, its decision
+// log off.
+const logOffIngest = "ingest-log-off"
+
+// ingestLogOff starts the second ingest with the decision log off and
+// warms its near cache with addrs over its policy listener, whose
+// address it returns.
+func (b *bench) ingestLogOff(addrs []string) (string, error) {
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort())
+	if err := b.launch(logOffIngest, "ingest", "CALLOUT_INGEST_BRAKE_LIMIT=0", "CALLOUT_INGEST_DECISION_LOG=false",
+		"CALLOUT_INGEST_POLICY_ADDR="+addr, fmt.Sprintf("CALLOUT_INGEST_MILTER_ADDR=127.0.0.1:%d", freePort())); err != nil {
+		return "", err
+	}
+	var c net.Conn
+	var err error
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if c, err = net.DialTimeout("tcp", addr, time.Second); err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", logOffIngest, err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(60 * time.Second))
+	r := bufio.NewReader(c)
+	for i, a := range addrs {
+		if _, err := io.WriteString(c, postfixRequest(a, i)); err != nil {
+			return "", err
+		}
+		if ans, err := readAnswer(r); err != nil || !strings.HasPrefix(ans, "action=") {
+			return "", fmt.Errorf("%s warming %s: %q, %v", logOffIngest, a, ans, err)
+		}
+	}
+	return addr, nil
+}
+
+// stopProc stops a process the bench started for one section.
+func (b *bench) stopProc(name string) {
+	if p := b.procs[name]; p != nil {
+		_ = p.Stop(10 * time.Second)
+		delete(b.procs, name)
+	}
 }
