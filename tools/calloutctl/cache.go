@@ -11,11 +11,10 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/nats-io/nats.go/micro"
-
 	"github.com/callout-mail/callout/shared/address"
 	"github.com/callout-mail/callout/shared/domains"
 	"github.com/callout-mail/callout/shared/kvkey"
+	"github.com/callout-mail/callout/shared/lookup"
 	"github.com/callout-mail/callout/shared/operate"
 	"github.com/callout-mail/callout/shared/verdict"
 	"github.com/callout-mail/callout/shared/wire"
@@ -71,18 +70,10 @@ func (a *app) lookup(ctx context.Context, args []string) error {
 			}
 		}
 	}
-	b, _ := wire.Encode(&wire.LookupRequest{Address: addr.String(), Purpose: purpose, Senders: senders})
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	m, err := a.nc.RequestWithContext(rctx, a.names.CacheLookup(), b)
+	rep, err := lookup.Ask(rctx, a.nc, a.names.CacheLookup(), &wire.LookupRequest{Address: addr.String(), Purpose: purpose, Senders: senders})
 	if err != nil {
-		return fmt.Errorf("lookup: %w", err)
-	}
-	if e := m.Header.Get(micro.ErrorHeader); e != "" {
-		return fmt.Errorf("lookup: %s", e)
-	}
-	var rep wire.LookupReply
-	if err := wire.Decode(m.Data, &rep); err != nil {
 		return err
 	}
 	if !rep.Hit {

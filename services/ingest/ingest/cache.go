@@ -4,16 +4,15 @@ package ingest
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nats.go/micro"
 
 	"github.com/callout-mail/callout/shared/address"
 	"github.com/callout-mail/callout/shared/domains"
 	"github.com/callout-mail/callout/shared/kvkey"
+	"github.com/callout-mail/callout/shared/lookup"
 	"github.com/callout-mail/callout/shared/streams"
 	"github.com/callout-mail/callout/shared/verdict"
 	"github.com/callout-mail/callout/shared/wire"
@@ -151,25 +150,11 @@ func (s *Service) traced(ctx context.Context, a address.Address, job wire.ProbeJ
 // that a flush known here covers answers as a miss (never queued): every
 // path that asks the cache goes through here.
 func (s *Service) requestLookup(ctx context.Context, a address.Address, purpose verdict.Purpose, senders []string, rev uint64, job *wire.ProbeJob) (wire.LookupReply, error) {
-	b, err := wire.Encode(&wire.LookupRequest{Address: a.String(), Purpose: purpose, Senders: senders, Rev: rev, Job: job})
-	if err != nil {
-		return wire.LookupReply{}, err
-	}
 	lctx, cancel := context.WithTimeout(ctx, s.cfg.LookupTimeout)
 	defer cancel()
-	m, err := s.nc.RequestWithContext(lctx, s.names.CacheLookup(), b)
+	r, err := lookup.Ask(lctx, s.nc, s.names.CacheLookup(), &wire.LookupRequest{Address: a.String(), Purpose: purpose, Senders: senders, Rev: rev, Job: job})
 	if err != nil {
 		return wire.LookupReply{}, err
-	}
-	if e := m.Header.Get(micro.ErrorHeader); e != "" {
-		return wire.LookupReply{}, fmt.Errorf("cache: %s", e)
-	}
-	var r wire.LookupReply
-	if err := wire.Decode(m.Data, &r); err != nil {
-		return wire.LookupReply{}, err
-	}
-	if r.Hit && r.Verdict == nil {
-		return wire.LookupReply{}, errors.New("cache: hit without verdict")
 	}
 	if r.Hit && s.index.Covers(*r.Verdict) {
 		// A cachekeeper behind this ingest: the flush it missed holds.

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/micro"
 
 	"github.com/callout-mail/callout/services/prober/callout"
 	"github.com/callout-mail/callout/services/prober/destination"
@@ -19,6 +18,7 @@ import (
 	"github.com/callout-mail/callout/shared/address"
 	"github.com/callout-mail/callout/shared/domains"
 	"github.com/callout-mail/callout/shared/kvkey"
+	"github.com/callout-mail/callout/shared/lookup"
 	"github.com/callout-mail/callout/shared/streams"
 	"github.com/callout-mail/callout/shared/verdict"
 	"github.com/callout-mail/callout/shared/wire"
@@ -144,19 +144,14 @@ func (s *Service) answered(ctx context.Context, job wire.ProbeJob, addr address.
 	}
 	_, sender, fallback, _ := s.routing(job, addr)
 	senders := domains.Policy{Sender: sender, FallbackSender: fallback}.Senders()
-	b, err := wire.Encode(&wire.LookupRequest{Address: addr.String(), Purpose: job.Purpose, Senders: senders})
-	if err != nil {
-		return verdict.Verdict{}, false
-	}
 	lctx, cancel := context.WithTimeout(ctx, answeredLookupTimeout)
 	defer cancel()
-	m, err := s.nc.RequestWithContext(lctx, s.names.CacheLookup(), b)
+	r, err := lookup.Ask(lctx, s.nc, s.names.CacheLookup(), &wire.LookupRequest{Address: addr.String(), Purpose: job.Purpose, Senders: senders})
 	if err != nil {
 		s.log.Debug("cache lookup before callout", "address", addr.String(), "err", err)
 		return verdict.Verdict{}, false
 	}
-	var r wire.LookupReply
-	if m.Header.Get(micro.ErrorHeader) != "" || wire.Decode(m.Data, &r) != nil || !r.Hit || r.Verdict == nil {
+	if !r.Hit {
 		return verdict.Verdict{}, false
 	}
 	since := job.RequestedAt
