@@ -19,7 +19,6 @@ const (
 	DropBuffer  = "buffer"  // more records waiting than the buffer holds
 	DropPublish = "publish" // the publish failed (too many unacknowledged, disconnected)
 	DropStream  = "stream"  // the stream refused or did not answer (missing, full, down)
-	DropEncode  = "encode"
 )
 
 // Recorder publishes records to the log without ever holding up the

@@ -86,7 +86,7 @@ func newMetrics(reg prometheus.Registerer, policyErrors func() int, near *nearca
 	m.historyErrors = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "callout_ingest_history_errors_total", Help: "Failed writes of the counts per domain per hour (kept and tried again).",
 	})
-	for _, why := range []string{decisions.DropBuffer, decisions.DropPublish, decisions.DropStream, decisions.DropEncode} {
+	for _, why := range []string{decisions.DropBuffer, decisions.DropPublish, decisions.DropStream} {
 		m.decisionsDropped.WithLabelValues(why)
 	}
 	reg.MustRegister(m.decisionsDropped, m.decisionsSampled, m.historyErrors)
