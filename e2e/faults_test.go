@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	"github.com/callout-mail/callout/shared/domains"
 	"github.com/callout-mail/callout/shared/kvkey"
 	"github.com/callout-mail/callout/shared/smtptest"
+	"github.com/callout-mail/callout/shared/subjects"
 	"github.com/callout-mail/callout/shared/verdict"
 	"github.com/callout-mail/callout/shared/wire"
 	"github.com/callout-mail/callout/tools/stack"
@@ -167,6 +169,15 @@ func TestNATSRestart(t *testing.T) {
 	})
 	waitFor(t, 30*time.Second, func() bool { return s.nc.IsConnected() })
 	must(t, s.verify("alice@example.org"), verdict.Accept, 250)
+	// The server forgot the lease stream (memory): bob's callout made it
+	// again, and the fleet-wide limits held without a failure.
+	if _, err := s.js.Stream(context.Background(), subjects.New("").LeaseStream()); err != nil {
+		t.Errorf("lease stream after the restart: %v", err)
+	}
+	log, _ := os.ReadFile(filepath.Join(s.dir, "prober-0.log"))
+	if strings.Contains(string(log), "fleet-wide limits unavailable") {
+		t.Errorf("the prober fell back to its own limits after the restart")
+	}
 }
 
 // Three nodes, replicas 3: kill one node while verifying; every request is
