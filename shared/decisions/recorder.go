@@ -42,10 +42,11 @@ type Recorder struct {
 	lastErr atomic.Int64
 	kick    chan struct{} // a batch is full (capacity 1)
 
-	mu      sync.Mutex
-	batches map[string]*batch // by subject, filling
-	full    []*batch          // full, waiting for Run
-	waiting int               // records in batches not yet published
+	mu       sync.Mutex
+	batches  map[string]*batch // by subject, filling
+	subjects map[string]string // by action
+	full     []*batch          // full, waiting for Run
+	waiting  int               // records in batches not yet published
 }
 
 // BatchEvery is how long a record waits for others of its batch: a
@@ -61,7 +62,7 @@ type batch struct {
 // NewRecorder makes a recorder for a connection; dropped is told of
 // every dropped record. At most buffer records wait for the log.
 func NewRecorder(nc *nats.Conn, names subjects.Names, buffer int, dropped func(why string), log *slog.Logger) (*Recorder, error) {
-	r := &Recorder{names: names, buffer: max(buffer, 1), kick: make(chan struct{}, 1), dropped: dropped, log: log, batches: map[string]*batch{}}
+	r := &Recorder{names: names, buffer: max(buffer, 1), kick: make(chan struct{}, 1), dropped: dropped, log: log, batches: map[string]*batch{}, subjects: map[string]string{}}
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(1024), jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
 		n, _ := strconv.Atoi(m.Header.Get(BatchHeader))
 		r.drop(DropStream, max(n, 1), err)
@@ -84,7 +85,6 @@ func (r *Recorder) Record(rec *Record) {
 	if action == "" || !plain(action) {
 		action = "none"
 	}
-	subject := r.names.Decision(action)
 	r.mu.Lock()
 	if r.waiting >= r.buffer {
 		r.mu.Unlock()
@@ -92,6 +92,11 @@ func (r *Recorder) Record(rec *Record) {
 		return
 	}
 	r.waiting++
+	subject, ok := r.subjects[action]
+	if !ok {
+		subject = r.names.Decision(action)
+		r.subjects[action] = subject
+	}
 	bt := r.batches[subject]
 	if bt != nil && (bt.n >= MaxBatch || len(bt.buf)+len(b) > MaxBatchBytes) {
 		r.full = append(r.full, bt)
@@ -102,7 +107,9 @@ func (r *Recorder) Record(rec *Record) {
 		}
 	}
 	if bt == nil {
-		bt = &batch{subject: subject, buf: make([]byte, 0, 4096)}
+		// Room for a whole batch at once: grown from a few KiB, a
+		// batch's buffer was copied four times on its way to full.
+		bt = &batch{subject: subject, buf: make([]byte, 0, MaxBatchBytes)}
 		r.batches[subject] = bt
 	}
 	bt.buf = append(bt.buf, b...)
