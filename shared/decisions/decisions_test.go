@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/callout-mail/callout/shared/natstest"
@@ -23,10 +24,9 @@ import (
 	"github.com/callout-mail/callout/shared/waitfor"
 )
 
-// logOf starts a server with a decision log holding recs (cleaned) and
-// an index that followed it; it returns the records as stored, in the
-// log's order, read back message by message.
-func logOf(t *testing.T, recs []Record) (*Index, StreamReader, []Stored) {
+// emptyLog starts a server with an empty decision log; the context ends
+// with the test.
+func emptyLog(t testing.TB) (context.Context, jetstream.JetStream, jetstream.Stream, subjects.Names) {
 	t.Helper()
 	srv := natstest.Start(t)
 	nc := srv.Connect(t)
@@ -34,9 +34,20 @@ func logOf(t *testing.T, recs []Record) (*Index, StreamReader, []Stored) {
 	names := subjects.New("")
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	if _, err := js.CreateStream(ctx, StreamConfig(names, 1, DefaultLimits, nil)); err != nil {
+	st, err := js.CreateStream(ctx, StreamConfig(names, 1, DefaultLimits, nil))
+	if err != nil {
 		t.Fatal(err)
 	}
+	return ctx, js, st, names
+}
+
+// logOf starts a server with a decision log holding recs (cleaned) and
+// an index that followed it; it returns the records as stored, in the
+// log's order, read back message by message.
+func logOf(t *testing.T, recs []Record) (*Index, StreamReader, []Stored) {
+	t.Helper()
+	ctx, js, st, names := emptyLog(t)
+	nc := js.Conn()
 	var dropped atomic.Int64
 	rec, err := NewRecorder(nc, names, 1<<16, func(string) { dropped.Add(1) }, slog.Default())
 	if err != nil {
@@ -47,7 +58,6 @@ func logOf(t *testing.T, recs []Record) (*Index, StreamReader, []Stored) {
 		rec.Record(&recs[i])
 		recs[i].Clean()
 	}
-	st, _ := js.Stream(ctx, names.DecisionStream())
 	var stored []Stored
 	waitfor.Cond(t, 30*time.Second, func() bool {
 		stored = stored[:0]
@@ -380,16 +390,8 @@ func TestAppendEncode(t *testing.T) {
 // dropped and counted, never blocking; a full batch goes at once, the
 // rest within BatchEvery; the caller's record is left as it was.
 func TestRecorderBuffer(t *testing.T) {
-	srv := natstest.Start(t)
-	nc := srv.Connect(t)
-	js := natstest.JetStream(t, nc)
-	names := subjects.New("")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	st, err := js.CreateStream(ctx, StreamConfig(names, 1, DefaultLimits, nil))
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, js, st, names := emptyLog(t)
+	nc := js.Conn()
 	var mu sync.Mutex
 	dropped := map[string]int{}
 	const buffer = MaxBatch + 10
@@ -548,15 +550,8 @@ func TestDecodeBatchAgainstReflection(t *testing.T) {
 // reply) cleaned, encoded and appended to its batch. The batches are
 // published by Run, as in the ingest.
 func BenchmarkRecord(b *testing.B) {
-	srv := natstest.Start(b)
-	nc := srv.Connect(b)
-	js := natstest.JetStream(b, nc)
-	names := subjects.New("")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if _, err := js.CreateStream(ctx, StreamConfig(names, 1, DefaultLimits, nil)); err != nil {
-		b.Fatal(err)
-	}
+	ctx, js, _, names := emptyLog(b)
+	nc := js.Conn()
 	rec, err := NewRecorder(nc, names, 1<<20, func(string) {}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		b.Fatal(err)
