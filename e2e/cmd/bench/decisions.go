@@ -30,7 +30,7 @@ func (b *bench) restartIngest(env ...string) error {
 			return err
 		}
 	}
-	if err := b.launch("ingest", "ingest", append([]string{"CALLOUT_INGEST_BRAKE_LIMIT=0", "CALLOUT_INGEST_POLICY_ADDR=" + b.policyAddr, "CALLOUT_INGEST_MILTER_ADDR=" + b.milterAddr}, env...)...); err != nil {
+	if err := b.launch("ingest", "ingest", ingestSettings(b.policyAddr, b.milterAddr, env...)...); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

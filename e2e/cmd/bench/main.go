@@ -78,6 +78,19 @@ func (b *bench) threads(svc string) []string {
 	return []string{"GOMAXPROCS=1"}
 }
 
+// proberSettings are the bench's prober settings under the variable
+// prefix up (CALLOUT_PROBER_): every prober it starts calls out to the
+// local destinations without a rate limit in the way.
+func proberSettings(up string) []string {
+	return []string{up + "RANDOM_SECRET=bench", up + "RATE=100000", up + "MAX_CONNS=8", up + "HELO_NAME=bench.test"}
+}
+
+// ingestSettings are the bench's ingest settings: no brake, the Postfix
+// policy and milter listeners on policy and milter, then extra.
+func ingestSettings(policy, milter string, extra ...string) []string {
+	return append([]string{"CALLOUT_INGEST_BRAKE_LIMIT=0", "CALLOUT_INGEST_POLICY_ADDR=" + policy, "CALLOUT_INGEST_MILTER_ADDR=" + milter}, extra...)
+}
+
 // profile takes a CPU profile of every process for the next d, into
 // profDir/<section>-<process>.pprof, when CALLOUT_BENCH_PROFILE is set;
 // the returned func waits for them. With CALLOUT_BENCH_EXEC_TRACE set it
@@ -136,7 +149,7 @@ func main() {
 	}
 	defer stop()
 	fmt.Fprintf(os.Stderr, "bench: %d CPUs, %s\n", runtime.NumCPU(), time.Now().UTC().Format(time.RFC3339))
-	protection := func() error { return b.protection(absBin) }
+	protection := b.protection
 	// Hits, misses and saturation run three times: one noisy second must
 	// not make or break a figure. The table shows the median, min and max.
 	// In a whole run the three sections take turns, so that a slow minute
@@ -338,14 +351,13 @@ func start(bin string, goThreads bool) (*bench, func(), error) {
 		return nil, stop, err
 	}
 	for _, n := range []string{"prober-1", "prober-2"} {
-		if err := launch(n, "prober", "CALLOUT_PROBER_RANDOM_SECRET=bench", "CALLOUT_PROBER_RATE=100000",
-			"CALLOUT_PROBER_MAX_CONNS=8", "CALLOUT_PROBER_WORKERS=64", "CALLOUT_PROBER_HELO_NAME=bench.test", os.Getenv("XPROBER")); err != nil {
+		if err := launch(n, "prober", append(proberSettings("CALLOUT_PROBER_"), "CALLOUT_PROBER_WORKERS=64", os.Getenv("XPROBER"))...); err != nil {
 			return nil, stop, err
 		}
 	}
 	b.policyAddr = fmt.Sprintf("127.0.0.1:%d", freePort())
 	b.milterAddr = fmt.Sprintf("127.0.0.1:%d", freePort())
-	if err := launch("ingest", "ingest", "CALLOUT_INGEST_BRAKE_LIMIT=0", "CALLOUT_INGEST_POLICY_ADDR="+b.policyAddr, "CALLOUT_INGEST_MILTER_ADDR="+b.milterAddr); err != nil {
+	if err := launch("ingest", "ingest", ingestSettings(b.policyAddr, b.milterAddr)...); err != nil {
 		return nil, stop, err
 	}
 	if profile != "" {

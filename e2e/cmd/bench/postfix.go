@@ -145,11 +145,11 @@ func (b *bench) throughPostfix(reps int) error {
 		return err
 	}
 	defer b.stopProc(logOffIngest)
-	setups := []struct{ name, check string }{
-		{"no check", ""},
-		{"verify(8)", ", reject_unverified_recipient"},
-		{"callout", ", check_policy_service inet:" + b.policyAddr},
-		{"callout, log off", ", check_policy_service inet:" + offAddr},
+	setups := []struct{ name, check, ingest string }{
+		{"no check", "", ""},
+		{"verify(8)", ", reject_unverified_recipient", ""},
+		{"callout", ", check_policy_service inet:" + b.policyAddr, "ingest"},
+		{"callout, log off", ", check_policy_service inet:" + offAddr, logOffIngest},
 	}
 	inst := map[string]*postfix.Instance{}
 	for _, su := range setups {
@@ -179,7 +179,7 @@ func (b *bench) throughPostfix(reps int) error {
 				if r%2 == 1 {
 					su = setups[len(setups)-1-k]
 				}
-				res, err := b.postfixLoad(inst[su.name], su.name, mix.name, mix.unknown, known, unknown)
+				res, err := b.postfixLoad(inst[su.name], su.name, su.ingest, mix.name, mix.unknown, known, unknown)
 				if err != nil {
 					return fmt.Errorf("%s, %s: %w", su.name, mix.name, err)
 				}
@@ -238,8 +238,9 @@ type postfixResult struct {
 }
 
 // postfixLoad runs 16 sessions against one instance for 3 s; unknown in
-// ten recipients are unknown ones (cached invalid).
-func (b *bench) postfixLoad(p *postfix.Instance, setup, mix string, unknownIn10 int, known, unknown []string) (postfixResult, error) {
+// ten recipients are unknown ones (cached invalid). ingest names the
+// ingest process the instance asks ("" for none).
+func (b *bench) postfixLoad(p *postfix.Instance, setup, ingest, mix string, unknownIn10 int, known, unknown []string) (postfixResult, error) {
 	const sessions, perMail = 16, 50
 	var ss []*smtpSession
 	for i := 0; i < sessions; i++ {
@@ -249,10 +250,6 @@ func (b *bench) postfixLoad(p *postfix.Instance, setup, mix string, unknownIn10 
 		}
 		defer s.close()
 		ss = append(ss, s)
-	}
-	proc := "ingest"
-	if setup == "callout, log off" {
-		proc = logOffIngest
 	}
 	var n, wrong atomic.Int64
 	profiled := func() {}
@@ -292,14 +289,14 @@ func (b *bench) postfixLoad(p *postfix.Instance, setup, mix string, unknownIn10 
 	res := postfixResult{rate: rate, p99: ms(lat.pct(99))}
 	if k := float64(n.Load()); k > 0 {
 		res.postfixCPU = (pcpu1 - pcpu0) / 100 / k * 1e6
-		res.ingestCPU = (cpu1.procs[proc] - cpu0.procs[proc]) / 100 / k * 1e6
+		res.ingestCPU = (cpu1.procs[ingest] - cpu0.procs[ingest]) / 100 / k * 1e6
 	}
 	sec, pre := "9 postfix", mix+", "+setup+": "
 	b.add(sec, pre+"RCPT rate", rate, "RCPT/s")
 	b.add(sec, pre+"RCPT p50", ms(lat.pct(50)), "ms")
 	b.add(sec, pre+"RCPT p99", res.p99, "ms")
 	b.add(sec, pre+"CPU per RCPT, Postfix", res.postfixCPU, "µs")
-	if setup != "no check" && setup != "verify(8)" {
+	if ingest != "" {
 		b.add(sec, pre+"CPU per RCPT, ingest", res.ingestCPU, "µs")
 	}
 	return res, nil
@@ -314,8 +311,7 @@ const logOffIngest = "ingest-log-off"
 // address it returns.
 func (b *bench) ingestLogOff(addrs []string) (string, error) {
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort())
-	if err := b.launch(logOffIngest, "ingest", "CALLOUT_INGEST_BRAKE_LIMIT=0", "CALLOUT_INGEST_DECISION_LOG=false",
-		"CALLOUT_INGEST_POLICY_ADDR="+addr, fmt.Sprintf("CALLOUT_INGEST_MILTER_ADDR=127.0.0.1:%d", freePort())); err != nil {
+	if err := b.launch(logOffIngest, "ingest", ingestSettings(addr, fmt.Sprintf("127.0.0.1:%d", freePort()), "CALLOUT_INGEST_DECISION_LOG=false")...); err != nil {
 		return "", err
 	}
 	var c net.Conn

@@ -5,7 +5,6 @@ package main
 import (
 	"fmt"
 	_ "net/http/pprof"
-	"path/filepath"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -16,21 +15,17 @@ import (
 	"github.com/callout-mail/callout/shared/smtptest"
 	"github.com/callout-mail/callout/shared/verdict"
 	"github.com/callout-mail/callout/shared/wire"
-	"github.com/callout-mail/callout/tools/stack"
 )
 
 // 6. Protection: 3 probers, 50 normal destinations and one that answers
 // every RCPT after 5 s. The normal destinations' miss latency with and
 // without a burst of jobs for the slow one, and the slow one's peak
 // connections (MAX_CONNS holds across the probers).
-func (b *bench) protection(bin string) error {
-	p, err := stack.Start(b.dir, "prober-3", filepath.Join(bin, "prober"), nil, append(b.threads("prober"),
-		"CALLOUT_PROBER_NATS_URL="+b.url, "CALLOUT_PROBER_METRICS_ADDR=", "CALLOUT_PROBER_RANDOM_SECRET=bench", "CALLOUT_PROBER_RATE=100000",
-		"CALLOUT_PROBER_MAX_CONNS=8", "CALLOUT_PROBER_WORKERS=64", "CALLOUT_PROBER_HELO_NAME=bench.test"))
-	if err != nil {
+func (b *bench) protection() error {
+	if err := b.launch("prober-3", "prober", append(proberSettings("CALLOUT_PROBER_"), "CALLOUT_PROBER_WORKERS=64")...); err != nil {
 		return err
 	}
-	defer func() { _ = p.Stop(10 * time.Second) }()
+	defer b.stopProc("prober-3")
 	slow, err := smtptest.Start("127.0.0.1:0", smtptest.Config{Rcpt: func(_, to string) string {
 		time.Sleep(5 * time.Second)
 		return "250 2.1.5 Ok"

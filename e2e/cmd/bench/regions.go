@@ -135,7 +135,7 @@ func startRegions(bin string, regions []string, delay time.Duration, threads fun
 			env := append(threads(svc), up+"NATS_URL="+f.urls[r], up+"NATS_REGION="+r, up+"REPLICAS=3", up+"METRICS_ADDR=")
 			switch svc {
 			case "prober":
-				env = append(env, up+"RANDOM_SECRET=bench", up+"RATE=100000", up+"MAX_CONNS=8", up+"HELO_NAME=bench.test")
+				env = append(env, proberSettings(up)...)
 			case "ingest":
 				env = append(env, up+"BRAKE_LIMIT=0", up+"POLICY_ADDR=127.0.0.1:"+strconv.Itoa(freePort()))
 			}

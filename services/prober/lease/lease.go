@@ -304,9 +304,10 @@ func (l *Leases) publish(ctx context.Context, subj string, last uint64, ttl time
 	if strings.Contains(subj, ".lease.conn.") {
 		l.asks.Add(1)
 	}
-	seq, err := streams.Publish(ctx, l.nc, streams.ExpectLast(subj, []byte(l.cfg.Instance), last, ttl))
+	m := streams.ExpectLast(subj, []byte(l.cfg.Instance), last, ttl)
+	seq, err := streams.Publish(ctx, l.nc, m)
 	if errors.Is(err, jetstream.ErrNoStreamResponse) && l.remake(ctx) {
-		seq, err = streams.Publish(ctx, l.nc, streams.ExpectLast(subj, []byte(l.cfg.Instance), last, ttl))
+		seq, err = streams.Publish(ctx, l.nc, m)
 	}
 	return seq, err
 }
