@@ -21,19 +21,26 @@ func (b *bench) saturation() error {
 	return err
 }
 
-// saturate runs the saturation load and returns its rate; with detail,
-// section 5's rows are added.
-func (b *bench) saturate(detail bool) (float64, error) {
+// satRun is one saturation load: its rate and each process's CPU per
+// verify (µs).
+type satRun struct {
+	rate   float64
+	perCPU map[string]float64
+}
+
+// saturate runs the saturation load; with detail, section 5's rows are
+// added.
+func (b *bench) saturate(detail bool) (satRun, error) {
 	if detail {
 		b.add("5 saturation", "machine: a fixed loop on one core, before the load", ms(calibrate()), "ms")
 	}
 	dest, err := mailDest(func(string) bool { return false })
 	if err != nil {
-		return 0, err
+		return satRun{}, err
 	}
 	defer dest.Close()
 	if err := b.policies(map[string]string{"sat.bench": dest.Addr()}); err != nil {
-		return 0, err
+		return satRun{}, err
 	}
 	var warm []string
 	for i := 1; len(warm) < 5000; i++ {
@@ -48,7 +55,7 @@ func (b *bench) saturate(detail bool) (float64, error) {
 	}
 	wg.Wait()
 	if err := b.waitCached(warm); err != nil {
-		return 0, err
+		return satRun{}, err
 	}
 	conns := clients(b.url, 8)
 	defer closeAll(conns)
@@ -87,10 +94,17 @@ func (b *bench) saturate(detail bool) (float64, error) {
 		return nil
 	})
 	if err != nil {
-		return 0, err
+		return satRun{}, err
+	}
+	cpu1, el := b.cpuTicks(), time.Since(t0)
+	run := satRun{rate: rate, perCPU: map[string]float64{}}
+	if n := total.Load(); n > 0 {
+		for name, v := range cpu1.procs {
+			run.perCPU[name] = (v - cpu0.procs[name]) / 100 / float64(n) * 1e6
+		}
 	}
 	if !detail {
-		return rate, b.flushAll()
+		return run, b.flushAll()
 	}
 	b.add("5 saturation", "verifies/s (64 requesters)", rate, "req/s")
 	b.add("5 saturation", "cache hit rate", float64(hits.Load())/float64(total.Load()), "")
@@ -108,9 +122,9 @@ func (b *bench) saturate(detail bool) (float64, error) {
 		b.add("5 saturation", k.name+" p50", ms(all.pct(50)), "ms")
 		b.add("5 saturation", k.name+" p99", ms(all.pct(99)), "ms")
 	}
-	b.addCPU("5 saturation", cpu0, b.cpuTicks(), time.Since(t0), total.Load())
+	b.addCPU("5 saturation", cpu0, cpu1, el, total.Load())
 	b.addTraffic("5 saturation", traffic0, b.natsTraffic(), total.Load())
-	return rate, b.flushAll()
+	return run, b.flushAll()
 }
 
 // calibrate times a fixed piece of work on one goroutine (sorting 200,000
