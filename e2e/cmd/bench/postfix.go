@@ -163,7 +163,7 @@ func (b *bench) throughPostfix(reps int) error {
 		inst[su.name] = p
 	}
 	if err := warmVerify(inst["verify(8)"].Addr, append(append([]string(nil), known...), unknown...)); err != nil {
-		return err
+		return fmt.Errorf("%w; its log's last deferrals:\n%s", err, deferrals(inst["verify(8)"].Dir+"/maillog", 10))
 	}
 	for _, mix := range []struct {
 		name    string
@@ -229,6 +229,22 @@ func warmVerify(addr string, addrs []string) error {
 		}
 	}
 	return nil
+}
+
+// deferrals is the last n lines of a Postfix log that say a delivery was
+// deferred: why a probe has not finished.
+func deferrals(path string, n int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	var lines []string
+	for _, l := range strings.Split(string(data), "\n") {
+		if strings.Contains(l, "status=deferred") || strings.Contains(l, "warning") {
+			lines = append(lines, l)
+		}
+	}
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 // postfixResult is one load's figures.
