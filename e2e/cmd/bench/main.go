@@ -136,7 +136,7 @@ func main() {
 	out := flag.String("out", "bench/results.json", "JSON output")
 	requests := flag.Int("requests", 100000, "callout economy: verify requests")
 	entries := flag.Int("entries", 1000000, "storage: cached entries")
-	only := flag.String("only", "", "run one section: hit, miss, saturation, economy, storage, protection, mta, postfix, lists, regions, decisions, decisions-search")
+	only := flag.String("only", "", "run these sections, in this order (comma-separated): hit, miss, saturation, economy, storage, protection, mta, postfix, lists, regions, decisions, decisions-search")
 	records := flag.Int("records", 10000000, "decisions-search: records in the log")
 	reps := flag.Int("reps", 3, "repetitions of the hit, miss, saturation and MTA-path sections")
 	goThreads := flag.Bool("go-threads", false, "start every service with Go's default GOMAXPROCS, the cachekeeper and the probers too")
@@ -177,9 +177,19 @@ func main() {
 	logCost := func() error { return b.decisionLog(*reps) }
 	steps = append(steps, func() error { return b.economy(*requests) }, protection, mta, pfx, b.staticLists, func() error { return b.regions(absBin) }, logCost)
 	if *only != "" {
-		steps = map[string][]func() error{"hit": {hit}, "miss": {miss}, "saturation": {sat}, "economy": {func() error { return b.economy(*requests) }},
-			"storage": {func() error { return b.storage(*entries) }}, "protection": {protection}, "mta": {mta}, "postfix": {pfx}, "lists": {b.staticLists}, "regions": {func() error { return b.regions(absBin) }},
-			"decisions": {logCost}, "decisions-search": {func() error { return b.decisionSearch(*records) }}}[*only]
+		sections := map[string]func() error{"hit": hit, "miss": miss, "saturation": sat, "economy": func() error { return b.economy(*requests) },
+			"storage": func() error { return b.storage(*entries) }, "protection": protection, "mta": mta, "postfix": pfx, "lists": b.staticLists, "regions": func() error { return b.regions(absBin) },
+			"decisions": logCost, "decisions-search": func() error { return b.decisionSearch(*records) }}
+		steps = nil
+		for _, name := range strings.Split(*only, ",") {
+			f, ok := sections[name]
+			if !ok {
+				fmt.Fprintf(os.Stderr, "bench: no section %q\n", name)
+				stop()
+				os.Exit(2)
+			}
+			steps = append(steps, f)
+		}
 	}
 	for _, step := range steps {
 		if err := step(); err != nil {
