@@ -4,7 +4,9 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"math/rand"
+	"net"
 	_ "net/http/pprof"
 	"slices"
 	"sync"
@@ -33,6 +35,9 @@ type satRun struct {
 func (b *bench) saturate(detail bool) (satRun, error) {
 	if detail {
 		b.add("5 saturation", "machine: a fixed loop on one core, before the load", ms(calibrate()), "ms")
+		if rt, err := roundTrip(); err == nil {
+			b.add("5 saturation", "machine: a loopback TCP round trip, before the load", float64(rt.Nanoseconds())/1000, "µs")
+		}
 	}
 	dest, err := mailDest(func(string) bool { return false })
 	if err != nil {
@@ -125,6 +130,51 @@ func (b *bench) saturate(detail bool) (satRun, error) {
 	b.addCPU("5 saturation", cpu0, cpu1, el, total.Load())
 	b.addTraffic("5 saturation", traffic0, b.natsTraffic(), total.Load())
 	return run, b.flushAll()
+}
+
+// roundTrip times one byte sent and echoed back over a loopback TCP
+// connection, 20,000 times: the system calls, wake-ups and network stack
+// that most of a verify's CPU goes to (in every process's profile), whose
+// cost on a shared host moves apart from the fixed loop's.
+func roundTrip() (time.Duration, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, 1)
+		for {
+			if _, err := c.Read(buf); err != nil {
+				return
+			}
+			if _, err := c.Write(buf); err != nil {
+				return
+			}
+		}
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	const n = 20000
+	buf := make([]byte, 1)
+	start := time.Now()
+	for range n {
+		if _, err := c.Write(buf); err != nil {
+			return 0, err
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			return 0, err
+		}
+	}
+	return time.Since(start) / n, nil
 }
 
 // calibrate times a fixed piece of work on one goroutine (sorting 200,000
