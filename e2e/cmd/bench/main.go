@@ -149,7 +149,6 @@ func main() {
 	}
 	defer stop()
 	fmt.Fprintf(os.Stderr, "bench: %d CPUs, %s\n", runtime.NumCPU(), time.Now().UTC().Format(time.RFC3339))
-	protection := b.protection
 	// Hits, misses and saturation run three times: one noisy second must
 	// not make or break a figure. The table shows the median, min and max.
 	// In a whole run the three sections take turns, so that a slow minute
@@ -165,21 +164,27 @@ func main() {
 			return nil
 		}
 	}
-	hit, miss, sat, mta := three(b.cacheHit), three(b.miss), three(b.saturation), three(b.mtaPaths)
+	sections := map[string]func() error{
+		"hit": three(b.cacheHit), "miss": three(b.miss), "saturation": three(b.saturation), "mta": three(b.mtaPaths),
+		"economy":    func() error { return b.economy(*requests) },
+		"storage":    func() error { return b.storage(*entries) },
+		"protection": b.protection, "lists": b.staticLists,
+		"postfix":          func() error { return b.throughPostfix(*reps) },
+		"regions":          func() error { return b.regions(absBin) },
+		"decisions":        func() error { return b.decisionLog(*reps) },
+		"decisions-search": func() error { return b.decisionSearch(*records) },
+	}
 	// Storage first: its bytes on disk are then the million entries', not
 	// also blocks the other sections' entries left behind them (the file
 	// store compacts them later). It ends with a full flush.
-	steps := []func() error{func() error { return b.storage(*entries) }}
+	steps := []func() error{sections["storage"]}
 	for i := 0; i < *reps; i++ {
 		steps = append(steps, b.cacheHit, b.miss, b.saturation)
 	}
-	pfx := func() error { return b.throughPostfix(*reps) }
-	logCost := func() error { return b.decisionLog(*reps) }
-	steps = append(steps, func() error { return b.economy(*requests) }, protection, mta, pfx, b.staticLists, func() error { return b.regions(absBin) }, logCost)
+	for _, name := range []string{"economy", "protection", "mta", "postfix", "lists", "regions", "decisions"} {
+		steps = append(steps, sections[name])
+	}
 	if *only != "" {
-		sections := map[string]func() error{"hit": hit, "miss": miss, "saturation": sat, "economy": func() error { return b.economy(*requests) },
-			"storage": func() error { return b.storage(*entries) }, "protection": protection, "mta": mta, "postfix": pfx, "lists": b.staticLists, "regions": func() error { return b.regions(absBin) },
-			"decisions": logCost, "decisions-search": func() error { return b.decisionSearch(*records) }}
 		steps = nil
 		for _, name := range strings.Split(*only, ",") {
 			f, ok := sections[name]
