@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"math/rand/v2"
 	"reflect"
@@ -520,6 +521,25 @@ func TestDecodeBatchAgainstReflection(t *testing.T) {
 				t.Fatalf("record %d:\n got %+v\nwant %+v", i, got[i], want[i])
 			}
 		}
+		// The index's reading of the batch: the same records' entries.
+		var entries []Entry
+		err = IndexBatch(b, func(idx int, e Entry) {
+			if idx != len(entries) {
+				t.Fatalf("batch %x: entry %d came as %d", b, len(entries), idx)
+			}
+			entries = append(entries, e)
+		})
+		if (err != nil) != (wantErr != nil) || (err != nil && !errors.Is(err, ErrRecord)) {
+			t.Fatalf("batch %x: index error %v, want %v", b, err, wantErr)
+		}
+		if len(entries) != len(want) {
+			t.Fatalf("batch %x: %d entries, want %d", b, len(entries), len(want))
+		}
+		for i := range entries {
+			if e := EntryOf(&want[i]); entries[i] != e {
+				t.Fatalf("entry %d: %+v, want %+v", i, entries[i], e)
+			}
+		}
 	}
 	for _, b := range batches {
 		check(b)
@@ -542,6 +562,64 @@ func TestDecodeBatchAgainstReflection(t *testing.T) {
 	n := 0
 	if err := DecodeBatch(batches[0], func(int, *Record) bool { n++; return false }); err != nil || n != 1 {
 		t.Fatalf("stopped batch: %d records, %v", n, err)
+	}
+}
+
+// The index's hash is FNV-1a of the lower-cased text, and a record's
+// domain hash is that of its lower-cased domain without a final dot.
+func TestIndexHash(t *testing.T) {
+	for _, tc := range []struct{ rcpt, domain string }{
+		{"Bob@Example.ORG", "example.org"}, {"bob@example.org.", "example.org"}, {"x@", ""}, {"no-at", ""},
+		{"a@b@C.example", "c.example"}, {"x@\xff", "\ufffd"}, {"x@ÄÖ.example", "äö.example"}, {"", ""},
+	} {
+		lower := []byte(tc.rcpt) // ASCII only, other bytes kept
+		for i, c := range lower {
+			if c >= 'A' && c <= 'Z' {
+				lower[i] = c + 'a' - 'A'
+			}
+		}
+		h := fnv.New32a()
+		_, _ = h.Write(lower)
+		if got := hash(tc.rcpt); got != h.Sum32() || hash([]byte(tc.rcpt)) != got {
+			t.Errorf("hash(%q) = %x, want %x", tc.rcpt, got, h.Sum32())
+		}
+		r := Record{Recipient: tc.rcpt}
+		if got, want := domainHash([]byte(tc.rcpt)), hash(r.Domain()); got != want || want != hash(tc.domain) {
+			t.Errorf("domain of %q: %x, want %x (%q)", tc.rcpt, got, want, tc.domain)
+		}
+	}
+}
+
+// Indexing a batch written by AppendEncode allocates nothing: the index
+// reads every record of the log as it comes.
+func TestIndexBatchAllocs(t *testing.T) {
+	recs := randomRecords(rand.New(rand.NewPCG(7, 8)), 50, time.Now())
+	var b []byte
+	for i := range recs {
+		b = AppendEncode(b, &recs[i])
+	}
+	n := 0
+	fn := func(int, Entry) { n++ }
+	if a := testing.AllocsPerRun(20, func() { _ = IndexBatch(b, fn) }); a != 0 {
+		t.Errorf("%v allocations per batch", a)
+	}
+	if n != 21*len(recs) {
+		t.Errorf("%d entries, want %d", n, 21*len(recs))
+	}
+}
+
+// BenchmarkIndexBatch is what the index spends on a full batch of the
+// log: the cachekeeper reads every record as it is written.
+func BenchmarkIndexBatch(b *testing.B) {
+	recs := randomRecords(rand.New(rand.NewPCG(7, 8)), MaxBatch, time.Now())
+	var buf []byte
+	for i := range recs {
+		buf = AppendEncode(buf, &recs[i])
+	}
+	b.SetBytes(int64(len(buf)))
+	b.ReportAllocs()
+	for range b.N {
+		_ = IndexBatch(buf, func(int, Entry) {})
 	}
 }
 

@@ -38,10 +38,7 @@ func Follow(ctx context.Context, js jetstream.JetStream, stream string, x *Index
 			return
 		}
 		seq := md.Sequence.Stream
-		_ = DecodeBatch(m.Data(), func(idx int, r *Record) bool {
-			x.Add(seq, idx, r)
-			return true
-		})
+		_ = IndexBatch(m.Data(), func(idx int, e Entry) { x.AddEntry(seq, idx, e) })
 		if md.Sequence.Stream >= last || md.NumPending == 0 {
 			done()
 		}

@@ -62,21 +62,38 @@ func (s *segment) seqs(buf []uint64) []uint64 {
 	return buf
 }
 
-func actionCode(a verdict.Action) uint8 {
-	switch a {
-	case verdict.Accept:
+func actionCode[T ~string | ~[]byte](a T) uint8 {
+	switch {
+	case string(a) == string(verdict.Accept):
 		return 1
-	case verdict.Reject:
+	case string(a) == string(verdict.Reject):
 		return 2
-	case verdict.Defer:
+	case string(a) == string(verdict.Defer):
 		return 3
 	}
 	return 4 // anything else still counts as a record
 }
 
-// Add indexes record idx of the message stored at seq. Records come in
-// order; one at or below the last is ignored (a redelivery).
-func (x *Index) Add(seq uint64, idx int, r *Record) {
+// Entry is what the index keeps of a record.
+type Entry struct {
+	At        int64  // unix seconds
+	Recipient uint32 // hash of the recipient
+	Domain    uint32 // hash of its domain
+	Action    uint8  // actionCode
+}
+
+// EntryOf is a record's entry.
+func EntryOf(r *Record) Entry {
+	return Entry{At: r.At.Unix(), Recipient: hash(r.Recipient), Domain: hash(r.Domain()), Action: actionCode(r.Action)}
+}
+
+// Add indexes record idx of the message stored at seq.
+func (x *Index) Add(seq uint64, idx int, r *Record) { x.AddEntry(seq, idx, EntryOf(r)) }
+
+// AddEntry indexes the entry of record idx of the message stored at seq.
+// Records come in order; one at or below the last is ignored (a
+// redelivery).
+func (x *Index) AddEntry(seq uint64, idx int, e Entry) {
 	id := ID(seq, idx)
 	x.mu.Lock()
 	defer x.mu.Unlock()
@@ -100,16 +117,15 @@ func (x *Index) Add(seq uint64, idx int, r *Record) {
 	if len(s.act) == 0 || !follows {
 		s.runs = append(s.runs, run{start: uint32(len(s.act)), seq: seq})
 	}
-	at := r.At.Unix()
-	if len(s.act) == 0 || at < s.minAt {
-		s.minAt = at
+	if len(s.act) == 0 || e.At < s.minAt {
+		s.minAt = e.At
 	}
-	if at > s.maxAt {
-		s.maxAt = at
+	if e.At > s.maxAt {
+		s.maxAt = e.At
 	}
-	s.rh = append(s.rh, hash(r.Recipient))
-	s.dh = append(s.dh, hash(r.Domain()))
-	s.act = append(s.act, actionCode(r.Action))
+	s.rh = append(s.rh, e.Recipient)
+	s.dh = append(s.dh, e.Domain)
+	s.act = append(s.act, e.Action)
 	s.idx = append(s.idx, uint8(idx))
 	x.n++
 }

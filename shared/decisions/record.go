@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"strings"
 	"time"
 
@@ -280,19 +279,99 @@ func Decode(b []byte, r *Record) (err error) {
 	return nil
 }
 
-// hash is the index's key of a string compared without case.
-func hash(s string) uint32 {
-	h := fnv.New32a()
-	var buf [64]byte
-	for len(s) > 0 {
-		n := copy(buf[:], s)
-		for i := 0; i < n; i++ {
-			if c := buf[i]; c >= 'A' && c <= 'Z' {
-				buf[i] = c + 'a' - 'A'
+// hash is the index's key of a string compared without case: 32-bit
+// FNV-1a of its bytes with ASCII lower-cased, no allocation.
+func hash[T ~string | ~[]byte](s T) uint32 {
+	const offset, prime = 2166136261, 16777619
+	h := uint32(offset)
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 'A' && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		h ^= uint32(c)
+		h *= prime
+	}
+	return h
+}
+
+// domainOf is DomainOf's part of an address, before lower-casing ("" without one).
+func domainOf(addr []byte) []byte {
+	i := bytes.LastIndexByte(addr, '@')
+	if i < 0 {
+		return nil
+	}
+	return bytes.TrimSuffix(addr[i+1:], []byte("."))
+}
+
+// IndexBatch calls fn with each record's index entry, in order, reading
+// only what the index keeps: no record is decoded, nothing allocated
+// for records as AppendEncode writes them (the index reads every record
+// of the log as it is written). It reads what DecodeBatch reads.
+func IndexBatch(b []byte, fn func(idx int, e Entry)) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%w: %v", ErrRecord, p)
+		}
+	}()
+	if len(b) == 0 || len(b) > 2*MaxBatchBytes {
+		return fmt.Errorf("%w: batch of %d bytes", ErrRecord, len(b))
+	}
+	rd := wire.NewReader(b)
+	for idx := 0; rd.Offset() < len(b); idx++ {
+		start := rd.Offset()
+		e, ok := indexFast(rd)
+		if !ok || idx > MaxBatch {
+			return decodeRest(b[start:], idx, func(idx int, r *Record) bool { fn(idx, EntryOf(r)); return true })
+		}
+		fn(idx, e)
+	}
+	return nil
+}
+
+// indexFast reads one record as decodeFast does, keeping only its entry.
+func indexFast(rd *wire.Reader) (Entry, bool) {
+	var e Entry
+	if n, ok := rd.ArrayLen(); !ok || n != recordFields {
+		return e, false
+	}
+	var v, code int
+	var at, checked time.Time
+	var took int64
+	var rcpt, action []byte
+	skip := func(n int) bool {
+		for ; n > 0; n-- {
+			if _, ok := rd.Bytes(); !ok {
+				return false
 			}
 		}
-		_, _ = h.Write(buf[:n])
-		s = s[n:]
+		return true
 	}
-	return h.Sum32()
+	ok := rd.Int(&v) && v >= 1 && v <= Version && rd.Time(&at) &&
+		skip(6) && // instance, region, via, client, helo, sender
+		bytesInto(rd, &rcpt) && skip(1) && bytesInto(rd, &action) && rd.Int(&code) &&
+		skip(6) && // enhanced, text, status, reason, source, host
+		rd.Int(&code) && skip(1) && rd.Int64(&took) && skip(1) && rd.Time(&checked) && skip(1)
+	if !ok {
+		return e, false
+	}
+	return Entry{At: at.Unix(), Recipient: hash(rcpt), Domain: domainHash(rcpt), Action: actionCode(action)}, true
+}
+
+// domainHash is hash(DomainOf(addr)) without a copy for an ASCII domain
+// (DomainOf lower-cases beyond ASCII, and makes bad UTF-8 valid).
+func domainHash(addr []byte) uint32 {
+	d := domainOf(addr)
+	for _, c := range d {
+		if c >= 0x80 {
+			return hash(DomainOf(string(addr)))
+		}
+	}
+	return hash(d)
+}
+
+func bytesInto(rd *wire.Reader, dst *[]byte) bool {
+	b, ok := rd.Bytes()
+	*dst = b
+	return ok
 }

@@ -45,6 +45,10 @@ func (r *Reader) ArrayLen() (int, bool) { return r.r.arrayLen() }
 // String reads a string (not bin, not nil).
 func (r *Reader) String(dst *string) bool { return r.r.str(dst) }
 
+// Bytes reads a string's bytes without copying them: they are b's own,
+// valid as long as b is.
+func (r *Reader) Bytes() ([]byte, bool) { return r.r.strBytes() }
+
 // Int reads an integer as the reflecting decoder does into an int.
 func (r *Reader) Int(dst *int) bool { return r.r.integer(dst) }
 
