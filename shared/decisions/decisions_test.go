@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmihailenco/msgpack/v5"
 
@@ -644,4 +645,101 @@ func BenchmarkRecord(b *testing.B) {
 	for range b.N {
 		rec.Record(&r)
 	}
+}
+
+// A batch is stored compressed when that makes it smaller, and read back
+// as it was; bad compressed data, a batch that would grow past the bound
+// and an unknown compression are ErrRecord, never a panic or a large
+// allocation.
+func TestBatchData(t *testing.T) {
+	recs := randomRecords(rand.New(rand.NewPCG(9, 10)), 100, time.Now())
+	var batch []byte
+	for i := range recs {
+		batch = AppendEncode(batch, &recs[i])
+	}
+	m := BatchMsg("s", batch, len(recs))
+	if m.Header.Get(CompressionHeader) != "s2" || len(m.Data)*2 > len(batch) || m.Header.Get(BatchHeader) != "100" {
+		t.Fatalf("batch of %d bytes stored as %d, headers %v", len(batch), len(m.Data), m.Header)
+	}
+	got, err := BatchData(nil, m.Header, m.Data)
+	if err != nil || !bytes.Equal(got, batch) {
+		t.Fatalf("read back: %v", err)
+	}
+	// Incompressible: stored as it is.
+	noise := make([]byte, 200)
+	for i := range noise {
+		noise[i] = byte(rand.IntN(256))
+	}
+	if m := BatchMsg("s", noise, 1); m.Header.Get(CompressionHeader) != "" || !bytes.Equal(m.Data, noise) {
+		t.Fatalf("incompressible batch changed: %v", m.Header)
+	}
+	// As an ingest without compression wrote it.
+	if got, err := BatchData(nil, nats.Header{}, batch); err != nil || !bytes.Equal(got, batch) {
+		t.Fatalf("plain batch: %v", err)
+	}
+	s2h := nats.Header{CompressionHeader: []string{"s2"}}
+	bomb := BatchMsg("s", make([]byte, 3*MaxBatchBytes), 1)
+	for name, tc := range map[string]struct {
+		h    nats.Header
+		data []byte
+	}{
+		"garbage":        {s2h, []byte("\xff\xff\xff\xff\x0fnot s2")},
+		"cut short":      {s2h, m.Data[:len(m.Data)/2]},
+		"empty":          {s2h, nil},
+		"past the bound": {bomb.Header, bomb.Data},
+		"unknown":        {nats.Header{CompressionHeader: []string{"zstd"}}, batch},
+	} {
+		if _, err := BatchData(nil, tc.h, tc.data); !errors.Is(err, ErrRecord) {
+			t.Errorf("%s: %v, want ErrRecord", name, err)
+		}
+	}
+}
+
+// A log holding batches compressed and not (from an ingest of before),
+// and unreadable ones, is read and indexed whole but for the unreadable.
+func TestLogOfBothForms(t *testing.T) {
+	ctx, js, _, names := emptyLog(t)
+	recs := randomRecords(rand.New(rand.NewPCG(11, 12)), 40, time.Now())
+	subject := names.Decision(string(verdict.Accept))
+	var want int
+	for i, form := range []string{"s2", "plain", "garbage", "s2", "unknown", "plain"} {
+		var batch []byte
+		for j := range 5 {
+			batch = AppendEncode(batch, &recs[i*5+j])
+		}
+		m := BatchMsg(subject, batch, 5)
+		switch form {
+		case "plain":
+			m = nats.NewMsg(subject)
+			m.Data = batch
+		case "garbage":
+			m.Data = m.Data[:len(m.Data)/3]
+		case "unknown":
+			m.Header.Set(CompressionHeader, "lz4")
+		}
+		if form == "s2" || form == "plain" {
+			want += 5
+		}
+		if _, err := js.PublishMsg(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n := 0
+	err := StreamReader{NC: js.Conn(), Stream: names.DecisionStream()}.Messages(ctx, []uint64{1, 2, 3, 4, 5, 6}, func(_ uint64, _ string, data []byte) {
+		if err := DecodeBatch(data, func(int, *Record) bool { n++; return true }); err != nil {
+			t.Errorf("batch: %v", err)
+		}
+	})
+	if err != nil || n != want {
+		t.Fatalf("read %d records (%v), want %d", n, err, want)
+	}
+	x := &Index{}
+	caught := make(chan struct{})
+	go func() { _ = Follow(ctx, js, names.DecisionStream(), x, func() { close(caught) }) }()
+	select {
+	case <-caught:
+	case <-time.After(30 * time.Second):
+		t.Fatal("index did not catch up")
+	}
+	waitfor.Cond(t, 10*time.Second, func() bool { return x.Len() == want })
 }

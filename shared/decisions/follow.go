@@ -32,13 +32,19 @@ func Follow(ctx context.Context, js jetstream.JetStream, stream string, x *Index
 	if err != nil {
 		return fmt.Errorf("decision log %s: %w", stream, err)
 	}
+	var buf []byte // one batch at a time: Consume calls serially
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		md, err := m.Metadata()
 		if err != nil {
 			return
 		}
 		seq := md.Sequence.Stream
-		_ = IndexBatch(m.Data(), func(idx int, e Entry) { x.AddEntry(seq, idx, e) })
+		if b, err := BatchData(buf, m.Headers(), m.Data()); err == nil {
+			if m.Headers().Get(CompressionHeader) != "" {
+				buf = b // decompressed into a buffer of its own: kept for the next
+			}
+			_ = IndexBatch(b, func(idx int, e Entry) { x.AddEntry(seq, idx, e) })
+		}
 		if md.Sequence.Stream >= last || md.NumPending == 0 {
 			done()
 		}

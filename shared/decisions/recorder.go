@@ -177,10 +177,7 @@ func (r *Recorder) sendAll() {
 }
 
 func (r *Recorder) send(bt *batch) {
-	m := nats.NewMsg(bt.subject)
-	m.Data = bt.buf
-	m.Header.Set(BatchHeader, strconv.Itoa(bt.n))
-	_, err := r.js.PublishMsgAsync(m)
+	_, err := r.js.PublishMsgAsync(BatchMsg(bt.subject, bt.buf, bt.n))
 	r.mu.Lock()
 	r.waiting -= bt.n
 	r.mu.Unlock()

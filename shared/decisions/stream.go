@@ -63,7 +63,8 @@ func (r StreamReader) Read(ctx context.Context, ids []uint64) ([]Stored, error) 
 const inFlight = 64
 
 // Messages calls fn with each message of seqs that the log still has
-// (its subject and data).
+// (its subject and batch, uncompressed); a batch that cannot be read is
+// left out.
 func (r StreamReader) Messages(ctx context.Context, seqs []uint64, fn func(seq uint64, subject string, data []byte)) error {
 	if len(seqs) == 0 {
 		return nil
@@ -116,7 +117,11 @@ func (r StreamReader) Messages(ctx context.Context, seqs []uint64, fn func(seq u
 		if err != nil || !wanted[seq] {
 			continue
 		}
-		fn(seq, m.Header.Get("Nats-Subject"), m.Data)
+		data, err := BatchData(nil, m.Header, m.Data)
+		if err != nil {
+			continue
+		}
+		fn(seq, m.Header.Get("Nats-Subject"), data)
 	}
 	return nil
 }

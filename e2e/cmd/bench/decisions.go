@@ -14,7 +14,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/callout-mail/callout/shared/decisions"
@@ -180,9 +179,7 @@ func (b *bench) decisionSearch(n int) error {
 	}
 	batches := map[verdict.Action]*pending{}
 	send := func(a verdict.Action, p *pending) error {
-		m := nats.NewMsg(b.names.Decision(string(a)))
-		m.Data = p.buf
-		m.Header.Set(decisions.BatchHeader, strconv.Itoa(p.n))
+		m := decisions.BatchMsg(b.names.Decision(string(a)), p.buf, p.n)
 		for {
 			_, err := js.PublishMsgAsync(m)
 			if err == nil {

@@ -3,6 +3,7 @@ package main
 // Section 1: cache hits against the echo ceiling.
 
 import (
+	"os"
 	"fmt"
 	"math"
 	_ "net/http/pprof"
@@ -125,6 +126,11 @@ func (b *bench) cacheHit() error {
 		if k := float64(n.Load()); k > 0 {
 			b.add(sec, p+"CPU per verify, all processes", cpu1.procsSince(cpu0)/100/k*1e6, "µs")
 			b.add(sec, p+"CPU per verify, ingest", (cpu1.procs["ingest"]-cpu0.procs["ingest"])/100/k*1e6, "µs")
+			if os.Getenv("XPERPROC") != "" {
+				for name, v := range cpu1.procs {
+					b.add(sec, p+"XCPU per verify, "+name, (v-cpu0.procs[name])/100/k*1e6, "µs")
+				}
+			}
 			if cpu1.machine {
 				b.add(sec, p+"machine: stolen by the host", (cpu1.stolen-cpu0.stolen)/100/el.Seconds(), "cores")
 			}

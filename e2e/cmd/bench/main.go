@@ -65,6 +65,9 @@ type bench struct {
 	launch func(name, svc string, env ...string) error
 	// goThreads starts every service with Go's default GOMAXPROCS (see threads).
 	goThreads bool
+	// settings (-set) go to every service the bench starts, before a
+	// section's own: each service reads only its own prefix.
+	settings []string
 }
 
 // threads is the GOMAXPROCS setting of a service the bench starts: the
@@ -140,9 +143,11 @@ func main() {
 	records := flag.Int("records", 10000000, "decisions-search: records in the log")
 	reps := flag.Int("reps", 3, "repetitions of the hit, miss, saturation and MTA-path sections")
 	goThreads := flag.Bool("go-threads", false, "start every service with Go's default GOMAXPROCS, the cachekeeper and the probers too")
+	var settings settingList
+	flag.Var(&settings, "set", "a setting for the services, NAME=VALUE (CALLOUT_INGEST_DECISION_LOG=false); repeatable; a section's own settings win")
 	flag.Parse()
 	absBin, _ := filepath.Abs(*bin)
-	b, stop, err := start(absBin, *goThreads)
+	b, stop, err := start(absBin, *goThreads, settings)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -274,12 +279,25 @@ func freePort() int {
 	return p
 }
 
-func start(bin string, goThreads bool) (*bench, func(), error) {
+// settingList is -set, repeated.
+type settingList []string
+
+func (l *settingList) String() string { return strings.Join(*l, " ") }
+
+func (l *settingList) Set(v string) error {
+	if name, _, ok := strings.Cut(v, "="); !ok || !strings.HasPrefix(name, "CALLOUT_") && name != "GOMAXPROCS" && name != "GOGC" {
+		return fmt.Errorf("want CALLOUT_<SERVICE>_<NAME>=VALUE (or GOMAXPROCS, GOGC), not %q", v)
+	}
+	*l = append(*l, v)
+	return nil
+}
+
+func start(bin string, goThreads bool, settings []string) (*bench, func(), error) {
 	dir, err := os.MkdirTemp("", "callout-bench")
 	if err != nil {
 		return nil, nil, err
 	}
-	b := &bench{dir: dir, names: subjects.New(""), procs: map[string]*stack.Proc{}, pprof: map[string]string{}, metrics: map[string]string{}, goThreads: goThreads}
+	b := &bench{dir: dir, names: subjects.New(""), procs: map[string]*stack.Proc{}, pprof: map[string]string{}, metrics: map[string]string{}, goThreads: goThreads, settings: settings}
 	var order []*stack.Proc
 	stop := func() {
 		for i := len(order) - 1; i >= 0; i-- {
@@ -341,7 +359,7 @@ func start(bin string, goThreads bool) (*bench, func(), error) {
 		return []string{up + "NATS_URL=" + b.url, up + "METRICS_ADDR="}
 	}
 	launch := func(name, svc string, env ...string) error {
-		env = append(append(common(svc), b.threads(svc)...), env...)
+		env = append(append(append(common(svc), b.threads(svc)...), b.settings...), env...)
 		if profile != "" || name == "ingest" {
 			// The ingest's metrics are read (storage); every process's
 			// /debug/pprof when profiling.
@@ -366,7 +384,7 @@ func start(bin string, goThreads bool) (*bench, func(), error) {
 		return nil, stop, err
 	}
 	for _, n := range []string{"prober-1", "prober-2"} {
-		if err := launch(n, "prober", append(proberSettings("CALLOUT_PROBER_"), "CALLOUT_PROBER_WORKERS=64", os.Getenv("XPROBER"))...); err != nil {
+		if err := launch(n, "prober", append(proberSettings("CALLOUT_PROBER_"), "CALLOUT_PROBER_WORKERS=64")...); err != nil {
 			return nil, stop, err
 		}
 	}

@@ -8,11 +8,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 
@@ -194,11 +192,8 @@ func (s *Service) eraseDomain(ctx context.Context, domain string) (int, error) {
 				return true
 			})
 			if kept > 0 {
-				m := nats.NewMsg(subject)
-				m.Data = keep
-				m.Header.Set(decisions.BatchHeader, strconv.Itoa(kept))
 				pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				_, rerr = s.js.PublishMsg(pctx, m)
+				_, rerr = s.js.PublishMsg(pctx, decisions.BatchMsg(subject, keep, kept))
 				cancel()
 				if rerr != nil {
 					return
