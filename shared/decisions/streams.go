@@ -10,8 +10,9 @@ import (
 )
 
 // Limits bound a region's log. The defaults keep 8 days of a site that
-// answers 500,000 recipients a day (about 200 bytes a record on disk:
-// 0.8 GB) in at most 2 GiB; past either limit the oldest records go.
+// answers 500,000 recipients a day (about 100 bytes a record on disk at
+// that rate, its batches compressed: 0.4 GB) in at most 2 GiB; past
+// either limit the oldest records go.
 type Limits struct {
 	MaxAge   time.Duration
 	MaxBytes int64
