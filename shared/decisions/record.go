@@ -233,7 +233,22 @@ func IdxOf(id uint64) int { return int(id & 0xff) }
 // DecodeBatch calls fn with each record of a message, in order, until fn
 // returns false. A record that cannot be read ends the batch with
 // ErrRecord.
-func DecodeBatch(b []byte, fn func(idx int, r *Record) bool) (err error) {
+func DecodeBatch(b []byte, fn func(idx int, r *Record) bool) error {
+	var r Record // one for the batch: fn's record is valid only during the call
+	return walkBatch(b, func(rd *wire.Reader, idx int) (read, more bool) {
+		r = Record{}
+		if !decodeFast(rd, &r) || r.V < 1 || r.V > Version {
+			return false, true
+		}
+		return true, fn(idx, &r)
+	}, fn)
+}
+
+// walkBatch reads a batch's records by hand with fast (false: not a
+// record as AppendEncode writes it; more false: stop) and, from the first
+// one it cannot read (an older form, say), the rest with the reflecting
+// decoder, calling slow with each.
+func walkBatch(b []byte, fast func(rd *wire.Reader, idx int) (read, more bool), slow func(idx int, r *Record) bool) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("%w: %v", ErrRecord, p)
@@ -242,18 +257,17 @@ func DecodeBatch(b []byte, fn func(idx int, r *Record) bool) (err error) {
 	if len(b) == 0 || len(b) > 2*MaxBatchBytes {
 		return fmt.Errorf("%w: batch of %d bytes", ErrRecord, len(b))
 	}
-	// Records as AppendEncode writes them are read by hand; from the
-	// first one that is not (an older form, say), the reflecting decoder
-	// reads the rest.
 	rd := wire.NewReader(b)
-	var r Record // one for the batch: fn's record is valid only during the call
 	for idx := 0; rd.Offset() < len(b); idx++ {
 		start := rd.Offset()
-		r = Record{}
-		if !decodeFast(rd, &r) || r.V < 1 || r.V > Version || idx > MaxBatch {
-			return decodeRest(b[start:], idx, fn)
+		if idx > MaxBatch {
+			return decodeRest(b[start:], idx, slow) // refuses it
 		}
-		if !fn(idx, &r) {
+		read, more := fast(rd, idx)
+		if !read {
+			return decodeRest(b[start:], idx, slow)
+		}
+		if !more {
 			return nil
 		}
 	}
@@ -349,28 +363,17 @@ func domainOf(addr []byte) []byte {
 }
 
 // IndexBatch calls fn with each record's index entry, in order, reading
-// only what the index keeps: no record is decoded, nothing allocated
-// for records as AppendEncode writes them (the index reads every record
-// of the log as it is written). It reads what DecodeBatch reads.
-func IndexBatch(b []byte, fn func(idx int, e Entry)) (err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			err = fmt.Errorf("%w: %v", ErrRecord, p)
-		}
-	}()
-	if len(b) == 0 || len(b) > 2*MaxBatchBytes {
-		return fmt.Errorf("%w: batch of %d bytes", ErrRecord, len(b))
-	}
-	rd := wire.NewReader(b)
-	for idx := 0; rd.Offset() < len(b); idx++ {
-		start := rd.Offset()
+// only what the index keeps: no record is decoded, nothing allocated per
+// record as AppendEncode writes them (the index reads every record of
+// the log as it is written). It reads what DecodeBatch reads.
+func IndexBatch(b []byte, fn func(idx int, e Entry)) error {
+	return walkBatch(b, func(rd *wire.Reader, idx int) (read, more bool) {
 		e, ok := indexFast(rd)
-		if !ok || idx > MaxBatch {
-			return decodeRest(b[start:], idx, func(idx int, r *Record) bool { fn(idx, EntryOf(r)); return true })
+		if ok {
+			fn(idx, e)
 		}
-		fn(idx, e)
-	}
-	return nil
+		return ok, true
+	}, func(idx int, r *Record) bool { fn(idx, EntryOf(r)); return true })
 }
 
 // indexFast reads one record as decodeFast does, keeping only its entry.
