@@ -163,7 +163,7 @@ func (b *bench) throughPostfix(reps int) error {
 		inst[su.name] = p
 	}
 	if err := warmVerify(inst["verify(8)"].Addr, append(append([]string(nil), known...), unknown...)); err != nil {
-		return fmt.Errorf("%w; its log's last deferrals:\n%s", err, deferrals(inst["verify(8)"].Dir+"/maillog", 10))
+		return fmt.Errorf("%w; its log's last distinct deferrals, warnings and errors:\n%s", err, deferrals(inst["verify(8)"].Dir+"/maillog", 20))
 	}
 	for _, mix := range []struct {
 		name    string
@@ -231,16 +231,29 @@ func warmVerify(addr string, addrs []string) error {
 	return nil
 }
 
-// deferrals is the last n lines of a Postfix log that say a delivery was
-// deferred: why a probe has not finished.
+// deferrals is the last n distinct lines of a Postfix log that say why
+// a probe has not finished: deferred deliveries, warnings, and the fatal
+// errors and panics of the daemons behind them (a warning that cleanup
+// failed says only "Application error"; cleanup's own line says why).
 func deferrals(path string, n int) string {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return err.Error()
 	}
 	var lines []string
+	seen := map[string]bool{}
 	for _, l := range strings.Split(string(data), "\n") {
-		if strings.Contains(l, "status=deferred") || strings.Contains(l, "warning") {
+		if !strings.Contains(l, "status=deferred") && !strings.Contains(l, "warning") && !strings.Contains(l, "fatal") && !strings.Contains(l, "panic") && !strings.Contains(l, "error") {
+			continue
+		}
+		// The same message from the same daemon once: the text after
+		// "postfix/<daemon>[pid]: ".
+		key := l
+		if i := strings.Index(l, "]: "); i >= 0 {
+			key = l[i:]
+		}
+		if !seen[key] {
+			seen[key] = true
 			lines = append(lines, l)
 		}
 	}
