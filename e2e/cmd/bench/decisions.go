@@ -61,7 +61,14 @@ func (b *bench) decisionLog(reps int) error {
 	// cost falls, steadier than the rates on a busy host.
 	cpuOff, cpuOn := map[string][]float64{}, map[string][]float64{}
 	for i := 0; i < reps; i++ {
-		for _, logOn := range []bool{false, true} {
+		// Off, on, then on, off, ...: a host that slows down (or speeds
+		// up) through the section does not always land on the second of
+		// each pair.
+		order := []bool{false, true}
+		if i%2 == 1 {
+			order = []bool{true, false}
+		}
+		for _, logOn := range order {
 			if err := b.restartIngest("CALLOUT_INGEST_DECISION_LOG=" + strconv.FormatBool(logOn)); err != nil {
 				return err
 			}
