@@ -717,6 +717,9 @@ func TestLogOfBothForms(t *testing.T) {
 			batch = AppendEncode(batch, &recs[i*5+j])
 		}
 		m := BatchMsg(subject, batch, 5)
+		if m.Header.Get(CompressionHeader) != "s2" {
+			t.Fatalf("batch %d stored uncompressed: the forms below start from a compressed one", i)
+		}
 		switch form {
 		case "plain":
 			m = nats.NewMsg(subject)
