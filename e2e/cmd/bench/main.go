@@ -234,7 +234,7 @@ func main() {
 			if c.Met {
 				met = "yes"
 			}
-			fmt.Fprintf(tw, "%s\t%s %s %s\t%s\t%s\t\n", c.Name, c.Op, strconv.FormatFloat(c.Bound, 'f', -1, 64), c.Unit, strconv.FormatFloat(c.Value, 'f', 3, 64), met)
+			fmt.Fprintf(tw, "%s\t%s %s %s\t%s\t%s\t\n", c.Name, c.Op, strconv.FormatFloat(c.Bound, 'f', -1, 64), c.Unit, shownValue(c.Value, c.Bound), met)
 		}
 		tw.Flush()
 	}

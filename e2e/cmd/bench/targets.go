@@ -4,6 +4,7 @@ package main
 
 import (
 	_ "net/http/pprof"
+	"strconv"
 	"strings"
 )
 
@@ -79,4 +80,17 @@ func checkTargets(rows []row) []target {
 		}
 	}
 	return out
+}
+
+// shownValue is a target's value with three decimals, or as many more as
+// it takes to tell it from its bound: 0.5998 against 0.6 is not shown as
+// "0.600 no".
+func shownValue(v, bound float64) string {
+	for prec := 3; prec < 10; prec++ {
+		s := strconv.FormatFloat(v, 'f', prec, 64)
+		if v == bound || s != strconv.FormatFloat(bound, 'f', prec, 64) {
+			return s
+		}
+	}
+	return strconv.FormatFloat(v, 'g', -1, 64)
 }
