@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -285,8 +286,11 @@ type settingList []string
 func (l *settingList) String() string { return strings.Join(*l, " ") }
 
 func (l *settingList) Set(v string) error {
-	if name, _, ok := strings.Cut(v, "="); !ok || !strings.HasPrefix(name, "CALLOUT_") && name != "GOMAXPROCS" && name != "GOGC" {
-		return fmt.Errorf("want CALLOUT_<SERVICE>_<NAME>=VALUE (or GOMAXPROCS, GOGC), not %q", v)
+	// Go's own settings too: GODEBUG=gctrace=1 puts each service's
+	// collections in its log.
+	name, _, ok := strings.Cut(v, "=")
+	if !ok || !strings.HasPrefix(name, "CALLOUT_") && !slices.Contains([]string{"GOMAXPROCS", "GOGC", "GOMEMLIMIT", "GODEBUG"}, name) {
+		return fmt.Errorf("want CALLOUT_<SERVICE>_<NAME>=VALUE (or GOMAXPROCS, GOGC, GOMEMLIMIT, GODEBUG), not %q", v)
 	}
 	*l = append(*l, v)
 	return nil

@@ -194,6 +194,10 @@ func (b *bench) throughPostfix(reps int) error {
 			b.add("9 postfix", pre+"callout log on/off rate ratio", c.rate/off.rate, "")
 			b.add("9 postfix", pre+"callout log on/off p99 ratio", c.p99/off.p99, "")
 			b.add("9 postfix", pre+"callout log on/off CPU per RCPT ratio", (c.postfixCPU+c.ingestCPU)/(off.postfixCPU+off.ingestCPU), "")
+			if c.machineCPU > 0 && off.machineCPU > 0 {
+				// The log's whole cost: its store and index too.
+				b.add("9 postfix", pre+"callout log on/off machine CPU per RCPT ratio", c.machineCPU/off.machineCPU, "")
+			}
 		}
 	}
 	return nil
@@ -264,6 +268,9 @@ func deferrals(path string, n int) string {
 type postfixResult struct {
 	rate, p99             float64
 	postfixCPU, ingestCPU float64 // µs per RCPT
+	// nats-server's and the cachekeeper's (the decision log's store and
+	// index), and the whole machine's, µs per RCPT.
+	storeCPU, machineCPU float64
 }
 
 // postfixLoad runs 16 sessions against one instance for 3 s; unknown in
@@ -319,6 +326,10 @@ func (b *bench) postfixLoad(p *postfix.Instance, setup, ingest, mix string, unkn
 	if k := float64(n.Load()); k > 0 {
 		res.postfixCPU = (pcpu1 - pcpu0) / 100 / k * 1e6
 		res.ingestCPU = (cpu1.procs[ingest] - cpu0.procs[ingest]) / 100 / k * 1e6
+		res.storeCPU = (cpu1.procs["nats-server"] - cpu0.procs["nats-server"] + cpu1.procs["cachekeeper"] - cpu0.procs["cachekeeper"]) / 100 / k * 1e6
+		if cpu0.machine && cpu1.machine {
+			res.machineCPU = (cpu1.busy - cpu0.busy) / 100 / k * 1e6
+		}
 	}
 	sec, pre := "9 postfix", mix+", "+setup+": "
 	b.add(sec, pre+"RCPT rate", rate, "RCPT/s")
@@ -327,6 +338,10 @@ func (b *bench) postfixLoad(p *postfix.Instance, setup, ingest, mix string, unkn
 	b.add(sec, pre+"CPU per RCPT, Postfix", res.postfixCPU, "µs")
 	if ingest != "" {
 		b.add(sec, pre+"CPU per RCPT, ingest", res.ingestCPU, "µs")
+		b.add(sec, pre+"CPU per RCPT, nats-server and cachekeeper", res.storeCPU, "µs")
+	}
+	if res.machineCPU > 0 {
+		b.add(sec, pre+"CPU per RCPT, machine", res.machineCPU, "µs")
 	}
 	return res, nil
 }
