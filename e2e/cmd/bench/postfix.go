@@ -289,8 +289,11 @@ func (b *bench) postfixLoad(p *postfix.Instance, setup, ingest, mix string, unkn
 	}
 	var n, wrong atomic.Int64
 	profiled := func() {}
-	if setup == "callout" {
+	switch setup {
+	case "callout":
 		profiled = b.profile("postfix-"+strings.ReplaceAll(mix, " ", ""), 2*time.Second)
+	case "callout, log off":
+		profiled = b.profile("postfix-"+strings.ReplaceAll(mix, " ", "")+"-logoff", 2*time.Second)
 	}
 	pcpu0, _ := p.CPUTicks()
 	cpu0 := b.cpuTicks()
