@@ -138,9 +138,17 @@ func (b *bench) throughPostfix(reps int) error {
 	defer dest.Close()
 	host, port, _ := net.SplitHostPort(dest.Addr())
 	transport := map[string]string{"transport": domain + " smtp:[" + host + "]:" + port + "\n"}
-	// A second ingest with the decision log off, for this section alone:
-	// what recording every decision costs on the MTA's path.
-	offAddr, err := b.ingestLogOff(append(append([]string(nil), known...), unknown...))
+	// Two ingests for this section alone, alike but for the decision
+	// log, started and warmed the same way: what recording every
+	// decision costs on the MTA's path, with nothing else between them
+	// (the bench's own ingest has served every section before).
+	warm := append(append([]string(nil), known...), unknown...)
+	onAddr, err := b.sectionIngest(logOnIngest, warm)
+	if err != nil {
+		return err
+	}
+	defer b.stopProc(logOnIngest)
+	offAddr, err := b.sectionIngest(logOffIngest, warm, "CALLOUT_INGEST_DECISION_LOG=false")
 	if err != nil {
 		return err
 	}
@@ -148,7 +156,7 @@ func (b *bench) throughPostfix(reps int) error {
 	setups := []struct{ name, check, ingest string }{
 		{"no check", "", ""},
 		{"verify(8)", ", reject_unverified_recipient", ""},
-		{"callout", ", check_policy_service inet:" + b.policyAddr, "ingest"},
+		{"callout", ", check_policy_service inet:" + onAddr, logOnIngest},
 		{"callout, log off", ", check_policy_service inet:" + offAddr, logOffIngest},
 	}
 	inst := map[string]*postfix.Instance{}
@@ -349,16 +357,19 @@ func (b *bench) postfixLoad(p *postfix.Instance, setup, ingest, mix string, unkn
 	return res, nil
 }
 
-// logOffIngest is the second ingest of the Postfix section, its decision
-// log off.
-const logOffIngest = "ingest-log-off"
+// The Postfix section's ingests: the decision log at its setting (on by
+// default) and off.
+const (
+	logOnIngest  = "ingest-log-on"
+	logOffIngest = "ingest-log-off"
+)
 
-// ingestLogOff starts the second ingest with the decision log off and
-// warms its near cache with addrs over its policy listener, whose
-// address it returns.
-func (b *bench) ingestLogOff(addrs []string) (string, error) {
+// sectionIngest starts an ingest of the Postfix section with extra
+// settings and warms its near cache with addrs over its policy listener,
+// whose address it returns.
+func (b *bench) sectionIngest(name string, addrs []string, env ...string) (string, error) {
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort())
-	if err := b.launch(logOffIngest, "ingest", ingestSettings(addr, fmt.Sprintf("127.0.0.1:%d", freePort()), "CALLOUT_INGEST_DECISION_LOG=false")...); err != nil {
+	if err := b.launch(name, "ingest", ingestSettings(addr, fmt.Sprintf("127.0.0.1:%d", freePort()), env...)...); err != nil {
 		return "", err
 	}
 	var c net.Conn
@@ -369,7 +380,7 @@ func (b *bench) ingestLogOff(addrs []string) (string, error) {
 		}
 	}
 	if err != nil {
-		return "", fmt.Errorf("%s: %w", logOffIngest, err)
+		return "", fmt.Errorf("%s: %w", name, err)
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(60 * time.Second))
@@ -379,7 +390,7 @@ func (b *bench) ingestLogOff(addrs []string) (string, error) {
 			return "", err
 		}
 		if ans, err := readAnswer(r); err != nil || !strings.HasPrefix(ans, "action=") {
-			return "", fmt.Errorf("%s warming %s: %q, %v", logOffIngest, a, ans, err)
+			return "", fmt.Errorf("%s warming %s: %q, %v", name, a, ans, err)
 		}
 	}
 	return addr, nil
