@@ -163,6 +163,7 @@ func (s *Service) eraseDomain(ctx context.Context, domain string) (int, error) {
 		return 0, err
 	}
 	removed := 0
+	var wrote uint64 // the ID of the last record of the newest message written again
 	// A message holds the records of every domain of its second: each
 	// message with a record of the domain is written again without
 	// them, then erased (its bytes overwritten).
@@ -193,11 +194,13 @@ func (s *Service) eraseDomain(ctx context.Context, domain string) (int, error) {
 			})
 			if kept > 0 {
 				pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				_, rerr = s.js.PublishMsg(pctx, decisions.BatchMsg(subject, keep, kept))
+				var ack *jetstream.PubAck
+				ack, rerr = s.js.PublishMsg(pctx, decisions.BatchMsg(subject, keep, kept))
 				cancel()
 				if rerr != nil {
 					return
 				}
+				wrote = max(wrote, decisions.ID(ack.Sequence, kept-1))
 			}
 			if rerr = st.SecureDeleteMsg(ctx, seq); errors.Is(rerr, jetstream.ErrMsgNotFound) {
 				rerr = nil
@@ -213,5 +216,31 @@ func (s *Service) eraseDomain(ctx context.Context, domain string) (int, error) {
 		q.Before = res.Next
 	}
 	s.index.Erase(domain)
+	// Answer once the index holds the messages written again: the
+	// records they keep are found by the next search, and by the next
+	// erase (of another domain of the same messages), which would
+	// otherwise find nothing and leave them in the log.
+	if err := s.waitIndexed(ctx, wrote); err != nil {
+		return removed, fmt.Errorf("records kept by the erase not indexed yet: %w", err)
+	}
 	return removed, nil
+}
+
+// waitIndexed waits until the index holds the record id (0: none).
+func (s *Service) waitIndexed(ctx context.Context, id uint64) error {
+	if id == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	t := time.NewTicker(2 * time.Millisecond)
+	defer t.Stop()
+	for s.index.Last() < id {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	return nil
 }

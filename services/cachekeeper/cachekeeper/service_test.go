@@ -3,6 +3,7 @@ package cachekeeper
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -462,6 +463,60 @@ func TestDecisionErase(t *testing.T) {
 		}
 		if strings.Contains(string(m.Data), "gone.example") || strings.Contains(string(m.Data), "exa_mple") {
 			t.Fatalf("message %d still holds an erased domain: %q", seq, m.Data)
+		}
+	}
+}
+
+// Erases one after another, of domains whose records share a message:
+// each erase writes the message again without its domain, and the next
+// must find its own records in that new message. Its answer waits until
+// the index holds what it wrote: an erase answered before found nothing
+// ("removed": 0) and left the records in the log.
+func TestDecisionEraseInTurn(t *testing.T) {
+	ns := natstest.Start(t)
+	start(t, ns, testConfig())
+	nc := ns.Connect(t)
+	names := subjects.New("")
+	js := natstest.JetStream(t, nc)
+	waitfor.Cond(t, 10*time.Second, func() bool { _, err := js.Stream(context.Background(), names.DecisionStream()); return err == nil })
+	rec, err := decisions.NewRecorder(nc, names, 64, func(string) { t.Error("dropped") }, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go rec.Run(ctx)
+	const n = 12
+	for i := range n {
+		rec.Record(&decisions.Record{At: time.Now(), Recipient: fmt.Sprintf("a@d%d.example", i), Action: verdict.Reject, Code: 550})
+	}
+	rec.Record(&decisions.Record{At: time.Now(), Recipient: "a@kept.example", Action: verdict.Reject, Code: 550})
+	search := func(domain string) decisions.Result {
+		m, err := nc.Request(names.DecisionSearch(), []byte(`{"domain":"`+domain+`"}`), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var res decisions.Result
+		if err := json.Unmarshal(m.Data, &res); err != nil {
+			t.Fatalf("%v: %s", err, m.Data)
+		}
+		return res
+	}
+	waitfor.Cond(t, 10*time.Second, func() bool { return len(search("kept.example").Records) == 1 })
+	for i := range n {
+		d := fmt.Sprintf("d%d.example", i)
+		m, err := nc.Request(names.DecisionErase(), []byte(`{"domain":"`+d+`"}`), 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rep EraseReply
+		if err := json.Unmarshal(m.Data, &rep); err != nil || rep.Removed != 1 || rep.Error != "" {
+			t.Fatalf("erase %s, the %d. in turn: %s %v", d, i+1, m.Data, err)
+		}
+		// At once, no waiting: the records kept are found where the
+		// erase wrote them.
+		if got := search("kept.example").Records; len(got) != 1 {
+			t.Fatalf("after erasing %s: kept.example has %d records", d, len(got))
 		}
 	}
 }
