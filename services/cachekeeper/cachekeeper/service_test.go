@@ -391,17 +391,7 @@ func TestDecisionRetention(t *testing.T) {
 	defer cancel()
 	go rec.Run(ctx)
 	rec.Record(&decisions.Record{At: time.Now(), Recipient: "old@example.org", Action: verdict.Reject, Code: 550})
-	search := func() decisions.Result {
-		m, err := nc.Request(names.DecisionSearch(), []byte(`{"recipient":"old@example.org"}`), 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var res decisions.Result
-		if err := json.Unmarshal(m.Data, &res); err != nil {
-			t.Fatalf("%v: %s", err, m.Data)
-		}
-		return res
-	}
+	search := func() decisions.Result { return searchLog(t, nc, names, `{"recipient":"old@example.org"}`) }
 	waitfor.Cond(t, 10*time.Second, func() bool { return len(search().Records) == 1 })
 	waitfor.Cond(t, 10*time.Second, func() bool { return len(search().Records) == 0 })
 }
@@ -410,35 +400,13 @@ func TestDecisionRetention(t *testing.T) {
 // records have a subject of their own (purged) or share messages with
 // other domains' (written again without them).
 func TestDecisionErase(t *testing.T) {
-	ns := natstest.Start(t)
-	start(t, ns, testConfig())
-	nc := ns.Connect(t)
-	names := subjects.New("")
-	js := natstest.JetStream(t, nc)
-	waitfor.Cond(t, 10*time.Second, func() bool { _, err := js.Stream(context.Background(), names.DecisionStream()); return err == nil })
-	rec, err := decisions.NewRecorder(nc, names, 64, func(string) { t.Error("dropped") }, slog.Default())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go rec.Run(ctx)
+	nc, js, names, rec := eraseSetup(t)
 	// exa_mple.org and other_x.org are no plain subject tokens: their
 	// records share messages.
 	for _, to := range []string{"a@gone.example", "b@gone.example", "a@kept.example", "a@exa_mple.org", "b@other_x.org", "c@exa_mple.org"} {
 		rec.Record(&decisions.Record{At: time.Now(), Recipient: to, Action: verdict.Reject, Code: 550})
 	}
-	count := func(domain string) int {
-		m, err := nc.Request(names.DecisionSearch(), []byte(`{"domain":"`+domain+`"}`), 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var res decisions.Result
-		if err := json.Unmarshal(m.Data, &res); err != nil {
-			t.Fatalf("%v: %s", err, m.Data)
-		}
-		return len(res.Records)
-	}
+	count := func(domain string) int { return len(searchLog(t, nc, names, `{"domain":"`+domain+`"}`).Records) }
 	waitfor.Cond(t, 10*time.Second, func() bool { return count("exa_mple.org") == 2 && count("gone.example") == 2 })
 	for _, d := range []string{"gone.example", "exa_mple.org"} {
 		m, err := nc.Request(names.DecisionErase(), []byte(`{"domain":"`+d+`"}`), 10*time.Second)
@@ -454,6 +422,7 @@ func TestDecisionErase(t *testing.T) {
 		return count("gone.example") == 0 && count("exa_mple.org") == 0 && count("kept.example") == 1 && count("other_x.org") == 1
 	})
 	// Nothing of the erased domains is left in the stream's messages.
+	ctx := context.Background()
 	st, _ := js.Stream(ctx, names.DecisionStream())
 	info, _ := st.Info(ctx)
 	for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
@@ -473,35 +442,13 @@ func TestDecisionErase(t *testing.T) {
 // the index holds what it wrote: an erase answered before found nothing
 // ("removed": 0) and left the records in the log.
 func TestDecisionEraseInTurn(t *testing.T) {
-	ns := natstest.Start(t)
-	start(t, ns, testConfig())
-	nc := ns.Connect(t)
-	names := subjects.New("")
-	js := natstest.JetStream(t, nc)
-	waitfor.Cond(t, 10*time.Second, func() bool { _, err := js.Stream(context.Background(), names.DecisionStream()); return err == nil })
-	rec, err := decisions.NewRecorder(nc, names, 64, func(string) { t.Error("dropped") }, slog.Default())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go rec.Run(ctx)
+	nc, _, names, rec := eraseSetup(t)
 	const n = 12
 	for i := range n {
 		rec.Record(&decisions.Record{At: time.Now(), Recipient: fmt.Sprintf("a@d%d.example", i), Action: verdict.Reject, Code: 550})
 	}
 	rec.Record(&decisions.Record{At: time.Now(), Recipient: "a@kept.example", Action: verdict.Reject, Code: 550})
-	search := func(domain string) decisions.Result {
-		m, err := nc.Request(names.DecisionSearch(), []byte(`{"domain":"`+domain+`"}`), 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var res decisions.Result
-		if err := json.Unmarshal(m.Data, &res); err != nil {
-			t.Fatalf("%v: %s", err, m.Data)
-		}
-		return res
-	}
+	search := func(domain string) decisions.Result { return searchLog(t, nc, names, `{"domain":"`+domain+`"}`) }
 	waitfor.Cond(t, 10*time.Second, func() bool { return len(search("kept.example").Records) == 1 })
 	for i := range n {
 		d := fmt.Sprintf("d%d.example", i)
@@ -519,4 +466,39 @@ func TestDecisionEraseInTurn(t *testing.T) {
 			t.Fatalf("after erasing %s: kept.example has %d records", d, len(got))
 		}
 	}
+}
+
+// eraseSetup starts a cachekeeper and a recorder of decisions for an
+// erase test.
+func eraseSetup(t *testing.T) (*nats.Conn, jetstream.JetStream, subjects.Names, *decisions.Recorder) {
+	t.Helper()
+	ns := natstest.Start(t)
+	start(t, ns, testConfig())
+	nc := ns.Connect(t)
+	names := subjects.New("")
+	js := natstest.JetStream(t, nc)
+	waitfor.Cond(t, 10*time.Second, func() bool { _, err := js.Stream(context.Background(), names.DecisionStream()); return err == nil })
+	rec, err := decisions.NewRecorder(nc, names, 64, func(string) { t.Error("dropped") }, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go rec.Run(ctx)
+	return nc, js, names, rec
+}
+
+// searchLog is the first page of a search of the decision log (query:
+// JSON, decisions.Query).
+func searchLog(t *testing.T, nc *nats.Conn, names subjects.Names, query string) decisions.Result {
+	t.Helper()
+	m, err := nc.Request(names.DecisionSearch(), []byte(query), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res decisions.Result
+	if err := json.Unmarshal(m.Data, &res); err != nil {
+		t.Fatalf("%v: %s", err, m.Data)
+	}
+	return res
 }
