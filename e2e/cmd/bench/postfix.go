@@ -170,7 +170,7 @@ func (b *bench) throughPostfix(reps int) error {
 		defer p.Stop()
 		inst[su.name] = p
 	}
-	if err := warmVerify(inst["verify(8)"].Addr, append(append([]string(nil), known...), unknown...)); err != nil {
+	if err := warmVerify(inst["verify(8)"].Addr, warm); err != nil {
 		return fmt.Errorf("%w; its log's last distinct deferrals, warnings and errors:\n%s", err, deferrals(inst["verify(8)"].Dir+"/maillog", 20))
 	}
 	for _, mix := range []struct {
@@ -335,11 +335,14 @@ func (b *bench) postfixLoad(p *postfix.Instance, setup, ingest, mix string, unkn
 	}
 	res := postfixResult{rate: rate, p99: ms(lat.pct(99))}
 	if k := float64(n.Load()); k > 0 {
-		res.postfixCPU = (pcpu1 - pcpu0) / 100 / k * 1e6
-		res.ingestCPU = (cpu1.procs[ingest] - cpu0.procs[ingest]) / 100 / k * 1e6
-		res.storeCPU = (cpu1.procs["nats-server"] - cpu0.procs["nats-server"] + cpu1.procs["cachekeeper"] - cpu0.procs["cachekeeper"]) / 100 / k * 1e6
+		// Clock ticks (100 a second) to µs per RCPT.
+		perRCPT := func(ticks float64) float64 { return ticks / 100 / k * 1e6 }
+		proc := func(name string) float64 { return cpu1.procs[name] - cpu0.procs[name] }
+		res.postfixCPU = perRCPT(pcpu1 - pcpu0)
+		res.ingestCPU = perRCPT(proc(ingest))
+		res.storeCPU = perRCPT(proc("nats-server") + proc("cachekeeper"))
 		if cpu0.machine && cpu1.machine {
-			res.machineCPU = (cpu1.busy - cpu0.busy) / 100 / k * 1e6
+			res.machineCPU = perRCPT(cpu1.busy - cpu0.busy)
 		}
 	}
 	sec, pre := "9 postfix", mix+", "+setup+": "
